@@ -1,0 +1,1 @@
+"""The broker: a pure state machine (``state``) driven by one ZeroMQ socket loop (``server``)."""

@@ -1,0 +1,519 @@
+"""The broker's whole state as a pure machine: decoded requests in, replies out.
+
+``BrokerState.handle(peer, frames, now)`` takes one request and appends ``(peer, frames)``
+replies to ``outbox``; ``expire(now)`` ends silent sessions. Nothing here reads a clock, touches a
+socket or starts a thread, so every rule of the broker is testable in microseconds.
+
+Hand-offs are leased: a value given to a fetcher stays accounted to that peer until the client
+acknowledges it; cancelling the request or the session's death puts it back at the head of its
+variable, so no value is lost to Ctrl-C, a timeout or a killed client.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ... import __version__
+from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
+from ...protocol import (
+    CHANNEL, COOKIE, FLAG_ACKS, META, PROTOCOL_VERSION, U8, U32, Op, ProtocolError, Status,
+    parse_descriptor, parse_header, reply_header, unpack_acks, unpack_channel_acks,
+)
+from .sessions import Session, SessionTable, session_id_of
+from .variables import FIFO, ITERABLE_MODES, MODES, Value, Variable, Waiter
+from .workspaces import Workspace, WorkspaceTable, valid_template
+
+DEFAULT_WORKSPACE = "__default"
+
+
+class OpError(Exception):
+    """Refuse the current request with ``status`` and a message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Limits:
+    max_memory: int = field(default_factory=default_max_memory)
+    max_message_size: int = MAX_MESSAGE_SIZE
+    liveness: Liveness = field(default_factory=Liveness)
+
+
+def _text(frame) -> str:
+    return bytes(frame).decode("utf-8")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class BrokerState:
+    def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
+                 now: float = 0.0) -> None:
+        self.limits = limits or Limits()
+        self.rng = rng or random.Random()
+        self.started = now
+        self.now = now
+        self.sessions = SessionTable()
+        self.spaces = WorkspaceTable()
+        self.memory = 0  # bytes of values held, including leased ones
+        self.waiting: dict[tuple[bytes, int], tuple[Variable, Waiter]] = {}
+        self.leases: dict[tuple[bytes, int], tuple[Variable, Value]] = {}
+        self.outbox: list[tuple[bytes, list]] = []
+        self.notices: list[str] = []  # connect/disconnect lines for the server to log
+        self.counters = dict.fromkeys(
+            ("requests", "errors", "malformed", "oversized", "internal_errors"), 0)
+        self.spaces.create(DEFAULT_WORKSPACE, persistent=True).owner_label = "(broker)"
+        self._handlers: dict[int, Callable] = {
+            Op.HELLO: self._hello, Op.BYE: self._bye, Op.HEARTBEAT: self._heartbeat,
+            Op.STATUS: self._status, Op.CANCEL: self._cancel,
+            Op.OPEN_WS: self._open_ws, Op.USE_WS: self._use_ws, Op.DELETE_WS: self._delete_ws,
+            Op.MKTEMP_WS: self._mktemp_ws, Op.LIST_WSS: self._list_wss,
+            Op.DECLARE: self._declare, Op.DELETE_VAR: self._delete_var,
+            Op.LIST_VARS: self._list_vars, Op.STORE: self._store,
+        }
+        # (consume, block, iterate) for the eight ways of reading a variable
+        for op, how in {
+            Op.FETCH: (True, True, False), Op.FETCH_TRY: (True, False, False),
+            Op.FIND: (False, True, False), Op.FIND_TRY: (False, False, False),
+            Op.IFETCH: (True, True, True), Op.IFETCH_TRY: (True, False, True),
+            Op.IFIND: (False, True, True), Op.IFIND_TRY: (False, False, True),
+        }.items():
+            self._handlers[op] = self._reader(*how)
+
+    # ---------------------------------------------------------------- entry points
+
+    def handle(self, peer: bytes, frames: list, now: float) -> None:
+        """Process one request from ``peer`` (its frames after the routing identity)."""
+        self.now = now
+        try:
+            op, flags, request_id = parse_header(bytes(frames[0]))
+        except (ProtocolError, IndexError):
+            self.counters["malformed"] += 1  # nothing to correlate a reply with: drop it
+            return
+        self.counters["requests"] += 1
+        session, new = self.sessions.touch(peer, now)
+        session.requests += 1
+        if new and op != Op.HELLO:
+            self.notices.append(f"client connected: {session.label} (without hello)")
+        args = frames[1:]
+        try:
+            if flags & FLAG_ACKS:
+                if not args:
+                    raise ProtocolError("acknowledgement flag without acknowledgements")
+                for acked in unpack_acks(bytes(args[0])):
+                    self._ack((peer, acked))
+                args = args[1:]
+            handler = self._handlers.get(op)
+            if handler is None:
+                raise OpError(Status.UNKNOWN_OP,
+                              f"unknown operation {op}: is the client newer than this broker "
+                              f"(protocol {PROTOCOL_VERSION})?")
+            handler(session, peer, request_id, args)
+        except OpError as exc:
+            self._error(peer, request_id, exc.status, str(exc))
+        except (ProtocolError, IndexError, ValueError, UnicodeDecodeError) as exc:
+            self.counters["malformed"] += 1
+            self._error(peer, request_id, Status.BAD_REQUEST, f"malformed request: {exc}")
+        except Exception:  # a broker bug must not take everyone else down
+            self.counters["internal_errors"] += 1
+            self.notices.append("internal error:\n" + traceback.format_exc())
+            self._error(peer, request_id, Status.INTERNAL, "internal broker error (logged)")
+
+    def reject_oversized(self, peer: bytes, header, size: int) -> None:
+        """Answer a request whose frames add up to more than the message size limit."""
+        self.counters["oversized"] += 1
+        try:
+            _, _, request_id = parse_header(bytes(header))
+        except ProtocolError:
+            return
+        self._error(peer, request_id, Status.TOO_LARGE,
+                    f"message of {_size(size)} exceeds the broker's --max-message-size "
+                    f"{_size(self.limits.max_message_size)}")
+
+    def expire(self, now: float) -> None:
+        """End every session silent for longer than the liveness timeout."""
+        self.now = now
+        for session in self.sessions.silent_since(now - self.limits.liveness.timeout):
+            self._end_session(session, "timed out", notify_waiters=False)
+
+    def undeliverable(self, peer: bytes, request_id: int) -> None:
+        """A reply could not be routed (its socket is gone): take back a value it carried."""
+        self._return_lease((peer, request_id))
+
+    def shutdown(self) -> None:
+        """Tell every blocked caller that the broker is going away."""
+        for (peer, request_id) in list(self.waiting):
+            self._error(peer, request_id, Status.SHUTTING_DOWN, "the broker shut down")
+        self.waiting.clear()
+
+    # ---------------------------------------------------------------- replies
+
+    def _reply(self, peer: bytes, request_id: int, status: int = Status.OK, *payload) -> None:
+        self.outbox.append((peer, [reply_header(status, request_id), *payload]))
+
+    def _error(self, peer: bytes, request_id: int, status: int, message: str) -> None:
+        self.counters["errors"] += 1
+        self.outbox.append((peer, [reply_header(status, request_id), message.encode()]))
+
+    def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value) -> None:
+        self.outbox.append(
+            (peer, [reply_header(Status.OK, request_id), META.pack(var.id, value.seq),
+                    *value.frames]))
+
+    def _json(self, peer: bytes, request_id: int, obj) -> None:
+        self._reply(peer, request_id, Status.OK, json.dumps(obj).encode())
+
+    # ---------------------------------------------------------------- argument checks
+
+    def _name(self, frame, what: str) -> str:
+        name = _text(frame)
+        if not name:
+            raise OpError(Status.BAD_REQUEST, f"a {what} name must not be empty")
+        if len(name.encode()) > MAX_NAME_LENGTH:
+            raise OpError(Status.BAD_REQUEST,
+                          f"{what} name longer than {MAX_NAME_LENGTH} bytes")
+        if not name.isprintable():
+            raise OpError(Status.BAD_REQUEST,
+                          f"{what} name {name!r} contains control characters")
+        return name
+
+    def _workspace(self, frame) -> Workspace:
+        name = self._name(frame, "workspace")
+        ws = self.spaces.get(name)
+        if ws is None:
+            raise OpError(Status.NO_WORKSPACE,
+                          f"no workspace {name!r}: it was never created, or was deleted, or "
+                          "purged when its owner disconnected")
+        return ws
+
+    # ---------------------------------------------------------------- sessions
+
+    def _hello(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        info = json.loads(_text(args[0])) if args else {}
+        first = not session.greeted
+        session.greet(int(info.get("pid", 0)), str(info.get("host", "?"))[:200])
+        if first:
+            self.notices.append(f"client connected: {session.label}")
+        live = self.limits.liveness
+        self._json(peer, request_id, {
+            "version": __version__, "protocol": PROTOCOL_VERSION,
+            "session": session.id.hex(), "label": session.label,
+            "heartbeat_interval": live.interval, "heartbeat_liveness": live.liveness,
+            "max_message_size": self.limits.max_message_size,
+            "max_memory": self.limits.max_memory,
+        })
+
+    def _bye(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        self._reply(peer, request_id)
+        self._end_session(session, "closed", notify_waiters=True)
+
+    def _heartbeat(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        if args:
+            for channel, acked in unpack_channel_acks(bytes(args[0])):
+                self._ack((session.id + CHANNEL.pack(channel), acked))
+        self._reply(peer, request_id)
+
+    def _status(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        self._json(peer, request_id, {
+            "version": __version__, "protocol": PROTOCOL_VERSION,
+            "uptime": self.now - self.started,
+            "clients": [{"label": s.label, "owned": sorted(s.owned), "requests": s.requests,
+                         "leases": len(s.leases), "waiting": len(s.waiting),
+                         "idle": self.now - s.last_seen} for s in self.sessions],
+            "workspaces": len(self.spaces),
+            "values": sum(len(v) for ws in self.spaces.by_name.values()
+                          for v in ws.variables.values()),
+            "waiting": len(self.waiting), "leases": len(self.leases),
+            "memory": self.memory, "max_memory": self.limits.max_memory,
+            "max_message_size": self.limits.max_message_size,
+            "heartbeat_interval": self.limits.liveness.interval,
+            "heartbeat_liveness": self.limits.liveness.liveness,
+            "counters": dict(self.counters),
+        })
+
+    def _end_session(self, session: Session, reason: str, notify_waiters: bool) -> None:
+        for key in list(session.waiting):
+            var, waiter = self.waiting.pop(key)
+            self._drop_waiter(var, waiter)
+            if notify_waiters:
+                self._error(key[0], key[1], Status.SHUTTING_DOWN,
+                            "the connection to the broker was closed")
+        session.waiting.clear()
+        for key in list(session.leases):
+            self._return_lease(key)
+        for name in list(session.owned):
+            ws = self.spaces.get(name)
+            if ws is not None and not ws.persistent:
+                self._purge(ws, f"workspace {name!r} was purged: its owner {session.label} "
+                                f"disconnected ({reason})")
+        self.sessions.remove(session)
+        self.notices.append(f"client disconnected: {session.label} ({reason})")
+
+    # ---------------------------------------------------------------- leases and waiters
+
+    def _lease(self, session: Session, peer: bytes, request_id: int, var: Variable,
+               value: Value) -> None:
+        key = (peer, request_id)
+        self.leases[key] = (var, value)
+        session.leases.add(key)
+
+    def _ack(self, key: tuple[bytes, int]) -> None:
+        entry = self.leases.pop(key, None)
+        if entry is not None:
+            self.memory -= entry[1].size
+            session = self.sessions.by_id.get(session_id_of(key[0]))
+            if session is not None:
+                session.leases.discard(key)
+
+    def _return_lease(self, key: tuple[bytes, int]) -> None:
+        entry = self.leases.pop(key, None)
+        if entry is None:
+            return
+        session = self.sessions.by_id.get(session_id_of(key[0]))
+        if session is not None:
+            session.leases.discard(key)
+        var, value = entry
+        if var.live:
+            self._offer(var, value, returning=True)
+        else:
+            self.memory -= value.size
+
+    def _cancel(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        (target,) = U32.unpack(bytes(args[0]))
+        key = (peer, target)
+        entry = self.waiting.pop(key, None)
+        if entry is not None:
+            session.waiting.discard(key)
+            self._drop_waiter(*entry)
+        self._return_lease(key)  # the value raced the cancel: it goes back, nothing is lost
+        self._reply(peer, request_id, Status.CANCELLED)
+
+    def _drop_waiter(self, var: Variable, waiter: Waiter) -> None:
+        queue = var.fetchers if waiter.consume else var.finders
+        try:
+            queue.remove(waiter)
+        except ValueError:
+            pass
+
+    def _fail_waiters(self, var: Variable, status: int, message: str) -> None:
+        for waiter in (*var.fetchers, *var.finders):
+            key = (waiter.peer, waiter.request_id)
+            self.waiting.pop(key, None)
+            waiter.session.waiting.discard(key)
+            self._error(waiter.peer, waiter.request_id, status, message)
+        var.fetchers.clear()
+        var.finders.clear()
+
+    def _offer(self, var: Variable, value: Value, returning: bool = False) -> None:
+        """Give a new (or returned) value to the waiting finders, then to the longest-waiting
+        fetcher; only if no fetcher waits does it join the variable."""
+        if var.finders:
+            still_waiting = []
+            for waiter in var.finders:
+                if waiter.cookie is not None and value.seq <= waiter.cookie:
+                    still_waiting.append(waiter)  # an iterator that has seen this value
+                    continue
+                key = (waiter.peer, waiter.request_id)
+                del self.waiting[key]
+                waiter.session.waiting.discard(key)
+                self._reply_value(waiter.peer, waiter.request_id, var, value)
+            var.finders = still_waiting
+        if var.fetchers:
+            waiter = var.fetchers.popleft()
+            key = (waiter.peer, waiter.request_id)
+            del self.waiting[key]
+            waiter.session.waiting.discard(key)
+            self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
+            self._reply_value(waiter.peer, waiter.request_id, var, value)
+        elif returning:
+            if not var.put_back(value):
+                self.memory -= value.size
+        else:
+            replaced = var.put(value)
+            if replaced is not None:
+                self.memory -= replaced.size
+
+    # ---------------------------------------------------------------- workspaces
+
+    def _open_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        name = self._name(args[0], "workspace")
+        persistent, create = bool(U8.unpack(bytes(args[1]))[0]), bool(U8.unpack(bytes(args[2]))[0])
+        ws = self.spaces.get(name)
+        if ws is None:
+            if not create:
+                raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
+            self.spaces.create(name, session, persistent)
+        elif ws.owner is None and not ws.owner_label:
+            ws.claim(session, persistent)
+        self._reply(peer, request_id)
+
+    def _use_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        name = self._name(args[0], "workspace")
+        create = bool(U8.unpack(bytes(args[1]))[0])
+        if self.spaces.get(name) is None:
+            if not create:
+                raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
+            self.spaces.create(name)
+        self._reply(peer, request_id)
+
+    def _delete_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        ws = self._workspace(args[0])
+        self._purge(ws, f"workspace {ws.name!r} was deleted")
+        self._reply(peer, request_id)
+
+    def _purge(self, ws: Workspace, message: str) -> None:
+        for var in ws.variables.values():
+            self._destroy_variable(var, Status.NO_WORKSPACE, message)
+        ws.variables.clear()
+        self.spaces.remove(ws)
+
+    def _destroy_variable(self, var: Variable, status: int, message: str) -> None:
+        self._fail_waiters(var, status, message)
+        var.live = False
+        self.memory -= sum(value.size for value in var.values)
+        var.values.clear()
+
+    def _mktemp_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        template = _text(args[0])
+        if not valid_template(template):
+            raise OpError(Status.BAD_REQUEST,
+                          f"workspace template {template!r} must contain exactly one integer "
+                          "conversion such as %d (write %% for a literal percent sign)")
+        name = self.spaces.temp_name(template)
+        self._name(name.encode(), "workspace")
+        self.spaces.create(name)
+        self._reply(peer, request_id, Status.OK, name.encode())
+
+    def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        self._json(peer, request_id, [
+            [ws.name, ws.owner is session, ws.owner_label, ws.persistent, len(ws.variables),
+             sorted(ws.variables)]
+            for ws in sorted(self.spaces.by_name.values(), key=lambda w: w.name)])
+
+    # ---------------------------------------------------------------- variables
+
+    def _declare(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        ws = self._workspace(args[0])
+        name = self._name(args[1], "variable")
+        mode = _text(args[2]).lower()
+        if mode not in MODES:
+            raise OpError(Status.BAD_REQUEST,
+                          f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        var = ws.variables.get(name)
+        if var is None:
+            self.spaces.new_variable(ws, name, mode)
+        elif var.mode != mode:
+            if var.mode_fixed:
+                raise OpError(Status.DECLARATION_FAILED,
+                              f"variable {name!r} is already declared {var.mode}; a mode cannot "
+                              "change (delete the variable first)")
+            if mode not in ITERABLE_MODES:
+                for waiter in [w for w in var.finders if w.cookie is not None]:
+                    var.finders.remove(waiter)
+                    key = (waiter.peer, waiter.request_id)
+                    self.waiting.pop(key, None)
+                    waiter.session.waiting.discard(key)
+                    self._error(waiter.peer, waiter.request_id, Status.BAD_REQUEST,
+                                f"variable {name!r} was declared {mode}; iterators need "
+                                "fifo or single")
+            var.set_mode(mode)
+        else:
+            var.mode_fixed = True
+        self._reply(peer, request_id)
+
+    def _delete_var(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        ws = self._workspace(args[0])
+        name = self._name(args[1], "variable")
+        var = ws.variables.pop(name, None)
+        if var is not None:
+            self._destroy_variable(var, Status.VARIABLE_DELETED,
+                                   f"variable {name!r} was deleted")
+        self._reply(peer, request_id)
+
+    def _list_vars(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        ws = self._workspace(args[0])
+        self._json(peer, request_id, [
+            [var.name, len(var.values), len(var.fetchers), len(var.finders), var.mode]
+            for var in sorted(ws.variables.values(), key=lambda v: v.name)])
+
+    def _store(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+        ws = self._workspace(args[0])
+        name = self._name(args[1], "variable")
+        frames = args[2:]
+        if not frames:
+            raise ProtocolError("store without a value")
+        _, nframes = parse_descriptor(bytes(frames[0]))
+        if nframes != len(frames) - 1:
+            raise ProtocolError(
+                f"value descriptor announces {nframes} frames, {len(frames) - 1} arrived")
+        size = 0
+        for frame in frames:
+            size += len(frame)
+        if self.memory + size > self.limits.max_memory:
+            raise OpError(Status.NO_MEMORY,
+                          f"storing {_size(size)} would exceed the broker's memory cap "
+                          f"(--max-memory {_size(self.limits.max_memory)}, "
+                          f"{_size(self.memory)} in use): fetch or delete values, or restart "
+                          "the broker with a larger --max-memory")
+        var = ws.variables.get(name)
+        if var is None:
+            var = self.spaces.new_variable(ws, name, FIFO)
+        else:
+            var.mode_fixed = True
+        value = Value(frames, size)
+        var.stamp(value)
+        self.memory += size
+        self._offer(var, value)
+        self._reply(peer, request_id)
+
+    def _reader(self, consume: bool, block: bool, iterate: bool) -> Callable:
+        def read(session: Session, peer: bytes, request_id: int, args: list) -> None:
+            ws = self._workspace(args[0])
+            name = self._name(args[1], "variable")
+            var = ws.variables.get(name)
+            cookie = None
+            if iterate:
+                var_id, cookie = COOKIE.unpack(bytes(args[2]))
+                if var is not None and var.mode not in ITERABLE_MODES:
+                    raise OpError(Status.BAD_REQUEST,
+                                  f"variable {name!r} is {var.mode}; iterators need fifo or "
+                                  "single")
+                if var_id and (var.id != var_id if var is not None else block):
+                    raise OpError(Status.ITERATOR_INVALID,
+                                  f"variable {name!r} was deleted (and maybe re-created) since "
+                                  "the iterator started; call reset() to start over")
+            if var is not None and var.values:
+                if consume:
+                    value = var.take(self.rng)
+                    self._lease(session, peer, request_id, var, value)
+                elif iterate:
+                    value = var.first_after(cookie)
+                else:
+                    value = var.peek(self.rng)
+                if value is not None:
+                    self._reply_value(peer, request_id, var, value)
+                    return
+            if not block:
+                self._reply(peer, request_id, Status.MISSING)
+                return
+            if var is None:
+                var = self.spaces.new_variable(ws, name, FIFO, mode_fixed=False)
+            waiter = Waiter(peer, request_id, session, consume,
+                            cookie if iterate and not consume else None)
+            (var.fetchers if consume else var.finders).append(waiter)
+            key = (peer, request_id)
+            self.waiting[key] = (var, waiter)
+            session.waiting.add(key)
+
+        return read

@@ -1,0 +1,151 @@
+"""The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench status`` asks a
+running broker how it is doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+
+from . import __version__
+from .config import (
+    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, Liveness, default_address,
+    default_max_memory, normalize_address,
+)
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512M``, ``2GiB``, ``64k`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (try 512M or 2G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workbench", description="A workbench for interactive distributed computing.")
+    parser.add_argument("--version", action="version", version=f"workbench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    live = Liveness()
+    broker = commands.add_parser("broker", help="run a broker that serves workspaces",
+                                 description="Serve workspaces over ZeroMQ until SIGINT/SIGTERM.")
+    broker.add_argument("--host", default=DEFAULT_HOST,
+                        help="interface to listen on (default %(default)s: this machine only)")
+    broker.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="TCP port, 0 for any free one (default %(default)s)")
+    broker.add_argument("--max-message-size", type=parse_size, default=MAX_MESSAGE_SIZE,
+                        metavar="SIZE", help="largest request accepted (default 1G)")
+    broker.add_argument("--max-memory", type=parse_size, default=None, metavar="SIZE",
+                        help="cap on the bytes of values held; a store beyond it fails "
+                             f"(default half of physical memory, {_human(default_max_memory())})")
+    broker.add_argument("--heartbeat-interval", type=float, default=live.interval, metavar="S",
+                        help="seconds between client heartbeats (default %(default)s)")
+    broker.add_argument("--heartbeat-liveness", type=int, default=live.liveness, metavar="N",
+                        help="intervals of silence after which a client is dead and its "
+                             "workspaces are purged (default %(default)s)")
+    broker.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback interface without "
+                             "authentication")
+    broker.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    broker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    broker.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
+
+    status = commands.add_parser("status", help="show a running broker's state",
+                                 description="Ask a broker for its clients, workspaces, memory "
+                                             "and counters.")
+    status.add_argument("--broker", default=None, metavar="ADDR",
+                        help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "broker":
+        return run_broker(args)
+    return run_status(args)
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    from .broker.server import BrokerServer, is_loopback
+    from .broker.state import Limits
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not is_loopback(args.host) and not args.insecure:
+        print(f"workbench broker: refusing to listen on {args.host}: clients there would be "
+              "unauthenticated. Listen on 127.0.0.1 and tunnel (ssh -L), or pass --insecure on "
+              "a network you trust.", file=sys.stderr)
+        return 2
+    limits = Limits(
+        max_memory=args.max_memory if args.max_memory is not None else default_max_memory(),
+        max_message_size=args.max_message_size,
+        liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
+    )
+    server = BrokerServer(args.host, args.port, limits)
+    try:
+        address = server.bind()
+    except Exception as exc:  # zmq.ZMQError: address in use, bad interface
+        print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    if args.announce:
+        from .client.embedded import announce
+
+        announce(address)
+    server.serve_forever(parent_pid=args.parent_pid)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .client.connection import Connection
+    from .errors import NwsException
+    from .protocol import Op
+
+    address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
+    try:
+        connection = Connection(address, args.timeout)
+    except NwsException as exc:
+        print(f"workbench status: {exc}", file=sys.stderr)
+        return 1
+    try:
+        _, frames = connection.call(Op.STATUS, [], timeout=args.timeout)
+        info = json.loads(bytes(frames[1]))
+    finally:
+        connection.close()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"broker     {address}  (workbench {info['version']}, protocol {info['protocol']}, "
+          f"up {info['uptime']:.0f} s)")
+    print(f"memory     {_human(info['memory'])} of {_human(info['max_memory'])}; "
+          f"messages up to {_human(info['max_message_size'])}")
+    print(f"heartbeat  every {info['heartbeat_interval']:g} s, dead after "
+          f"{info['heartbeat_interval'] * info['heartbeat_liveness']:g} s of silence")
+    print(f"workspaces {info['workspaces']}, values {info['values']}, "
+          f"blocked calls {info['waiting']}, unacknowledged hand-offs {info['leases']}")
+    others = [c for c in info["clients"] if c["label"] != connection.label]
+    print(f"clients    {len(others)}")
+    for client in others:
+        owned = ", ".join(client["owned"]) or "-"
+        print(f"  {client['label']:<32} requests {client['requests']:<8} owns {owned}")
+    counters = ", ".join(f"{k} {v}" for k, v in sorted(info["counters"].items()))
+    print(f"counters   {counters}")
+    return 0

@@ -1,0 +1,352 @@
+"""A client session with one broker: sockets, request ids, heartbeats, cancellation.
+
+Each thread that talks to the broker gets its own DEALER socket (a *channel*); all channels of a
+connection share one random session id at the front of their routing identities, so the broker
+sees one client. The calling thread does its own socket I/O (no hand-off to an I/O thread on the
+hot path). A daemon thread sends a heartbeat every interval on a channel of its own, carries the
+acknowledgements of idle channels, and notices when the broker stops answering.
+
+A request interrupted by Ctrl-C or by its timeout is cancelled at the broker, which puts back any
+value that raced the cancel; the late reply is then discarded here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Callable
+
+import zmq
+
+from .. import __version__
+from ..config import CANCEL_TIMEOUT, Liveness
+from ..errors import (
+    NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
+    NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
+    NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
+    NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
+    NwsUnpicklingException, NwsVariableDeletedException,
+)
+from ..protocol import (
+    CHANNEL, FLAG_ACKS, HEADER, SESSION_ID_SIZE, U32, Op, Status, pack_acks,
+    pack_channel_acks, request_header,
+)
+
+#: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
+#: is still alive.
+_POLL_SLICE = 0.25
+
+_ERRORS: dict[int, type[NwsException]] = {
+    Status.BAD_REQUEST: NwsBadRequestException,
+    Status.UNKNOWN_OP: NwsUnsupportedOperationException,
+    Status.NO_WORKSPACE: NwsNoWorkSpaceException,
+    Status.DECLARATION_FAILED: NwsDeclarationFailedException,
+    Status.VARIABLE_DELETED: NwsVariableDeletedException,
+    Status.ITERATOR_INVALID: NwsIteratorInvalidException,
+    Status.NO_MEMORY: NwsMemoryException,
+    Status.TOO_LARGE: NwsMessageTooLargeException,
+    Status.SHUTTING_DOWN: NwsConnectionDroppedException,
+}
+
+_live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def raise_for_status(status: int, frames: list) -> None:
+    if status >= Status.ERROR:
+        message = bytes(frames[1]).decode("utf-8", "replace") if len(frames) > 1 else ""
+        raise _ERRORS.get(status, NwsOperationException)(message or f"broker status {status}")
+
+
+class Channel:
+    """One thread's DEALER socket and the bookkeeping of its requests."""
+
+    def __init__(self, context: zmq.Context, address: str, session_id: bytes,
+                 number: int) -> None:
+        self.number = number
+        identity = session_id + CHANNEL.pack(number)
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, identity)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.RCVTIMEO, int(_POLL_SLICE * 1000))
+        self.socket.connect(address)
+        self.rcvtimeo = int(_POLL_SLICE * 1000)
+        self.ids = itertools.count(1)
+        self.in_flight: set[int] = set()
+        self.stash: dict[int, list] = {}  # replies that arrived while waiting for another
+        self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
+        self.acks: deque[int] = deque()  # leased values consumed, not yet acknowledged
+
+    def send(self, op: int, args: list) -> int:
+        request_id = next(self.ids) & 0xFFFFFFFF
+        acks = self.acks
+        if acks:
+            drained = []
+            while acks:
+                try:
+                    drained.append(acks.popleft())
+                except IndexError:  # the heartbeat thread took the rest
+                    break
+            frames = [request_header(op, request_id, FLAG_ACKS), pack_acks(drained), *args]
+        else:
+            frames = [request_header(op, request_id), *args]
+        self.socket.send_multipart(frames, copy=False)
+        self.in_flight.add(request_id)
+        return request_id
+
+    def receive(self, request_id: int, deadline: float | None,
+                alive: Callable[[], None]) -> list:
+        """Wait for the reply to ``request_id``; raises NwsTimeoutException at ``deadline``."""
+        stash = self.stash
+        sock = self.socket
+        while True:
+            if request_id in stash:
+                self.in_flight.discard(request_id)
+                return stash.pop(request_id)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NwsTimeoutException("timed out waiting for the broker's reply")
+                self._set_rcvtimeo(min(remaining, _POLL_SLICE))
+            try:
+                frames = sock.recv_multipart(copy=False)
+            except zmq.Again:
+                alive()
+                continue
+            got = HEADER.unpack(frames[0].buffer)[3]
+            if got == request_id:
+                self.in_flight.discard(request_id)
+                return frames
+            if got in self.cancelled:
+                continue  # the late answer to a cancelled request: its value went back
+            if got in self.in_flight:
+                stash[got] = frames
+
+    def _set_rcvtimeo(self, seconds: float) -> None:
+        ms = max(1, int(seconds * 1000))
+        if ms != self.rcvtimeo:
+            self.socket.setsockopt(zmq.RCVTIMEO, ms)
+            self.rcvtimeo = ms
+
+    def cancel(self, request_id: int, alive: Callable[[], None]) -> None:
+        """Cancel an in-flight request and wait (bounded) until the broker confirms it."""
+        self.cancelled.add(request_id)
+        self.in_flight.discard(request_id)
+        self.stash.pop(request_id, None)
+        cancel_id = self.send(Op.CANCEL, [U32.pack(request_id)])
+        self.cancelled.add(cancel_id)
+        try:
+            self.receive(cancel_id, time.monotonic() + CANCEL_TIMEOUT, alive)
+        except NwsException:
+            return  # the broker is unreachable; its session cleanup returns the value
+        finally:
+            self.cancelled.discard(cancel_id)
+        # Replies on one socket arrive in order: after the confirmation, none can follow.
+        self.cancelled.discard(request_id)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class Connection:
+    """A session with the broker at ``address`` (``tcp://host:port``)."""
+
+    def __init__(self, address: str, connect_timeout: float, hint: str = "") -> None:
+        self.address = address
+        self.session_id = os.urandom(SESSION_ID_SIZE)
+        self.context = zmq.Context.instance()
+        self._closed = False
+        self.broken: str | None = None  # why the broker is considered unreachable
+        self._local = threading.local()
+        self._channels: list[Channel] = []
+        self._channel_numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        hello = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "version": __version__}).encode()
+        try:
+            _, frames = self.call(Op.HELLO, [hello], timeout=connect_timeout)
+        except NwsTimeoutException:
+            self._close_sockets()
+            raise NwsConnectException(
+                f"no broker answered at {address} within {connect_timeout:g} s; "
+                + (hint or "start one with `workbench broker`")) from None
+        self.info = json.loads(bytes(frames[1]))
+        self.liveness = Liveness(self.info["heartbeat_interval"], self.info["heartbeat_liveness"])
+        self.label = self.info["label"]
+        self._heartbeat = _Heartbeat(self)
+        self._heartbeat.start()
+        _live_connections.add(self)
+        self._finalizer = weakref.finalize(self, _release, self._heartbeat, self._channels,
+                                           self._lock, self.context, address, self.session_id)
+
+    @property
+    def closed(self) -> bool:
+        finalizer = getattr(self, "_finalizer", None)
+        return self._closed or (finalizer is not None and not finalizer.alive)
+
+    # ------------------------------------------------------------------ requests
+
+    def channel(self) -> Channel:
+        if self.closed:
+            raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
+        channel = getattr(self._local, "channel", None)
+        if channel is None:
+            with self._lock:
+                channel = Channel(self.context, self.address, self.session_id,
+                                  next(self._channel_numbers))
+                self._channels.append(channel)
+            self._local.channel = channel
+        return channel
+
+    def check_alive(self) -> None:
+        if self.closed:
+            raise NwsConnectionDroppedException(f"the connection to {self.address} was closed")
+        if self.broken:
+            raise NwsConnectionDroppedException(self.broken)
+
+    def call(self, op: int, args: list, timeout: float | None = None) -> tuple[int, list]:
+        """Send one request and wait for its reply -> (status, frames). Error statuses raise."""
+        return self.read(op, args, timeout)
+
+    def read(self, op: int, args: list, timeout: float | None = None,
+             decode: Callable[[list], object] | None = None,
+             leased: bool = False) -> tuple[int, object]:
+        """Send one request and wait for its reply -> (status, frames or decoded value).
+
+        With ``decode``, an OK reply's frames are decoded before anything is acknowledged; with
+        ``leased``, the value is then acknowledged. Ctrl-C or the timeout at any point before
+        that cancels the request at the broker, which puts a raced value back."""
+        channel = self.channel()
+        request_id = channel.send(op, args)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            frames = channel.receive(request_id, deadline, self.check_alive)
+            status = frames[0].buffer[1]
+            result = decode(frames) if decode is not None and status == Status.OK else frames
+        except (KeyboardInterrupt, NwsTimeoutException) as exc:
+            channel.cancel(request_id, self.check_alive)
+            if isinstance(exc, NwsTimeoutException) and timeout is not None:
+                raise NwsTimeoutException(
+                    f"no reply within {timeout:g} s (the request was cancelled)") from None
+            raise
+        except NwsUnpicklingException:
+            if leased:  # undecodable values must not come back forever: keep it consumed
+                channel.acks.append(request_id)
+            raise
+        if status >= Status.ERROR:
+            raise_for_status(status, frames)
+        if leased and status == Status.OK:
+            channel.acks.append(request_id)
+        return status, result
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """End the session: the broker purges the non-persistent workspaces it owns."""
+        if self.closed:
+            return
+        if not self.broken:
+            try:
+                self.call(Op.BYE, [], timeout=1.0)
+            except NwsException:
+                pass
+        self._closed = True
+        self._finalizer.detach()
+        _release(self._heartbeat, self._channels, self._lock)
+
+    def _close_sockets(self) -> None:
+        with self._lock:
+            for channel in self._channels:
+                channel.close()
+            self._channels.clear()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("broken" if self.broken else "open")
+        return f"<Connection {self.address} {self.label if hasattr(self, 'label') else ''} {state}>"
+
+
+def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Lock,
+             context: zmq.Context | None = None, address: str = "",
+             session_id: bytes = b"") -> None:
+    """Stop the heartbeat and close the sockets; with ``context``, first tell the broker the
+    session is over (a collected or exiting connection) without waiting for an answer."""
+    if context is not None and not context.closed:
+        goodbye = context.socket(zmq.DEALER)
+        goodbye.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(0xFFFF))
+        goodbye.connect(address)
+        goodbye.send_multipart([request_header(Op.BYE, 1)])
+        goodbye.close(linger=500)
+    heartbeat.stop()
+    with lock:
+        for channel in channels:
+            channel.close()
+        channels.clear()
+
+
+def close_all() -> None:
+    """Close every open connection of this process (called at exit, before brokers stop)."""
+    for connection in list(_live_connections):
+        connection.close()
+
+
+class _Heartbeat(threading.Thread):
+    """Beats for one connection, flushes idle channels' acknowledgements, watches the broker."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(name=f"workbench-heartbeat-{connection.address}", daemon=True)
+        self._connection = weakref.ref(connection)
+        self._identity = connection.session_id + CHANNEL.pack(0)
+        self._address = connection.address
+        self._context = connection.context
+        self._liveness = connection.liveness
+        self._channels = connection._channels
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=2 * self._liveness.interval + 1)
+
+    def run(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self._address)
+        interval = self._liveness.interval
+        last_answer = time.monotonic()
+        beat_ids = itertools.count(1)
+        try:
+            while not self._stopping.is_set():
+                acks = []
+                for channel in list(self._channels):
+                    while channel.acks:
+                        try:
+                            acks.append((channel.number, channel.acks.popleft()))
+                        except IndexError:  # its own thread took them for its next request
+                            break
+                args = [pack_channel_acks(acks)] if acks else []
+                sock.send_multipart([request_header(Op.HEARTBEAT, next(beat_ids)), *args])
+                deadline = time.monotonic() + interval
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if self._stopping.is_set():
+                        return
+                    if sock.poll(min(remaining, 0.1) * 1000):
+                        sock.recv_multipart()
+                        last_answer = time.monotonic()
+                connection = self._connection()
+                if connection is None:
+                    return
+                silent = time.monotonic() - last_answer
+                if silent > self._liveness.timeout:
+                    connection.broken = (f"the broker at {self._address} has not answered for "
+                                         f"{silent:.1f} s")
+                else:
+                    connection.broken = None
+                del connection
+        finally:
+            sock.close(linger=0)

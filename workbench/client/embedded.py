@@ -1,0 +1,127 @@
+"""Finding a broker: an explicit address, ``WORKBENCH_BROKER``, the default one, or a private one.
+
+A client given no address uses the broker at the default address if one answers; otherwise this
+process starts a private broker subprocess on a free loopback port (once), points
+``WORKBENCH_BROKER`` at it so child processes (workers) find it, and stops it at exit. The broker
+also stops by itself when it sees this process gone, so nothing is left running after a crash.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+from ..config import (
+    BROKER_ENV, CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, EMBEDDED_START_TIMEOUT,
+    PROBE_TIMEOUT, normalize_address,
+)
+from ..errors import NwsConnectException
+from .connection import Connection, close_all
+
+_READY = "WORKBENCH_BROKER "
+_lock = threading.Lock()
+_embedded: subprocess.Popen | None = None
+_embedded_address: str | None = None
+
+
+def connect(host: str | None = None, port: int | None = None,
+            timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """A new session with the broker the arguments, the environment or the defaults name."""
+    if host is not None or port is not None:
+        address = normalize_address(f"{host or DEFAULT_HOST}:{port or DEFAULT_PORT}")
+        return Connection(address, timeout, hint=start_hint(address))
+    if os.environ.get(BROKER_ENV):
+        address = normalize_address(os.environ[BROKER_ENV])
+        return Connection(address, timeout,
+                          hint=f"{BROKER_ENV} names it; " + start_hint(address))
+    default = normalize_address(f"{DEFAULT_HOST}:{DEFAULT_PORT}")
+    if _port_accepts(DEFAULT_HOST, DEFAULT_PORT):
+        try:
+            return Connection(default, PROBE_TIMEOUT)
+        except NwsConnectException:
+            pass  # something else listens there: fall back to a private broker
+    return Connection(embedded_broker(), timeout, hint="the embedded broker did not answer")
+
+
+def start_hint(address: str) -> str:
+    parts = urlsplit(address)
+    return f"start one with `workbench broker --host {parts.hostname} --port {parts.port}`"
+
+
+def _port_accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def embedded_broker() -> str:
+    """The address of this process's private broker, starting it on first use."""
+    global _embedded, _embedded_address
+    with _lock:
+        if _embedded is not None and _embedded.poll() is None:
+            return _embedded_address
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "broker", "--host", "127.0.0.1", "--port", "0",
+             "--parent-pid", str(os.getpid()), "--announce"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            # its own session: Ctrl-C in a terminal must not kill it before this process cleans up
+            start_new_session=True,
+        )
+        address = _read_announcement(process)
+        _embedded, _embedded_address = process, address
+        os.environ[BROKER_ENV] = address
+        return address
+
+
+def _read_announcement(process: subprocess.Popen) -> str:
+    deadline = time.monotonic() + EMBEDDED_START_TIMEOUT
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, remaining))
+        if not ready:
+            process.kill()
+            raise NwsConnectException(
+                f"the embedded broker did not start within {EMBEDDED_START_TIMEOUT:g} s")
+        chunk = os.read(process.stdout.fileno(), 4096)
+        if not chunk:
+            raise NwsConnectException(
+                f"the embedded broker exited with status {process.wait()} before starting; "
+                "run `workbench broker` in a terminal to see why")
+        line += chunk
+    text = line.decode().strip()
+    if not text.startswith(_READY):
+        process.kill()
+        raise NwsConnectException(f"unexpected output from the embedded broker: {text!r}")
+    return text[len(_READY):]
+
+
+def announce(address: str) -> None:
+    """Called by ``workbench broker --announce`` once it listens."""
+    sys.stdout.write(f"{_READY}{address}\n")
+    sys.stdout.flush()
+
+
+@atexit.register
+def _stop_embedded() -> None:
+    close_all()  # say goodbye while the broker still answers
+    process = _embedded
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if os.environ.get(BROKER_ENV) == _embedded_address:
+        del os.environ[BROKER_ENV]

@@ -1,0 +1,326 @@
+"""The NetWorkSpaces API: ``NwsServer`` (a session with a broker) and ``NetWorkSpace``.
+
+Names, arguments and behaviour follow ``nws.client``; every method also answers to its PEP 8
+name (``fetchTry`` is ``fetch_try``), the same function under two names.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+from ..codec import decode, encode, raw_bytes
+from ..config import CONNECT_TIMEOUT
+from ..errors import NwsOperationException
+from ..protocol import META, U8, Op, Status
+from .connection import Connection
+from .embedded import connect
+from .iterator import NwsValueIterator
+
+FIFO, LIFO, MULTI, SINGLE = "fifo", "lifo", "multi", "single"
+STRING, DICT = "string", "dict"
+V_VARIABLE, V_VALUES, V_FETCHERS, V_FINDERS, V_MODE = range(5)
+WS_NAME, WS_MINE, WS_OWNER, WS_PERSISTENT, WS_NUMVARS, WS_VARLIST = range(6)
+
+_MISSING = object()
+
+
+def _decode_value(frames: list) -> Any:
+    return decode(frames[2:])
+
+
+def _decode_raw(frames: list) -> bytes:
+    return raw_bytes(frames[2:])
+
+
+def _json(frames: list) -> Any:
+    import json
+
+    return json.loads(bytes(frames[1]))
+
+
+def _flag(value: bool) -> bytes:
+    return U8.pack(1 if value else 0)
+
+
+def _write(fobj: Any, data: bytes) -> int:
+    if isinstance(fobj, io.TextIOBase):
+        fobj.write(data.decode("utf-8"))
+    else:
+        fobj.write(data)
+    return len(data)
+
+
+class NwsServer:
+    """A session with a broker. Closing it (or its process ending) purges the non-persistent
+    workspaces it owns.
+
+    With no ``host`` and ``port``, the broker comes from ``WORKBENCH_BROKER``, else the default
+    address if a broker answers there, else a private broker started for this process.
+    """
+
+    def __init__(self, host: str | None = None, port: int | None = None,
+                 timeout: float = CONNECT_TIMEOUT, connection: Connection | None = None) -> None:
+        self._connection = connection or connect(host, port, timeout)
+        parts = urlsplit(self._connection.address)
+        self.serverHost = parts.hostname
+        self.serverPort = parts.port
+
+    @property
+    def address(self) -> str:
+        return self._connection.address
+
+    def __str__(self) -> str:
+        return f"NwsServer {self.address}"
+
+    def __repr__(self) -> str:
+        return f"<NwsServer {self.address}{' closed' if self._connection.closed else ''}>"
+
+    def openWs(self, wsName: str, space: NetWorkSpace | None = None, **opt: Any) -> NetWorkSpace:
+        """Open a workspace, taking ownership if nobody owns it; returns a NetWorkSpace.
+
+        Keyword arguments: ``persistent`` (outlive the owner; only the claiming open sets it),
+        ``create`` (create it if missing; default True)."""
+        if space is None:
+            return NetWorkSpace(wsName, server=self, **opt)
+        self._connection.call(Op.OPEN_WS, [wsName.encode(), _flag(opt.get("persistent", False)),
+                                           _flag(opt.get("create", True))])
+        return space
+
+    def useWs(self, wsName: str, space: NetWorkSpace | None = None, **opt: Any) -> NetWorkSpace:
+        """Use a workspace without ever taking ownership; ``create`` as for openWs."""
+        if space is None:
+            return NetWorkSpace(wsName, server=self, useUse=True, **opt)
+        self._connection.call(Op.USE_WS, [wsName.encode(), _flag(opt.get("create", True))])
+        return space
+
+    def deleteWs(self, wsName: str) -> None:
+        """Delete a workspace: its values are destroyed and blocked callers get an error."""
+        self._connection.call(Op.DELETE_WS, [wsName.encode()])
+
+    def mktempWs(self, wsName: str = "__pyws__%d") -> str:
+        """Create an unowned workspace named from a template with one ``%d``; returns the name."""
+        _, frames = self._connection.call(Op.MKTEMP_WS, [wsName.encode()])
+        return bytes(frames[1]).decode()
+
+    def listWss(self, format: str = STRING) -> str | dict:
+        """All workspaces: a printable string (``>`` marks the ones this session owns) or a
+        dict name -> (name, mine, owner, persistent, nvars, [vars])."""
+        rows = _json(self._connection.call(Op.LIST_WSS, [])[1])
+        if format == DICT:
+            return {row[0]: tuple(row) for row in rows}
+        _check_format(format)
+        return "".join(
+            f"{'>' if mine else ' '}{name}\t{owner}\t{persistent}\t{nvars}\t{','.join(names)}\n"
+            for name, mine, owner, persistent, nvars, names in rows)
+
+    def close(self) -> None:
+        """Close the session; the broker purges the non-persistent workspaces it owns."""
+        self._connection.close()
+
+    def __enter__(self) -> NwsServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    open_ws = openWs
+    use_ws = useWs
+    delete_ws = deleteWs
+    mktemp_ws = mktempWs
+    list_wss = listWss
+
+
+def _check_format(format: str) -> None:
+    if format not in (STRING, DICT):
+        raise ValueError(f"format must be {STRING!r} or {DICT!r}, not {format!r}")
+
+
+class NetWorkSpace:
+    """A workspace on a broker: a network dictionary whose variables hold lists of values.
+
+    ``store`` adds a value; ``fetch`` removes and returns one, blocking until one exists;
+    ``find`` returns one without removing it. Which value depends on the variable's mode
+    (``declare``): fifo (the default), lifo, multi (random) or single (a store replaces).
+    """
+
+    def __init__(self, wsName: str = "__default", serverHost: str | None = None,
+                 serverPort: int | None = None, useUse: bool = False,
+                 server: NwsServer | None = None, **opt: Any) -> None:
+        self._owns_server = server is None
+        if server is None:
+            server = NwsServer(serverHost, serverPort, timeout=opt.pop("timeout", CONNECT_TIMEOUT))
+        self.server = server
+        self._connection = server._connection
+        self._name = wsName
+        self._wsb = wsName.encode()
+        self._useUse = useUse
+        if useUse:
+            server.useWs(wsName, self, create=opt.get("create", True))
+        else:
+            server.openWs(wsName, self, persistent=opt.get("persistent", False),
+                          create=opt.get("create", True))
+
+    def __str__(self) -> str:
+        return f"NetWorkSpace '{self._name}' [{self._connection.address}]"
+
+    def __repr__(self) -> str:
+        return f"<NetWorkSpace {self._name!r} at {self._connection.address}>"
+
+    def __reduce__(self):
+        # A handle sent to another process re-attaches there without claiming ownership.
+        server = self.server
+        return (NetWorkSpace, (self._name, server.serverHost, server.serverPort, True))
+
+    def __enter__(self) -> NetWorkSpace:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the session this workspace created (a shared ``server=`` stays open)."""
+        if self._owns_server:
+            self.server.close()
+
+    def currentWs(self) -> str:
+        """The name of this workspace."""
+        return self._name
+
+    # ------------------------------------------------------------------ variables
+
+    def declare(self, varName: str, mode: str) -> None:
+        """Declare a variable's mode: 'fifo', 'lifo', 'multi' or 'single'. A mode, once set
+        (by declare or by a store, which means fifo), cannot change."""
+        self._connection.call(Op.DECLARE, [self._wsb, varName.encode(), mode.encode()])
+
+    def deleteVar(self, varName: str) -> None:
+        """Delete a variable: its values are destroyed and blocked fetch/find calls raise."""
+        self._connection.call(Op.DELETE_VAR, [self._wsb, varName.encode()])
+
+    def listVars(self, wsName: str | None = None, format: str = STRING) -> str | dict:
+        """The variables of this (or another) workspace: a printable string of tab-separated
+        name, values, fetchers, finders, mode lines, or a dict name -> that tuple."""
+        ws = self._wsb if wsName is None else wsName.encode()
+        rows = _json(self._connection.call(Op.LIST_VARS, [ws])[1])
+        if format == DICT:
+            return {row[0]: tuple(row) for row in rows}
+        _check_format(format)
+        return "\n".join("\t".join(str(field) for field in row) for row in rows)
+
+    # ------------------------------------------------------------------ values
+
+    def store(self, varName: str, val: Any) -> None:
+        """Store a value. ``str`` and ``bytes`` travel raw (readable by any client); other
+        objects are pickled, large buffers out of band."""
+        self._connection.call(Op.STORE, [self._wsb, varName.encode(), *encode(val)])
+
+    def fetch(self, varName: str, timeout: float | None = None) -> Any:
+        """Remove and return a value, blocking until one exists (or ``timeout`` seconds pass,
+        raising NwsTimeoutException, a TimeoutError). Each value goes to exactly one fetcher."""
+        return self._connection.read(Op.FETCH, [self._wsb, varName.encode()], timeout,
+                                     _decode_value, leased=True)[1]
+
+    def fetchTry(self, varName: str, missing: Any = None) -> Any:
+        """Remove and return a value, or return ``missing`` at once if there is none."""
+        return self._try(Op.FETCH_TRY, varName, missing, _decode_value, True)
+
+    def find(self, varName: str, timeout: float | None = None) -> Any:
+        """Return a value without removing it, blocking until one exists."""
+        return self._connection.read(Op.FIND, [self._wsb, varName.encode()], timeout,
+                                     _decode_value)[1]
+
+    def findTry(self, varName: str, missing: Any = None) -> Any:
+        """Return a value without removing it, or ``missing`` at once if there is none."""
+        return self._try(Op.FIND_TRY, varName, missing, _decode_value, False)
+
+    def _try(self, op: int, varName: str, missing: Any, decoder, leased: bool) -> Any:
+        try:
+            status, value = self._connection.read(op, [self._wsb, varName.encode()], None,
+                                                  decoder, leased)
+        except NwsOperationException:
+            return missing  # as in NWS, the Try variants swallow operation errors
+        return missing if status == Status.MISSING else value
+
+    # ------------------------------------------------------------------ files
+
+    def storeFile(self, varName: str, fobj: BinaryIO, n: int = 0) -> int:
+        """Store up to ``n`` bytes (all if 0) read from a file as one raw value; returns the
+        number of bytes read. Stores nothing and returns 0 at end of file."""
+        data = fobj.read(n) if n else fobj.read()
+        if not data:
+            return 0
+        self.store(varName, data)
+        return len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+
+    def fetchFile(self, varName: str, fobj: BinaryIO, timeout: float | None = None) -> int:
+        """Fetch a value and write its raw bytes to a file; returns the number written."""
+        data = self._connection.read(Op.FETCH, [self._wsb, varName.encode()], timeout,
+                                     _decode_raw, leased=True)[1]
+        return _write(fobj, data)
+
+    def fetchTryFile(self, varName: str, fobj: BinaryIO) -> int:
+        """Like fetchFile without blocking; returns 0 if there is no value."""
+        data = self._try(Op.FETCH_TRY, varName, _MISSING, _decode_raw, True)
+        return 0 if data is _MISSING else _write(fobj, data)
+
+    def findFile(self, varName: str, fobj: BinaryIO, timeout: float | None = None) -> int:
+        """Find a value and write its raw bytes to a file; returns the number written."""
+        data = self._connection.read(Op.FIND, [self._wsb, varName.encode()], timeout,
+                                     _decode_raw)[1]
+        return _write(fobj, data)
+
+    def findTryFile(self, varName: str, fobj: BinaryIO) -> int:
+        """Like findFile without blocking; returns 0 if there is no value."""
+        data = self._try(Op.FIND_TRY, varName, _MISSING, _decode_raw, False)
+        return 0 if data is _MISSING else _write(fobj, data)
+
+    # ------------------------------------------------------------------ iterators
+
+    def ifetch(self, varName: str, timeout: float | None = None) -> NwsValueIterator:
+        """An iterator that fetches values, blocking at the end (fifo and single only)."""
+        return NwsValueIterator(self, varName, "fetch", timeout)
+
+    def ifetchTry(self, varName: str) -> NwsValueIterator:
+        """An iterator that fetches values and stops at the end (fifo and single only)."""
+        return NwsValueIterator(self, varName, "fetchTry")
+
+    def ifind(self, varName: str, timeout: float | None = None) -> NwsValueIterator:
+        """An iterator over the values, never repeating one, blocking for new values at the
+        end (fifo and single only)."""
+        return NwsValueIterator(self, varName, "find", timeout)
+
+    def ifindTry(self, varName: str) -> NwsValueIterator:
+        """An iterator over the values that stops at the end; ``restart()`` continues with
+        values stored since (fifo and single only)."""
+        return NwsValueIterator(self, varName, "findTry")
+
+    def _iterate(self, op: int, varName: str, cookie: bytes, timeout: float | None,
+                 raw: bool) -> tuple[bool, Any, int, int]:
+        """One iterator step -> (found, value, variable id, sequence)."""
+        found: list = []
+
+        def decoder(frames: list) -> Any:
+            found.extend(META.unpack(frames[1].buffer))
+            return _decode_raw(frames) if raw else _decode_value(frames)
+
+        status, value = self._connection.read(
+            op, [self._wsb, varName.encode(), cookie], timeout, decoder,
+            leased=op in (Op.IFETCH, Op.IFETCH_TRY))
+        if status == Status.MISSING:
+            return False, None, 0, 0
+        return True, value, found[0], found[1]
+
+    current_ws = currentWs
+    delete_var = deleteVar
+    list_vars = listVars
+    fetch_try = fetchTry
+    find_try = findTry
+    store_file = storeFile
+    fetch_file = fetchFile
+    fetch_try_file = fetchTryFile
+    find_file = findFile
+    find_try_file = findTryFile
+    ifetch_try = ifetchTry
+    ifind_try = ifindTry

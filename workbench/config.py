@@ -1,0 +1,84 @@
+"""Every default of the workbench, with its unit, and the environment variables that override them.
+
+Durations are in seconds, sizes in bytes. Tests shrink the liveness intervals through the same
+environment variables a user would set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+#: Environment variable naming the broker a client should use, as ``tcp://host:port`` or
+#: ``host:port``. Set by an embedded broker's parent so that its children find the same broker.
+BROKER_ENV = "WORKBENCH_BROKER"
+HEARTBEAT_INTERVAL_ENV = "WORKBENCH_HEARTBEAT_INTERVAL"
+HEARTBEAT_LIVENESS_ENV = "WORKBENCH_HEARTBEAT_LIVENESS"
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+#: Seconds between two heartbeats of a client session.
+HEARTBEAT_INTERVAL = 1.0
+#: Heartbeat intervals a session may stay silent before the broker declares it dead (and the
+#: client declares the broker unreachable). Dead after interval x liveness = 3 s by default.
+HEARTBEAT_LIVENESS = 3
+
+#: Seconds a client waits for a broker's first answer at an explicit address.
+CONNECT_TIMEOUT = 5.0
+#: Seconds a client waits for the default broker to answer once its port accepts connections.
+PROBE_TIMEOUT = 2.0
+#: Seconds an embedded broker may take to start and report its address.
+EMBEDDED_START_TIMEOUT = 20.0
+#: Seconds a cancelled request (timeout, Ctrl-C) waits for the broker to confirm the cancel.
+CANCEL_TIMEOUT = 5.0
+
+#: Largest request the broker accepts, all frames together (1 GiB).
+MAX_MESSAGE_SIZE = 1 << 30
+#: Pickle buffers at least this large travel out of band as their own zero-copy frames.
+OUT_OF_BAND_THRESHOLD = 64 * 1024
+#: Longest workspace or variable name, in UTF-8 bytes.
+MAX_NAME_LENGTH = 1024
+
+
+def default_max_memory() -> int:
+    """Half of physical memory: the broker refuses stores beyond it instead of being killed."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Heartbeat arithmetic shared by broker and client: silent for ``timeout`` s means dead."""
+
+    interval: float = HEARTBEAT_INTERVAL
+    liveness: int = HEARTBEAT_LIVENESS
+
+    @property
+    def timeout(self) -> float:
+        return self.interval * self.liveness
+
+    @classmethod
+    def from_env(cls) -> Liveness:
+        return cls(
+            interval=float(os.environ.get(HEARTBEAT_INTERVAL_ENV, HEARTBEAT_INTERVAL)),
+            liveness=int(os.environ.get(HEARTBEAT_LIVENESS_ENV, HEARTBEAT_LIVENESS)),
+        )
+
+
+def normalize_address(address: str) -> str:
+    """``host:port``, ``tcp://host:port`` or a bare port -> ``tcp://host:port``."""
+    address = address.strip()
+    if "://" in address:
+        return address
+    if address.isdigit():
+        return f"tcp://{DEFAULT_HOST}:{address}"
+    if ":" not in address:
+        return f"tcp://{address}:{DEFAULT_PORT}"
+    return f"tcp://{address}"
+
+
+def default_address() -> str:
+    return f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"

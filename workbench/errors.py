@@ -1,0 +1,96 @@
+"""The one exception tree of the workbench. The NetWorkSpaces names come from ``nws.client``.
+
+::
+
+    NwsException                              anything the workbench raises
+    ├── NwsServerException                    talking to the broker failed
+    │   ├── NwsConnectException               no broker answered at the address
+    │   ├── NwsConnectionDroppedException     the broker stopped answering, or shut down
+    │   └── NwsUnsupportedOperationException  the broker does not know the operation
+    ├── NwsOperationException                 the broker refused or aborted an operation
+    │   ├── NwsNoWorkSpaceException           no such workspace (never created, deleted, purged)
+    │   ├── NwsDeclarationFailedException     a variable already has another mode
+    │   ├── NwsVariableDeletedException       the variable was deleted under a blocked call
+    │   ├── NwsIteratorInvalidException       an iterator's variable was deleted and re-created
+    │   ├── NwsBadRequestException            malformed request, bad name, bad argument
+    │   ├── NwsMemoryException                the broker's --max-memory cap would be exceeded
+    │   ├── NwsMessageTooLargeException       a message above the broker's --max-message-size
+    │   ├── NwsPicklingException              a value could not be serialized
+    │   └── NwsUnpicklingException            a value could not be deserialized (keeps the bytes)
+    ├── NwsTimeoutException                   a blocking call's ``timeout`` ran out (a TimeoutError)
+    └── NwsUnsupportedMethodException         a method of the original API that cannot work here
+"""
+
+from __future__ import annotations
+
+
+class NwsException(Exception):
+    """Base class for all exceptions raised by the workbench."""
+
+
+class NwsServerException(NwsException):
+    """Error communicating with the broker."""
+
+
+class NwsConnectException(NwsServerException):
+    """Unable to connect to the broker."""
+
+
+class NwsConnectionDroppedException(NwsServerException):
+    """The broker stopped answering, or shut down, while a call was in progress."""
+
+
+class NwsUnsupportedOperationException(NwsServerException):
+    """The broker does not support this operation."""
+
+
+class NwsOperationException(NwsException):
+    """Error performing a workspace operation."""
+
+
+class NwsNoWorkSpaceException(NwsOperationException):
+    """No such workspace: never created, deleted, or purged when its owner left."""
+
+
+class NwsDeclarationFailedException(NwsOperationException):
+    """Variable declaration failed: the variable already exists with another mode."""
+
+
+class NwsVariableDeletedException(NwsOperationException):
+    """The variable was deleted while a call was blocked on it."""
+
+
+class NwsIteratorInvalidException(NwsOperationException):
+    """The iterator's variable was deleted and re-created; call ``reset()`` to start over."""
+
+
+class NwsBadRequestException(NwsOperationException):
+    """The broker rejected a malformed request or argument."""
+
+
+class NwsMemoryException(NwsOperationException):
+    """Storing the value would exceed the broker's memory cap (``--max-memory``)."""
+
+
+class NwsMessageTooLargeException(NwsOperationException):
+    """The message exceeds the broker's ``--max-message-size``."""
+
+
+class NwsPicklingException(NwsOperationException):
+    """A value could not be serialized for storing."""
+
+
+class NwsUnpicklingException(NwsOperationException):
+    """A value could not be deserialized. ``raw`` keeps its frames as bytes."""
+
+    def __init__(self, message: str, raw: bytes = b"") -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class NwsTimeoutException(NwsException, TimeoutError):
+    """A blocking call did not complete within its ``timeout``; the request was cancelled."""
+
+
+class NwsUnsupportedMethodException(NwsException):
+    """A method of the original API that has no meaning here."""
