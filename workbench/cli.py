@@ -117,7 +117,7 @@ def run_broker(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from .client.connection import Connection
     from .errors import NwsException
-    from .protocol import Op
+    from .protocol import HEADER_SIZE, Op
 
     address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
     try:
@@ -126,8 +126,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"workbench status: {exc}", file=sys.stderr)
         return 1
     try:
-        _, frames = connection.call(Op.STATUS, [], timeout=args.timeout)
-        info = json.loads(bytes(frames[1]))
+        head = connection.call(Op.STATUS, [], timeout=args.timeout)
+        info = json.loads(head[HEADER_SIZE:])
     finally:
         connection.close()
     if args.json:

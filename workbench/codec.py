@@ -1,10 +1,14 @@
-"""Python values <-> (descriptor, payload frames): the one place values are serialized.
+"""Python values <-> value frames: the one place values are serialized.
 
 ``bytes`` and ``str`` travel raw, so any client in any language can read them (NetWorkSpaces'
 "direct strings"). Everything else is pickled with protocol 5; buffers of at least
 ``OUT_OF_BAND_THRESHOLD`` bytes (numpy arrays, bytearrays) leave the pickle stream and travel as
-frames of their own, so a large array is never copied into a pickle. Objects plain pickle refuses
-(lambdas, closures, classes defined in a notebook) fall back to cloudpickle.
+frames of their own, so a large array is never copied into a pickle, and arrives writable in the
+received frame's memory. Objects plain pickle refuses (lambdas, closures, classes defined in a
+notebook) fall back to cloudpickle.
+
+Frame layout (see ``protocol``): ``[descriptor + data, *extra]``; a large data part is *detached*
+into the first extra frame instead, so it is not copied to sit behind the descriptor.
 """
 
 from __future__ import annotations
@@ -16,19 +20,31 @@ import cloudpickle
 
 from .config import OUT_OF_BAND_THRESHOLD
 from .errors import NwsPicklingException, NwsUnpicklingException
-from .protocol import Kind, descriptor, parse_descriptor
+from .protocol import DESCRIPTOR, DESCRIPTOR_SIZE, Kind, ProtocolError
 
-_RAW_BYTES_1 = descriptor(Kind.BYTES, 1)
-_RAW_TEXT_1 = descriptor(Kind.TEXT, 1)
+DETACHED = 1  # descriptor flag: the data part is the first extra frame
+
+_pack = DESCRIPTOR.pack
+_BYTES = _pack(Kind.BYTES, 0, 0)
+_TEXT = _pack(Kind.TEXT, 0, 0)
 
 
 def encode(value: Any) -> list:
-    """-> [descriptor, *payload]; payload items are bytes-like and sent without copying."""
+    """-> value frames; items are bytes-like and may be sent without copying."""
     cls = type(value)
     if cls is bytes:
-        return [_RAW_BYTES_1, value]
+        if len(value) < OUT_OF_BAND_THRESHOLD:
+            return [_BYTES + value]
+        return [_pack(Kind.BYTES, DETACHED, 1), value]
     if cls is str:
-        return [_RAW_TEXT_1, value.encode("utf-8")]
+        data = value.encode("utf-8")
+        if len(data) < OUT_OF_BAND_THRESHOLD:
+            return [_TEXT + data]
+        return [_pack(Kind.TEXT, DETACHED, 1), data]
+    return _pickled(value)
+
+
+def _pickled(value: Any) -> list:
     buffers: list = []
 
     def keep_large_out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -47,38 +63,60 @@ def encode(value: Any) -> list:
             data = cloudpickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
         except Exception as exc:
             raise NwsPicklingException(
-                f"cannot serialize {cls.__name__} value: {exc}"
-            ) from exc
+                f"cannot serialize {type(value).__name__} value: {exc}") from exc
         kind = Kind.CLOUDPICKLE
-    return [descriptor(kind, 1 + len(buffers)), data, *buffers]
+    if len(data) < OUT_OF_BAND_THRESHOLD:
+        return [_pack(kind, 0, len(buffers)) + data, *buffers]
+    return [_pack(kind, DETACHED, len(buffers) + 1), data, *buffers]
+
+
+def split(frames: Sequence) -> tuple[int, Any, Sequence]:
+    """value frames -> (kind, data, extra frames); data is a zero-copy view."""
+    head = memoryview(frames[0])
+    if head.nbytes < DESCRIPTOR_SIZE:
+        raise ProtocolError("value frame without a descriptor")
+    kind, flags, nextra = DESCRIPTOR.unpack_from(head)
+    if nextra != len(frames) - 1:
+        raise ProtocolError(f"value announces {nextra} extra frames, {len(frames) - 1} present")
+    if flags & DETACHED:
+        if not nextra:
+            raise ProtocolError("detached value without its data frame")
+        return kind, frames[1], frames[2:]
+    return kind, head[DESCRIPTOR_SIZE:], frames[1:]
 
 
 def decode(frames: Sequence) -> Any:
-    """[descriptor, *payload] -> the value. Payload frames may be bytes or zmq.Frame objects."""
+    """value frames -> the value. Frames may be bytes or zmq.Frame objects."""
     try:
-        kind, _ = parse_descriptor(bytes(frames[0]))
-        payload = frames[1:]
+        kind, data, extra = split(frames)
         if kind == Kind.BYTES:
-            return _as_bytes(payload)
+            return _join(data, extra)
         if kind == Kind.TEXT:
-            return _as_bytes(payload).decode("utf-8")
+            return _join(data, extra).decode("utf-8")
         if kind == Kind.INT:
-            return int(_as_bytes(payload))
-        if kind in (Kind.PICKLE, Kind.CLOUDPICKLE):
-            return pickle.loads(payload[0], buffers=payload[1:])
+            return int(_join(data, extra))
+        if kind == Kind.PICKLE or kind == Kind.CLOUDPICKLE:
+            return pickle.loads(data, buffers=extra)
     except Exception as exc:
         raise NwsUnpicklingException(
-            f"cannot decode value: {type(exc).__name__}: {exc}", raw_bytes(frames)
-        ) from exc
-    raise NwsUnpicklingException(f"unknown value kind {kind}", raw_bytes(frames))
+            f"cannot decode value: {type(exc).__name__}: {exc}", _safe_raw(frames)) from exc
+    raise NwsUnpicklingException(f"unknown value kind {kind}", _safe_raw(frames))
 
 
 def raw_bytes(frames: Sequence) -> bytes:
-    """The payload of [descriptor, *payload] as one bytes object (for files and iterators)."""
-    return _as_bytes(frames[1:])
+    """The payload of a value as bytes: what files and raw readers receive."""
+    _, data, extra = split(frames)
+    return _join(data, extra)
 
 
-def _as_bytes(payload: Sequence) -> bytes:
-    if len(payload) == 1:
-        return bytes(payload[0])
-    return b"".join(bytes(frame) for frame in payload)
+def _join(data: Any, extra: Sequence) -> bytes:
+    if not extra:
+        return bytes(data)
+    return b"".join([bytes(data), *(bytes(frame) for frame in extra)])
+
+
+def _safe_raw(frames: Sequence) -> bytes:
+    try:
+        return raw_bytes(frames)
+    except Exception:
+        return b"".join(bytes(frame) for frame in frames)

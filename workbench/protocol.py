@@ -1,44 +1,54 @@
 """The wire protocol between clients and the broker: frame layout, op codes, status codes.
 
-Every message is a ZeroMQ multipart message. The client's DEALER sends::
+Every message is a ZeroMQ multipart message whose first frame is the *head*: an 8-byte header
+``<BBHI`` followed by a body. A client's DEALER sends::
 
-    [header, *args]                 header = <BBHI: version, op, flags, request id
+    [head, *extra]    header = (version, op, flags, request id); body = text arguments joined
+                      by NUL (names cannot contain control characters); for an op that carries
+                      a value, the value's first frame is the last argument
 
-and the broker's ROUTER sees the client's routing identity in front of it. The broker answers::
+and the broker's ROUTER sees the client's routing identity in front. The broker answers::
 
-    [header, *payload]              header = <BBHI: version, status, flags, request id
+    [head, *extra]    header = (version, status, number of extra frames, request id);
+                      body = META + the value's first frame for a value reply, UTF-8 text (JSON,
+                      a name, an error message) otherwise
+
+Each frame costs a wake-up of ZeroMQ's I/O thread on both sides, so everything small shares the
+head frame: a store or fetch of a small value is one frame each way, like a bare echo. Only the
+large parts of values (detached data, out-of-band buffers) travel as extra frames, unsent copies.
 
 Request ids are chosen by the client, one counter per socket, so a socket may have many requests
-in flight; replies come back in any order and are matched by id. When ``flags & FLAG_ACKS``, the
-first argument is a packed array of ``<I`` request ids whose leased values the client has
+in flight; replies may come back in any order and are matched by id. When ``flags & FLAG_ACKS``
+the first argument lists, comma-separated, the request ids whose leased values the client has
 consumed (acknowledgements ride on the next request instead of costing a message of their own).
 
-A *value* travels as ``[descriptor, *payload]``: descriptor = ``<BBH`` (kind, 0, number of payload
-frames); the broker never looks inside the payload. A value reply is ``[meta, descriptor,
-*payload]`` with meta = ``<QQ`` (variable id, value sequence number), the cookie of iterators.
+A *value* is ``[descriptor + data, *extra]``: descriptor = ``<BBH`` (kind, flags, number of
+extra frames). For raw kinds the payload is data followed by the extra frames; for pickles, data is the
+pickle stream and the extra frames are its out-of-band buffers. The broker never looks inside.
+A value reply's META = ``<QQ`` (variable id, value sequence number) is the iterators' cookie.
 
-Arguments by op (names are UTF-8 frames; ``u8``/``u32`` are little-endian packed integers)::
+Arguments by op (text; ``0``/``1`` for flags)::
 
-    HELLO       [json client info]            -> OK [json broker info]
-    BYE         []                            -> OK           (the session ends now)
-    HEARTBEAT   [<HI pairs: channel, rid>]    -> OK           (acks of idle channels ride here)
-    STATUS      []                            -> OK [json]
-    CANCEL      [u32 request id]              -> CANCELLED
-    OPEN_WS     [ws, u8 persistent, u8 create]-> OK
-    USE_WS      [ws, u8 create]               -> OK
-    DELETE_WS   [ws]                          -> OK
-    MKTEMP_WS   [template]                    -> OK [name]
-    LIST_WSS    []                            -> OK [json]
-    DECLARE     [ws, var, mode]               -> OK
-    DELETE_VAR  [ws, var]                     -> OK
-    LIST_VARS   [ws]                          -> OK [json]
-    STORE       [ws, var, *value]             -> OK
+    HELLO       json client info              -> OK json broker info
+    BYE                                       -> OK           (the session ends now)
+    HEARTBEAT   [channel:id,...]              -> OK           (acks of idle channels ride here)
+    STATUS                                    -> OK json
+    CANCEL      request id                    -> CANCELLED
+    OPEN_WS     ws, persistent, create        -> OK
+    USE_WS      ws, create                    -> OK
+    DELETE_WS   ws                            -> OK
+    MKTEMP_WS   template                      -> OK name
+    LIST_WSS                                  -> OK json
+    DECLARE     ws, var, mode                 -> OK
+    DELETE_VAR  ws, var                       -> OK
+    LIST_VARS   ws                            -> OK json
+    STORE       ws, var, value                -> OK
     FETCH, FETCH_TRY, FIND, FIND_TRY
-                [ws, var]                     -> OK [meta, *value] | MISSING
+                ws, var                       -> OK META + value | MISSING
     IFETCH, IFETCH_TRY, IFIND, IFIND_TRY
-                [ws, var, <QQ cookie>]        -> OK [meta, *value] | MISSING
+                ws, var, variable id, seq     -> OK META + value | MISSING
 
-Errors are ``[header(status >= ERROR), UTF-8 message]``.
+An error is ``head(status >= ERROR) + UTF-8 message``.
 """
 
 from __future__ import annotations
@@ -49,19 +59,21 @@ import struct
 PROTOCOL_VERSION = 1
 
 HEADER = struct.Struct("<BBHI")
+HEADER_SIZE = HEADER.size
 DESCRIPTOR = struct.Struct("<BBH")
+DESCRIPTOR_SIZE = DESCRIPTOR.size
 META = struct.Struct("<QQ")
-COOKIE = META
-U32 = struct.Struct("<I")
-U8 = struct.Struct("<B")
-CHANNEL_ACK = struct.Struct("<HI")
+SEPARATOR = b"\0"
 
 FLAG_ACKS = 1
+
+#: Ops whose last argument is a value's first frame (which may contain NUL): their number of
+#: arguments before it.
+VALUE_ARITY = {30: 2}  # Op.STORE
 
 #: Bytes of random session id at the start of every client socket's routing identity; the two
 #: bytes after it number the socket (channel) within the session.
 SESSION_ID_SIZE = 16
-CHANNEL_SIZE = 2
 CHANNEL = struct.Struct("<H")
 
 
@@ -90,15 +102,11 @@ class Op(enum.IntEnum):
     IFIND_TRY = 38
 
 
-#: Ops whose successful reply hands over a value under a lease that the client must acknowledge.
-LEASING_OPS = frozenset({Op.FETCH, Op.FETCH_TRY, Op.IFETCH, Op.IFETCH_TRY})
-
-
 class Status(enum.IntEnum):
     OK = 0
     MISSING = 1
     CANCELLED = 2
-    ERROR = 16  # every status from here on is an error with a message frame
+    ERROR = 16  # every status from here on is an error with a message
     BAD_REQUEST = 16
     UNKNOWN_OP = 17
     NO_WORKSPACE = 18
@@ -125,51 +133,61 @@ class ProtocolError(ValueError):
     """A message that does not follow this module's layout."""
 
 
-def request_header(op: int, request_id: int, flags: int = 0) -> bytes:
-    return HEADER.pack(PROTOCOL_VERSION, op, flags, request_id)
+# Plain ints for the hot paths: IntEnum arithmetic and lookups cost microseconds there.
+_V = PROTOCOL_VERSION
+_pack_header = HEADER.pack
+_join = SEPARATOR.join
 
 
-def reply_header(status: int, request_id: int) -> bytes:
-    return HEADER.pack(PROTOCOL_VERSION, status, 0, request_id)
+def request_head(op: int, request_id: int, args: list[bytes] | tuple = (), flags: int = 0) -> bytes:
+    return _pack_header(_V, op, flags, request_id) + _join(args)
 
 
-def parse_header(frame: bytes) -> tuple[int, int, int]:
-    """-> (op or status, flags, request id); raises ProtocolError on a foreign header."""
-    if len(frame) != HEADER.size:
-        raise ProtocolError(f"header of {len(frame)} bytes, expected {HEADER.size}")
-    version, code, flags, request_id = HEADER.unpack(frame)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+def reply_head(status: int, request_id: int, nframes: int = 0, body: bytes = b"") -> bytes:
+    return _pack_header(_V, status, nframes, request_id) + body
+
+
+def parse_head(head: bytes) -> tuple[int, int, int]:
+    """-> (op or status, flags or frame count, request id); ProtocolError on a foreign head."""
+    if len(head) < HEADER_SIZE:
+        raise ProtocolError(f"head of {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    version, code, flags, request_id = HEADER.unpack_from(head)
+    if version != _V:
+        raise ProtocolError(f"protocol version {version}, this side speaks {_V}")
     return code, flags, request_id
 
 
-def pack_acks(request_ids: list[int]) -> bytes:
-    return struct.pack(f"<{len(request_ids)}I", *request_ids)
+def split_args(head: bytes) -> list[bytes]:
+    return head[HEADER_SIZE:].split(SEPARATOR) if len(head) > HEADER_SIZE else []
 
 
-def unpack_acks(frame: bytes) -> tuple[int, ...]:
-    if len(frame) % 4:
-        raise ProtocolError("acknowledgement frame is not a whole number of u32")
-    return struct.unpack(f"<{len(frame) // 4}I", frame)
+def descriptor(kind: int, nextra: int = 0) -> bytes:
+    return DESCRIPTOR.pack(kind, 0, nextra)
 
 
-def pack_channel_acks(pairs: list[tuple[int, int]]) -> bytes:
-    return b"".join(CHANNEL_ACK.pack(channel, rid) for channel, rid in pairs)
+def parse_descriptor(frame) -> tuple[int, int]:
+    """-> (kind, number of extra frames) from a value's first frame."""
+    if len(frame) < DESCRIPTOR_SIZE:
+        raise ProtocolError(f"value frame of {len(frame)} bytes has no descriptor")
+    kind, _, nextra = DESCRIPTOR.unpack_from(frame)
+    return kind, nextra
 
 
-def unpack_channel_acks(frame: bytes) -> list[tuple[int, int]]:
-    if len(frame) % CHANNEL_ACK.size:
-        raise ProtocolError("heartbeat acknowledgements are not whole (channel, id) pairs")
-    return [CHANNEL_ACK.unpack_from(frame, i) for i in range(0, len(frame), CHANNEL_ACK.size)]
+def pack_acks(request_ids) -> bytes:
+    return b",".join(b"%d" % rid for rid in request_ids)
 
 
-def descriptor(kind: int, nframes: int) -> bytes:
-    return DESCRIPTOR.pack(kind, 0, nframes)
+def unpack_acks(arg: bytes) -> list[int]:
+    return [int(rid) for rid in arg.split(b",")] if arg else []
 
 
-def parse_descriptor(frame: bytes) -> tuple[int, int]:
-    """-> (kind, number of payload frames)."""
-    if len(frame) != DESCRIPTOR.size:
-        raise ProtocolError(f"value descriptor of {len(frame)} bytes, expected {DESCRIPTOR.size}")
-    kind, _, nframes = DESCRIPTOR.unpack(frame)
-    return kind, nframes
+def pack_channel_acks(pairs) -> bytes:
+    return b",".join(b"%d:%d" % pair for pair in pairs)
+
+
+def unpack_channel_acks(arg: bytes) -> list[tuple[int, int]]:
+    pairs = []
+    for item in arg.split(b",") if arg else ():
+        channel, _, rid = item.partition(b":")
+        pairs.append((int(channel), int(rid)))
+    return pairs

@@ -34,9 +34,12 @@ from ..errors import (
     NwsUnpicklingException, NwsVariableDeletedException,
 )
 from ..protocol import (
-    CHANNEL, FLAG_ACKS, HEADER, SESSION_ID_SIZE, U32, Op, Status, pack_acks,
-    pack_channel_acks, request_header,
+    CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
+    pack_channel_acks, request_head,
 )
+
+_unpack_header = HEADER.unpack_from
+_SNDMORE = int(zmq.SNDMORE)
 
 #: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
 #: is still alive.
@@ -57,9 +60,9 @@ _ERRORS: dict[int, type[NwsException]] = {
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
-def raise_for_status(status: int, frames: list) -> None:
+def raise_for_status(status: int, head: bytes) -> None:
     if status >= Status.ERROR:
-        message = bytes(frames[1]).decode("utf-8", "replace") if len(frames) > 1 else ""
+        message = head[HEADER_SIZE:].decode("utf-8", "replace")
         raise _ERRORS.get(status, NwsOperationException)(message or f"broker status {status}")
 
 
@@ -69,21 +72,23 @@ class Channel:
     def __init__(self, context: zmq.Context, address: str, session_id: bytes,
                  number: int) -> None:
         self.number = number
-        identity = session_id + CHANNEL.pack(number)
         self.socket = context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, identity)
+        self.socket.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(number))
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.RCVTIMEO, int(_POLL_SLICE * 1000))
         self.socket.connect(address)
         self.rcvtimeo = int(_POLL_SLICE * 1000)
         self.ids = itertools.count(1)
         self.in_flight: set[int] = set()
-        self.stash: dict[int, list] = {}  # replies that arrived while waiting for another
+        self.stash: dict[int, tuple[bytes, list]] = {}  # replies that came while waiting
         self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
         self.acks: deque[int] = deque()  # leased values consumed, not yet acknowledged
 
-    def send(self, op: int, args: list) -> int:
+    def send(self, op: int, args: list, frames: list | tuple = ()) -> int:
+        """Send a request -> its id. The value's first frame rides in the head, after ``args``."""
         request_id = next(self.ids) & 0xFFFFFFFF
+        if frames:
+            args = [*args, frames[0]]
         acks = self.acks
         if acks:
             drained = []
@@ -92,18 +97,26 @@ class Channel:
                     drained.append(acks.popleft())
                 except IndexError:  # the heartbeat thread took the rest
                     break
-            frames = [request_header(op, request_id, FLAG_ACKS), pack_acks(drained), *args]
+            head = request_head(op, request_id, [pack_acks(drained), *args], FLAG_ACKS)
         else:
-            frames = [request_header(op, request_id), *args]
-        self.socket.send_multipart(frames, copy=False)
+            head = request_head(op, request_id, args)
+        send = self.socket.send
+        last = len(frames) - 1
+        if last > 0:
+            send(head, _SNDMORE)
+            for index in range(1, last + 1):
+                send(frames[index], _SNDMORE if index < last else 0, copy=False)
+        else:
+            send(head)
         self.in_flight.add(request_id)
         return request_id
 
     def receive(self, request_id: int, deadline: float | None,
-                alive: Callable[[], None]) -> list:
-        """Wait for the reply to ``request_id``; raises NwsTimeoutException at ``deadline``."""
+                alive: Callable[[], None]) -> tuple[bytes, list]:
+        """Wait for the reply to ``request_id`` -> (head, value frames); raises
+        NwsTimeoutException at ``deadline``."""
         stash = self.stash
-        sock = self.socket
+        recv = self.socket.recv
         while True:
             if request_id in stash:
                 self.in_flight.discard(request_id)
@@ -114,18 +127,19 @@ class Channel:
                     raise NwsTimeoutException("timed out waiting for the broker's reply")
                 self._set_rcvtimeo(min(remaining, _POLL_SLICE))
             try:
-                frames = sock.recv_multipart(copy=False)
+                head = recv()
             except zmq.Again:
                 alive()
                 continue
-            got = HEADER.unpack(frames[0].buffer)[3]
+            _, _, nframes, got = _unpack_header(head)
+            frames = [recv(copy=False) for _ in range(nframes)] if nframes else []
             if got == request_id:
                 self.in_flight.discard(request_id)
-                return frames
+                return head, frames
             if got in self.cancelled:
                 continue  # the late answer to a cancelled request: its value went back
             if got in self.in_flight:
-                stash[got] = frames
+                stash[got] = (head, frames)
 
     def _set_rcvtimeo(self, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -138,7 +152,7 @@ class Channel:
         self.cancelled.add(request_id)
         self.in_flight.discard(request_id)
         self.stash.pop(request_id, None)
-        cancel_id = self.send(Op.CANCEL, [U32.pack(request_id)])
+        cancel_id = self.send(Op.CANCEL, [b"%d" % request_id])
         self.cancelled.add(cancel_id)
         try:
             self.receive(cancel_id, time.monotonic() + CANCEL_TIMEOUT, alive)
@@ -169,13 +183,13 @@ class Connection:
         hello = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                             "version": __version__}).encode()
         try:
-            _, frames = self.call(Op.HELLO, [hello], timeout=connect_timeout)
+            head = self.call(Op.HELLO, [hello], timeout=connect_timeout)
         except NwsTimeoutException:
             self._close_sockets()
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
                 + (hint or "start one with `workbench broker`")) from None
-        self.info = json.loads(bytes(frames[1]))
+        self.info = json.loads(head[HEADER_SIZE:])
         self.liveness = Liveness(self.info["heartbeat_interval"], self.info["heartbeat_liveness"])
         self.label = self.info["label"]
         self._heartbeat = _Heartbeat(self)
@@ -209,25 +223,26 @@ class Connection:
         if self.broken:
             raise NwsConnectionDroppedException(self.broken)
 
-    def call(self, op: int, args: list, timeout: float | None = None) -> tuple[int, list]:
-        """Send one request and wait for its reply -> (status, frames). Error statuses raise."""
-        return self.read(op, args, timeout)
+    def call(self, op: int, args: list, frames: list | tuple = (),
+             timeout: float | None = None) -> bytes:
+        """Send one request and wait for its reply head. Error statuses raise."""
+        return self.read(op, args, frames, timeout)[1][0]
 
-    def read(self, op: int, args: list, timeout: float | None = None,
-             decode: Callable[[list], object] | None = None,
+    def read(self, op: int, args: list, frames: list | tuple = (), timeout: float | None = None,
+             decode: Callable[[bytes, list], object] | None = None,
              leased: bool = False) -> tuple[int, object]:
-        """Send one request and wait for its reply -> (status, frames or decoded value).
+        """Send one request and wait for its reply -> (status, decoded value or (head, frames)).
 
-        With ``decode``, an OK reply's frames are decoded before anything is acknowledged; with
-        ``leased``, the value is then acknowledged. Ctrl-C or the timeout at any point before
-        that cancels the request at the broker, which puts a raced value back."""
+        With ``decode``, an OK reply is decoded before anything is acknowledged; with ``leased``
+        the value is then acknowledged. Ctrl-C or the timeout at any point before that cancels
+        the request at the broker, which puts a raced value back: nothing is lost."""
         channel = self.channel()
-        request_id = channel.send(op, args)
+        request_id = channel.send(op, args, frames)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            frames = channel.receive(request_id, deadline, self.check_alive)
-            status = frames[0].buffer[1]
-            result = decode(frames) if decode is not None and status == Status.OK else frames
+            reply = channel.receive(request_id, deadline, self.check_alive)
+            status = reply[0][1]
+            result = decode(*reply) if decode is not None and status == 0 else reply
         except (KeyboardInterrupt, NwsTimeoutException) as exc:
             channel.cancel(request_id, self.check_alive)
             if isinstance(exc, NwsTimeoutException) and timeout is not None:
@@ -235,12 +250,12 @@ class Connection:
                     f"no reply within {timeout:g} s (the request was cancelled)") from None
             raise
         except NwsUnpicklingException:
-            if leased:  # undecodable values must not come back forever: keep it consumed
+            if leased:  # an undecodable value must not come back forever: it stays consumed
                 channel.acks.append(request_id)
             raise
         if status >= Status.ERROR:
-            raise_for_status(status, frames)
-        if leased and status == Status.OK:
+            raise_for_status(status, reply[0])
+        if leased and status == 0:
             channel.acks.append(request_id)
         return status, result
 
@@ -279,7 +294,7 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
         goodbye = context.socket(zmq.DEALER)
         goodbye.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(0xFFFF))
         goodbye.connect(address)
-        goodbye.send_multipart([request_header(Op.BYE, 1)])
+        goodbye.send(request_head(Op.BYE, 1))
         goodbye.close(linger=500)
     heartbeat.stop()
     with lock:
@@ -330,7 +345,7 @@ class _Heartbeat(threading.Thread):
                         except IndexError:  # its own thread took them for its next request
                             break
                 args = [pack_channel_acks(acks)] if acks else []
-                sock.send_multipart([request_header(Op.HEARTBEAT, next(beat_ids)), *args])
+                sock.send(request_head(Op.HEARTBEAT, next(beat_ids), args))
                 deadline = time.monotonic() + interval
                 while (remaining := deadline - time.monotonic()) > 0:
                     if self._stopping.is_set():

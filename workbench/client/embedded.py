@@ -14,6 +14,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from urllib.parse import urlsplit
@@ -69,14 +70,20 @@ def embedded_broker() -> str:
     with _lock:
         if _embedded is not None and _embedded.poll() is None:
             return _embedded_address
+        errors = tempfile.TemporaryFile()  # warnings and errors only; shown if it fails to start
         process = subprocess.Popen(
             [sys.executable, "-m", "workbench", "broker", "--host", "127.0.0.1", "--port", "0",
-             "--parent-pid", str(os.getpid()), "--announce"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+             "--parent-pid", str(os.getpid()), "--announce", "--log-level", "WARNING"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
             # its own session: Ctrl-C in a terminal must not kill it before this process cleans up
             start_new_session=True,
         )
-        address = _read_announcement(process)
+        try:
+            address = _read_announcement(process)
+        except NwsConnectException as exc:
+            errors.seek(0)
+            tail = errors.read()[-2000:].decode("utf-8", "replace").strip()
+            raise NwsConnectException(f"{exc}\n{tail}" if tail else str(exc)) from None
         _embedded, _embedded_address = process, address
         os.environ[BROKER_ENV] = address
         return address
@@ -95,8 +102,7 @@ def _read_announcement(process: subprocess.Popen) -> str:
         chunk = os.read(process.stdout.fileno(), 4096)
         if not chunk:
             raise NwsConnectException(
-                f"the embedded broker exited with status {process.wait()} before starting; "
-                "run `workbench broker` in a terminal to see why")
+                f"the embedded broker exited with status {process.wait()} before starting")
         line += chunk
     text = line.decode().strip()
     if not text.startswith(_READY):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..protocol import COOKIE, Op
+from ..protocol import Op
 
 if TYPE_CHECKING:
     from .workspace import NetWorkSpace
@@ -51,7 +51,7 @@ class NwsValueIterator:
         if self._stopped:
             return False, None
         found, value, var_id, seq = self._ws._iterate(
-            self._op, self._var, COOKIE.pack(self._var_id, self._seq), self._timeout, raw)
+            self._op, self._var, self._var_id, self._seq, self._timeout, raw)
         if not found:
             self._stopped = True
             return False, None

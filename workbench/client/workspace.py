@@ -7,13 +7,14 @@ name (``fetchTry`` is ``fetch_try``), the same function under two names.
 from __future__ import annotations
 
 import io
+import json
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from ..codec import decode, encode, raw_bytes
 from ..config import CONNECT_TIMEOUT
 from ..errors import NwsOperationException
-from ..protocol import META, U8, Op, Status
+from ..protocol import HEADER_SIZE, META, Op, Status
 from .connection import Connection
 from .embedded import connect
 from .iterator import NwsValueIterator
@@ -26,22 +27,28 @@ WS_NAME, WS_MINE, WS_OWNER, WS_PERSISTENT, WS_NUMVARS, WS_VARLIST = range(6)
 _MISSING = object()
 
 
-def _decode_value(frames: list) -> Any:
-    return decode(frames[2:])
+_VALUE_AT = HEADER_SIZE + META.size
 
 
-def _decode_raw(frames: list) -> bytes:
-    return raw_bytes(frames[2:])
+def _value_frames(head: bytes, extra: list) -> list:
+    """A value reply's frames: the first rides in the head after META."""
+    return [memoryview(head)[_VALUE_AT:], *extra]
 
 
-def _json(frames: list) -> Any:
-    import json
+def _decode_value(head: bytes, extra: list) -> Any:
+    return decode(_value_frames(head, extra))
 
-    return json.loads(bytes(frames[1]))
+
+def _decode_raw(head: bytes, extra: list) -> bytes:
+    return raw_bytes(_value_frames(head, extra))
+
+
+def _json(head: bytes) -> Any:
+    return json.loads(head[HEADER_SIZE:])
 
 
 def _flag(value: bool) -> bytes:
-    return U8.pack(1 if value else 0)
+    return b"1" if value else b"0"
 
 
 def _write(fobj: Any, data: bytes) -> int:
@@ -101,13 +108,13 @@ class NwsServer:
 
     def mktempWs(self, wsName: str = "__pyws__%d") -> str:
         """Create an unowned workspace named from a template with one ``%d``; returns the name."""
-        _, frames = self._connection.call(Op.MKTEMP_WS, [wsName.encode()])
-        return bytes(frames[1]).decode()
+        head = self._connection.call(Op.MKTEMP_WS, [wsName.encode()])
+        return head[HEADER_SIZE:].decode()
 
     def listWss(self, format: str = STRING) -> str | dict:
         """All workspaces: a printable string (``>`` marks the ones this session owns) or a
         dict name -> (name, mine, owner, persistent, nvars, [vars])."""
-        rows = _json(self._connection.call(Op.LIST_WSS, [])[1])
+        rows = _json(self._connection.call(Op.LIST_WSS, []))
         if format == DICT:
             return {row[0]: tuple(row) for row in rows}
         _check_format(format)
@@ -203,7 +210,7 @@ class NetWorkSpace:
         """The variables of this (or another) workspace: a printable string of tab-separated
         name, values, fetchers, finders, mode lines, or a dict name -> that tuple."""
         ws = self._wsb if wsName is None else wsName.encode()
-        rows = _json(self._connection.call(Op.LIST_VARS, [ws])[1])
+        rows = _json(self._connection.call(Op.LIST_VARS, [ws]))
         if format == DICT:
             return {row[0]: tuple(row) for row in rows}
         _check_format(format)
@@ -214,12 +221,12 @@ class NetWorkSpace:
     def store(self, varName: str, val: Any) -> None:
         """Store a value. ``str`` and ``bytes`` travel raw (readable by any client); other
         objects are pickled, large buffers out of band."""
-        self._connection.call(Op.STORE, [self._wsb, varName.encode(), *encode(val)])
+        self._connection.call(Op.STORE, [self._wsb, varName.encode()], encode(val))
 
     def fetch(self, varName: str, timeout: float | None = None) -> Any:
         """Remove and return a value, blocking until one exists (or ``timeout`` seconds pass,
         raising NwsTimeoutException, a TimeoutError). Each value goes to exactly one fetcher."""
-        return self._connection.read(Op.FETCH, [self._wsb, varName.encode()], timeout,
+        return self._connection.read(Op.FETCH, [self._wsb, varName.encode()], (), timeout,
                                      _decode_value, leased=True)[1]
 
     def fetchTry(self, varName: str, missing: Any = None) -> Any:
@@ -228,7 +235,7 @@ class NetWorkSpace:
 
     def find(self, varName: str, timeout: float | None = None) -> Any:
         """Return a value without removing it, blocking until one exists."""
-        return self._connection.read(Op.FIND, [self._wsb, varName.encode()], timeout,
+        return self._connection.read(Op.FIND, [self._wsb, varName.encode()], (), timeout,
                                      _decode_value)[1]
 
     def findTry(self, varName: str, missing: Any = None) -> Any:
@@ -237,7 +244,7 @@ class NetWorkSpace:
 
     def _try(self, op: int, varName: str, missing: Any, decoder, leased: bool) -> Any:
         try:
-            status, value = self._connection.read(op, [self._wsb, varName.encode()], None,
+            status, value = self._connection.read(op, [self._wsb, varName.encode()], (), None,
                                                   decoder, leased)
         except NwsOperationException:
             return missing  # as in NWS, the Try variants swallow operation errors
@@ -256,7 +263,7 @@ class NetWorkSpace:
 
     def fetchFile(self, varName: str, fobj: BinaryIO, timeout: float | None = None) -> int:
         """Fetch a value and write its raw bytes to a file; returns the number written."""
-        data = self._connection.read(Op.FETCH, [self._wsb, varName.encode()], timeout,
+        data = self._connection.read(Op.FETCH, [self._wsb, varName.encode()], (), timeout,
                                      _decode_raw, leased=True)[1]
         return _write(fobj, data)
 
@@ -267,7 +274,7 @@ class NetWorkSpace:
 
     def findFile(self, varName: str, fobj: BinaryIO, timeout: float | None = None) -> int:
         """Find a value and write its raw bytes to a file; returns the number written."""
-        data = self._connection.read(Op.FIND, [self._wsb, varName.encode()], timeout,
+        data = self._connection.read(Op.FIND, [self._wsb, varName.encode()], (), timeout,
                                      _decode_raw)[1]
         return _write(fobj, data)
 
@@ -296,17 +303,17 @@ class NetWorkSpace:
         values stored since (fifo and single only)."""
         return NwsValueIterator(self, varName, "findTry")
 
-    def _iterate(self, op: int, varName: str, cookie: bytes, timeout: float | None,
+    def _iterate(self, op: int, varName: str, var_id: int, seq: int, timeout: float | None,
                  raw: bool) -> tuple[bool, Any, int, int]:
-        """One iterator step -> (found, value, variable id, sequence)."""
+        """One iterator step after value ``seq`` -> (found, value, variable id, sequence)."""
         found: list = []
 
-        def decoder(frames: list) -> Any:
-            found.extend(META.unpack(frames[1].buffer))
-            return _decode_raw(frames) if raw else _decode_value(frames)
+        def decoder(head: bytes, extra: list) -> Any:
+            found.extend(META.unpack_from(head, HEADER_SIZE))
+            return _decode_raw(head, extra) if raw else _decode_value(head, extra)
 
         status, value = self._connection.read(
-            op, [self._wsb, varName.encode(), cookie], timeout, decoder,
+            op, [self._wsb, varName.encode(), b"%d" % var_id, b"%d" % seq], (), timeout, decoder,
             leased=op in (Op.IFETCH, Op.IFETCH_TRY))
         if status == Status.MISSING:
             return False, None, 0, 0

@@ -20,8 +20,9 @@ from typing import Callable
 from ... import __version__
 from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
 from ...protocol import (
-    CHANNEL, COOKIE, FLAG_ACKS, META, PROTOCOL_VERSION, U8, U32, Op, ProtocolError, Status,
-    parse_descriptor, parse_header, reply_header, unpack_acks, unpack_channel_acks,
+    CHANNEL, FLAG_ACKS, HEADER_SIZE, META, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
+    ProtocolError, Status, parse_descriptor, parse_head, reply_head, split_args, unpack_acks,
+    unpack_channel_acks,
 )
 from .sessions import Session, SessionTable, session_id_of
 from .variables import FIFO, ITERABLE_MODES, MODES, Value, Variable, Waiter
@@ -45,8 +46,15 @@ class Limits:
     liveness: Liveness = field(default_factory=Liveness)
 
 
-def _text(frame) -> str:
-    return bytes(frame).decode("utf-8")
+def _flag(arg: bytes) -> bool:
+    if arg not in (b"0", b"1"):
+        raise ProtocolError(f"flag argument {arg!r} is not 0 or 1")
+    return arg == b"1"
+
+
+def _arity(args: list, n: int) -> None:
+    if len(args) != n:
+        raise ProtocolError(f"{len(args)} arguments where {n} were expected")
 
 
 def _size(n: float) -> str:
@@ -93,12 +101,12 @@ class BrokerState:
 
     # ---------------------------------------------------------------- entry points
 
-    def handle(self, peer: bytes, frames: list, now: float) -> None:
-        """Process one request from ``peer`` (its frames after the routing identity)."""
+    def handle(self, peer: bytes, head: bytes, frames: list, now: float) -> None:
+        """Process one request from ``peer``: its head frame and the value frames after it."""
         self.now = now
         try:
-            op, flags, request_id = parse_header(bytes(frames[0]))
-        except (ProtocolError, IndexError):
+            op, flags, request_id = parse_head(head)
+        except ProtocolError:
             self.counters["malformed"] += 1  # nothing to correlate a reply with: drop it
             return
         self.counters["requests"] += 1
@@ -106,20 +114,31 @@ class BrokerState:
         session.requests += 1
         if new and op != Op.HELLO:
             self.notices.append(f"client connected: {session.label} (without hello)")
-        args = frames[1:]
         try:
+            arity = VALUE_ARITY.get(op)
+            if arity is None:
+                args = split_args(head)
+            else:  # the value's first frame is the last argument and may contain NUL
+                arity += flags & FLAG_ACKS
+                args = head[HEADER_SIZE:].split(SEPARATOR, arity)
+                if len(args) != arity + 1:
+                    raise ProtocolError(f"{len(args) - 1} arguments before the value, "
+                                        f"expected {arity}")
+                frames.insert(0, args.pop())
             if flags & FLAG_ACKS:
                 if not args:
                     raise ProtocolError("acknowledgement flag without acknowledgements")
-                for acked in unpack_acks(bytes(args[0])):
+                for acked in unpack_acks(args[0]):
                     self._ack((peer, acked))
-                args = args[1:]
+                del args[0]
             handler = self._handlers.get(op)
             if handler is None:
                 raise OpError(Status.UNKNOWN_OP,
                               f"unknown operation {op}: is the client newer than this broker "
                               f"(protocol {PROTOCOL_VERSION})?")
-            handler(session, peer, request_id, args)
+            if frames and arity is None:
+                raise ProtocolError(f"operation {op} takes no value frames")
+            handler(session, peer, request_id, args, frames)
         except OpError as exc:
             self._error(peer, request_id, exc.status, str(exc))
         except (ProtocolError, IndexError, ValueError, UnicodeDecodeError) as exc:
@@ -130,11 +149,11 @@ class BrokerState:
             self.notices.append("internal error:\n" + traceback.format_exc())
             self._error(peer, request_id, Status.INTERNAL, "internal broker error (logged)")
 
-    def reject_oversized(self, peer: bytes, header, size: int) -> None:
+    def reject_oversized(self, peer: bytes, head: bytes, size: int) -> None:
         """Answer a request whose frames add up to more than the message size limit."""
         self.counters["oversized"] += 1
         try:
-            _, _, request_id = parse_header(bytes(header))
+            _, _, request_id = parse_head(head)
         except ProtocolError:
             return
         self._error(peer, request_id, Status.TOO_LARGE,
@@ -159,25 +178,25 @@ class BrokerState:
 
     # ---------------------------------------------------------------- replies
 
-    def _reply(self, peer: bytes, request_id: int, status: int = Status.OK, *payload) -> None:
-        self.outbox.append((peer, [reply_header(status, request_id), *payload]))
+    def _reply(self, peer: bytes, request_id: int, status: int = 0, body: bytes = b"") -> None:
+        self.outbox.append((peer, [reply_head(status, request_id, 0, body)]))
 
     def _error(self, peer: bytes, request_id: int, status: int, message: str) -> None:
         self.counters["errors"] += 1
-        self.outbox.append((peer, [reply_header(status, request_id), message.encode()]))
+        self.outbox.append((peer, [reply_head(status, request_id, 0, message.encode())]))
 
     def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value) -> None:
-        self.outbox.append(
-            (peer, [reply_header(Status.OK, request_id), META.pack(var.id, value.seq),
-                    *value.frames]))
+        frames = value.frames
+        head = reply_head(0, request_id, len(frames) - 1, META.pack(var.id, value.seq) + frames[0])
+        self.outbox.append((peer, [head, *frames[1:]] if len(frames) > 1 else [head]))
 
     def _json(self, peer: bytes, request_id: int, obj) -> None:
         self._reply(peer, request_id, Status.OK, json.dumps(obj).encode())
 
     # ---------------------------------------------------------------- argument checks
 
-    def _name(self, frame, what: str) -> str:
-        name = _text(frame)
+    def _name(self, arg: bytes, what: str) -> str:
+        name = arg.decode("utf-8")
         if not name:
             raise OpError(Status.BAD_REQUEST, f"a {what} name must not be empty")
         if len(name.encode()) > MAX_NAME_LENGTH:
@@ -188,8 +207,8 @@ class BrokerState:
                           f"{what} name {name!r} contains control characters")
         return name
 
-    def _workspace(self, frame) -> Workspace:
-        name = self._name(frame, "workspace")
+    def _workspace(self, arg: bytes) -> Workspace:
+        name = self._name(arg, "workspace")
         ws = self.spaces.get(name)
         if ws is None:
             raise OpError(Status.NO_WORKSPACE,
@@ -199,8 +218,11 @@ class BrokerState:
 
     # ---------------------------------------------------------------- sessions
 
-    def _hello(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
-        info = json.loads(_text(args[0])) if args else {}
+    def _hello(self, session: Session, peer: bytes, request_id: int, args: list,
+                frames: list) -> None:
+        info = json.loads(args[0]) if args else {}
+        if not isinstance(info, dict):
+            raise ProtocolError("hello expects a JSON object")
         first = not session.greeted
         session.greet(int(info.get("pid", 0)), str(info.get("host", "?"))[:200])
         if first:
@@ -214,17 +236,20 @@ class BrokerState:
             "max_memory": self.limits.max_memory,
         })
 
-    def _bye(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _bye(self, session: Session, peer: bytes, request_id: int, args: list,
+              frames: list) -> None:
         self._reply(peer, request_id)
         self._end_session(session, "closed", notify_waiters=True)
 
-    def _heartbeat(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _heartbeat(self, session: Session, peer: bytes, request_id: int, args: list,
+                    frames: list) -> None:
         if args:
-            for channel, acked in unpack_channel_acks(bytes(args[0])):
+            for channel, acked in unpack_channel_acks(args[0]):
                 self._ack((session.id + CHANNEL.pack(channel), acked))
         self._reply(peer, request_id)
 
-    def _status(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _status(self, session: Session, peer: bytes, request_id: int, args: list,
+                 frames: list) -> None:
         self._json(peer, request_id, {
             "version": __version__, "protocol": PROTOCOL_VERSION,
             "uptime": self.now - self.started,
@@ -289,8 +314,10 @@ class BrokerState:
         else:
             self.memory -= value.size
 
-    def _cancel(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
-        (target,) = U32.unpack(bytes(args[0]))
+    def _cancel(self, session: Session, peer: bytes, request_id: int, args: list,
+                 frames: list) -> None:
+        _arity(args, 1)
+        target = int(args[0])
         key = (peer, target)
         entry = self.waiting.pop(key, None)
         if entry is not None:
@@ -346,9 +373,11 @@ class BrokerState:
 
     # ---------------------------------------------------------------- workspaces
 
-    def _open_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _open_ws(self, session: Session, peer: bytes, request_id: int, args: list,
+                  frames: list) -> None:
+        _arity(args, 3)
         name = self._name(args[0], "workspace")
-        persistent, create = bool(U8.unpack(bytes(args[1]))[0]), bool(U8.unpack(bytes(args[2]))[0])
+        persistent, create = _flag(args[1]), _flag(args[2])
         ws = self.spaces.get(name)
         if ws is None:
             if not create:
@@ -358,16 +387,19 @@ class BrokerState:
             ws.claim(session, persistent)
         self._reply(peer, request_id)
 
-    def _use_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _use_ws(self, session: Session, peer: bytes, request_id: int, args: list,
+                 frames: list) -> None:
+        _arity(args, 2)
         name = self._name(args[0], "workspace")
-        create = bool(U8.unpack(bytes(args[1]))[0])
+        create = _flag(args[1])
         if self.spaces.get(name) is None:
             if not create:
                 raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
             self.spaces.create(name)
         self._reply(peer, request_id)
 
-    def _delete_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _delete_ws(self, session: Session, peer: bytes, request_id: int, args: list,
+                    frames: list) -> None:
         ws = self._workspace(args[0])
         self._purge(ws, f"workspace {ws.name!r} was deleted")
         self._reply(peer, request_id)
@@ -384,8 +416,10 @@ class BrokerState:
         self.memory -= sum(value.size for value in var.values)
         var.values.clear()
 
-    def _mktemp_ws(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
-        template = _text(args[0])
+    def _mktemp_ws(self, session: Session, peer: bytes, request_id: int, args: list,
+                    frames: list) -> None:
+        _arity(args, 1)
+        template = args[0].decode("utf-8")
         if not valid_template(template):
             raise OpError(Status.BAD_REQUEST,
                           f"workspace template {template!r} must contain exactly one integer "
@@ -395,7 +429,8 @@ class BrokerState:
         self.spaces.create(name)
         self._reply(peer, request_id, Status.OK, name.encode())
 
-    def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list,
+                   frames: list) -> None:
         self._json(peer, request_id, [
             [ws.name, ws.owner is session, ws.owner_label, ws.persistent, len(ws.variables),
              sorted(ws.variables)]
@@ -403,10 +438,12 @@ class BrokerState:
 
     # ---------------------------------------------------------------- variables
 
-    def _declare(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _declare(self, session: Session, peer: bytes, request_id: int, args: list,
+                  frames: list) -> None:
+        _arity(args, 3)
         ws = self._workspace(args[0])
         name = self._name(args[1], "variable")
-        mode = _text(args[2]).lower()
+        mode = args[2].decode("utf-8").lower()
         if mode not in MODES:
             raise OpError(Status.BAD_REQUEST,
                           f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -432,7 +469,9 @@ class BrokerState:
             var.mode_fixed = True
         self._reply(peer, request_id)
 
-    def _delete_var(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _delete_var(self, session: Session, peer: bytes, request_id: int, args: list,
+                     frames: list) -> None:
+        _arity(args, 2)
         ws = self._workspace(args[0])
         name = self._name(args[1], "variable")
         var = ws.variables.pop(name, None)
@@ -441,22 +480,25 @@ class BrokerState:
                                    f"variable {name!r} was deleted")
         self._reply(peer, request_id)
 
-    def _list_vars(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _list_vars(self, session: Session, peer: bytes, request_id: int, args: list,
+                    frames: list) -> None:
+        _arity(args, 1)
         ws = self._workspace(args[0])
         self._json(peer, request_id, [
             [var.name, len(var.values), len(var.fetchers), len(var.finders), var.mode]
             for var in sorted(ws.variables.values(), key=lambda v: v.name)])
 
-    def _store(self, session: Session, peer: bytes, request_id: int, args: list) -> None:
+    def _store(self, session: Session, peer: bytes, request_id: int, args: list,
+                frames: list) -> None:
+        _arity(args, 2)
         ws = self._workspace(args[0])
         name = self._name(args[1], "variable")
-        frames = args[2:]
         if not frames:
             raise ProtocolError("store without a value")
-        _, nframes = parse_descriptor(bytes(frames[0]))
-        if nframes != len(frames) - 1:
+        _, nextra = parse_descriptor(frames[0])
+        if nextra != len(frames) - 1:
             raise ProtocolError(
-                f"value descriptor announces {nframes} frames, {len(frames) - 1} arrived")
+                f"value announces {nextra} extra frames, {len(frames) - 1} arrived")
         size = 0
         for frame in frames:
             size += len(frame)
@@ -478,13 +520,15 @@ class BrokerState:
         self._reply(peer, request_id)
 
     def _reader(self, consume: bool, block: bool, iterate: bool) -> Callable:
-        def read(session: Session, peer: bytes, request_id: int, args: list) -> None:
+        def read(session: Session, peer: bytes, request_id: int, args: list,
+                 frames: list = ()) -> None:
+            _arity(args, 4 if iterate else 2)
             ws = self._workspace(args[0])
             name = self._name(args[1], "variable")
             var = ws.variables.get(name)
             cookie = None
             if iterate:
-                var_id, cookie = COOKIE.unpack(bytes(args[2]))
+                var_id, cookie = int(args[2]), int(args[3])
                 if var is not None and var.mode not in ITERABLE_MODES:
                     raise OpError(Status.BAD_REQUEST,
                                   f"variable {name!r} is {var.mode}; iterators need fifo or "

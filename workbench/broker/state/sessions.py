@@ -7,12 +7,12 @@ the liveness timeout is dead.
 
 from __future__ import annotations
 
-from ...protocol import CHANNEL_SIZE, SESSION_ID_SIZE
+from ...protocol import CHANNEL, SESSION_ID_SIZE
 
 
 def session_id_of(peer: bytes) -> bytes:
     """The session a socket belongs to; a foreign peer (no workbench identity) is its own."""
-    if len(peer) == SESSION_ID_SIZE + CHANNEL_SIZE:
+    if len(peer) == SESSION_ID_SIZE + CHANNEL.size:
         return peer[:SESSION_ID_SIZE]
     return peer
 
