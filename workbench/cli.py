@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    live = Liveness()
+    live = Liveness.from_env()
     broker = commands.add_parser("broker", help="run a broker that serves workspaces",
                                  description="Serve workspaces over ZeroMQ until SIGINT/SIGTERM.")
     broker.add_argument("--host", default=DEFAULT_HOST,

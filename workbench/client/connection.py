@@ -182,8 +182,10 @@ class Connection:
         self._lock = threading.Lock()
         hello = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                             "version": __version__}).encode()
-        try:
-            head = self.call(Op.HELLO, [hello], timeout=connect_timeout)
+        channel = self.channel()
+        try:  # no cancel on failure: nobody is there to confirm it
+            head, _ = channel.receive(channel.send(Op.HELLO, [hello]),
+                                      time.monotonic() + connect_timeout, self.check_alive)
         except NwsTimeoutException:
             self._close_sockets()
             raise NwsConnectException(

@@ -1,0 +1,60 @@
+"""Fixtures: a real broker process on a free loopback port, and fresh workspaces on it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from workbench import NwsServer
+
+from .support import Broker, start_broker
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """One broker shared by a test module (tests use workspaces of their own)."""
+    b = start_broker(tmp_path_factory.mktemp("broker"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def make_broker(tmp_path):
+    """Start brokers with extra command-line flags; all are stopped after the test."""
+    started: list[Broker] = []
+
+    def make(*args: str) -> Broker:
+        b = start_broker(tmp_path, *args)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def ws_name() -> str:
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def server(broker):
+    s = NwsServer(broker.host, broker.port)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ws(server, ws_name):
+    """A fresh workspace owned by this test's session."""
+    return server.openWs(ws_name)
+
+
+@pytest.fixture
+def other(broker, ws_name, ws):
+    """A second session using the same workspace (another client, same process)."""
+    s = NwsServer(broker.host, broker.port)
+    yield s.useWs(ws_name)
+    s.close()

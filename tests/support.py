@@ -1,0 +1,97 @@
+"""Test support: a real broker process on a free loopback port, client subprocesses, polling.
+
+Brokers run with short heartbeats (0.2 s x 3) so that liveness tests finish quickly; every broker
+is stopped (SIGTERM, then SIGKILL) when its test or module is done.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+
+HEARTBEAT_INTERVAL = 0.2
+HEARTBEAT_LIVENESS = 3
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class Broker:
+    process: subprocess.Popen
+    address: str
+    host: str
+    port: int
+    log_path: str
+    args: list = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict:
+        """Environment for a client subprocess that should use this broker."""
+        env = dict(os.environ, WORKBENCH_BROKER=self.address, **extra)
+        env.setdefault("PYTHONPATH", os.getcwd())
+        return env
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        return self.process.returncode
+
+
+def start_broker(tmp_path, *args: str) -> Broker:
+    log_path = str(tmp_path / f"broker-{uuid.uuid4().hex[:8]}.log")
+    log_file = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "broker", "--port", "0", "--announce",
+         "--heartbeat-interval", str(HEARTBEAT_INTERVAL),
+         "--heartbeat-liveness", str(HEARTBEAT_LIVENESS), *args],
+        stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL)
+    log_file.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))
+        if not ready or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"broker did not start: {open(log_path).read()}")
+        line += os.read(process.stdout.fileno(), 4096)
+    address = line.decode().split()[1]
+    host, port = address.rsplit("/", 1)[1].rsplit(":", 1)
+    return Broker(process, address, host, int(port), log_path, list(args))
+
+
+def run_client(broker: Broker, code: str, timeout: float = 30.0, **env: str):
+    """Run Python ``code`` in a client subprocess of ``broker``; returns CompletedProcess."""
+    return subprocess.run([sys.executable, "-c", code], env=broker.env(**env), timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def spawn_client(broker: Broker, code: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], env=broker.env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
+    """Poll ``predicate`` until it returns a true value, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout} s")
+        time.sleep(interval)
