@@ -106,22 +106,22 @@ def run_broker(args: argparse.Namespace) -> int:
         print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)
         return 1
+    on_ready = None
     if args.announce:
-        from .client.embedded import announce
-
-        announce(address)
-    server.serve_forever(parent_pid=args.parent_pid)
+        from .client.embedded import announce as on_ready
+    server.serve_forever(parent_pid=args.parent_pid, on_ready=on_ready)
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
     from .client.connection import Connection
+    from .client.embedded import start_hint
     from .errors import NwsException
     from .protocol import HEADER_SIZE, Op
 
     address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
     try:
-        connection = Connection(address, args.timeout)
+        connection = Connection(address, args.timeout, hint=start_hint(address))
     except NwsException as exc:
         print(f"workbench status: {exc}", file=sys.stderr)
         return 1

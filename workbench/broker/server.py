@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import time
+from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -71,15 +72,20 @@ class BrokerServer:
         self.address = f"tcp://{self.host}:{self.port}"
         return self.address
 
-    def serve_forever(self, parent_pid: int | None = None) -> None:
-        """Serve until SIGINT/SIGTERM (or until ``parent_pid`` exits), then shut down cleanly."""
+    def serve_forever(self, parent_pid: int | None = None,
+                      on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (or until ``parent_pid`` exits), then shut down cleanly.
+
+        ``on_ready(address)`` is called once requests can be served and signals are handled."""
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         monitor = self.router.get_monitor_socket(_HANDSHAKE_FAILURES)
         tick = min(0.5, self.limits.liveness.interval / 2)
         # A blocking receive that wakes at least once a tick: cheaper than a Poller per request.
         self.router.setsockopt(zmq.RCVTIMEO, max(1, int(tick * 1000)))
-        log.info("workbench broker listening on %s", self.address)
         try:
+            log.info("workbench broker listening on %s", self.address)
+            if on_ready is not None:
+                on_ready(self.address)
             next_tick = time.monotonic() + tick
             while True:
                 self._serve_one()

@@ -220,6 +220,8 @@ class BrokerState:
 
     def _hello(self, session: Session, peer: bytes, request_id: int, args: list,
                 frames: list) -> None:
+        if len(args) > 1:
+            raise ProtocolError("hello takes one JSON argument")
         info = json.loads(args[0]) if args else {}
         if not isinstance(info, dict):
             raise ProtocolError("hello expects a JSON object")
@@ -238,11 +240,14 @@ class BrokerState:
 
     def _bye(self, session: Session, peer: bytes, request_id: int, args: list,
               frames: list) -> None:
+        _arity(args, 0)
         self._reply(peer, request_id)
         self._end_session(session, "closed", notify_waiters=True)
 
     def _heartbeat(self, session: Session, peer: bytes, request_id: int, args: list,
                     frames: list) -> None:
+        if len(args) > 1:
+            raise ProtocolError("heartbeat takes at most one argument")
         if args:
             for channel, acked in unpack_channel_acks(args[0]):
                 self._ack((session.id + CHANNEL.pack(channel), acked))
@@ -250,6 +255,7 @@ class BrokerState:
 
     def _status(self, session: Session, peer: bytes, request_id: int, args: list,
                  frames: list) -> None:
+        _arity(args, 0)
         self._json(peer, request_id, {
             "version": __version__, "protocol": PROTOCOL_VERSION,
             "uptime": self.now - self.started,
@@ -431,6 +437,7 @@ class BrokerState:
 
     def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list,
                    frames: list) -> None:
+        _arity(args, 0)
         self._json(peer, request_id, [
             [ws.name, ws.owner is session, ws.owner_label, ws.persistent, len(ws.variables),
              sorted(ws.variables)]
