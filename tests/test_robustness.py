@@ -94,7 +94,14 @@ def test_oversized_message_gets_a_clear_error(make_broker):
     broker = make_broker("--max-message-size", "1M")
     ws = NetWorkSpace("big", broker.host, broker.port)
     with pytest.raises(NwsMessageTooLargeException, match="--max-message-size 1.0 MiB"):
-        ws.store("v", b"x" * (2 << 20))
+        ws.store("v", b"x" * (2 << 20))  # refused by the client before sending
+    from workbench.protocol import Op
+    from workbench.codec import encode
+
+    channel = ws._connection.channel()  # a client that does not check: the broker refuses
+    request_id = channel.send(Op.STORE, [b"big", b"v"], encode(b"x" * (2 << 20)))
+    head, _ = channel.receive(request_id, time.monotonic() + 10, lambda: None)
+    assert head[1] == 23 and b"--max-message-size 1.0 MiB" in head
     ws.store("v", b"x" * 1000)
     assert ws.fetch("v") == b"x" * 1000
     assert status(broker)["counters"]["oversized"] == 1

@@ -239,6 +239,8 @@ class Connection:
         the value is then acknowledged. Ctrl-C or the timeout at any point before that cancels
         the request at the broker, which puts a raced value back: nothing is lost."""
         channel = self.channel()
+        if len(frames) > 1:
+            self._check_size(frames)
         request_id = channel.send(op, args, frames)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -260,6 +262,16 @@ class Connection:
         if leased and status == 0:
             channel.acks.append(request_id)
         return status, result
+
+    def _check_size(self, frames: list | tuple) -> None:
+        """Refuse before sending what the broker would refuse after receiving it all."""
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        limit = self.info["max_message_size"]
+        if size > limit:
+            raise NwsMessageTooLargeException(
+                f"a value of {size / 2**20:.1f} MiB exceeds the broker's --max-message-size "
+                f"{limit / 2**20:.1f} MiB; store it in parts or restart the broker with a "
+                "larger limit")
 
     # ------------------------------------------------------------------ lifetime
 
