@@ -24,7 +24,6 @@ from .state import BrokerState, Limits
 
 log = logging.getLogger("workbench.broker")
 
-_RCVMORE = int(zmq.RCVMORE)
 _SNDMORE = int(zmq.SNDMORE)
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -115,20 +114,22 @@ class BrokerServer:
 
     def _serve_one(self) -> None:
         """Receive one request (waiting up to a tick), let the state handle it, send replies."""
-        router = self.router
-        recv = router.recv
-        more = router.getsockopt
+        recv = self.router.recv
+        # Frames, not bytes: a Frame knows whether more follow, and asking the socket instead
+        # (getsockopt) costs more than the copy it saves.
         try:
-            peer = recv()
+            frame = recv(copy=False)
         except zmq.Again:
             return
+        peer = frame.bytes
         head = b""
         frames = []
         size = 0
-        if more(_RCVMORE):
-            head = recv()
+        if frame.more:
+            frame = recv(copy=False)
+            head = frame.bytes
             size = len(head)
-            while more(_RCVMORE):
+            while frame.more:
                 frame = recv(copy=False)  # values stay in ZeroMQ's memory, never copied
                 size += len(frame)
                 frames.append(frame)
