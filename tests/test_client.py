@@ -414,6 +414,17 @@ def test_threads_share_a_connection(ws):
         assert box["value"] == list(range(50))
 
 
+def test_finished_threads_leave_no_sockets_behind(ws):
+    for _ in range(5):
+        thread, box = in_thread(ws.store, "t", 1)
+        thread.join(5)
+        assert box == {"value": None}
+    ws.store("t", 2)  # a new channel is made here only if this thread had none yet
+    in_thread(ws.store, "t", 3)[0].join(5)
+    assert len(ws._connection._channels) <= 3  # this thread's, at most the last two threads'
+    assert ws.listVars(format=DICT)["t"][1] == 7
+
+
 def test_pep8_names_are_the_same_functions():
     pairs = {
         NetWorkSpace: [("fetchTry", "fetch_try"), ("findTry", "find_try"),

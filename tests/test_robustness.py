@@ -90,6 +90,18 @@ def test_random_frames_and_bytes_leave_the_broker_serving(broker, ws):
     assert counters["internal_errors"] == 0
 
 
+def test_another_protocol_version_is_told_what_to_do(broker):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(broker.address)
+    sock.send(HEADER.pack(PROTOCOL_VERSION + 1, Op.HELLO, 0, 77) + b"{}")
+    assert sock.poll(5000)
+    head = sock.recv()
+    sock.close()
+    assert HEADER.unpack_from(head)[1:] == (16, 0, 77)
+    assert b"install the same workbench version on both sides" in head
+
+
 def test_oversized_message_gets_a_clear_error(make_broker):
     broker = make_broker("--max-message-size", "1M")
     ws = NetWorkSpace("big", broker.host, broker.port)

@@ -133,6 +133,15 @@ class ProtocolError(ValueError):
     """A message that does not follow this module's layout."""
 
 
+class VersionMismatch(ProtocolError):
+    """A well-formed header from another version of the protocol."""
+
+    def __init__(self, version: int, request_id: int) -> None:
+        super().__init__(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}: "
+                         "install the same workbench version on both sides")
+        self.request_id = request_id
+
+
 # Plain ints for the hot paths: IntEnum arithmetic and lookups cost microseconds there.
 _V = PROTOCOL_VERSION
 _pack_header = HEADER.pack
@@ -153,7 +162,7 @@ def parse_head(head: bytes) -> tuple[int, int, int]:
         raise ProtocolError(f"head of {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
     version, code, flags, request_id = HEADER.unpack_from(head)
     if version != _V:
-        raise ProtocolError(f"protocol version {version}, this side speaks {_V}")
+        raise VersionMismatch(version, request_id)
     return code, flags, request_id
 
 

@@ -72,6 +72,7 @@ class Channel:
     def __init__(self, context: zmq.Context, address: str, session_id: bytes,
                  number: int) -> None:
         self.number = number
+        self.owner = threading.current_thread()  # ZeroMQ sockets belong to one thread
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(number))
         self.socket.setsockopt(zmq.LINGER, 1000)
@@ -166,6 +167,10 @@ class Channel:
     def close(self) -> None:
         self.socket.close(linger=0)
 
+    def closable_from_here(self) -> bool:
+        """Closing a socket another thread may be blocked on is undefined behaviour in ZeroMQ."""
+        return self.owner is threading.current_thread() or not self.owner.is_alive()
+
 
 class Connection:
     """A session with the broker at ``address`` (``tcp://host:port``)."""
@@ -191,6 +196,10 @@ class Connection:
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
                 + (hint or "start one with `workbench broker`")) from None
+        if head[1] >= Status.ERROR:
+            self._close_sockets()
+            raise NwsConnectException(f"the broker at {address} refused this client: "
+                                      + head[HEADER_SIZE:].decode("utf-8", "replace"))
         self.info = json.loads(head[HEADER_SIZE:])
         self.liveness = Liveness(self.info["heartbeat_interval"], self.info["heartbeat_liveness"])
         self.label = self.info["label"]
@@ -209,10 +218,16 @@ class Connection:
 
     def channel(self) -> Channel:
         if self.closed:
+            leftover = getattr(self._local, "channel", None)
+            if leftover is not None and not leftover.socket.closed:
+                leftover.close()  # left open by close() in another thread
             raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
         channel = getattr(self._local, "channel", None)
         if channel is None:
             with self._lock:
+                for dead in [c for c in self._channels if not c.owner.is_alive()]:
+                    dead.close()  # a finished thread's socket
+                    self._channels.remove(dead)
                 channel = Channel(self.context, self.address, self.session_id,
                                   next(self._channel_numbers))
                 self._channels.append(channel)
@@ -312,9 +327,10 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
         goodbye.close(linger=500)
     heartbeat.stop()
     with lock:
-        for channel in channels:
-            channel.close()
-        channels.clear()
+        for channel in list(channels):
+            if channel.closable_from_here():
+                channel.close()
+                channels.remove(channel)
 
 
 def close_all() -> None:

@@ -21,8 +21,8 @@ from ... import __version__
 from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
 from ...protocol import (
     CHANNEL, FLAG_ACKS, HEADER_SIZE, META, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
-    ProtocolError, Status, parse_descriptor, parse_head, reply_head, split_args, unpack_acks,
-    unpack_channel_acks,
+    ProtocolError, Status, VersionMismatch, parse_descriptor, parse_head, reply_head, split_args,
+    unpack_acks, unpack_channel_acks,
 )
 from .sessions import Session, SessionTable, session_id_of
 from .variables import FIFO, ITERABLE_MODES, MODES, Value, Variable, Waiter
@@ -106,6 +106,10 @@ class BrokerState:
         self.now = now
         try:
             op, flags, request_id = parse_head(head)
+        except VersionMismatch as exc:  # answerable: our header layout is version-independent
+            self.counters["malformed"] += 1
+            self._error(peer, exc.request_id, Status.BAD_REQUEST, str(exc))
+            return
         except ProtocolError:
             self.counters["malformed"] += 1  # nothing to correlate a reply with: drop it
             return
