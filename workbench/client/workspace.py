@@ -163,11 +163,16 @@ class NetWorkSpace:
         self._name = wsName
         self._wsb = wsName.encode()
         self._useUse = useUse
-        if useUse:
-            server.useWs(wsName, self, create=opt.get("create", True))
-        else:
-            server.openWs(wsName, self, persistent=opt.get("persistent", False),
-                          create=opt.get("create", True))
+        try:
+            if useUse:
+                server.useWs(wsName, self, create=opt.get("create", True))
+            else:
+                server.openWs(wsName, self, persistent=opt.get("persistent", False),
+                              create=opt.get("create", True))
+        except BaseException:
+            if self._owns_server:  # nothing else will ever close the session made for us
+                server.close()
+            raise
 
     def __str__(self) -> str:
         return f"NetWorkSpace '{self._name}' [{self._connection.address}]"
