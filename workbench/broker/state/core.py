@@ -25,7 +25,7 @@ from ...protocol import (
     unpack_acks, unpack_channel_acks,
 )
 from .sessions import Session, SessionTable, session_id_of
-from .variables import FIFO, ITERABLE_MODES, MODES, Value, Variable, Waiter
+from .variables import FIFO, ITERABLE_MODES, MODES, SINGLE, Value, Variable, Waiter
 from .workspaces import Workspace, WorkspaceTable, valid_template
 
 DEFAULT_WORKSPACE = "__default"
@@ -285,8 +285,7 @@ class BrokerState:
                 self._error(key[0], key[1], Status.SHUTTING_DOWN,
                             "the connection to the broker was closed")
         session.waiting.clear()
-        for key in list(session.leases):
-            self._return_lease(key)
+        self._return_leases(list(session.leases))
         for name in list(session.owned):
             ws = self.spaces.get(name)
             if ws is not None and not ws.persistent:
@@ -312,17 +311,57 @@ class BrokerState:
                 session.leases.discard(key)
 
     def _return_lease(self, key: tuple[bytes, int]) -> None:
-        entry = self.leases.pop(key, None)
-        if entry is None:
-            return
-        session = self.sessions.by_id.get(session_id_of(key[0]))
-        if session is not None:
-            session.leases.discard(key)
-        var, value = entry
-        if var.live:
-            self._offer(var, value, returning=True)
-        else:
-            self.memory -= value.size
+        self._return_leases([key])
+
+    def _return_leases(self, keys: list[tuple[bytes, int]]) -> None:
+        """Put unacknowledged values back at the head of their variables, then serve whoever
+        waits there. Several values of one variable go back in store order, so a FIFO queue, a
+        LIFO stack or a SINGLE's newest value comes back exactly as it was."""
+        returned: dict[int, tuple[Variable, list[Value]]] = {}
+        for key in keys:
+            entry = self.leases.pop(key, None)
+            if entry is None:
+                continue
+            session = self.sessions.by_id.get(session_id_of(key[0]))
+            if session is not None:
+                session.leases.discard(key)
+            var, value = entry
+            if var.live:
+                returned.setdefault(var.id, (var, []))[1].append(value)
+            else:
+                self.memory -= value.size
+        for var, values in returned.values():
+            # SINGLE keeps only the newest, so it must go back first; others oldest first.
+            values.sort(key=lambda value: value.seq, reverse=var.mode == SINGLE)
+            for value in values:
+                if not var.put_back(value):
+                    self.memory -= value.size
+            self._serve_waiting(var)
+
+    def _serve_waiting(self, var: Variable) -> None:
+        """Serve blocked callers from values already in the variable (after a put-back)."""
+        if var.finders and var.values:
+            still_waiting = []
+            for waiter in var.finders:
+                value = (var.peek(self.rng) if waiter.cookie is None
+                         else var.first_after(waiter.cookie))
+                if value is None:
+                    still_waiting.append(waiter)
+                    continue
+                self._unwait(waiter)
+                self._reply_value(waiter.peer, waiter.request_id, var, value)
+            var.finders = still_waiting
+        while var.fetchers and var.values:
+            waiter = var.fetchers.popleft()
+            self._unwait(waiter)
+            value = var.take(self.rng)
+            self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
+            self._reply_value(waiter.peer, waiter.request_id, var, value)
+
+    def _unwait(self, waiter: Waiter) -> None:
+        key = (waiter.peer, waiter.request_id)
+        del self.waiting[key]
+        waiter.session.waiting.discard(key)
 
     def _cancel(self, session: Session, peer: bytes, request_id: int, args: list,
                  frames: list) -> None:
@@ -352,8 +391,8 @@ class BrokerState:
         var.fetchers.clear()
         var.finders.clear()
 
-    def _offer(self, var: Variable, value: Value, returning: bool = False) -> None:
-        """Give a new (or returned) value to the waiting finders, then to the longest-waiting
+    def _offer(self, var: Variable, value: Value) -> None:
+        """Give a newly stored value to every waiting finder, then to the longest-waiting
         fetcher; only if no fetcher waits does it join the variable."""
         if var.finders:
             still_waiting = []
@@ -361,21 +400,14 @@ class BrokerState:
                 if waiter.cookie is not None and value.seq <= waiter.cookie:
                     still_waiting.append(waiter)  # an iterator that has seen this value
                     continue
-                key = (waiter.peer, waiter.request_id)
-                del self.waiting[key]
-                waiter.session.waiting.discard(key)
+                self._unwait(waiter)
                 self._reply_value(waiter.peer, waiter.request_id, var, value)
             var.finders = still_waiting
         if var.fetchers:
             waiter = var.fetchers.popleft()
-            key = (waiter.peer, waiter.request_id)
-            del self.waiting[key]
-            waiter.session.waiting.discard(key)
+            self._unwait(waiter)
             self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
             self._reply_value(waiter.peer, waiter.request_id, var, value)
-        elif returning:
-            if not var.put_back(value):
-                self.memory -= value.size
         else:
             replaced = var.put(value)
             if replaced is not None:
