@@ -11,9 +11,7 @@ non-owner session, and checks every reply against the model:
 * a value handed to a fetcher is a lease, still held by the broker until acknowledged; a cancel
   puts it back at the head (FIFO: its place in store order, LIFO: the top, SINGLE: only into an
   empty variable) and parked fetchers are then served from the head. When an expiry returns
-  several values of one variable the model checks each goes back that way, but reads their
-  order from the broker: that order is pinned by test_state's expiry tests instead (it depends
-  on set iteration order today, so a check here would fail at random and shrink for minutes).
+  several values of one variable they go back in store order (SINGLE: the newest stays).
 
 Invariants after every step: every stored value is in a variable, leased, delivered (acked) or
 destroyed (deleteVar, SINGLE overwrite), exactly once; listVars counts and the held values match
