@@ -1,0 +1,584 @@
+"""Shared plumbing for the benchmarks in this folder: servers, child processes, clocks, stats.
+
+What lives here is what every benchmark needs the same way, so that the workspace, key-value,
+pub/sub and worker benchmarks measure with one method:
+
+* servers under test and anchor servers (the workbench broker, a bare pyzmq DEALER->ROUTER echo
+  server, ``redis-server``) started on free loopback ports and stopped for sure afterwards;
+* client processes that connect, warm up, then start measuring at one common instant (a
+  barrier over their stdin/stdout pipes) and report one JSON line each;
+* one clock for latencies across processes (CLOCK_MONOTONIC is system-wide on Linux);
+* pinning a client and a server to named CPU layouts (``placements``);
+* medians and percentiles, the background-CPU meter, the table printer.
+
+Every child runs in a session (process group) of its own: a Ctrl-C typed in the terminal reaches
+only this process, whose ``finally`` then stops each group in order (SIGTERM, then SIGKILL).
+
+Run as a script, this module is the echo server anchor::
+
+    python benchmarks/_harness.py echo-server --port PORT [--nocopy] [--parent-pid PID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+LOOPBACK = "127.0.0.1"
+HERE = Path(__file__).resolve().parent
+
+#: How long a server or a client process may take to come up before the benchmark gives up.
+START_TIMEOUT = 20.0
+#: How long a stopped child gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 5.0
+
+
+# ---------------------------------------------------------------------------------- clocks
+
+
+def mono_ns() -> int:
+    """CLOCK_MONOTONIC in ns: one clock shared by every process on the machine, so a send time
+    taken in one process can be subtracted from a receive time taken in another."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def sleep_until(deadline_ns: int) -> None:
+    remaining = deadline_ns - mono_ns()
+    if remaining > 0:
+        time.sleep(remaining / 1e9)
+
+
+def time_loop(op: Callable[[], Any], n: int, warmup: int = 0) -> float:
+    """Call ``op`` ``warmup`` times untimed, then ``n`` times timed -> calls per second."""
+    for _ in range(warmup):
+        op()
+    start = time.perf_counter()
+    for _ in range(n):
+        op()
+    return n / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------- stats
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): always a value that was actually measured."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats
+    return ordered[int(rank) - 1]
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def spread(values: Sequence[float]) -> tuple[float, float]:
+    return min(values), max(values)
+
+
+# ---------------------------------------------------------------------------------- children
+
+
+class Children:
+    """Every process a benchmark starts, so that all of them are stopped whatever happens.
+
+    Use as a context manager; ``stop_all`` also runs on SIGTERM (turned into SystemExit by
+    ``install_signal_handlers``) and on Ctrl-C, because both unwind through ``__exit__``."""
+
+    def __init__(self) -> None:
+        self.logdir = Path(tempfile.mkdtemp(prefix="wb-bench-"))
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_all()
+        if exc[0] is None:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+        else:
+            print(f"child logs kept in {self.logdir}", file=sys.stderr)
+
+    def spawn(self, name: str, argv: list[str], pipes: bool = False,
+              env: dict | None = None) -> subprocess.Popen:
+        """Start ``argv`` in its own session; stderr goes to a log file shown on failure.
+        With ``pipes`` its stdin/stdout are pipes for the ready/go/result protocol."""
+        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else subprocess.DEVNULL, stderr=log,
+                start_new_session=True, env=env, bufsize=0)
+        finally:
+            log.close()
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM the child's whole process group, SIGKILL it if it lingers, reap it."""
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
+    def stop_all(self) -> None:
+        # Newest first: clients before the servers they talk to.
+        for _, proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep stopping the others
+                print(f"could not stop pid {proc.pid}: {exc}", file=sys.stderr)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the child leads its own group (start_new_session)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(proc: subprocess.Popen, limit: int = 2000) -> str:
+    try:
+        return Path(proc.log_path).read_text(errors="replace")[-limit:].strip()  # type: ignore
+    except (AttributeError, OSError):
+        return ""
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C does, so ``finally`` blocks stop the children."""
+    def unwind(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+    signal.signal(signal.SIGHUP, unwind)
+
+
+class LineReader:
+    """Read whole lines from a child's stdout with a deadline (a plain readline could hang)."""
+
+    def __init__(self, proc: subprocess.Popen, name: str) -> None:
+        self.proc = proc
+        self.name = name
+        self.buffer = b""
+
+    def readline(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, remaining))
+            if not ready:
+                raise TimeoutError(f"{self.name}: no answer within {timeout:g} s\n"
+                                   f"{log_tail(self.proc)}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"{self.name} exited with status {self.proc.wait()}\n"
+                                   f"{log_tail(self.proc)}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str,
+             proc: subprocess.Popen | None = None) -> None:
+    """Poll ``check`` until it returns True; fail early if ``proc`` died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: exited with status {proc.returncode}\n{log_tail(proc)}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass  # not up yet
+        if time.monotonic() > deadline:
+            detail = log_tail(proc) if proc is not None else ""
+            raise TimeoutError(f"{what}: not ready after {timeout:g} s\n{detail}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------- servers
+
+
+def start_broker(children: Children, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """A workbench broker on loopback; ready once a NetWorkSpace can open on it."""
+    from workbench import NetWorkSpace
+
+    port = port or free_port()
+    proc = children.spawn("broker", [
+        sys.executable, "-m", "workbench", "broker", "--host", LOOPBACK, "--port", str(port),
+        # the broker stops by itself if this process is killed without a chance to clean up
+        "--parent-pid", str(os.getpid())])
+
+    def answers() -> bool:
+        NetWorkSpace("__bench_probe__", LOOPBACK, port, timeout=0.5).close()
+        return True
+
+    wait_for(answers, START_TIMEOUT, "workbench broker", proc)
+    return proc, port
+
+
+def start_echo_server(children: Children, nocopy: bool = False,
+                      port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """The bare-ZeroMQ anchor: a ROUTER echoing every message back (see ``echo_server``)."""
+    port = port or free_port()
+    argv = [sys.executable, str(Path(__file__).resolve()), "echo-server", "--port", str(port),
+            "--parent-pid", str(os.getpid())]
+    if nocopy:
+        argv.append("--nocopy")
+    proc = children.spawn("echo-nocopy" if nocopy else "echo", argv)
+    wait_for(lambda: _echo_answers(port), START_TIMEOUT, "zmq echo server", proc)
+    return proc, port
+
+
+def _echo_answers(port: int) -> bool:
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 500)
+        sock.connect(f"tcp://{LOOPBACK}:{port}")
+        sock.send(b"ping")
+        return sock.recv() == b"ping"
+    finally:
+        sock.close()
+
+
+def redis_server_path() -> str | None:
+    return shutil.which("redis-server")
+
+
+def start_redis(children: Children, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """A throwaway redis-server: no persistence, loopback only, its files in a temp folder."""
+    import redis
+
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="wb-bench-redis-", dir=children.logdir)
+    proc = children.spawn("redis", [
+        redis_server_path(), "--save", "", "--appendonly", "no", "--bind", LOOPBACK,
+        "--port", str(port), "--dir", workdir, "--logfile", ""])
+    wait_for(lambda: redis.Redis(host=LOOPBACK, port=port, socket_timeout=1).ping(),
+             START_TIMEOUT, "redis-server", proc)
+    return proc, port
+
+
+def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
+    """DEALER->ROUTER echo with a plain blocking recv_multipart/send_multipart loop, the cheapest
+    way to serve ZeroMQ from Python: the floor any Python broker on ZeroMQ stands on.
+    ``nocopy`` keeps frames in ZeroMQ's memory (how a broker should move big values)."""
+    import zmq
+
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"tcp://{LOOPBACK}:{port}")
+    copy = not nocopy
+    # No receive timeout, no poller: the plain blocking loop baselines.md measured.
+    try:
+        while True:
+            router.send_multipart(router.recv_multipart(copy=copy), copy=copy)
+    finally:
+        router.close()
+        context.term()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM when the benchmark dies, even by SIGKILL: no orphans, and
+    no timer in the server's loop."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the request took effect
+        raise SystemExit(0)
+
+
+# ---------------------------------------------------------------------------------- barrier
+
+
+def run_synchronized(children: Children, name: str, argvs: list[list[str]], duration: float,
+                     lead: float = 0.2) -> list[dict]:
+    """Start one client process per argv, wait until every one says ``ready`` (connected and
+    warmed up), then tell all of them the same CLOCK_MONOTONIC start and end instants; returns
+    their JSON reports. Starting them together matters: a client that starts early would have
+    the server to itself for a while and inflate the aggregate."""
+    procs = [children.spawn(f"{name}{i}", argv, pipes=True) for i, argv in enumerate(argvs)]
+    readers = [LineReader(p, f"{name} client {i}") for i, p in enumerate(procs)]
+    try:
+        for reader in readers:
+            line = reader.readline(START_TIMEOUT)
+            if line != "ready":
+                raise RuntimeError(f"{reader.name}: expected 'ready', got {line!r}")
+        start = mono_ns() + int(lead * 1e9)
+        end = start + int(duration * 1e9)
+        for proc in procs:
+            proc.stdin.write(f"go {start} {end}\n".encode())
+            proc.stdin.flush()
+        reports = [json.loads(r.readline(duration + lead + START_TIMEOUT)) for r in readers]
+        for proc in procs:
+            proc.wait(timeout=STOP_TIMEOUT)
+    finally:
+        for proc in procs:
+            children.stop(proc)
+    for report in reports:
+        report["start_ns"] = start
+    return reports
+
+
+def aggregate_rate(reports: list[dict]) -> float:
+    """Total operations / wall time from the common start to the last client's last reply."""
+    start = reports[0]["start_ns"]
+    last = max(r["end_ns"] for r in reports)
+    return sum(r["ops"] for r in reports) / ((last - start) / 1e9)
+
+
+def child_ready() -> tuple[int, int]:
+    """Client side of ``run_synchronized``: announce readiness, wait for the go -> (start_ns,
+    end_ns)."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    line = sys.stdin.readline().split()
+    if not line or line[0] != "go":
+        raise SystemExit("parent went away before the start signal")
+    return int(line[1]), int(line[2])
+
+
+def child_report(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def timed_until(op: Callable[[], Any], start_ns: int, end_ns: int, per_call: int = 1) -> dict:
+    """Client side of a fixed-duration phase: wait for the common start, call ``op`` until the
+    end instant -> report with operations done and when the last one finished."""
+    sleep_until(start_ns)
+    calls = 0
+    now = mono_ns()
+    while now < end_ns:
+        op()
+        calls += 1
+        now = mono_ns()
+    return {"ops": calls * per_call, "end_ns": now, "pid": os.getpid()}
+
+
+# ---------------------------------------------------------------------------------- CPU meter
+
+
+class CpuMeter:
+    """Cores of CPU used by processes that are not ours while a run lasted (other jobs on a
+    shared machine), so noisy runs can be spotted. Ours = this process, its reaped children, and
+    the long-running servers whose pids are passed in. Interrupt time is left out of both sides:
+    loopback traffic shows up there and is not attributed to any process."""
+
+    def __init__(self, server_pids: Iterable[int]) -> None:
+        self.server_pids = list(server_pids)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _machine_busy(self) -> float:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+        user, nice, system = (int(x) for x in fields[:3])
+        return (user + nice + system) / self.tick
+
+    def _ours(self) -> float:
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+        for pid in self.server_pids:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.busy0 = self._machine_busy()
+        self.ours0 = self._ours()
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self.t0
+        busy = self._machine_busy() - self.busy0
+        ours = self._ours() - self.ours0
+        return {"wall_s": wall, "our_cores": ours / wall,
+                "background_cores": max(0.0, (busy - ours) / wall)}
+
+
+# ---------------------------------------------------------------------------------- placement
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of a process (ZeroMQ's I/O threads, redis-server's helpers) to
+    ``cpus``; threads started later inherit it from their creator."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # a thread that just ended
+
+
+def placements() -> dict[str, tuple[set[int], set[int]]]:
+    """Named (client CPUs, server CPUs) layouts for one client talking to one server.
+
+    On a small VM where the two processes run decides the round trip more than anything the
+    server does: waking a process on the other vCPU costs more than the whole request when both
+    share one (on the 2-vCPU project VM a bare ZeroMQ echo ran 3-4x slower split than on one
+    vCPU, and unpinned runs flip between the two). So round trips are measured in both
+    layouts, pinned: ``same`` (one vCPU: the CPU cost of a request) and ``split`` (a vCPU each:
+    what a server with a core of its own sees)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    layouts = {"same": ({cpus[0]}, {cpus[0]})}
+    if len(cpus) > 1:
+        layouts["split"] = ({cpus[0]}, {cpus[1]})
+    return layouts
+
+
+class Pinned:
+    """Pin a client and a server process to a layout for the duration of a ``with`` block, then
+    give every thread back the CPUs it had."""
+
+    def __init__(self, client_pid: int, server_pid: int, layout: tuple[set[int], set[int]]):
+        self.pins = [(client_pid, layout[0]), (server_pid, layout[1])]
+        self.saved = {pid: os.sched_getaffinity(pid) for pid, _ in self.pins}
+
+    def __enter__(self) -> Pinned:
+        for pid, cpus in self.pins:
+            pin(pid, cpus)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for pid, cpus in self.saved.items():
+            try:
+                pin(pid, cpus)
+            except FileNotFoundError:
+                pass  # the server already stopped
+
+
+# ---------------------------------------------------------------------------------- reporting
+
+
+def versions(extra: dict | None = None) -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(),
+            "kernel": platform.release(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                               if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    for module in ("zmq", "numpy", "redis", "workbench", "cloudpickle"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:
+            info[module] = None
+    try:
+        import zmq
+        info["libzmq"] = zmq.zmq_version()
+        from redis.utils import HIREDIS_AVAILABLE
+        info["hiredis"] = HIREDIS_AVAILABLE
+    except Exception:
+        pass
+    if redis_server_path():
+        out = subprocess.run([redis_server_path(), "--version"], capture_output=True, text=True)
+        info["redis_server"] = out.stdout.strip()
+    info["git"] = git_state()
+    info.update(extra or {})
+    return info
+
+
+def git_state() -> dict:
+    """The commit measured and the files changed since: figures belong to a code state."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "changed": [line[3:] for line in git("status", "--porcelain").splitlines()
+                            if not line[3:].startswith("benchmarks/")]}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def log_problems(proc: subprocess.Popen) -> list[str]:
+    """Lines of a server's log that report errors: a benchmark that "passed" while its server
+    logged tracebacks measured something else than intended."""
+    try:
+        text = Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return []
+    return [line for line in text.splitlines()
+            if any(word in line for word in ("ERROR", "Traceback", "internal error", "CRITICAL"))]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                 markdown: bool = False) -> str:
+    """Aligned plain-text columns, or a Markdown table to paste into docs."""
+    if markdown:
+        return "\n".join("| " + " | ".join(str(cell) for cell in row) + " |"
+                         for row in [headers, ["---"] * len(headers), *rows])
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in [headers, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)  # never leave a half-written result behind
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    echo = commands.add_parser("echo-server", help="run the bare pyzmq echo anchor")
+    echo.add_argument("--port", type=int, required=True)
+    echo.add_argument("--nocopy", action="store_true", help="recv/send with copy=False")
+    echo.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
+    args = parser.parse_args(argv)
+    try:
+        echo_server(args.port, args.nocopy, args.parent_pid)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> clean exit
+    _main()

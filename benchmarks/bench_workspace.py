@@ -1,0 +1,705 @@
+"""Workspace benchmark: the workbench broker's store/fetch against same-run anchors.
+
+What it measures (values are 100-byte ``bytes`` unless noted; everything on loopback TCP):
+
+1. single client, sequential: ``store`` round trips/s and ``fetch`` round trips/s (500
+   warm-up, then 10,000 of each; the stores fill the variable the fetches then drain), with
+   this process and the server pinned to one vCPU ("same") and to one vCPU each ("split", 5,000
+   of each): on a small VM the placement moves a round trip by 3x, more than the server does;
+2. hand-off latency: a consumer process is parked in ``fetch``; the producer (this process)
+   sleeps 1 ms, stores a value carrying its CLOCK_MONOTONIC send time, then waits in ``fetch``
+   for the consumer's acknowledgement on a second variable. 100 warm-up + 1,000 measured;
+   median and p99 of receive time minus send time;
+3. 4 client processes, each doing store+fetch pairs on a variable of its own for 3 s from a
+   common start instant: total round trips/s;
+4. a 100 MiB float64 numpy array: ``store`` + ``fetch`` round trip in seconds (1 warm-up +
+   3 timed; the array travels as a pickle-5 out-of-band buffer, zero-copy frames).
+
+Anchors, measured in the same run: a bare pyzmq DEALER->ROUTER echo server (blocking
+``recv_multipart``/``send_multipart`` loop, in its own process) for 1, 3 and 4 (a 100 MiB
+``copy=False`` echo); and redis-py against a private ``redis-server`` for all four (SET and GET
+rates, RPUSH->BLPOP hand-off with the same 1 ms gap and acknowledgement, 4-client SET/GET pairs,
+100 MiB SET+GET of the array's bytes), skipped with a note when ``redis-server`` is missing
+(``benchmarks/install-anchors.sh`` installs it).
+
+How: every case runs once per run, workbench and anchors interleaved (each group's order rotates
+from run to run), so drift on a shared machine hits all of them alike. Figures are medians over
+the runs (default 5); a ratio is the median of the per-run ratios, each taken between figures
+measured moments apart. Each run also records the CPU used by other processes on the machine,
+to spot noisy runs.
+
+    python benchmarks/bench_workspace.py [--runs N] [--quick]
+
+prints the figures, ratios and targets, and writes the raw results to
+``benchmarks/results/latest.json``. ``--quick`` (2 short runs) is the smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import _harness as h
+
+WORKSPACE = "bench"
+VALUE = b"v" * 100  # the 100-byte value of every small-value case
+RESULTS = h.HERE / "results" / "latest.json"
+#: A run whose other processes used more CPU than this is flagged as noisy.
+NOISY_CORES = 0.15
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int = 5
+    # Timed round trips per single-client figure: baselines.md used 20,000 unpinned. Pinned
+    # figures vary far less; 10,000 on one vCPU and 5,000 split (where a round trip is ~3x
+    # slower) keep both over a second for the workbench and 5 runs within ~3 minutes on 2 cores.
+    ops: int = 10_000
+    split_ops: int = 5_000
+    warmup: int = 500
+    handoffs: int = 1_000
+    handoff_warmup: int = 100
+    gap_s: float = 0.001  # idle time before each hand-off: the consumer must be asleep
+    clients: int = 4
+    duration_s: float = 3.0
+    client_warmup: int = 200
+    big_mib: int = 100
+    big_timed: int = 3
+    big_warmup: int = 1
+
+
+QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, handoffs=200,
+                 handoff_warmup=50, duration_s=0.5, client_warmup=100, big_timed=1)
+
+
+@dataclass
+class Context:
+    """What the cases share: settings, server ports, this process's client handles."""
+
+    settings: Settings
+    children: h.Children
+    ports: dict[str, int]  # "wb", "echo", "echo-nocopy", "redis" (absent if skipped)
+    pids: dict[str, int]
+    broker_proc: Any = None
+    ws: Any = None
+    big_array: Any = None
+    _big_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def big_bytes(self) -> bytes:
+        # redis-py takes bytes: converted once, outside every timing (in the anchor's favour)
+        if self._big_bytes is None:
+            self._big_bytes = self.big_array.tobytes()
+        return self._big_bytes
+
+    @property
+    def broker_port(self) -> int:
+        return self.ports["wb"]
+
+    @property
+    def echo_port(self) -> int:
+        return self.ports["echo"]
+
+    @property
+    def redis_port(self) -> int | None:
+        return self.ports.get("redis")
+
+
+# ============================================================================ child processes
+# The script runs itself as `bench_workspace.py --child ROLE JSON` for the client processes.
+
+
+def child_argv(role: str, **params: Any) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", role, json.dumps(params)]
+
+
+def run_child(role: str, params: dict) -> None:
+    {"wb-consumer": wb_consumer, "redis-consumer": redis_consumer,
+     "wb-client": wb_client, "echo-client": echo_client,
+     "redis-client": redis_client}[role](**params)
+
+
+_SEND_TIME = struct.Struct("<q")
+
+
+def stamped_value() -> bytes:
+    """A 100-byte value whose first 8 bytes are the CLOCK_MONOTONIC send time in ns."""
+    return _SEND_TIME.pack(h.mono_ns()) + VALUE[_SEND_TIME.size:]
+
+
+def consume(take: Callable[[], bytes], ack: Callable[[], Any], total: int, warmup: int) -> None:
+    """Consumer side of a hand-off: take a value (parked until it comes), note its latency,
+    acknowledge; report the measured latencies in ns on stdout."""
+    latencies = []
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    for _ in range(total):
+        value = take()
+        received = h.mono_ns()  # before anything else, so the ack is not in the latency
+        latencies.append(received - _SEND_TIME.unpack_from(value)[0])
+        ack()
+    h.child_report({"latencies_ns": latencies[warmup:]})
+
+
+def wb_consumer(port: int, var: str, ack: str, total: int, warmup: int) -> None:
+    from workbench import NetWorkSpace
+
+    ws = NetWorkSpace(WORKSPACE, h.LOOPBACK, port, useUse=True)
+    try:
+        consume(lambda: ws.fetch(var), lambda: ws.store(ack, b"1"), total, warmup)
+    finally:
+        ws.close()
+
+
+def redis_consumer(port: int, var: str, ack: str, total: int, warmup: int) -> None:
+    import redis
+
+    r = redis.Redis(host=h.LOOPBACK, port=port)
+    try:
+        consume(lambda: r.blpop([var])[1], lambda: r.rpush(ack, b"1"), total, warmup)
+    finally:
+        r.close()
+
+
+def wb_client(port: int, var: str, warmup: int) -> None:
+    from workbench import NetWorkSpace
+
+    ws = NetWorkSpace(WORKSPACE, h.LOOPBACK, port, useUse=True)
+
+    def pair() -> None:
+        ws.store(var, VALUE)
+        ws.fetch(var)
+
+    try:
+        _timed_client(pair, warmup, per_call=2)
+    finally:
+        ws.close()
+
+
+def echo_client(port: int, warmup: int) -> None:
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{h.LOOPBACK}:{port}")
+
+    def round_trip() -> None:
+        sock.send(VALUE)
+        sock.recv()
+
+    try:
+        _timed_client(round_trip, warmup, per_call=1)
+    finally:
+        sock.close()
+
+
+def redis_client(port: int, key: str, warmup: int) -> None:
+    import redis
+
+    r = redis.Redis(host=h.LOOPBACK, port=port)
+
+    def pair() -> None:
+        r.set(key, VALUE)
+        r.get(key)
+
+    try:
+        _timed_client(pair, warmup, per_call=2)
+    finally:
+        r.close()
+
+
+def _timed_client(op: Callable[[], Any], warmup: int, per_call: int) -> None:
+    for _ in range(warmup):
+        op()
+    start_ns, end_ns = h.child_ready()
+    h.child_report(h.timed_until(op, start_ns, end_ns, per_call))
+
+
+# ============================================================================ cases
+# Each case runs once per run and returns its figures; names are "<system>.<case>".
+
+
+def _round_trips(ctx: Context, layout: str) -> tuple[int, int]:
+    """(timed, warm-up) round trips per figure in a layout."""
+    s = ctx.settings
+    return (s.split_ops if layout == "split" else s.ops), s.warmup
+
+
+def wb_round_trips(ctx: Context, run: int, layout: str) -> dict:
+    ws, var = ctx.ws, f"rt{run}"
+    n, warmup = _round_trips(ctx, layout)
+    stores = h.time_loop(lambda: ws.store(var, VALUE), n, warmup)
+    fetches = h.time_loop(lambda: ws.fetch(var), n, warmup)
+    # Every stored value was fetched exactly once: nothing may be left over.
+    assert ws.fetchTry(var) is None, "values left after as many fetches as stores"
+    return {"store_per_s": stores, "fetch_per_s": fetches}
+
+
+def echo_round_trips(ctx: Context, run: int, layout: str) -> dict:
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{h.LOOPBACK}:{ctx.echo_port}")
+
+    def round_trip() -> None:
+        sock.send(VALUE)
+        sock.recv()
+
+    try:
+        return {"rt_per_s": h.time_loop(round_trip, *_round_trips(ctx, layout))}
+    finally:
+        sock.close()
+
+
+def redis_round_trips(ctx: Context, run: int, layout: str) -> dict:
+    import redis
+
+    r = redis.Redis(host=h.LOOPBACK, port=ctx.redis_port)
+    keys = [f"k{i}".encode() for i in range(1000)]  # as in baselines.md: 1,000 keys
+    try:
+        set_keys, get_keys = itertools.cycle(keys), itertools.cycle(keys)
+        sets = h.time_loop(lambda: r.set(next(set_keys), VALUE), *_round_trips(ctx, layout))
+        gets = h.time_loop(lambda: r.get(next(get_keys)), *_round_trips(ctx, layout))
+        r.delete(*keys)
+        return {"set_per_s": sets, "get_per_s": gets}
+    finally:
+        r.close()
+
+
+def produce_hand_offs(ctx: Context, name: str, consumer: list[str],
+                      store: Callable[[bytes], Any], wait_ack: Callable[[], Any]) -> dict:
+    """Producer side: 1 ms idle, store a stamped value, wait for the consumer's ack; repeat."""
+    s = ctx.settings
+    proc = ctx.children.spawn(name, consumer, pipes=True)
+    reader = h.LineReader(proc, name)
+    try:
+        if reader.readline(h.START_TIMEOUT) != "ready":
+            raise RuntimeError(f"{name} did not start")
+        for _ in range(s.handoff_warmup + s.handoffs):
+            time.sleep(s.gap_s)
+            store(stamped_value())
+            wait_ack()
+        latencies = json.loads(reader.readline(h.START_TIMEOUT))["latencies_ns"]
+        proc.wait(timeout=h.STOP_TIMEOUT)
+    finally:
+        ctx.children.stop(proc)
+    us = [ns / 1000 for ns in latencies]
+    return {"median_us": h.median(us), "p99_us": h.percentile(us, 99), "min_us": min(us),
+            "max_us": max(us)}
+
+
+def wb_hand_off(ctx: Context, run: int) -> dict:
+    s, ws = ctx.settings, ctx.ws
+    var, ack = f"handoff{run}", f"ack{run}"
+    consumer = child_argv("wb-consumer", port=ctx.broker_port, var=var, ack=ack,
+                          total=s.handoff_warmup + s.handoffs, warmup=s.handoff_warmup)
+    return produce_hand_offs(ctx, "wb-consumer", consumer, lambda v: ws.store(var, v),
+                             lambda: ws.fetch(ack))
+
+
+def redis_hand_off(ctx: Context, run: int) -> dict:
+    import redis
+
+    s = ctx.settings
+    var, ack = f"handoff{run}", f"ack{run}"
+    r = redis.Redis(host=h.LOOPBACK, port=ctx.redis_port)
+    consumer = child_argv("redis-consumer", port=ctx.redis_port, var=var, ack=ack,
+                          total=s.handoff_warmup + s.handoffs, warmup=s.handoff_warmup)
+    try:
+        return produce_hand_offs(ctx, "redis-consumer", consumer, lambda v: r.rpush(var, v),
+                                 lambda: r.blpop([ack]))
+    finally:
+        r.close()
+
+
+def _clients(ctx: Context, name: str, argvs: list[list[str]]) -> dict:
+    reports = h.run_synchronized(ctx.children, name, argvs, ctx.settings.duration_s)
+    start = reports[0]["start_ns"]
+    return {"total_per_s": h.aggregate_rate(reports),
+            "per_client_per_s": [r["ops"] / ((r["end_ns"] - start) / 1e9) for r in reports]}
+
+
+def wb_clients(ctx: Context, run: int) -> dict:
+    s = ctx.settings
+    return _clients(ctx, "wb-client", [
+        child_argv("wb-client", port=ctx.broker_port, var=f"mc{run}_{i}", warmup=s.client_warmup)
+        for i in range(s.clients)])
+
+
+def echo_clients(ctx: Context, run: int) -> dict:
+    s = ctx.settings
+    return _clients(ctx, "echo-client", [
+        child_argv("echo-client", port=ctx.echo_port, warmup=s.client_warmup)
+        for _ in range(s.clients)])
+
+
+def redis_clients(ctx: Context, run: int) -> dict:
+    s = ctx.settings
+    return _clients(ctx, "redis-client", [
+        child_argv("redis-client", port=ctx.redis_port, key=f"mc{run}_{i}",
+                   warmup=s.client_warmup)
+        for i in range(s.clients)])
+
+
+def _timed_big(ctx: Context, round_trip: Callable[[], Any], check: Callable[[Any], None]) -> dict:
+    """1 warm-up + N timed round trips of the big value; the last result is checked untimed."""
+    s = ctx.settings
+    times = []
+    for i in range(s.big_warmup + s.big_timed):
+        start = time.perf_counter()
+        result = round_trip()
+        elapsed = time.perf_counter() - start
+        if i >= s.big_warmup:
+            times.append(elapsed)
+        if i == s.big_warmup + s.big_timed - 1:
+            check(result)
+        del result  # free it before the next round trip, as a real user's loop would
+    return {"rt_s": h.median(times), "times_s": times}
+
+
+def _same_array(ctx: Context) -> Callable[[Any], None]:
+    import numpy as np
+
+    def check(out: Any) -> None:
+        assert isinstance(out, np.ndarray) and np.array_equal(out, ctx.big_array), "corrupted"
+
+    return check
+
+
+def wb_big(ctx: Context, run: int) -> dict:
+    ws, var = ctx.ws, f"big{run}"
+
+    def round_trip() -> Any:
+        ws.store(var, ctx.big_array)
+        return ws.fetch(var)
+
+    return _timed_big(ctx, round_trip, _same_array(ctx))
+
+
+def echo_big(ctx: Context, run: int) -> dict:
+    import numpy as np
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{h.LOOPBACK}:{ctx.ports['echo-nocopy']}")
+
+    def round_trip() -> Any:
+        sock.send(ctx.big_array, copy=False)
+        frame = sock.recv(copy=False)
+        return np.frombuffer(frame.buffer, dtype=ctx.big_array.dtype)
+
+    try:
+        return _timed_big(ctx, round_trip, _same_array(ctx))
+    finally:
+        sock.close()
+
+
+def redis_big(ctx: Context, run: int) -> dict:
+    import redis
+
+    r = redis.Redis(host=h.LOOPBACK, port=ctx.redis_port)
+    data, key = ctx.big_bytes, f"big{run}"
+    parts: dict[str, list] = {"set_s": [], "get_s": []}
+
+    def round_trip() -> bytes:
+        start = time.perf_counter()
+        r.set(key, data)
+        middle = time.perf_counter()
+        value = r.get(key)
+        parts["set_s"].append(middle - start)
+        parts["get_s"].append(time.perf_counter() - middle)
+        return value
+
+    def check(value: bytes) -> None:
+        assert value == data, "corrupted"
+
+    try:
+        result = _timed_big(ctx, round_trip, check)
+        r.delete(key)
+    finally:
+        r.close()
+    warm = ctx.settings.big_warmup
+    result.update({name: h.median(times[warm:]) for name, times in parts.items()})
+    return result
+
+
+# Groups of cases that compare with one another; within a group the order rotates per run.
+@dataclass(frozen=True)
+class Case:
+    name: str  # "<system>.<case>"; its figures are "<system>.<case>.<figure>"
+    measure: Callable[[Context, int], dict]
+    server: str  # the server it talks to: a key of Context.ports
+    layout: str | None = None  # pinned placement of this process and the server (None: free)
+
+    def __call__(self, ctx: Context, run: int) -> dict:
+        if self.layout is None:
+            return self.measure(ctx, run)
+        with h.Pinned(os.getpid(), ctx.pids[self.server], h.placements()[self.layout]):
+            return self.measure(ctx, run)
+
+
+def round_trip_group(layout: str) -> list[Case]:
+    return [Case(f"wb.rt_{layout}", partial(wb_round_trips, layout=layout), "wb", layout),
+            Case(f"echo.rt_{layout}", partial(echo_round_trips, layout=layout), "echo", layout),
+            Case(f"redis.rt_{layout}", partial(redis_round_trips, layout=layout), "redis",
+                 layout)]
+
+
+#: Cases that compare with one another form a group; within a group the order rotates per run.
+#: Single-client round trips run pinned in each layout (see _harness.placements: unpinned, they
+#: flip between two speeds 3x apart); the multi-process cases run unpinned.
+GROUPS: list[list[Case]] = [
+    *(round_trip_group(layout) for layout in h.placements()),
+    [Case("wb.handoff", wb_hand_off, "wb"), Case("redis.handoff", redis_hand_off, "redis")],
+    [Case("wb.clients", wb_clients, "wb"), Case("echo.clients", echo_clients, "echo"),
+     Case("redis.clients", redis_clients, "redis")],
+    [Case("wb.big", wb_big, "wb"), Case("echo.big", echo_big, "echo-nocopy"),
+     Case("redis.big", redis_big, "redis")],
+]
+
+
+# ============================================================================ runs
+
+
+def run_once(ctx: Context, run: int, meter: h.CpuMeter) -> dict:
+    """Every case once, groups in a fixed order, cases inside a group rotated by the run."""
+    results, order = {}, []
+    meter.start()
+    for group in GROUPS:
+        shift = run % len(group)
+        for case in group[shift:] + group[:shift]:
+            if case.server not in ctx.ports:
+                continue  # an anchor whose server is not installed
+            started = time.monotonic()
+            results[case.name] = case(ctx, run)
+            order.append(case.name)
+            print(f"  run {run + 1}: {case.name:<15} {_brief(results[case.name])}  "
+                  f"[{time.monotonic() - started:.1f} s]", flush=True)
+    cpu = meter.stop()
+    if cpu["background_cores"] > NOISY_CORES:
+        print(f"  run {run + 1}: NOISY, other processes used {cpu['background_cores']:.2f} "
+              "cores", flush=True)
+    return {"run": run + 1, "order": order, "cpu": cpu, "results": results}
+
+
+def _brief(figures: dict) -> str:
+    return ", ".join(f"{k} {v:,.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+
+
+def start_servers(children: h.Children) -> dict[str, tuple[Any, int]]:
+    """Every server for the whole benchmark -> name: (process, port)."""
+    servers = {"wb": h.start_broker(children), "echo": h.start_echo_server(children),
+               "echo-nocopy": h.start_echo_server(children, nocopy=True)}
+    if h.redis_server_path():
+        servers["redis"] = h.start_redis(children)
+    else:
+        print("redis-server not found: the redis anchors are SKIPPED "
+              "(benchmarks/install-anchors.sh installs it)", flush=True)
+    return servers
+
+
+def make_context(children: h.Children, settings: Settings) -> Context:
+    import numpy as np
+    from workbench import NetWorkSpace
+
+    servers = start_servers(children)
+    ctx = Context(settings, children, {name: port for name, (_, port) in servers.items()},
+                  {name: proc.pid for name, (proc, _) in servers.items()}, servers["wb"][0])
+    # This process owns the workspace for the whole benchmark; client processes only use it.
+    ctx.ws = NetWorkSpace(WORKSPACE, h.LOOPBACK, ctx.broker_port)
+    ctx.big_array = np.random.default_rng(1).random(settings.big_mib * 2**20 // 8)
+    return ctx
+
+
+def benchmark(settings: Settings) -> dict:
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t0 = time.monotonic()
+    with h.Children() as children:
+        ctx = make_context(children, settings)
+        meter = h.CpuMeter(ctx.pids.values())
+        try:
+            runs = [run_once(ctx, run, meter) for run in range(settings.runs)]
+        finally:
+            ctx.ws.close()
+        problems = h.log_problems(ctx.broker_proc)
+    meta = h.versions({"started": started, "elapsed_s": time.monotonic() - t0,
+                       "settings": asdict(settings), "redis_skipped": ctx.redis_port is None,
+                       "broker_log_problems": problems})
+    return {"meta": meta, "runs": runs}
+
+
+# ============================================================================ summary
+
+#: (label, workbench figure, anchor figure, how to compare, target)
+#: how: "rate" -> wb/anchor, higher is better; "latency" -> wb/anchor, lower is better;
+#:      "speedup" -> anchor time / wb time, higher is better.
+COMPARISONS = [
+    *(row for layout in h.placements() for row in [
+        (f"store rt/s vs echo rt/s, {layout}", f"wb.rt_{layout}.store_per_s",
+         f"echo.rt_{layout}.rt_per_s", "rate", 0.85),
+        (f"fetch rt/s vs echo rt/s, {layout}", f"wb.rt_{layout}.fetch_per_s",
+         f"echo.rt_{layout}.rt_per_s", "rate", 0.85),
+        (f"store rt/s vs redis SET, {layout}", f"wb.rt_{layout}.store_per_s",
+         f"redis.rt_{layout}.set_per_s", "rate", None),
+        (f"fetch rt/s vs redis GET, {layout}", f"wb.rt_{layout}.fetch_per_s",
+         f"redis.rt_{layout}.get_per_s", "rate", None)]),
+    ("hand-off median vs BLPOP median", "wb.handoff.median_us", "redis.handoff.median_us",
+     "latency", 1.0),
+    ("hand-off p99 vs BLPOP p99", "wb.handoff.p99_us", "redis.handoff.p99_us", "latency", None),
+    ("4 clients rt/s vs 4-client echo", "wb.clients.total_per_s", "echo.clients.total_per_s",
+     "rate", None),
+    ("4 clients rt/s vs redis 4 clients", "wb.clients.total_per_s", "redis.clients.total_per_s",
+     "rate", None),
+    ("100 MiB store+fetch vs redis SET+GET", "wb.big.rt_s", "redis.big.rt_s", "speedup", 3.0),
+    ("100 MiB store+fetch vs 100 MiB echo", "wb.big.rt_s", "echo.big.rt_s", "speedup", None),
+]
+
+
+def series(runs: list[dict]) -> dict[str, list[float]]:
+    """Every scalar figure -> its values run by run ("wb.rt.store_per_s": [...])."""
+    out: dict[str, list[float]] = {}
+    for run in runs:
+        for case, figures in run["results"].items():
+            for key, value in figures.items():
+                if isinstance(value, (int, float)):
+                    out.setdefault(f"{case}.{key}", []).append(value)
+    return out
+
+
+def ratio(how: str, wb: float, anchor: float) -> float:
+    return anchor / wb if how == "speedup" else wb / anchor
+
+
+def compare(values: dict[str, list[float]]) -> list[dict]:
+    rows = []
+    for label, wb_key, anchor_key, how, target in COMPARISONS:
+        wb, anchor = values.get(wb_key), values.get(anchor_key)
+        row = {"label": label, "workbench": wb_key, "anchor": anchor_key, "how": how,
+               "target": target, "wb_median": h.median(wb) if wb else None,
+               "anchor_median": h.median(anchor) if anchor else None}
+        if wb and anchor:
+            # The headline is the median of the per-run ratios: each pairs figures measured
+            # minutes apart at most, so drift between runs cancels out of it.
+            row["run_ratios"] = [ratio(how, w, a) for w, a in zip(wb, anchor)]
+            row["ratio"] = h.median(row["run_ratios"])
+            row["ratio_of_medians"] = ratio(how, row["wb_median"], row["anchor_median"])
+            if target is not None:
+                row["met"] = row["ratio"] <= target if how == "latency" else row["ratio"] >= target
+        rows.append(row)
+    return rows
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "skipped"
+    if key.endswith("_us"):
+        return f"{value:,.0f} µs"
+    if key.endswith("_per_s"):
+        return f"{value:,.0f}/s"
+    return f"{value:.3f} s"
+
+
+def comparison_table(rows: list[dict], markdown: bool = False) -> str:
+    lines = []
+    for row in rows:
+        target = row["target"]
+        sign = "<=" if row["how"] == "latency" else ">="
+        name = "anchor/wb" if row["how"] == "speedup" else "wb/anchor"
+        if "ratio" not in row:
+            ratio_text, met = "n/a", "skipped"
+        else:
+            low, high = h.spread(row["run_ratios"])
+            ratio_text = f"{row['ratio']:.2f}x ({low:.2f}-{high:.2f})"
+            met = "report" if target is None else ("MET" if row["met"] else "NOT MET")
+        lines.append([row["label"], _fmt(row["workbench"], row["wb_median"]),
+                      _fmt(row["anchor"], row["anchor_median"]), f"{name} {ratio_text}",
+                      "-" if target is None else f"{sign} {target:g}x", met])
+    return h.format_table(
+        ["comparison", "workbench", "anchor", "ratio: median of runs (range)", "target",
+         "result"], lines, markdown)
+
+
+def figures_table(values: dict[str, list[float]], markdown: bool = False) -> str:
+    rows = []
+    for key, vals in values.items():
+        low, high = h.spread(vals)
+        rows.append([key, _fmt(key, h.median(vals)), f"{_fmt(key, low)} - {_fmt(key, high)}"])
+    return h.format_table(["figure", f"median of {len(next(iter(values.values())))}",
+                           "min - max"], rows, markdown)
+
+
+def report(result: dict, markdown: bool = False) -> None:
+    values = series(result["runs"])
+    result["medians"] = {key: h.median(vals) for key, vals in values.items()}
+    result["comparisons"] = compare(values)
+    background = [run["cpu"]["background_cores"] for run in result["runs"]]
+    meta = result["meta"]
+    print(f"\nworkbench {meta['workbench']} · python {meta['python']} · pyzmq {meta['zmq']} "
+          f"(libzmq {meta.get('libzmq')}) · redis-py {meta['redis']} · "
+          f"{meta.get('redis_server', 'no redis-server')} · {meta['cores']} cores")
+    print(f"commit {meta.get('git', {}).get('commit', '?')[:10]}, started {meta['started']}; "
+          f"{len(result['runs'])} runs in {meta['elapsed_s']:.0f} s; CPU used by other "
+          f"processes per run: {', '.join(f'{b:.2f}' for b in background)} cores\n")
+    print(figures_table(values, markdown))
+    print()
+    print(comparison_table(result["comparisons"], markdown))
+    if meta["broker_log_problems"]:
+        print(f"\nWARNING: the broker logged {len(meta['broker_log_problems'])} error lines, "
+              "e.g.:\n  " + "\n  ".join(meta["broker_log_problems"][:5]))
+    if meta["redis_skipped"]:
+        print("\nredis anchors SKIPPED: redis-server is not installed "
+              "(run benchmarks/install-anchors.sh)")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=None,
+                        help=f"runs to take the median of (default {Settings.runs}; "
+                             f"{QUICK.runs} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short smoke test: fewer runs, operations and seconds")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="where to write the raw JSON (default %(default)s)")
+    parser.add_argument("--show", type=Path, default=None, metavar="JSON",
+                        help="print the tables of a saved result instead of measuring")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        run_child(argv[1], json.loads(argv[2]))
+        return 0
+    args = parse_args(argv)
+    if args.show is not None:
+        report(json.loads(args.show.read_text()), args.markdown)
+        return 0
+    settings = QUICK if args.quick else Settings()
+    if args.runs is not None:
+        settings = replace(settings, runs=max(1, args.runs))
+    h.install_signal_handlers()
+    try:
+        result = benchmark(settings)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    report(result, args.markdown)
+    h.write_json(args.output, result)
+    print(f"\nraw results: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
