@@ -234,3 +234,16 @@ def test_client_notices_a_dead_broker(make_broker):
         ws.fetch("never")
     assert time.monotonic() - started < 10
     ws._connection.close()
+
+
+def test_closed_sessions_leave_no_phantoms(make_broker):
+    """A heartbeat that arrives after the goodbye must not bring a closed session back."""
+    broker = make_broker()
+    for _ in range(8):
+        NwsServer(broker.host, broker.port).close()
+    time.sleep(0.3)
+    info = status(broker)
+    assert [c["label"] for c in info["clients"] if "without hello" in c["label"]
+            or c["label"].startswith("session ")] == []
+    assert len(info["clients"]) == 1  # the status command's own session
+    assert "without hello" not in broker.log()

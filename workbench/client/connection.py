@@ -294,6 +294,7 @@ class Connection:
         """End the session: the broker purges the non-persistent workspaces it owns."""
         if self.closed:
             return
+        self._heartbeat.stop()  # no heartbeat may follow the goodbye
         if not self.broken:
             try:
                 self.call(Op.BYE, [], timeout=1.0)

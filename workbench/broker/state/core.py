@@ -76,6 +76,7 @@ class BrokerState:
         self.spaces = WorkspaceTable()
         self.memory = 0  # bytes of values held, including leased ones
         self.waiting: dict[tuple[bytes, int], tuple[Variable, Waiter]] = {}
+        self.ended: dict[bytes, float] = {}  # session id -> when it ended (tombstones)
         self.leases: dict[tuple[bytes, int], tuple[Variable, Value]] = {}
         self.outbox: list[tuple[bytes, list]] = []
         self.notices: list[str] = []  # connect/disconnect lines for the server to log
@@ -115,9 +116,15 @@ class BrokerState:
             return
         self.counters["requests"] += 1
         session, new = self.sessions.touch(peer, now)
+        if new:
+            if session.id in self.ended:  # a straggler (a late heartbeat) of a closed session
+                self.sessions.remove(session)
+                self._error(peer, request_id, Status.SHUTTING_DOWN,
+                            "this connection's session has ended; connect again")
+                return
+            if op != Op.HELLO:
+                self.notices.append(f"client connected: {session.label} (without hello)")
         session.requests += 1
-        if new and op != Op.HELLO:
-            self.notices.append(f"client connected: {session.label} (without hello)")
         try:
             arity = VALUE_ARITY.get(op)
             if arity is None:
@@ -167,8 +174,12 @@ class BrokerState:
     def expire(self, now: float) -> None:
         """End every session silent for longer than the liveness timeout."""
         self.now = now
-        for session in self.sessions.silent_since(now - self.limits.liveness.timeout):
+        timeout = self.limits.liveness.timeout
+        for session in self.sessions.silent_since(now - timeout):
             self._end_session(session, "timed out", notify_waiters=False)
+        # Stragglers arrive within moments of the end; a tombstone outlives them by far.
+        for session_id in [sid for sid, ended in self.ended.items() if ended < now - 2 * timeout]:
+            del self.ended[session_id]
 
     def undeliverable(self, peer: bytes, request_id: int) -> None:
         """A reply could not be routed (its socket is gone): take back a value it carried."""
@@ -292,6 +303,7 @@ class BrokerState:
                 self._purge(ws, f"workspace {name!r} was purged: its owner {session.label} "
                                 f"disconnected ({reason})")
         self.sessions.remove(session)
+        self.ended[session.id] = self.now
         self.notices.append(f"client disconnected: {session.label} ({reason})")
 
     # ---------------------------------------------------------------- leases and waiters
