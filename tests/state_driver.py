@@ -303,7 +303,7 @@ class StateDriver:
 
     def leased_values(self) -> list:
         """The decoded values handed to fetchers and not acknowledged yet. For invariants only."""
-        return [codec.decode(value.frames) for _, value in self.state.leases.values()]
+        return [codec.decode(value.frames) for _, value, _ in self.state.leases.values()]
 
 
 def _flag(on: bool) -> bytes:

@@ -103,6 +103,23 @@ def decode(frames: Sequence) -> Any:
     raise NwsUnpicklingException(f"unknown value kind {kind}", _safe_raw(frames))
 
 
+def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:
+    """The value whose first frame starts at ``offset`` of ``buffer`` (a reply head), followed
+    by ``extra`` frames. Small values, the common case, decode without building a frame list."""
+    if (not extra and len(buffer) >= offset + DESCRIPTOR_SIZE
+            and not (buffer[offset + 1] or buffer[offset + 2] or buffer[offset + 3])):
+        kind = buffer[offset]
+        start = offset + DESCRIPTOR_SIZE
+        if kind == Kind.BYTES:
+            return buffer[start:]
+        if kind == Kind.PICKLE:
+            try:
+                return pickle.loads(memoryview(buffer)[start:])
+            except Exception:
+                pass  # decode() below reports it, with the raw bytes
+    return decode([memoryview(buffer)[offset:], *extra])
+
+
 def raw_bytes(frames: Sequence) -> bytes:
     """The payload of a value as bytes: what files and raw readers receive."""
     _, data, extra = split(frames)

@@ -138,6 +138,11 @@ class BrokerServer:
             state.reject_oversized(peer, head, size)
         else:
             state.handle(peer, head, frames, time.monotonic())
+        outbox = state.outbox
+        if len(outbox) == 1 and not state.notices:  # the usual case: one reply
+            self._send(*outbox.pop())
+            if not outbox:
+                return
         self._flush()
 
     def _flush(self) -> None:
@@ -145,22 +150,28 @@ class BrokerServer:
         for line in state.notices:
             log.info("%s", line)
         state.notices.clear()
-        send = self.router.send
         while state.outbox:
             outbox, state.outbox = state.outbox, []
             for peer, frames in outbox:
-                try:
-                    send(peer, _SNDMORE)
-                except zmq.ZMQError as exc:
-                    if exc.errno != zmq.EHOSTUNREACH:
-                        raise
-                    # The peer's socket is gone: a value it was handed goes back.
-                    state.undeliverable(peer, HEADER.unpack_from(frames[0])[3])
-                    continue
-                last = len(frames) - 1
-                send(frames[0], _SNDMORE if last else 0)
-                for index in range(1, last + 1):
-                    send(frames[index], _SNDMORE if index < last else 0, copy=False)
+                self._send(peer, frames)
+
+    def _send(self, peer: bytes, frames: list) -> None:
+        send = self.router.send
+        try:
+            send(peer, _SNDMORE)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            # The peer's socket is gone: a value it was handed goes back.
+            self.state.undeliverable(peer, HEADER.unpack_from(frames[0])[3])
+            return
+        last = len(frames) - 1
+        if not last:
+            send(frames[0])
+            return
+        send(frames[0], _SNDMORE)
+        for index in range(1, last + 1):
+            send(frames[index], _SNDMORE if index < last else 0, copy=False)
 
     def _count_handshake_failures(self, monitor: zmq.Socket) -> None:
         while monitor.poll(0):

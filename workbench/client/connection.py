@@ -72,6 +72,7 @@ class Channel:
     def __init__(self, context: zmq.Context, address: str, session_id: bytes,
                  number: int) -> None:
         self.number = number
+        self.retired = False  # set when the connection closes, from whichever thread
         self.owner = threading.current_thread()  # ZeroMQ sockets belong to one thread
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(number))
@@ -217,21 +218,28 @@ class Connection:
     # ------------------------------------------------------------------ requests
 
     def channel(self) -> Channel:
-        if self.closed:
-            leftover = getattr(self._local, "channel", None)
-            if leftover is not None and not leftover.socket.closed:
-                leftover.close()  # left open by close() in another thread
+        """This thread's channel (made on first use)."""
+        try:
+            channel = self._local.channel
+        except AttributeError:
+            channel = self._new_channel()
+        if channel.retired:
+            if not channel.socket.closed:
+                channel.close()  # left open by a close() in another thread
             raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
-        channel = getattr(self._local, "channel", None)
-        if channel is None:
-            with self._lock:
-                for dead in [c for c in self._channels if not c.owner.is_alive()]:
-                    dead.close()  # a finished thread's socket
-                    self._channels.remove(dead)
-                channel = Channel(self.context, self.address, self.session_id,
-                                  next(self._channel_numbers))
-                self._channels.append(channel)
-            self._local.channel = channel
+        return channel
+
+    def _new_channel(self) -> Channel:
+        if self.closed:
+            raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
+        with self._lock:
+            for dead in [c for c in self._channels if not c.owner.is_alive()]:
+                dead.close()  # a finished thread's socket
+                self._channels.remove(dead)
+            channel = Channel(self.context, self.address, self.session_id,
+                              next(self._channel_numbers))
+            self._channels.append(channel)
+        self._local.channel = channel
         return channel
 
     def check_alive(self) -> None:
@@ -329,6 +337,7 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
     heartbeat.stop()
     with lock:
         for channel in list(channels):
+            channel.retired = True
             if channel.closable_from_here():
                 channel.close()
                 channels.remove(channel)

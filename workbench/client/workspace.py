@@ -11,7 +11,7 @@ import json
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from ..codec import decode, encode, raw_bytes
+from ..codec import decode_at, encode, raw_bytes
 from ..config import CONNECT_TIMEOUT
 from ..errors import NwsOperationException
 from ..protocol import HEADER_SIZE, META, Op, Status
@@ -36,7 +36,7 @@ def _value_frames(head: bytes, extra: list) -> list:
 
 
 def _decode_value(head: bytes, extra: list) -> Any:
-    return decode(_value_frames(head, extra))
+    return decode_at(head, _VALUE_AT, extra)
 
 
 def _decode_raw(head: bytes, extra: list) -> bytes:

@@ -24,11 +24,12 @@ from ...protocol import (
     ProtocolError, Status, VersionMismatch, parse_descriptor, parse_head, reply_head, split_args,
     unpack_acks, unpack_channel_acks,
 )
-from .sessions import Session, SessionTable, session_id_of
+from .sessions import Session, SessionTable
 from .variables import FIFO, ITERABLE_MODES, MODES, SINGLE, Value, Variable, Waiter
 from .workspaces import Workspace, WorkspaceTable, valid_template
 
 DEFAULT_WORKSPACE = "__default"
+_NAME_CACHE_SIZE = 4096
 
 
 class OpError(Exception):
@@ -77,7 +78,8 @@ class BrokerState:
         self.memory = 0  # bytes of values held, including leased ones
         self.waiting: dict[tuple[bytes, int], tuple[Variable, Waiter]] = {}
         self.ended: dict[bytes, float] = {}  # session id -> when it ended (tombstones)
-        self.leases: dict[tuple[bytes, int], tuple[Variable, Value]] = {}
+        self._valid_names: dict[bytes, str] = {}
+        self.leases: dict[tuple[bytes, int], tuple[Variable, Value, Session]] = {}
         self.outbox: list[tuple[bytes, list]] = []
         self.notices: list[str] = []  # connect/disconnect lines for the server to log
         self.counters = dict.fromkeys(
@@ -211,20 +213,26 @@ class BrokerState:
     # ---------------------------------------------------------------- argument checks
 
     def _name(self, arg: bytes, what: str) -> str:
+        name = self._valid_names.get(arg)
+        if name is not None:  # the same few names arrive with every request
+            return name
         name = arg.decode("utf-8")
         if not name:
             raise OpError(Status.BAD_REQUEST, f"a {what} name must not be empty")
-        if len(name.encode()) > MAX_NAME_LENGTH:
+        if len(arg) > MAX_NAME_LENGTH:
             raise OpError(Status.BAD_REQUEST,
                           f"{what} name longer than {MAX_NAME_LENGTH} bytes")
         if not name.isprintable():
             raise OpError(Status.BAD_REQUEST,
                           f"{what} name {name!r} contains control characters")
+        if len(self._valid_names) >= _NAME_CACHE_SIZE:
+            self._valid_names.clear()
+        self._valid_names[arg] = name
         return name
 
     def _workspace(self, arg: bytes) -> Workspace:
         name = self._name(arg, "workspace")
-        ws = self.spaces.get(name)
+        ws = self.spaces.by_name.get(name)
         if ws is None:
             raise OpError(Status.NO_WORKSPACE,
                           f"no workspace {name!r}: it was never created, or was deleted, or "
@@ -311,16 +319,14 @@ class BrokerState:
     def _lease(self, session: Session, peer: bytes, request_id: int, var: Variable,
                value: Value) -> None:
         key = (peer, request_id)
-        self.leases[key] = (var, value)
+        self.leases[key] = (var, value, session)
         session.leases.add(key)
 
     def _ack(self, key: tuple[bytes, int]) -> None:
         entry = self.leases.pop(key, None)
         if entry is not None:
             self.memory -= entry[1].size
-            session = self.sessions.by_id.get(session_id_of(key[0]))
-            if session is not None:
-                session.leases.discard(key)
+            entry[2].leases.discard(key)
 
     def _return_lease(self, key: tuple[bytes, int]) -> None:
         self._return_leases([key])
@@ -334,10 +340,8 @@ class BrokerState:
             entry = self.leases.pop(key, None)
             if entry is None:
                 continue
-            session = self.sessions.by_id.get(session_id_of(key[0]))
-            if session is not None:
-                session.leases.discard(key)
-            var, value = entry
+            var, value, session = entry
+            session.leases.discard(key)
             if var.live:
                 returned.setdefault(var.id, (var, []))[1].append(value)
             else:
