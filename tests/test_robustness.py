@@ -102,7 +102,8 @@ def test_another_protocol_version_is_told_what_to_do(broker):
     assert b"install the same workbench version on both sides" in head
 
 
-def test_oversized_message_gets_a_clear_error(make_broker):
+def test_oversized_message_gets_a_clear_error(make_broker, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_SHM", "0")  # through the socket, as from another machine
     broker = make_broker("--max-message-size", "1M")
     ws = NetWorkSpace("big", broker.host, broker.port)
     with pytest.raises(NwsMessageTooLargeException, match="--max-message-size 1.0 MiB"):

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--heartbeat-liveness", type=int, default=live.liveness, metavar="N",
                         help="intervals of silence after which a client is dead and its "
                              "workspaces are purged (default %(default)s)")
+    broker.add_argument("--no-shared-memory", action="store_true",
+                        help="never accept values through /dev/shm from clients on this machine")
     broker.add_argument("--insecure", action="store_true",
                         help="allow listening on a non-loopback interface without "
                              "authentication")
@@ -99,7 +101,8 @@ def run_broker(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
         liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
     )
-    server = BrokerServer(args.host, args.port, limits)
+    server = BrokerServer(args.host, args.port, limits,
+                          shared_memory=not args.no_shared_memory)
     try:
         address = server.bind()
     except Exception as exc:  # zmq.ZMQError: address in use, bad interface

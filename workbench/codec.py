@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import cloudpickle
 
+from . import shm
 from .config import OUT_OF_BAND_THRESHOLD
 from .errors import NwsPicklingException, NwsUnpicklingException
 from .protocol import DESCRIPTOR, DESCRIPTOR_SIZE, Kind, ProtocolError
@@ -71,18 +72,24 @@ def _pickled(value: Any) -> list:
 
 
 def split(frames: Sequence) -> tuple[int, Any, Sequence]:
-    """value frames -> (kind, data, extra frames); data is a zero-copy view."""
+    """value frames -> (kind, data, extra frames); data is a zero-copy view. A value held in
+    shared memory is mapped here."""
     head = memoryview(frames[0])
     if head.nbytes < DESCRIPTOR_SIZE:
         raise ProtocolError("value frame without a descriptor")
     kind, flags, nextra = DESCRIPTOR.unpack_from(head)
-    if nextra != len(frames) - 1:
-        raise ProtocolError(f"value announces {nextra} extra frames, {len(frames) - 1} present")
+    extra = frames[1:]
+    if flags & shm.SHARED:
+        if len(extra) != 1:
+            raise ProtocolError("a shared-memory value has one reference frame")
+        extra = shm.attach(extra[0])
+    if nextra != len(extra):
+        raise ProtocolError(f"value announces {nextra} extra frames, {len(extra)} present")
     if flags & DETACHED:
         if not nextra:
             raise ProtocolError("detached value without its data frame")
-        return kind, frames[1], frames[2:]
-    return kind, head[DESCRIPTOR_SIZE:], frames[1:]
+        return kind, extra[0], extra[1:]
+    return kind, head[DESCRIPTOR_SIZE:], extra
 
 
 def decode(frames: Sequence) -> Any:

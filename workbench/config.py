@@ -39,6 +39,10 @@ MAX_MESSAGE_SIZE = 1 << 30
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 #: Longest workspace or variable name, in UTF-8 bytes.
 MAX_NAME_LENGTH = 1024
+#: Set to 0 to make a client send every value through the socket, never through shared memory.
+SHM_ENV = "WORKBENCH_SHM"
+#: Seconds a broker keeps a shared-memory file after its value is gone (for late finders).
+SHM_RELEASE_GRACE = float(os.environ.get("WORKBENCH_SHM_GRACE", 10.0))
 
 
 def default_max_memory() -> int:

@@ -67,6 +67,9 @@ SEPARATOR = b"\0"
 
 FLAG_ACKS = 1
 
+#: Value descriptor flag: the value's one extra frame names a shared-memory file (see ``shm``).
+VALUE_SHARED = 2
+
 #: Ops whose last argument is a value's first frame (which may contain NUL): their number of
 #: arguments before it.
 VALUE_ARITY = {30: 2}  # Op.STORE
@@ -174,12 +177,11 @@ def descriptor(kind: int, nextra: int = 0) -> bytes:
     return DESCRIPTOR.pack(kind, 0, nextra)
 
 
-def parse_descriptor(frame) -> tuple[int, int]:
-    """-> (kind, number of extra frames) from a value's first frame."""
+def parse_descriptor(frame) -> tuple[int, int, int]:
+    """-> (kind, flags, number of extra frames) from a value's first frame."""
     if len(frame) < DESCRIPTOR_SIZE:
         raise ProtocolError(f"value frame of {len(frame)} bytes has no descriptor")
-    kind, _, nextra = DESCRIPTOR.unpack_from(frame)
-    return kind, nextra
+    return DESCRIPTOR.unpack_from(frame)
 
 
 def pack_acks(request_ids) -> bytes:

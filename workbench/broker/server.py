@@ -14,11 +14,14 @@ import random
 import signal
 import socket
 import time
+from collections import deque
 from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .. import shm
+from ..config import SHM_RELEASE_GRACE
 from ..protocol import HEADER
 from .state import BrokerState, Limits
 
@@ -46,7 +49,7 @@ def is_loopback(host: str) -> bool:
 
 class BrokerServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, shared_memory: bool = True) -> None:
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -56,7 +59,9 @@ class BrokerServer:
         self.router.setsockopt(zmq.SNDHWM, 0)  # never drop a reply: each answers a request
         self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_size + _FRAME_SLACK)
         self.router.linger = 1000
-        self.state = BrokerState(self.limits, random.Random(), time.monotonic())
+        self.files = shm.BrokerFiles() if shared_memory and shm.identity() else None
+        self.state = BrokerState(self.limits, random.Random(), time.monotonic(), self.files)
+        self._releases: deque[tuple[float, bytes]] = deque()  # (when, shared-memory reference)
         self.address = ""
 
     def bind(self) -> str:
@@ -81,6 +86,8 @@ class BrokerServer:
         tick = min(0.5, self.limits.liveness.interval / 2)
         # A blocking receive that wakes at least once a tick: cheaper than a Poller per request.
         self.router.setsockopt(zmq.RCVTIMEO, max(1, int(tick * 1000)))
+        if self.files is not None:
+            self.files.sweep()  # what brokers that died left behind
         try:
             log.info("workbench broker listening on %s", self.address)
             if on_ready is not None:
@@ -92,6 +99,7 @@ class BrokerServer:
                 if now >= next_tick:
                     next_tick = now + tick
                     self._count_handshake_failures(monitor)
+                    self._release_files(now)
                     self.state.expire(now)
                     self._flush()
                     if parent_pid is not None and os.getppid() != parent_pid:
@@ -107,6 +115,8 @@ class BrokerServer:
             monitor.close(linger=0)
             self.router.close()
             self.context.term()
+            if self.files is not None:
+                self.files.sweep(everything_of_mine=True)
             log.info("workbench broker stopped")
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -139,7 +149,7 @@ class BrokerServer:
         else:
             state.handle(peer, head, frames, time.monotonic())
         outbox = state.outbox
-        if len(outbox) == 1 and not state.notices:  # the usual case: one reply
+        if len(outbox) == 1 and not state.notices and not state.released:  # the usual case
             self._send(*outbox.pop())
             if not outbox:
                 return
@@ -150,6 +160,14 @@ class BrokerServer:
         for line in state.notices:
             log.info("%s", line)
         state.notices.clear()
+        if state.released:
+            now = time.monotonic()
+            for reference, found in state.released:
+                if found:  # a finder may not have mapped it yet: give it time
+                    self._releases.append((now, reference))
+                else:  # fetchers map before they acknowledge: nobody can still need it
+                    self.files.release(reference)
+            state.released.clear()
         while state.outbox:
             outbox, state.outbox = state.outbox, []
             for peer, frames in outbox:
@@ -172,6 +190,13 @@ class BrokerServer:
         send(frames[0], _SNDMORE)
         for index in range(1, last + 1):
             send(frames[index], _SNDMORE if index < last else 0, copy=False)
+
+    def _release_files(self, now: float) -> None:
+        """Remove shared-memory files of values gone for a while: a finder that was sent a
+        reference just before the value went must still be able to map it."""
+        releases = self._releases
+        while releases and releases[0][0] < now - SHM_RELEASE_GRACE:
+            self.files.release(releases.popleft()[1])
 
     def _count_handshake_failures(self, monitor: zmq.Socket) -> None:
         while monitor.poll(0):

@@ -25,7 +25,8 @@ from typing import Callable
 import zmq
 
 from .. import __version__
-from ..config import CANCEL_TIMEOUT, Liveness
+from .. import shm
+from ..config import CANCEL_TIMEOUT, SHM_ENV, Liveness
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
@@ -187,7 +188,9 @@ class Connection:
         self._channel_numbers = itertools.count(1)
         self._lock = threading.Lock()
         hello = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                            "version": __version__}).encode()
+                            "version": __version__,
+                            "shm": shm.identity() if os.environ.get(SHM_ENV) != "0" else None,
+                            }).encode()
         channel = self.channel()
         try:  # no cancel on failure: nobody is there to confirm it
             head, _ = channel.receive(channel.send(Op.HELLO, [hello]),
@@ -204,6 +207,7 @@ class Connection:
         self.info = json.loads(head[HEADER_SIZE:])
         self.liveness = Liveness(self.info["heartbeat_interval"], self.info["heartbeat_liveness"])
         self.label = self.info["label"]
+        self.shm_pid = self.info.get("shm_pid")  # set when values may go through /dev/shm
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
         _live_connections.add(self)
@@ -262,9 +266,15 @@ class Connection:
         the value is then acknowledged. Ctrl-C or the timeout at any point before that cancels
         the request at the broker, which puts a raced value back: nothing is lost."""
         channel = self.channel()
+        spilled = None
         if len(frames) > 1:
-            self._check_size(frames)
-        request_id = channel.send(op, args, frames)
+            frames, spilled = self._prepare_large(frames)
+        try:
+            request_id = channel.send(op, args, frames)
+        except BaseException:
+            if spilled:
+                os.unlink(spilled)
+            raise
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             reply = channel.receive(request_id, deadline, self.check_alive)
@@ -281,14 +291,27 @@ class Connection:
                 channel.acks.append(request_id)
             raise
         if status >= Status.ERROR:
+            if spilled:  # refused: the broker never took the file over
+                os.unlink(spilled)
             raise_for_status(status, reply[0])
         if leased and status == 0:
             channel.acks.append(request_id)
         return status, result
 
-    def _check_size(self, frames: list | tuple) -> None:
+    def _prepare_large(self, frames: list | tuple) -> tuple[list | tuple, str | None]:
+        """A value with big frames: through shared memory if the broker shares this machine's,
+        else checked against the broker's message size limit before sending.
+
+        -> (the frames to send, the path of a shared-memory file made for them, or None)."""
+        size = sum(memoryview(frame).nbytes for frame in frames[1:])
+        if self.shm_pid is not None and size >= shm.THRESHOLD:
+            return shm.spill(frames, self.shm_pid, self.session_id.hex()[:16])
+        self._check_size(frames, size)
+        return frames, None
+
+    def _check_size(self, frames: list | tuple, size: int) -> None:
         """Refuse before sending what the broker would refuse after receiving it all."""
-        size = sum(memoryview(frame).nbytes for frame in frames)
+        size += len(frames[0])
         limit = self.info["max_message_size"]
         if size > limit:
             raise NwsMessageTooLargeException(

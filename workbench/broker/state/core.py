@@ -21,8 +21,8 @@ from ... import __version__
 from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
 from ...protocol import (
     CHANNEL, FLAG_ACKS, HEADER_SIZE, META, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
-    ProtocolError, Status, VersionMismatch, parse_descriptor, parse_head, reply_head, split_args,
-    unpack_acks, unpack_channel_acks,
+    VALUE_SHARED, ProtocolError, Status, VersionMismatch, parse_descriptor, parse_head, reply_head,
+    split_args, unpack_acks, unpack_channel_acks,
 )
 from .sessions import Session, SessionTable
 from .variables import FIFO, ITERABLE_MODES, MODES, SINGLE, Value, Variable, Waiter
@@ -68,8 +68,12 @@ def _size(n: float) -> str:
 
 class BrokerState:
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, files=None) -> None:
         self.limits = limits or Limits()
+        # Shared-memory files (``shm.BrokerFiles``), or None where values all travel as bytes.
+        self.files = files
+        # Shared files no value needs any more: (reference, whether a finder was sent it).
+        self.released: list[tuple[bytes, bool]] = []
         self.rng = rng or random.Random()
         self.started = now
         self.now = now
@@ -202,8 +206,20 @@ class BrokerState:
         self.counters["errors"] += 1
         self.outbox.append((peer, [reply_head(status, request_id, 0, message.encode())]))
 
-    def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value) -> None:
+    def _discard(self, value: Value) -> None:
+        """A value leaves the broker for good: its memory (and any shared-memory file) is freed."""
+        self.memory -= value.size
+        if value.shared is not None:
+            self.released.append((value.shared, value.found))
+
+    def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value,
+                     session: Session) -> None:
         frames = value.frames
+        if value.shared is not None:
+            if not session.shares_memory:
+                frames = self.files.materialize(frames)  # a client on another machine
+            elif (peer, request_id) not in self.leases:
+                value.found = True  # a finder maps it later, unannounced
         head = reply_head(0, request_id, len(frames) - 1, META.pack(var.id, value.seq) + frames[0])
         self.outbox.append((peer, [head, *frames[1:]] if len(frames) > 1 else [head]))
 
@@ -250,6 +266,8 @@ class BrokerState:
             raise ProtocolError("hello expects a JSON object")
         first = not session.greeted
         session.greet(int(info.get("pid", 0)), str(info.get("host", "?"))[:200])
+        session.shares_memory = bool(self.files is not None and self.files.identity
+                                     and info.get("shm") == self.files.identity)
         if first:
             self.notices.append(f"client connected: {session.label}")
         live = self.limits.liveness
@@ -259,6 +277,7 @@ class BrokerState:
             "heartbeat_interval": live.interval, "heartbeat_liveness": live.liveness,
             "max_message_size": self.limits.max_message_size,
             "max_memory": self.limits.max_memory,
+            "shm_pid": self.files.pid if session.shares_memory else None,
         })
 
     def _bye(self, session: Session, peer: bytes, request_id: int, args: list,
@@ -325,7 +344,7 @@ class BrokerState:
     def _ack(self, key: tuple[bytes, int]) -> None:
         entry = self.leases.pop(key, None)
         if entry is not None:
-            self.memory -= entry[1].size
+            self._discard(entry[1])
             entry[2].leases.discard(key)
 
     def _return_lease(self, key: tuple[bytes, int]) -> None:
@@ -345,13 +364,13 @@ class BrokerState:
             if var.live:
                 returned.setdefault(var.id, (var, []))[1].append(value)
             else:
-                self.memory -= value.size
+                self._discard(value)
         for var, values in returned.values():
             # SINGLE keeps only the newest, so it must go back first; others oldest first.
             values.sort(key=lambda value: value.seq, reverse=var.mode == SINGLE)
             for value in values:
                 if not var.put_back(value):
-                    self.memory -= value.size
+                    self._discard(value)
             self._serve_waiting(var)
 
     def _serve_waiting(self, var: Variable) -> None:
@@ -365,14 +384,14 @@ class BrokerState:
                     still_waiting.append(waiter)
                     continue
                 self._unwait(waiter)
-                self._reply_value(waiter.peer, waiter.request_id, var, value)
+                self._reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
             var.finders = still_waiting
         while var.fetchers and var.values:
             waiter = var.fetchers.popleft()
             self._unwait(waiter)
             value = var.take(self.rng)
             self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
-            self._reply_value(waiter.peer, waiter.request_id, var, value)
+            self._reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
 
     def _unwait(self, waiter: Waiter) -> None:
         key = (waiter.peer, waiter.request_id)
@@ -417,17 +436,17 @@ class BrokerState:
                     still_waiting.append(waiter)  # an iterator that has seen this value
                     continue
                 self._unwait(waiter)
-                self._reply_value(waiter.peer, waiter.request_id, var, value)
+                self._reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
             var.finders = still_waiting
         if var.fetchers:
             waiter = var.fetchers.popleft()
             self._unwait(waiter)
             self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
-            self._reply_value(waiter.peer, waiter.request_id, var, value)
+            self._reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
         else:
             replaced = var.put(value)
             if replaced is not None:
-                self.memory -= replaced.size
+                self._discard(replaced)
 
     # ---------------------------------------------------------------- workspaces
 
@@ -471,7 +490,8 @@ class BrokerState:
     def _destroy_variable(self, var: Variable, status: int, message: str) -> None:
         self._fail_waiters(var, status, message)
         var.live = False
-        self.memory -= sum(value.size for value in var.values)
+        for value in var.values:
+            self._discard(value)
         var.values.clear()
 
     def _mktemp_ws(self, session: Session, peer: bytes, request_id: int, args: list,
@@ -554,13 +574,23 @@ class BrokerState:
         name = self._name(args[1], "variable")
         if not frames:
             raise ProtocolError("store without a value")
-        _, nextra = parse_descriptor(frames[0])
-        if nextra != len(frames) - 1:
-            raise ProtocolError(
-                f"value announces {nextra} extra frames, {len(frames) - 1} arrived")
-        size = 0
-        for frame in frames:
-            size += len(frame)
+        _, flags, nextra = parse_descriptor(frames[0])
+        shared = None
+        if flags & VALUE_SHARED:
+            if self.files is None or not session.shares_memory or len(frames) != 2:
+                raise ProtocolError("a shared-memory value from a client that cannot share")
+            shared = bytes(frames[1])
+            try:
+                size = len(frames[0]) + self.files.size(shared)
+            except OSError as exc:
+                raise OpError(Status.BAD_REQUEST, f"shared-memory value unreadable: {exc}")
+        else:
+            if nextra != len(frames) - 1:
+                raise ProtocolError(
+                    f"value announces {nextra} extra frames, {len(frames) - 1} arrived")
+            size = 0
+            for frame in frames:
+                size += len(frame)
         if self.memory + size > self.limits.max_memory:
             raise OpError(Status.NO_MEMORY,
                           f"storing {_size(size)} would exceed the broker's memory cap "
@@ -572,7 +602,7 @@ class BrokerState:
             var = self.spaces.new_variable(ws, name, FIFO)
         else:
             var.mode_fixed = True
-        value = Value(frames, size)
+        value = Value(frames, size, shared=shared)
         var.stamp(value)
         self.memory += size
         self._offer(var, value)
@@ -605,7 +635,7 @@ class BrokerState:
                 else:
                     value = var.peek(self.rng)
                 if value is not None:
-                    self._reply_value(peer, request_id, var, value)
+                    self._reply_value(peer, request_id, var, value, session)
                     return
             if not block:
                 self._reply(peer, request_id, Status.MISSING)

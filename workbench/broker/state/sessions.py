@@ -19,7 +19,7 @@ def session_id_of(peer: bytes) -> bytes:
 
 class Session:
     __slots__ = ("id", "pid", "host", "label", "last_seen", "connected_at", "owned", "leases",
-                 "waiting", "requests", "greeted")
+                 "waiting", "requests", "greeted", "shares_memory")
 
     def __init__(self, session_id: bytes, now: float) -> None:
         self.id = session_id
@@ -33,6 +33,7 @@ class Session:
         self.waiting: set[tuple[bytes, int]] = set()  # (peer, request id) of blocked requests
         self.requests = 0
         self.greeted = False
+        self.shares_memory = False  # may receive shared-memory references instead of bytes
 
     def greet(self, pid: int, host: str) -> None:
         self.pid = pid

@@ -19,12 +19,14 @@ ITERABLE_MODES = (FIFO, SINGLE)
 class Value:
     """One stored value: its frames ([descriptor, *payload], opaque) and its store sequence."""
 
-    __slots__ = ("frames", "size", "seq")
+    __slots__ = ("frames", "size", "seq", "shared", "found")
 
-    def __init__(self, frames: list, size: int, seq: int = 0) -> None:
+    def __init__(self, frames: list, size: int, seq: int = 0, shared: bytes | None = None) -> None:
         self.frames = frames
         self.size = size
         self.seq = seq
+        self.shared = shared  # the shared-memory reference, when the data lives in a file
+        self.found = False  # sent to a finder, who maps it without acknowledging
 
 
 class Waiter:

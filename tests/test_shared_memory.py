@@ -1,0 +1,102 @@
+"""Large values through /dev/shm between processes of one machine, and through the socket for
+clients that cannot share it; no file outlives its value or its broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from workbench import NetWorkSpace, NwsMemoryException, shm
+
+from .support import run_client, wait_for
+
+
+def broker_files(broker) -> list[str]:
+    return sorted(name for name in os.listdir(shm.SHM_DIR)
+                  if name.startswith(f"{shm.PREFIX}{broker.process.pid}-"))
+
+
+def big_array(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((512, 1024))  # 4 MiB
+
+
+def test_a_large_value_goes_through_shared_memory_and_the_file_goes_with_it(broker, ws):
+    assert shm.identity() is not None, "this machine's /dev/shm should be usable"
+    assert ws._connection.shm_pid == broker.process.pid
+    array = big_array()
+    ws.store("a", array)
+    [name] = broker_files(broker)
+    assert os.stat(os.path.join(shm.SHM_DIR, name)).st_size == array.nbytes
+    got = ws.fetch("a")
+    assert np.array_equal(got, array)
+    got[0, 0] = -1.0  # a private, writable copy-on-write view: the file is untouched
+    ws.store("other", 1)  # carries the acknowledgement of the fetch
+    wait_for(lambda: broker_files(broker) == [], message="file kept after its value went")
+    assert got[0, 0] == -1.0 and got[1, 1] == array[1, 1]  # still readable after the unlink
+
+
+def test_small_values_stay_in_the_socket(broker, ws):
+    ws.store("s", np.arange(1000))
+    assert broker_files(broker) == []
+    assert ws.fetch("s").sum() == 499500
+
+
+def test_clients_that_cannot_share_get_bytes(broker, ws, ws_name):
+    array = big_array(1)
+    ws.store("to_remote", array)
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from workbench import NetWorkSpace
+        ws = NetWorkSpace({ws_name!r}, useUse=True)
+        assert ws._connection.shm_pid is None
+        got = ws.fetch("to_remote", timeout=10)
+        ws.store("checksum", float(got.sum()))
+        ws.store("from_remote", np.full((512, 1024), 7.0))
+        """)
+    result = run_client(broker, code, WORKBENCH_SHM="0")
+    assert result.returncode == 0, result.stderr
+    assert ws.fetch("checksum", timeout=10) == pytest.approx(float(array.sum()))
+    assert ws.fetch("from_remote", timeout=10)[3, 3] == 7.0
+
+
+def test_finders_keep_what_they_found(broker, ws, other):
+    array = big_array(2)
+    ws.store("shared", array)
+    found = other.find("shared")
+    assert np.array_equal(ws.fetch("shared"), array)
+    ws.store("ack", 1)
+    assert np.array_equal(found, array)
+
+
+def test_a_refused_value_leaves_no_file(make_broker):
+    broker = make_broker("--max-memory", "2M")
+    ws = NetWorkSpace("capped", broker.host, broker.port)
+    with pytest.raises(NwsMemoryException):
+        ws.store("a", big_array())
+    assert broker_files(broker) == []
+    ws.close()
+
+
+def test_files_do_not_outlive_their_broker(make_broker):
+    broker = make_broker()
+    ws = NetWorkSpace("kept", broker.host, broker.port, persistent=True)
+    ws.store("a", big_array())
+    assert len(broker_files(broker)) == 1
+    ws.close()
+    assert broker.stop() == 0
+    assert broker_files(broker) == []
+
+
+def test_files_of_a_dead_broker_are_swept(make_broker):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = os.path.join(shm.SHM_DIR, f"{shm.PREFIX}{dead.pid}-abc-def")
+    with open(stale, "wb") as f:
+        f.write(b"left behind")
+    make_broker()
+    assert not os.path.exists(stale)

@@ -1,0 +1,167 @@
+"""Large values through shared memory, when client and broker share a machine.
+
+Sending 100 MB through a socket costs two copies through the kernel each way. A client on the
+broker's machine instead writes a large value's big frames (detached data, out-of-band pickle
+buffers) once into a file in ``/dev/shm`` and sends only its name; the broker keeps the name
+(never the data) and owns the file from then on; a local fetcher maps the file copy-on-write, so
+the array it gets is writable and was never copied. A client on another machine gets the bytes
+through the socket as usual: the broker maps the file and sends it.
+
+Who may use it: the broker announces an identity (boot id and the device and inode of
+``/dev/shm``); a client that sees the same identity shares the broker's memory. Files are named
+``workbench-<broker pid>-<session>-<random>``, so a broker can remove what it leaves behind, and
+what a dead broker left behind, at start and at exit.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import uuid
+from typing import Sequence
+
+from .protocol import VALUE_SHARED
+
+SHM_DIR = "/dev/shm"
+PREFIX = "workbench-"
+#: Values whose big frames add up to at least this many bytes go through shared memory.
+THRESHOLD = 1 << 20
+_CHUNK = 64 << 20
+#: Descriptor flag (byte 1 of a value's first frame): the extra frame is a shared-memory
+#: reference ``name:size,size,...`` instead of the frames themselves.
+SHARED = VALUE_SHARED
+
+_NAME = re.compile(rb"workbench-(\d+)-[0-9a-f]{1,32}-[0-9a-f]{1,32}")
+
+
+def identity() -> str | None:
+    """What two processes must agree on to share ``/dev/shm``; None where it is unusable."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        st = os.stat(SHM_DIR)
+    except OSError:
+        return None
+    if not os.access(SHM_DIR, os.W_OK):
+        return None
+    return f"{boot}:{st.st_dev}:{st.st_ino}"
+
+
+def spill(frames: Sequence, broker_pid: int, session: str) -> tuple[list, str]:
+    """Write a value's extra frames to a new shared-memory file.
+
+    -> (the value's frames as a reference, the file's path)."""
+    extras = [memoryview(frame).cast("B") for frame in frames[1:]]
+    sizes = [view.nbytes for view in extras]
+    name = f"{PREFIX}{broker_pid}-{session}-{uuid.uuid4().hex[:16]}"
+    path = os.path.join(SHM_DIR, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        # write(), not a mapping: the kernel fills fresh pages in bulk, twice as fast as
+        # faulting them in one by one through a mapping.
+        for view in extras:
+            written = 0
+            while written < view.nbytes:
+                written += os.write(fd, view[written:written + _CHUNK])
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    head = bytearray(frames[0])
+    head[1] |= SHARED
+    reference = name.encode() + b":" + b",".join(b"%d" % size for size in sizes)
+    return [bytes(head), reference], path
+
+
+def parse_reference(reference: bytes) -> tuple[str, list[int]]:
+    """``name:size,...`` -> (name, sizes); ValueError for anything that is not one of ours."""
+    name, _, sizes = bytes(reference).partition(b":")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a workbench shared-memory name: {name[:80]!r}")
+    return name.decode(), [int(size) for size in sizes.split(b",")] if sizes else []
+
+
+def attach(reference: bytes) -> list[memoryview]:
+    """Map a referenced file copy-on-write -> one writable view per original frame."""
+    name, sizes = parse_reference(reference)
+    total = sum(sizes)
+    if not total:
+        return [memoryview(b"") for _ in sizes]
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+    try:
+        mapped = mmap.mmap(fd, total, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    whole = memoryview(mapped)
+    views, offset = [], 0
+    for size in sizes:
+        views.append(whole[offset:offset + size])
+        offset += size
+    return views
+
+
+def without_flag(first_frame) -> bytes:
+    head = bytearray(first_frame)
+    head[1] &= ~SHARED
+    return bytes(head)
+
+
+class BrokerFiles:
+    """The broker's side: check what clients hand over, send it to remote clients, remove it."""
+
+    def __init__(self, broker_pid: int | None = None) -> None:
+        self.pid = broker_pid or os.getpid()
+        self.identity = identity()
+
+    def size(self, reference: bytes) -> int:
+        """Bytes held by a referenced file; ValueError unless it is a valid file of ours."""
+        name, sizes = parse_reference(reference)
+        if not name.startswith(f"{PREFIX}{self.pid}-"):
+            raise ValueError("shared-memory file made for another broker")
+        actual = os.stat(os.path.join(SHM_DIR, name)).st_size
+        if actual != sum(sizes):
+            raise ValueError(f"shared-memory file holds {actual} bytes, not {sum(sizes)}")
+        return actual
+
+    def materialize(self, frames: list) -> list:
+        """The value's frames as bytes in frames, for a client that cannot map the file."""
+        return [without_flag(frames[0]), *attach(frames[1])]
+
+    def release(self, reference: bytes) -> None:
+        name, _ = parse_reference(reference)
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+        except FileNotFoundError:
+            pass
+
+    def sweep(self, everything_of_mine: bool = False) -> int:
+        """Remove files of brokers that are gone (and, at exit, this broker's own)."""
+        removed = 0
+        try:
+            names = os.listdir(SHM_DIR)
+        except OSError:
+            return 0
+        for name in names:
+            match = _NAME.fullmatch(name.encode())
+            if not match:
+                continue
+            pid = int(match.group(1))
+            if (pid == self.pid and everything_of_mine) or (pid != self.pid and not _alive(pid)):
+                try:
+                    os.unlink(os.path.join(SHM_DIR, name))
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
