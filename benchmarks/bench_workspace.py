@@ -192,9 +192,9 @@ def echo_client(port: int, warmup: int) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://{h.LOOPBACK}:{port}")
 
-    def round_trip() -> None:
-        sock.send(VALUE)
-        sock.recv()
+    def round_trip() -> None:  # the anchor's method (baselines.md): multipart calls both ends
+        sock.send_multipart([VALUE])
+        sock.recv_multipart()
 
     try:
         _timed_client(round_trip, warmup, per_call=1)
@@ -251,9 +251,9 @@ def echo_round_trips(ctx: Context, run: int, layout: str) -> dict:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://{h.LOOPBACK}:{ctx.echo_port}")
 
-    def round_trip() -> None:
-        sock.send(VALUE)
-        sock.recv()
+    def round_trip() -> None:  # the anchor's method (baselines.md): multipart calls both ends
+        sock.send_multipart([VALUE])
+        sock.recv_multipart()
 
     try:
         return {"rt_per_s": h.time_loop(round_trip, *_round_trips(ctx, layout))}

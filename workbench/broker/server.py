@@ -7,6 +7,7 @@ a ``zmq.Poller`` call per request costs more than the request itself.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -88,6 +89,10 @@ class BrokerServer:
         self.router.setsockopt(zmq.RCVTIMEO, max(1, int(tick * 1000)))
         if self.files is not None:
             self.files.sweep()  # what brokers that died left behind
+        # Requests allocate a few short-lived objects each and almost never cycles: collect
+        # rarely, and never re-scan what was loaded at start.
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         try:
             log.info("workbench broker listening on %s", self.address)
             if on_ready is not None:

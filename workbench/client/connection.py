@@ -93,16 +93,21 @@ class Channel:
         if frames:
             args = [*args, frames[0]]
         acks = self.acks
-        if acks:
-            drained = []
+        try:
+            first = acks.popleft() if acks else None
+        except IndexError:  # the heartbeat thread took it
+            first = None
+        if first is None:
+            head = request_head(op, request_id, args)
+        else:
+            drained = [first]
             while acks:
                 try:
                     drained.append(acks.popleft())
-                except IndexError:  # the heartbeat thread took the rest
+                except IndexError:
                     break
-            head = request_head(op, request_id, [pack_acks(drained), *args], FLAG_ACKS)
-        else:
-            head = request_head(op, request_id, args)
+            acked = b"%d" % first if len(drained) == 1 else pack_acks(drained)
+            head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
         send = self.socket.send
         last = len(frames) - 1
         if last > 0:

@@ -145,8 +145,12 @@ class BrokerState:
             if flags & FLAG_ACKS:
                 if not args:
                     raise ProtocolError("acknowledgement flag without acknowledgements")
-                for acked in unpack_acks(args[0]):
-                    self._ack((peer, acked))
+                acked = args[0]
+                if b"," in acked:
+                    for request in unpack_acks(acked):
+                        self._ack((peer, request))
+                else:  # usually the one fetch before this request
+                    self._ack((peer, int(acked)))
                 del args[0]
             handler = self._handlers.get(op)
             if handler is None:
