@@ -314,6 +314,68 @@ def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
         context.term()
 
 
+def start_relay_server(children: Children) -> tuple[subprocess.Popen, int]:
+    """The hand-off floor of ZeroMQ: a bare ROUTER relay (see ``relay_server``)."""
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).resolve()), "relay-server", "--port", str(port),
+            "--parent-pid", str(os.getpid())]
+    proc = children.spawn("relay", argv)
+    wait_for(lambda: _relay_answers(port), START_TIMEOUT, "zmq relay server", proc)
+    return proc, port
+
+
+def _relay_answers(port: int) -> bool:
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 200)
+    sock.connect(f"tcp://{LOOPBACK}:{port}")
+    try:
+        sock.send_multipart([b"put", b"probe", b"x"])
+        return sock.recv() == b"ok"
+    except zmq.Again:
+        return False
+    finally:
+        sock.close()
+
+
+def relay_server(port: int, parent_pid: int | None) -> None:
+    """A queue broker with nothing but the hand-off: ``[put, key, value]`` gives the value to
+    the longest-waiting ``[want, key, _]`` (or queues it) and answers ``ok``; ``want`` is
+    answered with a value when there is one. No protocol, no leases, no checks: what any broker
+    on ZeroMQ pays for a hand-off, wake-ups of ZeroMQ's I/O threads included."""
+    from collections import defaultdict, deque
+
+    import zmq
+
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"tcp://{LOOPBACK}:{port}")
+    waiting: defaultdict[bytes, deque] = defaultdict(deque)
+    queued: defaultdict[bytes, deque] = defaultdict(deque)
+    try:
+        while True:
+            peer, kind, key, value = router.recv_multipart()
+            if kind == b"want":
+                if queued[key]:
+                    router.send_multipart([peer, queued[key].popleft()])
+                else:
+                    waiting[key].append(peer)
+                continue
+            if waiting[key]:
+                router.send_multipart([waiting[key].popleft(), value])
+            else:
+                queued[key].append(value)
+            router.send_multipart([peer, b"ok"])
+    finally:
+        router.close()
+        context.term()
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Have the kernel send SIGTERM when the benchmark dies, even by SIGKILL: no orphans, and
     no timer in the server's loop."""
@@ -572,9 +634,15 @@ def _main(argv: list[str] | None = None) -> None:
     echo.add_argument("--port", type=int, required=True)
     echo.add_argument("--nocopy", action="store_true", help="recv/send with copy=False")
     echo.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
+    relay = commands.add_parser("relay-server", help="run the bare pyzmq relay anchor")
+    relay.add_argument("--port", type=int, required=True)
+    relay.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
     args = parser.parse_args(argv)
     try:
-        echo_server(args.port, args.nocopy, args.parent_pid)
+        if args.command == "relay-server":
+            relay_server(args.port, args.parent_pid)
+        else:
+            echo_server(args.port, args.nocopy, args.parent_pid)
     except KeyboardInterrupt:
         pass
 

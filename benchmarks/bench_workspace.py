@@ -13,11 +13,13 @@ What it measures (values are 100-byte ``bytes`` unless noted; everything on loop
 3. 4 client processes, each doing store+fetch pairs on a variable of its own for 3 s from a
    common start instant: total round trips/s;
 4. a 100 MiB float64 numpy array: ``store`` + ``fetch`` round trip in seconds (1 warm-up +
-   3 timed; the array travels as a pickle-5 out-of-band buffer, zero-copy frames).
+   3 timed; the array is a pickle-5 out-of-band buffer, which a client on the broker's
+   machine hands over through ``/dev/shm``).
 
 Anchors, measured in the same run: a bare pyzmq DEALER->ROUTER echo server (blocking
 ``recv_multipart``/``send_multipart`` loop, in its own process) for 1, 3 and 4 (a 100 MiB
-``copy=False`` echo); and redis-py against a private ``redis-server`` for all four (SET and GET
+``copy=False`` echo); a bare pyzmq ROUTER relay for 2 (ZeroMQ's own floor for a hand-off:
+``_harness.relay_server``); and redis-py against a private ``redis-server`` for all four (SET and GET
 rates, RPUSH->BLPOP hand-off with the same 1 ms gap and acknowledgement, 4-client SET/GET pairs,
 100 MiB SET+GET of the array's bytes), skipped with a note when ``redis-server`` is missing
 (``benchmarks/install-anchors.sh`` installs it).
@@ -124,6 +126,7 @@ def child_argv(role: str, **params: Any) -> list[str]:
 
 def run_child(role: str, params: dict) -> None:
     {"wb-consumer": wb_consumer, "redis-consumer": redis_consumer,
+     "relay-consumer": relay_consumer,
      "wb-client": wb_client, "echo-client": echo_client,
      "redis-client": redis_client}[role](**params)
 
@@ -168,6 +171,29 @@ def redis_consumer(port: int, var: str, ack: str, total: int, warmup: int) -> No
         consume(lambda: r.blpop([var])[1], lambda: r.rpush(ack, b"1"), total, warmup)
     finally:
         r.close()
+
+
+def relay_consumer(port: int, var: str, ack: str, total: int, warmup: int) -> None:
+    sock = _relay_socket(port)
+    try:
+        consume(lambda: _relay(sock, b"want", var), lambda: _relay(sock, b"put", ack, b"1"),
+                total, warmup)
+    finally:
+        sock.close()
+
+
+def _relay_socket(port: int):
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{h.LOOPBACK}:{port}")
+    return sock
+
+
+def _relay(sock, kind: bytes, key: str, value: bytes = b"") -> bytes:
+    sock.send_multipart([kind, key.encode(), value])
+    return sock.recv()
 
 
 def wb_client(port: int, var: str, warmup: int) -> None:
@@ -322,6 +348,20 @@ def redis_hand_off(ctx: Context, run: int) -> dict:
         r.close()
 
 
+def relay_hand_off(ctx: Context, run: int) -> dict:
+    s = ctx.settings
+    var, ack = f"handoff{run}", f"ack{run}"
+    sock = _relay_socket(ctx.ports["relay"])
+    consumer = child_argv("relay-consumer", port=ctx.ports["relay"], var=var, ack=ack,
+                          total=s.handoff_warmup + s.handoffs, warmup=s.handoff_warmup)
+    try:
+        return produce_hand_offs(ctx, "relay-consumer", consumer,
+                                 lambda v: _relay(sock, b"put", var, v),
+                                 lambda: _relay(sock, b"want", ack))
+    finally:
+        sock.close()
+
+
 def _clients(ctx: Context, name: str, argvs: list[list[str]]) -> dict:
     reports = h.run_synchronized(ctx.children, name, argvs, ctx.settings.duration_s)
     start = reports[0]["start_ns"]
@@ -461,7 +501,8 @@ def round_trip_group(layout: str) -> list[Case]:
 #: flip between two speeds 3x apart); the multi-process cases run unpinned.
 GROUPS: list[list[Case]] = [
     *(round_trip_group(layout) for layout in h.placements()),
-    [Case("wb.handoff", wb_hand_off, "wb"), Case("redis.handoff", redis_hand_off, "redis")],
+    [Case("wb.handoff", wb_hand_off, "wb"), Case("redis.handoff", redis_hand_off, "redis"),
+     Case("relay.handoff", relay_hand_off, "relay")],
     [Case("wb.clients", wb_clients, "wb"), Case("echo.clients", echo_clients, "echo"),
      Case("redis.clients", redis_clients, "redis")],
     [Case("wb.big", wb_big, "wb"), Case("echo.big", echo_big, "echo-nocopy"),
@@ -500,7 +541,8 @@ def _brief(figures: dict) -> str:
 def start_servers(children: h.Children) -> dict[str, tuple[Any, int]]:
     """Every server for the whole benchmark -> name: (process, port)."""
     servers = {"wb": h.start_broker(children), "echo": h.start_echo_server(children),
-               "echo-nocopy": h.start_echo_server(children, nocopy=True)}
+               "echo-nocopy": h.start_echo_server(children, nocopy=True),
+               "relay": h.start_relay_server(children)}
     if h.redis_server_path():
         servers["redis"] = h.start_redis(children)
     else:
@@ -557,6 +599,10 @@ COMPARISONS = [
     ("hand-off median vs BLPOP median", "wb.handoff.median_us", "redis.handoff.median_us",
      "latency", 1.0),
     ("hand-off p99 vs BLPOP p99", "wb.handoff.p99_us", "redis.handoff.p99_us", "latency", None),
+    ("hand-off median vs bare ZeroMQ relay", "wb.handoff.median_us",
+     "relay.handoff.median_us", "latency", None),
+    ("bare ZeroMQ relay hand-off vs BLPOP", "relay.handoff.median_us",
+     "redis.handoff.median_us", "latency", None),
     ("4 clients rt/s vs 4-client echo", "wb.clients.total_per_s", "echo.clients.total_per_s",
      "rate", None),
     ("4 clients rt/s vs redis 4 clients", "wb.clients.total_per_s", "redis.clients.total_per_s",
