@@ -296,14 +296,7 @@ def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
     """DEALER->ROUTER echo with a plain blocking recv_multipart/send_multipart loop, the cheapest
     way to serve ZeroMQ from Python: the floor any Python broker on ZeroMQ stands on.
     ``nocopy`` keeps frames in ZeroMQ's memory (how a broker should move big values)."""
-    import zmq
-
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(f"tcp://{LOOPBACK}:{port}")
+    context, router = _bound_router(port, parent_pid)
     copy = not nocopy
     # No receive timeout, no poller: the plain blocking loop baselines.md measured.
     try:
@@ -347,14 +340,7 @@ def relay_server(port: int, parent_pid: int | None) -> None:
     on ZeroMQ pays for a hand-off, wake-ups of ZeroMQ's I/O threads included."""
     from collections import defaultdict, deque
 
-    import zmq
-
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(f"tcp://{LOOPBACK}:{port}")
+    context, router = _bound_router(port, parent_pid)
     waiting: defaultdict[bytes, deque] = defaultdict(deque)
     queued: defaultdict[bytes, deque] = defaultdict(deque)
     try:
@@ -374,6 +360,19 @@ def relay_server(port: int, parent_pid: int | None) -> None:
     finally:
         router.close()
         context.term()
+
+
+def _bound_router(port: int, parent_pid: int | None):
+    """-> (context, ROUTER bound on loopback) for an anchor server that dies with its parent."""
+    import zmq
+
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"tcp://{LOOPBACK}:{port}")
+    return context, router
 
 
 def _die_with_parent(parent_pid: int) -> None:
