@@ -82,7 +82,6 @@ class Channel:
         self.socket.connect(address)
         self.rcvtimeo = int(_POLL_SLICE * 1000)
         self.ids = itertools.count(1)
-        self.in_flight: set[int] = set()
         self.stash: dict[int, tuple[bytes, list]] = {}  # replies that came while waiting
         self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
         self.acks: deque[int] = deque()  # leased values consumed, not yet acknowledged
@@ -116,7 +115,6 @@ class Channel:
                 send(frames[index], _SNDMORE if index < last else 0, copy=False)
         else:
             send(head)
-        self.in_flight.add(request_id)
         return request_id
 
     def receive(self, request_id: int, deadline: float | None,
@@ -127,7 +125,6 @@ class Channel:
         recv = self.socket.recv
         while True:
             if request_id in stash:
-                self.in_flight.discard(request_id)
                 return stash.pop(request_id)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -142,12 +139,10 @@ class Channel:
             _, _, nframes, got = _unpack_header(head)
             frames = [recv(copy=False) for _ in range(nframes)] if nframes else []
             if got == request_id:
-                self.in_flight.discard(request_id)
                 return head, frames
             if got in self.cancelled:
                 continue  # the late answer to a cancelled request: its value went back
-            if got in self.in_flight:
-                stash[got] = (head, frames)
+            stash[got] = (head, frames)  # another request in flight on this socket
 
     def _set_rcvtimeo(self, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -158,7 +153,6 @@ class Channel:
     def cancel(self, request_id: int, alive: Callable[[], None]) -> None:
         """Cancel an in-flight request and wait (bounded) until the broker confirms it."""
         self.cancelled.add(request_id)
-        self.in_flight.discard(request_id)
         self.stash.pop(request_id, None)
         cancel_id = self.send(Op.CANCEL, [b"%d" % request_id])
         self.cancelled.add(cancel_id)

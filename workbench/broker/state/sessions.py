@@ -19,7 +19,7 @@ def session_id_of(peer: bytes) -> bytes:
 
 class Session:
     __slots__ = ("id", "pid", "host", "label", "last_seen", "connected_at", "owned", "leases",
-                 "waiting", "requests", "greeted", "shares_memory")
+                 "waiting", "requests", "greeted", "shares_memory", "peers")
 
     def __init__(self, session_id: bytes, now: float) -> None:
         self.id = session_id
@@ -34,6 +34,7 @@ class Session:
         self.requests = 0
         self.greeted = False
         self.shares_memory = False  # may receive shared-memory references instead of bytes
+        self.peers: list[bytes] = []  # its sockets' routing identities
 
     def greet(self, pid: int, host: str) -> None:
         self.pid = pid
@@ -45,6 +46,7 @@ class Session:
 class SessionTable:
     def __init__(self) -> None:
         self.by_id: dict[bytes, Session] = {}
+        self.by_peer: dict[bytes, Session] = {}  # every socket seen, for one lookup a request
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -54,17 +56,24 @@ class SessionTable:
 
     def touch(self, peer: bytes, now: float) -> tuple[Session, bool]:
         """The peer's session, refreshed; and whether it is new."""
+        session = self.by_peer.get(peer)
+        if session is not None:
+            session.last_seen = now
+            return session, False
         session_id = session_id_of(peer)
         session = self.by_id.get(session_id)
-        if session is None:
+        new = session is None
+        if new:
             session = self.by_id[session_id] = Session(session_id, now)
-            session.last_seen = now
-            return session, True
         session.last_seen = now
-        return session, False
+        session.peers.append(peer)
+        self.by_peer[peer] = session
+        return session, new
 
     def silent_since(self, deadline: float) -> list[Session]:
         return [s for s in self.by_id.values() if s.last_seen < deadline]
 
     def remove(self, session: Session) -> None:
         self.by_id.pop(session.id, None)
+        for peer in session.peers:
+            self.by_peer.pop(peer, None)
