@@ -104,7 +104,7 @@ def run_broker(args: argparse.Namespace) -> int:
     server = BrokerServer(args.host, args.port, limits,
                           shared_memory=not args.no_shared_memory)
     try:
-        address = server.bind()
+        server.bind()
     except Exception as exc:  # zmq.ZMQError: address in use, bad interface
         print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)

@@ -21,23 +21,17 @@ from ... import __version__
 from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
 from ...protocol import (
     CHANNEL, FLAG_ACKS, HEADER_SIZE, META, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
-    VALUE_SHARED, ProtocolError, Status, VersionMismatch, parse_descriptor, parse_head, reply_head,
+    ProtocolError, Status, VersionMismatch, parse_head, reply_head,
     split_args, unpack_acks, unpack_channel_acks,
 )
+from .operations import Operations
+from .requests import OpError, arity, human_size
 from .sessions import Session, SessionTable
-from .variables import FIFO, ITERABLE_MODES, MODES, SINGLE, Value, Variable, Waiter
-from .workspaces import Workspace, WorkspaceTable, valid_template
+from .variables import SINGLE, Value, Variable, Waiter
+from .workspaces import Workspace, WorkspaceTable
 
 DEFAULT_WORKSPACE = "__default"
 _NAME_CACHE_SIZE = 4096
-
-
-class OpError(Exception):
-    """Refuse the current request with ``status`` and a message for the user."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -47,26 +41,7 @@ class Limits:
     liveness: Liveness = field(default_factory=Liveness)
 
 
-def _flag(arg: bytes) -> bool:
-    if arg not in (b"0", b"1"):
-        raise ProtocolError(f"flag argument {arg!r} is not 0 or 1")
-    return arg == b"1"
-
-
-def _arity(args: list, n: int) -> None:
-    if len(args) != n:
-        raise ProtocolError(f"{len(args)} arguments where {n} were expected")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-class BrokerState:
+class BrokerState(Operations):
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, files=None) -> None:
         self.limits = limits or Limits()
@@ -132,15 +107,15 @@ class BrokerState:
                 self.notices.append(f"client connected: {session.label} (without hello)")
         session.requests += 1
         try:
-            arity = VALUE_ARITY.get(op)
-            if arity is None:
+            before_value = VALUE_ARITY.get(op)
+            if before_value is None:
                 args = split_args(head)
             else:  # the value's first frame is the last argument and may contain NUL
-                arity += flags & FLAG_ACKS
-                args = head[HEADER_SIZE:].split(SEPARATOR, arity)
-                if len(args) != arity + 1:
+                before_value += flags & FLAG_ACKS
+                args = head[HEADER_SIZE:].split(SEPARATOR, before_value)
+                if len(args) != before_value + 1:
                     raise ProtocolError(f"{len(args) - 1} arguments before the value, "
-                                        f"expected {arity}")
+                                        f"expected {before_value}")
                 frames.insert(0, args.pop())
             if flags & FLAG_ACKS:
                 if not args:
@@ -157,7 +132,7 @@ class BrokerState:
                 raise OpError(Status.UNKNOWN_OP,
                               f"unknown operation {op}: is the client newer than this broker "
                               f"(protocol {PROTOCOL_VERSION})?")
-            if frames and arity is None:
+            if frames and before_value is None:
                 raise ProtocolError(f"operation {op} takes no value frames")
             handler(session, peer, request_id, args, frames)
         except OpError as exc:
@@ -178,8 +153,8 @@ class BrokerState:
         except ProtocolError:
             return
         self._error(peer, request_id, Status.TOO_LARGE,
-                    f"message of {_size(size)} exceeds the broker's --max-message-size "
-                    f"{_size(self.limits.max_message_size)}")
+                    f"message of {human_size(size)} exceeds the broker's --max-message-size "
+                    f"{human_size(self.limits.max_message_size)}")
 
     def expire(self, now: float) -> None:
         """End every session silent for longer than the liveness timeout."""
@@ -286,7 +261,7 @@ class BrokerState:
 
     def _bye(self, session: Session, peer: bytes, request_id: int, args: list,
               frames: list) -> None:
-        _arity(args, 0)
+        arity(args, 0)
         self._reply(peer, request_id)
         self._end_session(session, "closed", notify_waiters=True)
 
@@ -301,7 +276,7 @@ class BrokerState:
 
     def _status(self, session: Session, peer: bytes, request_id: int, args: list,
                  frames: list) -> None:
-        _arity(args, 0)
+        arity(args, 0)
         self._json(peer, request_id, {
             "version": __version__, "protocol": PROTOCOL_VERSION,
             "uptime": self.now - self.started,
@@ -404,7 +379,7 @@ class BrokerState:
 
     def _cancel(self, session: Session, peer: bytes, request_id: int, args: list,
                  frames: list) -> None:
-        _arity(args, 1)
+        arity(args, 1)
         target = int(args[0])
         key = (peer, target)
         entry = self.waiting.pop(key, None)
@@ -451,206 +426,3 @@ class BrokerState:
             replaced = var.put(value)
             if replaced is not None:
                 self._discard(replaced)
-
-    # ---------------------------------------------------------------- workspaces
-
-    def _open_ws(self, session: Session, peer: bytes, request_id: int, args: list,
-                  frames: list) -> None:
-        _arity(args, 3)
-        name = self._name(args[0], "workspace")
-        persistent, create = _flag(args[1]), _flag(args[2])
-        ws = self.spaces.get(name)
-        if ws is None:
-            if not create:
-                raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
-            self.spaces.create(name, session, persistent)
-        elif ws.owner is None and not ws.owner_label:
-            ws.claim(session, persistent)
-        self._reply(peer, request_id)
-
-    def _use_ws(self, session: Session, peer: bytes, request_id: int, args: list,
-                 frames: list) -> None:
-        _arity(args, 2)
-        name = self._name(args[0], "workspace")
-        create = _flag(args[1])
-        if self.spaces.get(name) is None:
-            if not create:
-                raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
-            self.spaces.create(name)
-        self._reply(peer, request_id)
-
-    def _delete_ws(self, session: Session, peer: bytes, request_id: int, args: list,
-                    frames: list) -> None:
-        ws = self._workspace(args[0])
-        self._purge(ws, f"workspace {ws.name!r} was deleted")
-        self._reply(peer, request_id)
-
-    def _purge(self, ws: Workspace, message: str) -> None:
-        for var in ws.variables.values():
-            self._destroy_variable(var, Status.NO_WORKSPACE, message)
-        ws.variables.clear()
-        self.spaces.remove(ws)
-
-    def _destroy_variable(self, var: Variable, status: int, message: str) -> None:
-        self._fail_waiters(var, status, message)
-        var.live = False
-        for value in var.values:
-            self._discard(value)
-        var.values.clear()
-
-    def _mktemp_ws(self, session: Session, peer: bytes, request_id: int, args: list,
-                    frames: list) -> None:
-        _arity(args, 1)
-        template = args[0].decode("utf-8")
-        if not valid_template(template):
-            raise OpError(Status.BAD_REQUEST,
-                          f"workspace template {template!r} must contain exactly one integer "
-                          "conversion such as %d (write %% for a literal percent sign)")
-        name = self.spaces.temp_name(template)
-        self._name(name.encode(), "workspace")
-        self.spaces.create(name)
-        self._reply(peer, request_id, Status.OK, name.encode())
-
-    def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list,
-                   frames: list) -> None:
-        _arity(args, 0)
-        self._json(peer, request_id, [
-            [ws.name, ws.owner is session, ws.owner_label, ws.persistent, len(ws.variables),
-             sorted(ws.variables)]
-            for ws in sorted(self.spaces.by_name.values(), key=lambda w: w.name)])
-
-    # ---------------------------------------------------------------- variables
-
-    def _declare(self, session: Session, peer: bytes, request_id: int, args: list,
-                  frames: list) -> None:
-        _arity(args, 3)
-        ws = self._workspace(args[0])
-        name = self._name(args[1], "variable")
-        mode = args[2].decode("utf-8").lower()
-        if mode not in MODES:
-            raise OpError(Status.BAD_REQUEST,
-                          f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        var = ws.variables.get(name)
-        if var is None:
-            self.spaces.new_variable(ws, name, mode)
-        elif var.mode != mode:
-            if var.mode_fixed:
-                raise OpError(Status.DECLARATION_FAILED,
-                              f"variable {name!r} is already declared {var.mode}; a mode cannot "
-                              "change (delete the variable first)")
-            if mode not in ITERABLE_MODES:
-                for waiter in [w for w in var.finders if w.cookie is not None]:
-                    var.finders.remove(waiter)
-                    key = (waiter.peer, waiter.request_id)
-                    self.waiting.pop(key, None)
-                    waiter.session.waiting.discard(key)
-                    self._error(waiter.peer, waiter.request_id, Status.BAD_REQUEST,
-                                f"variable {name!r} was declared {mode}; iterators need "
-                                "fifo or single")
-            var.set_mode(mode)
-        else:
-            var.mode_fixed = True
-        self._reply(peer, request_id)
-
-    def _delete_var(self, session: Session, peer: bytes, request_id: int, args: list,
-                     frames: list) -> None:
-        _arity(args, 2)
-        ws = self._workspace(args[0])
-        name = self._name(args[1], "variable")
-        var = ws.variables.pop(name, None)
-        if var is not None:
-            self._destroy_variable(var, Status.VARIABLE_DELETED,
-                                   f"variable {name!r} was deleted")
-        self._reply(peer, request_id)
-
-    def _list_vars(self, session: Session, peer: bytes, request_id: int, args: list,
-                    frames: list) -> None:
-        _arity(args, 1)
-        ws = self._workspace(args[0])
-        self._json(peer, request_id, [
-            [var.name, len(var.values), len(var.fetchers), len(var.finders), var.mode]
-            for var in sorted(ws.variables.values(), key=lambda v: v.name)])
-
-    def _store(self, session: Session, peer: bytes, request_id: int, args: list,
-                frames: list) -> None:
-        _arity(args, 2)
-        ws = self._workspace(args[0])
-        name = self._name(args[1], "variable")
-        if not frames:
-            raise ProtocolError("store without a value")
-        _, flags, nextra = parse_descriptor(frames[0])
-        shared = None
-        if flags & VALUE_SHARED:
-            if self.files is None or not session.shares_memory or len(frames) != 2:
-                raise ProtocolError("a shared-memory value from a client that cannot share")
-            shared = bytes(frames[1])
-            try:
-                size = len(frames[0]) + self.files.size(shared)
-            except OSError as exc:
-                raise OpError(Status.BAD_REQUEST, f"shared-memory value unreadable: {exc}")
-        else:
-            if nextra != len(frames) - 1:
-                raise ProtocolError(
-                    f"value announces {nextra} extra frames, {len(frames) - 1} arrived")
-            size = 0
-            for frame in frames:
-                size += len(frame)
-        if self.memory + size > self.limits.max_memory:
-            raise OpError(Status.NO_MEMORY,
-                          f"storing {_size(size)} would exceed the broker's memory cap "
-                          f"(--max-memory {_size(self.limits.max_memory)}, "
-                          f"{_size(self.memory)} in use): fetch or delete values, or restart "
-                          "the broker with a larger --max-memory")
-        var = ws.variables.get(name)
-        if var is None:
-            var = self.spaces.new_variable(ws, name, FIFO)
-        else:
-            var.mode_fixed = True
-        value = Value(frames, size, shared=shared)
-        var.stamp(value)
-        self.memory += size
-        self._offer(var, value)
-        self._reply(peer, request_id)
-
-    def _reader(self, consume: bool, block: bool, iterate: bool) -> Callable:
-        def read(session: Session, peer: bytes, request_id: int, args: list,
-                 frames: list = ()) -> None:
-            _arity(args, 4 if iterate else 2)
-            ws = self._workspace(args[0])
-            name = self._name(args[1], "variable")
-            var = ws.variables.get(name)
-            cookie = None
-            if iterate:
-                var_id, cookie = int(args[2]), int(args[3])
-                if var is not None and var.mode not in ITERABLE_MODES:
-                    raise OpError(Status.BAD_REQUEST,
-                                  f"variable {name!r} is {var.mode}; iterators need fifo or "
-                                  "single")
-                if var_id and (var.id != var_id if var is not None else block):
-                    raise OpError(Status.ITERATOR_INVALID,
-                                  f"variable {name!r} was deleted (and maybe re-created) since "
-                                  "the iterator started; call reset() to start over")
-            if var is not None and var.values:
-                if consume:
-                    value = var.take(self.rng)
-                    self._lease(session, peer, request_id, var, value)
-                elif iterate:
-                    value = var.first_after(cookie)
-                else:
-                    value = var.peek(self.rng)
-                if value is not None:
-                    self._reply_value(peer, request_id, var, value, session)
-                    return
-            if not block:
-                self._reply(peer, request_id, Status.MISSING)
-                return
-            if var is None:
-                var = self.spaces.new_variable(ws, name, FIFO, mode_fixed=False)
-            waiter = Waiter(peer, request_id, session, consume,
-                            cookie if iterate and not consume else None)
-            (var.fetchers if consume else var.finders).append(waiter)
-            key = (peer, request_id)
-            self.waiting[key] = (var, waiter)
-            session.waiting.add(key)
-
-        return read
