@@ -383,17 +383,31 @@ class _Heartbeat(threading.Thread):
         self._liveness = connection.liveness
         self._channels = connection._channels
         self._stopping = threading.Event()
+        # Written to on stop(): the thread sleeps a whole interval in one poll, not in slices,
+        # so an idle client wakes once a second, not ten times.
+        self._wake_read, self._wake_write = os.pipe()
+        self._stop_lock = threading.Lock()
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._stop_lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            os.write(self._wake_write, b"x")
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=2 * self._liveness.interval + 1)
+        if not self.is_alive():  # else the thread is still polling them: leave them open
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
     def run(self) -> None:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self._address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
         interval = self._liveness.interval
         last_answer = time.monotonic()
         beat_ids = itertools.count(1)
@@ -410,9 +424,10 @@ class _Heartbeat(threading.Thread):
                 sock.send(request_head(Op.HEARTBEAT, next(beat_ids), args))
                 deadline = time.monotonic() + interval
                 while (remaining := deadline - time.monotonic()) > 0:
+                    ready = dict(poller.poll(remaining * 1000))
                     if self._stopping.is_set():
                         return
-                    if sock.poll(min(remaining, 0.1) * 1000):
+                    if sock in ready:
                         sock.recv_multipart()
                         last_answer = time.monotonic()
                 connection = self._connection()
