@@ -20,8 +20,8 @@ from typing import Callable
 from ... import __version__
 from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
 from ...protocol import (
-    CHANNEL, FLAG_ACKS, HEADER_SIZE, META, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
-    ProtocolError, Status, VersionMismatch, parse_head, reply_head,
+    CHANNEL, FLAG_ACKS, HEADER_SIZE, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
+    ProtocolError, Status, VersionMismatch, parse_head, reply_head, value_reply_head,
     split_args, unpack_acks, unpack_channel_acks,
 )
 from .operations import Operations
@@ -199,8 +199,12 @@ class BrokerState(Operations):
                 frames = self.files.materialize(frames)  # a client on another machine
             elif (peer, request_id) not in self.leases:
                 value.found = True  # a finder maps it later, unannounced
-        head = reply_head(0, request_id, len(frames) - 1, META.pack(var.id, value.seq) + frames[0])
-        self.outbox.append((peer, [head, *frames[1:]] if len(frames) > 1 else [head]))
+        if len(frames) == 1:
+            self.outbox.append(
+                (peer, [value_reply_head(request_id, 0, var.id, value.seq, frames[0])]))
+        else:
+            head = value_reply_head(request_id, len(frames) - 1, var.id, value.seq, frames[0])
+            self.outbox.append((peer, [head, *frames[1:]]))
 
     def _json(self, peer: bytes, request_id: int, obj) -> None:
         self._reply(peer, request_id, Status.OK, json.dumps(obj).encode())
