@@ -2,7 +2,7 @@
 
 Each thread that talks to the broker gets its own DEALER socket (a *channel*); all channels of a
 connection share one random session id at the front of their routing identities, so the broker
-sees one client. The calling thread does its own socket I/O (no hand-off to an I/O thread on the
+sees one client. The calling thread does its own socket I/O (no hand-off to a Python thread on the
 hot path). A daemon thread sends a heartbeat every interval on a channel of its own, carries the
 acknowledgements of idle channels, and notices when the broker stops answering.
 
