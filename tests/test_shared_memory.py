@@ -100,3 +100,26 @@ def test_files_of_a_dead_broker_are_swept(make_broker):
         f.write(b"left behind")
     make_broker()
     assert not os.path.exists(stale)
+
+
+def test_one_file_cannot_back_two_values(broker, ws):
+    """A client that hands over the same file twice is refused: releasing one value must not
+    take the data of another with it."""
+    import time
+
+    from workbench.codec import encode
+    from workbench.protocol import Op
+
+    array = big_array(3)
+    before = set(broker_files(broker))  # earlier tests' files may wait out their grace
+    ws.store("first", array)
+    [name] = set(broker_files(broker)) - before
+    frames = encode(array)
+    head = bytearray(frames[0])
+    head[1] |= shm.SHARED
+    reference = name.encode() + b":%d" % array.nbytes
+    channel = ws._connection.channel()
+    request_id = channel.send(Op.STORE, [ws._wsb, b"second"], [bytes(head), reference])
+    reply, _ = channel.receive(request_id, time.monotonic() + 10, lambda: None)
+    assert reply[1] == 16 and b"already holds another value" in reply
+    assert np.array_equal(ws.fetch("first"), array)

@@ -396,9 +396,15 @@ class _Heartbeat(threading.Thread):
             os.write(self._wake_write, b"x")
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=2 * self._liveness.interval + 1)
-        if not self.is_alive():  # else the thread is still polling them: leave them open
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+        if not self.is_alive():  # else the thread still polls them; it closes them on its way out
+            self._close_wake()
+
+    def _close_wake(self) -> None:
+        with self._stop_lock:
+            if self._wake_read is not None:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = None
 
     def run(self) -> None:
         sock = self._context.socket(zmq.DEALER)
@@ -442,3 +448,5 @@ class _Heartbeat(threading.Thread):
                 del connection
         finally:
             sock.close(linger=0)
+            if self._stopping.is_set():  # stop() may have come from this very thread (a
+                self._close_wake()       # finalizer run here), which cannot wait for itself

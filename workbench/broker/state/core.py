@@ -49,6 +49,7 @@ class BrokerState(Operations):
         self.files = files
         # Shared files no value needs any more: (reference, whether a finder was sent it).
         self.released: list[tuple[bytes, bool]] = []
+        self.shared_in_use: set[bytes] = set()  # names of the files values hold now
         self.rng = rng or random.Random()
         self.started = now
         self.now = now
@@ -189,6 +190,7 @@ class BrokerState(Operations):
         """A value leaves the broker for good: its memory (and any shared-memory file) is freed."""
         self.memory -= value.size
         if value.shared is not None:
+            self.shared_in_use.discard(value.shared.partition(b":")[0])
             self.released.append((value.shared, value.found))
 
     def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value,

@@ -148,6 +148,9 @@ class Operations:
             if self.files is None or not session.shares_memory or len(frames) != 2:
                 raise ProtocolError("a shared-memory value from a client that cannot share")
             shared = bytes(frames[1])
+            if shared.partition(b":")[0] in self.shared_in_use:
+                raise OpError(Status.BAD_REQUEST,
+                              "shared-memory file already holds another value")
             try:
                 size = len(frames[0]) + self.files.size(shared)
             except OSError as exc:
@@ -172,6 +175,8 @@ class Operations:
         else:
             var.mode_fixed = True
         value = Value(frames, size, shared=shared)
+        if shared is not None:  # one file, one value: releasing it must not break another
+            self.shared_in_use.add(shared.partition(b":")[0])
         var.stamp(value)
         self.memory += size
         self._offer(var, value)
