@@ -123,3 +123,23 @@ def test_one_file_cannot_back_two_values(broker, ws):
     reply, _ = channel.receive(request_id, time.monotonic() + 10, lambda: None)
     assert reply[1] == 16 and b"already holds another value" in reply
     assert np.array_equal(ws.fetch("first"), array)
+
+
+def test_a_file_removed_behind_the_brokers_back_is_a_clear_error(broker, ws, ws_name):
+    before = set(broker_files(broker))
+    ws.store("doomed", big_array(4))
+    [name] = set(broker_files(broker)) - before
+    os.unlink(os.path.join(shm.SHM_DIR, name))
+    code = textwrap.dedent(f"""
+        from workbench import NetWorkSpace, NwsOperationException
+        ws = NetWorkSpace({ws_name!r}, useUse=True)
+        try:
+            ws.fetch("doomed", timeout=10)
+        except NwsOperationException as exc:
+            print("error:", exc)
+        """)
+    result = run_client(broker, code, WORKBENCH_SHM="0")
+    assert result.returncode == 0, result.stderr
+    assert "shared-memory file is gone" in result.stdout
+    ws.store("after", 1)  # the broker serves on
+    assert ws.fetch("after") == 1

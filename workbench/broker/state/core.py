@@ -198,7 +198,15 @@ class BrokerState(Operations):
         frames = value.frames
         if value.shared is not None:
             if not session.shares_memory:
-                frames = self.files.materialize(frames)  # a client on another machine
+                try:
+                    frames = self.files.materialize(frames)  # a client on another machine
+                except (OSError, ValueError) as exc:  # its file was removed behind our back
+                    if self.leases.pop((peer, request_id), None) is not None:
+                        session.leases.discard((peer, request_id))
+                        self._discard(value)
+                    self._error(peer, request_id, Status.INTERNAL,
+                                f"the value's shared-memory file is gone: {exc}")
+                    return
             elif (peer, request_id) not in self.leases:
                 value.found = True  # a finder maps it later, unannounced
         if len(frames) == 1:
