@@ -77,6 +77,7 @@ class Settings:
     big_mib: int = 100
     big_timed: int = 3
     big_warmup: int = 1
+    only: tuple[str, ...] = ()  # names of GROUPS to measure; empty: all of them
 
 
 QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, handoffs=200,
@@ -499,15 +500,16 @@ def round_trip_group(layout: str) -> list[Case]:
 #: Cases that compare with one another form a group; within a group the order rotates per run.
 #: Single-client round trips run pinned in each layout (see _harness.placements: unpinned, they
 #: flip between two speeds 3x apart); the multi-process cases run unpinned.
-GROUPS: list[list[Case]] = [
-    *(round_trip_group(layout) for layout in h.placements()),
-    [Case("wb.handoff", wb_hand_off, "wb"), Case("redis.handoff", redis_hand_off, "redis"),
-     Case("relay.handoff", relay_hand_off, "relay")],
-    [Case("wb.clients", wb_clients, "wb"), Case("echo.clients", echo_clients, "echo"),
-     Case("redis.clients", redis_clients, "redis")],
-    [Case("wb.big", wb_big, "wb"), Case("echo.big", echo_big, "echo-nocopy"),
-     Case("redis.big", redis_big, "redis")],
-]
+GROUPS: dict[str, list[Case]] = {
+    **{f"rt_{layout}": round_trip_group(layout) for layout in h.placements()},
+    "handoff": [Case("wb.handoff", wb_hand_off, "wb"),
+                Case("redis.handoff", redis_hand_off, "redis"),
+                Case("relay.handoff", relay_hand_off, "relay")],
+    "clients": [Case("wb.clients", wb_clients, "wb"), Case("echo.clients", echo_clients, "echo"),
+                Case("redis.clients", redis_clients, "redis")],
+    "big": [Case("wb.big", wb_big, "wb"), Case("echo.big", echo_big, "echo-nocopy"),
+            Case("redis.big", redis_big, "redis")],
+}
 
 
 # ============================================================================ runs
@@ -517,7 +519,9 @@ def run_once(ctx: Context, run: int, meter: h.CpuMeter) -> dict:
     """Every case once, groups in a fixed order, cases inside a group rotated by the run."""
     results, order = {}, []
     meter.start()
-    for group in GROUPS:
+    for name, group in GROUPS.items():
+        if ctx.settings.only and name not in ctx.settings.only:
+            continue
         shift = run % len(group)
         for case in group[shift:] + group[:shift]:
             if case.server not in ctx.ports:
@@ -720,6 +724,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--show", type=Path, default=None, metavar="JSON",
                         help="print the tables of a saved result instead of measuring")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--only", action="append", choices=list(GROUPS), default=None,
+                        metavar="GROUP", help="measure only this group of cases (repeatable): "
+                        + ", ".join(GROUPS))
     return parser.parse_args(argv)
 
 
@@ -735,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else Settings()
     if args.runs is not None:
         settings = replace(settings, runs=max(1, args.runs))
+    if args.only:
+        settings = replace(settings, only=tuple(args.only))
     h.install_signal_handlers()
     try:
         result = benchmark(settings)
