@@ -21,12 +21,15 @@ from .errors import (  # noqa: E402
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException, NwsMemoryException,
     NwsMessageTooLargeException, NwsNoWorkSpaceException, NwsOperationException,
     NwsPicklingException, NwsServerException, NwsTimeoutException, NwsUnpicklingException,
-    NwsUnsupportedMethodException, NwsUnsupportedOperationException, NwsVariableDeletedException,
+    NwsUnsupportedMethodException, NwsUnsupportedOperationException, NwsValueException,
+    NwsVariableDeletedException,
 )
+from .client.keyvalue import KeyValueStore  # noqa: E402
 
 __all__ = [
     "DICT",
     "FIFO",
+    "KeyValueStore",
     "LIFO",
     "MULTI",
     "NetWorkSpace",
@@ -47,6 +50,7 @@ __all__ = [
     "NwsUnpicklingException",
     "NwsUnsupportedMethodException",
     "NwsUnsupportedOperationException",
+    "NwsValueException",
     "NwsValueIterator",
     "NwsVariableDeletedException",
     "SINGLE",

@@ -14,6 +14,7 @@ into the first extra frame instead, so it is not copied to sit behind the descri
 from __future__ import annotations
 
 import pickle
+import zlib
 from typing import Any, Sequence
 
 import cloudpickle
@@ -24,15 +25,20 @@ from .errors import NwsPicklingException, NwsUnpicklingException
 from .protocol import DESCRIPTOR, DESCRIPTOR_SIZE, Kind, ProtocolError
 
 DETACHED = 1  # descriptor flag: the data part is the first extra frame
+COMPRESSED = 4  # descriptor flag: the data part is zlib-compressed (whole values only)
 
 _pack = DESCRIPTOR.pack
 _BYTES = _pack(Kind.BYTES, 0, 0)
 _TEXT = _pack(Kind.TEXT, 0, 0)
+_INT = _pack(Kind.INT, 0, 0)
 
 
 def encode(value: Any) -> list:
-    """-> value frames; items are bytes-like and may be sent without copying."""
+    """-> value frames; items are bytes-like and may be sent without copying. An ``int``
+    (not a bool) travels as its decimal digits, which the key-value service can increment."""
     cls = type(value)
+    if cls is int:
+        return [_INT + b"%d" % value]
     if cls is bytes:
         if len(value) < OUT_OF_BAND_THRESHOLD:
             return [_BYTES + value]
@@ -71,6 +77,24 @@ def _pickled(value: Any) -> list:
     return [_pack(kind, DETACHED, len(buffers) + 1), data, *buffers]
 
 
+def compress(frames: list, over: int) -> list:
+    """The value compressed with zlib if its payload is longer than ``over`` bytes and
+    compressing makes it smaller (as python-memcached's ``min_compress_len``)."""
+    kind, flags, nextra = DESCRIPTOR.unpack_from(frames[0])
+    if flags & DETACHED and nextra == 1:
+        data = frames[1]
+    elif not flags and not nextra:
+        data = memoryview(frames[0])[DESCRIPTOR_SIZE:]
+    else:
+        return frames  # out-of-band buffers: compressing means copying them all; keep as is
+    if len(data) <= over:
+        return frames
+    packed = zlib.compress(data)
+    if len(packed) >= len(data):
+        return frames
+    return [_pack(kind, COMPRESSED, 0) + packed]
+
+
 def split(frames: Sequence) -> tuple[int, Any, Sequence]:
     """value frames -> (kind, data, extra frames); data is a zero-copy view. A value held in
     shared memory is mapped here."""
@@ -89,6 +113,8 @@ def split(frames: Sequence) -> tuple[int, Any, Sequence]:
         if not nextra:
             raise ProtocolError("detached value without its data frame")
         return kind, extra[0], extra[1:]
+    if flags & COMPRESSED:
+        return kind, zlib.decompress(head[DESCRIPTOR_SIZE:]), extra
     return kind, head[DESCRIPTOR_SIZE:], extra
 
 
@@ -119,6 +145,11 @@ def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:
         start = offset + DESCRIPTOR_SIZE
         if kind == Kind.BYTES:
             return buffer[start:]
+        if kind == Kind.INT:
+            try:
+                return int(buffer[start:])
+            except ValueError:
+                pass  # decode() below reports it, with the raw bytes
         if kind == Kind.PICKLE:
             try:
                 return pickle.loads(memoryview(buffer)[start:])

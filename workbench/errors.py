@@ -15,6 +15,8 @@
     │   ├── NwsBadRequestException            malformed request, bad name, bad argument
     │   ├── NwsMemoryException                the broker's --max-memory cap would be exceeded
     │   ├── NwsMessageTooLargeException       a message above the broker's --max-message-size
+    │   ├── NwsValueException                 a stored value does not suit the operation (also a
+    │   │                                     ValueError: incr of a non-number)
     │   ├── NwsPicklingException              a value could not be serialized
     │   └── NwsUnpicklingException            a value could not be deserialized (keeps the bytes)
     ├── NwsTimeoutException                   a blocking call's ``timeout`` ran out (a TimeoutError)
@@ -94,3 +96,7 @@ class NwsTimeoutException(NwsException, TimeoutError):
 
 class NwsUnsupportedMethodException(NwsException):
     """A method of the original API that has no meaning here."""
+
+
+class NwsValueException(NwsOperationException, ValueError):
+    """The stored value does not suit the operation, such as incrementing a non-number."""

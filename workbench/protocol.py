@@ -48,6 +48,30 @@ Arguments by op (text; ``0``/``1`` for flags)::
     IFETCH, IFETCH_TRY, IFIND, IFIND_TRY
                 ws, var, variable id, seq     -> OK META + value | MISSING
 
+The key-value service keeps each entry as a SINGLE variable of a workspace (created on first
+use, persistent, unowned). An entry's *version* is ``variable id << 32 | value sequence``, so it
+changes with every write and never repeats. ``ttl`` is seconds from now as text: ``0`` never
+expires, a negative ttl has expired already::
+
+    KV_STORE    ws, key, how, ttl, version, value
+                how: set | add | replace | append | prepend | cas (version must match) | swap
+                                              -> OK <Q new version | MISSING | EXISTS;
+                                                 swap -> OK META + old value | MISSING
+    KV_GET      ws, key                       -> OK META + value | MISSING
+    KV_INCR     ws, key, incr|decr, delta     -> OK decimal new value | MISSING | BAD_VALUE
+    KV_DELETE   ws, key                       -> OK | MISSING
+    KV_TOUCH    ws, key, ttl                  -> OK | MISSING
+    KV_FLUSH    ws                            -> OK            (every variable of ws goes)
+    KV_GET_MULTI ws, key...                   -> OK records: <HQI (key index, version, length)
+                                                 + value's first frame; extra frames after
+    KV_SET_MULTI ws, ttl, records             -> OK comma-separated indexes of keys not stored;
+                records: <HI (key length, first frame length) + key + value's first frame,
+                the values' extra frames following the head in order
+    KV_DELETE_MULTI ws, key...                -> OK decimal number deleted
+    KV_COMPARE_SWAP ws, key, ttl, new value, comparand value
+                                              -> OK META + old value (swapped iff the old value
+                                                 equals the comparand byte for byte) | MISSING
+
 An error is ``head(status >= ERROR) + UTF-8 message``.
 """
 
@@ -63,6 +87,9 @@ HEADER_SIZE = HEADER.size
 DESCRIPTOR = struct.Struct("<BBH")
 DESCRIPTOR_SIZE = DESCRIPTOR.size
 META = struct.Struct("<QQ")
+KV_RECORD = struct.Struct("<HQI")  # KV_GET_MULTI reply: key index, version, first frame length
+KV_ITEM = struct.Struct("<HI")  # KV_SET_MULTI request: key length, first frame length
+VERSION_SHIFT = 32  # an entry's version = variable id << VERSION_SHIFT | value sequence
 SEPARATOR = b"\0"
 
 FLAG_ACKS = 1
@@ -72,7 +99,7 @@ VALUE_SHARED = 2
 
 #: Ops whose last argument is a value's first frame (which may contain NUL): their number of
 #: arguments before it.
-VALUE_ARITY = {30: 2}  # Op.STORE
+VALUE_ARITY = {30: 2, 40: 5, 47: 2, 49: 3}  # STORE, KV_STORE, KV_SET_MULTI, KV_COMPARE_SWAP
 
 #: Bytes of random session id at the start of every client socket's routing identity; the two
 #: bytes after it number the socket (channel) within the session.
@@ -103,12 +130,23 @@ class Op(enum.IntEnum):
     IFETCH_TRY = 36
     IFIND = 37
     IFIND_TRY = 38
+    KV_STORE = 40
+    KV_GET = 41
+    KV_INCR = 42
+    KV_DELETE = 43
+    KV_TOUCH = 44
+    KV_FLUSH = 45
+    KV_GET_MULTI = 46
+    KV_SET_MULTI = 47
+    KV_DELETE_MULTI = 48
+    KV_COMPARE_SWAP = 49
 
 
 class Status(enum.IntEnum):
     OK = 0
     MISSING = 1
     CANCELLED = 2
+    EXISTS = 3  # a conditional key-value write found the key present or changed
     ERROR = 16  # every status from here on is an error with a message
     BAD_REQUEST = 16
     UNKNOWN_OP = 17
@@ -120,6 +158,7 @@ class Status(enum.IntEnum):
     TOO_LARGE = 23
     SHUTTING_DOWN = 24
     INTERNAL = 25
+    BAD_VALUE = 26  # the stored value does not suit the operation (incr of a non-number)
 
 
 class Kind(enum.IntEnum):

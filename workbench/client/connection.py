@@ -32,7 +32,7 @@ from ..errors import (
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
     NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
     NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
-    NwsUnpicklingException, NwsVariableDeletedException,
+    NwsUnpicklingException, NwsValueException, NwsVariableDeletedException,
 )
 from ..protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
@@ -56,6 +56,7 @@ _ERRORS: dict[int, type[NwsException]] = {
     Status.NO_MEMORY: NwsMemoryException,
     Status.TOO_LARGE: NwsMessageTooLargeException,
     Status.SHUTTING_DOWN: NwsConnectionDroppedException,
+    Status.BAD_VALUE: NwsValueException,
 }
 
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -258,16 +259,20 @@ class Connection:
 
     def read(self, op: int, args: list, frames: list | tuple = (), timeout: float | None = None,
              decode: Callable[[bytes, list], object] | None = None,
-             leased: bool = False) -> tuple[int, object]:
+             leased: bool = False, spill: bool = True) -> tuple[int, object]:
         """Send one request and wait for its reply -> (status, decoded value or (head, frames)).
 
         With ``decode``, an OK reply is decoded before anything is acknowledged; with ``leased``
         the value is then acknowledged. Ctrl-C or the timeout at any point before that cancels
-        the request at the broker, which puts a raced value back: nothing is lost."""
+        the request at the broker, which puts a raced value back: nothing is lost. ``spill``
+        lets one value's large frames go through shared memory (``frames`` is one value)."""
         channel = self.channel()
         spilled = None
         if len(frames) > 1:
-            frames, spilled = self._prepare_large(frames)
+            if spill:
+                frames, spilled = self._prepare_large(frames)
+            else:
+                self._check_size(frames, sum(memoryview(frame).nbytes for frame in frames[1:]))
         try:
             request_id = channel.send(op, args, frames)
         except BaseException:

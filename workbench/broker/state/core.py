@@ -24,6 +24,7 @@ from ...protocol import (
     ProtocolError, Status, VersionMismatch, parse_head, reply_head, value_reply_head,
     split_args, unpack_acks, unpack_channel_acks,
 )
+from .keyvalue import KeyValue
 from .operations import Operations
 from .requests import OpError, arity, human_size
 from .sessions import Session, SessionTable
@@ -41,7 +42,7 @@ class Limits:
     liveness: Liveness = field(default_factory=Liveness)
 
 
-class BrokerState(Operations):
+class BrokerState(Operations, KeyValue):
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, files=None) -> None:
         self.limits = limits or Limits()
@@ -63,7 +64,10 @@ class BrokerState(Operations):
         self.outbox: list[tuple[bytes, list]] = []
         self.notices: list[str] = []  # connect/disconnect lines for the server to log
         self.counters = dict.fromkeys(
-            ("requests", "errors", "malformed", "oversized", "internal_errors"), 0)
+            ("requests", "errors", "malformed", "oversized", "internal_errors", "expired",
+             "kv_gets", "kv_misses", "kv_sets"), 0)
+        # (deadline, variable id, variable) of key-value entries that expire; see keyvalue
+        self.deadlines: list[tuple[float, int, Variable]] = []
         self.spaces.create(DEFAULT_WORKSPACE, persistent=True).owner_label = "(broker)"
         self._handlers: dict[int, Callable] = {
             Op.HELLO: self._hello, Op.BYE: self._bye, Op.HEARTBEAT: self._heartbeat,
@@ -72,6 +76,11 @@ class BrokerState(Operations):
             Op.MKTEMP_WS: self._mktemp_ws, Op.LIST_WSS: self._list_wss,
             Op.DECLARE: self._declare, Op.DELETE_VAR: self._delete_var,
             Op.LIST_VARS: self._list_vars, Op.STORE: self._store,
+            Op.KV_STORE: self._kv_store, Op.KV_GET: self._kv_get, Op.KV_INCR: self._kv_incr,
+            Op.KV_DELETE: self._kv_delete, Op.KV_TOUCH: self._kv_touch,
+            Op.KV_FLUSH: self._kv_flush, Op.KV_GET_MULTI: self._kv_get_multi,
+            Op.KV_SET_MULTI: self._kv_set_multi, Op.KV_DELETE_MULTI: self._kv_delete_multi,
+            Op.KV_COMPARE_SWAP: self._kv_compare_swap,
         }
         # (consume, block, iterate) for the eight ways of reading a variable
         for op, how in {
@@ -158,8 +167,10 @@ class BrokerState(Operations):
                     f"{human_size(self.limits.max_message_size)}")
 
     def expire(self, now: float) -> None:
-        """End every session silent for longer than the liveness timeout."""
+        """End every session silent for longer than the liveness timeout; remove expired
+        key-value entries."""
         self.now = now
+        self.reap_expired(now)
         timeout = self.limits.liveness.timeout
         for session in self.sessions.silent_since(now - timeout):
             self._end_session(session, "timed out", notify_waiters=False)
@@ -195,26 +206,36 @@ class BrokerState(Operations):
 
     def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value,
                      session: Session) -> None:
-        frames = value.frames
-        if value.shared is not None:
-            if not session.shares_memory:
-                try:
-                    frames = self.files.materialize(frames)  # a client on another machine
-                except (OSError, ValueError) as exc:  # its file was removed behind our back
-                    if self.leases.pop((peer, request_id), None) is not None:
-                        session.leases.discard((peer, request_id))
-                        self._discard(value)
-                    self._error(peer, request_id, Status.INTERNAL,
-                                f"the value's shared-memory file is gone: {exc}")
-                    return
-            elif (peer, request_id) not in self.leases:
-                value.found = True  # a finder maps it later, unannounced
+        frames = self._frames_for(peer, request_id, value, session)
+        if frames is None:
+            return
         if len(frames) == 1:
             self.outbox.append(
                 (peer, [value_reply_head(request_id, 0, var.id, value.seq, frames[0])]))
         else:
             head = value_reply_head(request_id, len(frames) - 1, var.id, value.seq, frames[0])
             self.outbox.append((peer, [head, *frames[1:]]))
+
+    def _frames_for(self, peer: bytes, request_id: int, value: Value,
+                    session: Session) -> list | None:
+        """A value's frames as this session can read them: a shared-memory reference for a
+        client on this machine, the bytes for others. None (and an error reply sent) if the
+        value's file has gone."""
+        frames = value.frames
+        if value.shared is not None:
+            if not session.shares_memory:
+                try:
+                    return self.files.materialize(frames)  # a client on another machine
+                except (OSError, ValueError) as exc:  # its file was removed behind our back
+                    if self.leases.pop((peer, request_id), None) is not None:
+                        session.leases.discard((peer, request_id))
+                        self._discard(value)
+                    self._error(peer, request_id, Status.INTERNAL,
+                                f"the value's shared-memory file is gone: {exc}")
+                    return None
+            elif (peer, request_id) not in self.leases:
+                value.found = True  # a finder maps it later, unannounced
+        return frames
 
     def _json(self, peer: bytes, request_id: int, obj) -> None:
         self._reply(peer, request_id, Status.OK, json.dumps(obj).encode())

@@ -78,6 +78,7 @@ class Operations:
     def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list,
                    frames: list) -> None:
         arity(args, 0)
+        self.reap_expired(self.now)
         self._json(peer, request_id, [
             [ws.name, ws.owner is session, ws.owner_label, ws.persistent, len(ws.variables),
              sorted(ws.variables)]
@@ -131,6 +132,7 @@ class Operations:
                     frames: list) -> None:
         arity(args, 1)
         ws = self._workspace(args[0])
+        self.reap_expired(self.now)
         self._json(peer, request_id, [
             [var.name, len(var.values), len(var.fetchers), len(var.finders), var.mode]
             for var in sorted(ws.variables.values(), key=lambda v: v.name)])
@@ -140,6 +142,20 @@ class Operations:
         arity(args, 2)
         ws = self._workspace(args[0])
         name = self._name(args[1], "variable")
+        value = self._incoming_value(session, frames)
+        var = self._unexpired(ws, name)
+        if var is None:
+            var = self.spaces.new_variable(ws, name, FIFO)
+        else:
+            var.mode_fixed = True
+        var.stamp(value)
+        self.memory += value.size
+        self._offer(var, value)
+        self._reply(peer, request_id)
+
+    def _incoming_value(self, session: Session, frames: list) -> Value:
+        """A value arriving in a request, checked: its frames, its shared-memory file, the
+        memory cap. Not yet stored: the caller stamps it and adds its size to ``memory``."""
         if not frames:
             raise ProtocolError("store without a value")
         _, flags, nextra = parse_descriptor(frames[0])
@@ -169,18 +185,10 @@ class Operations:
                           f"(--max-memory {human_size(self.limits.max_memory)}, "
                           f"{human_size(self.memory)} in use): fetch or delete values, or restart "
                           "the broker with a larger --max-memory")
-        var = ws.variables.get(name)
-        if var is None:
-            var = self.spaces.new_variable(ws, name, FIFO)
-        else:
-            var.mode_fixed = True
         value = Value(frames, size, shared=shared)
         if shared is not None:  # one file, one value: releasing it must not break another
             self.shared_in_use.add(shared.partition(b":")[0])
-        var.stamp(value)
-        self.memory += size
-        self._offer(var, value)
-        self._reply(peer, request_id)
+        return value
 
     def _reader(self, consume: bool, block: bool, iterate: bool) -> Callable:
         def read(session: Session, peer: bytes, request_id: int, args: list,
@@ -188,7 +196,7 @@ class Operations:
             arity(args, 4 if iterate else 2)
             ws = self._workspace(args[0])
             name = self._name(args[1], "variable")
-            var = ws.variables.get(name)
+            var = self._unexpired(ws, name)
             cookie = None
             if iterate:
                 var_id, cookie = int(args[2]), int(args[3])

@@ -47,7 +47,7 @@ class Variable:
     """The values of one variable plus the fetchers (FIFO by arrival) and finders waiting on it."""
 
     __slots__ = ("name", "mode", "id", "values", "fetchers", "finders", "next_seq",
-                 "mode_fixed", "live", "workspace")
+                 "mode_fixed", "live", "workspace", "expires")
 
     def __init__(self, name: str, mode: str, var_id: int, workspace: Any,
                  mode_fixed: bool = True) -> None:
@@ -62,6 +62,7 @@ class Variable:
         # A variable created only because someone waits on it may still be declared any mode.
         self.mode_fixed = mode_fixed
         self.live = True
+        self.expires: float | None = None  # a key-value entry's deadline (broker clock)
 
     def __len__(self) -> int:
         return len(self.values)

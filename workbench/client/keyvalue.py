@@ -1,0 +1,200 @@
+"""The broker's key-value service from Python: ``KeyValueStore``, what the memcache and hive
+faces are built on.
+
+Entries live as SINGLE variables of one workspace (``"kv"`` unless told otherwise), so the same
+keys are visible to ``NetWorkSpace.listVars`` and to the dashboards. Each method is one request
+and one atomic operation at the broker. Values are encoded by ``codec`` unless the store is
+given another ``encode``/``decode`` pair (the memcache face keeps python-memcached's pickler
+options that way).
+
+Times to live are seconds from now (``0``: never expires; negative: expired at once); the faces
+translate their own conventions.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
+
+from .. import codec
+from ..config import CONNECT_TIMEOUT
+from ..protocol import (
+    HEADER_SIZE, KV_ITEM, KV_RECORD, META, VERSION_SHIFT, Op, Status,
+)
+from .connection import Connection
+from .embedded import connect
+
+DEFAULT_KV_WORKSPACE = "kv"
+_VALUE_AT = HEADER_SIZE + META.size
+_VERSION = struct.Struct("<Q")
+_HOWS = ("set", "add", "replace", "append", "prepend", "cas")
+
+
+class Entry(NamedTuple):
+    """A value read from the store and its version (changes with every write; see ``cas``)."""
+
+    value: Any
+    version: int
+
+
+def _ttl(ttl: float) -> bytes:
+    return b"%r" % float(ttl)
+
+
+def _key(key: str | bytes) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+class KeyValueStore:
+    """The key-value entries of one workspace on one broker.
+
+    ``KeyValueStore()`` finds the broker as ``NetWorkSpace`` does (``WORKBENCH_BROKER``, the
+    default address, or a private broker); ``host``/``port`` name one."""
+
+    def __init__(self, host: str | None = None, port: int | None = None,
+                 workspace: str = DEFAULT_KV_WORKSPACE, timeout: float = CONNECT_TIMEOUT,
+                 connection: Connection | None = None,
+                 encode: Callable[[Any], list] = codec.encode,
+                 decode: Callable[[list], Any] = codec.decode) -> None:
+        self._connection = connection or connect(host, port, timeout)
+        self.workspace = workspace
+        self._ws = workspace.encode("utf-8")
+        self._encode = encode
+        self._decode = decode
+
+    @property
+    def address(self) -> str:
+        return self._connection.address
+
+    def __repr__(self) -> str:
+        return f"<KeyValueStore {self.workspace!r} at {self.address}>"
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> KeyValueStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def store(self, key: str | bytes, value: Any, ttl: float = 0, how: str = "set",
+              version: int = 0, frames: list | None = None) -> tuple[int, int]:
+        """Write ``value`` under ``key`` if ``how`` allows -> (status, new version).
+
+        ``how``: ``set`` always; ``add`` only if absent; ``replace``, ``append``, ``prepend``
+        only if present; ``cas`` only if the entry's version is still ``version``. Status is
+        ``Status.OK``, ``Status.MISSING`` (absent) or ``Status.EXISTS`` (present, or changed
+        since ``version``). ``frames`` passes a value already encoded."""
+        if how not in _HOWS:
+            raise ValueError(f"how must be one of {', '.join(_HOWS)}, not {how!r}")
+        status, reply = self._connection.read(
+            Op.KV_STORE, [self._ws, _key(key), how.encode(), _ttl(ttl), b"%d" % version],
+            frames if frames is not None else self._encode(value))
+        head = reply[0]
+        new_version = _VERSION.unpack_from(head, HEADER_SIZE)[0] if status == Status.OK else 0
+        return status, new_version
+
+    def swap(self, key: str | bytes, value: Any, ttl: float = 0) -> Entry | None:
+        """Replace an existing entry's value -> the old entry; None (nothing stored) if absent."""
+        status, reply = self._connection.read(
+            Op.KV_STORE, [self._ws, _key(key), b"swap", _ttl(ttl), b"0"], self._encode(value))
+        return self._entry(*reply) if status == Status.OK else None
+
+    def compare_and_swap(self, key: str | bytes, value: Any, comparand: Any,
+                         ttl: float = 0) -> Entry | None:
+        """Replace the entry's value by ``value`` if it equals ``comparand`` (as encoded
+        bytes) -> the old entry either way; None if the key is absent."""
+        new = self._encode(value)
+        status, reply = self._connection.read(
+            Op.KV_COMPARE_SWAP, [self._ws, _key(key), _ttl(ttl)],
+            [*new, *self._encode(comparand)], spill=False)
+        return self._entry(*reply) if status == Status.OK else None
+
+    def incr(self, key: str | bytes, delta: int = 1, decrement: bool = False) -> int | None:
+        """Add (or subtract, never below 0) ``delta`` to a decimal number -> the new number;
+        None if absent. A value that is not a decimal number raises NwsValueException."""
+        if delta < 0:
+            delta, decrement = -delta, not decrement
+        status, reply = self._connection.read(
+            Op.KV_INCR, [self._ws, _key(key), b"decr" if decrement else b"incr", b"%d" % delta])
+        return int(reply[0][HEADER_SIZE:]) if status == Status.OK else None
+
+    def touch(self, key: str | bytes, ttl: float) -> bool:
+        """Give an entry a new time to live; False if absent."""
+        status, _ = self._connection.read(Op.KV_TOUCH, [self._ws, _key(key), _ttl(ttl)])
+        return status == Status.OK
+
+    def delete(self, key: str | bytes) -> bool:
+        """Remove an entry; False if it was absent."""
+        status, _ = self._connection.read(Op.KV_DELETE, [self._ws, _key(key)])
+        return status == Status.OK
+
+    def flush(self) -> None:
+        """Remove every entry (every variable) of the workspace."""
+        self._connection.call(Op.KV_FLUSH, [self._ws])
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: str | bytes) -> Entry | None:
+        """The entry's value and version, or None if absent (or expired)."""
+        status, reply = self._connection.read(Op.KV_GET, [self._ws, _key(key)])
+        return self._entry(*reply) if status == Status.OK else None
+
+    def _entry(self, head: bytes, extra: list) -> Entry:
+        var_id, seq = META.unpack_from(head, HEADER_SIZE)
+        if self._decode is codec.decode:
+            value = codec.decode_at(head, _VALUE_AT, extra)
+        else:
+            value = self._decode([memoryview(head)[_VALUE_AT:], *extra])
+        return Entry(value, var_id << VERSION_SHIFT | seq)
+
+    # ------------------------------------------------------------------ several keys
+
+    def get_multi(self, keys: Iterable[str | bytes]) -> dict:
+        """{key: Entry} for the keys present, in one round trip."""
+        keys = list(keys)
+        _, (head, extra) = self._connection.read(Op.KV_GET_MULTI, [self._ws, *map(_key, keys)])
+        found = {}
+        offset, end, next_extra = HEADER_SIZE, len(head), 0
+        view = memoryview(head)
+        while offset < end:
+            index, version, length = KV_RECORD.unpack_from(head, offset)
+            offset += KV_RECORD.size
+            first = view[offset:offset + length]
+            offset += length
+            nextra = codec.DESCRIPTOR.unpack_from(first)[2]
+            frames = [first, *extra[next_extra:next_extra + nextra]]
+            next_extra += nextra
+            found[keys[index]] = Entry(self._decode(frames), version)
+        return found
+
+    def set_multi(self, mapping: Mapping, ttl: float = 0, encoded: bool = False) -> list:
+        """Set every key of ``mapping`` in one round trip -> the keys not stored (memory cap,
+        bad key). ``encoded``: the mapping's values are frames already."""
+        keys = list(mapping)
+        records, extra = [], []
+        for key in keys:
+            frames = mapping[key] if encoded else self._encode(mapping[key])
+            name, first = _key(key), bytes(frames[0])
+            records.append(KV_ITEM.pack(len(name), len(first)) + name + first)
+            extra.extend(frames[1:])
+        _, (head, _) = self._connection.read(
+            Op.KV_SET_MULTI, [self._ws, _ttl(ttl)], [b"".join(records), *extra], spill=False)
+        body = head[HEADER_SIZE:]
+        return [keys[int(index)] for index in body.split(b",")] if body else []
+
+    def delete_multi(self, keys: Iterable[str | bytes]) -> int:
+        """Remove several entries in one round trip -> how many there were."""
+        head = self._connection.call(Op.KV_DELETE_MULTI, [self._ws, *map(_key, keys)])
+        return int(head[HEADER_SIZE:])
+
+    # ------------------------------------------------------------------ the broker
+
+    def stats(self) -> dict:
+        """The broker's status (``workbench status --json``): memory, counters, clients."""
+        import json
+
+        return json.loads(self._connection.call(Op.STATUS, [])[HEADER_SIZE:])
