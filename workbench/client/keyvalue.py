@@ -42,7 +42,11 @@ def _ttl(ttl: float) -> bytes:
 
 
 def _key(key: str | bytes) -> bytes:
-    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError(f"a key is str or bytes, not {type(key).__name__}")
 
 
 class KeyValueStore:

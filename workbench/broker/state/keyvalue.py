@@ -17,7 +17,7 @@ import heapq
 import struct
 
 from ...protocol import (
-    DESCRIPTOR_SIZE, KV_ITEM, KV_RECORD, VERSION_SHIFT, ProtocolError, Status,
+    DESCRIPTOR_SIZE, KV_ITEM, KV_RECORD, VERSION_SHIFT, Kind, ProtocolError, Status,
     parse_descriptor, reply_head,
 )
 from .requests import OpError, arity
@@ -31,7 +31,8 @@ _WRAP = 1 << 64
 _VERSION = struct.Struct("<Q")
 _STORE_HOWS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"swap"))
 #: Value kinds whose payload is the text of a number when it is one (see protocol.Kind).
-_NUMERIC_KINDS = (0, 1, 2)  # BYTES, TEXT, INT
+_NUMERIC_KINDS = (Kind.BYTES, Kind.TEXT, Kind.INT)
+_INT = Kind.INT
 
 
 def version_of(var: Variable, value: Value) -> int:
@@ -174,16 +175,20 @@ class KeyValue:
             self.released.append((value.shared, False))
 
     def _concatenate(self, old: Value, new: Value, append: bool) -> Value:
-        """One value of old's kind whose payload is old's then new's (or new's then old's)."""
+        """One value of old's kind whose payload is old's then new's (or new's then old's).
+        Only whole raw values join: bytes and text, and digits to a number."""
         firsts = []
         for value in (old, new):
-            frames = self._plain_frames(value)
-            if parse_descriptor(frames[0])[1:] != (0, 0):
-                self._discard_unstored(new)
-                raise OpError(Status.BAD_VALUE,
-                              "append and prepend work on small values stored whole (not "
-                              "compressed, not split into frames)")
-            firsts.append(bytes(frames[0]))
+            first = bytes(self._plain_frames(value)[0])
+            firsts.append(first)
+        (old_kind, *old_rest), (new_kind, *new_rest) = (parse_descriptor(f) for f in firsts)
+        if (old_rest != [0, 0] or new_rest != [0, 0] or old_kind not in _NUMERIC_KINDS
+                or new_kind not in _NUMERIC_KINDS or (old_kind == _INT) != (new_kind == _INT)):
+            self._discard_unstored(new)
+            raise OpError(Status.BAD_VALUE,
+                          "append and prepend join small raw values only: bytes or text to "
+                          "bytes or text, an int to an int (not pickled, compressed or "
+                          "64 KiB and more)")
         self._discard_unstored(new)
         old_data, new_data = firsts[0][DESCRIPTOR_SIZE:], firsts[1][DESCRIPTOR_SIZE:]
         data = firsts[0][:DESCRIPTOR_SIZE] + (old_data + new_data if append
