@@ -253,6 +253,14 @@ def test_touch_moves_the_deadline_and_rewrites_leave_stale_heap_entries_harmless
     assert kv.call(Op.KV_TOUCH, b"nope", b"1").status == Status.MISSING
 
 
+def test_rewriting_a_key_with_a_long_ttl_does_not_pile_up_deadlines(kv: KV, driver) -> None:
+    for _ in range(10_000):
+        kv.store("hot", 1, ttl=30 * 86400)
+    assert len(driver.state.deadlines) <= 1024
+    driver.advance(30 * 86400 + 1)
+    assert kv.get("hot").status == Status.MISSING
+
+
 def test_a_set_without_ttl_clears_the_deadline_and_negative_ttl_expires_at_once(
         kv: KV, driver: StateDriver) -> None:
     kv.store("t", 1, ttl=1)

@@ -13,6 +13,7 @@ translate their own conventions.
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -199,6 +200,4 @@ class KeyValueStore:
 
     def stats(self) -> dict:
         """The broker's status (``workbench status --json``): memory, counters, clients."""
-        import json
-
         return json.loads(self._connection.call(Op.STATUS, [])[HEADER_SIZE:])

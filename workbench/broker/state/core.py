@@ -68,6 +68,7 @@ class BrokerState(Operations, KeyValue):
              "kv_gets", "kv_misses", "kv_sets"), 0)
         # (deadline, variable id, variable) of key-value entries that expire; see keyvalue
         self.deadlines: list[tuple[float, int, Variable]] = []
+        self.deadlines_limit = 1024  # when to drop stale deadlines (see keyvalue)
         self.spaces.create(DEFAULT_WORKSPACE, persistent=True).owner_label = "(broker)"
         self._handlers: dict[int, Callable] = {
             Op.HELLO: self._hello, Op.BYE: self._bye, Op.HEARTBEAT: self._heartbeat,

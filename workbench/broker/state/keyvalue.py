@@ -29,6 +29,7 @@ from .workspaces import Workspace
 _MAX_DIGITS = 20
 _WRAP = 1 << 64
 _VERSION = struct.Struct("<Q")
+_MIN_DEADLINES_LIMIT = 1024
 _STORE_HOWS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"swap"))
 #: Value kinds whose payload is the text of a number when it is one (see protocol.Kind).
 _NUMERIC_KINDS = (Kind.BYTES, Kind.TEXT, Kind.INT)
@@ -82,7 +83,15 @@ class KeyValue:
             var.expires = None
             return
         var.expires = self.now + ttl if ttl > 0 else self.now - 1.0
-        heapq.heappush(self.deadlines, (var.expires, var.id, var))
+        deadlines = self.deadlines
+        heapq.heappush(deadlines, (var.expires, var.id, var))
+        if len(deadlines) > self.deadlines_limit:
+            # Rewrites leave their old deadlines behind until those pass; a key rewritten
+            # often with a long ttl would pile them up, so drop the stale ones now and then.
+            deadlines[:] = [entry for entry in deadlines
+                            if entry[2].live and entry[2].expires == entry[0]]
+            heapq.heapify(deadlines)
+            self.deadlines_limit = max(_MIN_DEADLINES_LIMIT, 2 * len(deadlines))
 
     def _kv_expire(self, var: Variable) -> None:
         """An entry's time is up: its value goes, and the variable too unless someone waits."""
