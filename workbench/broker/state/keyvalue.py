@@ -88,8 +88,8 @@ class KeyValue:
         if len(deadlines) > self.deadlines_limit:
             # Rewrites leave their old deadlines behind until those pass; a key rewritten
             # often with a long ttl would pile them up, so drop the stale ones now and then.
-            deadlines[:] = [entry for entry in deadlines
-                            if entry[2].live and entry[2].expires == entry[0]]
+            deadlines[:] = {entry[:2]: entry for entry in deadlines
+                            if entry[2].live and entry[2].expires == entry[0]}.values()
             heapq.heapify(deadlines)
             self.deadlines_limit = max(_MIN_DEADLINES_LIMIT, 2 * len(deadlines))
 
