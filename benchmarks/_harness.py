@@ -4,12 +4,16 @@ What lives here is what every benchmark needs the same way, so that the workspac
 pub/sub and worker benchmarks measure with one method:
 
 * servers under test and anchor servers (the workbench broker, a bare pyzmq DEALER->ROUTER echo
-  server, ``redis-server``) started on free loopback ports and stopped for sure afterwards;
+  server, ``redis-server``, ``memcached``) started on free loopback ports and stopped for sure
+  afterwards; an anchor that is not installed is skipped with a note (``start_anchors``);
 * client processes that connect, warm up, then start measuring at one common instant (a
   barrier over their stdin/stdout pipes) and report one JSON line each;
 * one clock for latencies across processes (CLOCK_MONOTONIC is system-wide on Linux);
 * pinning a client and a server to named CPU layouts (``placements``);
-* medians and percentiles, the background-CPU meter, the table printer.
+* runs: groups of ``Case``s measured once per run, their order rotating from run to run
+  (``run_once``, ``run_benchmark``); medians and percentiles, the background-CPU meter;
+* the summary (medians of runs, ratios as the median of per-run ratios, the tables) and the
+  command line every benchmark script shares (``bench_main``).
 
 Every child runs in a session (process group) of its own: a Ctrl-C typed in the terminal reaches
 only this process, whose ``finally`` then stops each group in order (SIGTERM, then SIGKILL).
@@ -22,6 +26,7 @@ Run as a script, this module is the echo server anchor::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -35,8 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 LOOPBACK = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -292,6 +298,59 @@ def start_redis(children: Children, port: int | None = None) -> tuple[subprocess
     return proc, port
 
 
+def memcached_path() -> str | None:
+    return shutil.which("memcached")
+
+
+def start_memcached(children: Children, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """A throwaway memcached: loopback only, TCP only (``-U 0``), 4 threads, 1 GiB of memory."""
+    port = port or free_port()
+    argv = [memcached_path(), "-l", LOOPBACK, "-p", str(port), "-U", "0", "-t", "4",
+            "-m", "1024"]
+    if os.geteuid() == 0:
+        argv += ["-u", "root"]  # memcached refuses to start as root unless told which user
+    proc = children.spawn("memcached", argv)
+    wait_for(lambda: _memcached_answers(port), START_TIMEOUT, "memcached", proc)
+    return proc, port
+
+
+def _memcached_answers(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
+        sock.sendall(b"version\r\n")
+        return sock.recv(100).startswith(b"VERSION")
+
+
+class Anchor(NamedTuple):
+    """An anchor server and the Python client the benchmarks drive it with."""
+
+    server: str  # executable
+    client: str  # importable module
+    start: Callable[[Children], tuple[subprocess.Popen, int]]
+
+
+ANCHORS = {"redis": Anchor("redis-server", "redis", lambda c: start_redis(c)),
+           "memcached": Anchor("memcached", "pymemcache", lambda c: start_memcached(c))}
+
+
+def start_anchors(children: Children, names: Iterable[str]) -> dict[str, tuple[Any, int]]:
+    """The anchor servers among ``names`` that can run here -> name: (process, port); each
+    one missing (server not installed, or its Python client) is reported and skipped."""
+    servers = {}
+    for name in names:
+        anchor = ANCHORS[name]
+        if shutil.which(anchor.server) is None:
+            why = f"{anchor.server} not found"
+            fix = "benchmarks/install-anchors.sh installs it"
+        elif importlib.util.find_spec(anchor.client) is None:
+            why = f"Python package {anchor.client} not installed"
+            fix = "pip install -e '.[bench]' installs it"
+        else:
+            servers[name] = anchor.start(children)
+            continue
+        print(f"{why}: the {name} anchors are SKIPPED ({fix})", flush=True)
+    return servers
+
+
 def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
     """DEALER->ROUTER echo with a plain blocking recv_multipart/send_multipart loop, the cheapest
     way to serve ZeroMQ from Python: the floor any Python broker on ZeroMQ stands on.
@@ -454,6 +513,30 @@ def timed_until(op: Callable[[], Any], start_ns: int, end_ns: int, per_call: int
     return {"ops": calls * per_call, "end_ns": now, "pid": os.getpid()}
 
 
+def child_argv(script: str | Path, role: str, **params: Any) -> list[str]:
+    """How a benchmark script runs itself as a client process: ``script --child ROLE JSON``
+    (``bench_main`` dispatches it to the script's ``run_child``)."""
+    return [sys.executable, str(Path(script).resolve()), "--child", role, json.dumps(params)]
+
+
+def timed_client(op: Callable[[], Any], warmup: int, per_call: int) -> None:
+    """A whole client process of ``clients_rate``: warm up, wait for the go, call ``op`` until
+    the end instant, report."""
+    for _ in range(warmup):
+        op()
+    start_ns, end_ns = child_ready()
+    child_report(timed_until(op, start_ns, end_ns, per_call))
+
+
+def clients_rate(children: Children, name: str, argvs: list[list[str]],
+                 duration: float) -> dict:
+    """Run client processes together for ``duration`` s -> total and per-client rates."""
+    reports = run_synchronized(children, name, argvs, duration)
+    start = reports[0]["start_ns"]
+    return {"total_per_s": aggregate_rate(reports),
+            "per_client_per_s": [r["ops"] / ((r["end_ns"] - start) / 1e9) for r in reports]}
+
+
 # ---------------------------------------------------------------------------------- CPU meter
 
 
@@ -550,6 +633,238 @@ class Pinned:
                 pass  # the server already stopped
 
 
+# ---------------------------------------------------------------------------------- runs
+
+#: A run whose other processes used more CPU than this (in cores) is flagged as noisy.
+NOISY_CORES = 0.15
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every benchmark's settings have; a benchmark subclasses it with its own."""
+
+    runs: int = 5
+    # Timed round trips per single-client figure: baselines.md used 20,000 unpinned. Pinned
+    # figures vary far less; 10,000 on one vCPU and 5,000 split (where a round trip is ~3x
+    # slower) keep both over a second for the workbench and 5 runs within ~3 minutes on 2 cores.
+    ops: int = 10_000
+    split_ops: int = 5_000
+    warmup: int = 500
+    clients: int = 4  # client processes of the multi-client cases
+    duration_s: float = 3.0  # how long they run
+    client_warmup: int = 200
+    only: tuple[str, ...] = ()  # names of groups to measure; empty: all of them
+
+    def round_trips(self, layout: str) -> int:
+        """Timed single-client round trips per figure in a layout."""
+        return self.split_ops if layout == "split" else self.ops
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement of one system, taken once per run.
+
+    ``measure(ctx, run)`` returns its figures; a figure's name is ``<case name>.<key>``. The
+    context needs ``settings`` (with ``only``), ``ports`` and ``pids`` (keyed by server name)."""
+
+    name: str  # "<system>.<case>"
+    measure: Callable[[Any, int], dict]
+    server: str  # the server it talks to: a key of ctx.ports (absent: skipped)
+    layout: str | None = None  # pinned placement of this process and the server (None: free)
+
+    def __call__(self, ctx: Any, run: int) -> dict:
+        if self.layout is None:
+            return self.measure(ctx, run)
+        with Pinned(os.getpid(), ctx.pids[self.server], placements()[self.layout]):
+            return self.measure(ctx, run)
+
+
+def run_once(groups: dict[str, list[Case]], ctx: Any, run: int, meter: CpuMeter) -> dict:
+    """Every case once, groups in a fixed order, cases inside a group rotated by the run (so
+    drift hits the workbench and its anchors alike)."""
+    results, order = {}, []
+    meter.start()
+    for name, group in groups.items():
+        if ctx.settings.only and name not in ctx.settings.only:
+            continue
+        shift = run % len(group)
+        for case in group[shift:] + group[:shift]:
+            if case.server not in ctx.ports:
+                continue  # an anchor whose server is not installed
+            started = time.monotonic()
+            results[case.name] = case(ctx, run)
+            order.append(case.name)
+            print(f"  run {run + 1}: {case.name:<15} {brief(results[case.name])}  "
+                  f"[{time.monotonic() - started:.1f} s]", flush=True)
+    cpu = meter.stop()
+    if cpu["background_cores"] > NOISY_CORES:
+        print(f"  run {run + 1}: NOISY, other processes used {cpu['background_cores']:.2f} "
+              "cores", flush=True)
+    return {"run": run + 1, "order": order, "cpu": cpu, "results": results}
+
+
+def brief(figures: dict) -> str:
+    return ", ".join(f"{k} {v:,.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+
+
+def run_benchmark(settings: Any, groups: dict[str, list[Case]],
+                  make_context: Callable[[Children, Any], Any],
+                  meta: Callable[[Any], dict] | None = None) -> dict:
+    """Start the servers (``make_context``), do ``settings.runs`` runs, stop everything ->
+    ``{"meta": ..., "runs": [...]}``. The context also needs ``close()`` (its own clients) and
+    ``broker_proc`` (whose log is searched for errors)."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t0 = time.monotonic()
+    with Children() as children:
+        ctx = make_context(children, settings)
+        meter = CpuMeter(ctx.pids.values())
+        try:
+            runs = [run_once(groups, ctx, run, meter) for run in range(settings.runs)]
+        finally:
+            ctx.close()
+        problems = log_problems(ctx.broker_proc)
+    info = {"started": started, "elapsed_s": time.monotonic() - t0,
+            "settings": asdict(settings), **(meta(ctx) if meta else {}),
+            "broker_log_problems": problems}
+    return {"meta": versions(info), "runs": runs}
+
+
+# ---------------------------------------------------------------------------------- summary
+
+
+class Comparison(NamedTuple):
+    """One line of the comparison table.
+
+    how: "rate" -> figure/anchor, higher is better; "latency" -> figure/anchor, lower is
+    better; "speedup" -> anchor time / figure time, higher is better."""
+
+    label: str
+    figure: str  # the workbench's figure
+    anchor: str  # the figure it is compared with
+    how: str
+    target: float | None = None
+    name: str | None = None  # what the ratio is, for the table ("wb/anchor" if not told)
+
+
+def series(runs: list[dict]) -> dict[str, list[float]]:
+    """Every scalar figure -> its values run by run ("wb.rt.store_per_s": [...])."""
+    out: dict[str, list[float]] = {}
+    for run in runs:
+        for case, figures in run["results"].items():
+            for key, value in figures.items():
+                if isinstance(value, (int, float)):
+                    out.setdefault(f"{case}.{key}", []).append(value)
+    return out
+
+
+def ratio(how: str, wb: float, anchor: float) -> float:
+    return anchor / wb if how == "speedup" else wb / anchor
+
+
+def compare(values: dict[str, list[float]], comparisons: Iterable[Sequence]) -> list[dict]:
+    rows = []
+    for comparison in comparisons:
+        label, wb_key, anchor_key, how, target, name = Comparison(*comparison)
+        wb, anchor = values.get(wb_key), values.get(anchor_key)
+        row = {"label": label, "workbench": wb_key, "anchor": anchor_key, "how": how,
+               "target": target, "wb_median": median(wb) if wb else None,
+               "anchor_median": median(anchor) if anchor else None}
+        if name:
+            row["name"] = name
+        if wb and anchor:
+            # The headline is the median of the per-run ratios: each pairs figures measured
+            # minutes apart at most, so drift between runs cancels out of it.
+            row["run_ratios"] = [ratio(how, w, a) for w, a in zip(wb, anchor)]
+            row["ratio"] = median(row["run_ratios"])
+            row["ratio_of_medians"] = ratio(how, row["wb_median"], row["anchor_median"])
+            if target is not None:
+                row["met"] = row["ratio"] <= target if how == "latency" else row["ratio"] >= target
+        rows.append(row)
+    return rows
+
+
+def fmt_figure(key: str, value: float | None) -> str:
+    """A figure with its unit, told by the name's suffix: _us, _per_s, _x (a ratio), else s."""
+    if value is None:
+        return "skipped"
+    if key.endswith("_us"):
+        return f"{value:,.0f} µs"
+    if key.endswith("_per_s"):
+        return f"{value:,.0f}/s"
+    if key.endswith("_x"):
+        return f"{value:.1f}x"
+    if value < 0.001:
+        return f"{value * 1e6:,.0f} µs"
+    if value < 0.01:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value:.3f} s"
+
+
+def comparison_table(rows: list[dict], markdown: bool = False) -> str:
+    lines = []
+    for row in rows:
+        target = row["target"]
+        sign = "<=" if row["how"] == "latency" else ">="
+        name = row.get("name") or ("anchor/wb" if row["how"] == "speedup" else "wb/anchor")
+        if "ratio" not in row:
+            ratio_text, met = "n/a", "skipped"
+        else:
+            low, high = spread(row["run_ratios"])
+            ratio_text = f"{row['ratio']:.2f}x ({low:.2f}-{high:.2f})"
+            met = "report" if target is None else ("MET" if row["met"] else "NOT MET")
+        lines.append([row["label"], fmt_figure(row["workbench"], row["wb_median"]),
+                      fmt_figure(row["anchor"], row["anchor_median"]), f"{name} {ratio_text}",
+                      "-" if target is None else f"{sign} {target:g}x", met])
+    return format_table(
+        ["comparison", "workbench", "anchor", "ratio: median of runs (range)", "target",
+         "result"], lines, markdown)
+
+
+def figures_table(values: dict[str, list[float]], markdown: bool = False) -> str:
+    rows = []
+    for key, vals in values.items():
+        low, high = spread(vals)
+        rows.append([key, fmt_figure(key, median(vals)),
+                     f"{fmt_figure(key, low)} - {fmt_figure(key, high)}"])
+    return format_table(["figure", f"median of {len(next(iter(values.values())))}",
+                         "min - max"], rows, markdown)
+
+
+def report(result: dict, comparisons: Iterable[Sequence], anchors: Sequence[str],
+           markdown: bool = False) -> None:
+    """Print a result's versions, every figure and the comparisons; adds ``medians`` and
+    ``comparisons`` to ``result`` (they are saved with it). ``anchors`` names the anchor
+    servers the benchmark uses (keys of ``ANCHORS``)."""
+    values = series(result["runs"])
+    result["medians"] = {key: median(vals) for key, vals in values.items()}
+    result["comparisons"] = compare(values, comparisons)
+    background = [run["cpu"]["background_cores"] for run in result["runs"]]
+    meta = result["meta"]
+    parts = [f"workbench {meta['workbench']}", f"python {meta['python']}",
+             f"pyzmq {meta['zmq']} (libzmq {meta.get('libzmq')})"]
+    for name in anchors:
+        anchor = ANCHORS[name]
+        client = "redis-py" if anchor.client == "redis" else anchor.client
+        parts.append(f"{client} {meta.get(anchor.client)}")
+        parts.append(meta.get(f"{name}_server", f"no {anchor.server}"))
+    parts.append(f"{meta['cores']} cores")
+    print("\n" + " · ".join(parts))
+    print(f"commit {meta.get('git', {}).get('commit', '?')[:10]}, started {meta['started']}; "
+          f"{len(result['runs'])} runs in {meta['elapsed_s']:.0f} s; CPU used by other "
+          f"processes per run: {', '.join(f'{b:.2f}' for b in background)} cores\n")
+    print(figures_table(values, markdown))
+    print()
+    print(comparison_table(result["comparisons"], markdown))
+    if meta["broker_log_problems"]:
+        print(f"\nWARNING: the broker logged {len(meta['broker_log_problems'])} error lines, "
+              "e.g.:\n  " + "\n  ".join(meta["broker_log_problems"][:5]))
+    for name in anchors:
+        if meta.get(f"{name}_skipped"):
+            print(f"\n{name} anchors SKIPPED: {ANCHORS[name].server} or the Python package "
+                  f"{ANCHORS[name].client} is not installed (run benchmarks/install-anchors.sh "
+                  "and pip install -e '.[bench]')")
+
+
 # ---------------------------------------------------------------------------------- reporting
 
 
@@ -562,7 +877,7 @@ def versions(extra: dict | None = None) -> dict:
                                if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    for module in ("zmq", "numpy", "redis", "workbench", "cloudpickle"):
+    for module in ("zmq", "numpy", "redis", "pymemcache", "workbench", "cloudpickle"):
         try:
             info[module] = __import__(module).__version__
         except Exception:
@@ -577,6 +892,10 @@ def versions(extra: dict | None = None) -> dict:
     if redis_server_path():
         out = subprocess.run([redis_server_path(), "--version"], capture_output=True, text=True)
         info["redis_server"] = out.stdout.strip()
+    if memcached_path():
+        out = subprocess.run([memcached_path(), "-V"], capture_output=True, text=True,
+                             check=False)
+        info["memcached_server"] = out.stdout.strip()
     info["git"] = git_state()
     info.update(extra or {})
     return info
@@ -624,6 +943,60 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)  # never leave a half-written result behind
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+def bench_main(argv: list[str] | None, *, description: str, groups: dict[str, list[Case]],
+               settings: Any, quick: Any, output: Path,
+               run_child: Callable[[str, dict], None], benchmark: Callable[[Any], dict],
+               report: Callable[[dict, bool], None]) -> int:
+    """The command line every benchmark script shares::
+
+        SCRIPT [--runs N] [--quick] [--output JSON] [--only GROUP]... [--markdown]
+        SCRIPT --show JSON [--markdown]
+        SCRIPT --child ROLE PARAMS      (a client process the script started itself)
+
+    ``settings``/``quick`` are the default and ``--quick`` settings (dataclasses with ``runs``
+    and ``only``); ``benchmark(settings)`` measures, ``report(result, markdown)`` prints."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        run_child(argv[1], json.loads(argv[2]))
+        return 0
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=None,
+                        help=f"runs to take the median of (default {settings.runs}; "
+                             f"{quick.runs} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short smoke test: fewer runs, operations and seconds")
+    parser.add_argument("--output", type=Path, default=output,
+                        help="where to write the raw JSON (default %(default)s)")
+    parser.add_argument("--show", type=Path, default=None, metavar="JSON",
+                        help="print the tables of a saved result instead of measuring")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--only", action="append", choices=list(groups), default=None,
+                        metavar="GROUP", help="measure only this group of cases (repeatable): "
+                        + ", ".join(groups))
+    args = parser.parse_args(argv)
+    if args.show is not None:
+        report(json.loads(args.show.read_text()), args.markdown)
+        return 0
+    chosen = quick if args.quick else settings
+    if args.runs is not None:
+        chosen = replace(chosen, runs=max(1, args.runs))
+    if args.only:
+        chosen = replace(chosen, only=tuple(args.only))
+    install_signal_handlers()
+    try:
+        result = benchmark(chosen)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    report(result, args.markdown)
+    write_json(args.output, result)
+    print(f"\nraw results: {args.output}")
+    return 0
 
 
 def _main(argv: list[str] | None = None) -> None:

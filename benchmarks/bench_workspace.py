@@ -38,16 +38,13 @@ prints the figures, ratios and targets, and writes the raw results to
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import os
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import _harness as h
@@ -55,29 +52,16 @@ import _harness as h
 WORKSPACE = "bench"
 VALUE = b"v" * 100  # the 100-byte value of every small-value case
 RESULTS = h.HERE / "results" / "latest.json"
-#: A run whose other processes used more CPU than this is flagged as noisy.
-NOISY_CORES = 0.15
 
 
 @dataclass(frozen=True)
-class Settings:
-    runs: int = 5
-    # Timed round trips per single-client figure: baselines.md used 20,000 unpinned. Pinned
-    # figures vary far less; 10,000 on one vCPU and 5,000 split (where a round trip is ~3x
-    # slower) keep both over a second for the workbench and 5 runs within ~3 minutes on 2 cores.
-    ops: int = 10_000
-    split_ops: int = 5_000
-    warmup: int = 500
+class Settings(h.Settings):
     handoffs: int = 1_000
     handoff_warmup: int = 100
     gap_s: float = 0.001  # idle time before each hand-off: the consumer must be asleep
-    clients: int = 4
-    duration_s: float = 3.0
-    client_warmup: int = 200
     big_mib: int = 100
     big_timed: int = 3
     big_warmup: int = 1
-    only: tuple[str, ...] = ()  # names of GROUPS to measure; empty: all of them
 
 
 QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, handoffs=200,
@@ -116,13 +100,16 @@ class Context:
     def redis_port(self) -> int | None:
         return self.ports.get("redis")
 
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+
 
 # ============================================================================ child processes
 # The script runs itself as `bench_workspace.py --child ROLE JSON` for the client processes.
 
 
-def child_argv(role: str, **params: Any) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", role, json.dumps(params)]
+child_argv = partial(h.child_argv, __file__)
 
 
 def run_child(role: str, params: dict) -> None:
@@ -207,7 +194,7 @@ def wb_client(port: int, var: str, warmup: int) -> None:
         ws.fetch(var)
 
     try:
-        _timed_client(pair, warmup, per_call=2)
+        h.timed_client(pair, warmup, per_call=2)
     finally:
         ws.close()
 
@@ -224,7 +211,7 @@ def echo_client(port: int, warmup: int) -> None:
         sock.recv_multipart()
 
     try:
-        _timed_client(round_trip, warmup, per_call=1)
+        h.timed_client(round_trip, warmup, per_call=1)
     finally:
         sock.close()
 
@@ -239,16 +226,9 @@ def redis_client(port: int, key: str, warmup: int) -> None:
         r.get(key)
 
     try:
-        _timed_client(pair, warmup, per_call=2)
+        h.timed_client(pair, warmup, per_call=2)
     finally:
         r.close()
-
-
-def _timed_client(op: Callable[[], Any], warmup: int, per_call: int) -> None:
-    for _ in range(warmup):
-        op()
-    start_ns, end_ns = h.child_ready()
-    h.child_report(h.timed_until(op, start_ns, end_ns, per_call))
 
 
 # ============================================================================ cases
@@ -257,8 +237,7 @@ def _timed_client(op: Callable[[], Any], warmup: int, per_call: int) -> None:
 
 def _round_trips(ctx: Context, layout: str) -> tuple[int, int]:
     """(timed, warm-up) round trips per figure in a layout."""
-    s = ctx.settings
-    return (s.split_ops if layout == "split" else s.ops), s.warmup
+    return ctx.settings.round_trips(layout), ctx.settings.warmup
 
 
 def wb_round_trips(ctx: Context, run: int, layout: str) -> dict:
@@ -364,10 +343,7 @@ def relay_hand_off(ctx: Context, run: int) -> dict:
 
 
 def _clients(ctx: Context, name: str, argvs: list[list[str]]) -> dict:
-    reports = h.run_synchronized(ctx.children, name, argvs, ctx.settings.duration_s)
-    start = reports[0]["start_ns"]
-    return {"total_per_s": h.aggregate_rate(reports),
-            "per_client_per_s": [r["ops"] / ((r["end_ns"] - start) / 1e9) for r in reports]}
+    return h.clients_rate(ctx.children, name, argvs, ctx.settings.duration_s)
 
 
 def wb_clients(ctx: Context, run: int) -> dict:
@@ -475,19 +451,7 @@ def redis_big(ctx: Context, run: int) -> dict:
     return result
 
 
-# Groups of cases that compare with one another; within a group the order rotates per run.
-@dataclass(frozen=True)
-class Case:
-    name: str  # "<system>.<case>"; its figures are "<system>.<case>.<figure>"
-    measure: Callable[[Context, int], dict]
-    server: str  # the server it talks to: a key of Context.ports
-    layout: str | None = None  # pinned placement of this process and the server (None: free)
-
-    def __call__(self, ctx: Context, run: int) -> dict:
-        if self.layout is None:
-            return self.measure(ctx, run)
-        with h.Pinned(os.getpid(), ctx.pids[self.server], h.placements()[self.layout]):
-            return self.measure(ctx, run)
+Case = h.Case
 
 
 def round_trip_group(layout: str) -> list[Case]:
@@ -515,43 +479,12 @@ GROUPS: dict[str, list[Case]] = {
 # ============================================================================ runs
 
 
-def run_once(ctx: Context, run: int, meter: h.CpuMeter) -> dict:
-    """Every case once, groups in a fixed order, cases inside a group rotated by the run."""
-    results, order = {}, []
-    meter.start()
-    for name, group in GROUPS.items():
-        if ctx.settings.only and name not in ctx.settings.only:
-            continue
-        shift = run % len(group)
-        for case in group[shift:] + group[:shift]:
-            if case.server not in ctx.ports:
-                continue  # an anchor whose server is not installed
-            started = time.monotonic()
-            results[case.name] = case(ctx, run)
-            order.append(case.name)
-            print(f"  run {run + 1}: {case.name:<15} {_brief(results[case.name])}  "
-                  f"[{time.monotonic() - started:.1f} s]", flush=True)
-    cpu = meter.stop()
-    if cpu["background_cores"] > NOISY_CORES:
-        print(f"  run {run + 1}: NOISY, other processes used {cpu['background_cores']:.2f} "
-              "cores", flush=True)
-    return {"run": run + 1, "order": order, "cpu": cpu, "results": results}
-
-
-def _brief(figures: dict) -> str:
-    return ", ".join(f"{k} {v:,.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
-
-
 def start_servers(children: h.Children) -> dict[str, tuple[Any, int]]:
     """Every server for the whole benchmark -> name: (process, port)."""
     servers = {"wb": h.start_broker(children), "echo": h.start_echo_server(children),
                "echo-nocopy": h.start_echo_server(children, nocopy=True),
                "relay": h.start_relay_server(children)}
-    if h.redis_server_path():
-        servers["redis"] = h.start_redis(children)
-    else:
-        print("redis-server not found: the redis anchors are SKIPPED "
-              "(benchmarks/install-anchors.sh installs it)", flush=True)
+    servers.update(h.start_anchors(children, ["redis"]))
     return servers
 
 
@@ -569,27 +502,13 @@ def make_context(children: h.Children, settings: Settings) -> Context:
 
 
 def benchmark(settings: Settings) -> dict:
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    t0 = time.monotonic()
-    with h.Children() as children:
-        ctx = make_context(children, settings)
-        meter = h.CpuMeter(ctx.pids.values())
-        try:
-            runs = [run_once(ctx, run, meter) for run in range(settings.runs)]
-        finally:
-            ctx.ws.close()
-        problems = h.log_problems(ctx.broker_proc)
-    meta = h.versions({"started": started, "elapsed_s": time.monotonic() - t0,
-                       "settings": asdict(settings), "redis_skipped": ctx.redis_port is None,
-                       "broker_log_problems": problems})
-    return {"meta": meta, "runs": runs}
+    return h.run_benchmark(settings, GROUPS, make_context,
+                           lambda ctx: {"redis_skipped": ctx.redis_port is None})
 
 
 # ============================================================================ summary
 
-#: (label, workbench figure, anchor figure, how to compare, target)
-#: how: "rate" -> wb/anchor, higher is better; "latency" -> wb/anchor, lower is better;
-#:      "speedup" -> anchor time / wb time, higher is better.
+#: (label, workbench figure, anchor figure, how to compare, target): see _harness.Comparison.
 COMPARISONS = [
     *(row for layout in h.placements() for row in [
         (f"store rt/s vs echo rt/s, {layout}", f"wb.rt_{layout}.store_per_s",
@@ -616,144 +535,14 @@ COMPARISONS = [
 ]
 
 
-def series(runs: list[dict]) -> dict[str, list[float]]:
-    """Every scalar figure -> its values run by run ("wb.rt.store_per_s": [...])."""
-    out: dict[str, list[float]] = {}
-    for run in runs:
-        for case, figures in run["results"].items():
-            for key, value in figures.items():
-                if isinstance(value, (int, float)):
-                    out.setdefault(f"{case}.{key}", []).append(value)
-    return out
-
-
-def ratio(how: str, wb: float, anchor: float) -> float:
-    return anchor / wb if how == "speedup" else wb / anchor
-
-
-def compare(values: dict[str, list[float]]) -> list[dict]:
-    rows = []
-    for label, wb_key, anchor_key, how, target in COMPARISONS:
-        wb, anchor = values.get(wb_key), values.get(anchor_key)
-        row = {"label": label, "workbench": wb_key, "anchor": anchor_key, "how": how,
-               "target": target, "wb_median": h.median(wb) if wb else None,
-               "anchor_median": h.median(anchor) if anchor else None}
-        if wb and anchor:
-            # The headline is the median of the per-run ratios: each pairs figures measured
-            # minutes apart at most, so drift between runs cancels out of it.
-            row["run_ratios"] = [ratio(how, w, a) for w, a in zip(wb, anchor)]
-            row["ratio"] = h.median(row["run_ratios"])
-            row["ratio_of_medians"] = ratio(how, row["wb_median"], row["anchor_median"])
-            if target is not None:
-                row["met"] = row["ratio"] <= target if how == "latency" else row["ratio"] >= target
-        rows.append(row)
-    return rows
-
-
-def _fmt(key: str, value: float | None) -> str:
-    if value is None:
-        return "skipped"
-    if key.endswith("_us"):
-        return f"{value:,.0f} µs"
-    if key.endswith("_per_s"):
-        return f"{value:,.0f}/s"
-    return f"{value:.3f} s"
-
-
-def comparison_table(rows: list[dict], markdown: bool = False) -> str:
-    lines = []
-    for row in rows:
-        target = row["target"]
-        sign = "<=" if row["how"] == "latency" else ">="
-        name = "anchor/wb" if row["how"] == "speedup" else "wb/anchor"
-        if "ratio" not in row:
-            ratio_text, met = "n/a", "skipped"
-        else:
-            low, high = h.spread(row["run_ratios"])
-            ratio_text = f"{row['ratio']:.2f}x ({low:.2f}-{high:.2f})"
-            met = "report" if target is None else ("MET" if row["met"] else "NOT MET")
-        lines.append([row["label"], _fmt(row["workbench"], row["wb_median"]),
-                      _fmt(row["anchor"], row["anchor_median"]), f"{name} {ratio_text}",
-                      "-" if target is None else f"{sign} {target:g}x", met])
-    return h.format_table(
-        ["comparison", "workbench", "anchor", "ratio: median of runs (range)", "target",
-         "result"], lines, markdown)
-
-
-def figures_table(values: dict[str, list[float]], markdown: bool = False) -> str:
-    rows = []
-    for key, vals in values.items():
-        low, high = h.spread(vals)
-        rows.append([key, _fmt(key, h.median(vals)), f"{_fmt(key, low)} - {_fmt(key, high)}"])
-    return h.format_table(["figure", f"median of {len(next(iter(values.values())))}",
-                           "min - max"], rows, markdown)
-
-
 def report(result: dict, markdown: bool = False) -> None:
-    values = series(result["runs"])
-    result["medians"] = {key: h.median(vals) for key, vals in values.items()}
-    result["comparisons"] = compare(values)
-    background = [run["cpu"]["background_cores"] for run in result["runs"]]
-    meta = result["meta"]
-    print(f"\nworkbench {meta['workbench']} · python {meta['python']} · pyzmq {meta['zmq']} "
-          f"(libzmq {meta.get('libzmq')}) · redis-py {meta['redis']} · "
-          f"{meta.get('redis_server', 'no redis-server')} · {meta['cores']} cores")
-    print(f"commit {meta.get('git', {}).get('commit', '?')[:10]}, started {meta['started']}; "
-          f"{len(result['runs'])} runs in {meta['elapsed_s']:.0f} s; CPU used by other "
-          f"processes per run: {', '.join(f'{b:.2f}' for b in background)} cores\n")
-    print(figures_table(values, markdown))
-    print()
-    print(comparison_table(result["comparisons"], markdown))
-    if meta["broker_log_problems"]:
-        print(f"\nWARNING: the broker logged {len(meta['broker_log_problems'])} error lines, "
-              "e.g.:\n  " + "\n  ".join(meta["broker_log_problems"][:5]))
-    if meta["redis_skipped"]:
-        print("\nredis anchors SKIPPED: redis-server is not installed "
-              "(run benchmarks/install-anchors.sh)")
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=None,
-                        help=f"runs to take the median of (default {Settings.runs}; "
-                             f"{QUICK.runs} with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short smoke test: fewer runs, operations and seconds")
-    parser.add_argument("--output", type=Path, default=RESULTS,
-                        help="where to write the raw JSON (default %(default)s)")
-    parser.add_argument("--show", type=Path, default=None, metavar="JSON",
-                        help="print the tables of a saved result instead of measuring")
-    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    parser.add_argument("--only", action="append", choices=list(GROUPS), default=None,
-                        metavar="GROUP", help="measure only this group of cases (repeatable): "
-                        + ", ".join(GROUPS))
-    return parser.parse_args(argv)
+    h.report(result, COMPARISONS, ["redis"], markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        run_child(argv[1], json.loads(argv[2]))
-        return 0
-    args = parse_args(argv)
-    if args.show is not None:
-        report(json.loads(args.show.read_text()), args.markdown)
-        return 0
-    settings = QUICK if args.quick else Settings()
-    if args.runs is not None:
-        settings = replace(settings, runs=max(1, args.runs))
-    if args.only:
-        settings = replace(settings, only=tuple(args.only))
-    h.install_signal_handlers()
-    try:
-        result = benchmark(settings)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every child process was stopped", file=sys.stderr)
-        return 130
-    report(result, args.markdown)
-    h.write_json(args.output, result)
-    print(f"\nraw results: {args.output}")
-    return 0
+    return h.bench_main(argv, description=__doc__.split("\n")[0], groups=GROUPS,
+                        settings=Settings(), quick=QUICK, output=RESULTS, run_child=run_child,
+                        benchmark=benchmark, report=report)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,74 @@
-"""The benchmark still runs against the current client and broker (a smoke test: it asserts
+"""The benchmarks still run against the current client and broker (smoke tests: they assert
 that every case produced its figures, never how fast they are)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_workspace.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = BENCHMARKS / "bench_workspace.py"
+BENCH_KV = BENCHMARKS / "bench_kv.py"
+
+
+def run_quick(script: Path, output: Path) -> tuple[str, dict]:
+    """``script --quick`` -> (what it printed, the saved result)."""
+    result = subprocess.run([sys.executable, str(script), "--quick", "--output", str(output)],
+                            capture_output=True, text=True, timeout=230)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout, json.loads(output.read_text())
 
 
 @pytest.mark.timeout(240)
 def test_quick_benchmark_runs_and_reports_every_case(tmp_path):
-    output = tmp_path / "result.json"
-    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(output)],
-                            capture_output=True, text=True, timeout=230)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    saved = json.loads(output.read_text())
+    stdout, saved = run_quick(BENCH, tmp_path / "result.json")
     medians = saved["medians"]
     for figure in ("wb.rt_same.store_per_s", "wb.rt_split.fetch_per_s", "wb.handoff.median_us",
                    "wb.clients.total_per_s", "wb.big.rt_s", "echo.rt_same.rt_per_s",
                    "relay.handoff.median_us"):
         assert medians[figure] > 0, figure
-    assert "store rt/s vs echo rt/s" in result.stdout
+    assert "store rt/s vs echo rt/s" in stdout
     assert saved["meta"]["broker_log_problems"] == []
+
+
+#: Every figure of one key-value client, per case.
+KV_FIGURES = {
+    "rt": ("set_per_s", "get_per_s"),
+    "multi": ("set_multi_s", "get_multi_s", "set_100_s", "get_100_s", "set_multi_keys_per_s",
+              "get_multi_keys_per_s", "set_speedup_x", "get_speedup_x"),
+    "clients": ("total_per_s",),
+}
+
+
+@pytest.mark.timeout(240)
+def test_quick_kv_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_KV, tmp_path / "result.json")
+    meta, medians = saved["meta"], saved["medians"]
+    # The workbench's clients are always measured; an anchor only where its server runs, and
+    # a skipped one is said so.
+    systems = ["kv"]
+    if importlib.util.find_spec("workbench.memcache") is not None:
+        systems.append("wbmc")
+    for anchor, system in (("memcached", "pymemcache"), ("redis", "redis")):
+        if meta[f"{anchor}_skipped"]:
+            assert f"{anchor} anchors SKIPPED" in stdout
+        else:
+            systems.append(system)
+    layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
+    cases = {"clients": KV_FIGURES["clients"]}
+    for layout in layouts:
+        cases[f"rt_{layout}"] = KV_FIGURES["rt"]
+        cases[f"multi_{layout}"] = KV_FIGURES["multi"]
+    expected = {f"{system}.{case}.{figure}" for system in systems
+                for case, figures in cases.items() for figure in figures}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
+    assert "KeyValueStore get_multi vs 100 gets" in stdout
+    assert meta["broker_log_problems"] == []
