@@ -136,6 +136,21 @@ def test_a_large_array_goes_through_shared_memory_and_back(kv: KeyValueStore) ->
     assert np.array_equal(kv.swap("array", 0).value, array)
 
 
+def test_op_timeout_bounds_every_operation(broker, space) -> None:
+    import signal
+
+    kv = KeyValueStore(broker.host, broker.port, workspace=space, op_timeout=0.3)
+    try:
+        broker.process.send_signal(signal.SIGSTOP)  # a broker that stops answering
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            kv.get("k")
+        assert time.monotonic() - started < 5
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+        kv.close()
+
+
 # ---------------------------------------------------------------- bad input
 
 

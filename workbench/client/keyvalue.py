@@ -54,18 +54,26 @@ class KeyValueStore:
     """The key-value entries of one workspace on one broker.
 
     ``KeyValueStore()`` finds the broker as ``NetWorkSpace`` does (``WORKBENCH_BROKER``, the
-    default address, or a private broker); ``host``/``port`` name one."""
+    default address, or a private broker); ``host``/``port`` name one. ``timeout`` bounds the
+    connection, ``op_timeout`` every operation after it (NwsTimeoutException, a
+    TimeoutError; the operation is cancelled at the broker)."""
 
     def __init__(self, host: str | None = None, port: int | None = None,
                  workspace: str = DEFAULT_KV_WORKSPACE, timeout: float = CONNECT_TIMEOUT,
                  connection: Connection | None = None,
                  encode: Callable[[Any], list] = codec.encode,
-                 decode: Callable[[list], Any] = codec.decode) -> None:
+                 decode: Callable[[list], Any] = codec.decode,
+                 op_timeout: float | None = None) -> None:
         self._connection = connection or connect(host, port, timeout)
+        self.op_timeout = op_timeout  # seconds any one operation may take (None: no limit)
         self.workspace = workspace
         self._ws = workspace.encode("utf-8")
         self._encode = encode
         self._decode = decode
+
+    def _read(self, op: int, args: list, frames: list | tuple = (),
+              spill: bool = True) -> tuple[int, tuple[bytes, list]]:
+        return self._connection.read(op, args, frames, self.op_timeout, spill=spill)
 
     @property
     def address(self) -> str:
@@ -95,7 +103,7 @@ class KeyValueStore:
         since ``version``). ``frames`` passes a value already encoded."""
         if how not in _HOWS:
             raise ValueError(f"how must be one of {', '.join(_HOWS)}, not {how!r}")
-        status, reply = self._connection.read(
+        status, reply = self._read(
             Op.KV_STORE, [self._ws, _key(key), how.encode(), _ttl(ttl), b"%d" % version],
             frames if frames is not None else self._encode(value))
         head = reply[0]
@@ -104,7 +112,7 @@ class KeyValueStore:
 
     def swap(self, key: str | bytes, value: Any, ttl: float = 0) -> Entry | None:
         """Replace an existing entry's value -> the old entry; None (nothing stored) if absent."""
-        status, reply = self._connection.read(
+        status, reply = self._read(
             Op.KV_STORE, [self._ws, _key(key), b"swap", _ttl(ttl), b"0"], self._encode(value))
         return self._entry(*reply) if status == Status.OK else None
 
@@ -113,7 +121,7 @@ class KeyValueStore:
         """Replace the entry's value by ``value`` if it equals ``comparand`` (as encoded
         bytes) -> the old entry either way; None if the key is absent."""
         new = self._encode(value)
-        status, reply = self._connection.read(
+        status, reply = self._read(
             Op.KV_COMPARE_SWAP, [self._ws, _key(key), _ttl(ttl)],
             [*new, *self._encode(comparand)], spill=False)
         return self._entry(*reply) if status == Status.OK else None
@@ -123,29 +131,29 @@ class KeyValueStore:
         None if absent. A value that is not a decimal number raises NwsValueException."""
         if delta < 0:
             delta, decrement = -delta, not decrement
-        status, reply = self._connection.read(
+        status, reply = self._read(
             Op.KV_INCR, [self._ws, _key(key), b"decr" if decrement else b"incr", b"%d" % delta])
         return int(reply[0][HEADER_SIZE:]) if status == Status.OK else None
 
     def touch(self, key: str | bytes, ttl: float) -> bool:
         """Give an entry a new time to live; False if absent."""
-        status, _ = self._connection.read(Op.KV_TOUCH, [self._ws, _key(key), _ttl(ttl)])
+        status, _ = self._read(Op.KV_TOUCH, [self._ws, _key(key), _ttl(ttl)])
         return status == Status.OK
 
     def delete(self, key: str | bytes) -> bool:
         """Remove an entry; False if it was absent."""
-        status, _ = self._connection.read(Op.KV_DELETE, [self._ws, _key(key)])
+        status, _ = self._read(Op.KV_DELETE, [self._ws, _key(key)])
         return status == Status.OK
 
     def flush(self) -> None:
         """Remove every entry (every variable) of the workspace."""
-        self._connection.call(Op.KV_FLUSH, [self._ws])
+        self._read(Op.KV_FLUSH, [self._ws])
 
     # ------------------------------------------------------------------ reads
 
     def get(self, key: str | bytes) -> Entry | None:
         """The entry's value and version, or None if absent (or expired)."""
-        status, reply = self._connection.read(Op.KV_GET, [self._ws, _key(key)])
+        status, reply = self._read(Op.KV_GET, [self._ws, _key(key)])
         return self._entry(*reply) if status == Status.OK else None
 
     def _entry(self, head: bytes, extra: list) -> Entry:
@@ -161,7 +169,7 @@ class KeyValueStore:
     def get_multi(self, keys: Iterable[str | bytes]) -> dict:
         """{key: Entry} for the keys present, in one round trip."""
         keys = list(keys)
-        _, (head, extra) = self._connection.read(Op.KV_GET_MULTI, [self._ws, *map(_key, keys)])
+        _, (head, extra) = self._read(Op.KV_GET_MULTI, [self._ws, *map(_key, keys)])
         found = {}
         offset, end, next_extra = HEADER_SIZE, len(head), 0
         view = memoryview(head)
@@ -186,18 +194,18 @@ class KeyValueStore:
             name, first = _key(key), bytes(frames[0])
             records.append(KV_ITEM.pack(len(name), len(first)) + name + first)
             extra.extend(frames[1:])
-        _, (head, _) = self._connection.read(
+        _, (head, _) = self._read(
             Op.KV_SET_MULTI, [self._ws, _ttl(ttl)], [b"".join(records), *extra], spill=False)
         body = head[HEADER_SIZE:]
         return [keys[int(index)] for index in body.split(b",")] if body else []
 
     def delete_multi(self, keys: Iterable[str | bytes]) -> int:
         """Remove several entries in one round trip -> how many there were."""
-        head = self._connection.call(Op.KV_DELETE_MULTI, [self._ws, *map(_key, keys)])
+        _, (head, _) = self._read(Op.KV_DELETE_MULTI, [self._ws, *map(_key, keys)])
         return int(head[HEADER_SIZE:])
 
     # ------------------------------------------------------------------ the broker
 
     def stats(self) -> dict:
         """The broker's status (``workbench status --json``): memory, counters, clients."""
-        return json.loads(self._connection.call(Op.STATUS, [])[HEADER_SIZE:])
+        return json.loads(self._read(Op.STATUS, [])[1][0][HEADER_SIZE:])
