@@ -39,8 +39,10 @@ Where the workbench differs, and what was chosen:
 - ``delete``'s ``time`` argument (memcached's long-gone "hold" time) is accepted and ignored.
   ``delete`` returns 1 whether or not the key existed, as python-memcached does, and 0 only when
   no server could be reached.
-- ``socket_timeout`` bounds connecting to a broker; a broker that stops answering afterwards is
-  noticed by the connection's heartbeats (3 s by default), which then fail the call.
+- ``socket_timeout`` bounds connecting to a broker. A broker that stops answering afterwards is
+  noticed by the connection's heartbeats (3 s by default), which then fail the call; the store's
+  ``op_timeout`` is not used, because a timed-out call to a hung broker then waits for its
+  cancellation, and closing for its goodbye, several seconds more than the heartbeats take.
 - ``get_stats`` builds memcached's fields from the broker's status: ``curr_items`` and ``bytes``
   count the whole broker, ``stat_args`` other than None give an empty dict, and ``get_slabs``
   gives an empty dict per server (the broker has no slabs).
