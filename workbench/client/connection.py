@@ -45,6 +45,7 @@ _SNDMORE = int(zmq.SNDMORE)
 #: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
 #: is still alive.
 _POLL_SLICE = 0.25
+BYE_TIMEOUT = 1.0  # seconds a closing client waits for the broker to confirm its goodbye
 
 _ERRORS: dict[int, type[NwsException]] = {
     Status.BAD_REQUEST: NwsBadRequestException,
@@ -331,9 +332,13 @@ class Connection:
             return
         self._heartbeat.stop()  # no heartbeat may follow the goodbye
         if not self.broken:
+            # A goodbye the broker does not answer within a second is not worth a cancellation
+            # round of its own: the broker ends a silent session anyway.
             try:
-                self.call(Op.BYE, [], timeout=1.0)
-            except NwsException:
+                channel = self.channel()
+                channel.receive(channel.send(Op.BYE, []), time.monotonic() + BYE_TIMEOUT,
+                                self.check_alive)
+            except (NwsException, zmq.ZMQError):
                 pass
         self._closed = True
         self._finalizer.detach()
