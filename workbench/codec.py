@@ -120,6 +120,8 @@ def split(frames: Sequence) -> tuple[int, Any, Sequence]:
 
 def decode(frames: Sequence) -> Any:
     """value frames -> the value. Frames may be bytes or zmq.Frame objects."""
+    if len(frames) == 1 and type(frames[0]) is bytes:
+        return decode_at(frames[0], 0, ())  # a small value: the fast path
     try:
         kind, data, extra = split(frames)
         if kind == Kind.BYTES:
@@ -145,6 +147,11 @@ def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:
         start = offset + DESCRIPTOR_SIZE
         if kind == Kind.BYTES:
             return buffer[start:]
+        if kind == Kind.TEXT:
+            try:
+                return buffer[start:].decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # decode() below reports it, with the raw bytes
         if kind == Kind.INT:
             try:
                 return int(buffer[start:])

@@ -409,7 +409,8 @@ class Client(threading.local):
         if not valid_key_chars_re.fullmatch(key):
             raise MemcachedKeyCharacterError(
                 f"Control/space characters not allowed (key={key!r})")
-        _broker_name(key)
+        if not key.isascii():  # printable ASCII passed the byte rule: the broker takes it
+            _broker_name(key)
 
     def _typed_key(self, key: Any) -> bytes:
         """The key as bytes, or the error for None and for keys neither str nor bytes."""
@@ -443,6 +444,10 @@ class Client(threading.local):
     def _get_server(self, key: Any) -> tuple[_Host | None, Any]:
         """The live server for a key (or a ``(hashvalue, key)`` tuple) -> (server, key);
         a dead server's keys rehash up to ten times, then (None, None)."""
+        if len(self.buckets) == 1:  # every rehash lands here too: no need to hash
+            server = self.buckets[0]
+            key = key[1] if isinstance(key, tuple) else key
+            return (server, key) if server.connect() else (None, None)
         if isinstance(key, tuple):
             serverhash, key = key
         else:
@@ -473,7 +478,21 @@ class Client(threading.local):
         server_keys: dict[_Host, list[bytes]] = {}
         prefixed_to_given: dict[bytes, Any] = {}
         unserved: list = []
+        # The usual case, plain str keys on one server with the standard checks, in a loop of
+        # its own: the general one below costs as much per key as the broker does.
+        plain = (self.do_check_key and self.key_encoder is None and len(self.buckets) == 1
+                 and self.buckets[0].connect())
+        limit = self.server_max_key_length - len(prefix) if self.server_max_key_length else None
+        fullmatch = valid_key_chars_re.fullmatch
         for given in key_iterable:
+            if plain and type(given) is str and given.isascii():
+                key = given.encode("ascii")
+                if (limit is not None and len(key) > limit) or not fullmatch(key):
+                    self.check_key(key, len(prefix))  # raises the precise error
+                prefixed = prefix + key
+                server_keys.setdefault(self.buckets[0], []).append(prefixed)
+                prefixed_to_given[prefixed] = given
+                continue
             hashvalue, user_key = given if isinstance(given, tuple) else (None, given)
             if user_key is None:
                 self.check_key(user_key)

@@ -172,16 +172,20 @@ class KeyValueStore:
         _, (head, extra) = self._read(Op.KV_GET_MULTI, [self._ws, *map(_key, keys)])
         found = {}
         offset, end, next_extra = HEADER_SIZE, len(head), 0
-        view = memoryview(head)
+        unpack_record, record_size = KV_RECORD.unpack_from, KV_RECORD.size
+        decode = self._decode
         while offset < end:
-            index, version, length = KV_RECORD.unpack_from(head, offset)
-            offset += KV_RECORD.size
-            first = view[offset:offset + length]
+            index, version, length = unpack_record(head, offset)
+            offset += record_size
+            first = head[offset:offset + length]  # bytes: small values decode fastest so
             offset += length
-            nextra = codec.DESCRIPTOR.unpack_from(first)[2]
-            frames = [first, *extra[next_extra:next_extra + nextra]]
-            next_extra += nextra
-            found[keys[index]] = Entry(self._decode(frames), version)
+            nextra = first[2] | first[3] << 8  # the descriptor's count of extra frames
+            if nextra:
+                frames = [first, *extra[next_extra:next_extra + nextra]]
+                next_extra += nextra
+            else:
+                frames = [first]
+            found[keys[index]] = Entry(decode(frames), version)
         return found
 
     def set_multi(self, mapping: Mapping, ttl: float = 0, encoded: bool = False) -> list:

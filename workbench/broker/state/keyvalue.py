@@ -314,30 +314,23 @@ class KeyValue:
         arity(args, 2)
         ws = self._kv_space(args[0])
         ttl = self._ttl(args[1])
-        blob = frames[0]
-        extra = iter(frames[1:])
-        items = []
-        offset = 0
-        while offset < len(blob):
-            key_length, first_length = KV_ITEM.unpack_from(blob, offset)
-            offset += KV_ITEM.size
-            key = bytes(blob[offset:offset + key_length])
-            offset += key_length
-            first = bytes(blob[offset:offset + first_length])
-            offset += first_length
-            if len(key) != key_length or len(first) != first_length:
-                raise ProtocolError("set_multi records are truncated")
-            nextra = parse_descriptor(first)[2]
-            items.append((key, [first, *(next(extra) for _ in range(nextra))]))
-        if next(extra, None) is not None:
-            raise ProtocolError("set_multi has more value frames than its records announce")
+        items = _set_multi_items(frames[0], frames[1:])  # all parsed before anything is stored
         failed = []
         for index, (key, value_frames) in enumerate(items):
             try:
                 name = self._name(key, "key")
-                value = self._incoming_value(session, value_frames)
+                first = value_frames[0]
+                if len(value_frames) == 1 and not first[1]:  # small and plain: the usual case
+                    value = Value(value_frames, len(first))
+                    if self.memory + value.size > self.limits.max_memory:
+                        raise OpError(Status.NO_MEMORY, "memory cap")
+                else:
+                    value = self._incoming_value(session, value_frames)
                 var = self._kv_write(ws, name, self._kv_entry(ws, name), value)
-                self._set_deadline(var, ttl)
+                if ttl:
+                    self._set_deadline(var, ttl)
+                else:
+                    var.expires = None
             except OpError:
                 failed.append(b"%d" % index)
         self.counters["kv_sets"] += len(items)
@@ -378,3 +371,32 @@ def _same_payload(frames: list, other: list) -> bool:
     if len(frames) != len(other):
         return False
     return all(bytes(a) == bytes(b) for a, b in zip(frames, other))
+
+
+def _set_multi_items(blob: bytes, extra: list) -> list[tuple[bytes, list]]:
+    """A KV_SET_MULTI request's records -> [(key, value frames)], checked to be whole."""
+    items = []
+    unpack_item, item_size = KV_ITEM.unpack_from, KV_ITEM.size
+    offset, end, next_extra = 0, len(blob), 0
+    while offset < end:
+        if offset + item_size > end:
+            raise ProtocolError("set_multi records are truncated")
+        key_length, first_length = unpack_item(blob, offset)
+        key_end = offset + item_size + key_length
+        first_end = key_end + first_length
+        if first_end > end or first_length < DESCRIPTOR_SIZE:
+            raise ProtocolError("set_multi records are truncated")
+        first = blob[key_end:first_end]
+        nextra = first[2] | first[3] << 8  # the descriptor's count of extra frames
+        if nextra:
+            value_frames = [first, *extra[next_extra:next_extra + nextra]]
+            next_extra += nextra
+            if len(value_frames) != nextra + 1:
+                raise ProtocolError("set_multi records announce more frames than arrived")
+        else:
+            value_frames = [first]
+        items.append((blob[offset + item_size:key_end], value_frames))
+        offset = first_end
+    if next_extra != len(extra):
+        raise ProtocolError("set_multi has more value frames than its records announce")
+    return items
