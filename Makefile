@@ -22,6 +22,7 @@ test: setup
 bench: setup
 	bash benchmarks/install-anchors.sh
 	$(BIN)/python benchmarks/bench_workspace.py
+	$(BIN)/python benchmarks/bench_kv.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
