@@ -72,6 +72,21 @@ expires, a negative ttl has expired already::
                                               -> OK META + old value (swapped iff the old value
                                                  equals the comparand byte for byte) | MISSING
 
+Publish/subscribe (see ``broker/state/pubsub.py``). A session's *delivery socket* is one of its
+channels that only receives; ``channel`` arguments name it. Deliveries are not replies::
+
+    MQ_PUBLISH  identifier, reply (0/1), value -> (OK decimal number of receivers, if asked)
+    MQ_SUBSCRIBE channel, pattern              -> OK
+    MQ_UNSUBSCRIBE channel, pattern            -> OK
+    MQ_CREDIT   channel, messages, batches     -> (no reply) consumed deliveries: more may come
+    MQ_QUEUE    pattern                        -> OK    (the shared queue: FIFO variable of __mq)
+    WATCH       channel, ws or *               -> OK json {ws: {var: [values, mode]}} snapshot
+    UNWATCH     channel, ws or *               -> OK
+
+    delivery    header (version, DELIVERY, number of extra frames, messages dropped so far)
+                body: 0x01 identifier NUL value's first frame (extra frames follow) | 0x02 json
+                list of coalesced workspace events {ws, event, count[, var, values]}
+
 An error is ``head(status >= ERROR) + UTF-8 message``.
 """
 
@@ -99,7 +114,8 @@ VALUE_SHARED = 2
 
 #: Ops whose last argument is a value's first frame (which may contain NUL): their number of
 #: arguments before it.
-VALUE_ARITY = {30: 2, 40: 5, 47: 2, 49: 3}  # STORE, KV_STORE, KV_SET_MULTI, KV_COMPARE_SWAP
+VALUE_ARITY = {30: 2, 40: 5, 47: 2, 49: 3, 60: 2}
+# (STORE, KV_STORE, KV_SET_MULTI, KV_COMPARE_SWAP, MQ_PUBLISH)
 
 #: Bytes of random session id at the start of every client socket's routing identity; the two
 #: bytes after it number the socket (channel) within the session.
@@ -140,6 +156,13 @@ class Op(enum.IntEnum):
     KV_SET_MULTI = 47
     KV_DELETE_MULTI = 48
     KV_COMPARE_SWAP = 49
+    MQ_PUBLISH = 60
+    MQ_SUBSCRIBE = 61
+    MQ_UNSUBSCRIBE = 62
+    MQ_CREDIT = 63
+    MQ_QUEUE = 64
+    WATCH = 65
+    UNWATCH = 66
 
 
 class Status(enum.IntEnum):
@@ -147,6 +170,7 @@ class Status(enum.IntEnum):
     MISSING = 1
     CANCELLED = 2
     EXISTS = 3  # a conditional key-value write found the key present or changed
+    DELIVERY = 4  # not a reply: a message or event batch pushed to a delivery socket
     ERROR = 16  # every status from here on is an error with a message
     BAD_REQUEST = 16
     UNKNOWN_OP = 17

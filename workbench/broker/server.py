@@ -23,7 +23,6 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import shm
 from ..config import SHM_RELEASE_GRACE
-from ..protocol import HEADER
 from .state import BrokerState, Limits
 
 log = logging.getLogger("workbench.broker")
@@ -186,7 +185,7 @@ class BrokerServer:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             # The peer's socket is gone: a value it was handed goes back.
-            self.state.undeliverable(peer, HEADER.unpack_from(frames[0])[3])
+            self.state.undeliverable(peer, frames[0])
             return
         last = len(frames) - 1
         if not last:

@@ -34,6 +34,7 @@ from ..errors import (
     NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
     NwsUnpicklingException, NwsValueException, NwsVariableDeletedException,
 )
+from .deliveries import Deliveries
 from ..protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
     pack_channel_acks, request_head,
@@ -211,9 +212,11 @@ class Connection:
         self.shm_pid = self.info.get("shm_pid")  # set when values may go through /dev/shm
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
+        self._deliveries: list[Deliveries] = []  # the delivery thread, once something subscribes
         _live_connections.add(self)
         self._finalizer = weakref.finalize(self, _release, self._heartbeat, self._channels,
-                                           self._lock, self.context, address, self.session_id)
+                                           self._lock, self.context, address, self.session_id,
+                                           self._deliveries)
 
     @property
     def closed(self) -> bool:
@@ -246,6 +249,14 @@ class Connection:
             self._channels.append(channel)
         self._local.channel = channel
         return channel
+
+    def deliveries(self) -> Deliveries:
+        """The delivery socket's thread of this connection, started on first use."""
+        with self._lock:
+            if not self._deliveries:
+                self.check_alive()
+                self._deliveries.append(Deliveries(self).start_and_wait())
+            return self._deliveries[0]
 
     def check_alive(self) -> None:
         if self.closed:
@@ -342,7 +353,7 @@ class Connection:
                 pass
         self._closed = True
         self._finalizer.detach()
-        _release(self._heartbeat, self._channels, self._lock)
+        _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
 
     def _close_sockets(self) -> None:
         with self._lock:
@@ -357,9 +368,12 @@ class Connection:
 
 def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Lock,
              context: zmq.Context | None = None, address: str = "",
-             session_id: bytes = b"") -> None:
-    """Stop the heartbeat and close the sockets; with ``context``, first tell the broker the
-    session is over (a collected or exiting connection) without waiting for an answer."""
+             session_id: bytes = b"", deliveries: list | None = None) -> None:
+    """Stop the heartbeat and the delivery thread and close the sockets; with ``context``,
+    first tell the broker the session is over (a collected or exiting connection) without
+    waiting for an answer."""
+    for thread in deliveries or ():
+        thread.stop()
     if context is not None and not context.closed:
         goodbye = context.socket(zmq.DEALER)
         goodbye.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(0xFFFF))

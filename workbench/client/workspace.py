@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 from urllib.parse import urlsplit
 
 from ..codec import decode_at, encode, raw_bytes
@@ -18,6 +18,7 @@ from ..protocol import HEADER_SIZE, META, Op, Status
 from .connection import Connection
 from .embedded import connect
 from .iterator import NwsValueIterator
+from .pubsub import Watch
 
 FIFO, LIFO, MULTI, SINGLE = "fifo", "lifo", "multi", "single"
 STRING, DICT = "string", "dict"
@@ -199,6 +200,14 @@ class NetWorkSpace:
     def currentWs(self) -> str:
         """The name of this workspace."""
         return self._name
+
+    def watch(self, callback: Callable[[list[dict]], None] | None = None) -> Watch:
+        """Follow this workspace's changes: a ``Watch`` whose ``snapshot`` is the variables
+        now and whose batches of events (variable created, stored, fetched, deleted; workspace
+        created, purged, deleted) arrive as they happen, coalesced while one is being handled.
+        With ``callback``, each batch is passed to it (in a background thread); otherwise
+        iterate the watch or call ``next_batch(timeout)``. ``close()`` it when done."""
+        return Watch(self._connection, self._name, callback)
 
     # ------------------------------------------------------------------ variables
 

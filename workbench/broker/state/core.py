@@ -20,12 +20,13 @@ from typing import Callable
 from ... import __version__
 from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
 from ...protocol import (
-    CHANNEL, FLAG_ACKS, HEADER_SIZE, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
+    CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
     ProtocolError, Status, VersionMismatch, parse_head, reply_head, value_reply_head,
     split_args, unpack_acks, unpack_channel_acks,
 )
 from .keyvalue import KeyValue
 from .operations import Operations
+from .pubsub import FlowLimits, PubSub, Subscriber
 from .requests import OpError, arity, human_size
 from .sessions import Session, SessionTable
 from .variables import SINGLE, Value, Variable, Waiter
@@ -40,9 +41,10 @@ class Limits:
     max_memory: int = field(default_factory=default_max_memory)
     max_message_size: int = MAX_MESSAGE_SIZE
     liveness: Liveness = field(default_factory=Liveness)
+    flow: FlowLimits = field(default_factory=FlowLimits)
 
 
-class BrokerState(Operations, KeyValue):
+class BrokerState(Operations, KeyValue, PubSub):
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, files=None) -> None:
         self.limits = limits or Limits()
@@ -65,7 +67,14 @@ class BrokerState(Operations, KeyValue):
         self.notices: list[str] = []  # connect/disconnect lines for the server to log
         self.counters = dict.fromkeys(
             ("requests", "errors", "malformed", "oversized", "internal_errors", "expired",
-             "kv_gets", "kv_misses", "kv_sets"), 0)
+             "kv_gets", "kv_misses", "kv_sets", "published", "dropped", "queue_refused", "publish_errors"), 0)
+        # Publish/subscribe (see pubsub): delivery sockets, their patterns by namespace and
+        # name, shared queues by name, and watchers by workspace name.
+        self.flow = self.limits.flow
+        self.subscribers: dict[bytes, Subscriber] = {}
+        self.pattern_index: dict[str | None, dict[str | None, dict[Subscriber, set]]] = {}
+        self.shared_queues: dict[str, tuple] = {}
+        self.watched: dict[str, set[Subscriber]] = {}
         # (deadline, variable id, variable) of key-value entries that expire; see keyvalue
         self.deadlines: list[tuple[float, int, Variable]] = []
         self.deadlines_limit = 1024  # when to drop stale deadlines (see keyvalue)
@@ -82,6 +91,9 @@ class BrokerState(Operations, KeyValue):
             Op.KV_FLUSH: self._kv_flush, Op.KV_GET_MULTI: self._kv_get_multi,
             Op.KV_SET_MULTI: self._kv_set_multi, Op.KV_DELETE_MULTI: self._kv_delete_multi,
             Op.KV_COMPARE_SWAP: self._kv_compare_swap,
+            Op.MQ_PUBLISH: self._mq_publish, Op.MQ_SUBSCRIBE: self._mq_subscribe,
+            Op.MQ_UNSUBSCRIBE: self._mq_unsubscribe, Op.MQ_CREDIT: self._mq_credit,
+            Op.MQ_QUEUE: self._mq_queue, Op.WATCH: self._watch, Op.UNWATCH: self._unwatch,
         }
         # (consume, block, iterate) for the eight ways of reading a variable
         for op, how in {
@@ -179,8 +191,17 @@ class BrokerState(Operations, KeyValue):
         for session_id in [sid for sid, ended in self.ended.items() if ended < now - 2 * timeout]:
             del self.ended[session_id]
 
-    def undeliverable(self, peer: bytes, request_id: int) -> None:
-        """A reply could not be routed (its socket is gone): take back a value it carried."""
+    def undeliverable(self, peer: bytes, head: bytes) -> None:
+        """A message could not be routed (its socket is gone): take back a value a reply
+        carried; a delivery to a vanished delivery socket is dropped and counted."""
+        _, status, _, request_id = HEADER.unpack_from(head)
+        if status == Status.DELIVERY:
+            self.counters["dropped"] += 1
+            subscriber = self.subscribers.get(peer)
+            if subscriber is not None:
+                subscriber.dropped += 1
+                subscriber.in_flight = max(0, subscriber.in_flight - 1)
+            return
         self._return_lease((peer, request_id))
 
     def shutdown(self) -> None:
@@ -237,6 +258,22 @@ class BrokerState(Operations, KeyValue):
             elif (peer, request_id) not in self.leases:
                 value.found = True  # a finder maps it later, unannounced
         return frames
+
+    # ---------------------------------------------------------------- registry changes
+
+    def _create_workspace(self, name: str, owner: Session | None = None,
+                          persistent: bool = False) -> Workspace:
+        ws = self.spaces.create(name, owner, persistent)
+        if self.watched:
+            self._event(name, "ws_created")
+        return ws
+
+    def _new_variable(self, ws: Workspace, name: str, mode: str,
+                      mode_fixed: bool = True) -> Variable:
+        var = self.spaces.new_variable(ws, name, mode, mode_fixed)
+        if self.watched:
+            self._event(ws.name, "created", name)
+        return var
 
     def _json(self, peer: bytes, request_id: int, obj) -> None:
         self._reply(peer, request_id, Status.OK, json.dumps(obj).encode())
@@ -328,9 +365,11 @@ class BrokerState(Operations, KeyValue):
             "heartbeat_interval": self.limits.liveness.interval,
             "heartbeat_liveness": self.limits.liveness.liveness,
             "counters": dict(self.counters),
+            "subscribers": self._subscriber_status(),
         })
 
     def _end_session(self, session: Session, reason: str, notify_waiters: bool) -> None:
+        self._drop_subscribers(session)
         for key in list(session.waiting):
             var, waiter = self.waiting.pop(key)
             self._drop_waiter(var, waiter)
@@ -405,6 +444,8 @@ class BrokerState(Operations, KeyValue):
             waiter = var.fetchers.popleft()
             self._unwait(waiter)
             value = var.take(self.rng)
+            if self.watched:
+                self._event(var.workspace.name, "fetched", var.name)
             self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
             self._reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
 
@@ -444,6 +485,10 @@ class BrokerState(Operations, KeyValue):
     def _offer(self, var: Variable, value: Value) -> None:
         """Give a newly stored value to every waiting finder, then to the longest-waiting
         fetcher; only if no fetcher waits does it join the variable."""
+        if self.watched:
+            self._event(var.workspace.name, "stored", var.name)
+            if var.fetchers:
+                self._event(var.workspace.name, "fetched", var.name)
         if var.finders:
             still_waiting = []
             for waiter in var.finders:

@@ -48,7 +48,7 @@ class KeyValue:
         name = self._name(arg, "workspace")
         ws = self.spaces.by_name.get(name)
         if ws is None:
-            ws = self.spaces.create(name, persistent=True)
+            ws = self._create_workspace(name, persistent=True)
         return ws
 
     def _kv_entry(self, ws: Workspace, name: str) -> Variable | None:
@@ -107,6 +107,8 @@ class KeyValue:
         if not var.fetchers and not var.finders and ws.variables.get(var.name) is var:
             del ws.variables[var.name]
             var.live = False
+        if self.watched:
+            self._event(ws.name, "deleted", var.name)
 
     def reap_expired(self, now: float) -> None:
         """Remove the entries whose deadline has passed: O(log n) each, no scan."""
@@ -121,7 +123,7 @@ class KeyValue:
     def _kv_write(self, ws: Workspace, name: str, var: Variable | None, value: Value) -> Variable:
         """Make ``value`` the entry's only value; a waiting fetcher or finder gets it first."""
         if var is None:
-            var = self.spaces.new_variable(ws, name, SINGLE)
+            var = self._new_variable(ws, name, SINGLE)
         else:
             var.mode_fixed = True
             for old in var.values:
@@ -284,6 +286,8 @@ class KeyValue:
         for var in ws.variables.values():
             self._destroy_variable(var, Status.VARIABLE_DELETED,
                                    f"variable {var.name!r} was flushed")
+            if self.watched:
+                self._event(ws.name, "deleted", var.name)
         ws.variables.clear()
         self._reply(peer, request_id)
 

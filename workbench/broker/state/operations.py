@@ -27,7 +27,7 @@ class Operations:
         if ws is None:
             if not create:
                 raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
-            self.spaces.create(name, session, persistent)
+            self._create_workspace(name, session, persistent)
         elif ws.owner is None and not ws.owner_label:
             ws.claim(session, persistent)
         self._reply(peer, request_id)
@@ -40,20 +40,22 @@ class Operations:
         if self.spaces.get(name) is None:
             if not create:
                 raise OpError(Status.NO_WORKSPACE, f"no workspace {name!r} (create=False)")
-            self.spaces.create(name)
+            self._create_workspace(name)
         self._reply(peer, request_id)
 
     def _delete_ws(self, session: Session, peer: bytes, request_id: int, args: list,
                     frames: list) -> None:
         ws = self._workspace(args[0])
-        self._purge(ws, f"workspace {ws.name!r} was deleted")
+        self._purge(ws, f"workspace {ws.name!r} was deleted", "ws_deleted")
         self._reply(peer, request_id)
 
-    def _purge(self, ws: Workspace, message: str) -> None:
+    def _purge(self, ws: Workspace, message: str, event: str = "ws_purged") -> None:
         for var in ws.variables.values():
             self._destroy_variable(var, Status.NO_WORKSPACE, message)
         ws.variables.clear()
         self.spaces.remove(ws)
+        if self.watched:
+            self._event(ws.name, event)
 
     def _destroy_variable(self, var: Variable, status: int, message: str) -> None:
         self._fail_waiters(var, status, message)
@@ -72,7 +74,7 @@ class Operations:
                           "conversion such as %d (write %% for a literal percent sign)")
         name = self.spaces.temp_name(template)
         self._name(name.encode(), "workspace")
-        self.spaces.create(name)
+        self._create_workspace(name)
         self._reply(peer, request_id, Status.OK, name.encode())
 
     def _list_wss(self, session: Session, peer: bytes, request_id: int, args: list,
@@ -97,7 +99,7 @@ class Operations:
                           f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         var = ws.variables.get(name)
         if var is None:
-            self.spaces.new_variable(ws, name, mode)
+            self._new_variable(ws, name, mode)
         elif var.mode != mode:
             if var.mode_fixed:
                 raise OpError(Status.DECLARATION_FAILED,
@@ -126,6 +128,8 @@ class Operations:
         if var is not None:
             self._destroy_variable(var, Status.VARIABLE_DELETED,
                                    f"variable {name!r} was deleted")
+            if self.watched:
+                self._event(ws.name, "deleted", name)
         self._reply(peer, request_id)
 
     def _list_vars(self, session: Session, peer: bytes, request_id: int, args: list,
@@ -145,7 +149,7 @@ class Operations:
         value = self._incoming_value(session, frames)
         var = self._unexpired(ws, name)
         if var is None:
-            var = self.spaces.new_variable(ws, name, FIFO)
+            var = self._new_variable(ws, name, FIFO)
         else:
             var.mode_fixed = True
         var.stamp(value)
@@ -212,6 +216,8 @@ class Operations:
                 if consume:
                     value = var.take(self.rng)
                     self._lease(session, peer, request_id, var, value)
+                    if self.watched:
+                        self._event(ws.name, "fetched", name)
                 elif iterate:
                     value = var.first_after(cookie)
                 else:
@@ -223,7 +229,7 @@ class Operations:
                 self._reply(peer, request_id, Status.MISSING)
                 return
             if var is None:
-                var = self.spaces.new_variable(ws, name, FIFO, mode_fixed=False)
+                var = self._new_variable(ws, name, FIFO, mode_fixed=False)
             waiter = Waiter(peer, request_id, session, consume,
                             cookie if iterate and not consume else None)
             (var.fetchers if consume else var.finders).append(waiter)

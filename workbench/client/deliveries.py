@@ -1,0 +1,130 @@
+"""What the broker pushes to a client: published messages and workspace events.
+
+A connection that subscribes or watches gets a *delivery socket*: a DEALER of its session with a
+channel number of its own, read by one daemon thread. The thread hands each delivery to the
+handler registered for its kind (``MESSAGE`` or ``EVENTS``) and grants the broker credit as it
+goes: after a burst of ``CREDIT_EVERY`` messages, or as soon as it has caught up. Handlers run
+in that thread, so a handler that blocks holds up this process's deliveries (the broker then
+keeps a bounded backlog for it and drops the oldest beyond it; ``dropped`` counts them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Callable
+
+import zmq
+
+from ..errors import NwsConnectException
+from ..protocol import CHANNEL, HEADER, HEADER_SIZE, Op, Status, request_head
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("workbench.deliveries")
+
+#: Delivery kinds: the first byte of a delivery's body (see broker/state/pubsub.py).
+MESSAGE, EVENTS = 1, 2
+#: The channel number of every session's delivery socket.
+DELIVERY_CHANNEL = 0xFFFE
+#: Messages consumed before credit is granted while more are waiting (the broker's window is
+#: larger, so a busy stream never stalls on credit).
+CREDIT_EVERY = 64
+_POLL_MS = 250
+_START_TIMEOUT = 10.0
+
+_unpack_header = HEADER.unpack_from
+
+
+class Deliveries(threading.Thread):
+    """One connection's delivery socket and the thread that reads it."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(name=f"workbench-deliveries-{connection.address}", daemon=True)
+        self._connection = weakref.ref(connection)
+        self._identity = connection.session_id + CHANNEL.pack(DELIVERY_CHANNEL)
+        self._address = connection.address
+        self._context = connection.context
+        self.channel_arg = b"%d" % DELIVERY_CHANNEL
+        self.handlers: dict[int, Callable[[bytes, list], None]] = {}
+        self.dropped = 0  # messages the broker dropped for this process, as it last said
+        self.delivered = 0
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._failure: str | None = None
+
+    def start_and_wait(self) -> Deliveries:
+        self.start()
+        if not self._ready.wait(_START_TIMEOUT) or self._failure:
+            self.stop()
+            raise NwsConnectException(self._failure or
+                                      f"the delivery socket to {self._address} did not start")
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=2 * _POLL_MS / 1000 + 1)
+
+    def run(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
+        sock.connect(self._address)
+        try:
+            if self._register(sock):
+                self._ready.set()
+                self._serve(sock)
+        finally:
+            self._ready.set()
+            sock.close(linger=0)
+
+    def _register(self, sock: zmq.Socket) -> bool:
+        """One request on this socket, so the broker can route deliveries to it at once."""
+        sock.send(request_head(Op.HEARTBEAT, 1))
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not self._stopping.is_set():
+            try:
+                sock.recv_multipart()
+                return True
+            except zmq.Again:
+                if time.monotonic() > deadline:
+                    self._failure = f"the broker at {self._address} did not answer"
+                    return False
+        return False
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        recv = sock.recv
+        messages = batches = 0
+        while not self._stopping.is_set():
+            try:
+                head = recv()
+            except zmq.Again:
+                if self._connection() is None:
+                    return  # the connection was collected
+                continue
+            _, status, nextra, dropped = _unpack_header(head)
+            frames = [recv(copy=False) for _ in range(nextra)] if nextra else []
+            if status != Status.DELIVERY:
+                continue  # a reply (to the registration): nothing to do
+            self.dropped = dropped
+            self.delivered += 1
+            kind = head[HEADER_SIZE]
+            handler = self.handlers.get(kind)
+            if handler is not None:
+                try:
+                    handler(head, frames)
+                except Exception:  # a handler's bug must not stop this process's deliveries
+                    log.exception("a delivery handler failed")
+            if kind == EVENTS:
+                batches += 1
+            else:
+                messages += 1
+            if batches or messages >= CREDIT_EVERY or not sock.poll(0):
+                sock.send(request_head(Op.MQ_CREDIT, 0,
+                                       [self.channel_arg, b"%d" % messages, b"%d" % batches]))
+                messages = batches = 0

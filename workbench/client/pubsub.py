@@ -1,0 +1,205 @@
+"""Publish/subscribe and workspace events from Python, on one connection.
+
+``MessageBus`` is what ``workbench.mq`` is built on: publish a message under a berryMQ
+identifier, subscribe this process to identifier patterns, receive the messages other processes
+publish (never this process's own), and use the broker's shared queues. ``Watch`` follows the
+changes of a workspace (``NetWorkSpace.watch``), for dashboards.
+
+A message travels as its identifier plus one value (``codec``-encoded; ``workbench.mq`` sends
+``(args, kwargs)``). Publishing does not wait for the broker unless asked, so a publisher goes
+as fast as the broker takes messages; subscribers that fall behind lose the oldest messages
+beyond a bounded backlog, counted in ``MessageBus.dropped`` (see ``broker/state/pubsub.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from typing import Any, Callable, Iterator
+
+from .. import codec
+from ..protocol import HEADER_SIZE, SEPARATOR, Op, Status
+from ..topics import parse
+from .connection import Connection
+from .deliveries import EVENTS, MESSAGE
+
+MQ_WORKSPACE = "__mq"
+
+
+def _identifier(identifier: str) -> bytes:
+    parse(identifier)  # refuse here what the broker would refuse unanswered
+    return identifier.encode("utf-8")
+
+
+class MessageBus:
+    """Messages between the processes of one broker, through one connection.
+
+    ``on_message(identifier, value)`` is called in the connection's delivery thread for every
+    message another process publishes under an identifier matching one of this bus's
+    subscriptions, once per message however many of them match."""
+
+    def __init__(self, connection: Connection,
+                 on_message: Callable[[str, Any], None] | None = None) -> None:
+        self._connection = connection
+        self.on_message = on_message
+        self._deliveries = connection.deliveries()
+        self._deliveries.handlers[MESSAGE] = self._received
+
+    @property
+    def dropped(self) -> int:
+        """Messages the broker dropped for this process because it read them too slowly."""
+        return self._deliveries.dropped
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, identifier: str, value: Any, wait: bool = False) -> int | None:
+        """Send a message to every other process following ``identifier``, and into every
+        shared queue it matches. With ``wait``, returns how many received it."""
+        ident = _identifier(identifier)
+        frames = codec.encode(value)
+        if not wait:
+            channel = self._connection.channel()
+            channel.send(Op.MQ_PUBLISH, [ident, b"0"], frames)
+            return None
+        head = self._connection.read(Op.MQ_PUBLISH, [ident, b"1"], frames, spill=False)[1][0]
+        return int(head[HEADER_SIZE:])
+
+    # ------------------------------------------------------------------ subscribing
+
+    def subscribe(self, pattern: str) -> None:
+        """Receive messages whose identifier matches ``pattern`` (berryMQ matching, wildcards
+        on either side). Subscribing twice needs unsubscribing twice."""
+        self._connection.call(Op.MQ_SUBSCRIBE, [self._deliveries.channel_arg,
+                                                _identifier(pattern)])
+
+    def unsubscribe(self, pattern: str) -> None:
+        self._connection.call(Op.MQ_UNSUBSCRIBE, [self._deliveries.channel_arg,
+                                                  _identifier(pattern)])
+
+    def _received(self, head: bytes, frames: list) -> None:
+        end = head.index(SEPARATOR, HEADER_SIZE + 1)
+        identifier = head[HEADER_SIZE + 1:end].decode("utf-8")
+        value = codec.decode([head[end + 1:], *frames])
+        if self.on_message is not None:
+            self.on_message(identifier, value)
+
+    # ------------------------------------------------------------------ shared queues
+
+    def declare_queue(self, pattern: str) -> None:
+        """Make the broker keep one queue of every message matching ``pattern`` (exactly this
+        string): a FIFO variable of workspace ``__mq`` that consumers fetch from."""
+        self._connection.call(Op.MQ_QUEUE, [_identifier(pattern)])
+
+    def queue_get(self, pattern: str, timeout: float | None = None) -> Any:
+        """Take the oldest message of a shared queue, waiting for one (NwsTimeoutException,
+        a TimeoutError, after ``timeout`` seconds). Leased: if this process dies before it is
+        acknowledged, the message goes back to the queue."""
+        from .workspace import _decode_value
+
+        return self._connection.read(Op.FETCH, [MQ_WORKSPACE.encode(), pattern.encode()], (),
+                                     timeout, _decode_value, leased=True)[1]
+
+    def queue_get_nowait(self, pattern: str, missing: Any = None) -> Any:
+        from .workspace import _decode_value
+
+        status, value = self._connection.read(
+            Op.FETCH_TRY, [MQ_WORKSPACE.encode(), pattern.encode()], (), None, _decode_value,
+            leased=True)
+        return missing if status == Status.MISSING else value
+
+    def queue_size(self, pattern: str) -> int:
+        head = self._connection.call(Op.LIST_VARS, [MQ_WORKSPACE.encode()])
+        for name, values, *_ in json.loads(head[HEADER_SIZE:]):
+            if name == pattern:
+                return values
+        return 0
+
+
+class Watch:
+    """The changes of one workspace (or of all: ``"*"``), as batches of events.
+
+    ``snapshot`` is the workspace's variables when the watch began ({ws: {var: [values,
+    mode]}}); then every change arrives as an event dict: ``ws``, ``event`` (``created``,
+    ``stored``, ``fetched``, ``deleted``, ``ws_created``, ``ws_purged``, ``ws_deleted``),
+    ``count`` (how many such changes this event stands for: changes made while the previous
+    batch was being handled are coalesced), and for variables ``var`` and ``values`` (how many
+    values it holds now). With ``callback``, each batch is passed to it in the delivery thread;
+    otherwise iterate (``for batch in watch``) or call ``next_batch(timeout)``."""
+
+    def __init__(self, connection: Connection, workspace: str,
+                 callback: Callable[[list[dict]], None] | None = None) -> None:
+        self.workspace = workspace
+        self.callback = callback
+        self._connection = connection
+        self._batches: queue.Queue[list[dict]] = queue.Queue()
+        self._closed = False
+        deliveries = connection.deliveries()
+        _WatchRouter.of(deliveries).add(self)
+        head = connection.call(Op.WATCH, [deliveries.channel_arg, workspace.encode("utf-8")])
+        self.snapshot: dict = json.loads(head[HEADER_SIZE:])
+
+    def _receive(self, events: list[dict]) -> None:
+        if self._closed:
+            return
+        if self.callback is not None:
+            self.callback(events)
+        else:
+            self._batches.put(events)
+
+    def next_batch(self, timeout: float | None = None) -> list[dict]:
+        """The next batch of events; ``queue.Empty`` if none comes within ``timeout``."""
+        return self._batches.get(timeout=timeout)
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        while not self._closed:
+            yield self._batches.get()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        deliveries = self._connection.deliveries()
+        _WatchRouter.of(deliveries).remove(self)
+        if not self._connection.closed:
+            self._connection.call(Op.UNWATCH, [deliveries.channel_arg,
+                                               self.workspace.encode("utf-8")])
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _WatchRouter:
+    """Splits a connection's event batches among its watches, by workspace."""
+
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.watches: list[Watch] = []
+
+    @classmethod
+    def of(cls, deliveries) -> _WatchRouter:
+        with cls._lock:
+            router = getattr(deliveries, "watch_router", None)
+            if router is None:
+                router = deliveries.watch_router = cls()
+                deliveries.handlers[EVENTS] = router.route
+            return router
+
+    def add(self, watch: Watch) -> None:
+        self.watches.append(watch)
+
+    def remove(self, watch: Watch) -> None:
+        if watch in self.watches:
+            self.watches.remove(watch)
+
+    def route(self, head: bytes, frames: list) -> None:
+        events = json.loads(head[HEADER_SIZE + 1:])
+        for watch in list(self.watches):
+            mine = (events if watch.workspace == "*"
+                    else [e for e in events if e["ws"] == watch.workspace])
+            if mine:
+                watch._receive(mine)
