@@ -122,17 +122,23 @@ class Watch:
     ``snapshot`` is the workspace's variables when the watch began ({ws: {var: [values,
     mode]}}); then every change arrives as an event dict: ``ws``, ``event`` (``created``,
     ``stored``, ``fetched``, ``deleted``, ``ws_created``, ``ws_purged``, ``ws_deleted``),
-    ``count`` (how many such changes this event stands for: changes made while the previous
-    batch was being handled are coalesced), and for variables ``var`` and ``values`` (how many
-    values it holds now). With ``callback``, each batch is passed to it in the delivery thread;
-    otherwise iterate (``for batch in watch``) or call ``next_batch(timeout)``."""
+    ``count`` (how many such changes it stands for) and, for variables, ``var`` and ``values``
+    (how many values the variable holds now).
+
+    Nothing floods a slow reader: the broker sends one batch at a time and merges what happens
+    meanwhile, and a watch read by iteration merges what arrives between two reads as well, so
+    a reader always gets one batch with the latest state however long it took. With
+    ``callback``, each batch is passed to it in the connection's delivery thread (merging then
+    happens at the broker while the callback runs); otherwise iterate (``for batch in watch``)
+    or call ``next_batch(timeout)``."""
 
     def __init__(self, connection: Connection, workspace: str,
                  callback: Callable[[list[dict]], None] | None = None) -> None:
         self.workspace = workspace
         self.callback = callback
         self._connection = connection
-        self._batches: queue.Queue[list[dict]] = queue.Queue()
+        self._pending: dict[tuple, dict] = {}  # merged events not read yet
+        self._arrived = threading.Condition()
         self._closed = False
         deliveries = connection.deliveries()
         _WatchRouter.of(deliveries).add(self)
@@ -144,26 +150,48 @@ class Watch:
             return
         if self.callback is not None:
             self.callback(events)
-        else:
-            self._batches.put(events)
+            return
+        with self._arrived:
+            for event in events:
+                key = (event["ws"], event["event"], event.get("var"))
+                merged = self._pending.get(key)
+                if merged is None:
+                    self._pending[key] = dict(event)
+                else:
+                    merged["count"] += event["count"]
+                    if "values" in event:
+                        merged["values"] = event["values"]
+            self._arrived.notify_all()
 
     def next_batch(self, timeout: float | None = None) -> list[dict]:
-        """The next batch of events; ``queue.Empty`` if none comes within ``timeout``."""
-        return self._batches.get(timeout=timeout)
+        """The events since the last batch read, merged; ``queue.Empty`` if none comes within
+        ``timeout`` seconds."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self._pending or self._closed, timeout):
+                raise queue.Empty
+            batch = list(self._pending.values())
+            self._pending.clear()
+            return batch
 
     def __iter__(self) -> Iterator[list[dict]]:
-        while not self._closed:
-            yield self._batches.get()
+        while True:
+            batch = self.next_batch()
+            if not batch:  # closed
+                return
+            yield batch
 
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._arrived:
+            self._closed = True
+            self._arrived.notify_all()
+        if self._connection.closed:
+            return  # the broker forgot the watch with the session
         deliveries = self._connection.deliveries()
         _WatchRouter.of(deliveries).remove(self)
-        if not self._connection.closed:
-            self._connection.call(Op.UNWATCH, [deliveries.channel_arg,
-                                               self.workspace.encode("utf-8")])
+        self._connection.call(Op.UNWATCH, [deliveries.channel_arg,
+                                           self.workspace.encode("utf-8")])
 
     def __enter__(self) -> Watch:
         return self

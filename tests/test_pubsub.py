@@ -1,0 +1,144 @@
+"""Publish/subscribe and workspace events through a real broker: ``MessageBus`` between
+processes, a slow subscriber that does not hold up its publisher, and ``NetWorkSpace.watch``."""
+
+from __future__ import annotations
+
+import queue
+import textwrap
+import threading
+import time
+
+import pytest
+
+from workbench import NetWorkSpace
+from workbench.client.embedded import connect
+from workbench.client.pubsub import MessageBus
+
+from .support import spawn_client, wait_for
+
+
+@pytest.fixture
+def connection(broker):
+    c = connect(broker.host, broker.port)
+    yield c
+    c.close()
+
+
+def test_messages_from_another_process_arrive_once_in_order(broker, connection) -> None:
+    got: queue.Queue = queue.Queue()
+    bus = MessageBus(connection, lambda identifier, value: got.put((identifier, value)))
+    bus.subscribe("job:*")
+    bus.subscribe("*:run")  # matches too: still one delivery per message
+    publisher = spawn_client(broker, textwrap.dedent("""
+        from workbench.client.embedded import connect
+        from workbench.client.pubsub import MessageBus
+        bus = MessageBus(connect())
+        for i in range(200):
+            bus.publish("job:run", {"i": i})
+        bus.publish("other:thing", "not for us")
+        print(bus.publish("job:run", "last", wait=True))
+        """))
+    out, err = publisher.communicate(timeout=30)
+    assert publisher.returncode == 0, err
+    assert out.strip() == "1"  # one receiver: this process
+    received = [got.get(timeout=10) for _ in range(201)]
+    assert received == [("job:run", {"i": i}) for i in range(200)] + [("job:run", "last")]
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.2)
+
+
+def test_a_process_does_not_hear_its_own_messages(connection) -> None:
+    got = []
+    bus = MessageBus(connection, lambda identifier, value: got.append(value))
+    bus.subscribe("x:*")
+    assert bus.publish("x:a", 1, wait=True) == 0
+    time.sleep(0.2)
+    assert got == []
+
+
+def test_a_slow_subscriber_does_not_hold_up_the_publisher(broker, connection) -> None:
+    seen = []
+    release = threading.Event()
+
+    def slow(identifier: str, value) -> None:
+        seen.append(value)
+        release.wait(10)  # stuck until the publisher is done
+
+    bus = MessageBus(connection, slow)
+    bus.subscribe("flood:*")
+    publisher = spawn_client(broker, textwrap.dedent("""
+        import time
+        from workbench.client.embedded import connect
+        from workbench.client.pubsub import MessageBus
+        bus = MessageBus(connect())
+        started = time.monotonic()
+        for i in range(30_000):
+            bus.publish("flood:x", i)
+        bus.publish("flood:x", -1, wait=True)
+        print(time.monotonic() - started)
+        """))
+    out, err = publisher.communicate(timeout=60)
+    assert publisher.returncode == 0, err
+    assert float(out) < 20  # the broker absorbed it all; nothing waited for the subscriber
+    release.set()
+    wait_for(lambda: bus.dropped > 0 and seen and seen[-1] == -1, timeout=20)
+    # what arrived is in order, and what did not is counted
+    assert seen == sorted(seen[:-1]) + [-1]
+    assert len(seen) + bus.dropped == 30_001
+
+
+def test_watch_follows_another_process_coalescing_bursts(broker) -> None:
+    ws = NetWorkSpace("watched", broker.host, broker.port)
+    ws.store("before", 1)
+    watch = NetWorkSpace("watched", broker.host, broker.port, useUse=True).watch()
+    try:
+        assert watch.snapshot == {"watched": {"before": [1, "fifo"]}}
+        writer = spawn_client(broker, textwrap.dedent("""
+            from workbench import NetWorkSpace
+            ws = NetWorkSpace("watched", useUse=True)
+            for i in range(2000):
+                ws.store("x", i)
+            ws.fetch("x")
+            ws.deleteVar("before")
+            """))
+        assert writer.wait(30) == 0, writer.stderr.read()
+        writer.stdout.close()
+        writer.stderr.close()
+        totals: dict = {}
+        batches = 0
+        while totals.get(("deleted", "before")) is None:
+            for event in watch.next_batch(timeout=10):
+                key = (event["event"], event.get("var"))
+                totals[key] = totals.get(key, 0) + event["count"]
+            batches += 1
+        assert totals[("created", "x")] == 1
+        assert totals[("stored", "x")] == 2000 and totals[("fetched", "x")] == 1
+        assert batches < 100  # coalesced: far fewer batches than changes
+    finally:
+        watch.close()
+        ws.close()
+
+
+def test_watch_with_a_callback_and_close(broker) -> None:
+    ws = NetWorkSpace("called", broker.host, broker.port)
+    batches: queue.Queue = queue.Queue()
+    watch = ws.watch(batches.put)
+    ws.store("v", 1)
+    first = batches.get(timeout=5)
+    assert first[0]["event"] == "created" and first[0]["var"] == "v"
+    watch.close()
+    while not batches.empty():
+        batches.get()
+    ws.store("v", 2)
+    with pytest.raises(queue.Empty):
+        batches.get(timeout=0.3)
+    ws.close()
+
+
+def test_closing_the_connection_stops_the_delivery_thread(broker) -> None:
+    c = connect(broker.host, broker.port)
+    MessageBus(c).subscribe("x:*")
+    thread = c.deliveries()
+    c.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
