@@ -4,6 +4,8 @@ processes, a slow subscriber that does not hold up its publisher, and ``NetWorkS
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -142,3 +144,12 @@ def test_closing_the_connection_stops_the_delivery_thread(broker) -> None:
     c.close()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_status_shows_subscribers_and_their_drops(broker, connection) -> None:
+    MessageBus(connection).subscribe("status:*")
+    text = subprocess.run([sys.executable, "-m", "workbench", "status", "--broker",
+                           broker.address], capture_output=True, text=True, timeout=30)
+    assert text.returncode == 0, text.stderr
+    line = next(line for line in text.stdout.splitlines() if "status:*" in line)
+    assert "delivered 0" in line and "dropped 0" in line

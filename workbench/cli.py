@@ -149,6 +149,12 @@ def run_status(args: argparse.Namespace) -> int:
     for client in others:
         owned = ", ".join(client["owned"]) or "-"
         print(f"  {client['label']:<32} requests {client['requests']:<8} owns {owned}")
+    subscribers = info.get("subscribers", [])
+    print(f"subscribers {len(subscribers)}")
+    for sub in subscribers:
+        follows = ", ".join(sub["patterns"] + [f"watch {w}" for w in sub["watches"]]) or "-"
+        print(f"  {sub['client']:<32} delivered {sub['delivered']:<8} dropped {sub['dropped']:<6} "
+              f"backlog {sub['backlog']:<6} {follows}")
     counters = ", ".join(f"{k} {v}" for k, v in sorted(info["counters"].items()))
     print(f"counters   {counters}")
     return 0
