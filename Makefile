@@ -23,6 +23,7 @@ bench: setup
 	bash benchmarks/install-anchors.sh
 	$(BIN)/python benchmarks/bench_workspace.py
 	$(BIN)/python benchmarks/bench_kv.py
+	$(BIN)/python benchmarks/bench_pubsub.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,6 +15,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BENCH = BENCHMARKS / "bench_workspace.py"
 BENCH_KV = BENCHMARKS / "bench_kv.py"
+BENCH_PUBSUB = BENCHMARKS / "bench_pubsub.py"
 
 
 def run_quick(script: Path, output: Path) -> tuple[str, dict]:
@@ -71,4 +72,47 @@ def test_quick_kv_benchmark_runs_and_reports_every_case(tmp_path):
     for figure, value in medians.items():
         assert value > 0, figure
     assert "KeyValueStore get_multi vs 100 gets" in stdout
+    assert meta["broker_log_problems"] == []
+
+
+#: Every figure of one pub/sub system, per case.
+PUBSUB_FIGURES = {
+    "latency": ("median_us", "p99_us", "min_us", "max_us"),
+    "rate": ("delivered_per_s", "publish_per_s"),
+}
+
+
+@pytest.mark.timeout(240)
+def test_quick_pubsub_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_PUBSUB, tmp_path / "result.json")
+    meta, medians = saved["meta"], saved["medians"]
+    # MessageBus is always measured; mq once workbench.mq is there, Redis where its server
+    # runs, and a skipped one is said so.
+    expected = {f"wb.{case}.{figure}" for case, figures in PUBSUB_FIGURES.items()
+                for figure in figures}
+    if meta["mq_skipped"]:
+        assert "mq cases SKIPPED" in stdout
+    else:
+        expected |= {f"mq.{case}.{figure}" for case, figures in PUBSUB_FIGURES.items()
+                     for figure in figures}
+    if meta["redis_skipped"]:
+        assert "redis anchors SKIPPED" in stdout
+    else:
+        expected |= {f"redis.{case}.{figure}" for case, figures in PUBSUB_FIGURES.items()
+                     for figure in figures}
+        expected |= {f"redis.pipelined.{figure}" for figure in PUBSUB_FIGURES["rate"]}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
+    # Losses are counted for every case of every run, and said when there are any.
+    for run in saved["runs"]:
+        for case, figures in run["results"].items():
+            delivery = figures["delivery"]
+            assert delivery["received"] + delivery["lost"] == delivery["sent"], case
+            assert delivery["received"] > 0, case
+    assert ("did not deliver every message" in stdout) == any(
+        figures["delivery"]["lost"] or figures["delivery"]["dropped"]
+        or figures["delivery"]["out_of_order"]
+        for run in saved["runs"] for figures in run["results"].values())
+    assert "MessageBus delivery rate vs redis-py PUBLISH" in stdout
     assert meta["broker_log_problems"] == []
