@@ -1,0 +1,330 @@
+"""workbench.mq between processes, through a real broker: a twitter reaches followers and
+standalone queues of other processes once and never comes back to its sender, wildcards work
+from the sender's side, shared queues hand each message to one consumer and take back what a
+killed consumer held, a slow follower neither blocks the publisher nor grows without bound,
+berryMQ's connection functions, and a forked child with a session of its own."""
+
+from __future__ import annotations
+
+import ast
+import os
+import queue
+import signal
+import subprocess
+import textwrap
+import threading
+import time
+import uuid
+import warnings
+
+import pytest
+
+from workbench import mq
+from workbench.mq.transport import transport
+
+from .support import Broker, spawn_client
+
+
+class Child:
+    """A client subprocess running ``code``, its output read line by line with timeouts."""
+
+    def __init__(self, broker: Broker, code: str) -> None:
+        self.process = spawn_client(broker, textwrap.dedent(code))
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+
+    def line(self, timeout: float = 10.0) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self.process.kill()
+            raise AssertionError(f"no output within {timeout} s: {self.finish()}") from None
+
+    def value(self, timeout: float = 10.0):
+        return ast.literal_eval(self.line(timeout))
+
+    def finish(self, timeout: float = 10.0) -> str:
+        """Wait for the end (killing it after ``timeout``) -> its stderr."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+        errors = self.process.stderr.read()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return errors
+
+
+@pytest.fixture
+def children(broker):
+    """Start children with ``start(code)``; all are ended and reaped after the test."""
+    started: list[Child] = []
+
+    def start(code: str) -> Child:
+        child = Child(broker, code)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        if child.process.poll() is None:
+            child.process.kill()
+        if not child.process.stdout.closed:
+            child.finish()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mq_on_broker(broker):
+    mq.init_connection((broker.host, broker.port))
+    yield
+    mq.close_connection()
+
+
+def uid() -> str:
+    return f"p{uuid.uuid4().hex[:10]}"
+
+
+def test_a_twitter_reaches_another_process_once_and_never_comes_back(children) -> None:
+    n = uid()
+    child = children(f"""
+        from workbench import mq
+        got = []
+
+        @mq.following_function("{n}:*")
+        def follow(m):
+            got.append(("follower", m.id, m.args, m.kwargs))
+
+        @mq.following_function("{n}_own:*")
+        def own(m):
+            got.append(("own", m.id))
+
+        q = mq.Queue("{n}:*")
+        print("ready", flush=True)
+        m = q.get(timeout=10)
+        got.append(("queue", m.id, m.args, m.kwargs))
+        mq.twitter("{n}_own:x")  # its own message: its follower once, not again from the broker
+        mq.twitter("{n}_back:x", 1)
+        q.get(timeout=10)  # the end marker: everything before it has arrived
+        print(repr(got), flush=True)
+        """)
+    here: list = []
+
+    def follow_here(message: mq.Message) -> None:
+        here.append(message.id)
+
+    mq.following_function(f"{n}:*")(follow_here)
+    back = mq.Queue(f"{n}_back:*")
+    assert child.line() == "ready"
+    mq.twitter(f"{n}:x", 1, k="v")
+    assert back.get(timeout=10).args == (1,)
+    mq.twitter(f"{n}:end")
+    assert child.value() == [
+        ("follower", f"{n}:x", (1,), {"k": "v"}),
+        ("queue", f"{n}:x", (1,), {"k": "v"}),
+        ("own", f"{n}_own:x"),
+        ("follower", f"{n}:end", (), {}),
+    ]
+    assert child.finish() == "" and child.process.returncode == 0
+    assert here == [f"{n}:x", f"{n}:end"]  # the sender's own, once each: no echo
+    assert back.empty()
+
+
+def test_wildcards_on_the_sender_side_and_exceptions_cross_processes(children) -> None:
+    n, act = uid(), uid()
+    child = children(f"""
+        from workbench import mq
+        got = []
+
+        def follower(tag):
+            def follow(m):
+                got.append((tag, m.id))
+            return follow
+
+        b, c, err = follower("b"), follower("c"), follower("err")
+        mq.following_function("{n}b:{act}")(b)
+        mq.following_function("{n}c:{act}")(c)
+
+        @mq.following_function("{n}:failed")
+        def failed(m):
+            got.append(("failed", m.args[0][-1], m.type.__name__, str(m.value), m.traceback))
+
+        end = mq.Queue("{n}:end")
+        print("ready", flush=True)
+        end.get(timeout=10)
+        print(repr(got), flush=True)
+        """)
+    assert child.line() == "ready"
+    mq.twitter(f"*:{act}")  # every <name>:{act} follower
+    mq.twitter(f"{n}b")  # every {n}b:<action> follower
+
+    @mq.twitter_exception(f"{n}:failed")
+    def failing():
+        raise ValueError("from the parent")
+
+    failing()
+    mq.twitter(f"{n}:end")
+    assert child.value() == [
+        ("b", f"*:{act}"), ("c", f"*:{act}"), ("b", f"{n}b:*"),
+        # the traceback cannot travel; its text does
+        ("failed", "ValueError: from the parent\n", "ValueError", "from the parent", None),
+    ]
+    assert child.finish() == ""
+
+
+CONSUMER = """
+    from workbench import mq
+    q = mq.Queue("{name}", shared=True)
+    print("ready", flush=True)
+    taken = []
+    while (m := q.get(timeout=10)).args[0] != "stop":
+        taken.append(m.args[0])
+    print(repr(taken), flush=True)
+    """
+
+
+def test_a_shared_queue_hands_each_message_to_one_consumer(children) -> None:
+    name = f"{uid()}:job"
+    consumers = [children(CONSUMER.format(name=name)) for _ in range(3)]
+    for consumer in consumers:
+        assert consumer.line() == "ready"
+    jobs = 90
+    for i in range(jobs):
+        mq.twitter(name, i)
+    for _ in consumers:
+        mq.twitter(name, "stop")
+    taken = [consumer.value() for consumer in consumers]
+    for consumer in consumers:
+        assert consumer.finish() == ""
+    everything = sorted(i for part in taken for i in part)
+    assert everything == list(range(jobs))  # each exactly once, across the three
+    assert all(part == sorted(part) for part in taken)  # each in queue order
+    # the stops were acknowledged when the consumers exited: none came back
+    assert mq.Queue(name, shared=True).qsize() == 0
+
+
+def test_a_killed_consumer_gives_its_message_back(children) -> None:
+    name = f"{uid()}:job"
+    jobs = mq.Queue(name, shared=True)
+    consumer = children(f"""
+        import time
+        from workbench import mq
+        q = mq.Queue("{name}", shared=True)
+        print("ready", flush=True)
+        m = q.get(timeout=10)
+        print(m.args[0], flush=True)
+        time.sleep(30)  # processing, when it is killed
+        """)
+    assert consumer.line() == "ready"
+    mq.twitter(name, "first")
+    mq.twitter(name, "second")
+    assert consumer.line() == "first"
+    time.sleep(0.5)  # longer than a heartbeat interval: still not acknowledged
+    assert jobs.qsize() == 1
+    consumer.process.send_signal(signal.SIGKILL)
+    consumer.finish()
+    # the broker declares the session dead (0.2 s x 3 here) and puts "first" back
+    got = {jobs.get(timeout=5).args[0], jobs.get(timeout=5).args[0]}
+    assert got == {"first", "second"}
+    jobs.close()
+
+
+def test_a_slow_follower_neither_blocks_the_publisher_nor_grows(children, tmp_path) -> None:
+    n, total = uid(), 20_000
+    marker = tmp_path / "go"
+    child = children(f"""
+        import os, time
+        from workbench import mq
+        seen = []
+
+        @mq.following_function("{n}:*")
+        def slow(m):
+            if not seen:  # stuck on the first message until the publisher is done
+                deadline = time.monotonic() + 20
+                while not os.path.exists({str(marker)!r}) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            seen.append(m.args[0])
+
+        print("ready", flush=True)
+        deadline = time.monotonic() + 20
+        while len(seen) + mq.dropped() < {total} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(repr((len(seen), mq.dropped(), seen == sorted(seen), seen[-1])), flush=True)
+        """)
+    assert child.line() == "ready"
+    started = time.monotonic()
+    for i in range(total):
+        mq.twitter(f"{n}:tick", i)
+    elapsed = time.monotonic() - started
+    marker.touch()
+    received, dropped, in_order, last = child.value(timeout=30)
+    assert child.finish() == ""
+    assert elapsed < 5, f"publishing {total} messages took {elapsed:.1f} s"
+    assert dropped > 0 and received + dropped == total  # every message delivered or counted
+    assert in_order and last == total - 1  # the oldest were dropped, the newest kept
+
+
+def test_connection_functions_across_processes(broker, children) -> None:
+    n = uid()
+    child = children(f"""
+        from workbench import mq
+        got = []
+
+        @mq.following_function("{n}_direct:*")
+        def direct(m):
+            got.append((m.id, m.args))
+
+        token = mq.connect_via_queue(({broker.host!r}, {broker.port}), "{n}:*")
+        print("ready", flush=True)
+        m = mq.get(token, timeout=10)
+        print(repr((m.id, m.args, got)), flush=True)
+        """)
+    here: list = []
+
+    def local(message: mq.Message) -> None:
+        here.append(message)
+
+    mq.following_function(f"{n}_direct:*")(local)
+    assert child.line() == "ready"
+    token = mq.connect_oneway((broker.host, broker.port))
+    assert mq.send_message(token, f"{n}_direct:x", 5) == "ok"  # there, not here
+    mq.twitter(f"{n}:hello", 1)
+    assert child.value() == (f"{n}:hello", (1,), [(f"{n}_direct:x", (5,))])
+    assert child.finish() == ""
+    assert here == []
+    assert mq.close_connection(token) == "ok"
+
+
+def test_a_forked_child_uses_a_session_of_its_own() -> None:
+    n = uid()
+    heard = mq.Queue(f"{n}:*")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded" fork
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 1
+        try:
+            mq.twitter(f"{n}:from_child", os.getpid())
+            transport.bus().publish(f"{n}:sync", None, wait=True)  # everything has left
+            status = 0
+        finally:
+            os._exit(status)
+    # Had the child spoken with this process's session, the broker would not have sent its
+    # message here (a sender never hears itself).
+    message = heard.get(timeout=10)
+    assert message.id == f"{n}:from_child" and message.args == (pid,)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert heard.get(timeout=10).id == f"{n}:sync"
+    # and this process's session is intact: the broker still serves it
+    shared = mq.Queue(f"{n}_shared", shared=True)
+    mq.twitter(f"{n}_shared:x", "still here")
+    assert shared.get(timeout=5).args == ("still here",)
+    assert heard.empty()
+    shared.close()

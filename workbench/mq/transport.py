@@ -1,0 +1,239 @@
+"""This process's one connection to the broker, as ``workbench.mq`` uses it.
+
+Owns which broker mq talks to (``init_connection``; otherwise ``WORKBENCH_BROKER``, the default
+broker or a private one, as ``NetWorkSpace`` finds it), the ``MessageBus`` on that connection
+(made lazily, on the first follower, queue or twitter), publishing, and the acknowledgement of
+messages that shared queues hold under lease when the process exits or changes brokers.
+
+Fork safety: a child process must never speak with its parent's session (its goodbye would end
+the parent's). After ``fork`` the inherited connection is disowned, never closed or collected,
+and the child makes its own on first use; ``os.getpid()`` is checked as well, for forks that
+bypass ``os.register_at_fork``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import weakref
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
+
+from ..client.connection import Channel, Connection
+from ..client.embedded import connect
+from ..client.pubsub import MessageBus
+from ..config import normalize_address
+from ..errors import NwsException, NwsPicklingException
+from ..protocol import Op, pack_channel_acks
+
+log = logging.getLogger("workbench.mq")
+
+#: Seconds a lease acknowledgement may wait for the broker (at exit, on a broker change).
+ACK_TIMEOUT = 2.0
+
+
+class LeaseHolder(Protocol):
+    def take_leases(self) -> list[tuple[Channel, int, int]]:
+        """Forget and return the (channel, request id, bus generation) of unacknowledged
+        messages."""
+
+
+class Transport:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._connection: Connection | None = None
+        self._bus: MessageBus | None = None
+        self._inherited: list[Connection] = []  # a parent's, kept from ever being collected
+        self.address: str | None = None  # chosen by init_connection; None: found as usual
+        self.generation = 0  # counts the buses made: a shared queue re-declares on a new one
+        self.on_message: Callable[[str, Any], None] | None = None  # the registry's dispatch
+        self.on_new_bus: Callable[[], None] | None = None  # the registry re-subscribes
+        self.lease_holders: weakref.WeakSet[LeaseHolder] = weakref.WeakSet()
+        self.unpublished = 0
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ the bus
+
+    def bus(self) -> MessageBus:
+        """The bus, connecting first if there is none (or it was closed, or this is a child)."""
+        bus, connection = self._bus, self._connection
+        if bus is not None and self._pid == os.getpid() and not connection.closed:
+            return bus
+        with self._lock:
+            if self._pid != os.getpid():
+                self.after_fork()
+            made = self._bus is None or self._connection.closed
+            if made:
+                connection = self._connect()
+                self._connection, self._bus = connection, MessageBus(connection, self._received)
+                self.generation += 1
+            bus = self._bus
+        if made and self.on_new_bus is not None:
+            self.on_new_bus()
+        return bus
+
+    def connection(self) -> Connection:
+        self.bus()
+        return self._connection
+
+    def current(self) -> MessageBus | None:
+        """The bus if there is a usable one; never connects."""
+        if self._bus is None or self._pid != os.getpid() or self._connection.closed:
+            return None
+        return self._bus
+
+    def _connect(self) -> Connection:
+        return open_connection(self.address)
+
+    def _received(self, identifier: str, value: Any) -> None:
+        if self.on_message is not None:
+            self.on_message(identifier, value)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, identifier: str, value: Any,
+                link: tuple[MessageBus, Connection] | None = None) -> bool:
+        """Hand a message to the broker (mq's, or a ``link``'s) without waiting. A value that
+        cannot be pickled is not sent (the sender's own followers still get it), nor anything
+        while the connection's heartbeat finds the broker gone: counted, and logged once per
+        identifier."""
+        if link is None:
+            bus = self.bus()
+            link = bus, self._connection
+        bus, connection = link
+        broken = connection.broken
+        if broken:  # sending would queue up in the socket, then block: the broker is gone
+            return self._unpublished(identifier, f"the broker is unreachable ({broken})")
+        try:
+            bus.publish(identifier, value)
+        except NwsPicklingException as exc:
+            return self._unpublished(identifier, f"its arguments cannot be pickled ({exc})")
+        return True
+
+    def _unpublished(self, identifier: str, why: str) -> bool:
+        self.unpublished += 1
+        if identifier not in self._warned and len(self._warned) < 1000:  # not a log flood
+            self._warned.add(identifier)
+            log.warning("mq: %s reached this process's followers only: %s", identifier, why)
+        return False
+
+    # ------------------------------------------------------------------ which broker
+
+    def use(self, address: str | None) -> None:
+        """Talk to the broker at ``address`` from now on (None: find it as usual), closing the
+        connection to another one. The registry re-subscribes on the new bus."""
+        with self._lock:
+            if self.current() is not None and same_broker(self._connection.address, address):
+                self.address = address
+                return
+            self.close()
+            self.address = address
+
+    def close(self) -> None:
+        """Acknowledge what shared queues hold, then end the session."""
+        with self._lock:
+            connection = self._connection
+            if connection is not None and self._pid == os.getpid() and not connection.closed:
+                self.settle_leases()
+                connection.close()
+            self._connection = self._bus = None
+
+    def settle_leases(self) -> None:
+        """Acknowledge now every message a shared queue of this process holds under lease,
+        whichever thread's channel took it: one heartbeat request carries (channel, request
+        id) pairs, as the heartbeat thread's own do."""
+        pending = []
+        for holder in list(self.lease_holders):
+            pending.extend(holder.take_leases())
+        self.acknowledge(pending)
+
+    def acknowledge(self, pending: list[tuple[Channel, int, int]]) -> None:
+        connection = self._connection
+        pairs = [(channel.number, request_id) for channel, request_id, generation in pending
+                 if generation == self.generation]  # an older session's leases went with it
+        if not pairs or connection is None or connection.closed or self._pid != os.getpid():
+            return
+        try:
+            connection.call(Op.HEARTBEAT, [pack_channel_acks(pairs)], timeout=ACK_TIMEOUT)
+        except NwsException as exc:  # the broker gives the messages back: at least once
+            log.warning("mq: %d shared-queue messages were not acknowledged: %s",
+                        len(pairs), exc)
+
+    # ------------------------------------------------------------------ fork
+
+    def after_fork(self) -> None:
+        """In a child: disown the parent's session, so that nothing here ever closes it (its
+        goodbye would end the parent's session at the broker), and start afresh."""
+        self._lock = threading.RLock()
+        connection = self._connection
+        if connection is not None and self._pid != os.getpid():
+            connection._closed = True  # close_all() at exit skips it
+            connection._finalizer.detach()  # collecting it would say goodbye too
+            self._inherited.append(connection)
+        self._connection = self._bus = None
+        self._pid = os.getpid()
+        self.lease_holders = weakref.WeakSet()
+
+
+def open_connection(address: str | None) -> Connection:
+    """A new session with the broker at ``address``, or the one found as usual."""
+    if address is None:
+        return connect()
+    parts = urlsplit(address)
+    return connect(parts.hostname, parts.port)
+
+
+def same_broker(address: str, other: str | None) -> bool:
+    """Whether two broker addresses name one broker (``localhost`` is ``127.0.0.1``).
+    ``None`` (find it as usual) matches whatever broker is in use."""
+    if other is None:
+        return True
+    a, b = urlsplit(address), urlsplit(other)
+    if a.port != b.port:
+        return False
+    if a.hostname == b.hostname:
+        return True
+    try:
+        return socket.gethostbyname(a.hostname) == socket.gethostbyname(b.hostname)
+    except OSError:
+        return False
+
+
+def broker_address(addr: tuple[str, int] | str | None) -> str | None:
+    """berryMQ's ``(host, port)`` (or ``"host:port"``) -> a broker address; port 0, like
+    berryMQ's default ``("localhost", 0)``, and None mean "find the broker as usual"."""
+    if addr is None:
+        return None
+    if isinstance(addr, str):
+        return normalize_address(addr)
+    host, port = addr
+    if not port:
+        return None
+    return normalize_address(f"{host or 'localhost'}:{int(port)}")
+
+
+transport = Transport()
+
+
+def _after_fork_in_child() -> None:
+    transport.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _settle_at_exit() -> None:
+    if transport.current() is not None:
+        transport.settle_leases()
+
+
+# Exit handlers run last registered first. Connections are closed at exit by their finalizers
+# (``weakref.finalize`` registers its handler when the first one is made) and by the embedded
+# broker's handler: making a finalizer first ensures both are registered before this one, which
+# therefore acknowledges the leases while the session is still open.
+weakref.finalize(transport, lambda: None)
+atexit.register(_settle_at_exit)
