@@ -83,6 +83,16 @@ channels that only receives; ``channel`` arguments name it. Deliveries are not r
     WATCH       channel, ws or *               -> OK json {ws: {var: [values, mode]}} snapshot
     UNWATCH     channel, ws or *               -> OK
 
+Work queues (see ``broker/state/batches.py``)::
+
+    STORE_MANY  ws, var, records <I length + value's first frame; extra frames after
+                                              -> OK decimal count
+    FETCH_MANY  ws, var, most, block (0/1)    -> OK <H count, then per value <QHI (sequence,
+                                                 returns, first frame length) + first frame;
+                                                 extra frames after; all under one lease
+                                                 | MISSING
+    END_SESSION host, pid                     -> OK decimal number of sessions ended
+
     delivery    header (version, DELIVERY, number of extra frames, messages dropped so far)
                 body: 0x01 identifier NUL value's first frame (extra frames follow) | 0x02 json
                 list of coalesced workspace events {ws, event, count[, var, values]}
@@ -105,6 +115,9 @@ META = struct.Struct("<QQ")
 KV_RECORD = struct.Struct("<HQI")  # KV_GET_MULTI reply: key index, version, first frame length
 KV_ITEM = struct.Struct("<HI")  # KV_SET_MULTI request: key length, first frame length
 VERSION_SHIFT = 32  # an entry's version = variable id << VERSION_SHIFT | value sequence
+MANY_ITEM = struct.Struct("<I")  # STORE_MANY request: first frame length, then the frame
+MANY_COUNT = struct.Struct("<H")  # FETCH_MANY reply: how many values follow
+MANY_RECORD = struct.Struct("<QHI")  # FETCH_MANY reply: sequence, returns, first frame length
 SEPARATOR = b"\0"
 
 FLAG_ACKS = 1
@@ -114,8 +127,8 @@ VALUE_SHARED = 2
 
 #: Ops whose last argument is a value's first frame (which may contain NUL): their number of
 #: arguments before it.
-VALUE_ARITY = {30: 2, 40: 5, 47: 2, 49: 3, 60: 2}
-# (STORE, KV_STORE, KV_SET_MULTI, KV_COMPARE_SWAP, MQ_PUBLISH)
+VALUE_ARITY = {30: 2, 40: 5, 47: 2, 49: 3, 60: 2, 70: 2}
+# (STORE, KV_STORE, KV_SET_MULTI, KV_COMPARE_SWAP, MQ_PUBLISH, STORE_MANY)
 
 #: Bytes of random session id at the start of every client socket's routing identity; the two
 #: bytes after it number the socket (channel) within the session.
@@ -163,6 +176,9 @@ class Op(enum.IntEnum):
     MQ_QUEUE = 64
     WATCH = 65
     UNWATCH = 66
+    STORE_MANY = 70
+    FETCH_MANY = 71
+    END_SESSION = 72
 
 
 class Status(enum.IntEnum):

@@ -24,6 +24,7 @@ from ...protocol import (
     ProtocolError, Status, VersionMismatch, parse_head, reply_head, value_reply_head,
     split_args, unpack_acks, unpack_channel_acks,
 )
+from .batches import Batches
 from .keyvalue import KeyValue
 from .operations import Operations
 from .pubsub import FlowLimits, PubSub, Subscriber
@@ -44,7 +45,7 @@ class Limits:
     flow: FlowLimits = field(default_factory=FlowLimits)
 
 
-class BrokerState(Operations, KeyValue, PubSub):
+class BrokerState(Operations, KeyValue, PubSub, Batches):
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, files=None) -> None:
         self.limits = limits or Limits()
@@ -94,6 +95,8 @@ class BrokerState(Operations, KeyValue, PubSub):
             Op.MQ_PUBLISH: self._mq_publish, Op.MQ_SUBSCRIBE: self._mq_subscribe,
             Op.MQ_UNSUBSCRIBE: self._mq_unsubscribe, Op.MQ_CREDIT: self._mq_credit,
             Op.MQ_QUEUE: self._mq_queue, Op.WATCH: self._watch, Op.UNWATCH: self._unwatch,
+            Op.STORE_MANY: self._store_many, Op.FETCH_MANY: self._fetch_many,
+            Op.END_SESSION: self._end_session_of,
         }
         # (consume, block, iterate) for the eight ways of reading a variable
         for op, how in {
@@ -377,7 +380,7 @@ class BrokerState(Operations, KeyValue, PubSub):
                 self._error(key[0], key[1], Status.SHUTTING_DOWN,
                             "the connection to the broker was closed")
         session.waiting.clear()
-        self._return_leases(list(session.leases))
+        self._return_leases(list(session.leases), holder_ended=True)
         for name in list(session.owned):
             ws = self.spaces.get(name)
             if ws is not None and not ws.persistent:
@@ -390,7 +393,8 @@ class BrokerState(Operations, KeyValue, PubSub):
     # ---------------------------------------------------------------- leases and waiters
 
     def _lease(self, session: Session, peer: bytes, request_id: int, var: Variable,
-               value: Value) -> None:
+               value: Value | list[Value]) -> None:
+        """Hand ``value`` (or a FETCH_MANY's list of values) over until acknowledged."""
         key = (peer, request_id)
         self.leases[key] = (var, value, session)
         session.leases.add(key)
@@ -398,27 +402,35 @@ class BrokerState(Operations, KeyValue, PubSub):
     def _ack(self, key: tuple[bytes, int]) -> None:
         entry = self.leases.pop(key, None)
         if entry is not None:
-            self._discard(entry[1])
+            if type(entry[1]) is list:
+                for value in entry[1]:
+                    self._discard(value)
+            else:
+                self._discard(entry[1])
             entry[2].leases.discard(key)
 
     def _return_lease(self, key: tuple[bytes, int]) -> None:
         self._return_leases([key])
 
-    def _return_leases(self, keys: list[tuple[bytes, int]]) -> None:
+    def _return_leases(self, keys: list[tuple[bytes, int]], holder_ended: bool = False) -> None:
         """Put unacknowledged values back at the head of their variables, then serve whoever
         waits there. Several values of one variable go back in store order, so a FIFO queue, a
-        LIFO stack or a SINGLE's newest value comes back exactly as it was."""
+        LIFO stack or a SINGLE's newest value comes back exactly as it was. ``holder_ended``:
+        the session holding them ended (each value counts it in ``returns``), rather than
+        cancelling the request."""
         returned: dict[int, tuple[Variable, list[Value]]] = {}
         for key in keys:
             entry = self.leases.pop(key, None)
             if entry is None:
                 continue
-            var, value, session = entry
+            var, values, session = entry
             session.leases.discard(key)
-            if var.live:
-                returned.setdefault(var.id, (var, []))[1].append(value)
-            else:
-                self._discard(value)
+            for value in values if type(values) is list else (values,):
+                value.returns += holder_ended
+                if var.live:
+                    returned.setdefault(var.id, (var, []))[1].append(value)
+                else:
+                    self._discard(value)
         for var, values in returned.values():
             # SINGLE keeps only the newest, so it must go back first; others oldest first.
             values.sort(key=lambda value: value.seq, reverse=var.mode == SINGLE)
@@ -443,6 +455,9 @@ class BrokerState(Operations, KeyValue, PubSub):
         while var.fetchers and var.values:
             waiter = var.fetchers.popleft()
             self._unwait(waiter)
+            if waiter.many:
+                self._take_many(waiter.session, waiter.peer, waiter.request_id, var, waiter.many)
+                continue
             value = var.take(self.rng)
             if self.watched:
                 self._event(var.workspace.name, "fetched", var.name)
@@ -501,6 +516,10 @@ class BrokerState(Operations, KeyValue, PubSub):
         if var.fetchers:
             waiter = var.fetchers.popleft()
             self._unwait(waiter)
+            if waiter.many:
+                self._lease(waiter.session, waiter.peer, waiter.request_id, var, [value])
+                self._reply_many(waiter.peer, waiter.request_id, [value], waiter.session)
+                return
             self._lease(waiter.session, waiter.peer, waiter.request_id, var, value)
             self._reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
         else:

@@ -19,7 +19,7 @@ ITERABLE_MODES = (FIFO, SINGLE)
 class Value:
     """One stored value: its frames ([descriptor, *payload], opaque) and its store sequence."""
 
-    __slots__ = ("frames", "size", "seq", "shared", "found")
+    __slots__ = ("frames", "size", "seq", "shared", "found", "returns")
 
     def __init__(self, frames: list, size: int, seq: int = 0, shared: bytes | None = None) -> None:
         self.frames = frames
@@ -27,20 +27,22 @@ class Value:
         self.seq = seq
         self.shared = shared  # the shared-memory reference, when the data lives in a file
         self.found = False  # sent to a finder, who maps it without acknowledging
+        self.returns = 0  # times it came back because the session holding it ended
 
 
 class Waiter:
     """A blocked request: who asked, its request id, and what it wants."""
 
-    __slots__ = ("peer", "request_id", "session", "consume", "cookie")
+    __slots__ = ("peer", "request_id", "session", "consume", "cookie", "many")
 
     def __init__(self, peer: bytes, request_id: int, session: Any, consume: bool,
-                 cookie: int | None = None) -> None:
+                 cookie: int | None = None, many: int = 0) -> None:
         self.peer = peer
         self.request_id = request_id
         self.session = session
         self.consume = consume
         self.cookie = cookie  # for ifind: deliver only values with a larger sequence
+        self.many = many  # FETCH_MANY: take up to this many values at once (0: a plain fetch)
 
 
 class Variable:

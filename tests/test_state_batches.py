@@ -1,0 +1,131 @@
+"""Unit tests of the work-queue operations of the broker state (``broker/state/batches.py``):
+STORE_MANY, FETCH_MANY under one lease, the ``returns`` count, and END_SESSION."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from .state_driver import StateDriver
+from workbench import codec
+from workbench.protocol import MANY_COUNT, MANY_ITEM, MANY_RECORD, Op, Status
+
+WS = "pool"
+
+
+@pytest.fixture
+def driver() -> StateDriver:
+    return StateDriver(rng=random.Random(0))
+
+
+def store_many(d: StateDriver, peer: bytes, var: str, values) -> None:
+    records, extra = [], []
+    for value in values:
+        first, *rest = codec.encode(value)
+        records.append(MANY_ITEM.pack(len(first)) + first)
+        extra.extend(rest)
+    reply = d.call(peer, Op.STORE_MANY, [WS.encode(), var.encode(), b"".join(records)], extra)
+    assert reply.ok and reply.body == b"%d" % len(values), reply
+
+
+def decode_many(reply) -> list[tuple[object, int]]:
+    assert reply.ok, reply
+    (count,) = MANY_COUNT.unpack_from(reply.body)
+    offset, extra, out = MANY_COUNT.size, list(reply.extra), []
+    for _ in range(count):
+        _, returns, length = MANY_RECORD.unpack_from(reply.body, offset)
+        offset += MANY_RECORD.size
+        first = reply.body[offset:offset + length]
+        offset += length
+        nextra = codec.DESCRIPTOR.unpack_from(first)[2]
+        out.append((codec.decode([first, *extra[:nextra]]), returns))
+        del extra[:nextra]
+    return out
+
+
+def fetch_many(d, peer, var, most, block=True) -> int:
+    return d.send(peer, Op.FETCH_MANY, [WS.encode(), var.encode(), b"%d" % most,
+                                        b"1" if block else b"0"])
+
+
+def test_store_many_then_fetch_many_in_order(driver) -> None:
+    master, worker = driver.client(WS), driver.client(WS)
+    store_many(driver, master, "tasks", list(range(10)) + [b"z" * 70_000])
+    first = decode_many(driver.reply(worker, fetch_many(driver, worker, "tasks", 4)))
+    assert first == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    rest = decode_many(driver.reply(worker, fetch_many(driver, worker, "tasks", 100)))
+    assert [v for v, _ in rest] == [4, 5, 6, 7, 8, 9, b"z" * 70_000]
+    assert driver.reply(worker, fetch_many(driver, worker, "tasks", 5, block=False)).status \
+        == Status.MISSING
+
+
+def test_a_blocked_fetch_many_gets_the_next_store(driver) -> None:
+    master, worker = driver.client(WS), driver.client(WS)
+    request = fetch_many(driver, worker, "tasks", 10)
+    assert driver.reply(worker, request) is None
+    driver.store(master, WS, "tasks", "one")
+    assert decode_many(driver.reply(worker, request)) == [("one", 0)]
+
+
+def test_all_values_of_a_fetch_many_go_back_when_its_holder_dies_and_count_it(driver) -> None:
+    master, worker, other = driver.client(WS), driver.client(WS), driver.client(WS)
+    store_many(driver, master, "tasks", ["a", "b", "c"])
+    decode_many(driver.reply(worker, fetch_many(driver, worker, "tasks", 2)))
+    driver.advance(driver.timeout + 1)
+    driver.heartbeat(master)
+    driver.heartbeat(other)
+    driver.expire()
+    again = decode_many(driver.reply(other, fetch_many(driver, other, "tasks", 10)))
+    assert again == [("a", 1), ("b", 1), ("c", 0)]
+
+
+def test_an_acknowledged_fetch_many_is_gone_for_good(driver) -> None:
+    master, worker = driver.client(WS), driver.client(WS)
+    store_many(driver, master, "tasks", ["a", "b"])
+    request = fetch_many(driver, worker, "tasks", 2)
+    driver.reply(worker, request)
+    memory = driver.state.memory
+    driver.ack(worker, request)
+    assert driver.state.memory < memory and not driver.state.leases
+    driver.bye(worker)
+    assert driver.var_counts(master, WS)["tasks"][0] == 0
+
+
+def test_cancelling_a_fetch_many_returns_its_values_without_counting(driver) -> None:
+    master, worker = driver.client(WS), driver.client(WS)
+    store_many(driver, master, "tasks", ["a", "b"])
+    request = fetch_many(driver, worker, "tasks", 2)
+    driver.reply(worker, request)
+    driver.cancel(worker, request)
+    assert decode_many(driver.reply(master, fetch_many(driver, master, "tasks", 5))) == \
+        [("a", 0), ("b", 0)]
+
+
+def test_end_session_ends_a_dead_processs_sessions_now(driver) -> None:
+    master = driver.client(WS)
+    worker = driver.new_peer()
+    driver.hello(worker, pid=777, host="node")
+    driver.use_ws(worker, WS)
+    store_many(driver, master, "tasks", ["a"])
+    driver.reply(worker, fetch_many(driver, worker, "tasks", 1))
+    reply = driver.call(master, Op.END_SESSION, [b"node", b"777"])
+    assert reply.body == b"1"
+    assert decode_many(driver.reply(master, fetch_many(driver, master, "tasks", 1))) == \
+        [("a", 1)]
+
+
+@pytest.mark.parametrize("most", [b"0", b"70000", b"x"])
+def test_fetch_many_needs_a_sensible_count(driver, most) -> None:
+    peer = driver.client(WS)
+    reply = driver.call(peer, Op.FETCH_MANY, [WS.encode(), b"t", most, b"0"])
+    assert reply.status == Status.BAD_REQUEST
+
+
+def test_truncated_store_many_stores_nothing(driver) -> None:
+    peer = driver.client(WS)
+    first = codec.encode("a")[0]
+    blob = MANY_ITEM.pack(len(first)) + first
+    reply = driver.call(peer, Op.STORE_MANY, [WS.encode(), b"t", blob + blob[:-1]])
+    assert reply.status == Status.BAD_REQUEST
+    assert "t" not in driver.var_counts(peer, WS)
