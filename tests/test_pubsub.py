@@ -153,3 +153,41 @@ def test_status_shows_subscribers_and_their_drops(broker, connection) -> None:
     assert text.returncode == 0, text.stderr
     line = next(line for line in text.stdout.splitlines() if "status:*" in line)
     assert "delivered 0" in line and "dropped 0" in line
+
+
+def test_publishing_to_a_dead_broker_raises_instead_of_hanging(make_broker) -> None:
+    from workbench import NwsConnectionDroppedException
+
+    doomed = make_broker()
+    connection = connect(doomed.host, doomed.port)
+    bus = MessageBus(connection)
+    doomed.process.kill()
+    doomed.process.wait()
+    outcome: list = []
+
+    def flood() -> None:
+        try:
+            for i in range(20_000):
+                bus.publish("x:y", i)
+            outcome.append("all sent")
+        except NwsConnectionDroppedException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive(), "publish hung on a dead broker"
+    assert isinstance(outcome[0], NwsConnectionDroppedException)
+    connection.close()
+
+
+def test_an_oversized_message_is_refused_before_it_is_sent(make_broker) -> None:
+    from workbench import NwsMessageTooLargeException
+
+    small = make_broker("--max-message-size", "100000")
+    connection = connect(small.host, small.port)
+    try:
+        with pytest.raises(NwsMessageTooLargeException):
+            MessageBus(connection).publish("x:y", b"z" * 200_000)
+    finally:
+        connection.close()

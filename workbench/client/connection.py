@@ -82,6 +82,7 @@ class Channel:
         self.socket.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(number))
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.RCVTIMEO, int(_POLL_SLICE * 1000))
+        self.socket.setsockopt(zmq.SNDTIMEO, int(_POLL_SLICE * 1000))
         self.socket.connect(address)
         self.rcvtimeo = int(_POLL_SLICE * 1000)
         self.ids = itertools.count(1)
@@ -89,8 +90,13 @@ class Channel:
         self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
         self.acks: deque[int] = deque()  # leased values consumed, not yet acknowledged
 
-    def send(self, op: int, args: list, frames: list | tuple = ()) -> int:
-        """Send a request -> its id. The value's first frame rides in the head, after ``args``."""
+    def send(self, op: int, args: list, frames: list | tuple = (),
+             alive: Callable[[], None] | None = None) -> int:
+        """Send a request -> its id. The value's first frame rides in the head, after ``args``.
+
+        When ZeroMQ's queue to the broker is full (a broker that stopped reading), the send
+        waits in slices and calls ``alive``, which raises once the broker is known gone:
+        a fire-and-forget publisher never hangs on a dead broker."""
         request_id = next(self.ids) & 0xFFFFFFFF
         if frames:
             args = [*args, frames[0]]
@@ -112,12 +118,16 @@ class Channel:
             head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
         send = self.socket.send
         last = len(frames) - 1
+        while True:
+            try:
+                send(head, _SNDMORE if last > 0 else 0)
+                break
+            except zmq.Again:  # the send timeout (a poll slice) passed with the queue full
+                if alive is not None:
+                    alive()
         if last > 0:
-            send(head, _SNDMORE)
             for index in range(1, last + 1):
                 send(frames[index], _SNDMORE if index < last else 0, copy=False)
-        else:
-            send(head)
         return request_id
 
     def receive(self, request_id: int, deadline: float | None,
@@ -284,9 +294,9 @@ class Connection:
             if spill:
                 frames, spilled = self._prepare_large(frames)
             else:
-                self._check_size(frames, sum(memoryview(frame).nbytes for frame in frames[1:]))
+                self.check_size(frames)
         try:
-            request_id = channel.send(op, args, frames)
+            request_id = channel.send(op, args, frames, self.check_alive)
         except BaseException:
             if spilled:
                 os.unlink(spilled)
@@ -325,8 +335,11 @@ class Connection:
         self._check_size(frames, size)
         return frames, None
 
-    def _check_size(self, frames: list | tuple, size: int) -> None:
+    def check_size(self, frames: list | tuple) -> None:
         """Refuse before sending what the broker would refuse after receiving it all."""
+        self._check_size(frames, sum(memoryview(frame).nbytes for frame in frames[1:]))
+
+    def _check_size(self, frames: list | tuple, size: int) -> None:
         size += len(frames[0])
         limit = self.info["max_message_size"]
         if size > limit:

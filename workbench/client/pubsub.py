@@ -59,8 +59,11 @@ class MessageBus:
         ident = _identifier(identifier)
         frames = codec.encode(value)
         if not wait:
-            channel = self._connection.channel()
-            channel.send(Op.MQ_PUBLISH, [ident, b"0"], frames)
+            connection = self._connection
+            if len(frames) > 1:  # refused here: an unanswered publish gets no error back
+                connection.check_size(frames)
+            connection.channel().send(Op.MQ_PUBLISH, [ident, b"0"], frames,
+                                      connection.check_alive)
             return None
         head = self._connection.read(Op.MQ_PUBLISH, [ident, b"1"], frames, spill=False)[1][0]
         return int(head[HEADER_SIZE:])
