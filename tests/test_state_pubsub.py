@@ -221,13 +221,26 @@ def test_a_burst_of_stores_is_coalesced_while_a_batch_is_in_flight(driver) -> No
     inbox = driver.other_channel(watcher, CHANNEL)
     for i in range(1000):
         driver.store(owner, "demo", "x", i)
-    assert events(driver, inbox) == [[{"ws": "demo", "event": "created", "count": 1,
-                                       "var": "x", "values": 0}]]
+    # the first request's changes go together, with the state after it
+    assert events(driver, inbox) == [[
+        {"ws": "demo", "event": "created", "count": 1, "var": "x", "values": 1},
+        {"ws": "demo", "event": "stored", "count": 1, "var": "x", "values": 1}]]
     credit(driver, watcher, 0, 1)
-    assert events(driver, inbox) == [[{"ws": "demo", "event": "stored", "count": 1000,
+    assert events(driver, inbox) == [[{"ws": "demo", "event": "stored", "count": 999,
                                        "var": "x", "values": 1000}]]
     credit(driver, watcher, 0, 1)
     assert events(driver, inbox) == []
+
+
+def test_an_event_carries_the_values_after_its_change(driver) -> None:
+    owner, watcher = driver.client("demo"), driver.connect()
+    driver.call(watcher, Op.WATCH, [b"%d" % CHANNEL, b"demo"])
+    inbox = driver.other_channel(watcher, CHANNEL)
+    for expected in range(1, 6):
+        driver.store(owner, "demo", "x", expected)
+        (batch,) = events(driver, inbox)
+        assert batch[-1]["event"] == "stored" and batch[-1]["values"] == expected
+        credit(driver, watcher, 0, 1)
 
 
 def test_every_kind_of_change_is_an_event(driver) -> None:

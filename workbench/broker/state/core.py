@@ -76,6 +76,7 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
         self.pattern_index: dict[str | None, dict[str | None, dict[Subscriber, set]]] = {}
         self.shared_queues: dict[str, tuple] = {}
         self.watched: dict[str, set[Subscriber]] = {}
+        self.event_ready: set[Subscriber] = set()  # watchers with events to send (pubsub)
         # (deadline, variable id, variable) of key-value entries that expire; see keyvalue
         self.deadlines: list[tuple[float, int, Variable]] = []
         self.deadlines_limit = 1024  # when to drop stale deadlines (see keyvalue)
@@ -170,6 +171,8 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
             self.counters["internal_errors"] += 1
             self.notices.append("internal error:\n" + traceback.format_exc())
             self._error(peer, request_id, Status.INTERNAL, "internal broker error (logged)")
+        if self.event_ready:
+            self.flush_events()
 
     def reject_oversized(self, peer: bytes, head: bytes, size: int) -> None:
         """Answer a request whose frames add up to more than the message size limit."""
@@ -187,6 +190,11 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
         key-value entries."""
         self.now = now
         self.reap_expired(now)
+        self._expire_sessions(now)
+        if self.event_ready:
+            self.flush_events()
+
+    def _expire_sessions(self, now: float) -> None:
         timeout = self.limits.liveness.timeout
         for session in self.sessions.silent_since(now - timeout):
             self._end_session(session, "timed out", notify_waiters=False)

@@ -246,7 +246,7 @@ class PubSub:
         if int(args[2]):
             subscriber.batch_in_flight = False
             if subscriber.events:
-                self._send_events(subscriber)
+                self.event_ready.add(subscriber)
 
     # ---------------------------------------------------------------- workspace events
 
@@ -282,7 +282,9 @@ class PubSub:
                           for var in ws.variables.values()} for ws in spaces}
 
     def _event(self, ws_name: str, event: str, var: str | None = None) -> None:
-        """Record a change for whoever watches ``ws_name``; called only when someone watches."""
+        """Record a change for whoever watches ``ws_name``; called only when someone watches.
+        Batches go out when the request is done (``flush_events``), so they carry the state
+        after it and all of its changes together."""
         watched = self.watched
         subscribers = watched.get(ws_name, ())
         everyone = watched.get("*", ())
@@ -291,7 +293,14 @@ class PubSub:
                 key = (ws_name, event, var)
                 subscriber.events[key] = subscriber.events.get(key, 0) + 1
                 if not subscriber.batch_in_flight:
-                    self._send_events(subscriber)
+                    self.event_ready.add(subscriber)
+
+    def flush_events(self) -> None:
+        """Send a batch to every watcher that has events and none in flight."""
+        for subscriber in self.event_ready:
+            if subscriber.events and not subscriber.batch_in_flight:
+                self._send_events(subscriber)
+        self.event_ready.clear()
 
     def _send_events(self, subscriber: Subscriber) -> None:
         batch = []
