@@ -25,6 +25,7 @@ from .errors import (  # noqa: E402
     NwsVariableDeletedException,
 )
 from .client.keyvalue import KeyValueStore  # noqa: E402
+from .sleigh import RemoteError, Sleigh  # noqa: E402
 
 __all__ = [
     "DICT",
@@ -53,8 +54,10 @@ __all__ = [
     "NwsValueException",
     "NwsValueIterator",
     "NwsVariableDeletedException",
+    "RemoteError",
     "SINGLE",
     "STRING",
+    "Sleigh",
     "V_FETCHERS",
     "V_FINDERS",
     "V_MODE",

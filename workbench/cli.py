@@ -1,5 +1,5 @@
 """The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench status`` asks a
-running broker how it is doing."""
+running broker how it is doing, ``workbench worker`` joins a sleigh (a worker pool)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
+
+    worker = commands.add_parser(
+        "worker", help="join a sleigh (a worker pool) as one more worker",
+        description="Take tasks from a running sleigh until it ends. Sleigh(...).wsName is "
+                    "its name; run this on any machine that reaches the broker.")
+    worker.add_argument("--broker", default=None, metavar="ADDR",
+                        help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
+    worker.add_argument("--sleigh", required=True, metavar="NAME",
+                        help="the sleigh's workspace name")
+    worker.add_argument("--rank", type=int, default=None,
+                        help="the rank to take (default: the next free one)")
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -82,7 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "broker":
         return run_broker(args)
+    if args.command == "worker":
+        return run_worker(args)
     return run_status(args)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from .sleigh.master import WORKER_ENV
+    from .sleigh.worker import run
+
+    os.environ[WORKER_ENV] = "1"  # a task may not start a sleigh of its own
+    address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
+    return run(address, args.sleigh, args.rank, args.parent_pid)
 
 
 def run_broker(args: argparse.Namespace) -> int:

@@ -91,8 +91,13 @@ class Channel:
         self.acks: deque[int] = deque()  # leased values consumed, not yet acknowledged
 
     def send(self, op: int, args: list, frames: list | tuple = (),
-             alive: Callable[[], None] | None = None) -> int:
+             alive: Callable[[], None] | None = None, acks: tuple | list = ()) -> int:
         """Send a request -> its id. The value's first frame rides in the head, after ``args``.
+
+        ``acks``: ids of leased replies this very request acknowledges, besides those queued.
+        They never go through the queue the heartbeat thread drains, so the broker sees them
+        exactly with this request (a worker's result store carries the acknowledgement of
+        the tasks it answers: both or neither reach the broker).
 
         When ZeroMQ's queue to the broker is full (a broker that stopped reading), the send
         waits in slices and calls ``alive``, which raises once the broker is known gone:
@@ -100,22 +105,21 @@ class Channel:
         request_id = next(self.ids) & 0xFFFFFFFF
         if frames:
             args = [*args, frames[0]]
-        acks = self.acks
-        try:
-            first = acks.popleft() if acks else None
-        except IndexError:  # the heartbeat thread took it
-            first = None
-        if first is None:
+        queued = self.acks
+        if not queued and not acks:
             head = request_head(op, request_id, args)
         else:
-            drained = [first]
-            while acks:
+            drained = list(acks)
+            while queued:
                 try:
-                    drained.append(acks.popleft())
-                except IndexError:
+                    drained.append(queued.popleft())
+                except IndexError:  # the heartbeat thread took it
                     break
-            acked = b"%d" % first if len(drained) == 1 else pack_acks(drained)
-            head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
+            if not drained:
+                head = request_head(op, request_id, args)
+            else:
+                acked = b"%d" % drained[0] if len(drained) == 1 else pack_acks(drained)
+                head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
         send = self.socket.send
         last = len(frames) - 1
         while True:
@@ -134,11 +138,21 @@ class Channel:
                 alive: Callable[[], None]) -> tuple[bytes, list]:
         """Wait for the reply to ``request_id`` -> (head, value frames); raises
         NwsTimeoutException at ``deadline``."""
+        return self.receive_any((request_id,), deadline, alive)[1:]
+
+    def receive_any(self, request_ids: tuple | set | frozenset, deadline: float | None,
+                    alive: Callable[[], None]) -> tuple[int, bytes, list]:
+        """Wait for the reply to whichever of ``request_ids`` comes first -> (its id, head,
+        value frames): a client with several requests in flight (a worker waiting on two
+        variables at once) takes what answers. Replies to other requests are kept for their
+        own receive. Raises NwsTimeoutException at ``deadline``."""
         stash = self.stash
         recv = self.socket.recv
         while True:
-            if request_id in stash:
-                return stash.pop(request_id)
+            if stash:
+                for request_id in request_ids:
+                    if request_id in stash:
+                        return (request_id, *stash.pop(request_id))
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -151,8 +165,8 @@ class Channel:
                 continue
             _, _, nframes, got = _unpack_header(head)
             frames = [recv(copy=False) for _ in range(nframes)] if nframes else []
-            if got == request_id:
-                return head, frames
+            if got in request_ids:
+                return got, head, frames
             if got in self.cancelled:
                 continue  # the late answer to a cancelled request: its value went back
             stash[got] = (head, frames)  # another request in flight on this socket
@@ -281,13 +295,15 @@ class Connection:
 
     def read(self, op: int, args: list, frames: list | tuple = (), timeout: float | None = None,
              decode: Callable[[bytes, list], object] | None = None,
-             leased: bool = False, spill: bool = True) -> tuple[int, object]:
+             leased: bool = False, spill: bool = True, acks: tuple | list = ()
+             ) -> tuple[int, object]:
         """Send one request and wait for its reply -> (status, decoded value or (head, frames)).
 
         With ``decode``, an OK reply is decoded before anything is acknowledged; with ``leased``
         the value is then acknowledged. Ctrl-C or the timeout at any point before that cancels
         the request at the broker, which puts a raced value back: nothing is lost. ``spill``
-        lets one value's large frames go through shared memory (``frames`` is one value)."""
+        lets one value's large frames go through shared memory (``frames`` is one value).
+        ``acks``: leased replies this request acknowledges (see ``Channel.send``)."""
         channel = self.channel()
         spilled = None
         if len(frames) > 1:
@@ -296,7 +312,7 @@ class Connection:
             else:
                 self.check_size(frames)
         try:
-            request_id = channel.send(op, args, frames, self.check_alive)
+            request_id = channel.send(op, args, frames, self.check_alive, acks)
         except BaseException:
             if spilled:
                 os.unlink(spilled)

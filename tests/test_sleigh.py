@@ -1,0 +1,433 @@
+"""The worker pool against a real broker and real worker processes: the NetWorkSpaces API
+(eachElem, eachWorker, imap, starmap, status, workerInfo), the Executor API, what travels
+(closures, classes, numpy arrays, output) and what the workspace shows.
+
+One sleigh of two workers serves the module; tests that kill or interrupt workers are in
+``test_sleigh_processes.py``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import time
+
+import pytest
+
+import workbench
+from workbench import NwsServer, RemoteError, Sleigh
+from workbench.sleigh import SleighPending, SleighResultIterator
+from workbench.sleigh.errors import SleighError, SleighTaskException
+
+from .support import wait_for
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture(scope="module")
+def sleigh(broker):
+    s = Sleigh(2, broker=broker.address)
+    yield s
+    s.stop()
+
+
+def rank_by_import():
+    """A module-level function (pickled by reference): the globals come from the module."""
+    from workbench.sleigh.worker import SleighRank, SleighWorkerCount
+
+    return SleighRank, SleighWorkerCount
+
+
+def rank_by_builtin():
+    return SleighRank  # noqa: F821 - a builtin on workers
+
+
+def describe_base(array) -> list[str]:
+    """The chain of objects whose memory an array uses (an mmap: it was never copied)."""
+    chain, obj = [], array
+    for _ in range(8):
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        if obj is None:
+            break
+        chain.append(type(obj).__name__)
+    return chain
+
+
+# ---------------------------------------------------------------------------- the pool
+
+def test_exports_and_names():
+    assert workbench.Sleigh is Sleigh
+    assert issubclass(Sleigh, concurrent.futures.Executor)
+    assert SleighTaskException is RemoteError
+    assert Sleigh.each_elem is Sleigh.eachElem
+    assert Sleigh.each_worker is Sleigh.eachWorker
+    assert Sleigh.worker_info is Sleigh.workerInfo
+
+
+def test_workers_join_and_describe_themselves(sleigh):
+    info = sleigh.workerInfo()
+    assert [w["rank"] for w in info] == [0, 1]
+    assert {w["workbench"] for w in info} == {workbench.__version__}
+    assert all(w["python"] and w["host"] for w in info)
+    for w in info:
+        os.kill(w["pid"], 0)  # alive
+    status = sleigh.status()
+    assert status.workers == 2 and status.ranks == [0, 1] and not status.stopped
+    assert sleigh.workerCount == 2
+
+
+def test_everything_lives_in_the_workspace(sleigh):
+    sleigh.eachElem(abs, [-1])
+    expected = {"task", "result", "task@0", "task@1", "worker@0", "worker@1", "workerCount"}
+    # task@<rank> appear once each worker waits on its own variable
+    names = wait_for(lambda: (lambda names: names if expected <= set(names) else None)(
+        sleigh.nws.listVars(format="dict")), timeout=10)
+    assert any(name.startswith("__function:") for name in names)
+    assert sleigh.nws.find("worker@1")["rank"] == 1
+    mine = [row for row in NwsServer(sleigh.nws.server.serverHost,
+                                     sleigh.nws.server.serverPort).listWss(format="dict")
+            .values() if row[0] == sleigh.wsName]
+    assert mine and not mine[0][3]  # there, and not persistent: purged with the master
+
+
+# ---------------------------------------------------------------------------- eachElem
+
+def test_each_elem_follows_networkspaces(sleigh):
+    assert sleigh.eachElem(abs, [-1, -2, -3]) == [1, 2, 3]
+    # several lists are zipped, stopping at the shortest; fixed arguments are appended
+    assert sleigh.eachElem(lambda a, b, c: (a, b, c), [[1, 2, 3], [4, 5]],
+                           fixedArgs=[9]) == [(1, 4, 9), (2, 5, 9)]
+    # argPermute reorders and selects
+    assert sleigh.eachElem(lambda a, b: a - b, [[10, 20], [1, 2]], argPermute=[1, 0]) == [-9, -18]
+    assert sleigh.eachElem(lambda x: x, [[1, 2], [3, 4]], argPermute=[1]) == [3, 4]
+    # any iterable of elements; tuples stay single elements
+    assert sleigh.eachElem(len, [(1, 2), (3,)]) == [2, 1]
+    assert sleigh.eachElem(lambda x: x * x, range(5)) == [0, 1, 4, 9, 16]
+    assert sleigh.eachElem(abs, []) == []
+
+
+def test_each_elem_chunks_many_tiny_tasks_and_keeps_them_per_element(sleigh):
+    def odd_fails(x):
+        if x % 1000 == 999:
+            raise ValueError(f"bad {x}")
+        return x + 1
+
+    results = sleigh.eachElem(odd_fails, list(range(5000)), timeout=TIMEOUT)
+    assert len(results) == 5000
+    for x in (0, 1, 998, 1000, 4998):
+        assert results[x] == x + 1
+    failed = [x for x, r in enumerate(results) if isinstance(r, RemoteError)]
+    assert failed == [999, 1999, 2999, 3999, 4999]
+    assert results[1999].tag == 1999 and "bad 1999" in str(results[1999])
+
+
+def test_failed_tasks_come_back_as_remote_errors(sleigh):
+    def divide(x):
+        return 1 / x
+
+    results = sleigh.eachElem(divide, [1, 0, 4])
+    assert results[0] == 1.0 and results[2] == 0.25
+    error = results[1]
+    assert isinstance(error, SleighTaskException) and isinstance(error, RemoteError)
+    assert isinstance(error.exception, ZeroDivisionError)
+    assert error.type_name == "ZeroDivisionError" and error.tag == 1 and error.worker in (0, 1)
+    assert "return 1 / x" in error.remote_traceback
+    assert "in divide" in error.remote_traceback
+    assert "_run_items" not in error.remote_traceback  # the worker's own frames are left out
+    rendered = error._render_traceback_()
+    assert isinstance(rendered, list) and all(isinstance(line, str) for line in rendered)
+    assert any("ZeroDivisionError" in line for line in rendered)
+    assert any("return 1 / x" in line for line in rendered)
+
+
+def test_an_exception_that_does_not_pickle_still_reports(sleigh):
+    def raise_unpicklable():
+        class Local(Exception):
+            def __reduce__(self):
+                raise TypeError("no")
+
+        raise Local("local trouble")
+
+    error = sleigh.eachWorker(raise_unpicklable)[0]
+    assert isinstance(error, RemoteError) and error.exception is None
+    assert "local trouble" in str(error) and "Local" in error.type_name
+
+
+def test_closures_lambdas_and_local_classes_travel_by_value(sleigh):
+    offset = 100
+
+    class Point:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def norm1(self):
+            return abs(self.x) + abs(self.y)
+
+    def shift(p):
+        return Point(p.x + offset, p.y)
+
+    moved = sleigh.eachElem(shift, [Point(1, 2), Point(-3, 4)])
+    assert [(p.x, p.y) for p in moved] == [(101, 2), (97, 4)]
+    assert isinstance(moved[0], Point)  # the class came back as itself
+    assert sleigh.eachElem(lambda p: p.norm1(), [Point(-1, 2)]) == [3]
+    assert sleigh.eachElem(lambda x: x + offset, [1]) == [101]
+
+
+def test_worker_globals(sleigh):
+    seen = sleigh.eachWorker(lambda: (SleighRank, SleighWorkerCount,  # noqa: F821
+                                      SleighNws.currentWs(), SleighUserNws.currentWs()))  # noqa: F821
+    assert [s[0] for s in seen] == [0, 1]
+    assert {s[1] for s in seen} == {2}
+    assert {s[2] for s in seen} == {sleigh.nws.currentWs()}
+    assert {s[3] for s in seen} == {sleigh.userNws.currentWs()}
+    assert sleigh.eachWorker(rank_by_import) == [(0, 2), (1, 2)]
+    assert sleigh.eachWorker(rank_by_builtin) == [0, 1]
+    # the user workspace is for coordination between master and workers
+    sleigh.eachWorker(lambda: SleighUserNws.store("hello", SleighRank))  # noqa: F821
+    assert sorted(sleigh.userNws.fetch("hello", timeout=5) for _ in range(2)) == [0, 1]
+
+
+def test_a_worker_cannot_start_a_sleigh(sleigh, broker):
+    address = broker.address
+
+    def nested():
+        return Sleigh(1, broker=address)
+
+    error = sleigh.eachWorker(nested)[0]
+    assert isinstance(error, RemoteError) and error.type_name.endswith("SleighError")
+
+
+def test_the_function_is_stored_once_per_map(sleigh):
+    def count_function_stores(batch):
+        return sum(e["count"] for e in batch
+                   if e["event"] == "stored" and e.get("var", "").startswith("__function:"))
+
+    def tasks_stored(batch):
+        return sum(e["count"] for e in batch if e["event"] == "stored" and e.get("var") == "task")
+
+    scale = 3
+
+    def triple(x):
+        return x * scale
+
+    counts = {"functions": 0, "tasks": 0}
+    with sleigh.nws.watch() as watch:
+        assert sleigh.eachElem(triple, list(range(50)), chunkSize=1) == [3 * x for x in range(50)]
+
+        def drained():
+            try:
+                batch = watch.next_batch(timeout=0.2)
+            except Exception:
+                return counts["tasks"] >= 50
+            counts["functions"] += count_function_stores(batch)
+            counts["tasks"] += tasks_stored(batch)
+            return False
+
+        wait_for(drained, timeout=10)
+    assert counts == {"functions": 1, "tasks": 50}  # 50 tasks, one function store
+
+
+def test_numpy_arrays_travel_without_copies(sleigh):
+    np = pytest.importorskip("numpy")
+    array = np.arange(1_000_000, dtype=np.float64)  # 8 MB: through /dev/shm, out of band
+
+    def double(a):
+        return a * 2, describe_base(a), a.flags.writeable
+
+    [(doubled, worker_chain, writable)] = sleigh.eachElem(double, [array])
+    assert np.array_equal(doubled, array * 2)
+    assert writable and doubled.flags.writeable
+    assert "mmap" in worker_chain  # the worker's argument is the mapped file itself
+    assert "mmap" in describe_base(doubled)  # so is the master's result
+    assert doubled.dtype == np.float64 and doubled.shape == array.shape
+
+
+def test_what_tasks_print_is_labelled_with_the_worker(sleigh, capsys):
+    import sys
+
+    def chatty(x):
+        print(f"out {x}")
+        print(f"err {x}", file=sys.stderr)
+        return x
+
+    capsys.readouterr()
+    sleigh.eachElem(chatty, [1, 2, 3])
+    captured = capsys.readouterr()
+    out_lines = captured.out.splitlines()
+    for x in (1, 2, 3):
+        assert any(line.startswith("[worker ") and line.endswith(f"] out {x}")
+                   for line in out_lines), captured.out
+        assert any(line.endswith(f"] err {x}") for line in captured.err.splitlines())
+    ranks = {int(line.split("]")[0][len("[worker "):]) for line in out_lines}
+    assert ranks <= {0, 1}
+
+
+def test_non_blocking_each_elem_and_accumulators(sleigh):
+    pending = sleigh.eachElem(lambda x: (time.sleep(0.05), x)[1], list(range(6)), blocking=False)
+    assert isinstance(pending, SleighPending)
+    assert pending.total == 6 and 0 < pending.check() <= 6
+    assert pending.wait(timeout=TIMEOUT) == list(range(6))
+    assert pending.check() == 0 and pending.done == 6
+
+    received = []
+    assert sleigh.eachElem(abs, [-1, -2, -3], accumulator=received.extend) is None
+    assert sorted(received) == [(0, 1), (1, 2), (2, 3)]
+
+    class Summer:
+        def __init__(self):
+            self.total, self.errors = 0, []
+
+        def result(self, pairs):
+            self.total += sum(value for _, value in pairs)
+
+        def error(self, pairs):
+            self.errors.extend(tag for tag, _ in pairs)
+
+        def value(self):
+            return self.total
+
+    summer = Summer()
+    assert sleigh.eachElem(lambda x: 10 // x, [1, 2, 0, 5], accumulator=summer) == 17
+    assert summer.errors == [2]
+
+
+def test_load_factor_caps_the_queue(sleigh):
+    def slow(x):
+        time.sleep(0.02)
+        return x
+
+    most = 0
+    pending = sleigh.eachElem(slow, list(range(30)), loadFactor=1, blocking=False)
+    while pending.check():
+        queued = sleigh.nws.listVars(format="dict").get("task", (0, 0))[1]
+        most = max(most, queued)
+        time.sleep(0.003)
+    assert pending.wait(timeout=TIMEOUT) == list(range(30))
+    assert most <= 2  # loadFactor x workers: queued or running, never the whole batch
+
+
+def test_progress_bar(sleigh, capsys):
+    capsys.readouterr()
+    assert sleigh.eachElem(abs, list(range(-20, 0)), progress=True) == list(range(20, 0, -1))
+    err = capsys.readouterr().err
+    assert "20/20" in err and "abs" in err
+    pending = sleigh.eachElem(abs, [-1, -2], blocking=False)
+    assert pending.wait(timeout=TIMEOUT, progress=True) == [1, 2]
+    assert (pending.done, pending.total) == (2, 2)
+
+
+# ---------------------------------------------------------------------------- eachWorker, imap
+
+def test_each_worker_runs_once_on_every_worker(sleigh):
+    pids = sleigh.eachWorker(os.getpid)
+    assert sorted(pids) == sorted(w["pid"] for w in sleigh.workerInfo())
+    assert sleigh.eachWorker(lambda a, b: a + b, 1, 2) == [3, 3]
+    # a broadcast task goes first even while shared tasks are queued
+    pending = sleigh.eachElem(time.sleep, [0.05] * 10, blocking=False)
+    assert sorted(sleigh.eachWorker(os.getpid, timeout=TIMEOUT)) == sorted(pids)
+    pending.wait(timeout=TIMEOUT)
+
+
+def test_imap_is_lazy_ordered_and_bounded(sleigh):
+    produced = []
+
+    def naturals():
+        for n in itertools.count():
+            produced.append(n)
+            yield n
+
+    results = sleigh.imap(lambda n: n * n, naturals(), loadFactor=2)
+    assert isinstance(results, SleighResultIterator)
+    assert list(itertools.islice(results, 25)) == [n * n for n in range(25)]
+    window = 2 * 2
+    assert results.returned == 25
+    assert results.submitted <= 25 + window and len(produced) <= 25 + window + 1
+    results.stop()
+    assert results.stopped
+
+    assert list(sleigh.starmap(pow, [(2, 3), (3, 2), (10, 0)])) == [8, 9, 1]
+    assert list(sleigh.imap(lambda a, b: a - b, [5, 6, 7], [1, 1])) == [4, 5]
+    mixed = list(sleigh.imap(lambda x: 1 // x, [1, 0, 1]))
+    assert mixed[0] == 1 and isinstance(mixed[1], RemoteError) and mixed[2] == 1
+
+
+# ---------------------------------------------------------------------------- Executor
+
+def test_submit_returns_futures(sleigh):
+    future = sleigh.submit(pow, 2, 10)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=TIMEOUT) == 1024
+    assert sleigh.submit(sorted, [3, 1, 2], reverse=True).result(timeout=TIMEOUT) == [3, 2, 1]
+    futures = [sleigh.submit(lambda x: x * 2, i) for i in range(50)]
+    done, _ = concurrent.futures.wait(futures, timeout=TIMEOUT)
+    assert len(done) == 50
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == \
+        [2 * i for i in range(50)]
+
+
+def test_a_failed_future_raises_remote_error(sleigh):
+    def fails():
+        raise KeyError("missing")
+
+    future = sleigh.submit(fails)
+    with pytest.raises(RemoteError) as info:
+        future.result(timeout=TIMEOUT)
+    assert isinstance(info.value.exception, KeyError)
+    assert "raise KeyError" in info.value.remote_traceback
+    assert isinstance(future.exception(), RemoteError)
+
+
+def test_map(sleigh):
+    assert list(sleigh.map(abs, [-1, -2, -3], timeout=TIMEOUT)) == [1, 2, 3]
+    assert list(sleigh.map(pow, [2, 3], [5, 2], chunksize=2)) == [32, 9]
+    results = sleigh.map(lambda x: 1 // x, [1, 0, 1])
+    assert next(results) == 1
+    with pytest.raises(RemoteError, match="ZeroDivisionError"):
+        next(results)
+    with pytest.raises(TimeoutError):
+        list(sleigh.map(time.sleep, [2.0], timeout=0.2))
+
+
+def test_with_statement_stops_every_worker(broker):
+    with Sleigh(2, broker=broker.address) as s:
+        pids = [w["pid"] for w in s.workerInfo()]
+        name = s.wsName
+        assert s.submit(abs, -5).result(timeout=TIMEOUT) == 5
+    for pid in pids:
+        wait_for(lambda pid=pid: not _alive(pid), timeout=5, message=f"worker {pid} still runs")
+    with NwsServer(broker.host, broker.port) as server:
+        assert name not in server.listWss(format="dict")
+    with pytest.raises(RuntimeError):
+        s.submit(abs, 1)
+    with pytest.raises(SleighError):
+        s.eachElem(abs, [1])
+
+
+def test_shutdown_waits_for_futures(broker):
+    s = Sleigh(1, broker=broker.address)
+    futures = [s.submit(time.sleep, 0.05) for _ in range(3)]
+    s.shutdown(wait=True)
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert s.status().stopped
+
+
+def test_one_worker_per_cpu_by_default(broker, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    with Sleigh(broker=broker.address) as s:
+        assert s.workerCount == 1 and s.eachWorker(lambda: SleighWorkerCount) == [1]  # noqa: F821
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False

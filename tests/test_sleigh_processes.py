@@ -1,0 +1,357 @@
+"""The worker pool when processes die, are interrupted or come from elsewhere: SIGKILL of a
+worker mid-task, a task that kills every worker it runs on, a master killed by SIGKILL, Ctrl-C
+and Future.cancel, the ssh and callable launchers, and ``workbench worker`` joining by hand.
+
+Each test has a sleigh of its own; the tasks report to a side workspace (``ran``) so a test
+sees what ran where, and when.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from workbench import NwsServer, RemoteError, Sleigh
+from workbench.sleigh import PoisonTaskError, SleighError
+from workbench.sleigh.launch import SshLauncher
+
+from .support import spawn_client, wait_for
+from .test_sleigh import _alive
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+def side(broker, ws_name):
+    """A workspace where tasks report, and the address they reach it by."""
+    server = NwsServer(broker.host, broker.port)
+    ws = server.openWs(ws_name)
+    yield ws
+    server.close()
+
+
+def reporter(ws_name: str, address: str):
+    """A function that stores (tag, pid) into ``ran`` of the side workspace, by value."""
+    def report(tag):
+        from workbench import NetWorkSpace
+
+        space = NetWorkSpace(ws_name, serverHost=address.split("//")[1].split(":")[0],
+                             serverPort=int(address.rsplit(":", 1)[1]), useUse=True)
+        space.store("ran", (tag, os.getpid()))
+        space.close()
+    return report
+
+
+def ran(ws) -> list:
+    return list(ws.ifindTry("ran"))
+
+
+def slow_reporter(side, broker):
+    """A task that reports it started, then sleeps 30 s (unless interrupted)."""
+    report = reporter(side.currentWs(), broker.address)
+
+    def slow(x):
+        report(x)
+        time.sleep(30)
+        return x
+    return slow
+
+
+def control_c() -> None:
+    """What Ctrl-C in a terminal does: SIGINT to the main thread."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
+# ---------------------------------------------------------------------------- dying workers
+
+def test_a_worker_killed_mid_task_is_replaced_and_its_task_runs_again(make_broker, side,
+                                                                     caplog):
+    # Heartbeats slow enough that the broker alone would notice the death only after 10 s:
+    # the result within a few seconds shows the master's report of the death.
+    broker = make_broker("--heartbeat-interval", "1", "--heartbeat-liveness", "10")
+    server = NwsServer(broker.host, broker.port)
+    report_ws = server.openWs("side")
+    report = reporter("side", broker.address)
+
+    def task(x):
+        report(x)
+        time.sleep(0.6 if x == 0 else 0.05)
+        return x * 10
+
+    caplog.set_level(logging.WARNING, logger="workbench.sleigh")
+    s = Sleigh(2, broker=broker.address)
+    try:
+        pending = s.eachElem(task, list(range(6)), blocking=False, chunkSize=1)
+        [pid] = wait_for(lambda: [pid for tag, pid in ran(report_ws) if tag == 0],
+                         timeout=TIMEOUT)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        assert pending.wait(timeout=TIMEOUT) == [x * 10 for x in range(6)]
+        assert time.monotonic() - killed_at < 5.0  # not the broker's 10 s: reported at once
+        runs = [tag for tag, _ in ran(report_ws)]
+        assert runs.count(0) == 2  # task 0 ran twice: killed, then again
+        assert all(runs.count(x) == 1 for x in range(1, 6))
+        message = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+        assert message and f"(pid {pid}) died with signal 9; started a replacement" in message[0]
+        wait_for(lambda: pid not in [w["pid"] for w in s.workerInfo()], timeout=10)
+        assert s.status().workers == 2 and s.status().deaths == 1
+        assert sorted(s.eachWorker(lambda: SleighRank)) == [0, 1]  # noqa: F821 - same rank back
+    finally:
+        s.stop()
+        server.close()
+
+
+def test_results_arrive_exactly_once(broker, side):
+    """Every element's result is counted once although workers are killed while they hold
+    tasks (some of whose results were already sent)."""
+    report = reporter(side.currentWs(), broker.address)
+
+    def task(x):
+        report(x)
+        time.sleep(0.01)
+        return x
+
+    s = Sleigh(2, broker=broker.address)
+    try:
+        pending = s.eachElem(task, list(range(200)), blocking=False, chunkSize=1)
+        killed: set[int] = set()
+
+        def rank0():
+            return next((w["pid"] for w in s.workerInfo()
+                         if w["rank"] == 0 and w["pid"] not in killed), None)
+
+        for round in (1, 2):
+            wait_for(lambda least=40 * round: len(ran(side)) > least, timeout=TIMEOUT)
+            pid = wait_for(rank0, timeout=TIMEOUT)  # the replacement, the second time
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        results = pending.wait(timeout=TIMEOUT)
+        assert results == list(range(200)) and pending.done == 200
+        runs = [tag for tag, _ in ran(side)]
+        assert set(runs) == set(range(200))
+        reruns = len(runs) - 200  # tasks whose worker died holding them
+        status = s.status()
+        assert status.deaths == 2 and 0 <= status.duplicates <= reruns
+    finally:
+        s.stop()
+
+
+def test_a_task_that_kills_its_worker_three_times_is_not_run_again(broker, side, caplog):
+    report = reporter(side.currentWs(), broker.address)
+
+    def fragile(x):
+        if x == 2:
+            report(x)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    caplog.set_level(logging.WARNING, logger="workbench.sleigh")
+    s = Sleigh(2, broker=broker.address)
+    try:
+        results = s.eachElem(fragile, list(range(5)), timeout=TIMEOUT)
+        assert results[:2] == [0, 1] and results[3:] == [3, 4]
+        error = results[2]
+        assert isinstance(error, PoisonTaskError) and isinstance(error, RemoteError)
+        assert "task 2 of" in str(error) and "fragile(2) killed its worker 3 times" in str(error)
+        assert len(ran(side)) == 3
+        assert s.status().deaths == 3
+        assert len([r for r in caplog.records if "died with signal 9" in r.getMessage()]) == 3
+        assert s.eachElem(abs, [-1, -2]) == [1, 2]  # and the pool still works
+    finally:
+        s.stop()
+
+
+def test_a_chunk_with_a_deadly_element_is_split_so_the_others_survive(broker):
+    def fragile(x):
+        if x == 7:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return -x
+
+    s = Sleigh(2, broker=broker.address)
+    try:
+        results = s.eachElem(fragile, list(range(12)), chunkSize=6, timeout=TIMEOUT)
+        assert [r for i, r in enumerate(results) if i != 7] == [-x for x in range(12) if x != 7]
+        assert isinstance(results[7], PoisonTaskError)
+    finally:
+        s.stop()
+
+
+def test_a_killed_master_leaves_no_worker(broker):
+    master = spawn_client(broker, (
+        "import os, sys, time\n"
+        "from workbench import Sleigh\n"
+        f"s = Sleigh(2, broker={broker.address!r})\n"
+        "print(' '.join(str(w['pid']) for w in s.workerInfo()), flush=True)\n"
+        "time.sleep(60)\n"))
+    try:
+        line = master.stdout.readline()
+        pids = [int(pid) for pid in line.split()]
+        assert len(pids) == 2, master.stderr.read()
+        assert all(_alive(pid) for pid in pids)
+        master.kill()
+        master.wait(5)
+        for pid in pids:
+            wait_for(lambda pid=pid: not _alive(pid), timeout=5,
+                     message=f"worker {pid} outlived")
+    finally:
+        if master.poll() is None:
+            master.kill()
+        master.stdout.close()
+        master.stderr.close()
+
+
+# ---------------------------------------------------------------------------- interrupting
+
+def test_ctrl_c_cancels_queued_tasks_and_interrupts_running_ones(broker, side):
+    slow = slow_reporter(side, broker)
+    s = Sleigh(2, broker=broker.address)
+    try:
+        timer = threading.Thread(
+            target=lambda: (wait_for(lambda: len(ran(side)) >= 2, timeout=TIMEOUT),
+                            _thread.interrupt_main()), daemon=True)  # as IPython's interrupt
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            s.eachElem(slow, list(range(6)), chunkSize=1)
+        assert time.monotonic() - started < 10
+        # both workers were interrupted: quick work gets through at once
+        assert s.eachElem(abs, [-1, -2, -3], timeout=5) == [1, 2, 3]
+        time.sleep(0.2)
+        assert len(ran(side)) == 2  # the queued four never ran
+        # Ctrl-C while waiting on a future cancels its task too
+        future = s.submit(slow, 10)
+        wait_for(lambda: len(ran(side)) == 3, timeout=TIMEOUT)
+        threading.Timer(0.2, control_c).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            future.result(timeout=TIMEOUT)
+        assert time.monotonic() - started < 5
+        assert future.cancelled()
+        assert s.submit(abs, -4).result(timeout=5) == 4
+    finally:
+        s.stop()
+
+
+def test_future_cancel_skips_queued_work_and_interrupts_running_work(broker, side):
+    slow = slow_reporter(side, broker)
+    s = Sleigh(2, broker=broker.address)
+    try:
+        running = [s.submit(slow, 0), s.submit(slow, 1)]
+        wait_for(lambda: len(ran(side)) == 2, timeout=TIMEOUT)
+        queued = s.submit(slow, 2)
+        assert queued.cancel() and queued.cancelled()
+        assert all(f.cancel() for f in running)
+        started = time.monotonic()
+        assert s.submit(abs, -7).result(timeout=5) == 7
+        assert time.monotonic() - started < 5
+        time.sleep(0.2)
+        assert sorted(tag for tag, _ in ran(side)) == [0, 1]  # task 2 never started
+    finally:
+        s.stop()
+
+
+def test_stop_ends_workers_busy_with_long_tasks(broker):
+    s = Sleigh(2, broker=broker.address)
+    pids = [w["pid"] for w in s.workerInfo()]
+    s.eachElem(time.sleep, [30, 30], blocking=False)
+    time.sleep(0.2)
+    waiting = s.eachElem(time.sleep, [30], blocking=False)
+    started = time.monotonic()
+    s.stop()
+    assert time.monotonic() - started < 1.5  # interrupted, they left without being killed
+    assert not any(_alive(pid) for pid in pids)
+    with pytest.raises(SleighError):
+        waiting.wait(timeout=1)
+
+
+# ---------------------------------------------------------------------------- launchers
+
+def test_ssh_launcher_builds_the_command():
+    launcher = SshLauncher("tcp://head:8765", "sleigh_ride_0001", ["n1", "n2"])
+    assert launcher.argv(0) == ["ssh", "n1", ("python -m workbench worker --broker "
+                                              "tcp://head:8765 --sleigh sleigh_ride_0001 "
+                                              "--rank 0")]
+    assert launcher.argv(3)[1] == "n2"
+    with pytest.raises(ValueError):
+        SshLauncher("tcp://head:8765", "x", [])
+
+
+def test_ssh_launch_with_a_fake_ssh(broker, tmp_path, monkeypatch):
+    log = tmp_path / "ssh.log"
+    fake = tmp_path / "ssh"
+    fake.write_text('#!/bin/sh\nhost="$1"; shift\necho "$host $*" >> "$FAKE_SSH_LOG"\n'
+                    'exec /bin/sh -c "$*"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    with Sleigh(launch="ssh", nodeList=["nodeA", "nodeB"], broker=broker.address,
+                python=sys.executable) as s:
+        assert s.workerCount == 2
+        assert s.eachWorker(lambda: SleighRank) == [0, 1]  # noqa: F821
+        name = s.wsName
+    lines = sorted(log.read_text().splitlines())
+    assert lines == [f"node{host} {sys.executable} -m workbench worker --broker {broker.address} "
+                     f"--sleigh {name} --rank {rank}" for rank, host in enumerate("AB")]
+
+
+def test_a_callable_launcher(broker):
+    calls = []
+
+    def launch(argv, rank):
+        calls.append((argv, rank))
+        return subprocess.Popen(argv, env=broker.env(), stdin=subprocess.DEVNULL)
+
+    with Sleigh(2, launch=launch, broker=broker.address) as s:
+        assert s.eachElem(abs, [-1, -2]) == [1, 2]
+        name = s.wsName
+    assert [rank for _, rank in calls] == [0, 1]
+    argv = calls[0][0]
+    assert argv[1:4] == ["-m", "workbench", "worker"]
+    assert argv[argv.index("--sleigh") + 1] == name and argv[argv.index("--rank") + 1] == "0"
+
+
+def test_workers_that_never_join_give_a_clear_error(broker):
+    started = time.monotonic()
+    with pytest.raises(SleighError, match="only 0 of 1 workers joined"):
+        Sleigh(1, launch=lambda argv, rank: None, broker=broker.address, startTimeout=0.5)
+    assert time.monotonic() - started < 5
+
+    def broken(argv, rank):
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                stdout=subprocess.DEVNULL)
+
+    with pytest.raises(SleighError, match="exited with status 3 3 times before joining"):
+        Sleigh(1, launch=broken, broker=broker.address, startTimeout=TIMEOUT)
+
+
+def test_workbench_worker_joins_a_running_sleigh(broker):
+    s = Sleigh(workerCount=0, broker=broker.address)
+    worker = subprocess.Popen([sys.executable, "-m", "workbench", "worker", "--broker",
+                               broker.address, "--sleigh", s.wsName], env=broker.env(),
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert s.eachElem(lambda x: (x, SleighRank), [5, 6], timeout=TIMEOUT) == \
+            [(5, 0), (6, 0)]  # noqa: F821
+        assert [w["rank"] for w in s.workerInfo()] == [0]
+        assert s.workerInfo()[0]["pid"] == worker.pid
+        assert s.nws.find("workerCount") == 1
+    finally:
+        s.stop()
+    assert worker.wait(10) == 0  # it left by itself when the sleigh ended
+    worker.stderr.close()
+
+
+def test_workbench_worker_on_a_missing_sleigh(broker):
+    done = subprocess.run([sys.executable, "-m", "workbench", "worker", "--broker",
+                           broker.address, "--sleigh", "no_such_sleigh"], env=broker.env(),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "no sleigh 'no_such_sleigh'" in done.stderr

@@ -1,0 +1,160 @@
+"""What a failed task looks like in the master: ``RemoteError``, and the sleigh's own errors.
+
+A worker cannot send an exception object as such: its class may not exist in the master, or
+it may not pickle at all. So a failure travels as an ``ErrorInfo`` (plain data: kind, the
+exception's type name and message, the remote traceback as text, and the exception pickled
+if it would pickle), and the master turns it back into a ``RemoteError`` that carries the
+original exception when it could be rebuilt. ``_render_traceback_`` makes IPython show the
+remote traceback instead of the master's stack, which says nothing about what went wrong.
+
+Shape of the tree::
+
+    Exception
+     +-- RemoteError (= SleighTaskException)  a task failed; returned by eachElem, raised by
+     |    |                                    Future.result and map
+     |    +-- TaskCancelledError              its batch was cancelled while it ran
+     |    +-- PoisonTaskError                 it killed its worker too often to run again
+     |    +-- WorkerLostError                 its worker vanished and it cannot be re-run
+     NwsException
+     +-- SleighError                          the pool itself: start, stop, lost broker
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, NamedTuple
+
+from ..errors import NwsException
+
+#: Kinds of ErrorInfo.
+ERROR, CANCELLED, POISON, LOST = "error", "cancelled", "poison", "lost"
+
+
+class ErrorInfo(NamedTuple):
+    """A task's failure as plain data, the way it travels from a worker to the master."""
+
+    kind: str
+    type_name: str
+    message: str
+    traceback: str
+    exception: bytes | None  # the exception, pickled, when it pickles
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, kind: str = ERROR,
+                       skip_frames: int = 1) -> ErrorInfo:
+        """Capture ``exc`` being handled on a worker. ``skip_frames``: the worker's own frames
+        at the top of the traceback, which only say how the task was called."""
+        tb = exc.__traceback__
+        for _ in range(skip_frames):
+            if tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        try:
+            payload = pickle.dumps(exc, protocol=5)
+        except Exception:
+            try:
+                import cloudpickle
+
+                payload = cloudpickle.dumps(exc, protocol=5)
+            except Exception:
+                payload = None
+        return cls(kind, _qualified(type(exc)), str(exc), text, payload)
+
+
+def _qualified(cls: type) -> str:
+    module, name = cls.__module__, cls.__qualname__
+    return name if module in ("builtins", "__main__") else f"{module}.{name}"
+
+
+class RemoteError(Exception):
+    """A task raised on a worker. ``exception`` is the remote exception when it could be
+    rebuilt here (else None), ``remote_traceback`` the traceback text from the worker,
+    ``worker`` its rank, ``tag`` the task's index in its batch."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "",
+                 exception: BaseException | None = None, worker: int | None = None,
+                 tag: int | None = None) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.exception = exception
+        self.worker = worker
+        self.tag = tag
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo | tuple, worker: int | None = None,
+                  tag: int | None = None) -> RemoteError:
+        info = ErrorInfo(*info)
+        exception = None
+        if info.exception is not None:
+            try:
+                exception = pickle.loads(info.exception)
+            except Exception:
+                exception = None  # its class does not exist here: the text has to do
+        kind = _KINDS.get(info.kind, RemoteError)
+        return kind(info.type_name, info.message, info.traceback, exception, worker, tag)
+
+    @property
+    def where(self) -> str:
+        parts = []
+        if self.tag is not None:
+            parts.append(f"task {self.tag}")
+        if self.worker is not None:
+            parts.append(f"worker {self.worker}")
+        return " on ".join(parts)
+
+    def __str__(self) -> str:
+        summary = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        where = self.where
+        text = f"{summary} ({where})" if where else summary
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip("\n")
+        return text
+
+    def __repr__(self) -> str:
+        where = f", {self.where}" if self.where else ""
+        return f"{type(self).__name__}({self.type_name}: {self.message!r}{where})"
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows these lines instead of the master's traceback: the remote one."""
+        where = f" ({self.where})" if self.where else ""
+        lines = [f"{type(self).__name__}{where}: the task raised on its worker"]
+        lines.extend(self.remote_traceback.rstrip("\n").splitlines()
+                     or [f"{self.type_name}: {self.message}"])
+        return lines
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        exception = self.exception
+        try:
+            pickle.dumps(exception)
+        except Exception:
+            exception = None
+        return (type(self), (self.type_name, self.message, self.remote_traceback, exception,
+                             self.worker, self.tag))
+
+
+#: The NetWorkSpaces name of a failed task's value in eachElem's results.
+SleighTaskException = RemoteError
+
+
+class TaskCancelledError(RemoteError):
+    """The task's batch was cancelled (Future.cancel, Ctrl-C in the master) while it ran."""
+
+
+class PoisonTaskError(RemoteError):
+    """The task killed its worker so often that it is not run again."""
+
+
+class WorkerLostError(RemoteError):
+    """The task's worker vanished and the task cannot run elsewhere."""
+
+
+_KINDS = {ERROR: RemoteError, CANCELLED: TaskCancelledError, POISON: PoisonTaskError,
+          LOST: WorkerLostError}
+
+
+class SleighError(NwsException):
+    """The worker pool itself failed: workers did not start, the pool was stopped, the broker
+    was lost."""

@@ -1,0 +1,433 @@
+"""A sleigh worker: the loop that takes tasks from the sleigh's workspace and puts results back.
+
+Started by a ``Sleigh`` (``python -m workbench worker --broker ADDR --sleigh NAME --rank R``)
+or by hand on any machine that reaches the broker (then it takes the next free rank).
+
+**The loop.** The worker keeps two requests in flight on its channel: FETCH_MANY on the shared
+``task`` variable and on its own ``task@<rank>`` (eachWorker's tasks), and takes whichever
+answers. A hand of tasks is leased: the store of its results carries the acknowledgement, so
+fetch + compute + store happens exactly once even if the worker is killed at any point (a
+killed worker's hand goes back to the queue, and its partial results are dropped as
+duplicates by the master). How many tasks it takes per request adapts to how long they run:
+many when they are tiny, one when they are slow, so that the load stays balanced.
+
+**Dying tasks.** Each value fetched says how many times a worker died holding it. A hand that
+came back from a dead worker is split into one record per element and queued again; a record
+that has killed ``DEATHS_LIMIT`` workers is answered with an error instead of being run.
+
+**Cancelling.** The master publishes ``cancel@<sleigh>`` with the batches it gave up. The
+delivery thread adds them to the set of cancelled batches (skipped from then on) and, if the
+task running now belongs to one, sends SIGINT to the main thread, whose handler raises
+``TaskInterrupted`` inside the task: a blocking ``time.sleep`` stops too.
+
+**Globals.** ``SleighRank``, ``SleighWorkerCount``, ``SleighNws`` and ``SleighUserNws`` are
+set here (``from workbench.sleigh.worker import SleighRank`` after the worker started), in
+``builtins`` (so a bare name works in any module), in the worker's ``__main__`` and in the
+globals of functions that came by value (defined in a notebook or a local scope).
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from .. import __version__, codec, shm
+from ..client.connection import Connection, raise_for_status
+from ..client.keyvalue import KeyValueStore
+from ..client.pubsub import MessageBus
+from ..client.workspace import NetWorkSpace, NwsServer
+from ..config import CONNECT_TIMEOUT, normalize_address
+from ..errors import NwsConnectionDroppedException, NwsNoWorkSpaceException
+from ..protocol import Op
+from . import tasks
+from .errors import CANCELLED, POISON, ErrorInfo
+from .tasks import DEATHS_LIMIT, FUNCTION_PREFIX, RESULT, TASK, own_task_var, worker_var
+
+SleighRank: int | None = None
+SleighWorkerCount: int | None = None
+SleighNws: NetWorkSpace | None = None
+SleighUserNws: NetWorkSpace | None = None
+GLOBAL_NAMES = ("SleighRank", "SleighWorkerCount", "SleighNws", "SleighUserNws")
+
+#: Most task records taken in one request.
+MOST_TASKS = 256
+#: Seconds a hand of tasks should take: tasks faster than this are taken several at a time.
+HAND_SECONDS = 0.002
+#: Results are sent at least this often (seconds) and this many at a time during a long hand.
+FLUSH_SECONDS = 0.005
+FLUSH_ITEMS = 64
+#: Function specs a worker keeps.
+FUNCTION_CACHE = 128
+
+RANK_COUNTER = "rankCount"
+WORKER_COUNT = "workerCount"
+CANCELLED_VAR = "cancelled"
+
+
+def cancel_identifier(sleigh: str) -> str:
+    """The pub/sub identifier the master publishes cancelled batch ids under."""
+    namespace = sleigh.replace("@", "_").replace(":", "_")
+    return f"cancel@{namespace}:batches"
+
+
+class TaskInterrupted(BaseException):
+    """Raised inside a running task whose batch was cancelled. A BaseException, so that a
+    task's ``except Exception`` does not swallow it."""
+
+
+class _Capture(io.TextIOBase):
+    """Collects what a task prints, to be sent with its result."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.parts: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def take(self) -> str:
+        text = "".join(self.parts)
+        self.parts.clear()
+        return text
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class Worker:
+    """One worker process's session with the sleigh's workspace."""
+
+    def __init__(self, address: str, sleigh: str, rank: int | None = None,
+                 timeout: float = CONNECT_TIMEOUT) -> None:
+        self.connection = Connection(normalize_address(address), timeout)
+        self.server = NwsServer(connection=self.connection)
+        self.ws = self.server.useWs(sleigh, create=False)
+        self.sleigh = sleigh
+        self.wsb = sleigh.encode()
+        self.cancelled: set[int] = set()
+        self.running: int | None = None  # the batch of the task running now
+        self._interrupting = False
+        self.functions: OrderedDict[str, tuple] = OrderedDict()
+        self.most = 1  # task records to take per request
+        self.stores: set[int] = set()  # result stores whose replies have not come yet
+        self.owed: list[int] = []  # acknowledgements to send with the next request
+        self.out, self.err = _Capture("<stdout>"), _Capture("<stderr>")
+        self.bus = MessageBus(self.connection, self._on_cancel)
+        self.bus.subscribe(cancel_identifier(sleigh))
+        self.cancelled.update(self.ws.findTry(CANCELLED_VAR, None) or ())
+        if rank is None:
+            counter = KeyValueStore(connection=self.connection, workspace=sleigh)
+            taken = counter.incr(RANK_COUNTER)
+            if taken is None:
+                raise NwsNoWorkSpaceException(f"{sleigh!r} is not a sleigh's workspace")
+            rank = taken - 1
+        self.rank = rank
+        self.own_var = own_task_var(rank).encode()
+        count = self.ws.findTry(WORKER_COUNT, 0) or 0
+        self.worker_count = max(int(count), rank + 1)
+        user = self.ws.findTry("userWs", None)
+        self.user_ws = self.server.useWs(user) if user else None
+        self._set_globals()
+
+    # ------------------------------------------------------------------ start
+
+    def _set_globals(self) -> None:
+        values = self.globals()
+        module = sys.modules[__name__]
+        main = sys.modules.get("__main__")
+        for name, value in values.items():
+            setattr(module, name, value)
+            setattr(builtins, name, value)
+            if main is not None:
+                setattr(main, name, value)
+
+    def globals(self) -> dict[str, Any]:
+        return {"SleighRank": self.rank, "SleighWorkerCount": self.worker_count,
+                "SleighNws": self.ws, "SleighUserNws": self.user_ws}
+
+    def info(self) -> dict:
+        return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                "python": sys.version.split()[0], "workbench": __version__,
+                "executable": sys.executable, "platform": sys.platform}
+
+    def announce(self) -> None:
+        """Say who this worker is: in ``worker@<rank>`` for anyone to read, and to the master
+        through the result variable, which counts it as ready."""
+        info = self.info()
+        name = worker_var(self.rank)
+        self.ws.declare(name, "single")
+        self.ws.store(name, info)
+        self.ws.store(RESULT, [(0, tasks.HELLO, self.rank, info)])
+
+    def capture_output(self) -> None:
+        sys.stdout, sys.stderr = self.out, self.err
+
+    # ------------------------------------------------------------------ cancelling
+
+    def _on_cancel(self, identifier: str, batches: Any) -> None:
+        """In the delivery thread: remember the batches; interrupt the running task if it is
+        one of them."""
+        self.cancelled.update(batches)
+        if self.running is not None and self.running in self.cancelled:
+            self._interrupting = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._interrupting:
+            self._interrupting = False
+            if self.running is not None and self.running in self.cancelled:
+                raise TaskInterrupted()
+            return  # the task finished meanwhile: nothing to interrupt
+        raise KeyboardInterrupt  # a real Ctrl-C: the worker stops
+
+    # ------------------------------------------------------------------ the loop
+
+    def serve(self) -> None:
+        """Take tasks until the sleigh's workspace goes away."""
+        signal.signal(signal.SIGINT, self._on_sigint)
+        connection = self.connection
+        channel = connection.channel()
+        alive = connection.check_alive
+        ws, shared = self.wsb, TASK.encode()
+        fetch_shared = fetch_own = None
+        while True:
+            if fetch_shared is None:
+                fetch_shared = channel.send(Op.FETCH_MANY, [ws, shared, b"%d" % self.most, b"1"],
+                                            (), alive, self._take_owed())
+            if fetch_own is None:
+                fetch_own = channel.send(Op.FETCH_MANY, [ws, self.own_var, b"1", b"1"], (),
+                                         alive, self._take_owed())
+            request_id, head, frames = channel.receive_any(
+                (fetch_shared, fetch_own, *self.stores), None, alive)
+            if request_id in self.stores:
+                self.stores.discard(request_id)
+                raise_for_status(head[1], head)
+                continue
+            if request_id == fetch_shared:
+                fetch_shared, var = None, shared
+            else:
+                fetch_own, var = None, self.own_var
+                if fetch_shared is not None:  # a broadcast task first; shared ones wait
+                    channel.cancel(fetch_shared, alive)
+                    fetch_shared = None
+            raise_for_status(head[1], head)
+            self.run_hand(tasks.split_many(head, frames), request_id, var)
+
+    def _take_owed(self) -> list[int]:
+        owed, self.owed = self.owed, []
+        return owed
+
+    def run_hand(self, hand: list[tuple[list, int]], lease: int, var: bytes) -> None:
+        """Run the records of one fetch and send their results; the last send acknowledges
+        the fetch."""
+        records = [(self._decode(frames), frames, returns) for frames, returns in hand]
+        if any(returns for _, _, returns in records) and (
+                len(records) > 1 or any(len(decoded.value[tasks.ITEMS]) > 1
+                                        for decoded, _, _ in records if decoded is not None)):
+            self._requeue_split(records, lease, var)
+            return
+        entries: list[tuple] = []
+        pending_items = 0
+        started = first_pending = time.perf_counter()
+        for index, (decoded, _, returns) in enumerate(records):
+            entry = self._run_record(decoded, returns)
+            if entry is None:
+                continue
+            if not entries:
+                first_pending = time.perf_counter()
+            entries.append(entry)
+            pending_items += len(entry[tasks.VALUES])
+            if index + 1 < len(records) and (
+                    pending_items >= FLUSH_ITEMS
+                    or time.perf_counter() - first_pending >= FLUSH_SECONDS):
+                self._flush(entries, ())  # early results; the lease stays until the end
+                entries, pending_items = [], 0
+        elapsed = time.perf_counter() - started
+        if entries:
+            self._flush(entries, (lease,))
+        else:
+            self.owed.append(lease)  # nothing to lose: acknowledged with the next request
+        self._adapt(elapsed / len(records))
+
+    def _adapt(self, per_record: float) -> None:
+        if per_record >= HAND_SECONDS:
+            self.most = 1
+        else:
+            fit = int(HAND_SECONDS / max(per_record, 1e-7))
+            self.most = max(1, min(MOST_TASKS, fit, 2 * self.most + 1))
+
+    def _requeue_split(self, records: list, lease: int, var: bytes) -> None:
+        """Tasks that came back from a dead worker go back one element per record, with the
+        death counted in each, acknowledging this fetch in the same request."""
+        encoded = []
+        for decoded, frames, returns in records:
+            if decoded is None or decoded.missing:
+                encoded.append(frames)  # cannot be split; it fails on its own later
+                continue
+            encoded.extend(tasks.encode_task(record)
+                           for record in tasks.split_suspects(decoded.value, returns))
+        self.most = 1
+        connection = self.connection
+        self.stores.add(connection.channel().send(
+            Op.STORE_MANY, [self.wsb, var], tasks.pack_values(encoded), connection.check_alive,
+            (lease,)))
+
+    def _decode(self, frames: list) -> tasks.Decoded | None:
+        try:
+            return tasks.decode_tolerant(frames)
+        except Exception as exc:
+            print(f"workbench worker {self.rank}: a task could not be decoded and is dropped: "
+                  f"{exc}", file=sys.__stderr__)
+            return None
+
+    def _run_record(self, decoded: tasks.Decoded | None, returns: int) -> tuple | None:
+        """One task record -> its result entry (None: its batch was cancelled)."""
+        if decoded is None:
+            return None
+        batch, tag0, key, items, kwargs, deaths = decoded.value
+        if batch in self.cancelled:
+            return None
+        if decoded.missing:
+            problem = ImportError("the task's arguments need what this worker cannot import: "
+                                  + "; ".join(decoded.missing))
+            return self._failed(batch, tag0, len(items), ErrorInfo.from_exception(problem))
+        try:
+            fn, fixed, permute = self._function(key)
+        except Exception as exc:
+            return self._failed(batch, tag0, len(items),
+                                ErrorInfo.from_exception(exc, skip_frames=0))
+        deaths += returns
+        if deaths >= DEATHS_LIMIT:
+            args = tasks.call_args(items[0], fixed, permute) if items else ()
+            call = f"{tasks.function_label(fn)}({_short(args)})"
+            message = f"task {tag0} of {call} killed its worker {deaths} times"
+            info = ErrorInfo(POISON, "PoisonTaskError", message, "", None)
+            return self._failed(batch, tag0, len(items), info)
+        return self._run_items(batch, tag0, fn, fixed, permute, items, kwargs)
+
+    def _run_items(self, batch: int, tag0: int, fn: Any, fixed: tuple, permute: list | None,
+                   items: list, kwargs: dict | None) -> tuple:
+        values: list = []
+        errors: list | None = None
+        outputs: list | None = None
+        out, err = self.out, self.err
+        call_args = tasks.call_args
+        self.running = batch
+        try:
+            for index, item in enumerate(items):
+                try:
+                    args = call_args(item, fixed, permute)
+                    values.append(fn(*args, **kwargs) if kwargs else fn(*args))
+                except TaskInterrupted as exc:
+                    values.append(None)
+                    errors = errors or []
+                    errors.append((index, ErrorInfo.from_exception(exc, CANCELLED)))
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: B902 - a task's SystemExit is its error
+                    values.append(None)
+                    errors = errors or []
+                    errors.append((index, ErrorInfo.from_exception(exc)))
+                if out.parts or err.parts:
+                    outputs = outputs or []
+                    outputs.append((index, out.take(), err.take()))
+        finally:
+            self.running = None
+        return (batch, tag0, self.rank, values, errors, outputs)
+
+    def _failed(self, batch: int, tag0: int, count: int, info: ErrorInfo) -> tuple:
+        return (batch, tag0, self.rank, [None] * count, [(i, info) for i in range(count)], None)
+
+    def _function(self, key: str) -> tuple:
+        spec = self.functions.get(key)
+        if spec is not None:
+            self.functions.move_to_end(key)
+            return spec
+        import pickle
+
+        data = self.ws.findTry(FUNCTION_PREFIX + key)  # stored before any task using it
+        if data is None:
+            raise LookupError(f"function {key} is gone from the sleigh (its batch ended)")
+        fn, fixed, permute = pickle.loads(data)
+        self._inject_globals(fn)
+        spec = self.functions[key] = (fn, fixed, permute)
+        if len(self.functions) > FUNCTION_CACHE:
+            self.functions.popitem(last=False)
+        return spec
+
+    def _inject_globals(self, fn: Any) -> None:
+        """A function that came by value has globals of its own: give it the worker's."""
+        namespace = getattr(fn, "__globals__", None)
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if namespace is not None and namespace is not getattr(module, "__dict__", None):
+            namespace.update(self.globals())
+
+    def _flush(self, entries: list, acks: tuple) -> None:
+        """Send results as one value: through shared memory if large (and then waiting for
+        the broker), else without waiting for the reply."""
+        connection = self.connection
+        frames = codec.encode(entries)
+        if len(frames) > 1 and tasks.frames_size(frames[1:]) >= shm.THRESHOLD:
+            connection.read(Op.STORE, [self.wsb, RESULT.encode()], frames, acks=acks)
+            return
+        self.stores.add(connection.channel().send(Op.STORE, [self.wsb, RESULT.encode()], frames,
+                                                  connection.check_alive, acks))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _short(args: tuple, width: int = 60) -> str:
+    text = ", ".join(repr(arg) for arg in args)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel kill this process when the thread that started it ends (the
+    master's supervisor thread, or the whole master), even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # pragma: no cover - no prctl: the workspace purge still stops us
+            pass
+    if os.getppid() != parent_pid:  # the master died before the line above took effect
+        os._exit(0)
+
+
+def run(address: str, sleigh: str, rank: int | None = None,
+        parent_pid: int | None = None) -> int:
+    """``workbench worker``: join the sleigh and work until it ends -> exit status."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    try:
+        worker = Worker(address, sleigh, rank)
+    except NwsNoWorkSpaceException:
+        print(f"workbench worker: no sleigh {sleigh!r} at {address} (it has ended, or the "
+              "name is wrong)", file=sys.stderr)
+        return 1
+    try:
+        worker.capture_output()
+        worker.announce()
+        worker.serve()
+    except (NwsNoWorkSpaceException, NwsConnectionDroppedException, KeyboardInterrupt):
+        return 0  # the sleigh was stopped, its master is gone, or someone pressed Ctrl-C
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        worker.close()
+    return 0
