@@ -404,6 +404,17 @@ def test_with_statement_stops_every_worker(broker):
         s.eachElem(abs, [1])
 
 
+def test_leaving_the_with_block_waits_for_futures(broker):
+    with Sleigh(1, broker=broker.address) as s:
+        future = s.submit(lambda: (time.sleep(0.2), "late")[1])
+    assert future.result(timeout=0) == "late"
+    with pytest.raises(ZeroDivisionError):
+        with Sleigh(1, broker=broker.address) as s:
+            future = s.submit(time.sleep, 30)
+            1 / 0
+    assert future.cancelled()  # leaving by an exception gives up what is left
+
+
 def test_shutdown_waits_for_futures(broker):
     s = Sleigh(1, broker=broker.address)
     futures = [s.submit(time.sleep, 0.05) for _ in range(3)]

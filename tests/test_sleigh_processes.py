@@ -186,25 +186,37 @@ def test_a_chunk_with_a_deadly_element_is_split_so_the_others_survive(broker):
 
 
 def test_a_killed_master_leaves_no_worker(broker):
+    """Its own workers die with it (the kernel kills them); a worker that joined by hand
+    leaves when the broker purges the master's workspace."""
     master = spawn_client(broker, (
         "import os, sys, time\n"
         "from workbench import Sleigh\n"
         f"s = Sleigh(2, broker={broker.address!r})\n"
-        "print(' '.join(str(w['pid']) for w in s.workerInfo()), flush=True)\n"
+        "print(s.wsName, *(w['pid'] for w in s.workerInfo()), flush=True)\n"
         "time.sleep(60)\n"))
+    joined = None
     try:
-        line = master.stdout.readline()
-        pids = [int(pid) for pid in line.split()]
+        name, *pids = master.stdout.readline().split()
+        pids = [int(pid) for pid in pids]
         assert len(pids) == 2, master.stderr.read()
+        joined = subprocess.Popen([sys.executable, "-m", "workbench", "worker", "--broker",
+                                   broker.address, "--sleigh", name], env=broker.env(),
+                                  stdin=subprocess.DEVNULL)
+        with NwsServer(broker.host, broker.port) as server:
+            space = server.useWs(name)
+            assert space.find("worker@2", timeout=TIMEOUT)["pid"] == joined.pid
         assert all(_alive(pid) for pid in pids)
         master.kill()
         master.wait(5)
         for pid in pids:
             wait_for(lambda pid=pid: not _alive(pid), timeout=5,
                      message=f"worker {pid} outlived")
+        assert joined.wait(10) == 0
     finally:
-        if master.poll() is None:
-            master.kill()
+        for process in (master, joined):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
         master.stdout.close()
         master.stderr.close()
 

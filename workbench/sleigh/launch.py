@@ -59,7 +59,8 @@ class Launcher:
 
 
 class LocalLauncher(Launcher):
-    """Workers on this machine, with this Python and this import path. Their own output (not
+    """Workers on this machine, with this Python and the master's own import directories (a
+    project's, a notebook's folder; not installed packages). Their own output (not
     the tasks', which goes to the master) is kept in an unlinked temporary file per process,
     read when one dies."""
 
@@ -69,7 +70,8 @@ class LocalLauncher(Launcher):
         self.python = python
         self.env = dict(os.environ if env is None else env)
         self.env["WORKBENCH_BROKER"] = broker
-        path = [entry or os.getcwd() for entry in sys.path if entry == "" or os.path.isdir(entry)]
+        path = [entry or os.getcwd() for entry in sys.path
+                if entry == "" or (os.path.isdir(entry) and not _installed(entry))]
         if self.env.get("PYTHONPATH"):
             path.append(self.env["PYTHONPATH"])
         self.env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
@@ -93,6 +95,14 @@ class LocalLauncher(Launcher):
             return log.read().decode("utf-8", "replace").strip()
         finally:
             log.close()
+
+
+def _installed(entry: str) -> bool:
+    """Whether an import path entry belongs to a Python installation (the worker's Python
+    has its own)."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    return "site-packages" in entry or any(
+        os.path.commonpath([entry, prefix]) == prefix for prefix in prefixes if prefix)
 
 
 class SshLauncher(Launcher):

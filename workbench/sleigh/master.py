@@ -365,12 +365,20 @@ class Sleigh(Executor):
                              name=f"sleigh-shutdown-{self.wsName}").start()
 
     def _drain(self) -> None:
+        """Wait until every submitted future is done."""
         with self._cond:
-            while self._batches and not self._failure and not self._stopped:
+            while (any(b.future is not None for b in self._batches.values())
+                   and not self._failure and not self._stopped):
                 self._cond.wait(WAIT_SLICE)
 
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """Leaving normally waits for submitted futures (the Executor contract), then stops;
+        leaving by an exception stops at once, cancelling what is left."""
+        try:
+            if exc_type is None:
+                self._drain()
+        finally:
+            self.stop()
 
     # ------------------------------------------------------------------ sending
 
