@@ -24,6 +24,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_workspace.py
 	$(BIN)/python benchmarks/bench_kv.py
 	$(BIN)/python benchmarks/bench_pubsub.py
+	$(BIN)/python benchmarks/bench_sleigh.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

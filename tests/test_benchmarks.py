@@ -16,6 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BENCH = BENCHMARKS / "bench_workspace.py"
 BENCH_KV = BENCHMARKS / "bench_kv.py"
 BENCH_PUBSUB = BENCHMARKS / "bench_pubsub.py"
+BENCH_SLEIGH = BENCHMARKS / "bench_sleigh.py"
 
 
 def run_quick(script: Path, output: Path) -> tuple[str, dict]:
@@ -115,4 +116,42 @@ def test_quick_pubsub_benchmark_runs_and_reports_every_case(tmp_path):
         or figures["delivery"]["out_of_order"]
         for run in saved["runs"] for figures in run["results"].values())
     assert "MessageBus delivery rate vs redis-py PUBLISH" in stdout
+    assert meta["broker_log_problems"] == []
+
+
+#: Every figure of one worker pool, per case.
+SLEIGH_FIGURES = {
+    "start": ("start_s", "stop_s", "gone_s"),
+    "tiny": ("tasks_per_s",),
+    "batched": ("tasks_per_s",),
+    "latency": ("median_us", "p99_us", "min_us", "max_us"),
+    "big": ("rt_s",),
+}
+
+
+@pytest.mark.timeout(240)
+def test_quick_sleigh_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_SLEIGH, tmp_path / "result.json")
+    meta, medians = saved["meta"], saved["medians"]
+    # The standard library's pools always run; the Sleigh wherever workbench has one; --quick
+    # leaves ipyparallel and dask out (installed or not) and says so.
+    systems = ["mp", "ppe"]
+    extra = {"mp.submit.tasks_per_s", "ppe.submit.tasks_per_s", "mp.auto.tasks_per_s"}
+    if importlib.util.find_spec("workbench.sleigh") is None:
+        assert "Sleigh (wb) SKIPPED" in stdout
+    else:
+        assert not meta["wb_skipped"], meta["wb_skipped"]
+        systems.append("wb")
+        extra |= {f"wb.{case}.{figure}" for case, figures in (
+            ("start_own", SLEIGH_FIGURES["start"]), ("submit", ("tasks_per_s",)),
+            ("each", ("tasks_per_s",)), ("auto", ("tasks_per_s",))) for figure in figures}
+        assert "round trip median < 1 ms" in stdout
+    for name in ("ipp", "dask"):
+        assert meta[f"{name}_skipped"]
+        assert f"({name}) SKIPPED" in stdout
+    expected = extra | {f"{system}.{case}.{figure}" for system in systems
+                        for case, figures in SLEIGH_FIGURES.items() for figure in figures}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
     assert meta["broker_log_problems"] == []
