@@ -20,7 +20,7 @@ from workbench import NwsServer, RemoteError, Sleigh
 from workbench.sleigh import SleighPending, SleighResultIterator
 from workbench.sleigh.errors import SleighError, SleighTaskException
 
-from .support import wait_for
+from .support import run_client, wait_for
 
 TIMEOUT = 20.0
 
@@ -172,6 +172,36 @@ def test_closures_lambdas_and_local_classes_travel_by_value(sleigh):
     assert isinstance(moved[0], Point)  # the class came back as itself
     assert sleigh.eachElem(lambda p: p.norm1(), [Point(-1, 2)]) == [3]
     assert sleigh.eachElem(lambda x: x + offset, [1]) == [101]
+
+
+def test_what_a_notebook_defines_travels_by_value(broker):
+    """In a notebook, functions and classes live in ``__main__``, which plain pickle names by
+    reference and a worker cannot resolve."""
+    done = run_client(broker, f"""
+from workbench import Sleigh
+from workbench.sleigh.worker import SleighRank   # None here: the worker's value must win
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+scale = 3
+
+def norm1(p):
+    return (abs(p.x) + abs(p.y)) * scale
+
+def who():
+    return SleighRank
+
+with Sleigh(2, broker={broker.address!r}) as s:
+    print(s.eachElem(norm1, [Point(1, -2), Point(0, 5)]))
+    print(type(s.eachElem(lambda p: Point(p.x, -p.y), [Point(1, 2)])[0]) is Point)
+    print(s.eachWorker(who))
+    print(s.eachElem(lambda: s, [()]))
+""", timeout=60)
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["[9, 15]", "True", "[0, 1]"], done.stderr
+    assert "TypeError" in done.stderr and "cannot travel to its workers" in done.stderr
 
 
 def test_worker_globals(sleigh):

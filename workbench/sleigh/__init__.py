@@ -4,7 +4,6 @@
 
 from .errors import (
     PoisonTaskError, RemoteError, SleighError, SleighTaskException, TaskCancelledError,
-    WorkerLostError,
 )
 from .master import Sleigh, SleighStatus
 from .pending import SleighFuture, SleighPending, SleighResultIterator
@@ -20,5 +19,4 @@ __all__ = [
     "SleighStatus",
     "SleighTaskException",
     "TaskCancelledError",
-    "WorkerLostError",
 ]

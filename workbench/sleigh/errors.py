@@ -14,7 +14,6 @@ Shape of the tree::
      |    |                                    Future.result and map
      |    +-- TaskCancelledError              its batch was cancelled while it ran
      |    +-- PoisonTaskError                 it killed its worker too often to run again
-     |    +-- WorkerLostError                 its worker vanished and it cannot be re-run
      NwsException
      +-- SleighError                          the pool itself: start, stop, lost broker
 """
@@ -28,7 +27,7 @@ from typing import Any, NamedTuple
 from ..errors import NwsException
 
 #: Kinds of ErrorInfo.
-ERROR, CANCELLED, POISON, LOST = "error", "cancelled", "poison", "lost"
+ERROR, CANCELLED, POISON = "error", "cancelled", "poison"
 
 
 class ErrorInfo(NamedTuple):
@@ -147,12 +146,7 @@ class PoisonTaskError(RemoteError):
     """The task killed its worker so often that it is not run again."""
 
 
-class WorkerLostError(RemoteError):
-    """The task's worker vanished and the task cannot run elsewhere."""
-
-
-_KINDS = {ERROR: RemoteError, CANCELLED: TaskCancelledError, POISON: PoisonTaskError,
-          LOST: WorkerLostError}
+_KINDS = {ERROR: RemoteError, CANCELLED: TaskCancelledError, POISON: PoisonTaskError}
 
 
 class SleighError(NwsException):

@@ -199,6 +199,25 @@ class Sleigh(Executor):
         state = "stopped" if self._stopped else f"{self.workerCount} workers"
         return f"<Sleigh {getattr(self, 'wsName', '?')} {state}>"
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the workers (rank, host, pid) and the work in flight."""
+        from html import escape
+
+        status, info = self.status(), self.workerInfo()
+        title = (f"<b>Sleigh {escape(getattr(self, 'wsName', '?'))}</b> at "
+                 f"{escape(self._connection.address)}: "
+                 + ("stopped" if status.stopped else f"{status.workers} workers"))
+        work = (f"{status.outstanding} tasks in flight, {status.batches} calls waiting, "
+                f"{status.deaths} worker deaths")
+        rows = "".join(f"<tr><td>{w['rank']}</td><td>{escape(str(w['host']))}</td>"
+                       f"<td>{w['pid']}</td></tr>" for w in info)
+        return (f"<div>{title}</div><div>{work}</div><table><tr><th>rank</th><th>host</th>"
+                f"<th>pid</th></tr>{rows}</table>")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Sleigh cannot travel to its workers (did a task function refer to "
+                        "it?); tasks reach the sleigh's workspace as SleighNws")
+
     # ------------------------------------------------------------------ NetWorkSpaces API
 
     def eachElem(self, fun: Callable, elementArgs: Any = None, fixedArgs: Sequence = (),

@@ -167,9 +167,10 @@ class SleighResultIterator:
             if batch.error is not None:
                 raise batch.error
             raise StopIteration
-        value = batch.results.pop(tag)
+        with self._sleigh._cond:  # so that a late duplicate of this tag is not filed again
+            value = batch.results.pop(tag)
+            batch.consumed += 1
         self._next += 1
-        batch.consumed += 1
         if batch.source is not None:
             self._sleigh._feed(batch)
         if self._raise and tag in batch.failed:
