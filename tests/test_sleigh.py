@@ -78,7 +78,7 @@ def test_workers_join_and_describe_themselves(sleigh):
 
 
 def test_everything_lives_in_the_workspace(sleigh):
-    sleigh.eachElem(abs, [-1])
+    sleigh.eachElem(abs, [-1], timeout=TIMEOUT)
     expected = {"task", "result", "task@0", "task@1", "worker@0", "worker@1", "workerCount"}
     # task@<rank> appear once each worker waits on its own variable
     names = wait_for(lambda: (lambda names: names if expected <= set(names) else None)(
@@ -94,17 +94,18 @@ def test_everything_lives_in_the_workspace(sleigh):
 # ---------------------------------------------------------------------------- eachElem
 
 def test_each_elem_follows_networkspaces(sleigh):
-    assert sleigh.eachElem(abs, [-1, -2, -3]) == [1, 2, 3]
+    assert sleigh.eachElem(abs, [-1, -2, -3], timeout=TIMEOUT) == [1, 2, 3]
     # several lists are zipped, stopping at the shortest; fixed arguments are appended
     assert sleigh.eachElem(lambda a, b, c: (a, b, c), [[1, 2, 3], [4, 5]],
-                           fixedArgs=[9]) == [(1, 4, 9), (2, 5, 9)]
+                           fixedArgs=[9], timeout=TIMEOUT) == [(1, 4, 9), (2, 5, 9)]
     # argPermute reorders and selects
-    assert sleigh.eachElem(lambda a, b: a - b, [[10, 20], [1, 2]], argPermute=[1, 0]) == [-9, -18]
-    assert sleigh.eachElem(lambda x: x, [[1, 2], [3, 4]], argPermute=[1]) == [3, 4]
+    assert sleigh.eachElem(lambda a, b: a - b, [[10, 20], [1, 2]], argPermute=[1, 0],
+                           timeout=TIMEOUT) == [-9, -18]
+    assert sleigh.eachElem(lambda x: x, [[1, 2], [3, 4]], argPermute=[1], timeout=TIMEOUT) == [3, 4]
     # any iterable of elements; tuples stay single elements
-    assert sleigh.eachElem(len, [(1, 2), (3,)]) == [2, 1]
-    assert sleigh.eachElem(lambda x: x * x, range(5)) == [0, 1, 4, 9, 16]
-    assert sleigh.eachElem(abs, []) == []
+    assert sleigh.eachElem(len, [(1, 2), (3,)], timeout=TIMEOUT) == [2, 1]
+    assert sleigh.eachElem(lambda x: x * x, range(5), timeout=TIMEOUT) == [0, 1, 4, 9, 16]
+    assert sleigh.eachElem(abs, [], timeout=TIMEOUT) == []
 
 
 def test_each_elem_chunks_many_tiny_tasks_and_keeps_them_per_element(sleigh):
@@ -126,7 +127,7 @@ def test_failed_tasks_come_back_as_remote_errors(sleigh):
     def divide(x):
         return 1 / x
 
-    results = sleigh.eachElem(divide, [1, 0, 4])
+    results = sleigh.eachElem(divide, [1, 0, 4], timeout=TIMEOUT)
     assert results[0] == 1.0 and results[2] == 0.25
     error = results[1]
     assert isinstance(error, SleighTaskException) and isinstance(error, RemoteError)
@@ -149,7 +150,7 @@ def test_an_exception_that_does_not_pickle_still_reports(sleigh):
 
         raise Local("local trouble")
 
-    error = sleigh.eachWorker(raise_unpicklable)[0]
+    error = sleigh.eachWorker(raise_unpicklable, timeout=TIMEOUT)[0]
     assert isinstance(error, RemoteError) and error.exception is None
     assert "local trouble" in str(error) and "Local" in error.type_name
 
@@ -167,11 +168,11 @@ def test_closures_lambdas_and_local_classes_travel_by_value(sleigh):
     def shift(p):
         return Point(p.x + offset, p.y)
 
-    moved = sleigh.eachElem(shift, [Point(1, 2), Point(-3, 4)])
+    moved = sleigh.eachElem(shift, [Point(1, 2), Point(-3, 4)], timeout=TIMEOUT)
     assert [(p.x, p.y) for p in moved] == [(101, 2), (97, 4)]
     assert isinstance(moved[0], Point)  # the class came back as itself
-    assert sleigh.eachElem(lambda p: p.norm1(), [Point(-1, 2)]) == [3]
-    assert sleigh.eachElem(lambda x: x + offset, [1]) == [101]
+    assert sleigh.eachElem(lambda p: p.norm1(), [Point(-1, 2)], timeout=TIMEOUT) == [3]
+    assert sleigh.eachElem(lambda x: x + offset, [1], timeout=TIMEOUT) == [101]
 
 
 def test_what_a_notebook_defines_travels_by_value(broker):
@@ -206,15 +207,16 @@ with Sleigh(2, broker={broker.address!r}) as s:
 
 def test_worker_globals(sleigh):
     seen = sleigh.eachWorker(lambda: (SleighRank, SleighWorkerCount,  # noqa: F821
-                                      SleighNws.currentWs(), SleighUserNws.currentWs()))  # noqa: F821
+                                      SleighNws.currentWs(), SleighUserNws.currentWs()),  # noqa: F821
+                             timeout=TIMEOUT)
     assert [s[0] for s in seen] == [0, 1]
     assert {s[1] for s in seen} == {2}
     assert {s[2] for s in seen} == {sleigh.nws.currentWs()}
     assert {s[3] for s in seen} == {sleigh.userNws.currentWs()}
-    assert sleigh.eachWorker(rank_by_import) == [(0, 2), (1, 2)]
-    assert sleigh.eachWorker(rank_by_builtin) == [0, 1]
+    assert sleigh.eachWorker(rank_by_import, timeout=TIMEOUT) == [(0, 2), (1, 2)]
+    assert sleigh.eachWorker(rank_by_builtin, timeout=TIMEOUT) == [0, 1]
     # the user workspace is for coordination between master and workers
-    sleigh.eachWorker(lambda: SleighUserNws.store("hello", SleighRank))  # noqa: F821
+    sleigh.eachWorker(lambda: SleighUserNws.store("hello", SleighRank), timeout=TIMEOUT)  # noqa: F821
     assert sorted(sleigh.userNws.fetch("hello", timeout=5) for _ in range(2)) == [0, 1]
 
 
@@ -224,7 +226,7 @@ def test_a_worker_cannot_start_a_sleigh(sleigh, broker):
     def nested():
         return Sleigh(1, broker=address)
 
-    error = sleigh.eachWorker(nested)[0]
+    error = sleigh.eachWorker(nested, timeout=TIMEOUT)[0]
     assert isinstance(error, RemoteError) and error.type_name.endswith("SleighError")
 
 
@@ -243,7 +245,8 @@ def test_the_function_is_stored_once_per_map(sleigh):
 
     counts = {"functions": 0, "tasks": 0}
     with sleigh.nws.watch() as watch:
-        assert sleigh.eachElem(triple, list(range(50)), chunkSize=1) == [3 * x for x in range(50)]
+        assert sleigh.eachElem(triple, list(range(50)), chunkSize=1,
+                               timeout=TIMEOUT) == [3 * x for x in range(50)]
 
         def drained():
             try:
@@ -265,7 +268,7 @@ def test_numpy_arrays_travel_without_copies(sleigh):
     def double(a):
         return a * 2, describe_base(a), a.flags.writeable
 
-    [(doubled, worker_chain, writable)] = sleigh.eachElem(double, [array])
+    [(doubled, worker_chain, writable)] = sleigh.eachElem(double, [array], timeout=TIMEOUT)
     assert np.array_equal(doubled, array * 2)
     assert writable and doubled.flags.writeable
     assert "mmap" in worker_chain  # the worker's argument is the mapped file itself
@@ -282,7 +285,7 @@ def test_what_tasks_print_is_labelled_with_the_worker(sleigh, capsys):
         return x
 
     capsys.readouterr()
-    sleigh.eachElem(chatty, [1, 2, 3])
+    sleigh.eachElem(chatty, [1, 2, 3], timeout=TIMEOUT)
     captured = capsys.readouterr()
     out_lines = captured.out.splitlines()
     for x in (1, 2, 3):
@@ -301,7 +304,7 @@ def test_non_blocking_each_elem_and_accumulators(sleigh):
     assert pending.check() == 0 and pending.done == 6
 
     received = []
-    assert sleigh.eachElem(abs, [-1, -2, -3], accumulator=received.extend) is None
+    assert sleigh.eachElem(abs, [-1, -2, -3], accumulator=received.extend, timeout=TIMEOUT) is None
     assert sorted(received) == [(0, 1), (1, 2), (2, 3)]
 
     class Summer:
@@ -318,7 +321,8 @@ def test_non_blocking_each_elem_and_accumulators(sleigh):
             return self.total
 
     summer = Summer()
-    assert sleigh.eachElem(lambda x: 10 // x, [1, 2, 0, 5], accumulator=summer) == 17
+    assert sleigh.eachElem(lambda x: 10 // x, [1, 2, 0, 5], accumulator=summer,
+                           timeout=TIMEOUT) == 17
     assert summer.errors == [2]
 
 
@@ -339,7 +343,8 @@ def test_load_factor_caps_the_queue(sleigh):
 
 def test_progress_bar(sleigh, capsys):
     capsys.readouterr()
-    assert sleigh.eachElem(abs, list(range(-20, 0)), progress=True) == list(range(20, 0, -1))
+    assert sleigh.eachElem(abs, list(range(-20, 0)), progress=True,
+                           timeout=TIMEOUT) == list(range(20, 0, -1))
     err = capsys.readouterr().err
     assert "20/20" in err and "abs" in err
     pending = sleigh.eachElem(abs, [-1, -2], blocking=False)
@@ -350,9 +355,9 @@ def test_progress_bar(sleigh, capsys):
 # ---------------------------------------------------------------------------- eachWorker, imap
 
 def test_each_worker_runs_once_on_every_worker(sleigh):
-    pids = sleigh.eachWorker(os.getpid)
+    pids = sleigh.eachWorker(os.getpid, timeout=TIMEOUT)
     assert sorted(pids) == sorted(w["pid"] for w in sleigh.workerInfo())
-    assert sleigh.eachWorker(lambda a, b: a + b, 1, 2) == [3, 3]
+    assert sleigh.eachWorker(lambda a, b: a + b, 1, 2, timeout=TIMEOUT) == [3, 3]
     # a broadcast task goes first even while shared tasks are queued
     pending = sleigh.eachElem(time.sleep, [0.05] * 10, blocking=False)
     assert sorted(sleigh.eachWorker(os.getpid, timeout=TIMEOUT)) == sorted(pids)
@@ -367,7 +372,7 @@ def test_imap_is_lazy_ordered_and_bounded(sleigh):
             produced.append(n)
             yield n
 
-    results = sleigh.imap(lambda n: n * n, naturals(), loadFactor=2)
+    results = sleigh.imap(lambda n: n * n, naturals(), loadFactor=2, timeout=TIMEOUT)
     assert isinstance(results, SleighResultIterator)
     assert list(itertools.islice(results, 25)) == [n * n for n in range(25)]
     window = 2 * 2
@@ -376,9 +381,9 @@ def test_imap_is_lazy_ordered_and_bounded(sleigh):
     results.stop()
     assert results.stopped
 
-    assert list(sleigh.starmap(pow, [(2, 3), (3, 2), (10, 0)])) == [8, 9, 1]
-    assert list(sleigh.imap(lambda a, b: a - b, [5, 6, 7], [1, 1])) == [4, 5]
-    mixed = list(sleigh.imap(lambda x: 1 // x, [1, 0, 1]))
+    assert list(sleigh.starmap(pow, [(2, 3), (3, 2), (10, 0)], timeout=TIMEOUT)) == [8, 9, 1]
+    assert list(sleigh.imap(lambda a, b: a - b, [5, 6, 7], [1, 1], timeout=TIMEOUT)) == [4, 5]
+    mixed = list(sleigh.imap(lambda x: 1 // x, [1, 0, 1], timeout=TIMEOUT))
     assert mixed[0] == 1 and isinstance(mixed[1], RemoteError) and mixed[2] == 1
 
 
@@ -410,8 +415,8 @@ def test_a_failed_future_raises_remote_error(sleigh):
 
 def test_map(sleigh):
     assert list(sleigh.map(abs, [-1, -2, -3], timeout=TIMEOUT)) == [1, 2, 3]
-    assert list(sleigh.map(pow, [2, 3], [5, 2], chunksize=2)) == [32, 9]
-    results = sleigh.map(lambda x: 1 // x, [1, 0, 1])
+    assert list(sleigh.map(pow, [2, 3], [5, 2], chunksize=2, timeout=TIMEOUT)) == [32, 9]
+    results = sleigh.map(lambda x: 1 // x, [1, 0, 1], timeout=TIMEOUT)
     assert next(results) == 1
     with pytest.raises(RemoteError, match="ZeroDivisionError"):
         next(results)
@@ -431,7 +436,7 @@ def test_with_statement_stops_every_worker(broker):
     with pytest.raises(RuntimeError):
         s.submit(abs, 1)
     with pytest.raises(SleighError):
-        s.eachElem(abs, [1])
+        s.eachElem(abs, [1], timeout=TIMEOUT)
 
 
 def test_leaving_the_with_block_waits_for_futures(broker):
@@ -456,7 +461,8 @@ def test_shutdown_waits_for_futures(broker):
 def test_one_worker_per_cpu_by_default(broker, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     with Sleigh(broker=broker.address) as s:
-        assert s.workerCount == 1 and s.eachWorker(lambda: SleighWorkerCount) == [1]  # noqa: F821
+        assert s.workerCount == 1
+        assert s.eachWorker(lambda: SleighWorkerCount, timeout=TIMEOUT) == [1]  # noqa: F821
 
 
 def _alive(pid: int) -> bool:

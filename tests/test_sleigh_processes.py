@@ -104,7 +104,7 @@ def test_a_worker_killed_mid_task_is_replaced_and_its_task_runs_again(make_broke
         assert message and f"(pid {pid}) died with signal 9; started a replacement" in message[0]
         wait_for(lambda: pid not in [w["pid"] for w in s.workerInfo()], timeout=10)
         assert s.status().workers == 2 and s.status().deaths == 1
-        assert sorted(s.eachWorker(lambda: SleighRank)) == [0, 1]  # noqa: F821 - same rank back
+        assert sorted(s.eachWorker(lambda: SleighRank, timeout=TIMEOUT)) == [0, 1]  # noqa: F821 - same rank back
     finally:
         s.stop()
         server.close()
@@ -165,7 +165,7 @@ def test_a_task_that_kills_its_worker_three_times_is_not_run_again(broker, side,
         assert len(ran(side)) == 3
         assert s.status().deaths == 3
         assert len([r for r in caplog.records if "died with signal 9" in r.getMessage()]) == 3
-        assert s.eachElem(abs, [-1, -2]) == [1, 2]  # and the pool still works
+        assert s.eachElem(abs, [-1, -2], timeout=TIMEOUT) == [1, 2]  # and the pool still works
     finally:
         s.stop()
 
@@ -233,7 +233,7 @@ def test_ctrl_c_cancels_queued_tasks_and_interrupts_running_ones(broker, side):
         timer.start()
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            s.eachElem(slow, list(range(6)), chunkSize=1)
+            s.eachElem(slow, list(range(6)), chunkSize=1, timeout=TIMEOUT)
         assert time.monotonic() - started < 10
         # both workers were interrupted: quick work gets through at once
         assert s.eachElem(abs, [-1, -2, -3], timeout=5) == [1, 2, 3]
@@ -308,7 +308,7 @@ def test_ssh_launch_with_a_fake_ssh(broker, tmp_path, monkeypatch):
     with Sleigh(launch="ssh", nodeList=["nodeA", "nodeB"], broker=broker.address,
                 python=sys.executable) as s:
         assert s.workerCount == 2
-        assert s.eachWorker(lambda: SleighRank) == [0, 1]  # noqa: F821
+        assert s.eachWorker(lambda: SleighRank, timeout=TIMEOUT) == [0, 1]  # noqa: F821
         name = s.wsName
     lines = sorted(log.read_text().splitlines())
     assert lines == [f"node{host} {sys.executable} -m workbench worker --broker {broker.address} "
@@ -323,7 +323,7 @@ def test_a_callable_launcher(broker):
         return subprocess.Popen(argv, env=broker.env(), stdin=subprocess.DEVNULL)
 
     with Sleigh(2, launch=launch, broker=broker.address) as s:
-        assert s.eachElem(abs, [-1, -2]) == [1, 2]
+        assert s.eachElem(abs, [-1, -2], timeout=TIMEOUT) == [1, 2]
         name = s.wsName
     assert [rank for _, rank in calls] == [0, 1]
     argv = calls[0][0]

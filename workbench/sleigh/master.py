@@ -266,27 +266,30 @@ class Sleigh(Executor):
         return self._run(batch, blocking, timeout, progress)
 
     def imap(self, fun: Callable, *iterables: Iterable, loadFactor: int = 10,
-             chunksize: int = 1, progress: bool = False) -> SleighResultIterator:
+             chunksize: int = 1, progress: bool = False,
+             timeout: float | None = None) -> SleighResultIterator:
         """``fun`` over the zipped iterables, lazily -> an iterator of the results in order.
         At most loadFactor x workers tasks are in flight or waiting to be read, so infinite
-        inputs work. A failed task's value is its RemoteError."""
-        return self._lazy(fun, zip(*iterables), loadFactor, chunksize, progress)
+        inputs work. A failed task's value is its RemoteError. ``timeout``: seconds to wait
+        for each result (TimeoutError)."""
+        return self._lazy(fun, zip(*iterables), loadFactor, chunksize, progress, timeout)
 
     def starmap(self, fun: Callable, iterable: Iterable[Sequence], loadFactor: int = 10,
-                chunksize: int = 1, progress: bool = False) -> SleighResultIterator:
+                chunksize: int = 1, progress: bool = False,
+                timeout: float | None = None) -> SleighResultIterator:
         """Like imap, each item being the argument tuple of one call."""
         return self._lazy(fun, (tuple(args) for args in iterable), loadFactor, chunksize,
-                          progress)
+                          progress, timeout)
 
     def _lazy(self, fun: Callable, items: Iterator[tuple], loadFactor: int, chunksize: int,
-              progress: bool) -> SleighResultIterator:
+              progress: bool, timeout: float | None) -> SleighResultIterator:
         chunksize = max(1, chunksize)
         key = self._function_key(fun)
         window = max(1, loadFactor) * max(1, self.workerCount) * chunksize
         batch = self._new_batch(fun, key, None, window, by_consumer=True)
         batch.source = _chunked_records(batch.id, key, items, chunksize)
         self._feed_or_cancel(batch)
-        return SleighResultIterator(self, batch, progress=progress)
+        return SleighResultIterator(self, batch, progress=progress, each_timeout=timeout)
 
     def status(self) -> SleighStatus:
         """Workers, tasks in flight, waiting calls, deaths."""

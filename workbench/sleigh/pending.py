@@ -138,15 +138,19 @@ class SleighResultIterator:
     ``returned``, ``buffered`` (arrived early, waiting for their turn), ``submitted`` and
     ``stopped`` say where it stands; ``shutdown()`` stops sending more tasks, ``stop()`` gives
     up what is left. With ``raise_errors`` (Executor.map), a failed task raises its
-    RemoteError when its turn comes; otherwise the error is the element's value (NWS)."""
+    RemoteError when its turn comes; otherwise the error is the element's value (NWS).
+    ``deadline`` (monotonic time) bounds the whole iteration, ``each_timeout`` the wait for
+    each result; past either, TimeoutError."""
 
     def __init__(self, sleigh: Sleigh, batch: Batch, raise_errors: bool = False,
-                 deadline: float | None = None, progress: bool = False) -> None:
+                 deadline: float | None = None, progress: bool = False,
+                 each_timeout: float | None = None) -> None:
         self._sleigh = sleigh
         self._batch = batch
         self._next = 0
         self._raise = raise_errors
         self._deadline = deadline
+        self._each_timeout = each_timeout
         self._bar = sleigh._progress_bar(batch) if progress else None
 
     def __iter__(self) -> SleighResultIterator:
@@ -154,11 +158,15 @@ class SleighResultIterator:
 
     def __next__(self) -> Any:
         batch, tag = self._batch, self._next
+        deadline = self._deadline
+        if self._each_timeout is not None:
+            each = time.monotonic() + self._each_timeout
+            deadline = each if deadline is None else min(deadline, each)
         try:
             self._sleigh._wait_for(
                 batch, lambda: tag in batch.results or (batch.total is not None
                                                         and tag >= batch.total),
-                self._deadline, self._bar)
+                deadline, self._bar)
         except BaseException:
             self._close_bar()
             raise
