@@ -82,6 +82,21 @@ class KeyValueStore:
     def __repr__(self) -> str:
         return f"<KeyValueStore {self.workspace!r} at {self.address}>"
 
+    def _repr_html_(self) -> str:
+        """In a notebook: how many entries the store holds, and the first keys."""
+        from html import escape
+
+        title = f"<b>KeyValueStore {escape(self.workspace)}</b> at {escape(self.address)}"
+        try:
+            rows = json.loads(self._connection.call(Op.LIST_VARS, [self._ws],
+                                                    timeout=2.0)[HEADER_SIZE:])
+        except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
+            return f"<div>{title}: {escape(str(exc))}</div>"
+        keys = [name for name, values, *_ in rows if values]
+        shown = ", ".join(f"<code>{escape(key)}</code>" for key in keys[:20])
+        more = f" and {len(keys) - 20} more" if len(keys) > 20 else ""
+        return f"<div>{title}: {len(keys)} entries</div><div>{shown}{more}</div>"
+
     def close(self) -> None:
         self._connection.close()
 

@@ -111,6 +111,23 @@ class NwsServer:
     def __repr__(self) -> str:
         return f"<NwsServer {self.address}{' closed' if self._connection.closed else ''}>"
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the broker's workspaces, owner and variables (yours in bold)."""
+        from html import escape
+
+        title = f"<b>NwsServer</b> {escape(self.address)}"
+        try:
+            rows = _json(self._connection.call(Op.LIST_WSS, [], timeout=2.0))
+        except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
+            return f"<div>{title}: {escape(str(exc))}</div>"
+        cells = "".join(
+            f"<tr><td>{f'<b>{escape(name)}</b>' if mine else escape(name)}</td>"
+            f"<td>{escape(str(owner or '-'))}</td><td>{'yes' if persistent else ''}</td>"
+            f"<td>{nvars}</td></tr>" for name, mine, owner, persistent, nvars, _ in rows[:100])
+        more = f"<div>… and {len(rows) - 100} more</div>" if len(rows) > 100 else ""
+        return (f"<div>{title}: {len(rows)} workspaces</div><table><tr><th>workspace</th>"
+                f"<th>owner</th><th>persistent</th><th>variables</th></tr>{cells}</table>{more}")
+
     def openWs(self, wsName: str, space: NetWorkSpace | None = None, **opt: Any) -> NetWorkSpace:
         """Open a workspace, taking ownership if nobody owns it; returns a NetWorkSpace.
 
@@ -206,6 +223,23 @@ class NetWorkSpace:
 
     def __repr__(self) -> str:
         return f"<NetWorkSpace {self._name!r} at {self._connection.address}>"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the variables, with their values, fetchers, finders and mode."""
+        from html import escape
+
+        title = f"<b>NetWorkSpace {escape(self._name)}</b> at {escape(self._connection.address)}"
+        try:
+            rows = _json(self._connection.call(Op.LIST_VARS, [self._wsb], timeout=2.0))
+        except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
+            return f"<div>{title}: {escape(str(exc))}</div>"
+        head = "".join(f"<th>{h}</th>" for h in ("variable", "values", "fetchers", "finders",
+                                                  "mode"))
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(field))}</td>" for field in row)
+                       + "</tr>" for row in rows[:100])
+        more = f"<div>… and {len(rows) - 100} more</div>" if len(rows) > 100 else ""
+        return (f"<div>{title}: {len(rows)} variables</div><table><tr>{head}</tr>{body}"
+                f"</table>{more}")
 
     def __reduce__(self):
         # A handle sent to another process re-attaches there without claiming ownership.

@@ -1,0 +1,502 @@
+"""Live widgets: a workspace dashboard, a broker view, a sleigh monitor and a message feed.
+
+::
+
+    from workbench.jupyter.widgets import dashboard, broker_view, sleigh_monitor, message_feed
+
+    dashboard(ws)                 # variables, modes, values, fetchers and finders waiting
+    broker_view()                 # workspaces, owners, clients
+    sleigh_monitor(sleigh)        # workers, tasks done per worker, progress
+    message_feed("sensor:*")      # workbench.mq messages as they are sent
+
+Each returns an ipywidgets ``VBox`` that follows broker events (workspace watches, pub/sub),
+never polls, and redraws at most about seven times a second on the kernel's event loop (see
+``widgets_core``). ``refresh()`` redraws at once; ``close()`` ends the watch or subscription.
+A widget shown while the kernel runs a long cell catches up when the cell ends: its updates
+wait for the event loop, as every widget update must since ipykernel 7.
+
+Each widget works against any broker: pass an NwsServer or an address (``server=`` or
+``broker=``), or let it find the broker as a NetWorkSpace does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..client.pubsub import MessageBus, Watch
+from ..client.workspace import (
+    DICT, V_FETCHERS, V_FINDERS, V_MODE, V_VALUES, WS_NUMVARS, WS_OWNER, WS_PERSISTENT,
+    NetWorkSpace, NwsServer,
+)
+from ..errors import NwsException, NwsNoWorkSpaceException
+from ..mq.message import unpack
+from ..mq.transport import open_connection, transport
+from ..protocol import HEADER_SIZE, Op
+from ..sleigh.master import Sleigh
+from ..topics import parse
+from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
+
+__all__ = ["broker_view", "dashboard", "message_feed", "sleigh_monitor"]
+
+#: Seconds a widget waits for the broker's answer before showing that it cannot update.
+REQUEST_TIMEOUT = 5.0
+_NOTHING = object()
+
+
+def dashboard(workspace: NetWorkSpace | str, *, server: NwsServer | str | None = None,
+              preview: bool = True, max_rows: int = 100, interval: float = INTERVAL,
+              loop: asyncio.AbstractEventLoop | None = None) -> WorkspaceDashboard:
+    """A live table of a workspace's variables: mode, number of values, fetchers and finders
+    waiting, a preview of the value a find would return; buttons to fetchTry or delete the
+    chosen variable and to refresh. ``workspace``: a NetWorkSpace, or the name of an existing
+    workspace on ``server`` (an NwsServer, an address, or None: the broker found as usual)."""
+    return WorkspaceDashboard(workspace, server, preview, max_rows, interval, loop)
+
+
+def broker_view(server: NwsServer | str | None = None, *, max_rows: int = 100,
+                interval: float = INTERVAL,
+                loop: asyncio.AbstractEventLoop | None = None) -> BrokerView:
+    """A live view of a broker: its workspaces (owner, persistence, variables) and its
+    clients (what they own, requests, blocked calls). Redrawn on every workspace event; the
+    clients list changes with them (the broker sends no event when a client comes or goes:
+    ``refresh`` shows them at once)."""
+    return BrokerView(server, max_rows, interval, loop)
+
+
+def sleigh_monitor(sleigh: Sleigh, *, interval: float = INTERVAL,
+                   loop: asyncio.AbstractEventLoop | None = None) -> SleighMonitor:
+    """A live view of a sleigh: its workers and the tasks each has done since the sleigh was
+    first monitored, the progress of the calls running, tasks queued at the broker, deaths."""
+    return SleighMonitor(sleigh, interval, loop)
+
+
+def message_feed(pattern: str = "*", *, broker: NwsServer | str | None = None,
+                 keep: int = 50, interval: float = INTERVAL,
+                 loop: asyncio.AbstractEventLoop | None = None) -> MessageFeed:
+    """The latest ``keep`` messages sent under identifiers matching ``pattern`` (berryMQ
+    matching, as ``workbench.mq`` followers use), newest first, from every process of the
+    broker, this one included. ``broker``: an NwsServer or address; by default the broker
+    ``workbench.mq`` uses."""
+    return MessageFeed(pattern, broker, keep, interval, loop)
+
+
+def _button(description: str, tooltip: str, handler) -> widgets.Button:
+    button = widgets.Button(description=description, tooltip=tooltip,
+                            layout=widgets.Layout(width="auto"))
+    button.on_click(lambda _: handler())
+    return button
+
+
+# ------------------------------------------------------------------------------ dashboard
+
+class WorkspaceDashboard(LiveWidget):
+    """See ``dashboard``. ``table`` holds the variables, ``result`` what the last action did."""
+
+    def __init__(self, workspace: NetWorkSpace | str, server: NwsServer | str | None,
+                 preview: bool, max_rows: int, interval: float,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        super().__init__(loop, interval)
+        self.table = widgets.HTML()
+        self.variable = widgets.Dropdown(description="variable", options=[], value=None)
+        self.result = widgets.HTML()
+        actions = widgets.HBox([
+            self.variable,
+            _button("fetchTry", "take a value of the chosen variable", self.fetch_try),
+            _button("delete", "delete the chosen variable and its values", self.delete),
+            _button("refresh", "redraw from the broker now", self.refresh),
+        ])
+        self.children = [self.header, self.table, actions, self.result]
+        self.preview = preview
+        self.max_rows = max_rows
+        self._previews: dict[str, str] = {}
+        self._changed: set[str] = set()  # variables whose preview is stale (under _lock)
+        self._gone: str | None = None  # "deleted" or "purged" once the workspace went
+        self._body = ""
+
+        def follow() -> None:
+            if isinstance(workspace, NetWorkSpace):
+                self.ws = workspace
+            else:
+                srv, made = server_for(server)
+                self._owned = srv if made else None
+                self.ws = srv.useWs(workspace, create=False)
+            self.name = self.ws.currentWs()
+            self.address = self.ws.server.address
+            self._watch = self.ws.watch(self._on_events)
+
+        self._open(follow)
+
+    def _on_events(self, events: list[dict]) -> None:
+        """In the delivery thread: note what changed, ask for a redraw."""
+        with self._lock:
+            for event in events:
+                kind = event["event"]
+                if "var" in event:
+                    self._changed.add(event["var"])
+                elif kind in ("ws_deleted", "ws_purged"):
+                    self._gone = kind[3:]
+                elif kind == "ws_created":
+                    self._gone = None
+        self._throttle.request()
+
+    def _title(self) -> str:
+        return (f"<b>workspace {html.escape(getattr(self, 'name', '?'))}</b> · "
+                f"{html.escape(getattr(self, 'address', '?'))}")
+
+    def _body_html(self) -> str:
+        return self._body
+
+    def _redraw(self) -> None:
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            gone = self._gone
+        try:
+            rows = self.ws.listVars(format=DICT)
+        except NwsNoWorkSpaceException:
+            rows, gone = {}, gone or "deleted"
+        names = sorted(rows)
+        shown = names[:self.max_rows]
+        previews = self._previews
+        for name in list(previews):
+            if name not in rows:
+                del previews[name]
+        for name in shown:
+            if not self.preview or not rows[name][V_VALUES]:
+                previews.pop(name, None)
+            elif name in changed or name not in previews:
+                previews[name] = self._preview(name)
+        self._body = table(
+            ("variable", "mode", "values", "fetchers", "finders", "preview"),
+            ((name, rows[name][V_MODE], rows[name][V_VALUES], rows[name][V_FETCHERS],
+              rows[name][V_FINDERS], previews.get(name, "")) for name in shown),
+            more=len(names) - len(shown), empty="no variables")
+        values = sum(row[V_VALUES] for row in rows.values())
+        state = f" · <b>{gone}</b>" if gone else ""
+        self.header.value = (f"{self._title()} · {len(names)} variables · {values} values"
+                             f"{state}")
+        self.table.value = self._body
+        if list(self.variable.options) != names:
+            chosen = self.variable.value
+            self.variable.options = names
+            self.variable.value = chosen if chosen in names else (names[0] if names else None)
+
+    def _preview(self, name: str) -> str:
+        try:
+            value = self.ws.findTry(name, _NOTHING)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class this kernel cannot import
+            return f"<cannot decode: {type(exc).__name__}>"
+        return "" if value is _NOTHING else short(value)
+
+    def _act(self, what) -> None:
+        name = self.variable.value
+        if name is None:
+            self.result.value = "<i>no variable chosen</i>"
+            return
+        try:
+            message = what(name)
+        except NwsException as exc:
+            message = f"{name}: {type(exc).__name__}: {exc}"
+        self.result.value = html.escape(message)
+        with self._lock:
+            self._changed.add(name)
+        self.refresh()
+
+    def fetch_try(self) -> None:
+        """The fetchTry button: take a value of the chosen variable and show it."""
+        def take(name: str) -> str:
+            value = self.ws.fetchTry(name, _NOTHING)
+            return f"{name}: no value" if value is _NOTHING else f"fetched {name}: {short(value)}"
+        self._act(take)
+
+    def delete(self) -> None:
+        """The delete button: delete the chosen variable."""
+        def delete(name: str) -> str:
+            self.ws.deleteVar(name)
+            return f"deleted {name}"
+        self._act(delete)
+
+    def refresh(self) -> None:
+        self._previews.clear()  # find every value again
+        super().refresh()
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._closed else ""
+        return (f"<WorkspaceDashboard {getattr(self, 'name', '?')!r} at "
+                f"{getattr(self, 'address', '?')}{closed}>")
+
+
+# ------------------------------------------------------------------------------ the broker
+
+class BrokerView(LiveWidget):
+    """See ``broker_view``. ``workspaces`` and ``clients`` are the two tables."""
+
+    def __init__(self, server: NwsServer | str | None, max_rows: int, interval: float,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        super().__init__(loop, interval)
+        self.workspaces = widgets.HTML()
+        self.clients = widgets.HTML()
+        self.children = [self.header, self.workspaces, self.clients,
+                         _button("refresh", "redraw from the broker now", self.refresh)]
+        self.max_rows = max_rows
+
+        def follow() -> None:
+            self.server, made = server_for(server)
+            self._owned = self.server if made else None
+            self.address = self.server.address
+            self._connection = self.server._connection
+            self._watch = Watch(self._connection, "*", lambda events: self._throttle.request())
+
+        self._open(follow)
+
+    def _title(self) -> str:
+        return f"<b>broker</b> {html.escape(getattr(self, 'address', '?'))}"
+
+    def _body_html(self) -> str:
+        return self.workspaces.value + self.clients.value
+
+    def _redraw(self) -> None:
+        spaces = self.server.listWss(format=DICT)
+        head = self._connection.call(Op.STATUS, [], timeout=REQUEST_TIMEOUT)
+        status = json.loads(head[HEADER_SIZE:])
+        me = self._connection.label
+        names = sorted(spaces)[:self.max_rows]
+        self.workspaces.value = "<b>workspaces</b>" + table(
+            ("workspace", "owner", "persistent", "variables"),
+            ((name, spaces[name][WS_OWNER] or "-", "yes" if spaces[name][WS_PERSISTENT] else "",
+              spaces[name][WS_NUMVARS]) for name in names),
+            more=len(spaces) - len(names), empty="no workspaces")
+        clients = sorted(status["clients"], key=lambda c: c["label"])
+        self.clients.value = "<b>clients</b>" + table(
+            ("client", "owns", "requests", "blocked", "leases", "idle s"),
+            ((c["label"] + (" (this process)" if c["label"] == me else ""),
+              ", ".join(c["owned"]) or "-", c["requests"], c["waiting"], c["leases"],
+              f"{c['idle']:.1f}") for c in clients[:self.max_rows]),
+            more=len(clients) - self.max_rows, empty="no clients")
+        memory = status["memory"] / 2**20
+        self.header.value = (f"{self._title()} · workbench {html.escape(status['version'])} · "
+                             f"up {status['uptime']:.0f} s · {len(spaces)} workspaces · "
+                             f"{status['values']} values · {memory:.1f} MiB · "
+                             f"{len(clients)} clients")
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._closed else ""
+        return f"<BrokerView {getattr(self, 'address', '?')}{closed}>"
+
+
+# ------------------------------------------------------------------------------ sleighs
+
+class _ResultTally:
+    """The task results a sleigh's collector has filed, by worker rank, and who to tell.
+
+    The sleigh keeps no count per worker, so the first monitor of a sleigh wraps the method
+    its collector files each result entry with; counts start then."""
+
+    def __init__(self) -> None:
+        self.done: Counter[int] = Counter()
+        self.listeners: set = set()
+
+    def count(self, entry: tuple) -> None:
+        if entry[0]:  # batch 0 carries the workers' hellos, not results
+            self.done[entry[2]] += len(entry[3])
+        for listener in list(self.listeners):
+            listener()
+
+
+_tallies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_tallies_lock = threading.Lock()
+
+
+def _tally_of(sleigh: Sleigh) -> _ResultTally:
+    with _tallies_lock:
+        tally = _tallies.get(sleigh)
+        if tally is None:
+            tally = _tallies[sleigh] = _ResultTally()
+            file = sleigh._receive  # the collector looks it up for every entry
+
+            def receive(entry: tuple) -> None:
+                file(entry)
+                tally.count(entry)  # after filing: the redraw it asks for sees the result
+
+            sleigh._receive = receive
+        return tally
+
+
+class SleighMonitor(LiveWidget):
+    """See ``sleigh_monitor``. ``progress`` is the bar, ``workers`` the table."""
+
+    def __init__(self, sleigh: Sleigh, interval: float,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        super().__init__(loop, interval)
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="tasks")
+        self.progress_text = widgets.HTML()
+        self.workers = widgets.HTML()
+        self.footer = widgets.HTML()
+        self.children = [self.header, widgets.HBox([self.progress, self.progress_text]),
+                         self.workers, self.footer]
+        self.sleigh = sleigh
+        self.name = getattr(sleigh, "wsName", "?")
+        self._queued: dict[str, int] = {}  # task variables -> values (under _lock)
+        self._calls: dict[int, tuple] = {}  # batch id -> (weak batch, label, done, total)
+        self._tally = _tally_of(sleigh)
+        self._tally.listeners.add(self._throttle.request)
+
+        def follow() -> None:
+            try:
+                self._watch = sleigh.nws.watch(self._on_events)
+            except NwsException:
+                return  # stopped already: there is nothing to follow
+            for var, (values, _) in self._watch.snapshot.get(self.name, {}).items():
+                if var.startswith("task"):
+                    self._queued[var] = values
+
+        self._open(follow)
+
+    def _on_events(self, events: list[dict]) -> None:
+        with self._lock:
+            for event in events:
+                var = event.get("var", "")
+                if var.startswith("task"):
+                    self._queued[var] = event.get("values", 0)
+        self._throttle.request()
+
+    def _title(self) -> str:
+        return f"<b>sleigh {html.escape(self.name)}</b>"
+
+    def _body_html(self) -> str:
+        return self.progress_text.value + self.workers.value + self.footer.value
+
+    def _round(self) -> tuple[int, int, int]:
+        """The calls running, and those finished since the sleigh was last idle ->
+        (done, total, running)."""
+        sleigh = self.sleigh
+        with sleigh._cond:
+            live = {bid: (weakref.ref(b), b.label, b.done,
+                          b.total if b.total is not None else b.submitted)
+                    for bid, b in sleigh._batches.items()}
+        calls = self._calls
+        if live and calls and live.keys().isdisjoint(calls):
+            calls.clear()  # a new round of work: the last one's calls are over
+        for bid, (ref, label, done, total) in list(calls.items()):
+            if bid not in live:
+                batch = ref()
+                if batch is None:  # collected once its caller had the results
+                    calls[bid] = (ref, label, total, total)
+                else:
+                    calls[bid] = (ref, label, batch.done,
+                                  batch.total if batch.total is not None else batch.submitted)
+        calls.update(live)
+        done = sum(call[2] for call in calls.values())
+        total = sum(call[3] for call in calls.values())
+        return done, total, len(live)
+
+    def _redraw(self) -> None:
+        sleigh = self.sleigh
+        status = sleigh.status()
+        info = sleigh.workerInfo()
+        done, total, running = self._round()
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, total)
+        self.progress.bar_style = "success" if total and done >= total else ""
+        state = f"{running} calls running" if running else "idle"
+        self.progress_text.value = html.escape(f"{done} / {total} tasks · {state}")
+        by_rank = dict(self._tally.done)
+        self.workers.value = table(
+            ("rank", "host", "pid", "tasks done"),
+            ((w["rank"], w["host"], w["pid"], by_rank.get(w["rank"], 0)) for w in info),
+            empty="no workers")
+        with self._lock:
+            queued = sum(self._queued.values())
+        self.footer.value = html.escape(
+            f"queued at the broker {queued} · in flight {status.outstanding} · "
+            f"deaths {status.deaths} · duplicates dropped {status.duplicates}")
+        where = html.escape(sleigh._connection.address)
+        run = "<b>stopped</b>" if status.stopped else f"{status.workers} workers"
+        self.header.value = f"{self._title()} · {where} · {run}"
+
+    def _stop(self) -> None:
+        self._tally.listeners.discard(self._throttle.request)
+        super()._stop()
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._closed else ""
+        return f"<SleighMonitor {self.name}{closed}>"
+
+
+# ------------------------------------------------------------------------------ messages
+
+class MessageFeed(LiveWidget):
+    """See ``message_feed``. ``messages`` is the table; ``received`` counts every message."""
+
+    def __init__(self, pattern: str, broker: NwsServer | str | None, keep: int,
+                 interval: float, loop: asyncio.AbstractEventLoop | None) -> None:
+        parse(pattern)  # a bad pattern fails here, before anything is made
+        super().__init__(loop, interval)
+        self.messages = widgets.HTML()
+        self.children = [self.header, self.messages,
+                         _button("clear", "forget the messages shown", self.clear)]
+        self.pattern = pattern
+        self.received = 0
+        self._latest: deque[tuple[str, str, str]] = deque(maxlen=keep)  # under _lock
+        self._connection = None
+
+        def follow() -> None:
+            address = broker.address if isinstance(broker, NwsServer) else broker
+            self._connection = open_connection(address if address is not None
+                                               else transport.address)
+            self.address = self._connection.address
+            self._bus = MessageBus(self._connection, self._on_message)
+            self._bus.subscribe(pattern)
+
+        self._open(follow)
+
+    def _on_message(self, identifier: str, value: Any) -> None:
+        """In the delivery thread: keep the message's text, ask for a redraw."""
+        message = unpack(value, parse(identifier))
+        arguments = ", ".join([*map(short, message.args),
+                               *(f"{k}={short(v)}" for k, v in message.kwargs.items())])
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        with self._lock:
+            self._latest.appendleft((stamp, str(message.identifier), arguments))
+            self.received += 1
+        self._throttle.request()
+
+    def _title(self) -> str:
+        return (f"<b>messages</b> {html.escape(self.pattern)} · "
+                f"{html.escape(getattr(self, 'address', '?'))}")
+
+    def _body_html(self) -> str:
+        return self.messages.value
+
+    def _redraw(self) -> None:
+        with self._lock:
+            latest, received = list(self._latest), self.received
+        self.messages.value = table(("time", "identifier", "arguments"), latest,
+                                    empty="no messages yet")
+        dropped = self._bus.dropped
+        lost = f" · {dropped} dropped by the broker (read too slowly)" if dropped else ""
+        self.header.value = f"{self._title()} · {received} received{lost}"
+
+    def clear(self) -> None:
+        """The clear button: forget the messages shown (the count stays)."""
+        with self._lock:
+            self._latest.clear()
+        self.refresh()
+
+    def _stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()  # the broker drops the subscription with the session
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._closed else ""
+        return (f"<MessageFeed {getattr(self, 'pattern', '?')!r} at "
+                f"{getattr(self, 'address', '?')}{closed}>")
