@@ -244,3 +244,23 @@ def test_open_ws_gives_a_workspace_usable_from_another_server(broker, ws_name):
         assert ws_name in first.listWss(format=DICT)  # a user leaving purges nothing
     finally:
         first.close()
+
+
+def test_a_value_fetched_by_a_process_that_exits_without_closing_stays_consumed(broker, ws,
+                                                                                 ws_name):
+    ws.store("once", "only one copy")
+    result = run_client(broker, code(f"""
+        import gc
+        from workbench import NetWorkSpace
+
+        def take():
+            space = NetWorkSpace({ws_name!r}, useUse=True)
+            print(space.fetch("once", timeout=10))  # then the handle is dropped, never closed
+
+        take()
+        gc.collect()
+        """))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "only one copy"
+    time.sleep(DEAD_AFTER + 0.5)
+    assert ws.fetchTry("once") is None  # not put back: it was consumed

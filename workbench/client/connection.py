@@ -407,6 +407,11 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
         goodbye = context.socket(zmq.DEALER)
         goodbye.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(0xFFFF))
         goodbye.connect(address)
+        # Values this process took and used must not go back when its session ends: their
+        # acknowledgements go first (a heartbeat carries any channel's).
+        acks = [(channel.number, rid) for channel in list(channels) for rid in channel.acks]
+        if acks:
+            goodbye.send(request_head(Op.HEARTBEAT, 2, [pack_channel_acks(acks)]))
         goodbye.send(request_head(Op.BYE, 1))
         goodbye.close(linger=500)
     heartbeat.stop()
