@@ -27,6 +27,15 @@ from .errors import (  # noqa: E402
 from .client.keyvalue import KeyValueStore  # noqa: E402
 from .sleigh import RemoteError, Sleigh  # noqa: E402
 
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext workbench`` (a kernel started with ``--ext workbench`` does it): the
+    ``%nws`` magics, see ``workbench.jupyter``."""
+    from .jupyter import load_ipython_extension as load
+
+    load(ipython)
+
+
 __all__ = [
     "DICT",
     "FIFO",

@@ -1,5 +1,6 @@
 """The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench status`` asks a
-running broker how it is doing, ``workbench worker`` joins a sleigh (a worker pool)."""
+running broker how it is doing, ``workbench worker`` joins a sleigh (a worker pool),
+``workbench kernel install`` installs the "Python 3 (workbench)" Jupyter kernel."""
 
 from __future__ import annotations
 
@@ -87,7 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--rank", type=int, default=None,
                         help="the rank to take (default: the next free one)")
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    _kernel_parser(commands)
     return parser
+
+
+def _kernel_parser(commands: argparse._SubParsersAction) -> None:
+    from .jupyter.kernelspec import DISPLAY_NAME, KERNEL_NAME
+
+    kernel = commands.add_parser(
+        "kernel", help=f"install the \"{DISPLAY_NAME}\" Jupyter kernel",
+        description=f"The \"{DISPLAY_NAME}\" Jupyter kernel: IPython with the workbench "
+                    "extension loaded at start, so that %nws works in the first cell.")
+    actions = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    install = actions.add_parser(
+        "install", help="install the kernel spec",
+        description="Install the kernel spec (system-wide unless told otherwise); the kernel "
+                    "runs this Python, so it finds this installation of workbench.")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_true",
+                       help="install into this Python's environment (a virtualenv or conda "
+                            "environment)")
+    where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter")
+    install.add_argument("--name", default=KERNEL_NAME,
+                         help="the kernel's name (default %(default)s)")
+    install.add_argument("--display-name", default=DISPLAY_NAME,
+                         help="the name shown in Jupyter (default %(default)r)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +122,27 @@ def main(argv: list[str] | None = None) -> int:
         return run_broker(args)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "kernel":
+        return run_kernel(args)
     return run_status(args)
+
+
+def run_kernel(args: argparse.Namespace) -> int:
+    from .jupyter.kernelspec import install
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    try:
+        path = install(user=args.user, prefix=prefix, name=args.name,
+                       display_name=args.display_name)
+    except ImportError as exc:
+        print(f"workbench kernel install: {exc}; pip install 'workbench[jupyter]'",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:  # system-wide without the rights to write there
+        print(f"workbench kernel install: {exc}; try --user or --sys-prefix", file=sys.stderr)
+        return 1
+    print(f"Installed kernel {args.name} ({args.display_name}) in {path}")
+    return 0
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -1,0 +1,17 @@
+"""The notebook layer: the ``%nws`` magics (``magics``), the kernel spec of the
+"Python 3 (workbench)" kernel (``kernelspec``) and the dashboards (``widgets``).
+
+Only this package imports IPython and ipywidgets, and only in the modules that need them, so
+importing ``workbench.jupyter`` stays cheap (sleigh workers import ``cells`` from it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext workbench``: register ``%nws`` and ``%%nws_each`` on this shell."""
+    from .magics import NwsMagics
+
+    ipython.register_magics(NwsMagics(ipython))
