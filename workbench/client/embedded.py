@@ -78,12 +78,13 @@ def embedded_broker() -> str:
             # its own session: Ctrl-C in a terminal must not kill it before this process cleans up
             start_new_session=True,
         )
-        try:
-            address = _read_announcement(process)
-        except NwsConnectException as exc:
-            errors.seek(0)
-            tail = errors.read()[-2000:].decode("utf-8", "replace").strip()
-            raise NwsConnectException(f"{exc}\n{tail}" if tail else str(exc)) from None
+        with errors:  # the broker keeps its own descriptor of the file
+            try:
+                address = _read_announcement(process)
+            except NwsConnectException as exc:
+                errors.seek(0)
+                tail = errors.read()[-2000:].decode("utf-8", "replace").strip()
+                raise NwsConnectException(f"{exc}\n{tail}" if tail else str(exc)) from None
         _embedded, _embedded_address = process, address
         os.environ[BROKER_ENV] = address
         return address
