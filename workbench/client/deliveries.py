@@ -64,9 +64,11 @@ class Deliveries(threading.Thread):
                                       f"the delivery socket to {self._address} did not start")
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Ask the thread to end; it closes its socket itself within a poll slice (250 ms),
+        so closing a connection does not wait for it unless ``wait``."""
         self._stopping.set()
-        if self.is_alive() and threading.current_thread() is not self:
+        if wait and self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=2 * _POLL_MS / 1000 + 1)
 
     def run(self) -> None:
