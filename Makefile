@@ -1,9 +1,10 @@
-# The two commands of the README: `make demo` and `make test`. Each sets up what it needs.
+# The two commands of the README: `make lab` (JupyterLab on the notebooks) and `make test`;
+# `make demo` is the same work in a terminal. Each sets up what it needs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup lab demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -12,6 +13,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	touch $@
+
+# JupyterLab, the widgets and the "Python 3 (workbench)" kernel in the virtualenv; new
+# notebooks get that kernel. The notebooks need no broker: the first workspace starts one.
+$(VENV)/.jupyter: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[jupyter]"
+	$(BIN)/workbench kernel install --sys-prefix
+	touch $@
+
+lab: $(VENV)/.jupyter
+	$(BIN)/jupyter lab --MultiKernelManager.default_kernel_name=workbench \
+		$(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 demo: setup
 	$(BIN)/python examples/demo.py
