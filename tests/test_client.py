@@ -477,3 +477,26 @@ def test_handles_pickle_as_their_name(ws):
         assert clone.currentWs() == ws.currentWs()
     finally:
         clone.close()
+
+
+def test_any_interruption_of_a_blocked_fetch_cancels_it(server, ws) -> None:
+    """Not only Ctrl-C: any exception raised into the waiting thread (a cancelled worker task,
+    say) withdraws the request, so a value stored afterwards is not swallowed."""
+    import signal
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            ws.fetch("late", timeout=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    ws.store("late", "kept")
+    assert ws.fetchTry("late") == "kept"

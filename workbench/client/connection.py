@@ -322,15 +322,19 @@ class Connection:
             reply = channel.receive(request_id, deadline, self.check_alive)
             status = reply[0][1]
             result = decode(*reply) if decode is not None and status == 0 else reply
-        except (KeyboardInterrupt, NwsTimeoutException) as exc:
+        except NwsUnpicklingException:
+            if leased:  # an undecodable value must not come back forever: it stays consumed
+                channel.acks.append(request_id)
+            raise
+        except NwsConnectionDroppedException:
+            raise  # nobody left to cancel with: the broker returns what the session held
+        except BaseException as exc:
+            # Ctrl-C, a timeout, or anything else that interrupts the wait (a worker's task
+            # being cancelled): withdraw the request, so a value that raced it goes back.
             channel.cancel(request_id, self.check_alive)
             if isinstance(exc, NwsTimeoutException) and timeout is not None:
                 raise NwsTimeoutException(
                     f"no reply within {timeout:g} s (the request was cancelled)") from None
-            raise
-        except NwsUnpicklingException:
-            if leased:  # an undecodable value must not come back forever: it stays consumed
-                channel.acks.append(request_id)
             raise
         if status >= Status.ERROR:
             if spilled:  # refused: the broker never took the file over
