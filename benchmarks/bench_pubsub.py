@@ -79,7 +79,7 @@ class Settings(h.Settings):
     rate_msgs: int = 20_000
     rate_warmup: int = 100
     batch: int = 100  # PUBLISHes per pipeline of redis.pipelined
-    # 9 runs, not 5: a run takes about 10 s, and the latency medians of single runs vary more
+    # 9 runs, not 5: a run takes about 8 s, and the latency medians of single runs vary more
     # than the other benchmarks' figures (they flip with where the scheduler puts the three
     # processes).
     runs: int = 9
@@ -432,19 +432,20 @@ def benchmark(settings: Settings) -> dict:
 
 
 def _comparisons(system: str, client: str) -> list[tuple]:
+    name = f"{system}/redis"
     return [
         (f"{client} delivery rate vs redis-py PUBLISH", f"{system}.rate.delivered_per_s",
-         "redis.rate.delivered_per_s", "rate", 1.0),
+         "redis.rate.delivered_per_s", "rate", 1.0, name),
         (f"{client} delivery rate vs redis-py pipelined PUBLISH",
-         f"{system}.rate.delivered_per_s", "redis.pipelined.delivered_per_s", "rate", None),
+         f"{system}.rate.delivered_per_s", "redis.pipelined.delivered_per_s", "rate", None, name),
         (f"{client} latency median vs redis-py", f"{system}.latency.median_us",
-         "redis.latency.median_us", "latency", 1.0),
+         "redis.latency.median_us", "latency", 1.0, name),
         (f"{client} latency p99 vs redis-py", f"{system}.latency.p99_us",
-         "redis.latency.p99_us", "latency", None),
+         "redis.latency.p99_us", "latency", None, name),
         (f"{client} publish calls/s vs redis-py PUBLISH", f"{system}.rate.publish_per_s",
-         "redis.rate.publish_per_s", "rate", None),
+         "redis.rate.publish_per_s", "rate", None, name),
         (f"{client} publish calls/s vs redis-py pipelined", f"{system}.rate.publish_per_s",
-         "redis.pipelined.publish_per_s", "rate", None),
+         "redis.pipelined.publish_per_s", "rate", None, name),
     ]
 
 
