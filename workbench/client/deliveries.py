@@ -3,7 +3,7 @@
 A connection that subscribes or watches gets a *delivery socket*: a DEALER of its session with a
 channel number of its own, read by one daemon thread. The thread hands each delivery to the
 handler registered for its kind (``MESSAGE`` or ``EVENTS``) and grants the broker credit as it
-goes: after a burst of ``CREDIT_EVERY`` messages, or as soon as it has caught up. Handlers run
+goes: every ``CREDIT_EVERY`` messages, and whatever is left when the socket falls idle. Handlers run
 in that thread, so a handler that blocks holds up this process's deliveries (the broker then
 keeps a bounded backlog for it and drops the oldest beyond it; ``dropped`` counts them).
 """
@@ -30,8 +30,8 @@ log = logging.getLogger("workbench.deliveries")
 MESSAGE, EVENTS = 1, 2
 #: The channel number of every session's delivery socket.
 DELIVERY_CHANNEL = 0xFFFE
-#: Messages consumed before credit is granted while more are waiting (the broker's window is
-#: larger, so a busy stream never stalls on credit).
+#: Messages consumed before credit is granted (the broker's window is far larger, so a stream
+#: never stalls on credit; the rest is granted when the socket falls idle for a poll slice).
 CREDIT_EVERY = 64
 _POLL_MS = 250
 _START_TIMEOUT = 10.0
@@ -108,6 +108,9 @@ class Deliveries(threading.Thread):
             except zmq.Again:
                 if self._connection() is None:
                     return  # the connection was collected
+                if messages:  # idle: what was consumed is credited now
+                    self._credit(sock, messages, 0)
+                    messages = 0
                 continue
             _, status, nextra, dropped = _unpack_header(head)
             frames = [recv(copy=False) for _ in range(nextra)] if nextra else []
@@ -126,7 +129,11 @@ class Deliveries(threading.Thread):
                 batches += 1
             else:
                 messages += 1
-            if batches or messages >= CREDIT_EVERY or not sock.poll(0):
-                sock.send(request_head(Op.MQ_CREDIT, 0,
-                                       [self.channel_arg, b"%d" % messages, b"%d" % batches]))
+            if batches or messages >= CREDIT_EVERY:
+                self._credit(sock, messages, batches)
                 messages = batches = 0
+
+    def _credit(self, sock: zmq.Socket, messages: int, batches: int) -> None:
+        """Tell the broker what was consumed: it may send that many more."""
+        sock.send(request_head(Op.MQ_CREDIT, 0,
+                               [self.channel_arg, b"%d" % messages, b"%d" % batches]))
