@@ -100,9 +100,10 @@ class LocalLauncher(Launcher):
 def _installed(entry: str) -> bool:
     """Whether an import path entry belongs to a Python installation (the worker's Python
     has its own)."""
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    prefixes = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
+    entry = os.path.abspath(entry)  # a relative entry (sys.path.insert(0, "lib")) is cwd's
     return "site-packages" in entry or any(
-        os.path.commonpath([entry, prefix]) == prefix for prefix in prefixes if prefix)
+        os.path.commonpath([entry, prefix]) == prefix for prefix in prefixes)
 
 
 class SshLauncher(Launcher):
