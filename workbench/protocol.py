@@ -289,3 +289,29 @@ def unpack_channel_acks(arg: bytes) -> list[tuple[int, int]]:
         channel, _, rid = item.partition(b":")
         pairs.append((int(channel), int(rid)))
     return pairs
+
+
+def pack_many(encoded) -> list:
+    """Encoded values (each a frame list) -> the frames of one STORE_MANY request: the
+    records of their first frames, then every extra frame in order."""
+    records, extra = [], []
+    for first, *rest in encoded:
+        records.append(MANY_ITEM.pack(len(first)) + bytes(first))
+        extra.extend(rest)
+    return [b"".join(records), *extra]
+
+
+def split_many(head: bytes, extra: list) -> list[tuple[list, int]]:
+    """A FETCH_MANY reply -> [(value frames, returns)], not decoded, so that a caller can
+    decode each value on its own."""
+    (count,) = MANY_COUNT.unpack_from(head, HEADER_SIZE)
+    offset, used, values = HEADER_SIZE + MANY_COUNT.size, 0, []
+    for _ in range(count):
+        _, returns, length = MANY_RECORD.unpack_from(head, offset)
+        offset += MANY_RECORD.size
+        first = head[offset:offset + length]
+        offset += length
+        nextra = first[2] | first[3] << 8  # the descriptor's count of extra frames
+        values.append(([first, *extra[used:used + nextra]] if nextra else [first], returns))
+        used += nextra
+    return values

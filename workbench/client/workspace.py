@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from ..codec import decode, decode_at, encode, raw_bytes
 from ..config import CONNECT_TIMEOUT
 from ..errors import NwsOperationException
-from ..protocol import HEADER_SIZE, MANY_COUNT, MANY_ITEM, MANY_RECORD, META, Op, Status
+from ..protocol import HEADER_SIZE, META, Op, Status, pack_many, split_many
 from .connection import Connection
 from .embedded import connect
 from .iterator import NwsValueIterator
@@ -42,28 +42,7 @@ def _decode_value(head: bytes, extra: list) -> Any:
 
 def _decode_many(head: bytes, extra: list) -> list[tuple[Any, int]]:
     """A FETCH_MANY reply -> [(value, times its holder's session ended before)]."""
-    (count,) = MANY_COUNT.unpack_from(head, HEADER_SIZE)
-    offset, next_extra, out = HEADER_SIZE + MANY_COUNT.size, 0, []
-    for _ in range(count):
-        _, returns, length = MANY_RECORD.unpack_from(head, offset)
-        offset += MANY_RECORD.size
-        first = head[offset:offset + length]
-        offset += length
-        nextra = first[2] | first[3] << 8
-        frames = [first, *extra[next_extra:next_extra + nextra]] if nextra else [first]
-        next_extra += nextra
-        out.append((decode(frames), returns))
-    return out
-
-
-def _pack_many(values: Iterable) -> list:
-    """values -> a STORE_MANY request's frames: the records, then every extra frame."""
-    records, extra = [], []
-    for value in values:
-        first, *rest = encode(value)
-        records.append(MANY_ITEM.pack(len(first)) + bytes(first))
-        extra.extend(rest)
-    return [b"".join(records), *extra]
+    return [(decode(frames), returns) for frames, returns in split_many(head, extra)]
 
 
 def _decode_raw(head: bytes, extra: list) -> bytes:
@@ -306,7 +285,7 @@ class NetWorkSpace:
     def store_many(self, varName: str, values: Iterable) -> int:
         """Store several values in one request, in order (a work queue's batch of tasks);
         returns how many. Not in NetWorkSpaces: an extension."""
-        frames = _pack_many(values)
+        frames = pack_many(map(encode, values))
         head = self._connection.read(Op.STORE_MANY, [self._wsb, varName.encode()], frames,
                                      spill=False)[1][0]
         return int(head[HEADER_SIZE:])

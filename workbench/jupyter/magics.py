@@ -25,7 +25,7 @@ from ..protocol import Status
 from ..sleigh import RemoteError, Sleigh
 from .cells import CellOutput, run_cell
 from .parsing import (
-    ExpressionError, HelpShown, MagicError, Parser, UsageError, evaluate, name, split_option,
+    HelpShown, MagicError, Parser, UsageError, evaluate, name, split_option,
     split_words,
 )
 from .session import MagicSession

@@ -37,7 +37,7 @@ from ..client.pubsub import MessageBus
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import CONNECT_TIMEOUT, normalize_address
 from ..errors import NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException
-from ..protocol import Op
+from ..protocol import Op, pack_many, split_many
 from . import tasks
 from .errors import RemoteError, SleighError
 from .launch import (
@@ -529,7 +529,7 @@ class Sleigh(Executor):
                 self._store_many(var, small)
 
     def _store_many(self, var: bytes, encoded: list[list]) -> None:
-        self._connection.read(Op.STORE_MANY, [self._wsb, var], tasks.pack_values(encoded),
+        self._connection.read(Op.STORE_MANY, [self._wsb, var], pack_many(encoded),
                               spill=False)
 
     # ------------------------------------------------------------------ waiting
@@ -650,7 +650,7 @@ class Sleigh(Executor):
             while True:
                 _, (head, frames) = self._connection.read(Op.FETCH_MANY, args, (), None,
                                                           leased=True)
-                for value_frames, _ in tasks.split_many(head, frames):
+                for value_frames, _ in split_many(head, frames):
                     try:
                         decoded = tasks.decode_tolerant(value_frames)
                     except Exception:

@@ -33,7 +33,7 @@ import cloudpickle
 
 from .. import codec
 from ..config import OUT_OF_BAND_THRESHOLD
-from ..protocol import DESCRIPTOR, HEADER_SIZE, MANY_COUNT, MANY_ITEM, MANY_RECORD, Kind
+from ..protocol import DESCRIPTOR, Kind
 
 #: A record that has killed this many workers is not run again.
 DEATHS_LIMIT = 3
@@ -139,32 +139,7 @@ def frames_size(frames: Sequence) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
 
 
-def pack_values(encoded: Iterable[list]) -> list:
-    """Encoded values -> the frames of one STORE_MANY request."""
-    records, extra = [], []
-    for first, *rest in encoded:
-        records.append(MANY_ITEM.pack(len(first)) + bytes(first))
-        extra.extend(rest)
-    return [b"".join(records), *extra]
-
-
 # ---------------------------------------------------------------------------- decoding
-
-def split_many(head: bytes, extra: list) -> list[tuple[list, int]]:
-    """A FETCH_MANY reply -> [(value frames, returns)], not decoded: each value is decoded on
-    its own, so that one that cannot be does not take the others down with it."""
-    (count,) = MANY_COUNT.unpack_from(head, HEADER_SIZE)
-    offset, used, values = HEADER_SIZE + MANY_COUNT.size, 0, []
-    for _ in range(count):
-        _, returns, length = MANY_RECORD.unpack_from(head, offset)
-        offset += MANY_RECORD.size
-        first = head[offset:offset + length]
-        offset += length
-        nextra = first[2] | first[3] << 8
-        values.append(([first, *extra[used:used + nextra]], returns))
-        used += nextra
-    return values
-
 
 class Decoded(NamedTuple):
     value: Any

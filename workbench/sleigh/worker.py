@@ -46,7 +46,7 @@ from ..client.pubsub import MessageBus
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import CONNECT_TIMEOUT, normalize_address
 from ..errors import NwsConnectionDroppedException, NwsNoWorkSpaceException
-from ..protocol import Op
+from ..protocol import Op, pack_many, split_many
 from . import tasks
 from .errors import CANCELLED, POISON, ErrorInfo
 from .tasks import DEATHS_LIMIT, FUNCTION_PREFIX, RESULT, TASK, own_task_var, worker_var
@@ -224,7 +224,7 @@ class Worker:
                     channel.cancel(fetch_shared, alive)
                     fetch_shared = None
             raise_for_status(head[1], head)
-            self.run_hand(tasks.split_many(head, frames), request_id, var)
+            self.run_hand(split_many(head, frames), request_id, var)
 
     def _take_owed(self) -> list[int]:
         owed, self.owed = self.owed, []
@@ -282,7 +282,7 @@ class Worker:
         self.most = 1
         connection = self.connection
         self.stores.add(connection.channel().send(
-            Op.STORE_MANY, [self.wsb, var], tasks.pack_values(encoded), connection.check_alive,
+            Op.STORE_MANY, [self.wsb, var], pack_many(encoded), connection.check_alive,
             (lease,)))
 
     def _decode(self, frames: list) -> tasks.Decoded | None:
