@@ -266,14 +266,21 @@ def start_echo_server(children: Children, nocopy: bool = False,
     return proc, port
 
 
-def _echo_answers(port: int) -> bool:
+def dealer(port: int, rcvtimeo_ms: int | None = None):
+    """A DEALER socket connected to a loopback port, that drops unsent messages on close."""
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if rcvtimeo_ms is not None:
+        sock.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)
+    sock.connect(f"tcp://{LOOPBACK}:{port}")
+    return sock
+
+
+def _echo_answers(port: int) -> bool:
+    sock = dealer(port, 500)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, 500)
-        sock.connect(f"tcp://{LOOPBACK}:{port}")
         sock.send(b"ping")
         return sock.recv() == b"ping"
     finally:
@@ -379,10 +386,7 @@ def start_relay_server(children: Children) -> tuple[subprocess.Popen, int]:
 def _relay_answers(port: int) -> bool:
     import zmq
 
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 200)
-    sock.connect(f"tcp://{LOOPBACK}:{port}")
+    sock = dealer(port, 200)
     try:
         sock.send_multipart([b"put", b"probe", b"x"])
         return sock.recv() == b"ok"

@@ -162,21 +162,12 @@ def redis_consumer(port: int, var: str, ack: str, total: int, warmup: int) -> No
 
 
 def relay_consumer(port: int, var: str, ack: str, total: int, warmup: int) -> None:
-    sock = _relay_socket(port)
+    sock = h.dealer(port)
     try:
         consume(lambda: _relay(sock, b"want", var), lambda: _relay(sock, b"put", ack, b"1"),
                 total, warmup)
     finally:
         sock.close()
-
-
-def _relay_socket(port: int):
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{h.LOOPBACK}:{port}")
-    return sock
 
 
 def _relay(sock, kind: bytes, key: str, value: bytes = b"") -> bytes:
@@ -199,19 +190,18 @@ def wb_client(port: int, var: str, warmup: int) -> None:
         ws.close()
 
 
-def echo_client(port: int, warmup: int) -> None:
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{h.LOOPBACK}:{port}")
-
+def _echo_round_trip(sock) -> Callable[[], None]:
     def round_trip() -> None:  # the anchor's method (baselines.md): multipart calls both ends
         sock.send_multipart([VALUE])
         sock.recv_multipart()
 
+    return round_trip
+
+
+def echo_client(port: int, warmup: int) -> None:
+    sock = h.dealer(port)
     try:
-        h.timed_client(round_trip, warmup, per_call=1)
+        h.timed_client(_echo_round_trip(sock), warmup, per_call=1)
     finally:
         sock.close()
 
@@ -251,18 +241,9 @@ def wb_round_trips(ctx: Context, run: int, layout: str) -> dict:
 
 
 def echo_round_trips(ctx: Context, run: int, layout: str) -> dict:
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{h.LOOPBACK}:{ctx.echo_port}")
-
-    def round_trip() -> None:  # the anchor's method (baselines.md): multipart calls both ends
-        sock.send_multipart([VALUE])
-        sock.recv_multipart()
-
+    sock = h.dealer(ctx.echo_port)
     try:
-        return {"rt_per_s": h.time_loop(round_trip, *_round_trips(ctx, layout))}
+        return {"rt_per_s": h.time_loop(_echo_round_trip(sock), *_round_trips(ctx, layout))}
     finally:
         sock.close()
 
@@ -331,7 +312,7 @@ def redis_hand_off(ctx: Context, run: int) -> dict:
 def relay_hand_off(ctx: Context, run: int) -> dict:
     s = ctx.settings
     var, ack = f"handoff{run}", f"ack{run}"
-    sock = _relay_socket(ctx.ports["relay"])
+    sock = h.dealer(ctx.ports["relay"])
     consumer = child_argv("relay-consumer", port=ctx.ports["relay"], var=var, ack=ack,
                           total=s.handoff_warmup + s.handoffs, warmup=s.handoff_warmup)
     try:
@@ -405,11 +386,8 @@ def wb_big(ctx: Context, run: int) -> dict:
 
 def echo_big(ctx: Context, run: int) -> dict:
     import numpy as np
-    import zmq
 
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{h.LOOPBACK}:{ctx.ports['echo-nocopy']}")
+    sock = h.dealer(ctx.ports["echo-nocopy"])
 
     def round_trip() -> Any:
         sock.send(ctx.big_array, copy=False)
