@@ -214,7 +214,6 @@ def test_concurrent_increments_are_never_lost(broker, kv: KeyValueStore, space: 
 
 def test_racing_cas_loops_end_with_the_exact_total(broker, kv: KeyValueStore, space) -> None:
     kv.store("total", 0)
-    kv.store("conflicts", 0)
     _finish(_workers(broker, space, """
         for _ in range(150):
             while True:
@@ -223,10 +222,8 @@ def test_racing_cas_loops_end_with_the_exact_total(broker, kv: KeyValueStore, sp
                                      version=entry.version)
                 if status == Status.OK:
                     break
-                kv.incr("conflicts")
         """, 4))
-    assert kv.get("total").value == 600
-    assert kv.get("conflicts").value >= 0
+    assert kv.get("total").value == 600  # a lost update would leave it short
 
 
 def test_racing_adds_have_exactly_one_winner(broker, kv: KeyValueStore, space) -> None:

@@ -150,7 +150,7 @@ def test_the_backlog_is_bounded_in_bytes_too() -> None:
 
 
 def test_a_vanished_delivery_socket_counts_a_drop(driver) -> None:
-    sender, other = driver.connect(), driver.connect()
+    other = driver.connect()
     inbox = subscribe(driver, other, "x:*")
     head = codec.encode(1)[0]
     driver.state.undeliverable(inbox, b"\x01\x04\x00\x00\x00\x00\x00\x00" + head)
