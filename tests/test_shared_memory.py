@@ -143,3 +143,24 @@ def test_a_file_removed_behind_the_brokers_back_is_a_clear_error(broker, ws, ws_
     assert "shared-memory file is gone" in result.stdout
     ws.store("after", 1)  # the broker serves on
     assert ws.fetch("after") == 1
+
+
+def test_a_vanished_file_in_a_fetch_many_loses_only_that_value(broker, ws, ws_name):
+    ws.store("mixed", "before")
+    before = set(broker_files(broker))
+    ws.store("mixed", big_array(4))
+    [name] = set(broker_files(broker)) - before
+    ws.store("mixed", "after")
+    os.unlink(os.path.join(shm.SHM_DIR, name))
+    code = textwrap.dedent(f"""
+        from workbench import NetWorkSpace, NwsOperationException
+        ws = NetWorkSpace({ws_name!r}, useUse=True)
+        try:
+            ws.fetch_many("mixed", 10, timeout=10)
+        except NwsOperationException as exc:
+            print("error:", exc)
+        """)
+    result = run_client(broker, code, WORKBENCH_SHM="0")
+    assert result.returncode == 0, result.stderr
+    assert "shared-memory file is gone" in result.stdout
+    assert ws.fetch_many_try("mixed", 10) == ["before", "after"]

@@ -237,6 +237,22 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
             self.shared_in_use.discard(value.shared.partition(b":")[0])
             self.released.append((value.shared, value.found))
 
+    def _drop_broken_lease(self, peer: bytes, request_id: int, broken: Value) -> None:
+        """A leased reply cannot be sent (a value's file vanished): that value is gone; any
+        others taken with it (FETCH_MANY) go back to their variable."""
+        entry = self.leases.pop((peer, request_id), None)
+        if entry is None:
+            return
+        var, held, session = entry
+        session.leases.discard((peer, request_id))
+        self._discard(broken)
+        others = [v for v in held if v is not broken] if type(held) is list else []
+        for value in sorted(others, key=lambda v: v.seq, reverse=True):
+            if not (var.live and var.put_back(value)):
+                self._discard(value)
+        if others and var.live:
+            self._serve_waiting(var)
+
     def _reply_value(self, peer: bytes, request_id: int, var: Variable, value: Value,
                      session: Session) -> None:
         frames = self._frames_for(peer, request_id, value, session)
@@ -260,9 +276,7 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
                 try:
                     return self.files.materialize(frames)  # a client on another machine
                 except (OSError, ValueError) as exc:  # its file was removed behind our back
-                    if self.leases.pop((peer, request_id), None) is not None:
-                        session.leases.discard((peer, request_id))
-                        self._discard(value)
+                    self._drop_broken_lease(peer, request_id, value)
                     self._error(peer, request_id, Status.INTERNAL,
                                 f"the value's shared-memory file is gone: {exc}")
                     return None
