@@ -174,7 +174,7 @@ def run_broker(args: argparse.Namespace) -> int:
                           shared_memory=not args.no_shared_memory)
     try:
         server.bind()
-    except Exception as exc:  # zmq.ZMQError: address in use, bad interface
+    except OSError as exc:  # address in use, unknown interface
         print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)
         return 1

@@ -1,38 +1,43 @@
-"""The broker's socket loop: the only broker module that touches ZeroMQ.
+"""The broker's socket loop: the only broker module that touches sockets.
 
-Receive on a ROUTER, hand each request to ``BrokerState``, send what it returns, end silent
-sessions, repeat. A plain blocking loop: asyncio would cost a third of the round trips, and even
-a ``zmq.Poller`` call per request costs more than the request itself.
+Accept DEALER connections, read requests (ZMTP framing in ``zmtp``), hand each to
+``BrokerState``, send what it returns, end silent sessions, repeat. One thread does all of it
+around one ``epoll`` (``poll`` where there is none): a reply is written from the thread that computed it, with no
+hand-off to an I/O thread (see ``zmtp`` for why). Each pass reads what every ready peer sent,
+handles those requests in order and then writes every peer's replies in one system call each.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import ipaddress
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import time
 from collections import deque
 from typing import Callable
 
-import zmq
-from zmq.utils.monitor import recv_monitor_message
-
 from .. import shm
 from ..config import SHM_RELEASE_GRACE
 from .state import BrokerState, Limits
+from .zmtp import HANDSHAKE, ZmtpError, Inbound, encode, error_command
 
 log = logging.getLogger("workbench.broker")
 
-_SNDMORE = int(zmq.SNDMORE)
-_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-#: Slack over --max-message-size for one frame before libzmq drops the connection outright;
-#: below it the broker reads the request and answers with a clear error instead.
-_FRAME_SLACK = 1 << 20
+_READ = select.POLLIN
+_WRITE = select.POLLOUT
+_CLOSED = select.POLLHUP | select.POLLERR  # reading then tells what happened
+_READ_CHUNK = 1 << 18  # bytes asked of the kernel per read
+_IOV_MAX = 1024  # buffers per sendmsg: the kernel refuses more
+#: Seconds a connection may take to send its greeting and READY (libzmq's default too).
+HANDSHAKE_TIMEOUT = 30.0
+#: Seconds a stopping broker keeps writing the replies that tell blocked clients it stops.
+_STOP_LINGER = 1.0
 
 
 class _Stop(Exception):
@@ -47,32 +52,73 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Poller:
+    """``select.epoll`` where the system has it, else ``select.poll``: one interface, timeouts
+    in seconds, events as ``POLLIN``/``POLLOUT`` bits (epoll's have the same values)."""
+
+    def __init__(self) -> None:
+        if hasattr(select, "epoll"):
+            self._poller = select.epoll()
+            self.poll = self._poller.poll
+            self.close = self._poller.close
+        else:
+            self._poller = select.poll()
+            self.poll = lambda timeout: self._poller.poll(timeout * 1000)
+            self.close = lambda: None
+        self.register = self._poller.register
+        self.modify = self._poller.modify
+        self.unregister = self._poller.unregister
+
+
+class _Peer:
+    """One accepted connection: its socket, its parser, and the bytes waiting to go out."""
+
+    __slots__ = ("sock", "inbound", "identity", "out", "writing", "accepted")
+
+    def __init__(self, sock: socket.socket, max_message: int, now: float) -> None:
+        self.sock = sock
+        self.inbound = Inbound(max_message)
+        self.identity: bytes | None = None  # routable once the peer's READY came
+        self.out: list = [HANDSHAKE]  # buffers not yet written, in order
+        self.writing = False  # registered for write readiness (the kernel's buffer was full)
+        self.accepted = now
+
+
 class BrokerServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765,
                  limits: Limits | None = None, shared_memory: bool = True) -> None:
         self.host = host
         self.port = port
         self.limits = limits or Limits()
-        self.context = zmq.Context()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished peer raises
-        self.router.setsockopt(zmq.SNDHWM, 0)  # never drop a reply: each answers a request
-        self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_size + _FRAME_SLACK)
-        self.router.linger = 1000
         self.files = shm.BrokerFiles() if shared_memory and shm.identity() else None
         self.state = BrokerState(self.limits, random.Random(), time.monotonic(), self.files)
         self._releases: deque[tuple[float, bytes]] = deque()  # (when, shared-memory reference)
         self.address = ""
+        self.listener: socket.socket | None = None
+        self.poller = _Poller()
+        self.by_fd: dict[int, _Peer] = {}
+        self.routes: dict[bytes, _Peer] = {}  # routing identity -> its connection
+        self.peers: set[_Peer] = set()
+        self.dirty: dict[_Peer, None] = {}  # peers with output, in the order it was made
 
     def bind(self) -> str:
-        """Bind the ROUTER; ``port=0`` picks a free port. Returns the ``tcp://`` address."""
+        """Listen on the host and port; ``port=0`` picks a free port. Returns the ``tcp://``
+        address. Raises OSError (address in use, unknown interface)."""
         host = "127.0.0.1" if self.host == "localhost" else self.host
-        if self.port == 0:
-            self.router.bind(f"tcp://{host}:*")
-        else:
-            self.router.bind(f"tcp://{host}:{self.port}")
-        endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.port = int(endpoint.rsplit(":", 1)[1])
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, self.port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            if os.name == "posix":  # restart at once on the same port, as libzmq does
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(512)
+        except OSError:
+            listener.close()
+            raise
+        listener.setblocking(False)
+        self.listener = listener
+        self.port = listener.getsockname()[1]
         self.address = f"tcp://{self.host}:{self.port}"
         return self.address
 
@@ -81,29 +127,42 @@ class BrokerServer:
         """Serve until SIGINT/SIGTERM (or until ``parent_pid`` exits), then shut down cleanly.
 
         ``on_ready(address)`` is called once requests can be served and signals are handled."""
+        if self.listener is None:
+            self.bind()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        monitor = self.router.get_monitor_socket(_HANDSHAKE_FAILURES)
         tick = min(0.5, self.limits.liveness.interval / 2)
-        # A blocking receive that wakes at least once a tick: cheaper than a Poller per request.
-        self.router.setsockopt(zmq.RCVTIMEO, max(1, int(tick * 1000)))
+        listening = self.listener.fileno()
+        self.poller.register(listening, _READ)
         if self.files is not None:
             self.files.sweep()  # what brokers that died left behind
         # Requests allocate a few short-lived objects each and almost never cycles: collect
         # rarely, and never re-scan what was loaded at start.
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        poll = self.poller.poll
+        by_fd = self.by_fd
         try:
             log.info("workbench broker listening on %s", self.address)
             if on_ready is not None:
                 on_ready(self.address)
             next_tick = time.monotonic() + tick
             while True:
-                self._serve_one()
+                for fd, events in poll(max(0.0, next_tick - time.monotonic())):
+                    peer = by_fd.get(fd)
+                    if peer is None:
+                        if fd == listening:
+                            self._accept()
+                        continue  # closed earlier in this pass
+                    if events & (_READ | _CLOSED):
+                        self._read(peer)
+                    if events & _WRITE and peer.out:
+                        self._write(peer)
+                self._flush()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + tick
-                    self._count_handshake_failures(monitor)
                     self._release_files(now)
+                    self._end_slow_handshakes(now)
                     self.state.expire(now)
                     self._flush()
                     if parent_pid is not None and os.getppid() != parent_pid:
@@ -115,10 +174,11 @@ class BrokerServer:
             signal.signal(signal.SIGTERM, previous)
             self.state.shutdown()
             self._flush()
-            self.router.disable_monitor()
-            monitor.close(linger=0)
-            self.router.close()
-            self.context.term()
+            self._linger()
+            for peer in list(self.peers):
+                self._close(peer)
+            self.poller.close()
+            self.listener.close()
             if self.files is not None:
                 self.files.sweep(everything_of_mine=True)
             log.info("workbench broker stopped")
@@ -126,44 +186,139 @@ class BrokerServer:
     def _on_sigterm(self, signum, frame) -> None:
         raise _Stop()
 
-    def _serve_one(self) -> None:
-        """Receive one request (waiting up to a tick), let the state handle it, send replies."""
-        recv = self.router.recv
-        # Frames, not bytes: a Frame knows whether more follow, and asking the socket instead
-        # (getsockopt) costs more than the copy it saves.
-        try:
-            frame = recv(copy=False)
-        except zmq.Again:
-            return
-        peer = frame.bytes
-        head = b""
-        frames = []
-        size = 0
-        if frame.more:
-            frame = recv(copy=False)
-            head = frame.bytes
-            size = len(head)
-            while frame.more:
-                frame = recv(copy=False)  # values stay in ZeroMQ's memory, never copied
-                size += len(frame)
-                frames.append(frame)
-        state = self.state
-        if size > self.limits.max_message_size:
-            state.reject_oversized(peer, head, size)
-        else:
-            state.handle(peer, head, frames, time.monotonic())
-        outbox = state.outbox
-        if len(outbox) == 1 and not state.notices and not state.released:  # the usual case
-            self._send(*outbox.pop())
-            if not outbox:
+    # ------------------------------------------------------------------ connections
+
+    def _accept(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-        self._flush()
+            except OSError as exc:  # out of file descriptors, a connection reset at once
+                log.warning("cannot accept a connection: %s", exc)
+                return
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = _Peer(sock, self.limits.max_message_size, now)
+            self.peers.add(peer)
+            self.by_fd[sock.fileno()] = peer
+            self.poller.register(sock.fileno(), _READ)
+            self._write(peer)  # the greeting and READY go first, before the peer's arrive
+
+    def _close(self, peer: _Peer) -> None:
+        """Drop a connection. Values in replies it never got are the sender's session's leases:
+        they go back when that session ends."""
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        self.dirty.pop(peer, None)
+        if peer.identity is not None and self.routes.get(peer.identity) is peer:
+            del self.routes[peer.identity]
+        fd = peer.sock.fileno()
+        del self.by_fd[fd]
+        self.poller.unregister(fd)
+        peer.sock.close()
+        peer.out = []
+
+    def _refuse(self, peer: _Peer, error: ZmtpError) -> None:
+        counter = "handshake_failures" if error.handshake else "malformed"
+        counters = self.state.counters
+        counters[counter] = counters.get(counter, 0) + 1
+        log.debug("closing a connection: %s", error)
+        try:  # tell a ZeroMQ peer why, if it can hear it; never wait for it
+            peer.sock.send(error_command(str(error)))
+        except OSError:
+            pass
+        self._close(peer)
+
+    def _end_slow_handshakes(self, now: float) -> None:
+        for peer in [p for p in self.peers if p.identity is None
+                     and now - p.accepted > HANDSHAKE_TIMEOUT]:
+            self._refuse(peer, ZmtpError("no handshake in time", handshake=True))
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, peer: _Peer) -> None:
+        inbound = peer.inbound
+        sock = peer.sock
+        try:
+            large = inbound.body_buffer()
+            if large is None:
+                data = sock.recv(_READ_CHUNK)
+                if not data:
+                    self._close(peer)
+                    return
+                inbound.feed(data)
+            else:  # a large frame's body goes straight into its own buffer
+                count = sock.recv_into(large)
+                if not count:
+                    self._close(peer)
+                    return
+                inbound.body_filled(count)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ZmtpError as exc:
+            self._refuse(peer, exc)
+            return
+        except OSError:  # reset by the peer
+            self._close(peer)
+            return
+        if peer.identity is None and inbound.identity is not None:
+            if not self._route(peer, inbound.identity):
+                return
+        if inbound.replies:
+            peer.out.extend(inbound.replies)
+            inbound.replies.clear()
+            self.dirty[peer] = None
+        if inbound.messages:
+            messages, inbound.messages = inbound.messages, []
+            for frames, size in messages:
+                self._handle(peer.identity, frames, size)
+
+    def _route(self, peer: _Peer, identity: bytes) -> bool:
+        """The peer is ready: replies to ``identity`` go to it -> True. As with libzmq's
+        ROUTER, an identity another connection holds stays there: the newcomer is closed."""
+        if identity in self.routes:
+            self._refuse(peer, ZmtpError("routing identity already connected", handshake=True))
+            return False
+        peer.identity = identity
+        self.routes[identity] = peer
+        return True
+
+    def _handle(self, identity: bytes, frames: list, size: int) -> None:
+        state = self.state
+        head = frames[0] if frames else b""
+        if size > self.limits.max_message_size:
+            state.reject_oversized(identity, bytes(head), size)
+        else:
+            state.handle(identity, bytes(head), frames[1:], time.monotonic())
+        outbox = state.outbox
+        while outbox:
+            state.outbox = []
+            for peer_id, reply in outbox:
+                self._send(peer_id, reply)
+            outbox = state.outbox
+
+    # ------------------------------------------------------------------ writing
+
+    def _send(self, identity: bytes, frames: list) -> None:
+        peer = self.routes.get(identity)
+        if peer is None:
+            # The peer's socket is gone: a value it was handed goes back.
+            self.state.undeliverable(identity, frames[0])
+            return
+        peer.out.extend(encode(frames))
+        self.dirty[peer] = None
 
     def _flush(self) -> None:
+        """Log what the state noted, release files, and write every peer's output."""
         state = self.state
-        for line in state.notices:
-            log.info("%s", line)
-        state.notices.clear()
+        if state.notices:
+            for line in state.notices:
+                log.info("%s", line)
+            state.notices.clear()
         if state.released:
             now = time.monotonic()
             for reference, found in state.released:
@@ -172,28 +327,60 @@ class BrokerServer:
                 else:  # fetchers map before they acknowledge: nobody can still need it
                     self.files.release(reference)
             state.released.clear()
-        while state.outbox:
+        if state.outbox:  # from expire() or shutdown()
             outbox, state.outbox = state.outbox, []
-            for peer, frames in outbox:
-                self._send(peer, frames)
+            for peer_id, reply in outbox:
+                self._send(peer_id, reply)
+        dirty = self.dirty
+        while dirty:
+            peers = list(dirty)
+            dirty.clear()
+            for peer in peers:
+                if not peer.writing:
+                    self._write(peer)
 
-    def _send(self, peer: bytes, frames: list) -> None:
-        send = self.router.send
+    def _write(self, peer: _Peer) -> None:
+        """Write as much of the peer's output as the kernel takes; wait for write readiness
+        for the rest."""
+        out = peer.out
         try:
-            send(peer, _SNDMORE)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            # The peer's socket is gone: a value it was handed goes back.
-            self.state.undeliverable(peer, frames[0])
+            while out:
+                batch = out[:_IOV_MAX]
+                sent = peer.sock.sendmsg(batch) if len(batch) > 1 else peer.sock.send(batch[0])
+                for index, buffer in enumerate(batch):
+                    size = len(buffer) if type(buffer) is not memoryview else buffer.nbytes
+                    if sent < size:
+                        del out[:index]
+                        if sent:
+                            out[0] = memoryview(buffer).cast("B")[sent:]
+                        break
+                    sent -= size
+                else:
+                    del out[:len(batch)]
+                    continue
+                break  # the kernel's buffer is full
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:  # the peer went away
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN,
+                                 errno.ESHUTDOWN, errno.ECONNABORTED):
+                log.warning("writing to a client failed: %s", exc)
+            self._close(peer)
             return
-        last = len(frames) - 1
-        if not last:
-            send(frames[0])
-            return
-        send(frames[0], _SNDMORE)
-        for index in range(1, last + 1):
-            send(frames[index], _SNDMORE if index < last else 0, copy=False)
+        want = bool(out)
+        if want != peer.writing:
+            peer.writing = want
+            self.poller.modify(peer.sock.fileno(), _READ | _WRITE if want else _READ)
+
+    def _linger(self) -> None:
+        """On the way out: keep writing pending replies for a moment, so that clients blocked
+        in a call learn that the broker stops instead of waiting for their heartbeat."""
+        deadline = time.monotonic() + _STOP_LINGER
+        while any(peer.out for peer in self.peers) and time.monotonic() < deadline:
+            for fd, events in self.poller.poll(0.05):
+                peer = self.by_fd.get(fd)
+                if peer is not None and events & _WRITE and peer.out:
+                    self._write(peer)
 
     def _release_files(self, now: float) -> None:
         """Remove shared-memory files of values gone for a while: a finder that was sent a
@@ -201,10 +388,3 @@ class BrokerServer:
         releases = self._releases
         while releases and releases[0][0] < now - SHM_RELEASE_GRACE:
             self.files.release(releases.popleft()[1])
-
-    def _count_handshake_failures(self, monitor: zmq.Socket) -> None:
-        while monitor.poll(0):
-            event = recv_monitor_message(monitor)
-            if event["event"] & _HANDSHAKE_FAILURES:
-                self.state.counters["handshake_failures"] = (
-                    self.state.counters.get("handshake_failures", 0) + 1)

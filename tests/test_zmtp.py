@@ -1,0 +1,219 @@
+"""The broker's ZMTP framing: pure parsing and encoding, then libzmq peers against the broker."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import zmq
+from hypothesis import given, settings, strategies as st
+
+from workbench import NetWorkSpace
+from workbench.broker.zmtp import (
+    GREETING, HANDSHAKE, KEPT_HEAD, LARGE_FRAME, Inbound, ZmtpError, command, encode,
+    identity_from_ready, parse_greeting, properties,
+)
+from workbench.protocol import HEADER, Op, request_head
+
+from .support import wait_for
+from .test_robustness import status
+
+DEALER_READY = command(b"READY", properties(Socket_Type=b"DEALER", Identity=b"client-1"))
+
+
+def ready_inbound(max_message: int = 1 << 30) -> Inbound:
+    inbound = Inbound(max_message)
+    inbound.feed(GREETING + DEALER_READY)
+    assert inbound.identity == b"client-1"
+    return inbound
+
+
+def wire(*messages: list[bytes]) -> bytes:
+    return b"".join(bytes(buffer) for message in messages for buffer in encode(message))
+
+
+def feed_in_pieces(inbound: Inbound, data: bytes, cuts: list[int]) -> None:
+    """Feed ``data`` split at ``cuts``, reading large frames the way the server does."""
+    view = memoryview(data)
+    pos = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        while pos < cut:
+            target = inbound.body_buffer()
+            if target is None:
+                inbound.feed(bytes(view[pos:cut]))
+                pos = cut
+            else:
+                count = min(len(target), cut - pos)
+                target[:count] = view[pos:pos + count]
+                inbound.body_filled(count)
+                pos += count
+
+
+frames_strategy = st.lists(
+    st.lists(st.one_of(st.binary(max_size=300), st.integers(255, 70_000).map(bytes)),
+             min_size=1, max_size=4),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=frames_strategy, data=st.data())
+def test_messages_survive_any_split_of_the_stream(messages, data):
+    stream = GREETING + DEALER_READY + wire(*messages)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    inbound = Inbound(1 << 30)
+    feed_in_pieces(inbound, stream, cuts)
+    assert [([bytes(f) for f in frames], size) for frames, size in inbound.messages] == [
+        (message, sum(map(len, message))) for message in messages]
+
+
+def test_a_large_frame_is_read_into_a_buffer_of_its_own():
+    inbound = ready_inbound()
+    big = bytes(range(256)) * (LARGE_FRAME // 64)
+    stream = wire([b"head", big], [b"next"])
+    inbound.feed(stream[:1000])
+    target = inbound.body_buffer()
+    assert target is not None and len(target) == len(big) - (1000 - 6 - 9)  # after 2 headers
+    rest = stream[1000:]
+    target[:] = rest[:len(target)]
+    inbound.body_filled(len(target))
+    assert inbound.body_buffer() is None
+    inbound.feed(rest[len(target):])
+    assert [[bytes(f) for f in m] for m, _ in inbound.messages] == [[b"head", big], [b"next"]]
+
+
+def test_an_oversized_message_keeps_only_its_head_and_the_stream_goes_on():
+    inbound = ready_inbound(max_message=10_000)
+    head = request_head(Op.STORE, 7, [b"ws", b"v"])
+    stream = wire([head, b"x" * 20_000, b"y" * 300], [b"small"])
+    feed_in_pieces(inbound, stream, [50, 3000, 20_100])
+    (kept, size), (after, after_size) = inbound.messages
+    assert kept == [head] and size == len(head) + 20_300
+    assert after == [b"small"] and after_size == 5
+
+
+def test_an_oversized_first_frame_keeps_its_start():
+    inbound = ready_inbound(max_message=1000)
+    head = request_head(Op.STORE, 9, [b"ws", b"v"]) + b"z" * 5000
+    inbound.feed(wire([head]))
+    (kept, size), = inbound.messages
+    assert kept == [head[:KEPT_HEAD]] and size == len(head)
+
+
+@pytest.mark.parametrize("greeting, reason", [
+    (b"GET / HTTP/1.1\r\n".ljust(64, b"\0"), "not a ZeroMQ peer"),
+    (GREETING[:10] + b"\x02\x00" + GREETING[12:], "ZMTP 2.x"),
+    (GREETING[:12] + b"CURVE".ljust(20, b"\0") + GREETING[32:], "CURVE"),
+])
+def test_foreign_greetings_are_refused(greeting, reason):
+    with pytest.raises(ZmtpError, match=reason) as caught:
+        parse_greeting(greeting)
+    assert caught.value.handshake
+
+
+def test_ready_is_checked():
+    with pytest.raises(ZmtpError, match="PUB"):
+        identity_from_ready(command(b"READY", properties(Socket_Type=b"PUB"))[2:])
+    with pytest.raises(ZmtpError, match="READY"):
+        identity_from_ready(command(b"HELLO", b"")[2:])
+    with pytest.raises(ZmtpError, match="cut short"):
+        identity_from_ready(command(b"READY", properties(Socket_Type=b"DEALER"))[2:-2])
+    first = identity_from_ready(command(b"READY", properties(Socket_Type=b"DEALER"))[2:])
+    second = identity_from_ready(command(b"READY", properties(Socket_Type=b"DEALER"))[2:])
+    assert first[0] == 0 and second[0] == 0 and first != second  # generated, never a client's
+
+
+def test_protocol_breaches_after_the_handshake():
+    with pytest.raises(ZmtpError, match="reserved") as caught:
+        ready_inbound().feed(b"\x80\x01x")
+    assert not caught.value.handshake
+    with pytest.raises(ZmtpError, match="before READY"):
+        Inbound(100).feed(GREETING + wire([b"early"]))
+
+
+def test_ping_is_answered_with_pong_carrying_its_context():
+    inbound = ready_inbound()
+    inbound.feed(command(b"PING", b"\x00\x0actx"))
+    assert inbound.replies == [command(b"PONG", b"ctx")]
+
+
+def test_handshake_is_greeting_then_router_ready():
+    assert HANDSHAKE.startswith(GREETING) and len(GREETING) == 64
+    assert identity_from_ready(HANDSHAKE[66:].replace(b"ROUTER", b"DEALER"))
+
+
+# ------------------------------------------------------------------ against the broker
+
+
+def _dealer(broker, identity: bytes, receive_queue: int = 1000) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.RCVHWM, receive_queue)
+    sock.connect(broker.address)
+    return sock
+
+
+def test_bad_handshakes_are_counted_and_closed(broker):
+    before = status(broker)["counters"].get("handshake_failures", 0)
+    for greeting in (b"\x00" * 64, GREETING[:12] + b"PLAIN".ljust(20, b"\0") + GREETING[32:]):
+        with socket.create_connection((broker.host, broker.port), timeout=5) as raw:
+            raw.sendall(greeting)
+            received = b""
+            while chunk := raw.recv(4096):  # the broker closes the connection
+                received += chunk
+            assert received.startswith(GREETING)
+    assert status(broker)["counters"]["handshake_failures"] == before + 2
+
+
+def test_an_identity_already_connected_is_refused_to_a_second_connection(broker):
+    """As libzmq's ROUTER does: the connection that has the identity keeps it."""
+    first = _dealer(broker, b"same-identity-1")
+    first.send(request_head(Op.HEARTBEAT, 1))
+    assert first.poll(5000) and HEADER.unpack_from(first.recv())[3] == 1
+    second = _dealer(broker, b"same-identity-1")
+    second.send(request_head(Op.HEARTBEAT, 2))
+    assert not second.poll(500)
+    first.send(request_head(Op.HEARTBEAT, 3))
+    assert first.poll(5000) and HEADER.unpack_from(first.recv())[3] == 3
+    first.close()
+    second.close()
+
+
+def test_a_client_that_stops_reading_holds_up_nobody(broker, ws_name):
+    """Replies to a peer that does not read pile up in the broker, not in front of others."""
+    ws = NetWorkSpace(ws_name, broker.host, broker.port)
+    value = b"v" * (1 << 20)
+    for _ in range(40):
+        ws.store("big", value)
+    slow = _dealer(broker, b"slow-reader-1", receive_queue=1)
+    for request_id in range(40):
+        slow.send(request_head(Op.FIND_TRY, request_id, [ws_name.encode(), b"big"]))
+    time.sleep(0.3)  # 40 MiB of replies: more than the kernel's socket buffers hold
+    started = time.monotonic()
+    for i in range(50):
+        ws.store("x", i)
+        assert ws.fetch("x", timeout=5) == i
+    assert time.monotonic() - started < 5
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 40 and time.monotonic() < deadline:
+        if slow.poll(500):
+            head, *frames = slow.recv_multipart()
+            got.append(HEADER.unpack_from(head)[3])
+            assert sum(map(len, [head, *frames])) > len(value)
+    assert sorted(got) == list(range(40))
+    slow.close()
+    ws.close()
+
+
+def test_the_broker_stays_up_through_abrupt_disconnects(broker, ws_name):
+    ws = NetWorkSpace(ws_name, broker.host, broker.port)
+    for _ in range(20):
+        with socket.create_connection((broker.host, broker.port), timeout=5) as raw:
+            raw.sendall(GREETING + DEALER_READY + wire([request_head(Op.HEARTBEAT, 1)])[:5])
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    ws.store("still", "here")
+    assert ws.fetch("still", timeout=5) == "here"
+    assert wait_for(lambda: status(broker)["counters"]["internal_errors"] == 0)
+    ws.close()

@@ -1,0 +1,294 @@
+"""ZeroMQ's wire protocol (ZMTP 3.0, NULL mechanism) for the broker's end of a DEALER connection.
+
+Pure: bytes in, messages out, and bytes to send; no sockets. The server loop (``server``) owns
+the sockets and calls this.
+
+Why the broker speaks ZMTP itself instead of through libzmq: libzmq moves every message between
+its own I/O thread and the thread that called it, so a hand-off from one client to another
+crossed the broker's process in three thread wake-ups. On small VMs a wake-up of an idle vCPU
+costs more than the request, and those hops put a bare libzmq relay 10-20 % behind Redis's BLPOP
+hand-off; with the broker's socket I/O in its one thread the same relay is 15 % ahead
+(``docs/benchmarks.md``). Clients keep libzmq: to them the broker is a ROUTER like any other.
+
+The wire format (rfc.zeromq.org/spec/23): each side sends a 64-byte greeting (signature
+``FF 00*8 7F``, version 3.0, mechanism ``NULL``), then a ``READY`` command whose properties name
+the socket type and, for a DEALER, its routing identity. After that every frame is a flags byte
+(``MORE`` = 1, ``LONG`` = 2, ``COMMAND`` = 4), a size (one byte, or eight big-endian bytes when
+``LONG``) and the body; a message is a run of frames whose last lacks ``MORE``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+MORE, LONG, COMMAND = 1, 2, 4
+GREETING_SIZE = 64
+GREETING = (b"\xff" + bytes(8) + b"\x7f" + bytes((3, 0)) + b"NULL".ljust(20, b"\0") + b"\0"
+            + bytes(31))
+#: Socket types a ROUTER may talk to (ZMTP 3.0's compatibility table).
+PEER_TYPES = frozenset((b"DEALER", b"REQ", b"ROUTER"))
+#: A frame body at least this large is read straight into a buffer of its own (``body_buffer``)
+#: instead of through the connection's read chunks.
+LARGE_FRAME = 1 << 16
+#: How much of a message's first frame is kept when the message is too large to keep whole:
+#: enough for the request header, so the sender can be told.
+KEPT_HEAD = 4096
+_MAX_COMMAND = 1 << 16
+_FLAG_BITS = MORE | LONG | COMMAND
+
+# Short frame headers, by (more, size): built once, used for every reply.
+_SHORT = tuple(tuple(bytes((more, size)) for size in range(256)) for more in (0, MORE))
+_generated_ids = itertools.count(1)
+
+
+class ZmtpError(Exception):
+    """The peer broke the protocol; the connection is to be closed. ``handshake`` tells whether
+    it happened before the peer was ready (a port scanner, another protocol, a CURVE client)."""
+
+    def __init__(self, reason: str, handshake: bool) -> None:
+        super().__init__(reason)
+        self.handshake = handshake
+
+
+def _frame_header(size: int, flags: int) -> bytes:
+    if size < 256:
+        return bytes((flags, size))
+    return bytes((flags | LONG,)) + size.to_bytes(8, "big")
+
+
+def command(name: bytes, body: bytes = b"") -> bytes:
+    """A command frame: ``name`` (length-prefixed) followed by ``body``."""
+    payload = bytes((len(name),)) + name + body
+    return _frame_header(len(payload), COMMAND) + payload
+
+
+def properties(**values: bytes) -> bytes:
+    """ZMTP metadata: each property as a length-prefixed name and a 4-byte-length value."""
+    out = b""
+    for name, value in values.items():
+        key = name.replace("_", "-").encode()
+        out += bytes((len(key),)) + key + len(value).to_bytes(4, "big") + value
+    return out
+
+
+#: What the broker sends first on every connection: its greeting and its READY.
+HANDSHAKE = GREETING + command(b"READY", properties(Socket_Type=b"ROUTER"))
+PONG = b"PONG"
+
+
+def error_command(reason: str) -> bytes:
+    """The ERROR command ZMTP sends before closing a connection whose handshake failed."""
+    text = reason.encode()[:255]
+    return command(b"ERROR", bytes((len(text),)) + text)
+
+
+def parse_greeting(greeting: bytes) -> None:
+    """Check a peer's 64-byte greeting; raise ZmtpError if this broker cannot talk to it."""
+    if greeting[0] != 0xFF or not greeting[9] & 1:
+        raise ZmtpError("not a ZeroMQ peer (bad signature)", handshake=True)
+    if greeting[10] < 3:
+        raise ZmtpError(f"ZMTP {greeting[10]}.x peer; the broker speaks ZMTP 3",
+                        handshake=True)
+    mechanism = greeting[12:32].rstrip(b"\0")
+    if mechanism != b"NULL":
+        raise ZmtpError(f"security mechanism {mechanism.decode('latin-1')!r} is not offered "
+                        "(the broker uses NULL on loopback)", handshake=True)
+
+
+def parse_properties(data: bytes) -> dict[bytes, bytes]:
+    """ZMTP metadata -> {lower-case name: value}; raise ZmtpError if it is cut short."""
+    found = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        size = data[pos]
+        name = data[pos + 1:pos + 1 + size]
+        pos += 1 + size
+        if pos + 4 > end:
+            raise ZmtpError("metadata cut short", handshake=True)
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        pos += 4
+        if pos + length > end:
+            raise ZmtpError("metadata cut short", handshake=True)
+        found[name.lower()] = data[pos:pos + length]
+        pos += length
+    return found
+
+
+def identity_from_ready(body: bytes) -> bytes:
+    """A READY command's body -> the peer's routing identity (generated when it sets none)."""
+    if not body or body[1:1 + body[0]] != b"READY":
+        raise ZmtpError("expected a READY command", handshake=True)
+    found = parse_properties(body[1 + body[0]:])
+    socket_type = found.get(b"socket-type", b"")
+    if socket_type not in PEER_TYPES:
+        raise ZmtpError(f"a ROUTER cannot talk to a {socket_type.decode('latin-1')!r} socket",
+                        handshake=True)
+    identity = found.get(b"identity", b"")
+    if not identity:  # as libzmq's ROUTER does: a zero byte first, so no client id collides
+        identity = b"\0" + next(_generated_ids).to_bytes(4, "big")
+    elif len(identity) > 255:
+        raise ZmtpError("routing identity longer than 255 bytes", handshake=True)
+    return identity
+
+
+def encode(frames: list) -> list:
+    """A message -> the buffers to send, in order. Small frames are joined to their headers;
+    large ones are sent from their own memory, never copied."""
+    out = []
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        size = len(frame)
+        more = MORE if index < last else 0
+        if size < 256:
+            out.append(_SHORT[more][size] + frame if type(frame) is bytes
+                       else _SHORT[more][size] + bytes(frame))
+        else:
+            out.append(bytes((more | LONG,)) + size.to_bytes(8, "big"))
+            out.append(frame)
+    return out
+
+
+class Inbound:
+    """The byte stream one peer sends -> its routing identity, then its messages.
+
+    ``feed(data)`` parses what arrived and appends each complete message to ``messages`` as
+    ``(frames, size)``; a message over ``max_message`` bytes is not kept: its frames are skipped
+    as they arrive and it is appended as ``([first bytes of its first frame], size)`` so the
+    sender can be answered. While a large frame is coming, ``body_buffer()`` gives the part of
+    its own buffer still to fill: read into it, then call ``body_filled(n)``."""
+
+    __slots__ = ("max_message", "identity", "messages", "replies", "_pending", "_frames",
+                 "_size", "_skip", "_discarding", "_large", "_large_filled", "_large_more",
+                 "_greeted")
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self.identity: bytes | None = None  # set once the peer's READY arrived
+        self.messages: list[tuple[list, int]] = []
+        self.replies: list[bytes] = []  # commands to send back (PONG)
+        self._pending = b""  # the start of a frame whose rest has not arrived
+        self._frames: list = []  # frames of the message being read
+        self._size = 0  # its bytes so far
+        self._skip = 0  # bytes of an oversized message's frame still to skip
+        self._discarding = False  # the message being read is over the limit
+        self._large: bytearray | None = None  # a large frame being read into its own buffer
+        self._large_filled = 0
+        self._large_more = False
+        self._greeted = False
+
+    def body_buffer(self) -> memoryview | None:
+        """The unfilled part of the large frame being read, or None."""
+        if self._large is None:
+            return None
+        return memoryview(self._large)[self._large_filled:]
+
+    def body_filled(self, count: int) -> None:
+        """``count`` more bytes of the large frame were read into ``body_buffer()``."""
+        self._large_filled += count
+        if self._large_filled == len(self._large):
+            self._end_large()
+
+    def _end_large(self) -> None:
+        frame, more = self._large, self._large_more
+        self._large = None
+        self._add_frame(frame, more)
+
+    def _add_frame(self, frame, more: bool) -> None:
+        if not self._discarding:
+            self._frames.append(frame)
+        if not more:
+            frames = self._frames
+            if self._discarding:
+                frames = frames[:1]
+            self.messages.append((frames, self._size))
+            self._frames = []
+            self._size = 0
+            self._discarding = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes as they arrived from the peer. Raises ZmtpError on a protocol breach."""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        pos, end = 0, len(data)
+        if self._large is not None:  # the rest of a large frame, read the ordinary way
+            take = min(end, len(self._large) - self._large_filled)
+            self._large[self._large_filled:self._large_filled + take] = data[:take]
+            pos = take
+            self.body_filled(take)
+        elif self._skip:
+            take = min(end, self._skip)
+            self._skip -= take
+            pos = take
+            if not self._skip:  # the skipped frame ended
+                self._add_frame(b"", self._large_more)
+        if not self._greeted:
+            if end - pos < GREETING_SIZE:
+                self._pending = data[pos:]
+                return
+            parse_greeting(data[pos:pos + GREETING_SIZE])
+            self._greeted = True
+            pos += GREETING_SIZE
+        max_message = self.max_message
+        while pos < end:
+            flags = data[pos]
+            if flags & LONG:
+                if end - pos < 9:
+                    break
+                size = int.from_bytes(data[pos + 1:pos + 9], "big")
+                start = pos + 9
+            else:
+                if end - pos < 2:
+                    break
+                size = data[pos + 1]
+                start = pos + 2
+            if flags & ~_FLAG_BITS:
+                raise ZmtpError("reserved frame flags set", handshake=self.identity is None)
+            stop = start + size
+            if flags & COMMAND:
+                if size > _MAX_COMMAND:
+                    raise ZmtpError("command frame too large", handshake=self.identity is None)
+                if stop > end:
+                    break
+                self._command(data[start:stop])
+                pos = stop
+                continue
+            if self.identity is None:
+                raise ZmtpError("message before READY", handshake=True)
+            more = bool(flags & MORE)
+            if stop > end and size < LARGE_FRAME and not self._discarding:
+                break  # a small frame cut short: parsed again when the rest arrives
+            self._size += size  # from here on the frame is consumed, whole or in parts
+            if not self._discarding and self._size > max_message:
+                self._discarding = True
+                if not self._frames:  # keep the head of the request, to answer it
+                    self._frames.append(bytes(data[start:min(stop, end, start + KEPT_HEAD)]))
+            if self._discarding:
+                if stop > end:
+                    self._skip = stop - end
+                    self._large_more = more
+                    return
+                self._add_frame(b"", more)
+                pos = stop
+                continue
+            if stop > end:
+                self._large = bytearray(size)
+                self._large[:end - start] = data[start:end]
+                self._large_filled = end - start
+                self._large_more = more
+                return
+            self._add_frame(data[start:stop], more)
+            pos = stop
+        if pos < end:
+            self._pending = data[pos:]
+
+    def _command(self, body: bytes) -> None:
+        if self.identity is None:
+            self.identity = identity_from_ready(body)
+            return
+        name = body[1:1 + body[0]] if body else b""
+        if name == b"PING":  # ZMTP 3.1 heartbeat: answer with the context it carried
+            self.replies.append(command(b"PONG", body[1 + body[0] + 2:]))
+        elif name == b"ERROR":
+            raise ZmtpError("the peer reported an error", handshake=False)
+        # Anything else (SUBSCRIBE, PONG, unknown commands) means nothing to a ROUTER.
