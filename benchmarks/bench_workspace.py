@@ -1,6 +1,8 @@
 """Workspace benchmark: the workbench broker's store/fetch against same-run anchors.
 
-What it measures (values are 100-byte ``bytes`` unless noted; everything on loopback TCP):
+What it measures (values are 100-byte ``bytes`` unless noted; everything on loopback: the
+workbench clients use the broker's Unix socket, as clients on its machine do, except where a
+figure says TCP; the anchors use TCP):
 
 1. single client, sequential: ``store`` round trips/s and ``fetch`` round trips/s (500
    warm-up, then 10,000 of each; the stores fill the variable the fetches then drain), with
@@ -9,7 +11,7 @@ What it measures (values are 100-byte ``bytes`` unless noted; everything on loop
 2. hand-off latency: a consumer process is parked in ``fetch``; the producer (this process)
    sleeps 1 ms, stores a value carrying its CLOCK_MONOTONIC send time, then waits in ``fetch``
    for the consumer's acknowledgement on a second variable. 100 warm-up + 1,000 measured;
-   median and p99 of receive time minus send time;
+   median and p99 of receive time minus send time; once more with both clients on TCP;
 3. 4 client processes, each doing store+fetch pairs on a variable of its own for 3 s from a
    common start instant: total round trips/s;
 4. a 100 MiB float64 numpy array: ``store`` + ``fetch`` round trip in seconds (1 warm-up +
@@ -18,8 +20,8 @@ What it measures (values are 100-byte ``bytes`` unless noted; everything on loop
 
 Anchors, measured in the same run: a bare pyzmq DEALER->ROUTER echo server (blocking
 ``recv_multipart``/``send_multipart`` loop, in its own process) for 1, 3 and 4 (a 100 MiB
-``copy=False`` echo); a bare pyzmq ROUTER relay for 2 (ZeroMQ's own floor for a hand-off:
-``_harness.relay_server``); and redis-py against a private ``redis-server`` for all four (SET and GET
+``copy=False`` echo); a bare pyzmq ROUTER relay for 2 (what a broker built on libzmq pays
+for a hand-off, its I/O thread's wake-ups included: ``_harness.relay_server``); and redis-py against a private ``redis-server`` for all four (SET and GET
 rates, RPUSH->BLPOP hand-off with the same 1 ms gap and acknowledgement, 4-client SET/GET pairs,
 100 MiB SET+GET of the array's bytes), skipped with a note when ``redis-server`` is missing
 (``benchmarks/install-anchors.sh`` installs it).
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import struct
 import sys
 import time
@@ -285,13 +288,34 @@ def produce_hand_offs(ctx: Context, name: str, consumer: list[str],
             "max_us": max(us)}
 
 
-def wb_hand_off(ctx: Context, run: int) -> dict:
-    s, ws = ctx.settings, ctx.ws
+def wb_hand_off(ctx: Context, run: int, ws: Any = None) -> dict:
+    s, ws = ctx.settings, ws or ctx.ws
     var, ack = f"handoff{run}", f"ack{run}"
     consumer = child_argv("wb-consumer", port=ctx.broker_port, var=var, ack=ack,
                           total=s.handoff_warmup + s.handoffs, warmup=s.handoff_warmup)
     return produce_hand_offs(ctx, "wb-consumer", consumer, lambda v: ws.store(var, v),
                              lambda: ws.fetch(ack))
+
+
+def wb_tcp_hand_off(ctx: Context, run: int) -> dict:
+    """The same hand-off with both clients on loopback TCP, as clients on other machines talk
+    (clients on the broker's machine use its Unix socket)."""
+    from workbench import NetWorkSpace
+    from workbench.config import LOCAL_SOCKET_ENV
+
+    saved = os.environ.get(LOCAL_SOCKET_ENV)
+    os.environ[LOCAL_SOCKET_ENV] = "0"  # for this client and the consumer process it starts
+    ws = None
+    try:
+        ws = NetWorkSpace(WORKSPACE, h.LOOPBACK, ctx.broker_port, useUse=True)
+        return wb_hand_off(ctx, run, ws)
+    finally:
+        if ws is not None:
+            ws.close()
+        if saved is None:
+            del os.environ[LOCAL_SOCKET_ENV]
+        else:
+            os.environ[LOCAL_SOCKET_ENV] = saved
 
 
 def redis_hand_off(ctx: Context, run: int) -> dict:
@@ -445,6 +469,7 @@ def round_trip_group(layout: str) -> list[Case]:
 GROUPS: dict[str, list[Case]] = {
     **{f"rt_{layout}": round_trip_group(layout) for layout in h.placements()},
     "handoff": [Case("wb.handoff", wb_hand_off, "wb"),
+                Case("wb_tcp.handoff", wb_tcp_hand_off, "wb"),
                 Case("redis.handoff", redis_hand_off, "redis"),
                 Case("relay.handoff", relay_hand_off, "relay")],
     "clients": [Case("wb.clients", wb_clients, "wb"), Case("echo.clients", echo_clients, "echo"),
@@ -500,6 +525,8 @@ COMPARISONS = [
     ("hand-off median vs BLPOP median", "wb.handoff.median_us", "redis.handoff.median_us",
      "latency", 1.0),
     ("hand-off p99 vs BLPOP p99", "wb.handoff.p99_us", "redis.handoff.p99_us", "latency", None),
+    ("hand-off over TCP vs BLPOP", "wb_tcp.handoff.median_us", "redis.handoff.median_us",
+     "latency", None),
     ("hand-off median vs bare ZeroMQ relay", "wb.handoff.median_us",
      "relay.handoff.median_us", "latency", None),
     ("bare ZeroMQ relay hand-off vs BLPOP", "relay.handoff.median_us",

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "workspaces are purged (default %(default)s)")
     broker.add_argument("--no-shared-memory", action="store_true",
                         help="never accept values through /dev/shm from clients on this machine")
+    broker.add_argument("--no-local-socket", action="store_true",
+                        help="serve clients on this machine over TCP only, not over a Unix "
+                             "socket only this user can reach")
     broker.add_argument("--insecure", action="store_true",
                         help="allow listening on a non-loopback interface without "
                              "authentication")
@@ -171,7 +174,8 @@ def run_broker(args: argparse.Namespace) -> int:
         liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
     )
     server = BrokerServer(args.host, args.port, limits,
-                          shared_memory=not args.no_shared_memory)
+                          shared_memory=not args.no_shared_memory,
+                          local_socket=not args.no_local_socket)
     try:
         server.bind()
     except OSError as exc:  # address in use, unknown interface

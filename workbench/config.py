@@ -41,6 +41,8 @@ OUT_OF_BAND_THRESHOLD = 64 * 1024
 MAX_NAME_LENGTH = 1024
 #: Set to 0 to make a client send every value through the socket, never through shared memory.
 SHM_ENV = "WORKBENCH_SHM"
+#: Set to 0 to make a client on the broker's machine talk TCP instead of the broker's Unix socket.
+LOCAL_SOCKET_ENV = "WORKBENCH_LOCAL_SOCKET"
 #: Seconds a broker keeps a shared-memory file after its value is gone (for late finders).
 SHM_RELEASE_GRACE = float(os.environ.get("WORKBENCH_SHM_GRACE", 10.0))
 

@@ -1,6 +1,6 @@
 """The broker's socket loop: the only broker module that touches sockets.
 
-Accept DEALER connections, read requests (ZMTP framing in ``zmtp``), hand each to
+Accept DEALER connections (over TCP, and from this machine over a Unix socket too), read requests (ZMTP framing in ``zmtp``), hand each to
 ``BrokerState``, send what it returns, end silent sessions, repeat. One thread does all of it
 around one ``epoll`` (``poll`` where there is none): a reply is written from the thread that computed it, with no
 hand-off to an I/O thread (see ``zmtp`` for why). Each pass reads what every ready peer sent,
@@ -15,9 +15,12 @@ import ipaddress
 import logging
 import os
 import random
+import secrets
 import select
 import signal
 import socket
+import stat
+import tempfile
 import time
 from collections import deque
 from typing import Callable
@@ -50,6 +53,27 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
+
+
+def _remove_stale_sockets(directory: str) -> None:
+    """Remove the Unix sockets of brokers that died without cleaning up: nobody accepts on
+    them any more."""
+    for name in os.listdir(directory):
+        if not (name.startswith("broker-") and name.endswith(".sock")):
+            continue
+        path = os.path.join(directory, name)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
 
 class _Poller:
@@ -86,7 +110,8 @@ class _Peer:
 
 class BrokerServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765,
-                 limits: Limits | None = None, shared_memory: bool = True) -> None:
+                 limits: Limits | None = None, shared_memory: bool = True,
+                 local_socket: bool = True) -> None:
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -95,6 +120,9 @@ class BrokerServer:
         self._releases: deque[tuple[float, bytes]] = deque()  # (when, shared-memory reference)
         self.address = ""
         self.listener: socket.socket | None = None
+        self.local_socket = local_socket
+        self.local_listener: socket.socket | None = None  # see _listen_locally
+        self.local_path: str | None = None
         self.poller = _Poller()
         self.by_fd: dict[int, _Peer] = {}
         self.routes: dict[bytes, _Peer] = {}  # routing identity -> its connection
@@ -120,7 +148,41 @@ class BrokerServer:
         self.listener = listener
         self.port = listener.getsockname()[1]
         self.address = f"tcp://{self.host}:{self.port}"
+        if self.local_socket:
+            self._listen_locally()
         return self.address
+
+    def _listen_locally(self) -> None:
+        """Also listen on a Unix socket, which clients on this machine use instead of TCP (the
+        broker offers it in its hello reply): it skips the loopback TCP stack, and only this
+        user can reach it. Its name carries a random token, so a client can never mistake
+        another broker's socket for this one's."""
+        if not hasattr(socket, "AF_UNIX"):
+            return
+        directory = os.path.join(tempfile.gettempdir(), f"workbench-{os.getuid()}")
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            info = os.lstat(directory)
+            if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+                    or info.st_mode & 0o077):
+                log.warning("no local socket: %s is not a directory private to this user",
+                            directory)
+                return
+            _remove_stale_sockets(directory)
+            path = os.path.join(directory, f"broker-{self.port}-{secrets.token_hex(6)}.sock")
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                listener.bind(path)
+                listener.listen(512)
+            except OSError:
+                listener.close()
+                raise
+        except OSError as exc:  # a path too long, a full disk: TCP still serves everyone
+            log.warning("no local socket (clients on this machine use TCP): %s", exc)
+            return
+        listener.setblocking(False)
+        self.local_listener, self.local_path = listener, path
+        self.state.local_endpoint = f"ipc://{path}"
 
     def serve_forever(self, parent_pid: int | None = None,
                       on_ready: Callable[[str], None] | None = None) -> None:
@@ -131,8 +193,10 @@ class BrokerServer:
             self.bind()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         tick = min(0.5, self.limits.liveness.interval / 2)
-        listening = self.listener.fileno()
-        self.poller.register(listening, _READ)
+        listeners = {listener.fileno(): listener
+                     for listener in (self.listener, self.local_listener) if listener}
+        for fd in listeners:
+            self.poller.register(fd, _READ)
         if self.files is not None:
             self.files.sweep()  # what brokers that died left behind
         # Requests allocate a few short-lived objects each and almost never cycles: collect
@@ -150,8 +214,8 @@ class BrokerServer:
                 for fd, events in poll(max(0.0, next_tick - time.monotonic())):
                     peer = by_fd.get(fd)
                     if peer is None:
-                        if fd == listening:
-                            self._accept()
+                        if fd in listeners:
+                            self._accept(listeners[fd])
                         continue  # closed earlier in this pass
                     if events & (_READ | _CLOSED):
                         self._read(peer)
@@ -179,6 +243,12 @@ class BrokerServer:
                 self._close(peer)
             self.poller.close()
             self.listener.close()
+            if self.local_listener is not None:
+                self.local_listener.close()
+                try:
+                    os.unlink(self.local_path)
+                except OSError:
+                    pass
             if self.files is not None:
                 self.files.sweep(everything_of_mine=True)
             log.info("workbench broker stopped")
@@ -188,11 +258,11 @@ class BrokerServer:
 
     # ------------------------------------------------------------------ connections
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         now = time.monotonic()
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of file descriptors, a connection reset at once

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ import zmq
 
 from .. import __version__
 from .. import shm
-from ..config import CANCEL_TIMEOUT, SHM_ENV, Liveness
+from ..config import CANCEL_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV, Liveness
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
@@ -47,6 +48,7 @@ _SNDMORE = int(zmq.SNDMORE)
 #: is still alive.
 _POLL_SLICE = 0.25
 BYE_TIMEOUT = 1.0  # seconds a closing client waits for the broker to confirm its goodbye
+LOCAL_PROBE_TIMEOUT = 2.0  # seconds the broker's Unix socket has to answer before TCP is kept
 
 _ERRORS: dict[int, type[NwsException]] = {
     Status.BAD_REQUEST: NwsBadRequestException,
@@ -201,10 +203,14 @@ class Channel:
 
 
 class Connection:
-    """A session with the broker at ``address`` (``tcp://host:port``)."""
+    """A session with the broker at ``address`` (``tcp://host:port``).
+
+    A client on the broker's machine moves to the Unix socket the broker offers in its hello
+    reply (``endpoint``); ``address`` stays what the user gave, for messages."""
 
     def __init__(self, address: str, connect_timeout: float, hint: str = "") -> None:
         self.address = address
+        self.endpoint = address  # where this connection's sockets connect
         self.session_id = os.urandom(SESSION_ID_SIZE)
         self.context = zmq.Context.instance()
         self._closed = False
@@ -234,13 +240,43 @@ class Connection:
         self.liveness = Liveness(self.info["heartbeat_interval"], self.info["heartbeat_liveness"])
         self.label = self.info["label"]
         self.shm_pid = self.info.get("shm_pid")  # set when values may go through /dev/shm
+        self._go_local(self.info.get("local"))
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
         self._deliveries: list[Deliveries] = []  # the delivery thread, once something subscribes
         _live_connections.add(self)
         self._finalizer = weakref.finalize(self, _release, self._heartbeat, self._channels,
-                                           self._lock, self.context, address, self.session_id,
+                                           self._lock, self.context, self.endpoint,
+                                           self.session_id,
                                            self._deliveries)
+
+    def _go_local(self, endpoint: str | None) -> None:
+        """Move to the broker's Unix socket if it offered one this process can reach: a new
+        channel there replaces the one that said hello, and every later socket connects there.
+        Anything amiss (another machine, another user, no answer) keeps TCP."""
+        if not endpoint or not endpoint.startswith("ipc://") or (
+                os.environ.get(LOCAL_SOCKET_ENV) == "0"):
+            return
+        path = endpoint[len("ipc://"):]
+        try:
+            if not stat.S_ISSOCK(os.stat(path).st_mode) or not os.access(path, os.W_OK):
+                return
+        except OSError:  # not on this machine
+            return
+        local = Channel(self.context, endpoint, self.session_id, next(self._channel_numbers))
+        try:
+            local.receive(local.send(Op.HEARTBEAT, []), time.monotonic() + LOCAL_PROBE_TIMEOUT,
+                          self.check_alive)
+        except NwsException:
+            local.close()
+            return
+        with self._lock:
+            greeter = self._local.channel
+            greeter.close()
+            self._channels.remove(greeter)
+            self._channels.append(local)
+        self._local.channel = local
+        self.endpoint = endpoint
 
     @property
     def closed(self) -> bool:
@@ -268,7 +304,7 @@ class Connection:
             for dead in [c for c in self._channels if not c.owner.is_alive()]:
                 dead.close()  # a finished thread's socket
                 self._channels.remove(dead)
-            channel = Channel(self.context, self.address, self.session_id,
+            channel = Channel(self.context, self.endpoint, self.session_id,
                               next(self._channel_numbers))
             self._channels.append(channel)
         self._local.channel = channel
@@ -441,6 +477,7 @@ class _Heartbeat(threading.Thread):
         self._connection = weakref.ref(connection)
         self._identity = connection.session_id + CHANNEL.pack(0)
         self._address = connection.address
+        self._endpoint = connection.endpoint
         self._context = connection.context
         self._liveness = connection.liveness
         self._channels = connection._channels
@@ -472,7 +509,7 @@ class _Heartbeat(threading.Thread):
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self._address)
+        sock.connect(self._endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)

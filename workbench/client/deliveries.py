@@ -47,6 +47,7 @@ class Deliveries(threading.Thread):
         self._connection = weakref.ref(connection)
         self._identity = connection.session_id + CHANNEL.pack(DELIVERY_CHANNEL)
         self._address = connection.address
+        self._endpoint = connection.endpoint
         self._context = connection.context
         self.channel_arg = b"%d" % DELIVERY_CHANNEL
         self.handlers: dict[int, Callable[[bytes, list], None]] = {}
@@ -76,7 +77,7 @@ class Deliveries(threading.Thread):
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
-        sock.connect(self._address)
+        sock.connect(self._endpoint)
         try:
             if self._register(sock):
                 self._ready.set()

@@ -66,6 +66,8 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
         self.leases: dict[tuple[bytes, int], tuple[Variable, Value, Session]] = {}
         self.outbox: list[tuple[bytes, list]] = []
         self.notices: list[str] = []  # connect/disconnect lines for the server to log
+        # The broker's Unix socket (``ipc://path``) offered to clients on this machine, if any.
+        self.local_endpoint: str | None = None
         self.counters = dict.fromkeys(
             ("requests", "errors", "malformed", "oversized", "internal_errors", "expired",
              "kv_gets", "kv_misses", "kv_sets", "published", "dropped", "queue_refused", "publish_errors"), 0)
@@ -355,6 +357,7 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
             "max_message_size": self.limits.max_message_size,
             "max_memory": self.limits.max_memory,
             "shm_pid": self.files.pid if session.shares_memory else None,
+            "local": self.local_endpoint,
         })
 
     def _bye(self, session: Session, peer: bytes, request_id: int, args: list,

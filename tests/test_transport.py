@@ -1,15 +1,19 @@
-"""The broker's ZMTP framing: pure parsing and encoding, then libzmq peers against the broker."""
+"""The broker's transport: ZMTP framing (pure parsing and encoding), libzmq peers against the
+broker, and the Unix socket clients on the broker's machine use."""
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
+import tempfile
 import time
 
 import pytest
 import zmq
 from hypothesis import given, settings, strategies as st
 
-from workbench import NetWorkSpace
+from workbench import NetWorkSpace, NwsServer
 from workbench.broker.zmtp import (
     GREETING, HANDSHAKE, KEPT_HEAD, LARGE_FRAME, Inbound, ZmtpError, command, encode,
     identity_from_ready, parse_greeting, properties,
@@ -217,3 +221,50 @@ def test_the_broker_stays_up_through_abrupt_disconnects(broker, ws_name):
     assert ws.fetch("still", timeout=5) == "here"
     assert wait_for(lambda: status(broker)["counters"]["internal_errors"] == 0)
     ws.close()
+
+
+# ------------------------------------------------------------------ the local socket
+
+
+def test_a_client_on_the_brokers_machine_moves_to_a_private_unix_socket(broker, ws_name):
+    server = NwsServer(broker.host, broker.port)
+    endpoint = server._connection.endpoint
+    assert endpoint.startswith("ipc://") and endpoint != broker.address
+    path = endpoint[len("ipc://"):]
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    directory = os.stat(os.path.dirname(path))
+    assert directory.st_uid == os.getuid() and not directory.st_mode & 0o077  # this user only
+    ws = server.openWs(ws_name)
+    ws.store("x", 1)
+    assert ws.fetch("x", timeout=5) == 1
+    server.close()
+
+
+def test_tcp_only_when_the_client_or_the_broker_says_so(broker, make_broker, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_LOCAL_SOCKET", "0")
+    server = NwsServer(broker.host, broker.port)
+    assert server._connection.endpoint == broker.address
+    server.close()
+    monkeypatch.delenv("WORKBENCH_LOCAL_SOCKET")
+    tcp_only = make_broker("--no-local-socket")
+    server = NwsServer(tcp_only.host, tcp_only.port)
+    assert server._connection.endpoint == tcp_only.address
+    assert server._connection.info["local"] is None
+    server.close()
+
+
+def test_the_socket_goes_with_its_broker_and_stale_ones_are_swept(make_broker):
+    directory = os.path.join(tempfile.gettempdir(), f"workbench-{os.getuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    stale = os.path.join(directory, "broker-1-deadbeef0000.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(stale)  # bound, never listening: like the socket of a SIGKILLed broker
+    dead.close()
+    broker = make_broker()
+    assert not os.path.exists(stale)
+    server = NwsServer(broker.host, broker.port)
+    path = server._connection.endpoint[len("ipc://"):]
+    server.close()
+    broker.process.terminate()
+    broker.process.wait(timeout=10)
+    assert not os.path.exists(path)
