@@ -360,7 +360,7 @@ def start_anchors(children: Children, names: Iterable[str]) -> dict[str, tuple[A
 
 def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
     """DEALER->ROUTER echo with a plain blocking recv_multipart/send_multipart loop, the cheapest
-    way to serve ZeroMQ from Python: the floor any Python broker on ZeroMQ stands on.
+    way to serve ZeroMQ from Python with pyzmq: what a broker built on libzmq stands on.
     ``nocopy`` keeps frames in ZeroMQ's memory (how a broker should move big values)."""
     context, router = _bound_router(port, parent_pid)
     copy = not nocopy
@@ -374,7 +374,7 @@ def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
 
 
 def start_relay_server(children: Children) -> tuple[subprocess.Popen, int]:
-    """The hand-off floor of ZeroMQ: a bare ROUTER relay (see ``relay_server``)."""
+    """The hand-off of a broker built on libzmq: a bare ROUTER relay (see ``relay_server``)."""
     port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "relay-server", "--port", str(port),
             "--parent-pid", str(os.getpid())]
@@ -399,8 +399,8 @@ def _relay_answers(port: int) -> bool:
 def relay_server(port: int, parent_pid: int | None) -> None:
     """A queue broker with nothing but the hand-off: ``[put, key, value]`` gives the value to
     the longest-waiting ``[want, key, _]`` (or queues it) and answers ``ok``; ``want`` is
-    answered with a value when there is one. No protocol, no leases, no checks: what any broker
-    on ZeroMQ pays for a hand-off, wake-ups of ZeroMQ's I/O threads included."""
+    answered with a value when there is one. No protocol, no leases, no checks: what a broker
+    built on libzmq pays for a hand-off, wake-ups of libzmq's I/O threads included."""
     from collections import defaultdict, deque
 
     context, router = _bound_router(port, parent_pid)

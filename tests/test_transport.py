@@ -14,7 +14,7 @@ import zmq
 from hypothesis import given, settings, strategies as st
 
 from workbench import NetWorkSpace, NwsServer
-from workbench.broker.zmtp import (
+from workbench.zmtp import (
     GREETING, HANDSHAKE, KEPT_HEAD, LARGE_FRAME, Inbound, ZmtpError, command, encode,
     identity_from_ready, parse_greeting, properties,
 )
@@ -268,3 +268,20 @@ def test_the_socket_goes_with_its_broker_and_stale_ones_are_swept(make_broker):
     broker.process.terminate()
     broker.process.wait(timeout=10)
     assert not os.path.exists(path)
+
+
+def test_clients_and_broker_run_without_libzmq(broker):
+    """pyzmq is a test dependency only: the workbench speaks ZMTP itself."""
+    from .support import run_client
+
+    result = run_client(broker, (
+        "import sys\n"
+        "from workbench import NetWorkSpace\n"
+        "from workbench.broker import server\n"
+        f"ws = NetWorkSpace('nozmq', {broker.host!r}, {broker.port})\n"
+        "ws.store('x', [1, 2]); assert ws.fetch('x') == [1, 2]\n"
+        "ws.close()\n"
+        "assert not any(name == 'zmq' or name.startswith('zmq.') for name in sys.modules)\n"
+        "print('ok')\n"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -28,7 +28,7 @@ from typing import Callable
 from .. import shm
 from ..config import SHM_RELEASE_GRACE
 from .state import BrokerState, Limits
-from .zmtp import HANDSHAKE, ZmtpError, Inbound, encode, error_command
+from ..zmtp import HANDSHAKE, ZmtpError, Inbound, encode, error_command
 
 log = logging.getLogger("workbench.broker")
 
@@ -312,21 +312,10 @@ class BrokerServer:
 
     def _read(self, peer: _Peer) -> None:
         inbound = peer.inbound
-        sock = peer.sock
         try:
-            large = inbound.body_buffer()
-            if large is None:
-                data = sock.recv(_READ_CHUNK)
-                if not data:
-                    self._close(peer)
-                    return
-                inbound.feed(data)
-            else:  # a large frame's body goes straight into its own buffer
-                count = sock.recv_into(large)
-                if not count:
-                    self._close(peer)
-                    return
-                inbound.body_filled(count)
+            if not inbound.read_from(peer.sock, _READ_CHUNK):
+                self._close(peer)
+                return
         except (BlockingIOError, InterruptedError):
             return
         except ZmtpError as exc:

@@ -1,10 +1,11 @@
 """A client session with one broker: sockets, request ids, heartbeats, cancellation.
 
-Each thread that talks to the broker gets its own DEALER socket (a *channel*); all channels of a
-connection share one random session id at the front of their routing identities, so the broker
-sees one client. The calling thread does its own socket I/O (no hand-off to a Python thread on the
-hot path). A daemon thread sends a heartbeat every interval on a channel of its own, carries the
-acknowledgements of idle channels, and notices when the broker stops answering.
+Each thread that talks to the broker gets its own DEALER socket (a *channel*, see ``dealer``); all
+channels of a connection share one random session id at the front of their routing identities,
+so the broker sees one client. The calling thread does its own socket I/O: no hand-off to another
+thread, libzmq's or Python's, on the hot path. A daemon thread sends a heartbeat every interval
+on a channel of its own, carries the acknowledgements of idle channels, and notices when the
+broker stops answering or closes the connection.
 
 A request interrupted by Ctrl-C or by its timeout is cancelled at the broker, which puts back any
 value that raced the cancel; the late reply is then discarded here.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import socket
 import stat
 import threading
@@ -22,8 +24,6 @@ import time
 import weakref
 from collections import deque
 from typing import Callable
-
-import zmq
 
 from .. import __version__
 from .. import shm
@@ -35,6 +35,7 @@ from ..errors import (
     NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
     NwsUnpicklingException, NwsValueException, NwsVariableDeletedException,
 )
+from .dealer import Dealer, DealerError
 from .deliveries import Deliveries
 from ..protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
@@ -42,12 +43,12 @@ from ..protocol import (
 )
 
 _unpack_header = HEADER.unpack_from
-_SNDMORE = int(zmq.SNDMORE)
 
 #: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
 #: is still alive.
 _POLL_SLICE = 0.25
 BYE_TIMEOUT = 1.0  # seconds a closing client waits for the broker to confirm its goodbye
+_GOODBYE_WAIT = 0.5  # seconds a collected or exiting connection gives its goodbye
 LOCAL_PROBE_TIMEOUT = 2.0  # seconds the broker's Unix socket has to answer before TCP is kept
 
 _ERRORS: dict[int, type[NwsException]] = {
@@ -66,6 +67,11 @@ _ERRORS: dict[int, type[NwsException]] = {
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
+def _reason(exc: OSError) -> str:
+    """'connection refused' rather than '[Errno 111] Connection refused'."""
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
 def raise_for_status(status: int, head: bytes) -> None:
     if status >= Status.ERROR:
         message = head[HEADER_SIZE:].decode("utf-8", "replace")
@@ -75,18 +81,13 @@ def raise_for_status(status: int, head: bytes) -> None:
 class Channel:
     """One thread's DEALER socket and the bookkeeping of its requests."""
 
-    def __init__(self, context: zmq.Context, address: str, session_id: bytes,
-                 number: int) -> None:
+    def __init__(self, endpoint: str, session_id: bytes, number: int,
+                 connect_timeout: float) -> None:
+        """Connect to the broker at ``endpoint``; OSError if nothing accepts there."""
         self.number = number
         self.retired = False  # set when the connection closes, from whichever thread
-        self.owner = threading.current_thread()  # ZeroMQ sockets belong to one thread
-        self.socket = context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(number))
-        self.socket.setsockopt(zmq.LINGER, 1000)
-        self.socket.setsockopt(zmq.RCVTIMEO, int(_POLL_SLICE * 1000))
-        self.socket.setsockopt(zmq.SNDTIMEO, int(_POLL_SLICE * 1000))
-        self.socket.connect(address)
-        self.rcvtimeo = int(_POLL_SLICE * 1000)
+        self.owner = threading.current_thread()  # a socket belongs to one thread
+        self.dealer = Dealer(endpoint, session_id + CHANNEL.pack(number), connect_timeout)
         self.ids = itertools.count(1)
         self.stash: dict[int, tuple[bytes, list]] = {}  # replies that came while waiting
         self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
@@ -122,18 +123,10 @@ class Channel:
             else:
                 acked = b"%d" % drained[0] if len(drained) == 1 else pack_acks(drained)
                 head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
-        send = self.socket.send
-        last = len(frames) - 1
-        while True:
-            try:
-                send(head, _SNDMORE if last > 0 else 0)
-                break
-            except zmq.Again:  # the send timeout (a poll slice) passed with the queue full
-                if alive is not None:
-                    alive()
-        if last > 0:
-            for index in range(1, last + 1):
-                send(frames[index], _SNDMORE if index < last else 0, copy=False)
+        try:
+            self.dealer.send((head, *frames[1:]) if len(frames) > 1 else (head,), alive)
+        except DealerError as exc:
+            raise NwsConnectionDroppedException(str(exc)) from None
         return request_id
 
     def receive(self, request_id: int, deadline: float | None,
@@ -149,7 +142,8 @@ class Channel:
         variables at once) takes what answers. Replies to other requests are kept for their
         own receive. Raises NwsTimeoutException at ``deadline``."""
         stash = self.stash
-        recv = self.socket.recv
+        recv = self.dealer.recv
+        wait = _POLL_SLICE
         while True:
             if stash:
                 for request_id in request_ids:
@@ -159,25 +153,24 @@ class Channel:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise NwsTimeoutException("timed out waiting for the broker's reply")
-                self._set_rcvtimeo(min(remaining, _POLL_SLICE))
+                wait = min(remaining, _POLL_SLICE)
             try:
-                head = recv()
-            except zmq.Again:
+                message = recv(wait)
+            except DealerError as exc:
+                raise NwsConnectionDroppedException(str(exc)) from None
+            if message is None:
                 alive()
                 continue
-            _, _, nframes, got = _unpack_header(head)
-            frames = [recv(copy=False) for _ in range(nframes)] if nframes else []
+            head = message[0]
+            if len(head) < HEADER_SIZE:
+                raise NwsConnectionDroppedException("the broker sent a malformed reply")
+            got = _unpack_header(head)[3]
+            frames = message[1:]
             if got in request_ids:
                 return got, head, frames
             if got in self.cancelled:
                 continue  # the late answer to a cancelled request: its value went back
             stash[got] = (head, frames)  # another request in flight on this socket
-
-    def _set_rcvtimeo(self, seconds: float) -> None:
-        ms = max(1, int(seconds * 1000))
-        if ms != self.rcvtimeo:
-            self.socket.setsockopt(zmq.RCVTIMEO, ms)
-            self.rcvtimeo = ms
 
     def cancel(self, request_id: int, alive: Callable[[], None]) -> None:
         """Cancel an in-flight request and wait (bounded) until the broker confirms it."""
@@ -195,10 +188,11 @@ class Channel:
         self.cancelled.discard(request_id)
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        self.dealer.close()
 
     def closable_from_here(self) -> bool:
-        """Closing a socket another thread may be blocked on is undefined behaviour in ZeroMQ."""
+        """Closing a socket another thread may be blocked on would hand its descriptor number
+        to whatever opens next."""
         return self.owner is threading.current_thread() or not self.owner.is_alive()
 
 
@@ -212,7 +206,7 @@ class Connection:
         self.address = address
         self.endpoint = address  # where this connection's sockets connect
         self.session_id = os.urandom(SESSION_ID_SIZE)
-        self.context = zmq.Context.instance()
+        self.connect_timeout = connect_timeout
         self._closed = False
         self.broken: str | None = None  # why the broker is considered unreachable
         self._local = threading.local()
@@ -223,11 +217,16 @@ class Connection:
                             "version": __version__,
                             "shm": shm.identity() if os.environ.get(SHM_ENV) != "0" else None,
                             }).encode()
-        channel = self.channel()
+        try:
+            channel = self._new_channel()
+        except OSError as exc:
+            raise NwsConnectException(
+                f"no broker answered at {address} ({_reason(exc)}); "
+                + (hint or "start one with `workbench broker`")) from None
         try:  # no cancel on failure: nobody is there to confirm it
             head, _ = channel.receive(channel.send(Op.HELLO, [hello]),
                                       time.monotonic() + connect_timeout, self.check_alive)
-        except NwsTimeoutException:
+        except (NwsTimeoutException, NwsConnectionDroppedException):
             self._close_sockets()
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
@@ -246,8 +245,7 @@ class Connection:
         self._deliveries: list[Deliveries] = []  # the delivery thread, once something subscribes
         _live_connections.add(self)
         self._finalizer = weakref.finalize(self, _release, self._heartbeat, self._channels,
-                                           self._lock, self.context, self.endpoint,
-                                           self.session_id,
+                                           self._lock, self.endpoint, self.session_id,
                                            self._deliveries)
 
     def _go_local(self, endpoint: str | None) -> None:
@@ -263,7 +261,11 @@ class Connection:
                 return
         except OSError:  # not on this machine
             return
-        local = Channel(self.context, endpoint, self.session_id, next(self._channel_numbers))
+        try:
+            local = Channel(endpoint, self.session_id, next(self._channel_numbers),
+                            LOCAL_PROBE_TIMEOUT)
+        except OSError:
+            return
         try:
             local.receive(local.send(Op.HEARTBEAT, []), time.monotonic() + LOCAL_PROBE_TIMEOUT,
                           self.check_alive)
@@ -290,9 +292,13 @@ class Connection:
         try:
             channel = self._local.channel
         except AttributeError:
-            channel = self._new_channel()
+            try:
+                channel = self._new_channel()
+            except OSError as exc:
+                raise NwsConnectionDroppedException(
+                    f"cannot reach the broker at {self.address} ({_reason(exc)})") from None
         if channel.retired:
-            if not channel.socket.closed:
+            if not channel.dealer.closed:
                 channel.close()  # left open by a close() in another thread
             raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
         return channel
@@ -304,8 +310,8 @@ class Connection:
             for dead in [c for c in self._channels if not c.owner.is_alive()]:
                 dead.close()  # a finished thread's socket
                 self._channels.remove(dead)
-            channel = Channel(self.context, self.endpoint, self.session_id,
-                              next(self._channel_numbers))
+            channel = Channel(self.endpoint, self.session_id, next(self._channel_numbers),
+                              self.connect_timeout)
             self._channels.append(channel)
         self._local.channel = channel
         return channel
@@ -418,7 +424,7 @@ class Connection:
                 channel = self.channel()
                 channel.receive(channel.send(Op.BYE, []), time.monotonic() + BYE_TIMEOUT,
                                 self.check_alive)
-            except (NwsException, zmq.ZMQError):
+            except NwsException:
                 pass
         self._closed = True
         self._finalizer.detach()
@@ -436,24 +442,15 @@ class Connection:
 
 
 def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Lock,
-             context: zmq.Context | None = None, address: str = "",
-             session_id: bytes = b"", deliveries: list | None = None) -> None:
-    """Stop the heartbeat and the delivery thread and close the sockets; with ``context``,
-    first tell the broker the session is over (a collected or exiting connection) without
-    waiting for an answer."""
+             endpoint: str = "", session_id: bytes = b"",
+             deliveries: list | None = None) -> None:
+    """Stop the heartbeat and the delivery thread and close the sockets; with ``endpoint``,
+    first tell the broker the session is over (a collected or exiting connection), waiting
+    at most half a second for it to take note."""
     for thread in deliveries or ():
         thread.stop()
-    if context is not None and not context.closed:
-        goodbye = context.socket(zmq.DEALER)
-        goodbye.setsockopt(zmq.IDENTITY, session_id + CHANNEL.pack(0xFFFF))
-        goodbye.connect(address)
-        # Values this process took and used must not go back when its session ends: their
-        # acknowledgements go first (a heartbeat carries any channel's).
-        acks = [(channel.number, rid) for channel in list(channels) for rid in channel.acks]
-        if acks:
-            goodbye.send(request_head(Op.HEARTBEAT, 2, [pack_channel_acks(acks)]))
-        goodbye.send(request_head(Op.BYE, 1))
-        goodbye.close(linger=500)
+    if endpoint:
+        _say_goodbye(endpoint, session_id, channels)
     heartbeat.stop()
     with lock:
         for channel in list(channels):
@@ -461,6 +458,31 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
             if channel.closable_from_here():
                 channel.close()
                 channels.remove(channel)
+
+
+def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> None:
+    # Values this process took and used must not go back when its session ends: their
+    # acknowledgements go first (a heartbeat carries any channel's).
+    acks = [(channel.number, rid) for channel in list(channels) for rid in channel.acks]
+    try:
+        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), _GOODBYE_WAIT)
+    except OSError:
+        return  # the broker is gone: it ends the session itself
+    try:
+        if acks:
+            goodbye.send([request_head(Op.HEARTBEAT, 2, [pack_channel_acks(acks)])])
+        goodbye.send([request_head(Op.BYE, 1)])
+        # Wait for the answer to the goodbye: closing first could reset the connection
+        # before the broker read it.
+        deadline = time.monotonic() + _GOODBYE_WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            reply = goodbye.recv(left)
+            if reply is None or _unpack_header(reply[0])[3] == 1:
+                break
+    except DealerError:
+        pass
+    finally:
+        goodbye.close()
 
 
 def close_all() -> None:
@@ -478,7 +500,6 @@ class _Heartbeat(threading.Thread):
         self._identity = connection.session_id + CHANNEL.pack(0)
         self._address = connection.address
         self._endpoint = connection.endpoint
-        self._context = connection.context
         self._liveness = connection.liveness
         self._channels = connection._channels
         self._stopping = threading.Event()
@@ -498,6 +519,47 @@ class _Heartbeat(threading.Thread):
         if not self.is_alive():  # else the thread still polls them; it closes them on its way out
             self._close_wake()
 
+    def _beat(self, sock: Dealer) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        interval = self._liveness.interval
+        last_answer = time.monotonic()
+        beat_ids = itertools.count(1)
+        while not self._stopping.is_set():
+            acks = []
+            for channel in list(self._channels):
+                while channel.acks:
+                    try:
+                        acks.append((channel.number, channel.acks.popleft()))
+                    except IndexError:  # its own thread took them for its next request
+                        break
+            args = [pack_channel_acks(acks)] if acks else []
+            sock.send([request_head(Op.HEARTBEAT, next(beat_ids), args)])
+            deadline = time.monotonic() + interval
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not sock.pending():
+                    poller.poll(remaining * 1000)
+                if self._stopping.is_set():
+                    return
+                while sock.recv(0) is not None:
+                    last_answer = time.monotonic()
+            silent = time.monotonic() - last_answer
+            if silent > self._liveness.timeout:
+                self._broken(f"the broker at {self._address} has not answered for "
+                             f"{silent:.1f} s")
+            elif not self._broken(None):
+                return  # the connection was collected
+
+    def _broken(self, why: str | None) -> bool:
+        """Tell the connection why the broker is unreachable (None: it is not) -> whether the
+        connection still exists."""
+        connection = self._connection()
+        if connection is None:
+            return False
+        connection.broken = why
+        return True
+
     def _close_wake(self) -> None:
         with self._stop_lock:
             if self._wake_read is not None:
@@ -506,46 +568,18 @@ class _Heartbeat(threading.Thread):
                 self._wake_read = self._wake_write = None
 
     def run(self) -> None:
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self._identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self._endpoint)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
-        interval = self._liveness.interval
-        last_answer = time.monotonic()
-        beat_ids = itertools.count(1)
         try:
-            while not self._stopping.is_set():
-                acks = []
-                for channel in list(self._channels):
-                    while channel.acks:
-                        try:
-                            acks.append((channel.number, channel.acks.popleft()))
-                        except IndexError:  # its own thread took them for its next request
-                            break
-                args = [pack_channel_acks(acks)] if acks else []
-                sock.send(request_head(Op.HEARTBEAT, next(beat_ids), args))
-                deadline = time.monotonic() + interval
-                while (remaining := deadline - time.monotonic()) > 0:
-                    ready = dict(poller.poll(remaining * 1000))
-                    if self._stopping.is_set():
-                        return
-                    if sock in ready:
-                        sock.recv_multipart()
-                        last_answer = time.monotonic()
-                connection = self._connection()
-                if connection is None:
-                    return
-                silent = time.monotonic() - last_answer
-                if silent > self._liveness.timeout:
-                    connection.broken = (f"the broker at {self._address} has not answered for "
-                                         f"{silent:.1f} s")
-                else:
-                    connection.broken = None
-                del connection
+            sock = Dealer(self._endpoint, self._identity, self._liveness.timeout)
+        except OSError as exc:
+            self._broken(f"the broker at {self._address} cannot be reached: {exc}")
+            sock = None
+        try:
+            if sock is not None:
+                self._beat(sock)
+        except DealerError as exc:  # the broker closed the connection: it stopped
+            self._broken(f"the broker at {self._address} went away: {exc}")
         finally:
-            sock.close(linger=0)
+            if sock is not None:
+                sock.close()
             if self._stopping.is_set():  # stop() may have come from this very thread (a
                 self._close_wake()       # finalizer run here), which cannot wait for itself

@@ -16,10 +16,9 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable
 
-import zmq
-
 from ..errors import NwsConnectException
 from ..protocol import CHANNEL, HEADER, HEADER_SIZE, Op, Status, request_head
+from .dealer import Dealer, DealerError
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -33,7 +32,7 @@ DELIVERY_CHANNEL = 0xFFFE
 #: Messages consumed before credit is granted (the broker's window is far larger, so a stream
 #: never stalls on credit; the rest is granted when the socket falls idle for a poll slice).
 CREDIT_EVERY = 64
-_POLL_MS = 250
+_POLL_S = 0.25
 _START_TIMEOUT = 10.0
 
 _unpack_header = HEADER.unpack_from
@@ -48,7 +47,7 @@ class Deliveries(threading.Thread):
         self._identity = connection.session_id + CHANNEL.pack(DELIVERY_CHANNEL)
         self._address = connection.address
         self._endpoint = connection.endpoint
-        self._context = connection.context
+        self._connect_timeout = connection.connect_timeout
         self.channel_arg = b"%d" % DELIVERY_CHANNEL
         self.handlers: dict[int, Callable[[bytes, list], None]] = {}
         self.dropped = 0  # messages the broker dropped for this process, as it last said
@@ -70,51 +69,49 @@ class Deliveries(threading.Thread):
         so closing a connection does not wait for it unless ``wait``."""
         self._stopping.set()
         if wait and self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=2 * _POLL_MS / 1000 + 1)
+            self.join(timeout=2 * _POLL_S + 1)
 
     def run(self) -> None:
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self._identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
-        sock.connect(self._endpoint)
+        sock = None
         try:
+            sock = Dealer(self._endpoint, self._identity, self._connect_timeout)
             if self._register(sock):
                 self._ready.set()
                 self._serve(sock)
+        except (OSError, DealerError) as exc:  # the broker went away: its heartbeat tells
+            self._failure = self._failure or f"the delivery socket to {self._address} broke: {exc}"
+            log.debug("%s", self._failure)
         finally:
             self._ready.set()
-            sock.close(linger=0)
+            if sock is not None:
+                sock.close()
 
-    def _register(self, sock: zmq.Socket) -> bool:
+    def _register(self, sock: Dealer) -> bool:
         """One request on this socket, so the broker can route deliveries to it at once."""
-        sock.send(request_head(Op.HEARTBEAT, 1))
+        sock.send([request_head(Op.HEARTBEAT, 1)])
         deadline = time.monotonic() + _START_TIMEOUT
         while not self._stopping.is_set():
-            try:
-                sock.recv_multipart()
+            if sock.recv(_POLL_S) is not None:
                 return True
-            except zmq.Again:
-                if time.monotonic() > deadline:
-                    self._failure = f"the broker at {self._address} did not answer"
-                    return False
+            if time.monotonic() > deadline:
+                self._failure = f"the broker at {self._address} did not answer"
+                return False
         return False
 
-    def _serve(self, sock: zmq.Socket) -> None:
+    def _serve(self, sock: Dealer) -> None:
         recv = sock.recv
         messages = batches = 0
         while not self._stopping.is_set():
-            try:
-                head = recv()
-            except zmq.Again:
+            message = recv(_POLL_S)
+            if message is None:
                 if self._connection() is None:
                     return  # the connection was collected
                 if messages:  # idle: what was consumed is credited now
                     self._credit(sock, messages, 0)
                     messages = 0
                 continue
+            head, *frames = message
             _, status, nextra, dropped = _unpack_header(head)
-            frames = [recv(copy=False) for _ in range(nextra)] if nextra else []
             if status != Status.DELIVERY:
                 continue  # a reply (to the registration): nothing to do
             self.dropped = dropped
@@ -134,7 +131,7 @@ class Deliveries(threading.Thread):
                 self._credit(sock, messages, batches)
                 messages = batches = 0
 
-    def _credit(self, sock: zmq.Socket, messages: int, batches: int) -> None:
+    def _credit(self, sock: Dealer, messages: int, batches: int) -> None:
         """Tell the broker what was consumed: it may send that many more."""
-        sock.send(request_head(Op.MQ_CREDIT, 0,
-                               [self.channel_arg, b"%d" % messages, b"%d" % batches]))
+        sock.send([request_head(Op.MQ_CREDIT, 0,
+                                [self.channel_arg, b"%d" % messages, b"%d" % batches])])

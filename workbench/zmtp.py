@@ -1,14 +1,16 @@
-"""ZeroMQ's wire protocol (ZMTP 3.0, NULL mechanism) for the broker's end of a DEALER connection.
+"""ZeroMQ's wire protocol (ZMTP 3.0, NULL mechanism), as the broker's ROUTER and the clients'
+DEALER sockets speak it.
 
-Pure: bytes in, messages out, and bytes to send; no sockets. The server loop (``server``) owns
-the sockets and calls this.
+Pure: bytes in, messages out, and bytes to send; the sockets belong to the broker's server loop
+(``broker/server``) and the client's ``client/dealer``, which hand them in to read from.
 
-Why the broker speaks ZMTP itself instead of through libzmq: libzmq moves every message between
-its own I/O thread and the thread that called it, so a hand-off from one client to another
-crossed the broker's process in three thread wake-ups. On small VMs a wake-up of an idle vCPU
-costs more than the request, and those hops put a bare libzmq relay 10-20 % behind Redis's BLPOP
-hand-off; with the broker's socket I/O in its one thread the same relay is 15 % ahead
-(``docs/benchmarks.md``). Clients keep libzmq: to them the broker is a ROUTER like any other.
+Why not libzmq: it moves every message between its own I/O thread and the thread that called
+it. A hand-off from one client to another crossed the broker in three thread wake-ups and each
+client in two more; on small VMs a wake-up of an idle vCPU costs more than the request, and
+those hops put even a bare libzmq relay behind Redis's BLPOP hand-off (``docs/benchmarks.md``).
+Here each process moves its own bytes in the thread that needs them. On the wire nothing
+changes: any ZeroMQ DEALER can talk to the broker, and the test suite's hostile clients are
+pyzmq sockets.
 
 The wire format (rfc.zeromq.org/spec/23): each side sends a 64-byte greeting (signature
 ``FF 00*8 7F``, version 3.0, mechanism ``NULL``), then a ``READY`` command whose properties name
@@ -131,13 +133,17 @@ def identity_from_ready(body: bytes) -> bytes:
     return identity
 
 
-def encode(frames: list) -> list:
+def encode(frames: list | tuple) -> list:
     """A message -> the buffers to send, in order. Small frames are joined to their headers;
     large ones are sent from their own memory, never copied."""
     out = []
     last = len(frames) - 1
     for index, frame in enumerate(frames):
-        size = len(frame)
+        if type(frame) is bytes:
+            size = len(frame)
+        else:  # any buffer: a numpy array's memory counts in bytes, not in elements
+            frame = memoryview(frame).cast("B")
+            size = frame.nbytes
         more = MORE if index < last else 0
         if size < 256:
             out.append(_SHORT[more][size] + frame if type(frame) is bytes
@@ -175,6 +181,23 @@ class Inbound:
         self._large_filled = 0
         self._large_more = False
         self._greeted = False
+
+    def read_from(self, sock, chunk: int) -> bool:
+        """Read once from a non-blocking ``sock`` into the parser (a large frame's body
+        straight into its own buffer) -> False at the end of the stream. The socket's
+        errors, BlockingIOError included, and ZmtpError propagate."""
+        target = self.body_buffer()
+        if target is None:
+            data = sock.recv(chunk)
+            if not data:
+                return False
+            self.feed(data)
+        else:
+            count = sock.recv_into(target)
+            if not count:
+                return False
+            self.body_filled(count)
+        return True
 
     def body_buffer(self) -> memoryview | None:
         """The unfilled part of the large frame being read, or None."""

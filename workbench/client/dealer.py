@@ -1,0 +1,248 @@
+"""A ZeroMQ DEALER socket driven by the thread that uses it.
+
+libzmq runs every socket's I/O in a thread of its own, so each request a client sends wakes that
+thread and each reply wakes the caller from it: two thread hand-offs per request, which on a
+small machine cost more than the request itself (``docs/benchmarks.md``). Here the calling
+thread reads and writes the stream itself, with ZeroMQ's framing from ``workbench.zmtp``; to
+the broker, and on the wire, it is a DEALER like libzmq's.
+
+Interrupts. Ctrl-C raises KeyboardInterrupt in the main thread wherever it happens to be. This
+module lets it cut no message in half, so the stream stays in step for the cancellation that
+follows the interrupt. The main thread defers SIGINT (``_Deferred``) while a system call moves
+bytes and what it moved is accounted for, and waits with the signal let through; a send
+interrupted after the first bytes of a message finishes the message before the interrupt goes
+on.
+"""
+
+from __future__ import annotations
+
+import select
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from threading import current_thread as _current_thread
+
+from ..zmtp import GREETING, Inbound, ZmtpError, command, encode, properties
+
+_CHUNK = 1 << 18  # bytes asked of the kernel per read
+_IOV_MAX = 1024  # buffers per sendmsg
+_JOIN_BELOW = 1 << 16  # a message smaller than this goes out as one joined buffer
+_UNLIMITED = 1 << 62  # the broker's replies are not size-checked here: it checked the requests
+_SIGINT = {signal.SIGINT}
+# The C function itself: signal.pthread_sigmask wraps it to turn the old mask into enums, which
+# costs as much again, on every reply.
+_sigmask = getattr(signal, "pthread_sigmask", None)
+try:
+    import _signal
+    _sigmask = getattr(_signal, "pthread_sigmask", _sigmask)
+except ImportError:  # another Python implementation
+    pass
+_BLOCK, _UNBLOCK = getattr(signal, "SIG_BLOCK", 0), getattr(signal, "SIG_UNBLOCK", 1)
+
+
+class DealerError(ConnectionError):
+    """The connection to the broker broke: closed, reset, or not speaking ZeroMQ."""
+
+
+_CLOSED = "the broker closed the connection (it stopped, or was killed)"
+
+
+def _broken(exc: OSError) -> str:
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+        return _CLOSED
+    return f"the connection to the broker broke: {exc}"
+
+
+class _Deferred:
+    """Hold SIGINT back in the main thread for the duration of a ``with`` block; one that
+    arrives meanwhile is raised (as KeyboardInterrupt) just after it. Other threads never
+    receive KeyboardInterrupt, so there it does nothing."""
+
+    __slots__ = ("active",)
+
+    def __enter__(self) -> None:
+        self.active = _sigmask is not None and threading.main_thread() is _current_thread()
+        if self.active:
+            try:
+                _sigmask(_BLOCK, _SIGINT)
+                _let_pending_interrupts_out()
+            except BaseException:  # raised before the block: __exit__ will not run
+                _sigmask(_UNBLOCK, _SIGINT)
+                raise
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            _sigmask(_UNBLOCK, _SIGINT)
+
+
+def _let_pending_interrupts_out() -> None:
+    """A Python call: an interrupt whose handler already ran is raised on entering it, before
+    the block it guards does anything (the ``with`` then unblocks SIGINT on the way out)."""
+
+
+def connect_stream(endpoint: str, timeout: float) -> socket.socket:
+    """A connected stream socket to ``tcp://host:port`` or ``ipc://path``; OSError if nothing
+    accepts there within ``timeout`` seconds."""
+    if endpoint.startswith("ipc://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(endpoint[len("ipc://"):])
+        except BaseException:
+            sock.close()
+            raise
+    elif endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        raise ValueError(f"unsupported endpoint {endpoint!r}: expected tcp://host:port")
+    sock.setblocking(False)
+    return sock
+
+
+class Dealer:
+    """One DEALER connection with routing identity ``identity``, used by one thread at a time.
+
+    ``send(frames)`` sends a message; ``recv(timeout)`` returns the next message's frames
+    (``bytes``, or ``bytearray`` for large ones) or None when ``timeout`` seconds pass. Both
+    raise DealerError once the connection is broken; it is then closed."""
+
+    def __init__(self, endpoint: str, identity: bytes, connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self._sock = connect_stream(endpoint, connect_timeout)
+        self._poll = select.poll()
+        self._poll.register(self._sock, select.POLLIN)
+        self._inbound = Inbound(_UNLIMITED)
+        self._messages: deque[list] = deque()
+        self._cut = False  # part of a message is sent, the rest not yet
+        self.closed = False
+        # The greeting and READY go out at once; the broker's arrive as the first bytes read.
+        self._send_buffers([GREETING + command(
+            b"READY", properties(Socket_Type=b"DEALER", Identity=identity))], None)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pending(self) -> bool:
+        """Whether a received message is waiting to be taken by ``recv``."""
+        return bool(self._messages)
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, frames: list | tuple, alive=None) -> None:
+        """Send one message. While the kernel takes no more (a broker that stopped reading),
+        wait in slices of ``_SLICE`` seconds calling ``alive()``, which raises to give up."""
+        buffers = encode(frames)
+        if len(buffers) > 1 and sum(map(len, buffers)) < _JOIN_BELOW:
+            buffers = [b"".join(buffers)]
+        self._send_buffers(buffers, alive)
+
+    def _send_buffers(self, buffers: list, alive) -> None:
+        sock = self._check_open()
+        try:
+            while True:
+                with _Deferred():  # an interrupt lands between system calls, never inside the
+                    if self._send_some(sock, buffers):  # bookkeeping of what went out
+                        return
+                if not self._poll_out(_SLICE) and alive is not None:
+                    alive()
+        except OSError as exc:
+            self.close()
+            raise DealerError(_broken(exc)) from None
+        except BaseException:
+            if self._cut:  # half a message is out: finish it, then let the interrupt go on
+                try:
+                    while not self._send_some(sock, buffers):
+                        if not self._poll_out(_SLICE) and alive is not None:
+                            alive()
+                except BaseException:  # interrupted again, or the broker is gone
+                    self.close()
+            raise
+
+    def _send_some(self, sock: socket.socket, buffers: list) -> bool:
+        """Send what the kernel takes now -> whether the whole message is out. ``_cut`` tells
+        whether part of it is."""
+        try:
+            if len(buffers) == 1:
+                sent = sock.send(buffers[0])
+            else:
+                sent = sock.sendmsg(buffers[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            return False
+        while sent:
+            size = memoryview(buffers[0]).nbytes
+            if sent < size:
+                buffers[0] = memoryview(buffers[0]).cast("B")[sent:]
+                break
+            sent -= size
+            del buffers[0]
+        self._cut = bool(buffers)
+        return not buffers
+
+    def _poll_out(self, seconds: float) -> bool:
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
+        return bool(poller.poll(seconds * 1000))
+
+    # ------------------------------------------------------------------ receiving
+
+    def recv(self, timeout: float | None) -> list | None:
+        """The next message's frames, waiting up to ``timeout`` seconds (None: for ever)."""
+        messages = self._messages
+        if messages:
+            return messages.popleft()
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = self._poll.poll
+        while True:
+            if deadline is None:
+                ready = poll()
+            else:
+                ready = poll(max(0.0, deadline - time.monotonic()) * 1000)
+            if ready:
+                with _Deferred():
+                    self._read()
+                if messages:
+                    return messages.popleft()
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _read(self) -> None:
+        """Move what the kernel holds into the parser; complete messages into the queue."""
+        inbound = self._inbound
+        try:
+            if not inbound.read_from(self._sock, _CHUNK):
+                raise DealerError(_CLOSED)
+        except (BlockingIOError, InterruptedError):
+            return
+        except DealerError:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise DealerError(_broken(exc)) from None
+        except ZmtpError as exc:
+            self.close()
+            raise DealerError(f"the broker broke ZeroMQ's protocol: {exc}") from None
+        if inbound.messages:
+            self._messages.extend(frames for frames, _ in inbound.messages)
+            inbound.messages.clear()
+
+    # ------------------------------------------------------------------ lifetime
+
+    def _check_open(self) -> socket.socket:
+        if self.closed:
+            raise DealerError("the connection to the broker is closed")
+        return self._sock
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sock.close()
+
+
+#: Longest wait for the kernel to take more of a message before ``alive()`` is asked.
+_SLICE = 0.25
