@@ -285,3 +285,32 @@ def test_clients_and_broker_run_without_libzmq(broker):
         "print('ok')\n"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_forked_child_never_speaks_for_its_parents_session(broker, ws_name):
+    """Parent and child would share the connection's sockets: the child's use of them must
+    fail clearly, and its exit must not say goodbye for the parent."""
+    from .support import run_client
+
+    result = run_client(broker, (
+        "import os, sys\n"
+        "from workbench import NetWorkSpace, NwsConnectionDroppedException\n"
+        f"ws = NetWorkSpace({ws_name!r}, {broker.host!r}, {broker.port})\n"
+        "ws.store('x', 1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    try:\n"
+        "        ws.store('y', 2)\n"
+        "        sys.exit(3)\n"
+        "    except NwsConnectionDroppedException as exc:\n"
+        "        sys.exit(0 if 'forked' in str(exc) else 4)\n"  # a normal exit: atexit runs
+        "_, status = os.waitpid(pid, 0)\n"
+        "assert os.waitstatus_to_exitcode(status) == 0, status\n"
+        "ws.store('z', 3)\n"
+        "assert ws.fetch('x') == 1 and ws.fetch('z') == 3\n"
+        "assert ws.fetchTry('y') is None\n"
+        f"assert {ws_name!r} in ws.server.listWss()\n"
+        "ws.close()\n"
+        "print('ok')\n"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

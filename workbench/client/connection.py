@@ -300,7 +300,8 @@ class Connection:
         if channel.retired:
             if not channel.dealer.closed:
                 channel.close()  # left open by a close() in another thread
-            raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
+            raise NwsConnectionDroppedException(
+                self.broken or f"the connection to {self.address} is closed")
         return channel
 
     def _new_channel(self) -> Channel:
@@ -325,10 +326,10 @@ class Connection:
             return self._deliveries[0]
 
     def check_alive(self) -> None:
-        if self.closed:
-            raise NwsConnectionDroppedException(f"the connection to {self.address} was closed")
         if self.broken:
             raise NwsConnectionDroppedException(self.broken)
+        if self.closed:
+            raise NwsConnectionDroppedException(f"the connection to {self.address} was closed")
 
     def call(self, op: int, args: list, frames: list | tuple = (),
              timeout: float | None = None) -> bytes:
@@ -430,6 +431,18 @@ class Connection:
         self._finalizer.detach()
         _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
 
+    def _disown(self) -> None:
+        """In a child just forked: this session is the parent's. Nothing here may speak for
+        it, not even a goodbye at exit (it would end the parent's session), and the sockets'
+        descriptors are closed in this process only (the parent's connections stay up)."""
+        self._finalizer.detach()
+        self._closed = True
+        self.broken = (f"this connection to {self.address} belongs to the process that forked "
+                       "this one; open a new one here")
+        for channel in self._channels:
+            channel.retired = True
+            channel.close()
+
     def _close_sockets(self) -> None:
         with self._lock:
             for channel in self._channels:
@@ -483,6 +496,16 @@ def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> N
         pass
     finally:
         goodbye.close()
+
+
+def _disown_inherited() -> None:
+    for connection in list(_live_connections):
+        connection._disown()
+    _live_connections.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_inherited)
 
 
 def close_all() -> None:
