@@ -13,8 +13,8 @@ and the broker's ROUTER sees the client's routing identity in front. The broker 
                       body = META + the value's first frame for a value reply, UTF-8 text (JSON,
                       a name, an error message) otherwise
 
-Each frame costs a wake-up of ZeroMQ's I/O thread on both sides, so everything small shares the
-head frame: a store or fetch of a small value is one frame each way, like a bare echo. Only the
+Each frame costs a header to write and parse and some Python on both sides, so everything small
+shares the head frame: a store or fetch of a small value is one frame each way, like a bare echo. Only the
 large parts of values (detached data, out-of-band buffers) travel as extra frames, unsent copies.
 
 Request ids are chosen by the client, one counter per socket, so a socket may have many requests
