@@ -314,3 +314,33 @@ def test_a_forked_child_never_speaks_for_its_parents_session(broker, ws_name):
         "print('ok')\n"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the_rest(
+        make_broker, ws_name):
+    import resource
+
+    broker = make_broker()
+    ws = NetWorkSpace(ws_name, broker.host, broker.port)
+    pid = broker.process.pid
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 6, in_use + 6))
+    extra = [socket.create_connection((broker.host, broker.port), timeout=5) for _ in range(40)]
+    time.sleep(0.5)
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    time.sleep(1.0)
+    assert cpu_seconds() - before < 0.3  # not spinning on a listener it cannot accept from
+    ws.store("x", 1)
+    assert ws.fetch("x", timeout=5) == 1  # the connected client is served as before
+    for sock in extra:
+        sock.close()
+    counters = wait_for(lambda: status(broker)["counters"], timeout=10)
+    assert counters["refused_connections"] > 0
+    assert "out of file descriptors" in broker.log()
+    ws.close()

@@ -128,6 +128,9 @@ class BrokerServer:
         self.routes: dict[bytes, _Peer] = {}  # routing identity -> its connection
         self.peers: set[_Peer] = set()
         self.dirty: dict[_Peer, None] = {}  # peers with output, in the order it was made
+        # A descriptor held in reserve, freed to shed a connection when none are left (_shed).
+        self._spare_fd: int | None = None
+        self._warned_fds = False
 
     def bind(self) -> str:
         """Listen on the host and port; ``port=0`` picks a free port. Returns the ``tcp://``
@@ -195,6 +198,7 @@ class BrokerServer:
         tick = min(0.5, self.limits.liveness.interval / 2)
         listeners = {listener.fileno(): listener
                      for listener in (self.listener, self.local_listener) if listener}
+        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
         for fd in listeners:
             self.poller.register(fd, _READ)
         if self.files is not None:
@@ -243,6 +247,8 @@ class BrokerServer:
                 self._close(peer)
             self.poller.close()
             self.listener.close()
+            if self._spare_fd is not None:
+                os.close(self._spare_fd)
             if self.local_listener is not None:
                 self.local_listener.close()
                 try:
@@ -265,8 +271,11 @@ class BrokerServer:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of file descriptors, a connection reset at once
-                log.warning("cannot accept a connection: %s", exc)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._shed(listener, exc)
+                else:  # a connection reset before it was taken: nothing to do
+                    log.debug("accept failed: %s", exc)
                 return
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -276,6 +285,32 @@ class BrokerServer:
             self.by_fd[sock.fileno()] = peer
             self.poller.register(sock.fileno(), _READ)
             self._write(peer)  # the greeting and READY go first, before the peer's arrive
+
+    def _shed(self, listener: socket.socket, exc: OSError) -> None:
+        """Out of file descriptors: the pending connection would keep the listener readable
+        and the loop spinning. Free the spare descriptor kept for this, take the connection
+        and close it at once (its client sees the broker refuse), then keep a spare again."""
+        self._count("refused_connections")
+        if not self._warned_fds:
+            self._warned_fds = True
+            log.warning("out of file descriptors (%s): refusing new connections until clients "
+                        "leave; raise the limit (ulimit -n) for more clients", exc)
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+        try:
+            sock, _ = listener.accept()
+            sock.close()
+        except OSError:
+            pass
+        try:
+            self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError:
+            pass
+
+    def _count(self, name: str) -> None:
+        counters = self.state.counters
+        counters[name] = counters.get(name, 0) + 1
 
     def _close(self, peer: _Peer) -> None:
         """Drop a connection. Values in replies it never got are the sender's session's leases:
@@ -293,9 +328,7 @@ class BrokerServer:
         peer.out = []
 
     def _refuse(self, peer: _Peer, error: ZmtpError) -> None:
-        counter = "handshake_failures" if error.handshake else "malformed"
-        counters = self.state.counters
-        counters[counter] = counters.get(counter, 0) + 1
+        self._count("handshake_failures" if error.handshake else "malformed")
         log.debug("closing a connection: %s", error)
         try:  # tell a ZeroMQ peer why, if it can hear it; never wait for it
             peer.sock.send(error_command(str(error)))
