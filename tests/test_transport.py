@@ -344,3 +344,53 @@ def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the
     assert counters["refused_connections"] > 0
     assert "out of file descriptors" in broker.log()
     ws.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_random_moments_never_breaks_the_stream_or_loses_a_value(broker, ws_name):
+    """Real SIGINTs, hundreds a second, while a client stores and fetches small and large
+    values: every interrupt surfaces as KeyboardInterrupt between messages, the connection
+    stays usable, and no value is lost (an interrupted store may have landed, so at least
+    stored - fetched values are left)."""
+    from .support import run_client
+
+    result = run_client(broker, (
+        "import os, random, signal, threading, time\n"
+        "from workbench import NetWorkSpace\n"
+        f"ws = NetWorkSpace({ws_name!r}, {broker.host!r}, {broker.port})\n"
+        "stop = False\n"
+        "def interrupter():\n"
+        "    rng = random.Random(7)\n"
+        "    while not stop:\n"
+        "        time.sleep(rng.uniform(0.0002, 0.003))\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "thread = threading.Thread(target=interrupter, daemon=True)\n"
+        "thread.start()\n"
+        "stored = fetched = interrupts = 0\n"
+        "end = time.monotonic() + 6\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        ws.store('v', b'y' * 300_000 if stored % 10 == 0 else b'x' * 100)\n"
+        "        stored += 1\n"
+        "        ws.fetch('v')\n"
+        "        fetched += 1\n"
+        "    except KeyboardInterrupt:\n"
+        "        interrupts += 1\n"
+        "stop = True\n"
+        "while thread.is_alive():\n"
+        "    try:\n"
+        "        thread.join()\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+        "time.sleep(0.05)\n"
+        "left = 0\n"
+        "while ws.fetchTry('v') is not None:\n"
+        "    left += 1\n"
+        "assert interrupts > 500, interrupts\n"
+        "assert left >= stored - fetched, (stored, fetched, left)\n"
+        "ws.store('after', 1)\n"
+        "assert ws.fetch('after') == 1\n"
+        "ws.close()\n"
+        "print('ok', stored, fetched, left, interrupts)\n"), timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok")

@@ -8,10 +8,9 @@ the broker, and on the wire, it is a DEALER like libzmq's.
 
 Interrupts. Ctrl-C raises KeyboardInterrupt in the main thread wherever it happens to be. This
 module lets it cut no message in half, so the stream stays in step for the cancellation that
-follows the interrupt. The main thread defers SIGINT (``_Deferred``) while a system call moves
-bytes and what it moved is accounted for, and waits with the signal let through; a send
-interrupted after the first bytes of a message finishes the message before the interrupt goes
-on.
+follows the interrupt. The main thread defers Ctrl-C (``_Deferred``) while a system call moves
+bytes and what it moved is accounted for, and waits with it let through; a send interrupted
+after the first bytes of a message finishes the message before the interrupt goes on.
 """
 
 from __future__ import annotations
@@ -30,16 +29,13 @@ _CHUNK = 1 << 18  # bytes asked of the kernel per read
 _IOV_MAX = 1024  # buffers per sendmsg
 _JOIN_BELOW = 1 << 16  # a message smaller than this goes out as one joined buffer
 _UNLIMITED = 1 << 62  # the broker's replies are not size-checked here: it checked the requests
-_SIGINT = {signal.SIGINT}
-# The C function itself: signal.pthread_sigmask wraps it to turn the old mask into enums, which
-# costs as much again, on every reply.
-_sigmask = getattr(signal, "pthread_sigmask", None)
+# The C functions themselves: the signal module's wrappers turn handlers and numbers into enums,
+# which costs several times as much, on every message.
 try:
-    import _signal
-    _sigmask = getattr(_signal, "pthread_sigmask", _sigmask)
+    from _signal import getsignal as _getsignal, signal as _setsignal
 except ImportError:  # another Python implementation
-    pass
-_BLOCK, _UNBLOCK = getattr(signal, "SIG_BLOCK", 0), getattr(signal, "SIG_UNBLOCK", 1)
+    _getsignal, _setsignal = signal.getsignal, signal.signal
+_SIGINT = signal.SIGINT
 
 
 class DealerError(ConnectionError):
@@ -56,30 +52,38 @@ def _broken(exc: OSError) -> str:
 
 
 class _Deferred:
-    """Hold SIGINT back in the main thread for the duration of a ``with`` block; one that
-    arrives meanwhile is raised (as KeyboardInterrupt) just after it. Other threads never
-    receive KeyboardInterrupt, so there it does nothing."""
+    """Hold Ctrl-C back for the duration of a ``with`` block in the main thread, the only one
+    Python runs signal handlers in: SIGINT's handler is swapped for one that only notes the
+    signal, and the real one runs just after the block (raising KeyboardInterrupt there). A
+    signal mask would not do: the kernel hands a process's SIGINT to any thread that does not
+    block it, and Python then runs the handler in the main thread all the same."""
 
-    __slots__ = ("active",)
+    __slots__ = ("previous", "caught")
 
     def __enter__(self) -> None:
-        self.active = _sigmask is not None and threading.main_thread() is _current_thread()
-        if self.active:
-            try:
-                _sigmask(_BLOCK, _SIGINT)
-                _let_pending_interrupts_out()
-            except BaseException:  # raised before the block: __exit__ will not run
-                _sigmask(_UNBLOCK, _SIGINT)
-                raise
+        self.previous = None
+        if _current_thread() is not threading.main_thread():
+            return
+        previous = _getsignal(_SIGINT)
+        if not callable(previous):  # ignored, or the default action: nothing to defer
+            return
+        self.caught = None
+        try:
+            _setsignal(_SIGINT, self._note)
+            self.previous = previous
+        except BaseException:  # an interrupt that was already due ran the real handler
+            _setsignal(_SIGINT, previous)
+            raise
+
+    def _note(self, signum, frame) -> None:
+        self.caught = (signum, frame)
 
     def __exit__(self, *exc) -> None:
-        if self.active:
-            _sigmask(_UNBLOCK, _SIGINT)
-
-
-def _let_pending_interrupts_out() -> None:
-    """A Python call: an interrupt whose handler already ran is raised on entering it, before
-    the block it guards does anything (the ``with`` then unblocks SIGINT on the way out)."""
+        previous = self.previous
+        if previous is not None:
+            _setsignal(_SIGINT, previous)
+            if self.caught is not None:
+                previous(*self.caught)
 
 
 def connect_stream(endpoint: str, timeout: float) -> socket.socket:
@@ -154,13 +158,25 @@ class Dealer:
             raise DealerError(_broken(exc)) from None
         except BaseException:
             if self._cut:  # half a message is out: finish it, then let the interrupt go on
-                try:
-                    while not self._send_some(sock, buffers):
-                        if not self._poll_out(_SLICE) and alive is not None:
-                            alive()
-                except BaseException:  # interrupted again, or the broker is gone
-                    self.close()
+                self._finish(sock, buffers, alive)
             raise
+
+    def _finish(self, sock: socket.socket, buffers: list, alive) -> None:
+        """Send the rest of a message whose first bytes are out, whatever interrupts come
+        meanwhile; close the connection if the broker is gone."""
+        while True:
+            try:
+                while True:
+                    with _Deferred():
+                        if self._send_some(sock, buffers):
+                            return
+                    if not self._poll_out(_SLICE) and alive is not None:
+                        alive()
+            except KeyboardInterrupt:
+                continue  # the first one is raised once the message is out
+            except BaseException:
+                self.close()
+                return
 
     def _send_some(self, sock: socket.socket, buffers: list) -> bool:
         """Send what the kernel takes now -> whether the whole message is out. ``_cut`` tells
