@@ -500,3 +500,12 @@ def test_any_interruption_of_a_blocked_fetch_cancels_it(server, ws) -> None:
         signal.signal(signal.SIGALRM, previous)
     ws.store("late", "kept")
     assert ws.fetchTry("late") == "kept"
+
+
+def test_a_thread_whose_socket_broke_gets_a_new_one_while_the_session_lives(server, ws):
+    """One socket of a session failing (reset, a protocol error) costs that call, not the
+    thread's use of the workspace for the rest of the session."""
+    ws.store("kept", 1)
+    ws._connection.channel().dealer.close()  # as a reset connection leaves it
+    ws.store("after", 2)
+    assert ws.fetch("kept", timeout=5) == 1 and ws.fetch("after", timeout=5) == 2

@@ -288,9 +288,13 @@ class Connection:
     # ------------------------------------------------------------------ requests
 
     def channel(self) -> Channel:
-        """This thread's channel (made on first use)."""
+        """This thread's channel (made on first use, and made again if its socket broke while
+        the session lives on: the old one stays listed, so the heartbeat still carries the
+        acknowledgements it holds)."""
         try:
             channel = self._local.channel
+            if channel.dealer.closed and not channel.retired and not self.broken:
+                raise AttributeError
         except AttributeError:
             try:
                 channel = self._new_channel()
