@@ -78,9 +78,12 @@ class Deliveries(threading.Thread):
             if self._register(sock):
                 self._ready.set()
                 self._serve(sock)
-        except (OSError, DealerError) as exc:  # the broker went away: its heartbeat tells
-            self._failure = self._failure or f"the delivery socket to {self._address} broke: {exc}"
-            log.debug("%s", self._failure)
+        except (OSError, DealerError) as exc:  # usually the broker went away (the heartbeat
+            self._failure = (self._failure  # tells the callers); if not, nothing more arrives
+                             or f"the delivery socket to {self._address} broke: {exc}")
+            if not self._stopping.is_set():
+                log.warning("%s; no more messages or events reach this process on it",
+                            self._failure)
         finally:
             self._ready.set()
             if sock is not None:
