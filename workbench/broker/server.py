@@ -28,14 +28,13 @@ from typing import Callable
 from .. import shm
 from ..config import SHM_RELEASE_GRACE
 from .state import BrokerState, Limits
-from ..zmtp import HANDSHAKE, ZmtpError, Inbound, encode, error_command
+from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command
 
 log = logging.getLogger("workbench.broker")
 
 _READ = select.POLLIN
 _WRITE = select.POLLOUT
 _CLOSED = select.POLLHUP | select.POLLERR  # reading then tells what happened
-_READ_CHUNK = 1 << 18  # bytes asked of the kernel per read
 _IOV_MAX = 1024  # buffers per sendmsg: the kernel refuses more
 #: Seconds a connection may take to send its greeting and READY (libzmq's default too).
 HANDSHAKE_TIMEOUT = 30.0
@@ -346,7 +345,7 @@ class BrokerServer:
     def _read(self, peer: _Peer) -> None:
         inbound = peer.inbound
         try:
-            if not inbound.read_from(peer.sock, _READ_CHUNK):
+            if not inbound.read_from(peer.sock, READ_CHUNK):
                 self._close(peer)
                 return
         except (BlockingIOError, InterruptedError):

@@ -23,9 +23,8 @@ import time
 from collections import deque
 from threading import current_thread as _current_thread
 
-from ..zmtp import GREETING, Inbound, ZmtpError, command, encode, properties
+from ..zmtp import GREETING, READ_CHUNK, Inbound, ZmtpError, command, encode, properties
 
-_CHUNK = 1 << 18  # bytes asked of the kernel per read
 _IOV_MAX = 1024  # buffers per sendmsg
 _JOIN_BELOW = 1 << 16  # a message smaller than this goes out as one joined buffer
 _UNLIMITED = 1 << 62  # the broker's replies are not size-checked here: it checked the requests
@@ -230,7 +229,7 @@ class Dealer:
         """Move what the kernel holds into the parser; complete messages into the queue."""
         inbound = self._inbound
         try:
-            if not inbound.read_from(self._sock, _CHUNK):
+            if not inbound.read_from(self._sock, READ_CHUNK):
                 raise DealerError(_CLOSED)
         except (BlockingIOError, InterruptedError):
             return
