@@ -321,6 +321,15 @@ class Connection:
         self._local.channel = channel
         return channel
 
+    def close_own_channel(self) -> None:
+        """Close the calling thread's channel if the connection closed meanwhile: closing left
+        it open, as it leaves every socket a live thread other than the closing one may be
+        using, for the thread to close on its next request. A thread that makes no more
+        requests as it ends with the connection (the delivery thread) calls this."""
+        channel = getattr(self._local, "channel", None)
+        if channel is not None and channel.retired:
+            channel.close()
+
     def deliveries(self) -> Deliveries:
         """The delivery socket's thread of this connection, started on first use."""
         with self._lock:

@@ -88,6 +88,9 @@ class Deliveries(threading.Thread):
             self._ready.set()
             if sock is not None:
                 sock.close()
+            connection = self._connection()
+            if connection is not None:  # a follower's requests made this thread a channel
+                connection.close_own_channel()
 
     def _register(self, sock: Dealer) -> bool:
         """One request on this socket, so the broker can route deliveries to it at once."""
