@@ -364,6 +364,41 @@ def test_messages_of_other_sessions_arrive_in_the_delivery_thread(broker, caplog
     assert "remote follower failed" in caplog.text
 
 
+def test_followers_that_come_and_go_between_remote_messages_are_heard(broker) -> None:
+    """Remote messages are routed by a table remembered per identifier: every registration,
+    closed queue and collected follower must change what the next message reaches."""
+    name = uid()
+    first, follow_first = collector()
+    second, follow_second = collector()
+    mq.following_function(f"{name}:x")(follow_first)
+    connection = connect(broker.host, broker.port)
+    try:
+        bus = MessageBus(connection)
+
+        def send(number: int) -> None:
+            bus.publish(f"{name}:x", ((number,), {}, f"{name}:x", None), wait=True)
+
+        send(1)
+        wait_for(lambda: len(first) == 1, timeout=5)
+        mq.following_function(f"{name}:*")(follow_second)  # came after the route was made
+        standalone = mq.Queue(f"{name}:*")
+        send(2)
+        wait_for(lambda: len(second) == 1 and standalone.qsize() == 1, timeout=5)
+        standalone.close()
+        queued = standalone.get_nowait()
+        del follow_first
+        gc.collect()
+        send(3)
+        wait_for(lambda: len(second) == 2, timeout=5)
+        send(4)
+        wait_for(lambda: len(second) == 3, timeout=5)
+    finally:
+        connection.close()
+    assert [m.args for m in first] == [(1,), (2,)]  # nothing after it was collected
+    assert [m.args for m in second] == [(2,), (3,), (4,)]
+    assert queued.args == (2,) and standalone.empty()  # closed: nothing more came in
+
+
 def test_with_a_pool_messages_of_other_sessions_go_to_the_workers(broker) -> None:
     name = uid()
     threads: queue.Queue = queue.Queue()

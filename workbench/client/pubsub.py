@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 from .. import codec
@@ -27,6 +28,7 @@ from .deliveries import EVENTS, MESSAGE
 MQ_WORKSPACE = "__mq"
 
 
+@lru_cache(maxsize=4096)
 def _identifier(identifier: str) -> bytes:
     parse(identifier)  # refuse here what the broker would refuse unanswered
     return identifier.encode("utf-8")
@@ -83,7 +85,7 @@ class MessageBus:
     def _received(self, head: bytes, frames: list) -> None:
         end = head.index(SEPARATOR, HEADER_SIZE + 1)
         identifier = head[HEADER_SIZE + 1:end].decode("utf-8")
-        value = codec.decode([head[end + 1:], *frames])
+        value = codec.decode_at(head, end + 1, frames)
         if self.on_message is not None:
             self.on_message(identifier, value)
 

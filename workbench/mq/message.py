@@ -88,17 +88,37 @@ class Message:
         return f"<Message {self._identifier} args={self._args!r} kwargs={self._kwargs!r}>"
 
 
-def pack(identifier: Identifier, args: tuple, kwargs: dict, callback: str | None) -> tuple:
+def pack(identifier: Identifier | str, args: tuple, kwargs: dict, callback: str | None
+         ) -> tuple:
     """The value a message travels as between processes."""
     return (args, kwargs, str(identifier), callback)
 
 
-def unpack(value: Any, sent_as: Identifier) -> Message:
-    """A received value -> Message. ``sent_as`` stands in for an identifier the value lacks:
-    a plain ``MessageBus`` publisher's ``(args, kwargs)``, or any other single value."""
-    if isinstance(value, tuple) and 2 <= len(value) <= 4 and isinstance(value[0], tuple) \
-            and isinstance(value[1], dict):
-        identifier = parse(value[2]) if len(value) > 2 and isinstance(value[2], str) else sent_as
-        callback = value[3] if len(value) > 3 else None
-        return Message(identifier, value[0], value[1], callback)
-    return Message(sent_as, (value,), {})
+def unpack(value: Any, sent_as: Identifier, sent_as_text: str | None = None) -> Message:
+    """A received value -> Message. ``sent_as`` (``sent_as_text`` as text, if given: the
+    identifier a value carries is parsed only if it differs) stands in for an identifier the
+    value lacks: a plain ``MessageBus`` publisher's
+    ``(args, kwargs)``, or any other single value."""
+    if type(value) is tuple and 2 <= len(value) <= 4 and type(value[0]) is tuple \
+            and type(value[1]) is dict:
+        identifier = sent_as
+        if len(value) > 2:
+            text = value[2]
+            if text != sent_as_text and type(text) is str:
+                identifier = parse(text)
+        return _received(identifier, value[0], value[1], value[3] if len(value) > 3 else None)
+    return _received(sent_as, (value,), {}, None)
+
+
+def _received(identifier: Identifier, args: tuple, kwargs: dict, callback: str | None
+              ) -> Message:
+    """A Message of freshly unpickled parts, which need no copying or checking."""
+    message = _new_message(Message)
+    message._identifier, message._args, message._kwargs = identifier, args, kwargs
+    message._callback = callback
+    if kwargs:
+        message.__dict__.update(kwargs)
+    return message
+
+
+_new_message = object.__new__

@@ -65,6 +65,9 @@ class Registry:
         self._subscribed_on = -1  # the bus generation _subscribed refers to
         self._changed = False  # a pattern came or went since the last reconciliation
         self._dead = False  # a weak reference died: purge at the next opportunity
+        # identifier as received -> (parsed, the entries it reaches, in delivery order);
+        # replaced by an empty dict whenever the tables change
+        self._routes: dict[str | Identifier, tuple[Identifier, str, tuple[Entry, ...]]] = {}
         self.errors: deque[tuple[Message, BaseException]] = deque(maxlen=1000)
         self.pool = Pool(self._failed)
         transport.on_message = self._received
@@ -93,6 +96,7 @@ class Registry:
         with self._lock:
             table = self._tables.setdefault(ident.namespace, {})
             table[ident.name] = table.get(ident.name, ()) + (entry,)
+            self._routes = {}  # after the change: see _route
             self._count(str(ident), 1)
         self.purge()
         self.reconcile()
@@ -117,6 +121,7 @@ class Registry:
             del table[name]
             if not table:
                 del self._tables[namespace]
+        self._routes = {}  # after the change: see _route
 
     def _count(self, pattern: str, delta: int) -> None:
         count = self._counts.get(pattern, 0) + delta
@@ -180,56 +185,74 @@ class Registry:
              remote_kwargs: dict | None = None, local: bool = True) -> None:
         """Hand a message to the broker, then to this process's followers (unless not
         ``local``). ``remote_kwargs`` replace what other processes cannot receive."""
-        self.purge()
-        transport.publish(str(ident), pack(ident, args, kwargs if remote_kwargs is None
-                                           else remote_kwargs, callback))
-        if local:
-            self.dispatch(ident, Message(ident, args, kwargs, callback), remote=False)
+        if self._dead:
+            self.purge()
+        ident, text, entries = self._route(ident)
+        transport.publish(text, pack(text, args, kwargs if remote_kwargs is None
+                                     else remote_kwargs, callback))
+        if local and entries:
+            self._dispatch(entries, Message(ident, args, kwargs, callback))
 
-    def dispatch(self, ident: Identifier, message: Message, remote: bool) -> None:
+    def _route(self, key: str | Identifier) -> tuple[Identifier, str, tuple[Entry, ...]]:
+        """A message's identifier (as received, or parsed) -> the identifier parsed, as text,
+        and the entries the message reaches, in delivery order; remembered until the tables
+        change.
+        The table of routes is taken before the tables are read and a change replaces it after
+        changing them, so a route computed across a change is never kept."""
+        routes = self._routes
+        route = routes.get(key)
+        if route is None:
+            ident = parse(key) if isinstance(key, str) else key
+            route = routes[key] = ident, str(ident), self._reached(ident)
+        return route
+
+    def _reached(self, ident: Identifier) -> tuple[Entry, ...]:
         table = self._tables.get(ident.namespace)
         if not table:
-            return
+            return ()
         groups = (list(table.values()) if ident.name is None
                   else (table.get(None, ()), table.get(ident.name, ())))
-        pool = self.pool if self.pool.active else None
-        for entries in groups:
-            for entry in entries:
-                if not matches(entry.identifier, ident):
-                    continue
-                target = entry.ref()
-                if target is None:
-                    self._dead = True
-                    continue
-                if remote:
-                    self._deliver_remote(entry, target, message, pool)
-                elif entry.guard is None or entry.guard(message):
-                    if pool is None or entry.is_queue:
-                        target(message)
-                    else:
-                        pool.submit(target, message)
+        return tuple(entry for entries in groups for entry in entries
+                     if matches(entry.identifier, ident))
 
-    def _deliver_remote(self, entry: Entry, target: Callable, message: Message,
-                        pool: Pool | None) -> None:
-        try:
-            if entry.guard is not None and not entry.guard(message):
-                return
-            if pool is None or entry.is_queue:
-                target(message)
-            else:
-                pool.submit(target, message, wait=True)  # a full pool slows the delivery thread
-        except Exception as exc:
-            self._failed(message, exc)
+    def _dispatch(self, entries: tuple[Entry, ...], message: Message) -> None:
+        """Deliver a message of this process's own to its followers and standalone queues."""
+        pool = self.pool if self.pool.active else None
+        for entry in entries:
+            target = entry.ref()
+            if target is None:
+                self._dead = True
+            elif entry.guard is None or entry.guard(message):
+                if pool is None or entry.is_queue:
+                    target(message)
+                else:
+                    pool.submit(target, message)
 
     def _received(self, identifier: str, value: Any) -> None:
-        """A message from another process (in the delivery thread)."""
-        ident = parse(identifier)
-        message = unpack(value, ident)
-        try:
-            self.purge()
-        except Exception:
-            log.exception("mq: unsubscribing collected followers failed")
-        self.dispatch(ident, message, remote=True)
+        """A message from another process (in the delivery thread): the path every remote
+        message takes, hence the routes remembered and the few calls."""
+        if self._dead:
+            try:
+                self.purge()
+            except Exception:
+                log.exception("mq: unsubscribing collected followers failed")
+        ident, text, entries = self._route(identifier)
+        message = unpack(value, ident, text)
+        pool = self.pool if self.pool.active else None
+        for entry in entries:
+            target = entry.ref()
+            if target is None:
+                self._dead = True
+                continue
+            try:
+                if entry.guard is not None and not entry.guard(message):
+                    continue
+                if pool is None or entry.is_queue:
+                    target(message)
+                else:
+                    pool.submit(target, message, wait=True)  # a full pool slows this thread
+            except Exception as exc:
+                self._failed(message, exc)
 
     def _failed(self, message: Message, exc: BaseException) -> None:
         self.errors.append((message, exc))
