@@ -18,7 +18,7 @@ from workbench.zmtp import (
     GREETING, HANDSHAKE, KEPT_HEAD, LARGE_FRAME, Inbound, ZmtpError, command, encode,
     identity_from_ready, parse_greeting, properties,
 )
-from workbench.protocol import HEADER, Op, request_head
+from workbench.protocol import CHANNEL, HEADER, Op, request_head
 
 from .support import wait_for
 from .test_robustness import status
@@ -343,6 +343,69 @@ def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the
     counters = wait_for(lambda: status(broker)["counters"], timeout=10)
     assert counters["refused_connections"] > 0
     assert "out of file descriptors" in broker.log()
+    ws.close()
+
+
+def test_a_client_that_never_reads_its_replies_is_paused_not_buffered(make_broker, ws_name):
+    """A client that sends requests and never reads the replies must not grow the broker
+    without bound: beyond --max-pending-output the broker stops reading it, so its own sends
+    block; other clients are served meanwhile, and once it reads, every reply arrives, in
+    order."""
+    broker = make_broker("--max-pending-output", "1M")
+    ws = NetWorkSpace(ws_name, broker.host, broker.port)
+    ws.store("v", b"x" * 200)
+    sock = socket.create_connection((broker.host, broker.port), timeout=5)
+    identity = ws._connection.session_id + CHANNEL.pack(4242)  # a socket of ws's session
+    sock.sendall(GREETING + command(b"READY", properties(Socket_Type=b"DEALER",
+                                                        Identity=identity)))
+    sock.setblocking(False)
+    request = [ws_name.encode(), b"v"]
+    sent = pending = 0
+    data = b""
+    blocked_since = None
+    while sent < 400_000:  # 16 MB of requests: ~100 MB of replies if they were all kept
+        if not data:
+            data = b"".join(b"".join(encode([request_head(Op.FIND_TRY, sent + i, request)]))
+                            for i in range(100))
+            pending = 100
+        try:
+            count = sock.send(data)
+        except BlockingIOError:
+            blocked_since = blocked_since or time.monotonic()
+            if time.monotonic() - blocked_since > 1.0:
+                break
+            time.sleep(0.01)
+            continue
+        blocked_since = None
+        data = data[count:]
+        if not data:
+            sent += pending
+    else:
+        pytest.fail("the broker kept reading a client that never reads its replies")
+    assert status(broker)["counters"]["paused_readers"] >= 1
+    assert ws.find("v", timeout=5) == b"x" * 200  # everyone else is served meanwhile
+
+    inbound = Inbound(1 << 30)  # the broker's stream: its greeting and READY, then replies
+    got: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(got) < sent + (pending if data else 0):  # the rest goes out as the broker reads
+        assert time.monotonic() < deadline, f"{len(got)} of {sent} replies came"
+        if data:
+            try:
+                data = data[sock.send(data):]
+            except BlockingIOError:
+                pass
+        try:
+            chunk = sock.recv(1 << 16)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        assert chunk, "the broker closed the connection"
+        inbound.feed(chunk)
+        got.extend(HEADER.unpack_from(frames[0])[3] for frames, _ in inbound.messages)
+        inbound.messages.clear()
+    assert got == list(range(len(got)))  # every request answered, in order
+    sock.close()
     ws.close()
 
 

@@ -13,8 +13,8 @@ import sys
 
 from . import __version__
 from .config import (
-    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, Liveness, default_address,
-    default_max_memory, normalize_address,
+    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness,
+    default_address, default_max_memory, normalize_address,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TCP port, 0 for any free one (default %(default)s)")
     broker.add_argument("--max-message-size", type=parse_size, default=MAX_MESSAGE_SIZE,
                         metavar="SIZE", help="largest request accepted (default 1G)")
+    broker.add_argument("--max-pending-output", type=parse_size, default=MAX_PENDING_OUTPUT,
+                        metavar="SIZE", help="replies waiting for a client that does not read "
+                        "them, beyond which its requests wait unread (default 64M)")
     broker.add_argument("--max-memory", type=parse_size, default=None, metavar="SIZE",
                         help="cap on the bytes of values held; a store beyond it fails "
                              f"(default half of physical memory, {_human(default_max_memory())})")
@@ -171,6 +174,7 @@ def run_broker(args: argparse.Namespace) -> int:
     limits = Limits(
         max_memory=args.max_memory if args.max_memory is not None else default_max_memory(),
         max_message_size=args.max_message_size,
+        max_pending_output=args.max_pending_output,
         liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
     )
     server = BrokerServer(args.host, args.port, limits,

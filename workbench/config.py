@@ -35,6 +35,10 @@ CANCEL_TIMEOUT = 5.0
 
 #: Largest request the broker accepts, all frames together (1 GiB).
 MAX_MESSAGE_SIZE = 1 << 30
+#: Bytes of replies a connection may have waiting to be written before the broker stops reading
+#: its requests, until the client has taken half of them (a client that never reads its
+#: replies must not grow the broker without bound).
+MAX_PENDING_OUTPUT = 64 << 20
 #: Pickle buffers at least this large travel out of band as their own zero-copy frames.
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 #: Longest workspace or variable name, in UTF-8 bytes.

@@ -96,15 +96,22 @@ class _Poller:
 class _Peer:
     """One accepted connection: its socket, its parser, and the bytes waiting to go out."""
 
-    __slots__ = ("sock", "inbound", "identity", "out", "writing", "accepted")
+    __slots__ = ("sock", "inbound", "identity", "out", "queued", "events", "accepted")
 
     def __init__(self, sock: socket.socket, max_message: int, now: float) -> None:
         self.sock = sock
         self.inbound = Inbound(max_message)
         self.identity: bytes | None = None  # routable once the peer's READY came
         self.out: list = [HANDSHAKE]  # buffers not yet written, in order
-        self.writing = False  # registered for write readiness (the kernel's buffer was full)
+        self.queued = len(HANDSHAKE)  # their bytes
+        # What the poller watches: reading, unless too many replies wait (see _write), and
+        # write readiness while the kernel's buffer is full.
+        self.events = _READ
         self.accepted = now
+
+    def queue(self, buffers: list) -> None:
+        self.out.extend(buffers)
+        self.queued += sum(map(len, buffers))  # encode()'s buffers are bytes or byte views
 
 
 class BrokerServer:
@@ -360,7 +367,7 @@ class BrokerServer:
             if not self._route(peer, inbound.identity):
                 return
         if inbound.replies:
-            peer.out.extend(inbound.replies)
+            peer.queue(inbound.replies)
             inbound.replies.clear()
             self.dirty[peer] = None
         if inbound.messages:
@@ -400,7 +407,7 @@ class BrokerServer:
             # The peer's socket is gone: a value it was handed goes back.
             self.state.undeliverable(identity, frames[0])
             return
-        peer.out.extend(encode(frames))
+        peer.queue(encode(frames))
         self.dirty[peer] = None
 
     def _flush(self) -> None:
@@ -427,19 +434,24 @@ class BrokerServer:
             peers = list(dirty)
             dirty.clear()
             for peer in peers:
-                if not peer.writing:
+                if peer.events & _WRITE:  # the kernel's buffer is still full
+                    self._watch(peer)
+                else:
                     self._write(peer)
 
     def _write(self, peer: _Peer) -> None:
         """Write as much of the peer's output as the kernel takes; wait for write readiness
-        for the rest."""
+        for the rest. A peer with more than ``max_pending_output`` bytes of replies waiting has
+        its requests left unread (in the kernel, then in its own socket: the client's sends
+        wait) until it has taken half of them; whatever it asked is answered, in order."""
         out = peer.out
         try:
             while out:
                 batch = out[:_IOV_MAX]
                 sent = peer.sock.sendmsg(batch) if len(batch) > 1 else peer.sock.send(batch[0])
+                peer.queued -= sent
                 for index, buffer in enumerate(batch):
-                    size = len(buffer) if type(buffer) is not memoryview else buffer.nbytes
+                    size = len(buffer)
                     if sent < size:
                         del out[:index]
                         if sent:
@@ -458,10 +470,26 @@ class BrokerServer:
                 log.warning("writing to a client failed: %s", exc)
             self._close(peer)
             return
-        want = bool(out)
-        if want != peer.writing:
-            peer.writing = want
-            self.poller.modify(peer.sock.fileno(), _READ | _WRITE if want else _READ)
+        if not out:
+            peer.queued = 0
+        self._watch(peer)
+
+    def _watch(self, peer: _Peer) -> None:
+        """Have the poller watch what the peer's output allows (see ``_write``)."""
+        if not peer.out:
+            events = _READ
+        else:
+            limit = self.limits.max_pending_output
+            reading = peer.events & _READ
+            if reading and peer.queued > limit:
+                self._count("paused_readers")
+                reading = 0
+            elif not reading and peer.queued <= limit // 2:
+                reading = _READ
+            events = reading | _WRITE
+        if events != peer.events:
+            peer.events = events
+            self.poller.modify(peer.sock.fileno(), events)
 
     def _linger(self) -> None:
         """On the way out: keep writing pending replies for a moment, so that clients blocked

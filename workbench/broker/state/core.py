@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ... import __version__
-from ...config import MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, Liveness, default_max_memory
+from ...config import (
+    MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, MAX_PENDING_OUTPUT, Liveness, default_max_memory,
+)
 from ...protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op,
     ProtocolError, Status, VersionMismatch, parse_head, reply_head, value_reply_head,
@@ -41,6 +43,7 @@ _NAME_CACHE_SIZE = 4096
 class Limits:
     max_memory: int = field(default_factory=default_max_memory)
     max_message_size: int = MAX_MESSAGE_SIZE
+    max_pending_output: int = MAX_PENDING_OUTPUT
     liveness: Liveness = field(default_factory=Liveness)
     flow: FlowLimits = field(default_factory=FlowLimits)
 
