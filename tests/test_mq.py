@@ -608,6 +608,29 @@ def test_a_shared_queue_holds_its_message_until_the_next_get_or_task_done() -> N
     q.close()
 
 
+def test_a_shared_queue_message_is_acknowledged_by_close_and_by_collection() -> None:
+    name = uid()
+
+    def leases() -> int:
+        info = json.loads(transport.connection().call(Op.STATUS, [])[HEADER_SIZE:])
+        return info["leases"]
+
+    before = leases()
+    q = mq.Queue(name, shared=True)
+    for number in range(2):
+        mq.twitter(f"{name}:x", number)
+    assert q.get(timeout=5).args == (0,) and leases() == before + 1
+    q.close()  # at once, in one request
+    assert leases() == before
+
+    collected = mq.Queue(name, shared=True)
+    assert collected.get(timeout=5).args == (1,) and leases() == before + 1
+    del collected
+    gc.collect()  # its finalizer leaves the acknowledgement to the heartbeat
+    wait_for(lambda: leases() == before, timeout=10)
+    assert q.qsize() == 0  # neither came back
+
+
 # ---------------------------------------------------------------------- set_multiplicity
 
 

@@ -93,6 +93,17 @@ class Channel:
         self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
         self.acks: deque[int] = deque()  # leased values consumed, not yet acknowledged
 
+    def acknowledge_later(self, request_id: int, any_thread: bool = False) -> bool:
+        """Have the leased reply to ``request_id`` acknowledged with this channel's next
+        request, or the heartbeat's -> False if that cannot be: the connection closed, or the
+        calling thread is not the channel's (one that reused a finished thread's id, whose
+        channel may be gone) and not ``any_thread`` (a finalizer, which may make no request).
+        Otherwise ``Connection.acknowledge`` does it at once."""
+        if self.retired or not (any_thread or self.owner is threading.current_thread()):
+            return False
+        self.acks.append(request_id)
+        return True
+
     def send(self, op: int, args: list, frames: list | tuple = (),
              alive: Callable[[], None] | None = None, acks: tuple | list = ()) -> int:
         """Send a request -> its id. The value's first frame rides in the head, after ``args``.
@@ -320,6 +331,13 @@ class Connection:
             self._channels.append(channel)
         self._local.channel = channel
         return channel
+
+    def acknowledge(self, leases: list[tuple[Channel, int]], timeout: float) -> None:
+        """Acknowledge leased replies now, whichever threads' channels took them: one
+        heartbeat request carries the (channel, request id) pairs. Raises as ``call``."""
+        if leases:
+            pairs = [(channel.number, request_id) for channel, request_id in leases]
+            self.call(Op.HEARTBEAT, [pack_channel_acks(pairs)], timeout=timeout)
 
     def close_own_channel(self) -> None:
         """Close the calling thread's channel if the connection closed meanwhile: closing left

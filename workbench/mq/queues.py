@@ -175,7 +175,7 @@ class SharedQueue(Queue):
         try:
             value = _decode_value(head, frames)
         except Exception:
-            channel.acks.append(request_id)  # undecodable: it must not come back forever
+            channel.acknowledge_later(request_id)  # undecodable: it must not come back forever
             raise
         with self._lock:
             self._leases[threading.get_ident()] = (channel, request_id, transport.generation)
@@ -188,11 +188,9 @@ class SharedQueue(Queue):
             lease = self._leases.pop(threading.get_ident(), None)
         if lease is None or lease[2] != transport.generation:
             return  # nothing held, or held by a session that has ended (and given it back)
-        channel = lease[0]
-        if channel.owner is threading.current_thread() and not channel.retired:
-            channel.acks.append(lease[1])
-        else:  # a thread that reused a finished one's id: that channel may be gone
-            transport.acknowledge([lease])
+        channel, request_id, _ = lease
+        if not channel.acknowledge_later(request_id):  # a thread that reused a finished
+            transport.acknowledge([lease])  # one's id: that channel may be gone
 
     def take_leases(self) -> list[tuple[Channel, int, int]]:
         with self._lock:
@@ -214,5 +212,5 @@ def _release(leases: dict[int, tuple[Channel, int, int]]) -> None:
     be made from a finalizer)."""
     for channel, request_id, generation in list(leases.values()):
         if generation == transport.generation:
-            channel.acks.append(request_id)
+            channel.acknowledge_later(request_id, any_thread=True)
     leases.clear()

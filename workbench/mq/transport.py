@@ -27,7 +27,6 @@ from ..client.embedded import connect
 from ..client.pubsub import MessageBus
 from ..config import normalize_address
 from ..errors import NwsException, NwsPicklingException
-from ..protocol import Op, pack_channel_acks
 
 log = logging.getLogger("workbench.mq")
 
@@ -153,15 +152,15 @@ class Transport:
 
     def acknowledge(self, pending: list[tuple[Channel, int, int]]) -> None:
         connection = self._connection
-        pairs = [(channel.number, request_id) for channel, request_id, generation in pending
-                 if generation == self.generation]  # an older session's leases went with it
-        if not pairs or connection is None or connection.closed or self._pid != os.getpid():
+        leases = [(channel, request_id) for channel, request_id, generation in pending
+                  if generation == self.generation]  # an older session's leases went with it
+        if not leases or connection is None or connection.closed or self._pid != os.getpid():
             return
         try:
-            connection.call(Op.HEARTBEAT, [pack_channel_acks(pairs)], timeout=ACK_TIMEOUT)
+            connection.acknowledge(leases, timeout=ACK_TIMEOUT)
         except NwsException as exc:  # the broker gives the messages back: at least once
             log.warning("mq: %d shared-queue messages were not acknowledged: %s",
-                        len(pairs), exc)
+                        len(leases), exc)
 
     # ------------------------------------------------------------------ fork
 
