@@ -20,7 +20,7 @@ from workbench.client.embedded import connect
 from workbench.client.pubsub import MessageBus
 from workbench.mq.adapter.fileobserver import FileObserver
 from workbench.mq.adapter.timer import IntervalTimer
-from workbench.mq.registry import registry
+from workbench.mq.registry import ROUTES_KEPT, registry
 from workbench.mq.transport import transport
 from workbench.protocol import HEADER_SIZE, Op
 from workbench.topics import Identifier, parse
@@ -397,6 +397,17 @@ def test_followers_that_come_and_go_between_remote_messages_are_heard(broker) ->
     assert [m.args for m in first] == [(1,), (2,)]  # nothing after it was collected
     assert [m.args for m in second] == [(2,), (3,), (4,)]
     assert queued.args == (2,) and standalone.empty()  # closed: nothing more came in
+
+
+def test_identifiers_made_up_per_message_do_not_grow_the_routes() -> None:
+    name = uid()
+    got, follower = collector()
+    mq.following_function(f"{name}:*")(follower)
+    count = ROUTES_KEPT + 100
+    for number in range(count):
+        mq.twitter(f"{name}:job{number}")
+    assert [m.id for m in got] == [f"{name}:job{number}" for number in range(count)]
+    assert len(registry._routes) <= ROUTES_KEPT
 
 
 def test_with_a_pool_messages_of_other_sessions_go_to_the_workers(broker) -> None:

@@ -39,6 +39,9 @@ from .transport import transport
 
 log = logging.getLogger("workbench.mq")
 
+#: Routes remembered at most (see ``Registry._route``).
+ROUTES_KEPT = 4096
+
 Guard = Callable[[Message], bool]
 Ref = Callable[[], Callable[[Message], Any] | None]
 
@@ -203,7 +206,10 @@ class Registry:
         route = routes.get(key)
         if route is None:
             ident = parse(key) if isinstance(key, str) else key
-            route = routes[key] = ident, str(ident), self._reached(ident)
+            route = ident, str(ident), self._reached(ident)
+            if len(routes) >= ROUTES_KEPT:  # identifiers made up per message (job ids):
+                routes.clear()  # start afresh rather than grow
+            routes[key] = route
         return route
 
     def _reached(self, ident: Identifier) -> tuple[Entry, ...]:
