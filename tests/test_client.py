@@ -368,6 +368,26 @@ def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(ws, other):
     assert ws.fetchTry("interrupted") is None
 
 
+def test_ctrl_c_as_the_request_goes_out_withdraws_it(ws, other):
+    """An interrupt that comes during the send surfaces once the request is out (a message
+    is never cut in half): the fetch must still be withdrawn, or the value it takes stays
+    leased to a reply nobody reads, and the next fetch waits for ever."""
+    other.store("just-sent", 1)
+    dealer = ws._connection.channel().dealer
+    real_send = dealer.send
+
+    def send_then_interrupt(frames, alive=None):
+        real_send(frames, alive)
+        del dealer.send  # once
+        raise KeyboardInterrupt
+
+    dealer.send = send_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        ws.fetch("just-sent", timeout=10)
+    assert ws.fetch("just-sent", timeout=5) == 1
+    assert ws.fetchTry("just-sent") is None
+
+
 def test_value_racing_a_cancel_goes_back(ws, other):
     """A value handed over just as the fetch is cancelled is put back, not lost."""
     connection = ws._connection

@@ -105,8 +105,10 @@ class Channel:
         return True
 
     def send(self, op: int, args: list, frames: list | tuple = (),
-             alive: Callable[[], None] | None = None, acks: tuple | list = ()) -> int:
-        """Send a request -> its id. The value's first frame rides in the head, after ``args``.
+             alive: Callable[[], None] | None = None, acks: tuple | list = (),
+             request_id: int | None = None) -> int:
+        """Send a request -> its id (``request_id``, from ``new_request_id``, or a new one).
+        The value's first frame rides in the head, after ``args``.
 
         ``acks``: ids of leased replies this very request acknowledges, besides those queued.
         They never go through the queue the heartbeat thread drains, so the broker sees them
@@ -116,7 +118,8 @@ class Channel:
         When ZeroMQ's queue to the broker is full (a broker that stopped reading), the send
         waits in slices and calls ``alive``, which raises once the broker is known gone:
         a fire-and-forget publisher never hangs on a dead broker."""
-        request_id = next(self.ids) & 0xFFFFFFFF
+        if request_id is None:
+            request_id = self.new_request_id()
         if frames:
             args = [*args, frames[0]]
         queued = self.acks
@@ -139,6 +142,9 @@ class Channel:
         except DealerError as exc:
             raise NwsConnectionDroppedException(str(exc)) from None
         return request_id
+
+    def new_request_id(self) -> int:
+        return next(self.ids) & 0xFFFFFFFF
 
     def receive(self, request_id: int, deadline: float | None,
                 alive: Callable[[], None]) -> tuple[bytes, list]:
@@ -385,11 +391,19 @@ class Connection:
                 frames, spilled = self._prepare_large(frames)
             else:
                 self.check_size(frames)
+        request_id = channel.new_request_id()
+        sent_before = channel.dealer.sent_messages
         try:
-            request_id = channel.send(op, args, frames, self.check_alive, acks)
-        except BaseException:
-            if spilled:
-                os.unlink(spilled)
+            channel.send(op, args, frames, self.check_alive, acks, request_id)
+        except BaseException as exc:
+            if channel.dealer.sent_messages == sent_before:
+                if spilled:  # never sent: the file is nobody's
+                    os.unlink(spilled)
+            elif not isinstance(exc, NwsConnectionDroppedException):
+                # Ctrl-C that came while the request went out surfaces once it is out: withdraw
+                # it like an interrupted wait, or the value it takes would stay leased, unread,
+                # until the session ends. A file it handed over is the broker's now.
+                self._withdraw(channel, request_id)
             raise
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -405,7 +419,7 @@ class Connection:
         except BaseException as exc:
             # Ctrl-C, a timeout, or anything else that interrupts the wait (a worker's task
             # being cancelled): withdraw the request, so a value that raced it goes back.
-            channel.cancel(request_id, self.check_alive)
+            self._withdraw(channel, request_id)
             if isinstance(exc, NwsTimeoutException) and timeout is not None:
                 raise NwsTimeoutException(
                     f"no reply within {timeout:g} s (the request was cancelled)") from None
@@ -417,6 +431,14 @@ class Connection:
         if leased and status == 0:
             channel.acks.append(request_id)
         return status, result
+
+    def _withdraw(self, channel: Channel, request_id: int) -> None:
+        """Cancel a request at the broker, if it can still be reached (else the end of the
+        session returns what the request held)."""
+        try:
+            channel.cancel(request_id, self.check_alive)
+        except NwsConnectionDroppedException:
+            pass
 
     def _prepare_large(self, frames: list | tuple) -> tuple[list | tuple, str | None]:
         """A value with big frames: through shared memory if the broker shares this machine's,

@@ -121,6 +121,7 @@ class Dealer:
         self._inbound = Inbound(_UNLIMITED)
         self._messages: deque[list] = deque()
         self._cut = False  # part of a message is sent, the rest not yet
+        self.sent_messages = 0  # whole messages handed to the kernel: did an interrupted send?
         self.closed = False
         # The greeting and READY go out at once; the broker's arrive as the first bytes read.
         self._send_buffers([GREETING + command(
@@ -195,7 +196,10 @@ class Dealer:
             sent -= size
             del buffers[0]
         self._cut = bool(buffers)
-        return not buffers
+        if buffers:
+            return False
+        self.sent_messages += 1
+        return True
 
     def _poll_out(self, seconds: float) -> bool:
         poller = select.poll()
