@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 HEARTBEAT_INTERVAL = 0.2
@@ -67,7 +68,7 @@ def start_broker(tmp_path, *args: str) -> Broker:
         ready, _, _ = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))
         if not ready or process.poll() is not None:
             process.kill()
-            raise RuntimeError(f"broker did not start: {open(log_path).read()}")
+            raise RuntimeError(f"broker did not start: {Path(log_path).read_text()}")
         line += os.read(process.stdout.fileno(), 4096)
     address = line.decode().split()[1]
     host, port = address.rsplit("/", 1)[1].rsplit(":", 1)

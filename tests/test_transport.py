@@ -270,6 +270,40 @@ def test_the_socket_goes_with_its_broker_and_stale_ones_are_swept(make_broker):
     assert not os.path.exists(path)
 
 
+def test_a_stopped_broker_s_full_socket_does_not_hang_the_next_one_s_start(make_broker):
+    """Sweeping stale sockets probes each one; a broker that is stopped (SIGSTOP, a debugger)
+    with a full backlog accepts no connection, and the probe must give up, not block."""
+    directory = os.path.join(tempfile.gettempdir(), f"workbench-{os.getuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, "broker-2-feedface0000.sock")
+    stopped = socket.socket(socket.AF_UNIX)
+    stopped.bind(path)
+    stopped.listen(0)
+    waiting = []
+    try:
+        while True:  # fill its backlog, as clients of a stopped broker would
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            waiting.append(client)
+            try:
+                client.connect(path)
+            except BlockingIOError:
+                break
+        started = time.monotonic()
+        broker = make_broker()
+        assert time.monotonic() - started < 10
+        assert os.path.exists(path)  # alive (it listens): not swept
+        ws = NetWorkSpace("after-stopped", broker.host, broker.port)
+        ws.store("x", 1)
+        assert ws.fetch("x", timeout=5) == 1
+        ws.close()
+    finally:
+        for client in waiting:
+            client.close()
+        stopped.close()
+        os.unlink(path)
+
+
 def test_clients_and_broker_run_without_libzmq(broker):
     """pyzmq is a test dependency only: the workbench speaks ZMTP itself."""
     from .support import run_client

@@ -62,6 +62,7 @@ def _remove_stale_sockets(directory: str) -> None:
             continue
         path = os.path.join(directory, name)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)  # a stopped broker's full backlog must not hang this one's start
         try:
             probe.connect(path)
         except ConnectionRefusedError:
