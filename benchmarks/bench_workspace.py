@@ -21,7 +21,8 @@ figure says TCP; the anchors use TCP):
 Anchors, measured in the same run: a bare pyzmq DEALER->ROUTER echo server (blocking
 ``recv_multipart``/``send_multipart`` loop, in its own process) for 1, 3 and 4 (a 100 MiB
 ``copy=False`` echo); a bare pyzmq ROUTER relay for 2 (what a broker built on libzmq pays
-for a hand-off, its I/O thread's wake-ups included: ``_harness.relay_server``); and redis-py against a private ``redis-server`` for all four (SET and GET
+for a hand-off, its I/O thread's wake-ups included: ``_harness.relay_server``); and redis-py
+against a private ``redis-server`` for all four (SET and GET
 rates, RPUSH->BLPOP hand-off with the same 1 ms gap and acknowledgement, 4-client SET/GET pairs,
 100 MiB SET+GET of the array's bytes), skipped with a note when ``redis-server`` is missing
 (``benchmarks/install-anchors.sh`` installs it).

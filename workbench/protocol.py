@@ -14,8 +14,9 @@ and the broker's ROUTER sees the client's routing identity in front. The broker 
                       a name, an error message) otherwise
 
 Each frame costs a header to write and parse and some Python on both sides, so everything small
-shares the head frame: a store or fetch of a small value is one frame each way, like a bare echo. Only the
-large parts of values (detached data, out-of-band buffers) travel as extra frames, unsent copies.
+shares the head frame: a store or fetch of a small value is one frame each way, like a bare
+echo. Only the large parts of values (detached data, out-of-band buffers) travel as extra
+frames, unsent copies.
 
 Request ids are chosen by the client, one counter per socket, so a socket may have many requests
 in flight; replies may come back in any order and are matched by id. When ``flags & FLAG_ACKS``
@@ -23,9 +24,9 @@ the first argument lists, comma-separated, the request ids whose leased values t
 consumed (acknowledgements ride on the next request instead of costing a message of their own).
 
 A *value* is ``[descriptor + data, *extra]``: descriptor = ``<BBH`` (kind, flags, number of
-extra frames). For raw kinds the payload is data followed by the extra frames; for pickles, data is the
-pickle stream and the extra frames are its out-of-band buffers. The broker never looks inside.
-A value reply's META = ``<QQ`` (variable id, value sequence number) is the iterators' cookie.
+extra frames). For raw kinds the payload is data followed by the extra frames; for pickles,
+data is the pickle stream and the extra frames are its out-of-band buffers. The broker never
+looks inside. A value reply's META = ``<QQ`` (variable id, value sequence number) is the iterators' cookie.
 
 Arguments by op (text; ``0``/``1`` for flags)::
 
@@ -249,7 +250,8 @@ def value_reply_head(request_id: int, nextra: int, var_id: int, seq: int, first:
 def parse_head(head: bytes) -> tuple[int, int, int]:
     """-> (op or status, flags or frame count, request id); ProtocolError on a foreign head."""
     if len(head) < HEADER_SIZE:
-        raise ProtocolError(f"head of {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise ProtocolError(
+            f"head of {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
     version, code, flags, request_id = HEADER.unpack_from(head)
     if version != _V:
         raise VersionMismatch(version, request_id)

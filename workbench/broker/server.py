@@ -1,9 +1,10 @@
 """The broker's socket loop: the only broker module that touches sockets.
 
-Accept DEALER connections (over TCP, and from this machine over a Unix socket too), read requests (ZMTP framing in ``zmtp``), hand each to
-``BrokerState``, send what it returns, end silent sessions, repeat. One thread does all of it
-around one ``epoll`` (``poll`` where there is none): a reply is written from the thread that computed it, with no
-hand-off to an I/O thread (see ``zmtp`` for why). Each pass reads what every ready peer sent,
+Accept DEALER connections (over TCP, and from this machine over a Unix socket too), read
+requests (ZMTP framing in ``zmtp``), hand each to ``BrokerState``, send what it returns, end
+silent sessions, repeat. One thread does all of it around one ``epoll`` (``poll`` where there is
+none): a reply is written from the thread that computed it, with no hand-off to an I/O thread
+(see ``zmtp`` for why). Each pass reads what every ready peer sent,
 handles those requests in order and then writes every peer's replies in one system call each.
 """
 

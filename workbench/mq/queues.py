@@ -13,9 +13,10 @@ one).
 and ``"task:*"`` are two queues), shared by every process: each matching message is stored
 once, wherever it was sent from, and each goes to exactly one consumer. A message taken is held
 under a *lease* until its consumer is done with it: until that thread's next ``get`` on the
-queue, ``task_done()``, ``close()``, the queue's collection, or the process's exit. If the consumer's process dies
-first, the broker puts the message back at the head of the queue (once it declares the session
-dead, a few heartbeats later) for another consumer: at least once, never lost. ``qsize`` and
+queue, ``task_done()``, ``close()``, the queue's collection, or the process's exit. If the
+consumer's process dies first, the broker puts the message back at the head of the queue (once
+it declares the session dead, a few heartbeats later) for another consumer: at least once,
+never lost. ``qsize`` and
 ``empty`` ask the broker; ``full`` is always False (the broker's memory limit bounds it).
 
 Neither has ``put``: messages arrive by ``twitter``. ``Empty`` is ``queue.Empty``.

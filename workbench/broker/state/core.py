@@ -73,7 +73,8 @@ class BrokerState(Operations, KeyValue, PubSub, Batches):
         self.local_endpoint: str | None = None
         self.counters = dict.fromkeys(
             ("requests", "errors", "malformed", "oversized", "internal_errors", "expired",
-             "kv_gets", "kv_misses", "kv_sets", "published", "dropped", "queue_refused", "publish_errors"), 0)
+             "kv_gets", "kv_misses", "kv_sets", "published", "dropped", "queue_refused",
+             "publish_errors"), 0)
         # Publish/subscribe (see pubsub): delivery sockets, their patterns by namespace and
         # name, shared queues by name, and watchers by workspace name.
         self.flow = self.limits.flow
