@@ -510,14 +510,20 @@ def test_any_interruption_of_a_blocked_fetch_cancels_it(server, ws) -> None:
     def interrupt(signum, frame):
         raise Interrupted()
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
+    main = threading.get_ident()
+
+    def interrupt_once_waiting():  # SIGUSR1, not SIGALRM: pytest-timeout's timer stays put
+        waiting(ws, "late", fetchers=1)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        threading.Thread(target=interrupt_once_waiting, daemon=True).start()
         with pytest.raises(Interrupted):
             ws.fetch("late", timeout=10)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGUSR1, previous)
+    waiting(ws, "late", fetchers=0)  # withdrawn at the broker
     ws.store("late", "kept")
     assert ws.fetchTry("late") == "kept"
 

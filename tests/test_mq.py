@@ -372,6 +372,7 @@ def test_followers_that_come_and_go_between_remote_messages_are_heard(broker) ->
     second, follow_second = collector()
     mq.following_function(f"{name}:x")(follow_first)
     connection = connect(broker.host, broker.port)
+    standalone = None
     try:
         bus = MessageBus(connection)
 
@@ -392,8 +393,12 @@ def test_followers_that_come_and_go_between_remote_messages_are_heard(broker) ->
         wait_for(lambda: len(second) == 2, timeout=5)
         send(4)
         wait_for(lambda: len(second) == 3, timeout=5)
+        # the collected follower's pattern is gone from the broker too (purged on arrival)
+        wait_for(lambda: f"{name}:x" not in subscribed_at_broker(), timeout=5)
     finally:
         connection.close()
+        if standalone is not None:
+            standalone.close()
     assert [m.args for m in first] == [(1,), (2,)]  # nothing after it was collected
     assert [m.args for m in second] == [(2,), (3,), (4,)]
     assert queued.args == (2,) and standalone.empty()  # closed: nothing more came in
@@ -622,9 +627,10 @@ def test_a_shared_queue_holds_its_message_until_the_next_get_or_task_done() -> N
 def test_a_shared_queue_message_is_acknowledged_by_close_and_by_collection() -> None:
     name = uid()
 
-    def leases() -> int:
-        info = json.loads(transport.connection().call(Op.STATUS, [])[HEADER_SIZE:])
-        return info["leases"]
+    def leases() -> int:  # this session's only: other tests' may end meanwhile
+        connection = transport.connection()
+        info = json.loads(connection.call(Op.STATUS, [])[HEADER_SIZE:])
+        return sum(c["leases"] for c in info["clients"] if c["label"] == connection.label)
 
     before = leases()
     q = mq.Queue(name, shared=True)

@@ -150,13 +150,15 @@ def test_a_handler_s_requests_leave_no_socket_open_after_close(broker, connectio
     """A handler that makes requests (mq unsubscribes collected followers there) gives the
     delivery thread a socket of its own; closing the connection must close it too."""
     listener = connect(broker.host, broker.port)
-    channels: queue.Queue = queue.Queue()
-    bus = MessageBus(listener, lambda identifier, value: channels.put(listener.channel()))
-    bus.subscribe("ask:*")
-    MessageBus(connection).publish("ask:x", 1, wait=True)
-    channel = channels.get(timeout=5)
-    thread = listener.deliveries()
-    listener.close()
+    try:
+        channels: queue.Queue = queue.Queue()
+        bus = MessageBus(listener, lambda identifier, value: channels.put(listener.channel()))
+        bus.subscribe("ask:*")
+        MessageBus(connection).publish("ask:x", 1, wait=True)
+        channel = channels.get(timeout=5)
+        thread = listener.deliveries()
+    finally:
+        listener.close()
     thread.join(timeout=5)
     assert not thread.is_alive() and channel.dealer.closed
 
