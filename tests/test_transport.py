@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import tempfile
+import threading
 import time
 import uuid
 
@@ -475,6 +476,36 @@ def test_a_client_that_never_reads_its_replies_is_paused_not_buffered(make_broke
         assert got == list(range(len(got)))  # every request answered, in order
     finally:
         sock.close()
+        ws.close()
+
+
+def test_a_large_send_with_large_replies_waiting_on_the_same_socket_completes(make_broker,
+                                                                             ws_name):
+    """A thread with a large reply waiting (the broker has stopped reading its socket until
+    it is taken) that sends a large request on that socket must read while it sends: else
+    each side waits for the other for ever."""
+    broker = make_broker("--max-pending-output", "1M", "--no-shared-memory")
+    ws = NetWorkSpace(ws_name, broker.host, broker.port)
+    box: dict = {}
+
+    def find_then_store_without_reading() -> None:
+        connection = ws._connection
+        channel = connection.channel()
+        find = channel.send(Op.FIND_TRY, [ws_name.encode(), b"big"])
+        time.sleep(0.2)  # its 4 MiB reply fills the socket; the broker stops reading
+        ws.store("more", b"y" * (8 << 20))  # a send larger than the kernel's buffers
+        head, frames = channel.receive(find, time.monotonic() + 10, connection.check_alive)
+        box["found"] = sum(len(frame) for frame in frames)
+
+    try:
+        ws.store("big", b"x" * (4 << 20))
+        thread = threading.Thread(target=find_then_store_without_reading, daemon=True)
+        thread.start()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the client and the broker wait for each other"
+        assert box["found"] == 4 << 20
+        assert len(ws.fetch("more", timeout=5)) == 8 << 20
+    finally:
         ws.close()
 
 

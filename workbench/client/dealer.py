@@ -202,9 +202,23 @@ class Dealer:
         return True
 
     def _poll_out(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the kernel to take more -> whether it will. Replies that
+        arrive meanwhile are read and queued for ``recv``: the broker stops reading a
+        connection whose replies pile up unread (``--max-pending-output``), so a send that
+        waited without reading could wait for ever."""
         poller = select.poll()
-        poller.register(self._sock, select.POLLOUT)
-        return bool(poller.poll(seconds * 1000))
+        poller.register(self._sock, select.POLLOUT | select.POLLIN)
+        deadline = time.monotonic() + seconds
+        while True:
+            ready = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+            if not ready:
+                return False
+            events = ready[0][1]
+            if events & select.POLLIN:
+                with _Deferred():
+                    self._read()
+            if events & ~select.POLLIN:  # writable, or closed: the send finds out which
+                return True
 
     # ------------------------------------------------------------------ receiving
 
