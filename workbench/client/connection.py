@@ -611,7 +611,7 @@ class _Heartbeat(threading.Thread):
                     except IndexError:  # its own thread took them for its next request
                         break
             args = [pack_channel_acks(acks)] if acks else []
-            sock.send([request_head(Op.HEARTBEAT, next(beat_ids), args)])
+            sock.send([request_head(Op.HEARTBEAT, next(beat_ids), args)], self._unless_stopping)
             deadline = time.monotonic() + interval
             while (remaining := deadline - time.monotonic()) > 0:
                 if not sock.pending():
@@ -626,6 +626,11 @@ class _Heartbeat(threading.Thread):
                              f"{silent:.1f} s")
             elif not self._broken(None):
                 return  # the connection was collected
+
+    def _unless_stopping(self) -> None:
+        """A beat that a hung broker's full socket holds up gives way to ``stop``."""
+        if self._stopping.is_set():
+            raise DealerError("the connection is closing")
 
     def _broken(self, why: str | None) -> bool:
         """Tell the connection why the broker is unreachable (None: it is not) -> whether the
@@ -653,7 +658,8 @@ class _Heartbeat(threading.Thread):
             if sock is not None:
                 self._beat(sock)
         except DealerError as exc:  # the broker closed the connection: it stopped
-            self._broken(f"the broker at {self._address} went away: {exc}")
+            if not self._stopping.is_set():
+                self._broken(f"the broker at {self._address} went away: {exc}")
         finally:
             if sock is not None:
                 sock.close()

@@ -94,7 +94,7 @@ class Deliveries(threading.Thread):
 
     def _register(self, sock: Dealer) -> bool:
         """One request on this socket, so the broker can route deliveries to it at once."""
-        sock.send([request_head(Op.HEARTBEAT, 1)])
+        sock.send([request_head(Op.HEARTBEAT, 1)], self._unless_stopping)
         deadline = time.monotonic() + _START_TIMEOUT
         while not self._stopping.is_set():
             if sock.recv(_POLL_S) is not None:
@@ -140,4 +140,10 @@ class Deliveries(threading.Thread):
     def _credit(self, sock: Dealer, messages: int, batches: int) -> None:
         """Tell the broker what was consumed: it may send that many more."""
         sock.send([request_head(Op.MQ_CREDIT, 0,
-                                [self.channel_arg, b"%d" % messages, b"%d" % batches])])
+                                [self.channel_arg, b"%d" % messages, b"%d" % batches])],
+                  self._unless_stopping)
+
+    def _unless_stopping(self) -> None:
+        """A send that a hung broker's full socket holds up gives way to ``stop``."""
+        if self._stopping.is_set():
+            raise DealerError("the connection is closing")
