@@ -115,8 +115,8 @@ class Channel:
         exactly with this request (a worker's result store carries the acknowledgement of
         the tasks it answers: both or neither reach the broker).
 
-        When ZeroMQ's queue to the broker is full (a broker that stopped reading), the send
-        waits in slices and calls ``alive``, which raises once the broker is known gone:
+        When the socket takes no more (a broker that stopped reading), the send waits in
+        slices, reading replies meanwhile, and calls ``alive``, which raises once the broker is known gone:
         a fire-and-forget publisher never hangs on a dead broker."""
         if request_id is None:
             request_id = self.new_request_id()
