@@ -21,9 +21,9 @@ Shape of the tree::
 from __future__ import annotations
 
 import pickle
-import traceback
 from typing import Any, NamedTuple
 
+from .. import sources
 from ..errors import NwsException
 
 #: Kinds of ErrorInfo.
@@ -48,7 +48,7 @@ class ErrorInfo(NamedTuple):
         for _ in range(skip_frames):
             if tb is not None and tb.tb_next is not None:
                 tb = tb.tb_next
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        text = sources.format_exception(exc, tb)
         try:
             payload = pickle.dumps(exc, protocol=5)
         except Exception:

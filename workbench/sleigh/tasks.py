@@ -29,9 +29,7 @@ import math
 import pickle
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-import cloudpickle
-
-from .. import codec
+from .. import codec, sources
 from ..config import OUT_OF_BAND_THRESHOLD
 from ..protocol import DESCRIPTOR, Kind
 
@@ -64,9 +62,9 @@ def worker_var(rank: int) -> str:
 def pack_function(fn: Callable, fixed: Sequence = (), permute: Sequence[int] | None = None
                   ) -> tuple[str, bytes]:
     """-> (key, bytes) of a function spec. cloudpickle pickles what lives in ``__main__``
-    (a notebook) or in a local scope by value, and importable functions by reference."""
-    data = cloudpickle.dumps((fn, tuple(fixed), None if permute is None else list(permute)),
-                             protocol=5)
+    (a notebook) or in a local scope by value, with the lines of its source (``sources``), and
+    importable functions by reference."""
+    data = sources.dumps((fn, tuple(fixed), None if permute is None else list(permute)))
     return hashlib.blake2b(data, digest_size=12).hexdigest(), data
 
 
@@ -128,7 +126,7 @@ def _by_value(value: Any) -> list:
         buffers.append(raw)
         return False
 
-    data = cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+    data = sources.dumps(value, buffer_callback=out_of_band)
     if len(data) >= OUT_OF_BAND_THRESHOLD:
         return [DESCRIPTOR.pack(Kind.CLOUDPICKLE, codec.DETACHED, len(buffers) + 1), data,
                 *buffers]
