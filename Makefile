@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lab demo test bench clean
+.PHONY: setup lab demo test test-lowest bench clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,17 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The suite's core on the lowest versions pyproject.toml allows for the direct dependencies
+# (uv's lowest-direct resolution), so a floor that no longer works is caught. Left out: the
+# browser, Binder and documentation builds, which exercise the newest front-end tool chain.
+LOWEST ?= .venv-lowest
+test-lowest: setup
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv venv --quiet --allow-existing --python $(BIN)/python $(LOWEST)
+	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install --quiet --resolution lowest-direct -e ".[test]"
+	$(LOWEST)/bin/python -m pytest --ignore=tests/test_browser.py --ignore=tests/test_binder.py \
+		--ignore=tests/test_docs.py
+
 bench: setup
 	bash benchmarks/install-anchors.sh
 	$(BIN)/python benchmarks/bench_workspace.py
@@ -41,4 +52,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_sleigh.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST) build *.egg-info .pytest_cache
