@@ -282,7 +282,10 @@ def test_memory_cap_raises_no_memory_and_stores_nothing(make_broker):
 
 
 def test_close_context_manager_and_destruction_disconnect(make_broker):
-    broker = make_broker()  # its own: no other test's session comes or goes
+    # Its own broker, so no other test's session comes or goes; one that ends no session for
+    # silence within this test (0.2 s x 100), so each disconnection seen is a goodbye, and a
+    # heartbeat held up (gc.collect holds the GIL) does not end the watcher's session.
+    broker = make_broker("--heartbeat-liveness", "100")
     with KeyValueStore(broker.host, broker.port) as watcher:
         def clients() -> int:
             return len(watcher.stats()["clients"])
@@ -290,14 +293,14 @@ def test_close_context_manager_and_destruction_disconnect(make_broker):
         before = clients()
         with RawClient(broker.host, broker.port) as raw:
             assert clients() == before + 1
-        wait_for(lambda: clients() == before)
+        wait_for(lambda: clients() == before, timeout=10)
         with pytest.raises(ConnectionReset, match="closed"):
             raw.get("k")
         pickled = Client(broker.host, broker.port)
         assert clients() == before + 1
         del pickled
         gc.collect()
-        wait_for(lambda: clients() == before)
+        wait_for(lambda: clients() == before, timeout=10)
 
 
 def test_a_dropped_connection_raises_connection_reset_then_is_made_again(make_broker):
