@@ -86,6 +86,22 @@ def spawn_client(broker: Broker, code: str, **env: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def broker_status(broker: Broker) -> dict:
+    """The broker's status (what ``workbench status --json`` prints), asked from this process:
+    cheap enough to poll. The asking session is among its clients."""
+    from workbench import KeyValueStore
+
+    with KeyValueStore(broker.host, broker.port) as asker:
+        return asker.stats()
+
+
+def has_session(broker: Broker, pid: int) -> bool:
+    """Whether the broker still holds a session of process ``pid`` (sessions are labelled
+    "host (pid)"): a process that exited or was killed is gone once this is False."""
+    return any(client["label"].endswith(f" ({pid})")
+               for client in broker_status(broker)["clients"])
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
     """Poll ``predicate`` until it returns a true value, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

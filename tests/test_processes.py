@@ -14,7 +14,9 @@ import pytest
 
 from workbench import DICT, NetWorkSpace, NwsServer
 
-from .support import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, run_client, spawn_client, wait_for
+from .support import (
+    HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, has_session, run_client, spawn_client, wait_for,
+)
 
 DEAD_AFTER = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
 
@@ -107,7 +109,8 @@ def test_killed_owner_is_noticed_by_heartbeat(broker, ws_name, server, persisten
     owner.stdout.close()
     owner.stderr.close()
     if persistent:
-        time.sleep(DEAD_AFTER * 3)
+        wait_for(lambda: not has_session(broker, owner.pid), timeout=10,
+                 message="the killed owner's session was never ended")
         assert server.listWss(format=DICT)[ws_name][4] == 2  # values kept: x and never
         assert watcher.fetch("x", timeout=5) == 1
         server.deleteWs(ws_name)
@@ -250,8 +253,10 @@ def test_a_value_fetched_by_a_process_that_exits_without_closing_stays_consumed(
                                                                                  ws_name):
     ws.store("once", "only one copy")
     result = run_client(broker, code(f"""
-        import gc
+        import gc, os
         from workbench import NetWorkSpace
+
+        print(os.getpid())
 
         def take():
             space = NetWorkSpace({ws_name!r}, useUse=True)
@@ -261,6 +266,8 @@ def test_a_value_fetched_by_a_process_that_exits_without_closing_stays_consumed(
         gc.collect()
         """))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "only one copy"
-    time.sleep(DEAD_AFTER + 0.5)
+    pid, taken = result.stdout.split("\n", 1)
+    assert taken.strip() == "only one copy"
+    # Had the session ended without the acknowledgement, the value would be back by now.
+    wait_for(lambda: not has_session(broker, int(pid)), timeout=10)
     assert ws.fetchTry("once") is None  # not put back: it was consumed
