@@ -23,7 +23,7 @@ from workbench.zmtp import (
 )
 from workbench.protocol import CHANNEL, HEADER, Op, request_head
 
-from .support import wait_for
+from .support import broker_status, wait_for
 from .test_robustness import status
 
 DEALER_READY = command(b"READY", properties(Socket_Type=b"DEALER", Identity=b"client-1"))
@@ -207,7 +207,11 @@ def test_a_client_that_stops_reading_holds_up_nobody(broker, ws_name, request):
     request.addfinalizer(ws.close)
     for request_id in range(40):
         slow.send(request_head(Op.FIND_TRY, request_id, [ws_name.encode(), b"big"]))
-    time.sleep(0.3)  # 40 MiB of replies: more than the kernel's socket buffers hold
+    # A marker last: the broker handles a socket's requests in order, so once it shows, the
+    # broker holds 40 MiB of replies for the slow reader (more than the kernel's socket
+    # buffers hold).
+    slow.send(request_head(Op.DECLARE, 40, [ws_name.encode(), b"marker", b"fifo"]))
+    wait_for(lambda: "marker" in ws.listVars(format="dict"), timeout=10)
     started = time.monotonic()
     for i in range(50):
         ws.store("x", i)
@@ -389,7 +393,7 @@ def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the
     try:
         extra.extend(socket.create_connection((broker.host, broker.port), timeout=5)
                      for _ in range(40))
-        time.sleep(0.5)
+        wait_for(lambda: "out of file descriptors" in broker.log(), timeout=10)
 
         def cpu_seconds() -> float:
             with open(f"/proc/{pid}/stat") as f:
@@ -397,7 +401,7 @@ def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
         before = cpu_seconds()
-        time.sleep(1.0)
+        time.sleep(1.0)  # no busy loop may run in this time (measured by the CPU it takes)
         assert cpu_seconds() - before < 0.3  # not spinning on a listener it cannot accept from
         ws.store("x", 1)
         assert ws.fetch("x", timeout=5) == 1  # the connected client is served as before
@@ -492,7 +496,9 @@ def test_a_large_send_with_large_replies_waiting_on_the_same_socket_completes(ma
         connection = ws._connection
         channel = connection.channel()
         find = channel.send(Op.FIND_TRY, [ws_name.encode(), b"big"])
-        time.sleep(0.2)  # its 4 MiB reply fills the socket; the broker stops reading
+        # Its 4 MiB reply fills the socket, and the broker stops reading it.
+        wait_for(lambda: broker_status(broker)["counters"].get("paused_readers", 0) >= 1,
+                 timeout=10)
         ws.store("more", b"y" * (8 << 20))  # a send larger than the kernel's buffers
         head, frames = channel.receive(find, time.monotonic() + 10, connection.check_alive)
         box["found"] = sum(len(frame) for frame in frames)
