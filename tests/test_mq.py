@@ -763,12 +763,14 @@ def test_connection_functions_tokens_and_results(broker) -> None:
 def test_an_idle_token_times_out(broker) -> None:
     name = uid()
     token = mq.connect_via_queue((broker.host, broker.port), name, ttl=0.05)
+    # No poll can watch a token expire: every use restarts its idle time. Its ttl runs on
+    # this process's clock, so sleeping longer than the ttl is certain to cross it.
     time.sleep(0.1)
     assert mq.get_nowait(token) == "timeout"
     assert mq.get_nowait(token) == "invalid token"
     oneway = mq.connect_oneway((broker.host, broker.port), ttl=0.05)
     assert mq.send_message(oneway, f"{name}:x") == "ok"
-    time.sleep(0.1)
+    time.sleep(0.1)  # idle past its ttl, as above
     assert mq.send_message(oneway, f"{name}:x") == "timeout"
     with pytest.raises(mq.NotConnectToServer):
         mq.get()
@@ -840,7 +842,7 @@ def test_interval_timer_ticks_until_stopped() -> None:
     assert not timer.running
     while not ticks.empty():
         ticks.get_nowait()
-    time.sleep(0.15)
+    time.sleep(0.15)  # nothing may arrive in this time (three intervals): the timer stopped
     assert ticks.empty()
     slow = IntervalTimer(name, 30)
     started = time.monotonic()
@@ -872,7 +874,7 @@ def test_file_observer_reports_created_modified_removed(tmp_path) -> None:
         (tmp_path / "old.log").unlink()
         message = events.get(timeout=5)
         assert message.id == f"{name}:removed" and message.args == (str(tmp_path / "old.log"),)
-        time.sleep(0.15)
+        time.sleep(0.15)  # nothing may arrive in this time (three rounds)
         assert events.empty()  # nothing else: other.txt is not matched
     finally:
         started = time.monotonic()

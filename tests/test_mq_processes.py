@@ -225,7 +225,9 @@ def test_a_killed_consumer_gives_its_message_back(children) -> None:
     mq.twitter(name, "first")
     mq.twitter(name, "second")
     assert consumer.line() == "first"
-    time.sleep(0.5)  # longer than a heartbeat interval: still not acknowledged
+    # nothing may come back in this time (over two heartbeat intervals): the living consumer
+    # still holds "first", unacknowledged
+    time.sleep(0.5)
     assert jobs.qsize() == 1
     consumer.process.send_signal(signal.SIGKILL)
     consumer.finish()

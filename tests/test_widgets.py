@@ -115,7 +115,7 @@ def test_throttle_runs_on_the_loop_at_a_bounded_rate(loop):
     assert len(seen) <= elapsed / 0.1 + 3, (len(seen), elapsed)
     throttle.close()
     throttle.request()
-    loop.run_until_complete(asyncio.sleep(0.15))
+    loop.run_until_complete(asyncio.sleep(0.15))  # no redraw may run in this time: closed
     assert seen[-1][1] == 8000 and throttle.redraws == len(seen)
 
 
@@ -142,7 +142,9 @@ def test_dashboard_follows_another_process(broker, ws, ws_name, loop, build):
                                 f"for v in ['a', 'b', 'c']: ws.store('y', v)\n"
                                 f"ws.fetch('x')\n"
                                 f"ws.close()\n"))  # acknowledges the fetch
-    time.sleep(0.3)  # the events are here by now; nothing is drawn while the loop is idle
+    # nothing may be drawn in this time, though the events arrive in it: widgets draw only on
+    # the loop, and it is idle
+    time.sleep(0.3)
     assert "<td style='text-align:left'>y</td>" not in board.table.value
     settle(loop, lambda: row("y", "fifo", 3, 0, 0, "&#x27;a&#x27;") in board.table.value
            and row("x", "fifo", 0, 0, 0, "") in board.table.value)
