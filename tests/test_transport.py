@@ -3,6 +3,7 @@ broker, and the Unix socket clients on the broker's machine use."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import stat
@@ -15,8 +16,9 @@ import pytest
 import zmq
 from hypothesis import given, settings, strategies as st
 
-from workbench import NetWorkSpace, NwsServer
+from workbench import KeyValueStore, NetWorkSpace, NwsServer
 from workbench.client.dealer import connect_stream
+from workbench.client.embedded import connect
 from workbench.zmtp import (
     GREETING, HANDSHAKE, KEPT_HEAD, LARGE_FRAME, Inbound, ZmtpError, command, encode,
     identity_from_ready, parse_greeting, parse_properties, properties,
@@ -384,7 +386,20 @@ def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the
     import resource
 
     broker = make_broker()
-    ws = NetWorkSpace(ws_name, broker.host, broker.port)
+    connection = connect(broker.host, broker.port)
+    server = NwsServer(connection=connection)
+    ws = NetWorkSpace(ws_name, server=server)
+    session = KeyValueStore(connection=connection)  # asks the broker's status as ws's session
+    asked = itertools.count(1)
+
+    def requests_but_status() -> int:
+        [mine] = [c for c in session.stats()["clients"] if ws_name in c["owned"]]
+        return mine["requests"] - next(asked)
+
+    # ws's heartbeat thread connects a socket of its own: count the broker's descriptors once
+    # a beat has come through it (only beats add to the session's requests meanwhile).
+    first = requests_but_status()
+    wait_for(lambda: requests_but_status() > first, timeout=10)
     pid = broker.process.pid
     fds = f"/proc/{pid}/fd"
     in_use = len(os.listdir(fds))
@@ -412,7 +427,7 @@ def test_out_of_file_descriptors_the_broker_sheds_new_connections_and_serves_the
     wait_for(lambda: len(os.listdir(fds)) <= in_use, timeout=10)
     assert status(broker)["counters"]["refused_connections"] > 0
     assert "out of file descriptors" in broker.log()
-    ws.close()
+    server.close()
 
 
 def test_a_client_that_never_reads_its_replies_is_paused_not_buffered(make_broker, ws_name):
