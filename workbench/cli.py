@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from . import __version__
+from ._version import __version__
 from .config import (
     BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness,
     default_address, default_max_memory, normalize_address,

@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from typing import Callable
 
-from .. import __version__
+from .._version import __version__
 from .. import shm
 from ..config import CANCEL_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV, Liveness
 from ..errors import (
