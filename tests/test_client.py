@@ -429,6 +429,18 @@ def test_acknowledgements_a_dropped_request_carried_go_with_the_next(broker, ws_
     assert other.fetchTry("taken") is None
 
 
+def test_server_status_lists_this_session_and_watch_follows_every_workspace(server, ws):
+    info = server.status(timeout=5)
+    assert info["version"] == workbench.__version__
+    assert server.label in [client["label"] for client in info["clients"]]
+    with server.watch() as watch:
+        ws.store("watched", 1)
+        events = []
+        wait_for(lambda: events.extend(watch.next_batch(timeout=5)) or any(
+            event["ws"] == ws.currentWs() and event.get("var") == "watched"
+            for event in events))
+
+
 def test_value_racing_a_cancel_goes_back(ws, other):
     """A value handed over just as the fetch is cancelled is put back, not lost."""
     connection = ws._connection

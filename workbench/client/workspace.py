@@ -145,6 +145,23 @@ class NwsServer:
             f"{'>' if mine else ' '}{name}\t{owner}\t{persistent}\t{nvars}\t{','.join(names)}\n"
             for name, mine, owner, persistent, nvars, names in rows)
 
+    @property
+    def label(self) -> str:
+        """This session's name at the broker, as ``status()`` lists it among the clients."""
+        return self._connection.label
+
+    def status(self, timeout: float | None = None) -> dict:
+        """The broker's state, as ``workbench status`` prints it: ``version``, ``protocol``,
+        ``uptime`` (s), ``memory`` and its limits (bytes), the heartbeat, counts of
+        ``workspaces``, ``values``, blocked calls (``waiting``) and ``leases``, a record per
+        client and per subscriber, and the request ``counters``."""
+        return _json(self._connection.call(Op.STATUS, [], timeout=timeout))
+
+    def watch(self, callback: Callable[[list[dict]], None] | None = None) -> Watch:
+        """Follow the changes of every workspace of the broker, as ``NetWorkSpace.watch``
+        follows one's (events name their workspace in ``ws``)."""
+        return Watch(self._connection, "*", callback)
+
     def close(self) -> None:
         """Close the session; the broker purges the non-persistent workspaces it owns."""
         self._connection.close()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import threading
 import time
 import weakref
@@ -32,7 +31,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..client.pubsub import MessageBus, Watch
+from ..client.pubsub import MessageBus
 from ..client.workspace import (
     DICT, V_FETCHERS, V_FINDERS, V_MODE, V_VALUES, WS_NUMVARS, WS_OWNER, WS_PERSISTENT,
     NetWorkSpace, NwsServer,
@@ -40,7 +39,6 @@ from ..client.workspace import (
 from ..errors import NwsException, NwsNoWorkSpaceException
 from ..mq.message import unpack
 from ..mq.transport import open_connection, transport
-from ..protocol import HEADER_SIZE, Op
 from ..sleigh.master import Sleigh
 from ..topics import parse
 from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
@@ -252,8 +250,7 @@ class BrokerView(LiveWidget):
             self.server, made = server_for(server)
             self._owned = self.server if made else None
             self.address = self.server.address
-            self._connection = self.server._connection
-            self._watch = Watch(self._connection, "*", lambda events: self._throttle.request())
+            self._watch = self.server.watch(lambda events: self._throttle.request())
 
         self._open(follow)
 
@@ -265,9 +262,8 @@ class BrokerView(LiveWidget):
 
     def _redraw(self) -> None:
         spaces = self.server.listWss(format=DICT)
-        head = self._connection.call(Op.STATUS, [], timeout=REQUEST_TIMEOUT)
-        status = json.loads(head[HEADER_SIZE:])
-        me = self._connection.label
+        status = self.server.status(timeout=REQUEST_TIMEOUT)
+        me = self.server.label
         names = sorted(spaces)[:self.max_rows]
         self.workspaces.value = "<b>workspaces</b>" + table(
             ("workspace", "owner", "persistent", "variables"),
