@@ -488,10 +488,11 @@ class Connection:
         self._finalizer.detach()
         _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
 
-    def _disown(self) -> None:
+    def disown(self) -> None:
         """In a child just forked: this session is the parent's. Nothing here may speak for
         it, not even a goodbye at exit (it would end the parent's session), and the sockets'
-        descriptors are closed in this process only (the parent's connections stay up)."""
+        descriptors are closed in this process only (the parent's connections stay up).
+        Done for every connection at fork; calling it again does nothing more."""
         self._finalizer.detach()
         self._closed = True
         self.broken = (f"this connection to {self.address} belongs to the process that forked "
@@ -558,7 +559,7 @@ def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> N
 
 def _disown_inherited() -> None:
     for connection in list(_live_connections):
-        connection._disown()
+        connection.disown()
     _live_connections.clear()
 
 

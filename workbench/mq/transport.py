@@ -170,8 +170,7 @@ class Transport:
         self._lock = threading.RLock()
         connection = self._connection
         if connection is not None and self._pid != os.getpid():
-            connection._closed = True  # close_all() at exit skips it
-            connection._finalizer.detach()  # collecting it would say goodbye too
+            connection.disown()  # neither exit nor collection may say goodbye for it
             self._inherited.append(connection)
         self._connection = self._bus = None
         self._pid = os.getpid()
