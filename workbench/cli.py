@@ -13,8 +13,8 @@ import sys
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness,
-    default_address, default_max_memory, normalize_address,
+    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
+    STATUS_TIMEOUT, Liveness, default_address, default_max_memory, normalize_address,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--broker", default=None, metavar="ADDR",
                         help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
-    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
+    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait")
 
     worker = commands.add_parser(
         "worker", help="join a sleigh (a worker pool) as one more worker",

@@ -27,7 +27,10 @@ from typing import Callable
 
 from .._version import __version__
 from .. import shm
-from ..config import CANCEL_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV, Liveness
+from ..config import (
+    BYE_TIMEOUT, CANCEL_TIMEOUT, GOODBYE_WAIT, LOCAL_PROBE_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV,
+    Liveness,
+)
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
@@ -48,9 +51,6 @@ _unpack_header = HEADER.unpack_from
 #: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
 #: is still alive.
 _POLL_SLICE = 0.25
-BYE_TIMEOUT = 1.0  # seconds a closing client waits for the broker to confirm its goodbye
-_GOODBYE_WAIT = 0.5  # seconds a collected or exiting connection gives its goodbye
-LOCAL_PROBE_TIMEOUT = 2.0  # seconds the broker's Unix socket has to answer before TCP is kept
 
 _ERRORS: dict[int, type[NwsException]] = {
     Status.BAD_REQUEST: NwsBadRequestException,
@@ -536,7 +536,7 @@ def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> N
     # acknowledgements go first (a heartbeat carries any channel's).
     acks = [(channel.number, rid) for channel in list(channels) for rid in channel.acks]
     try:
-        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), _GOODBYE_WAIT)
+        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), GOODBYE_WAIT)
     except OSError:
         return  # the broker is gone: it ends the session itself
     try:
@@ -546,7 +546,7 @@ def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> N
         deliver()  # Ctrl-C at exit: nothing more to say
         # Wait for the answer to the goodbye: closing first could reset the connection
         # before the broker read it.
-        deadline = time.monotonic() + _GOODBYE_WAIT
+        deadline = time.monotonic() + GOODBYE_WAIT
         while (left := deadline - time.monotonic()) > 0:
             reply = goodbye.recv(left)
             if reply is None or _unpack_header(reply[0])[3] == 1:

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..codec import decode, decode_at, encode, raw_bytes
-from ..config import CONNECT_TIMEOUT
+from ..config import CONNECT_TIMEOUT, REPR_TIMEOUT
 from ..errors import NwsOperationException
 from ..protocol import HEADER_SIZE, META, Op, Status, pack_many, split_many
 from .connection import Connection
@@ -96,7 +96,7 @@ class NwsServer:
 
         title = f"<b>NwsServer</b> {escape(self.address)}"
         try:
-            rows = _json(self._connection.call(Op.LIST_WSS, [], timeout=2.0))
+            rows = _json(self._connection.call(Op.LIST_WSS, [], timeout=REPR_TIMEOUT))
         except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
             return f"<div>{title}: {escape(str(exc))}</div>"
         cells = "".join(
@@ -226,7 +226,7 @@ class NetWorkSpace:
 
         title = f"<b>NetWorkSpace {escape(self._name)}</b> at {escape(self._connection.address)}"
         try:
-            rows = _json(self._connection.call(Op.LIST_VARS, [self._wsb], timeout=2.0))
+            rows = _json(self._connection.call(Op.LIST_VARS, [self._wsb], timeout=REPR_TIMEOUT))
         except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
             return f"<div>{title}: {escape(str(exc))}</div>"
         head = "".join(f"<th>{h}</th>" for h in ("variable", "values", "fetchers", "finders",

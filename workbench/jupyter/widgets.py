@@ -36,6 +36,7 @@ from ..client.workspace import (
     DICT, V_FETCHERS, V_FINDERS, V_MODE, V_VALUES, WS_NUMVARS, WS_OWNER, WS_PERSISTENT,
     NetWorkSpace, NwsServer,
 )
+from ..config import WIDGET_REQUEST_TIMEOUT
 from ..errors import NwsException, NwsNoWorkSpaceException
 from ..mq.message import unpack
 from ..mq.transport import open_connection, transport
@@ -45,8 +46,6 @@ from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
 
 __all__ = ["broker_view", "dashboard", "message_feed", "sleigh_monitor"]
 
-#: Seconds a widget waits for the broker's answer before showing that it cannot update.
-REQUEST_TIMEOUT = 5.0
 _NOTHING = object()
 
 
@@ -262,7 +261,7 @@ class BrokerView(LiveWidget):
 
     def _redraw(self) -> None:
         spaces = self.server.listWss(format=DICT)
-        status = self.server.status(timeout=REQUEST_TIMEOUT)
+        status = self.server.status(timeout=WIDGET_REQUEST_TIMEOUT)
         me = self.server.label
         names = sorted(spaces)[:self.max_rows]
         self.workspaces.value = "<b>workspaces</b>" + table(

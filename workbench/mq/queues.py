@@ -31,6 +31,7 @@ from collections import deque
 from typing import Any
 
 from ..client.connection import Channel, Connection
+from ..config import MQ_QUEUE_MAXSIZE
 from ..errors import NwsTimeoutException
 from ..topics import parse
 from .message import Message, unpack
@@ -40,7 +41,7 @@ from .transport import transport
 Empty = queue.Empty
 
 #: How many messages a standalone queue holds before it drops the oldest.
-STANDALONE_MAXSIZE = 10_000
+STANDALONE_MAXSIZE = MQ_QUEUE_MAXSIZE
 
 
 class Queue:
