@@ -8,7 +8,7 @@ on a channel of its own, carries the acknowledgements of idle channels, and noti
 broker stops answering or closes the connection.
 
 A request interrupted by Ctrl-C or by its timeout is cancelled at the broker, which puts back any
-value that raced the cancel; the late reply is then discarded here.
+value that raced the cancel; the late reply is then discarded here (``interrupts`` tells how).
 """
 
 from __future__ import annotations
