@@ -135,7 +135,7 @@ class Channel:
         if frames:
             args = [*args, frames[0]]
         queued = self.acks
-        drained: list = []
+        drained = None
         if not queued and not acks:
             head = request_head(op, request_id, args)
         else:
@@ -155,7 +155,7 @@ class Channel:
                                         alive)
         except DealerError as exc:
             raise NwsConnectionDroppedException(str(exc)) from None
-        if not went_out and len(drained) > len(acks):
+        if not went_out and drained and len(drained) > len(acks):
             queued.extendleft(reversed(drained[len(acks):]))
         return went_out
 

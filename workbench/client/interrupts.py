@@ -72,25 +72,31 @@ class Deferred:
                 previous(*self.caught)
 
 
-# The interrupt a send held for its caller, per thread (interrupts come to the main thread,
-# but nothing here needs to know that).
-_held = threading.local()
+class _Held(threading.local):
+    """The interrupt a send held for its caller, per thread (interrupts come to the main
+    thread, but nothing here needs to know that). A class attribute, so that asking costs a
+    lookup, not a missed one: this is asked after every request."""
+
+    interrupt: BaseException | None = None
+
+
+_held = _Held()
 
 
 def hold(interrupt: BaseException) -> None:
     """Keep ``interrupt`` for ``deliver``; a second one while the first is held is dropped,
     as Python drops a second SIGINT that comes before the first is handled."""
-    if getattr(_held, "interrupt", None) is None:
+    if _held.interrupt is None:
         _held.interrupt = interrupt
 
 
 def held() -> bool:
     """Whether an interrupt is held for this thread."""
-    return getattr(_held, "interrupt", None) is not None
+    return _held.interrupt is not None
 
 
 def _take() -> BaseException | None:
-    interrupt = getattr(_held, "interrupt", None)
+    interrupt = _held.interrupt
     if interrupt is not None:
         _held.interrupt = None
     return interrupt
