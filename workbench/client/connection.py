@@ -40,7 +40,7 @@ from ..errors import (
 )
 from .dealer import Dealer, DealerError
 from .deliveries import Deliveries
-from .interrupts import deliver, held, settle_send, withdraw
+from .interrupts import deliver, settle_send, slot, withdraw
 from ..protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
     pack_channel_acks, request_head,
@@ -414,7 +414,7 @@ class Connection:
             if spilled:  # the file is nobody's
                 os.unlink(spilled)
             raise
-        if held():  # Ctrl-C came as the request went out: see interrupts.settle_send
+        if slot.interrupt is not None:  # Ctrl-C came as it went out: interrupts.settle_send
             settle_send(channel, request_id, went_out, self.check_alive,
                         (lambda: os.unlink(spilled)) if spilled else None)
         deadline = None if timeout is None else time.monotonic() + timeout

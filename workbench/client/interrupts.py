@@ -75,30 +75,32 @@ class Deferred:
 class _Held(threading.local):
     """The interrupt a send held for its caller, per thread (interrupts come to the main
     thread, but nothing here needs to know that). A class attribute, so that asking costs a
-    lookup, not a missed one: this is asked after every request."""
+    lookup, not a missed one."""
 
     interrupt: BaseException | None = None
 
 
-_held = _Held()
+#: ``slot.interrupt`` is the interrupt held for the calling thread, or None: what ``held()``
+#: tells, for the request path, which asks after every request without a call.
+slot = _Held()
 
 
 def hold(interrupt: BaseException) -> None:
     """Keep ``interrupt`` for ``deliver``; a second one while the first is held is dropped,
     as Python drops a second SIGINT that comes before the first is handled."""
-    if _held.interrupt is None:
-        _held.interrupt = interrupt
+    if slot.interrupt is None:
+        slot.interrupt = interrupt
 
 
 def held() -> bool:
     """Whether an interrupt is held for this thread."""
-    return _held.interrupt is not None
+    return slot.interrupt is not None
 
 
 def _take() -> BaseException | None:
-    interrupt = _held.interrupt
+    interrupt = slot.interrupt
     if interrupt is not None:
-        _held.interrupt = None
+        slot.interrupt = None
     return interrupt
 
 
