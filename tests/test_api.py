@@ -1,6 +1,15 @@
-"""The public API: what ``from workbench import ...`` offers, pinned, with the seed's names."""
+"""The public API: what ``from workbench import ...`` offers, pinned, with the seed's names;
+and what importing the package, or the broker, loads."""
 
 from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 import workbench
 from workbench import errors
@@ -44,3 +53,51 @@ def test_exception_tree_matches_the_seed():
     assert issubclass(e.NwsTimeoutException, TimeoutError)
     assert issubclass(e.NwsTimeoutException, e.NwsException)
     assert e.NwsUnpicklingException("bad", b"raw").raw == b"raw"
+
+
+def _type_checking_imports() -> dict[str, str]:
+    """name -> module of the imports under ``if TYPE_CHECKING:`` in workbench/__init__.py."""
+    tree = ast.parse(Path(workbench.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If)
+                 and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+    return {alias.name: "workbench." + node.module for node in block.body
+            for alias in node.names}
+
+
+def test_lazy_names_are_the_declared_ones_from_their_modules():
+    """Each name of ``__all__`` is declared for type checkers and the API reference, and
+    resolves on first touch to the very object of the module it is declared from."""
+    declared = _type_checking_imports()
+    assert set(declared) == set(workbench.__all__) - {"__version__"}
+    for name, module in declared.items():
+        assert getattr(workbench, name) is getattr(importlib.import_module(module), name), name
+    assert set(workbench.__all__) <= set(dir(workbench))
+    with pytest.raises(AttributeError):
+        workbench.NoSuchName  # noqa: B018
+
+
+def test_version_comes_from_the_version_module():
+    from workbench._version import __version__
+
+    assert workbench.__version__ == __version__
+
+
+HEAVY = ("workbench.client", "workbench.sleigh", "workbench.jupyter", "workbench.codec",
+         "cloudpickle", "IPython", "ipywidgets", "zmq", "numpy")
+
+
+@pytest.mark.parametrize("statement", [
+    "import workbench",
+    "import workbench.broker.server",
+    "from workbench import __version__",
+])
+def test_importing_the_package_or_the_broker_loads_no_client(statement):
+    """The broker starts without the client, the worker pool, cloudpickle or IPython: a fresh
+    interpreter's modules after the import."""
+    code = (f"{statement}\nimport sys\n"
+            f"print(sorted(m for m in sys.modules "
+            f"if any(m == h or m.startswith(h + '.') for h in {HEAVY!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -16,6 +16,7 @@ from workbench import (
     NwsIteratorInvalidException, NwsNoWorkSpaceException, NwsOperationException, NwsServer,
     NwsTimeoutException, NwsValueIterator, NwsVariableDeletedException,
 )
+from workbench.client import interrupts
 
 from .support import wait_for
 
@@ -377,15 +378,67 @@ def test_ctrl_c_as_the_request_goes_out_withdraws_it(ws, other):
     real_send = dealer.send
 
     def send_then_interrupt(frames, alive=None):
-        real_send(frames, alive)
+        went_out = real_send(frames, alive)
         del dealer.send  # once
-        raise KeyboardInterrupt
+        interrupts.hold(KeyboardInterrupt())  # as a Ctrl-C the send held back
+        return went_out
 
     dealer.send = send_then_interrupt
     with pytest.raises(KeyboardInterrupt):
         ws.fetch("just-sent", timeout=10)
     assert ws.fetch("just-sent", timeout=5) == 1
     assert ws.fetchTry("just-sent") is None
+
+
+def _interrupt_before_the_next_send(ws) -> None:
+    """The next request of ``ws``'s thread meets a Ctrl-C before its first byte goes out:
+    the dealer drops it and holds the interrupt, as ``Dealer.send`` does."""
+    dealer = ws._connection.channel().dealer
+
+    def interrupted(frames, alive=None):
+        del dealer.send  # once
+        interrupts.hold(KeyboardInterrupt())
+        return False
+
+    dealer.send = interrupted
+
+
+def test_ctrl_c_before_the_request_goes_out_drops_it(ws):
+    _interrupt_before_the_next_send(ws)
+    with pytest.raises(KeyboardInterrupt):
+        ws.store("unsent", 1)
+    assert not interrupts.held()
+    assert ws.fetchTry("unsent") is None  # never stored; and the channel is in step
+    ws.store("sent", 2)
+    assert ws.fetch("sent", timeout=5) == 2
+
+
+def test_acknowledgements_a_dropped_request_carried_go_with_the_next(broker, ws_name, other):
+    """A fetched value is acknowledged with the next request; when that request is dropped
+    by Ctrl-C, the acknowledgement must not be lost with it, or the value would come back
+    when the session ends."""
+    ws = NetWorkSpace(ws_name, broker.host, broker.port, useUse=True)
+    try:
+        other.store("taken", "once")
+        assert ws.fetch("taken", timeout=5) == "once"
+        _interrupt_before_the_next_send(ws)
+        with pytest.raises(KeyboardInterrupt):
+            ws.store("unsent", 1)
+    finally:
+        ws.close()
+    assert other.fetchTry("taken") is None
+
+
+def test_server_status_lists_this_session_and_watch_follows_every_workspace(server, ws):
+    info = server.status(timeout=5)
+    assert info["version"] == workbench.__version__
+    assert server.label in [client["label"] for client in info["clients"]]
+    with server.watch() as watch:
+        ws.store("watched", 1)
+        events = []
+        wait_for(lambda: events.extend(watch.next_batch(timeout=5)) or any(
+            event["ws"] == ws.currentWs() and event.get("var") == "watched"
+            for event in events))
 
 
 def test_value_racing_a_cancel_goes_back(ws, other):

@@ -3,11 +3,14 @@ cloudpickle for what pickle refuses, and clear errors for what cannot travel."""
 
 from __future__ import annotations
 
+import bz2
+import pickle
 import threading
 
 import numpy as np
 import pytest
 
+from workbench import codec
 from workbench.codec import decode, encode, raw_bytes
 from workbench.config import OUT_OF_BAND_THRESHOLD
 from workbench.errors import NwsPicklingException, NwsUnpicklingException
@@ -72,3 +75,58 @@ def test_corrupt_values_keep_their_bytes():
         decode([b"\x09\x00\x00\x00data"])  # an unknown kind
     with pytest.raises(NwsUnpicklingException):
         decode([DESCRIPTOR.pack(Kind.BYTES, 0, 2) + b"x"])  # frames missing
+
+
+# ---------------------------------------------------------------- faces that frame values
+
+
+def test_a_face_s_payloads_are_what_encode_makes_and_its_pickler_for_the_rest():
+    def dumps(value):
+        return pickle.dumps(value, protocol=2)
+
+    for value in (b"raw", "tëxt", 42):
+        frames = codec.inline(codec.payload(value, dumps))
+        assert frames == encode(value) and decode(frames) == value
+    flag = codec.payload(True, dumps)  # a bool is an int subclass: pickled, stays a bool
+    assert flag.kind == Kind.PICKLE and flag.data == dumps(True)
+    assert decode(codec.inline(flag)) is True
+    assert not codec.payload(7, dumps).compressible and codec.payload("7", dumps).compressible
+
+
+def test_inline_keeps_large_payloads_in_one_frame_and_marks_compression():
+    big = codec.payload(b"x" * (2 * OUT_OF_BAND_THRESHOLD), pickle.dumps)
+    assert len(codec.inline(big)) == 1
+    packed = big._replace(data=bz2.compress(big.data))
+    frames = codec.inline(packed, compressed=True)
+    assert DESCRIPTOR.unpack_from(frames[0])[1] & codec.COMPRESSED
+    assert decode(frames, decompress=bz2.decompress) == big.data
+
+
+def test_a_pickle_made_elsewhere_is_framed_like_encode_s():
+    small, large = pickle.dumps([1, 2], protocol=4), pickle.dumps("y" * OUT_OF_BAND_THRESHOLD)
+    assert codec.kind_of(codec.from_pickle(small)) == Kind.PICKLE
+    assert len(codec.from_pickle(small)) == 1 and len(codec.from_pickle(large)) == 2
+    assert decode(codec.from_pickle(large)) == "y" * OUT_OF_BAND_THRESHOLD
+
+
+def test_a_face_s_unpickler_decodes_pickles_and_its_errors_pass_as_they_are():
+    seen = []
+
+    def unpickle(data, buffers):
+        seen.append(bytes(data))
+        return pickle.loads(data, buffers=buffers)
+
+    assert decode(encode({"a": 1}), unpickle=unpickle) == {"a": 1} and seen
+    assert decode(encode("text"), unpickle=unpickle) == "text" and len(seen) == 1
+    broken = codec.from_pickle(b"not a pickle")
+    with pytest.raises(pickle.UnpicklingError):
+        decode(broken, unpickle=lambda data, buffers: pickle.loads(data))
+    with pytest.raises(NwsUnpicklingException):
+        decode(broken)
+
+
+def test_a_raw_reader_never_unpickles():
+    assert codec.decode_raw(encode("tëxt")) == "tëxt"
+    assert codec.decode_raw(encode(b"b")) == b"b"
+    assert codec.decode_raw(encode(12)) == b"12"
+    assert codec.decode_raw(encode({1})) == pickle.dumps({1}, protocol=5)

@@ -16,7 +16,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from workbench import NwsServer, Sleigh, mq
-from workbench.jupyter import magics as magics_module
+from workbench.config import WAIT_HINT_AFTER
 from workbench.jupyter.parsing import split_words
 from workbench.jupyter.tables import Table
 
@@ -143,7 +143,7 @@ def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(nws, peer, capsys):
     sent = threading.Event()
 
     def interrupt_when_blocked():
-        wait_for(lambda: time.monotonic() - started > magics_module.HINT_AFTER + 0.2
+        wait_for(lambda: time.monotonic() - started > WAIT_HINT_AFTER + 0.2
                  and peer.listVars(format="dict").get("z", (0, 0, 0))[2] == 1)
         sent.set()
         _thread.interrupt_main()

@@ -208,3 +208,36 @@ def test_an_oversized_message_is_refused_before_it_is_sent(make_broker) -> None:
             MessageBus(connection).publish("x:y", b"z" * 200_000)
     finally:
         connection.close()
+
+
+
+def test_a_message_taken_from_a_shared_queue_is_held_until_acknowledged(broker) -> None:
+    """``queue_take`` leases: a consumer whose session ends before acknowledging gives the
+    message back to the head of the queue; an acknowledged one is gone."""
+    pattern = f"take:{time.monotonic_ns()}"
+
+    def take_then_close(acknowledge: bool, **how):
+        connection = connect(broker.host, broker.port)
+        try:
+            bus = MessageBus(connection)
+            bus.declare_queue(pattern)
+            taken = bus.queue_take(pattern, **how)
+            if taken is not None and acknowledge:
+                connection.acknowledge([(taken.channel, taken.request_id)], timeout=5)
+            return taken and taken.value
+        finally:
+            connection.close()
+
+    assert take_then_close(False, block=False) is None
+    with pytest.raises(TimeoutError):
+        take_then_close(False, timeout=0.1)
+    publisher = connect(broker.host, broker.port)
+    try:
+        for value in ("a", "b"):
+            MessageBus(publisher).publish(pattern, value, wait=True)
+    finally:
+        publisher.close()
+    assert take_then_close(False, timeout=5) == "a"  # not acknowledged: back it goes
+    assert take_then_close(True, timeout=5) == "a"
+    assert take_then_close(True, timeout=5) == "b"
+    assert take_then_close(False, block=False) is None

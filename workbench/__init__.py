@@ -9,23 +9,65 @@ A broker holds *workspaces* whose variables hold lists of values; clients ``stor
     ws.fetch("x")                  # -> 42
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .client.iterator import NwsValueIterator  # noqa: E402
-from .client.workspace import (  # noqa: E402
-    DICT, FIFO, LIFO, MULTI, SINGLE, STRING, V_FETCHERS, V_FINDERS, V_MODE, V_VALUES, V_VARIABLE,
-    WS_MINE, WS_NAME, WS_NUMVARS, WS_OWNER, WS_PERSISTENT, WS_VARLIST, NetWorkSpace, NwsServer,
-)
-from .errors import (  # noqa: E402
-    NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
-    NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException, NwsMemoryException,
-    NwsMessageTooLargeException, NwsNoWorkSpaceException, NwsOperationException,
-    NwsPicklingException, NwsServerException, NwsTimeoutException, NwsUnpicklingException,
-    NwsUnsupportedMethodException, NwsUnsupportedOperationException, NwsValueException,
-    NwsVariableDeletedException,
-)
-from .client.keyvalue import KeyValueStore  # noqa: E402
-from .sleigh import RemoteError, Sleigh  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
+    from .client.iterator import NwsValueIterator
+    from .client.keyvalue import KeyValueStore
+    from .client.workspace import (
+        DICT, FIFO, LIFO, MULTI, SINGLE, STRING, V_FETCHERS, V_FINDERS, V_MODE, V_VALUES,
+        V_VARIABLE, WS_MINE, WS_NAME, WS_NUMVARS, WS_OWNER, WS_PERSISTENT, WS_VARLIST,
+        NetWorkSpace, NwsServer,
+    )
+    from .errors import (
+        NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
+        NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
+        NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
+        NwsOperationException, NwsPicklingException, NwsServerException, NwsTimeoutException,
+        NwsUnpicklingException, NwsUnsupportedMethodException, NwsUnsupportedOperationException,
+        NwsValueException, NwsVariableDeletedException,
+    )
+    from .sleigh import RemoteError, Sleigh
+
+# Each public name and the module it comes from, imported on first touch (PEP 562): importing
+# the package, or the broker under it, loads no client, worker pool, cloudpickle or IPython.
+# tests/test_api.py checks that this table, the imports above and __all__ agree.
+_SOURCES: dict[str, str] = {
+    **dict.fromkeys((
+        "DICT", "FIFO", "LIFO", "MULTI", "SINGLE", "STRING", "V_FETCHERS", "V_FINDERS", "V_MODE",
+        "V_VALUES", "V_VARIABLE", "WS_MINE", "WS_NAME", "WS_NUMVARS", "WS_OWNER",
+        "WS_PERSISTENT", "WS_VARLIST", "NetWorkSpace", "NwsServer"), ".client.workspace"),
+    **dict.fromkeys((
+        "NwsBadRequestException", "NwsConnectException", "NwsConnectionDroppedException",
+        "NwsDeclarationFailedException", "NwsException", "NwsIteratorInvalidException",
+        "NwsMemoryException", "NwsMessageTooLargeException", "NwsNoWorkSpaceException",
+        "NwsOperationException", "NwsPicklingException", "NwsServerException",
+        "NwsTimeoutException", "NwsUnpicklingException", "NwsUnsupportedMethodException",
+        "NwsUnsupportedOperationException", "NwsValueException",
+        "NwsVariableDeletedException"), ".errors"),
+    "NwsValueIterator": ".client.iterator",
+    "KeyValueStore": ".client.keyvalue",
+    "RemoteError": ".sleigh",
+    "Sleigh": ".sleigh",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value  # resolved once: the next touch is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
 
 
 def load_ipython_extension(ipython) -> None:

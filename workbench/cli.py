@@ -11,10 +11,10 @@ import os
 import re
 import sys
 
-from . import __version__
+from ._version import __version__
 from .config import (
-    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness,
-    default_address, default_max_memory, normalize_address,
+    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
+    STATUS_TIMEOUT, Liveness, default_address, default_max_memory, normalize_address,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--broker", default=None, metavar="ADDR",
                         help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
-    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait")
+    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait")
 
     worker = commands.add_parser(
         "worker", help="join a sleigh (a worker pool) as one more worker",
@@ -196,20 +196,17 @@ def run_broker(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from .client.connection import Connection
     from .client.embedded import start_hint
+    from .client.workspace import NwsServer
     from .errors import NwsException
-    from .protocol import HEADER_SIZE, Op
 
     address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
     try:
-        connection = Connection(address, args.timeout, hint=start_hint(address))
+        server = NwsServer(connection=Connection(address, args.timeout, hint=start_hint(address)))
     except NwsException as exc:
         print(f"workbench status: {exc}", file=sys.stderr)
         return 1
-    try:
-        head = connection.call(Op.STATUS, [], timeout=args.timeout)
-        info = json.loads(head[HEADER_SIZE:])
-    finally:
-        connection.close()
+    with server:
+        info = server.status(timeout=args.timeout)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -221,7 +218,7 @@ def run_status(args: argparse.Namespace) -> int:
           f"{info['heartbeat_interval'] * info['heartbeat_liveness']:g} s of silence")
     print(f"workspaces {info['workspaces']}, values {info['values']}, "
           f"blocked calls {info['waiting']}, unacknowledged hand-offs {info['leases']}")
-    others = [c for c in info["clients"] if c["label"] != connection.label]
+    others = [c for c in info["clients"] if c["label"] != server.label]
     print(f"clients    {len(others)}")
     for client in others:
         owned = ", ".join(client["owned"]) or "-"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -72,9 +72,54 @@ def _pickled(value: Any) -> list:
             raise NwsPicklingException(
                 f"cannot serialize {type(value).__name__} value: {exc}") from exc
         kind = Kind.CLOUDPICKLE
+    return _framed(kind, data, buffers)
+
+
+def _framed(kind: int, data: bytes, buffers: list | tuple = ()) -> list:
+    """A payload behind its descriptor, or detached into a frame of its own when large (so
+    it is not copied), then its out-of-band buffers."""
     if len(data) < OUT_OF_BAND_THRESHOLD:
         return [_pack(kind, 0, len(buffers)) + data, *buffers]
     return [_pack(kind, DETACHED, len(buffers) + 1), data, *buffers]
+
+
+def from_pickle(data: bytes) -> list:
+    """A pickle made elsewhere (a face that pickles everything, with a protocol of its own
+    choosing) -> value frames that every reader unpickles."""
+    return _framed(Kind.PICKLE, data)
+
+
+class Payload(NamedTuple):
+    """A value as one payload of its kind, for a face that frames values itself."""
+
+    kind: int
+    data: bytes
+
+    @property
+    def compressible(self) -> bool:
+        """Whether compressing it keeps it readable by the broker: not a decimal integer,
+        which the key-value service increments."""
+        return self.kind != Kind.INT
+
+
+def payload(value: Any, dumps: Callable[[Any], bytes]) -> Payload:
+    """A value as one payload, for a face with a pickler of its own (memcache's): ``bytes``,
+    ``str`` and ``int`` as ``encode`` makes them, anything else through ``dumps``. The exact
+    type decides, so a bool (an int subclass) is pickled and stays a bool."""
+    cls = type(value)
+    if cls is bytes:
+        return Payload(Kind.BYTES, value)
+    if cls is str:
+        return Payload(Kind.TEXT, value.encode("utf-8"))
+    if cls is int:
+        return Payload(Kind.INT, b"%d" % value)
+    return Payload(Kind.PICKLE, dumps(value))
+
+
+def inline(value: Payload, compressed: bool = False) -> list:
+    """A payload behind its descriptor in one frame, however large (the broker appends to and
+    increments such values only); ``compressed``: the face compressed the data itself."""
+    return [_pack(value.kind, COMPRESSED if compressed else 0, 0) + value.data]
 
 
 def compress(frames: list, over: int) -> list:
@@ -95,9 +140,16 @@ def compress(frames: list, over: int) -> list:
     return [_pack(kind, COMPRESSED, 0) + packed]
 
 
-def split(frames: Sequence) -> tuple[int, Any, Sequence]:
+def kind_of(frames: Sequence) -> int:
+    """The kind of a value's payload (``protocol.Kind``), from its descriptor."""
+    return DESCRIPTOR.unpack_from(frames[0])[0]
+
+
+def split(frames: Sequence, decompress: Callable[[bytes], bytes] | None = None
+          ) -> tuple[int, Any, Sequence]:
     """value frames -> (kind, data, extra frames); data is a zero-copy view. A value held in
-    shared memory is mapped here."""
+    shared memory is mapped here; a compressed one is decompressed with ``decompress`` (a
+    face's own decompressor, given bytes) or zlib."""
     head = memoryview(frames[0])
     if head.nbytes < DESCRIPTOR_SIZE:
         raise ProtocolError("value frame without a descriptor")
@@ -114,27 +166,36 @@ def split(frames: Sequence) -> tuple[int, Any, Sequence]:
             raise ProtocolError("detached value without its data frame")
         return kind, extra[0], extra[1:]
     if flags & COMPRESSED:
+        if decompress is not None:
+            return kind, decompress(bytes(head[DESCRIPTOR_SIZE:])), extra
         return kind, zlib.decompress(head[DESCRIPTOR_SIZE:]), extra
     return kind, head[DESCRIPTOR_SIZE:], extra
 
 
-def decode(frames: Sequence) -> Any:
-    """value frames -> the value. Frames may be bytes or zmq.Frame objects."""
-    if len(frames) == 1 and type(frames[0]) is bytes:
+def decode(frames: Sequence, decompress: Callable[[bytes], bytes] | None = None,
+           unpickle: Callable[[Any, Sequence], Any] | None = None) -> Any:
+    """value frames -> the value. Frames may be bytes or zmq.Frame objects. A face with
+    options of its own passes ``decompress`` (see ``split``) and ``unpickle(data, buffers)``,
+    which decodes pickles instead of ``pickle.loads`` and whose errors pass as they are."""
+    if decompress is None and unpickle is None and len(frames) == 1 and type(frames[0]) is bytes:
         return decode_at(frames[0], 0, ())  # a small value: the fast path
     try:
-        kind, data, extra = split(frames)
-        if kind == Kind.BYTES:
-            return _join(data, extra)
-        if kind == Kind.TEXT:
-            return _join(data, extra).decode("utf-8")
-        if kind == Kind.INT:
-            return int(_join(data, extra))
-        if kind == Kind.PICKLE or kind == Kind.CLOUDPICKLE:
-            return pickle.loads(data, buffers=extra)
+        kind, data, extra = split(frames, decompress)
+        pickled = kind == Kind.PICKLE or kind == Kind.CLOUDPICKLE
+        if unpickle is None or not pickled:
+            if kind == Kind.BYTES:
+                return _join(data, extra)
+            if kind == Kind.TEXT:
+                return _join(data, extra).decode("utf-8")
+            if kind == Kind.INT:
+                return int(_join(data, extra))
+            if pickled:
+                return pickle.loads(data, buffers=extra)
     except Exception as exc:
         raise NwsUnpicklingException(
             f"cannot decode value: {type(exc).__name__}: {exc}", _safe_raw(frames)) from exc
+    if pickled:
+        return unpickle(data, extra)
     raise NwsUnpicklingException(f"unknown value kind {kind}", _safe_raw(frames))
 
 
@@ -169,6 +230,14 @@ def raw_bytes(frames: Sequence) -> bytes:
     """The payload of a value as bytes: what files and raw readers receive."""
     _, data, extra = split(frames)
     return _join(data, extra)
+
+
+def decode_raw(frames: Sequence) -> str | bytes:
+    """What a reader that never unpickles gets: bytes and text as stored, anything else (a
+    pickle, a decimal integer) as its payload's bytes."""
+    if kind_of(frames) in (Kind.BYTES, Kind.TEXT):
+        return decode(frames)
+    return raw_bytes(frames)
 
 
 def _join(data: Any, extra: Sequence) -> bytes:

@@ -32,6 +32,26 @@ PROBE_TIMEOUT = 2.0
 EMBEDDED_START_TIMEOUT = 20.0
 #: Seconds a cancelled request (timeout, Ctrl-C) waits for the broker to confirm the cancel.
 CANCEL_TIMEOUT = 5.0
+#: Seconds the default address has to accept a connection before a private broker is started.
+PORT_PROBE_TIMEOUT = 0.5
+#: Seconds the broker's Unix socket has to answer before a client on its machine keeps TCP.
+LOCAL_PROBE_TIMEOUT = 2.0
+#: Seconds a closing client waits for the broker to confirm its goodbye.
+BYE_TIMEOUT = 1.0
+#: Seconds a collected or exiting connection gives its goodbye (its acknowledgements, then BYE).
+GOODBYE_WAIT = 0.5
+#: Seconds an exiting process gives the private broker it started to stop before killing it.
+EMBEDDED_STOP_TIMEOUT = 5.0
+#: Seconds a connection's delivery socket (pub/sub, watches) may take to start.
+DELIVERY_START_TIMEOUT = 10.0
+#: Seconds a notebook's display of a session, workspace or store waits for the broker.
+REPR_TIMEOUT = 2.0
+#: Seconds ``workbench status`` waits for the broker (``--timeout``).
+STATUS_TIMEOUT = 2.0
+#: Seconds a new connection may take to send its greeting and READY (libzmq's default too).
+HANDSHAKE_TIMEOUT = 30.0
+#: Seconds a stopping broker keeps writing the replies that tell blocked clients it stops.
+STOP_LINGER = 1.0
 
 #: Largest request the broker accepts, all frames together (1 GiB).
 MAX_MESSAGE_SIZE = 1 << 30
@@ -49,6 +69,25 @@ SHM_ENV = "WORKBENCH_SHM"
 LOCAL_SOCKET_ENV = "WORKBENCH_LOCAL_SOCKET"
 #: Seconds a broker keeps a shared-memory file after its value is gone (for late finders).
 SHM_RELEASE_GRACE = float(os.environ.get("WORKBENCH_SHM_GRACE", 10.0))
+#: Values whose big frames add up to at least this many bytes go through shared memory when the
+#: broker shares the client's machine (1 MiB).
+SHM_THRESHOLD = 1 << 20
+
+#: Seconds mq waits for the broker to take the acknowledgements of shared-queue messages (at
+#: exit, on a change of broker).
+MQ_ACK_TIMEOUT = 2.0
+#: Messages a standalone ``mq.Queue`` holds before it drops the oldest.
+MQ_QUEUE_MAXSIZE = 10_000
+#: Follower calls pending in ``mq.set_multiplicity``'s pool before messages from other
+#: processes wait (and the broker's bounded backlog takes over).
+MQ_POOL_BACKLOG = 10_000
+
+#: Seconds between two redraws of a live widget, at most (a burst of changes is one redraw).
+WIDGET_INTERVAL = 0.15
+#: Seconds a widget's request to the broker may take.
+WIDGET_REQUEST_TIMEOUT = 5.0
+#: Seconds a magic's blocking call waits before it shows that it is waiting.
+WAIT_HINT_AFTER = 0.25
 
 
 def default_max_memory() -> int:

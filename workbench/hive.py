@@ -42,14 +42,12 @@ from . import codec
 from .client.connection import Connection
 from .client.embedded import connect
 from .client.keyvalue import Entry, KeyValueStore
-from .config import (
-    CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, MAX_NAME_LENGTH, OUT_OF_BAND_THRESHOLD,
-)
+from .config import CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, MAX_NAME_LENGTH
 from .errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException, NwsException,
     NwsMemoryException, NwsMessageTooLargeException, NwsTimeoutException,
 )
-from .protocol import DESCRIPTOR, Kind, Status
+from .protocol import Status
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -176,8 +174,7 @@ def _raw_encode(obj: Any) -> list:
 def _raw_decode(frames: list) -> Any:
     """str and bytes come back as stored; anything else (a pickle stored by a Client or a
     NetWorkSpace) comes back as its bytes, never unpickled."""
-    kind = DESCRIPTOR.unpack_from(frames[0])[0]
-    return codec.decode(frames) if kind in (Kind.BYTES, Kind.TEXT) else codec.raw_bytes(frames)
+    return codec.decode_raw(frames)
 
 
 def _pickled(obj: Any, protocol: int | None = None) -> bytes:
@@ -193,19 +190,17 @@ def _pickled(obj: Any, protocol: int | None = None) -> bytes:
 
 def _pickle_encode(obj: Any) -> list:
     """The value's pickle, framed as a pickled value so that NetWorkSpace readers unpickle it."""
-    data = _pickled(obj, _VALUE_PROTOCOL)
-    if len(data) < OUT_OF_BAND_THRESHOLD:
-        return [DESCRIPTOR.pack(Kind.PICKLE, 0, 0) + data]
-    return [DESCRIPTOR.pack(Kind.PICKLE, codec.DETACHED, 1), data]
+    return codec.from_pickle(_pickled(obj, _VALUE_PROTOCOL))
+
+
+def _unpickled(data: Any, buffers: Any) -> Any:
+    return pickle.loads(data, buffers=buffers)
 
 
 def _pickle_decode(frames: list) -> Any:
     """Pickles are unpickled (their errors propagate); str, bytes and int stored by another
     kind of client come back as they are."""
-    kind, data, extra = codec.split(frames)
-    if kind in (Kind.PICKLE, Kind.CLOUDPICKLE):
-        return pickle.loads(data, buffers=extra)
-    return codec.decode(frames)
+    return codec.decode(frames, unpickle=_unpickled)
 
 
 # ---------------------------------------------------------------------- clients

@@ -75,7 +75,7 @@ from .errors import (
     NwsConnectException, NwsConnectionDroppedException, NwsException, NwsOperationException,
     NwsTimeoutException,
 )
-from .protocol import DESCRIPTOR, DESCRIPTOR_SIZE, Kind, Status
+from .protocol import Status
 
 __all__ = [
     "SERVER_MAX_KEY_LENGTH",
@@ -517,26 +517,15 @@ class Client(threading.local):
     def _value_frames(self, val: Any, min_compress_len: int = 0) -> list | None:
         """A value -> its frames (python-memcached's flags as codec kinds), or None if the
         final payload is longer than ``server_max_value_length``: it is then not sent."""
-        kind, data = self._serialize(val)
-        flags = 0
-        if min_compress_len and kind != Kind.INT and len(data) > min_compress_len:
-            packed = self.compressor(data)
-            if len(packed) < len(data):  # only retained if compressing helped
-                data, flags = packed, codec.COMPRESSED
-        if self.server_max_value_length != 0 and len(data) > self.server_max_value_length:
+        value = codec.payload(val, self._pickle)
+        compressed = False
+        if min_compress_len and value.compressible and len(value.data) > min_compress_len:
+            packed = self.compressor(value.data)
+            if len(packed) < len(value.data):  # only retained if compressing helped
+                value, compressed = value._replace(data=packed), True
+        if self.server_max_value_length != 0 and len(value.data) > self.server_max_value_length:
             return None
-        return [DESCRIPTOR.pack(kind, flags, 0) + data]
-
-    def _serialize(self, val: Any) -> tuple[int, bytes]:
-        """The exact type decides, so a bool (an int subclass) is pickled and stays a bool."""
-        cls = type(val)
-        if cls is bytes:
-            return Kind.BYTES, val
-        if cls is str:
-            return Kind.TEXT, val.encode("utf-8")
-        if cls is int:
-            return Kind.INT, b"%d" % val
-        return Kind.PICKLE, self._pickle(val)
+        return codec.inline(value, compressed)
 
     def _pickle(self, val: Any) -> bytes:
         file = io.BytesIO()
@@ -552,16 +541,7 @@ class Client(threading.local):
     def _decode_value(self, frames: list) -> Any:
         """Value frames -> the value: compressed payloads through ``decompressor``, pickles
         through ``unpickler``; values other workbench clients stored through the codec."""
-        kind, flags, _ = DESCRIPTOR.unpack_from(frames[0])
-        if flags & codec.COMPRESSED:
-            data = self.decompressor(bytes(memoryview(frames[0])[DESCRIPTOR_SIZE:]))
-            if kind == Kind.PICKLE:
-                return self._unpickle(data)
-            return codec.decode([DESCRIPTOR.pack(kind, 0, 0) + data])
-        if kind == Kind.PICKLE:
-            _, data, buffers = codec.split(frames)
-            return self._unpickle(data, buffers)
-        return codec.decode(frames)
+        return codec.decode(frames, self.decompressor, self._unpickle)
 
     def _unpickle(self, data: Any, buffers: Any = ()) -> Any:
         """An unpicklable value reads as None (and is logged), as in python-memcached."""

@@ -21,12 +21,13 @@ import re
 import uuid
 from typing import Sequence
 
+from .config import SHM_THRESHOLD
 from .protocol import VALUE_SHARED
 
 SHM_DIR = "/dev/shm"
 PREFIX = "workbench-"
 #: Values whose big frames add up to at least this many bytes go through shared memory.
-THRESHOLD = 1 << 20
+THRESHOLD = SHM_THRESHOLD
 _CHUNK = 64 << 20
 #: Descriptor flag (byte 1 of a value's first frame): the extra frame is a shared-memory
 #: reference ``name:size,size,...`` instead of the frames themselves.

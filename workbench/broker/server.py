@@ -27,7 +27,9 @@ from collections import deque
 from typing import Callable
 
 from .. import shm
-from ..config import SHM_RELEASE_GRACE
+from ..config import (
+    DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, SHM_RELEASE_GRACE, STOP_LINGER,
+)
 from .state import BrokerState, Limits
 from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command
 
@@ -37,10 +39,6 @@ _READ = select.POLLIN
 _WRITE = select.POLLOUT
 _CLOSED = select.POLLHUP | select.POLLERR  # reading then tells what happened
 _IOV_MAX = 1024  # buffers per sendmsg: the kernel refuses more
-#: Seconds a connection may take to send its greeting and READY (libzmq's default too).
-HANDSHAKE_TIMEOUT = 30.0
-#: Seconds a stopping broker keeps writing the replies that tell blocked clients it stops.
-_STOP_LINGER = 1.0
 
 
 class _Stop(Exception):
@@ -117,7 +115,7 @@ class _Peer:
 
 
 class BrokerServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8765,
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  limits: Limits | None = None, shared_memory: bool = True,
                  local_socket: bool = True) -> None:
         self.host = host
@@ -496,7 +494,7 @@ class BrokerServer:
     def _linger(self) -> None:
         """On the way out: keep writing pending replies for a moment, so that clients blocked
         in a call learn that the broker stops instead of waiting for their heartbeat."""
-        deadline = time.monotonic() + _STOP_LINGER
+        deadline = time.monotonic() + STOP_LINGER
         while any(peer.out for peer in self.peers) and time.monotonic() < deadline:
             for fd, events in self.poller.poll(0.05):
                 peer = self.by_fd.get(fd)

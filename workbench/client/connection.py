@@ -8,7 +8,7 @@ on a channel of its own, carries the acknowledgements of idle channels, and noti
 broker stops answering or closes the connection.
 
 A request interrupted by Ctrl-C or by its timeout is cancelled at the broker, which puts back any
-value that raced the cancel; the late reply is then discarded here.
+value that raced the cancel; the late reply is then discarded here (``interrupts`` tells how).
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ import weakref
 from collections import deque
 from typing import Callable
 
-from .. import __version__
+from .._version import __version__
 from .. import shm
-from ..config import CANCEL_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV, Liveness
+from ..config import (
+    BYE_TIMEOUT, CANCEL_TIMEOUT, GOODBYE_WAIT, LOCAL_PROBE_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV,
+    Liveness,
+)
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
@@ -37,6 +40,7 @@ from ..errors import (
 )
 from .dealer import Dealer, DealerError
 from .deliveries import Deliveries
+from .interrupts import deliver, settle_send, slot, withdraw
 from ..protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
     pack_channel_acks, request_head,
@@ -47,9 +51,6 @@ _unpack_header = HEADER.unpack_from
 #: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
 #: is still alive.
 _POLL_SLICE = 0.25
-BYE_TIMEOUT = 1.0  # seconds a closing client waits for the broker to confirm its goodbye
-_GOODBYE_WAIT = 0.5  # seconds a collected or exiting connection gives its goodbye
-LOCAL_PROBE_TIMEOUT = 2.0  # seconds the broker's Unix socket has to answer before TCP is kept
 
 _ERRORS: dict[int, type[NwsException]] = {
     Status.BAD_REQUEST: NwsBadRequestException,
@@ -108,21 +109,33 @@ class Channel:
              alive: Callable[[], None] | None = None, acks: tuple | list = (),
              request_id: int | None = None) -> int:
         """Send a request -> its id (``request_id``, from ``new_request_id``, or a new one).
-        The value's first frame rides in the head, after ``args``.
+        The value's first frame rides in the head, after ``args``. An interrupt that comes
+        meanwhile is raised once the request is out, or has been dropped unsent (see
+        ``post`` for a caller that must know which)."""
+        if request_id is None:
+            request_id = self.new_request_id()
+        self.post(op, args, frames, alive, acks, request_id)
+        deliver()
+        return request_id
+
+    def post(self, op: int, args: list, frames: list | tuple, alive: Callable[[], None] | None,
+             acks: tuple | list, request_id: int) -> bool:
+        """Send request ``request_id`` -> whether it went out (see ``Dealer.send``); an
+        interrupt that came meanwhile is held for the caller (``interrupts``).
 
         ``acks``: ids of leased replies this very request acknowledges, besides those queued.
         They never go through the queue the heartbeat thread drains, so the broker sees them
         exactly with this request (a worker's result store carries the acknowledgement of
-        the tasks it answers: both or neither reach the broker).
+        the tasks it answers: both or neither reach the broker). Queued ones that a dropped
+        request took go back to the queue.
 
         When the socket takes no more (a broker that stopped reading), the send waits in
-        slices, reading replies meanwhile, and calls ``alive``, which raises once the broker is known gone:
-        a fire-and-forget publisher never hangs on a dead broker."""
-        if request_id is None:
-            request_id = self.new_request_id()
+        slices, reading replies meanwhile, and calls ``alive``, which raises once the broker
+        is known gone: a fire-and-forget publisher never hangs on a dead broker."""
         if frames:
             args = [*args, frames[0]]
         queued = self.acks
+        drained = None
         if not queued and not acks:
             head = request_head(op, request_id, args)
         else:
@@ -138,10 +151,13 @@ class Channel:
                 acked = b"%d" % drained[0] if len(drained) == 1 else pack_acks(drained)
                 head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
         try:
-            self.dealer.send((head, *frames[1:]) if len(frames) > 1 else (head,), alive)
+            went_out = self.dealer.send((head, *frames[1:]) if len(frames) > 1 else (head,),
+                                        alive)
         except DealerError as exc:
             raise NwsConnectionDroppedException(str(exc)) from None
-        return request_id
+        if not went_out and drained and len(drained) > len(acks):
+            queued.extendleft(reversed(drained[len(acks):]))
+        return went_out
 
     def new_request_id(self) -> int:
         return next(self.ids) & 0xFFFFFFFF
@@ -392,19 +408,15 @@ class Connection:
             else:
                 self.check_size(frames)
         request_id = channel.new_request_id()
-        sent_before = channel.dealer.sent_messages
         try:
-            channel.send(op, args, frames, self.check_alive, acks, request_id)
-        except BaseException as exc:
-            if channel.dealer.sent_messages == sent_before:
-                if spilled:  # never sent: the file is nobody's
-                    os.unlink(spilled)
-            elif not isinstance(exc, NwsConnectionDroppedException):
-                # Ctrl-C that came while the request went out surfaces once it is out: withdraw
-                # it like an interrupted wait, or the value it takes would stay leased, unread,
-                # until the session ends. A file it handed over is the broker's now.
-                self._withdraw(channel, request_id)
+            went_out = channel.post(op, args, frames, self.check_alive, acks, request_id)
+        except BaseException:  # the connection broke: nothing went out
+            if spilled:  # the file is nobody's
+                os.unlink(spilled)
             raise
+        if slot.interrupt is not None:  # Ctrl-C came as it went out: interrupts.settle_send
+            settle_send(channel, request_id, went_out, self.check_alive,
+                        (lambda: os.unlink(spilled)) if spilled else None)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             reply = channel.receive(request_id, deadline, self.check_alive)
@@ -419,7 +431,7 @@ class Connection:
         except BaseException as exc:
             # Ctrl-C, a timeout, or anything else that interrupts the wait (a worker's task
             # being cancelled): withdraw the request, so a value that raced it goes back.
-            self._withdraw(channel, request_id)
+            withdraw(channel, request_id, self.check_alive)
             if isinstance(exc, NwsTimeoutException) and timeout is not None:
                 raise NwsTimeoutException(
                     f"no reply within {timeout:g} s (the request was cancelled)") from None
@@ -431,14 +443,6 @@ class Connection:
         if leased and status == 0:
             channel.acks.append(request_id)
         return status, result
-
-    def _withdraw(self, channel: Channel, request_id: int) -> None:
-        """Cancel a request at the broker, if it can still be reached (else the end of the
-        session returns what the request held)."""
-        try:
-            channel.cancel(request_id, self.check_alive)
-        except NwsConnectionDroppedException:
-            pass
 
     def _prepare_large(self, frames: list | tuple) -> tuple[list | tuple, str | None]:
         """A value with big frames: through shared memory if the broker shares this machine's,
@@ -484,10 +488,11 @@ class Connection:
         self._finalizer.detach()
         _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
 
-    def _disown(self) -> None:
+    def disown(self) -> None:
         """In a child just forked: this session is the parent's. Nothing here may speak for
         it, not even a goodbye at exit (it would end the parent's session), and the sockets'
-        descriptors are closed in this process only (the parent's connections stay up)."""
+        descriptors are closed in this process only (the parent's connections stay up).
+        Done for every connection at fork; calling it again does nothing more."""
         self._finalizer.detach()
         self._closed = True
         self.broken = (f"this connection to {self.address} belongs to the process that forked "
@@ -531,16 +536,17 @@ def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> N
     # acknowledgements go first (a heartbeat carries any channel's).
     acks = [(channel.number, rid) for channel in list(channels) for rid in channel.acks]
     try:
-        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), _GOODBYE_WAIT)
+        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), GOODBYE_WAIT)
     except OSError:
         return  # the broker is gone: it ends the session itself
     try:
         if acks:
             goodbye.send([request_head(Op.HEARTBEAT, 2, [pack_channel_acks(acks)])])
         goodbye.send([request_head(Op.BYE, 1)])
+        deliver()  # Ctrl-C at exit: nothing more to say
         # Wait for the answer to the goodbye: closing first could reset the connection
         # before the broker read it.
-        deadline = time.monotonic() + _GOODBYE_WAIT
+        deadline = time.monotonic() + GOODBYE_WAIT
         while (left := deadline - time.monotonic()) > 0:
             reply = goodbye.recv(left)
             if reply is None or _unpack_header(reply[0])[3] == 1:
@@ -553,7 +559,7 @@ def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> N
 
 def _disown_inherited() -> None:
     for connection in list(_live_connections):
-        connection._disown()
+        connection.disown()
     _live_connections.clear()
 
 

@@ -6,35 +6,26 @@ small machine cost more than the request itself (``docs/benchmarks.md``). Here t
 thread reads and writes the stream itself, with ZeroMQ's framing from ``workbench.zmtp``; to
 the broker, and on the wire, it is a DEALER like libzmq's.
 
-Interrupts. Ctrl-C raises KeyboardInterrupt in the main thread wherever it happens to be. This
-module lets it cut no message in half, so the stream stays in step for the cancellation that
-follows the interrupt. The main thread defers Ctrl-C (``_Deferred``) while a system call moves
-bytes and what it moved is accounted for, and waits with it let through; a send interrupted
-after the first bytes of a message finishes the message before the interrupt goes on.
+Interrupts (see ``interrupts``): a system call and the accounting of what it moved are one
+step, and no message is cut in half, so the stream stays in step for the cancellation that
+follows an interrupt. ``send`` says whether the message went out and holds the interrupt for its
+caller; waits let it through.
 """
 
 from __future__ import annotations
 
 import select
-import signal
 import socket
-import threading
 import time
 from collections import deque
-from threading import current_thread as _current_thread
+from typing import Callable
 
 from ..zmtp import GREETING, READ_CHUNK, Inbound, ZmtpError, command, encode, properties
+from .interrupts import Deferred, deliver, held, hold
 
 _IOV_MAX = 1024  # buffers per sendmsg
 _JOIN_BELOW = 1 << 16  # a message smaller than this goes out as one joined buffer
 _UNLIMITED = 1 << 62  # the broker's replies are not size-checked here: it checked the requests
-# The C functions themselves: the signal module's wrappers turn handlers and numbers into enums,
-# which costs several times as much, on every message.
-try:
-    from _signal import getsignal as _getsignal, signal as _setsignal
-except ImportError:  # another Python implementation
-    _getsignal, _setsignal = signal.getsignal, signal.signal
-_SIGINT = signal.SIGINT
 
 
 class DealerError(ConnectionError):
@@ -48,41 +39,6 @@ def _broken(exc: OSError) -> str:
     if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
         return _CLOSED
     return f"the connection to the broker broke: {exc}"
-
-
-class _Deferred:
-    """Hold Ctrl-C back for the duration of a ``with`` block in the main thread, the only one
-    Python runs signal handlers in: SIGINT's handler is swapped for one that only notes the
-    signal, and the real one runs just after the block (raising KeyboardInterrupt there). A
-    signal mask would not do: the kernel hands a process's SIGINT to any thread that does not
-    block it, and Python then runs the handler in the main thread all the same."""
-
-    __slots__ = ("previous", "caught")
-
-    def __enter__(self) -> None:
-        self.previous = None
-        if _current_thread() is not threading.main_thread():
-            return
-        previous = _getsignal(_SIGINT)
-        if not callable(previous):  # ignored, or the default action: nothing to defer
-            return
-        self.caught = None
-        try:
-            _setsignal(_SIGINT, self._note)
-            self.previous = previous
-        except BaseException:  # an interrupt that was already due ran the real handler
-            _setsignal(_SIGINT, previous)
-            raise
-
-    def _note(self, signum, frame) -> None:
-        self.caught = (signum, frame)
-
-    def __exit__(self, *exc) -> None:
-        previous = self.previous
-        if previous is not None:
-            _setsignal(_SIGINT, previous)
-            if self.caught is not None:
-                previous(*self.caught)
 
 
 def connect_stream(endpoint: str, timeout: float) -> socket.socket:
@@ -109,9 +65,10 @@ def connect_stream(endpoint: str, timeout: float) -> socket.socket:
 class Dealer:
     """One DEALER connection with routing identity ``identity``, used by one thread at a time.
 
-    ``send(frames)`` sends a message; ``recv(timeout)`` returns the next message's frames
-    (``bytes``, or ``bytearray`` for large ones) or None when ``timeout`` seconds pass. Both
-    raise DealerError once the connection is broken; it is then closed."""
+    ``send(frames)`` sends a message and says whether it went out; ``recv(timeout)`` returns
+    the next message's frames (``bytes``, or ``bytearray`` for large ones) or None when
+    ``timeout`` seconds pass. Both raise DealerError once the connection is broken; it is then
+    closed."""
 
     def __init__(self, endpoint: str, identity: bytes, connect_timeout: float) -> None:
         self.endpoint = endpoint
@@ -121,11 +78,13 @@ class Dealer:
         self._inbound = Inbound(_UNLIMITED)
         self._messages: deque[list] = deque()
         self._cut = False  # part of a message is sent, the rest not yet
-        self.sent_messages = 0  # whole messages handed to the kernel: did an interrupted send?
         self.closed = False
         # The greeting and READY go out at once; the broker's arrive as the first bytes read.
         self._send_buffers([GREETING + command(
             b"READY", properties(Socket_Type=b"DEALER", Identity=identity))], None)
+        if held():  # interrupted while connecting: the caller never gets this socket
+            self.close()
+            deliver()
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -136,47 +95,60 @@ class Dealer:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, frames: list | tuple, alive=None) -> None:
-        """Send one message. While the kernel takes no more (a broker that stopped reading),
-        wait in slices of ``_SLICE`` seconds calling ``alive()``, which raises to give up."""
+    def send(self, frames: list | tuple, alive: Callable[[], None] | None = None) -> bool:
+        """Send one message -> whether it went out.
+
+        While the kernel takes no more (a broker that stopped reading), wait in slices of
+        ``_SLICE`` seconds calling ``alive()``, which raises to give up (closing the connection
+        if part of the message is out). An interrupt (Ctrl-C) cuts no message: one that comes
+        before the first byte is out drops the message (False), one that comes later waits
+        until the last is out (True). Either way it is not raised here but held for the caller
+        (``interrupts.hold``), which acts on the answer and then ``interrupts.deliver``s it."""
         buffers = encode(frames)
         if len(buffers) > 1 and sum(map(len, buffers)) < _JOIN_BELOW:
             buffers = [b"".join(buffers)]
-        self._send_buffers(buffers, alive)
+        return self._send_buffers(buffers, alive)
 
-    def _send_buffers(self, buffers: list, alive) -> None:
+    def _send_buffers(self, buffers: list, alive: Callable[[], None] | None) -> bool:
         sock = self._check_open()
-        try:
-            while True:
-                with _Deferred():  # an interrupt lands between system calls, never inside the
+        while True:
+            try:
+                with Deferred():  # an interrupt lands between system calls, never inside the
                     if self._send_some(sock, buffers):  # bookkeeping of what went out
-                        return
-                if not self._poll_out(_SLICE) and alive is not None:
+                        return True
+                writable = self._poll_out(_SLICE)
+            except OSError as exc:
+                self.close()
+                raise DealerError(_broken(exc)) from None
+            except BaseException as exc:  # an interrupt
+                hold(exc)
+                return self._cut and self._finish(sock, buffers, alive)
+            if not writable and alive is not None:
+                try:
                     alive()
-        except OSError as exc:
-            self.close()
-            raise DealerError(_broken(exc)) from None
-        except BaseException:
-            if self._cut:  # half a message is out: finish it, then let the interrupt go on
-                self._finish(sock, buffers, alive)
-            raise
+                except BaseException:
+                    if self._cut:  # the rest will never follow: the stream is out of step
+                        self.close()
+                    raise
 
-    def _finish(self, sock: socket.socket, buffers: list, alive) -> None:
-        """Send the rest of a message whose first bytes are out, whatever interrupts come
-        meanwhile; close the connection if the broker is gone."""
+    def _finish(self, sock: socket.socket, buffers: list,
+                alive: Callable[[], None] | None) -> bool:
+        """Send the rest of a message whose first bytes are out, holding the interrupts that
+        come meanwhile -> whether it went out (not if the connection broke or ``alive`` gave
+        up: it is then closed)."""
         while True:
             try:
                 while True:
-                    with _Deferred():
+                    with Deferred():
                         if self._send_some(sock, buffers):
-                            return
+                            return True
                     if not self._poll_out(_SLICE) and alive is not None:
                         alive()
-            except KeyboardInterrupt:
-                continue  # the first one is raised once the message is out
+            except KeyboardInterrupt as exc:
+                hold(exc)  # the first one is kept; the message goes on
             except BaseException:
                 self.close()
-                return
+                return False
 
     def _send_some(self, sock: socket.socket, buffers: list) -> bool:
         """Send what the kernel takes now -> whether the whole message is out. ``_cut`` tells
@@ -196,10 +168,7 @@ class Dealer:
             sent -= size
             del buffers[0]
         self._cut = bool(buffers)
-        if buffers:
-            return False
-        self.sent_messages += 1
-        return True
+        return not buffers
 
     def _poll_out(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the kernel to take more -> whether it will. Replies that
@@ -215,7 +184,7 @@ class Dealer:
                 return False
             events = ready[0][1]
             if events & select.POLLIN:
-                with _Deferred():
+                with Deferred():
                     self._read()
             if events & ~select.POLLIN:  # writable, or closed: the send finds out which
                 return True
@@ -236,7 +205,7 @@ class Dealer:
             else:
                 ready = poll(max(0.0, deadline - time.monotonic()) * 1000)
             if ready:
-                with _Deferred():
+                with Deferred():
                     self._read()
                 if messages:
                     return messages.popleft()

@@ -16,6 +16,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable
 
+from ..config import DELIVERY_START_TIMEOUT
 from ..errors import NwsConnectException
 from ..protocol import CHANNEL, HEADER, HEADER_SIZE, Op, Status, request_head
 from .dealer import Dealer, DealerError
@@ -33,7 +34,6 @@ DELIVERY_CHANNEL = 0xFFFE
 #: never stalls on credit; the rest is granted when the socket falls idle for a poll slice).
 CREDIT_EVERY = 64
 _POLL_S = 0.25
-_START_TIMEOUT = 10.0
 
 _unpack_header = HEADER.unpack_from
 
@@ -58,7 +58,7 @@ class Deliveries(threading.Thread):
 
     def start_and_wait(self) -> Deliveries:
         self.start()
-        if not self._ready.wait(_START_TIMEOUT) or self._failure:
+        if not self._ready.wait(DELIVERY_START_TIMEOUT) or self._failure:
             self.stop()
             raise NwsConnectException(self._failure or
                                       f"the delivery socket to {self._address} did not start")
@@ -95,7 +95,7 @@ class Deliveries(threading.Thread):
     def _register(self, sock: Dealer) -> bool:
         """One request on this socket, so the broker can route deliveries to it at once."""
         sock.send([request_head(Op.HEARTBEAT, 1)], self._unless_stopping)
-        deadline = time.monotonic() + _START_TIMEOUT
+        deadline = time.monotonic() + DELIVERY_START_TIMEOUT
         while not self._stopping.is_set():
             if sock.recv(_POLL_S) is not None:
                 return True

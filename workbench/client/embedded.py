@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from ..config import (
     BROKER_ENV, CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, EMBEDDED_START_TIMEOUT,
-    PROBE_TIMEOUT, normalize_address,
+    EMBEDDED_STOP_TIMEOUT, PORT_PROBE_TIMEOUT, PROBE_TIMEOUT, normalize_address,
 )
 from ..errors import NwsConnectException
 from .connection import Connection, close_all
@@ -58,7 +58,7 @@ def start_hint(address: str) -> str:
 
 def _port_accepts(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=PORT_PROBE_TIMEOUT):
             return True
     except OSError:
         return False
@@ -126,7 +126,7 @@ def _stop_embedded() -> None:
         return
     process.terminate()
     try:
-        process.wait(timeout=5)
+        process.wait(timeout=EMBEDDED_STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

@@ -18,7 +18,7 @@ import struct
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from .. import codec
-from ..config import CONNECT_TIMEOUT
+from ..config import CONNECT_TIMEOUT, REPR_TIMEOUT
 from ..protocol import (
     HEADER_SIZE, KV_ITEM, KV_RECORD, META, VERSION_SHIFT, Op, Status,
 )
@@ -89,7 +89,7 @@ class KeyValueStore:
         title = f"<b>KeyValueStore {escape(self.workspace)}</b> at {escape(self.address)}"
         try:
             rows = json.loads(self._connection.call(Op.LIST_VARS, [self._ws],
-                                                    timeout=2.0)[HEADER_SIZE:])
+                                                    timeout=REPR_TIMEOUT)[HEADER_SIZE:])
         except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
             return f"<div>{title}: {escape(str(exc))}</div>"
         keys = [name for name, values, *_ in rows if values]

@@ -17,15 +17,30 @@ import json
 import queue
 import threading
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from .. import codec
-from ..protocol import HEADER_SIZE, SEPARATOR, Op, Status
+from ..protocol import HEADER, HEADER_SIZE, META, SEPARATOR, Op, Status
 from ..topics import parse
-from .connection import Connection
+from .connection import Channel, Connection
 from .deliveries import EVENTS, MESSAGE
 
 MQ_WORKSPACE = "__mq"
+_MQ_WORKSPACE = MQ_WORKSPACE.encode()
+_VALUE_AT = HEADER_SIZE + META.size  # where a value reply's value starts
+_unpack_header = HEADER.unpack_from
+
+
+def _decode_value(head: bytes, frames: list) -> Any:
+    return codec.decode_at(head, _VALUE_AT, frames)
+
+
+class Taken(NamedTuple):
+    """A message taken from a shared queue under lease, and what acknowledges it."""
+
+    value: Any
+    channel: Channel
+    request_id: int
 
 
 @lru_cache(maxsize=4096)
@@ -100,21 +115,37 @@ class MessageBus:
         """Take the oldest message of a shared queue, waiting for one (NwsTimeoutException,
         a TimeoutError, after ``timeout`` seconds). Leased: if this process dies before it is
         acknowledged, the message goes back to the queue."""
-        from .workspace import _decode_value
-
-        return self._connection.read(Op.FETCH, [MQ_WORKSPACE.encode(), pattern.encode()], (),
+        return self._connection.read(Op.FETCH, [_MQ_WORKSPACE, pattern.encode()], (),
                                      timeout, _decode_value, leased=True)[1]
 
     def queue_get_nowait(self, pattern: str, missing: Any = None) -> Any:
-        from .workspace import _decode_value
-
         status, value = self._connection.read(
-            Op.FETCH_TRY, [MQ_WORKSPACE.encode(), pattern.encode()], (), None, _decode_value,
+            Op.FETCH_TRY, [_MQ_WORKSPACE, pattern.encode()], (), None, _decode_value,
             leased=True)
         return missing if status == Status.MISSING else value
 
+    def queue_take(self, pattern: str, block: bool = True,
+                   timeout: float | None = None) -> Taken | None:
+        """Take the oldest message of a shared queue and hold it under lease until its
+        ``channel.acknowledge_later(request_id)`` (or ``Connection.acknowledge``): a consumer
+        that dies first gives it back to the queue. None if the queue is empty and not
+        ``block``; NwsTimeoutException (a TimeoutError) after ``timeout`` seconds."""
+        connection = self._connection
+        status, (head, frames) = connection.read(
+            Op.FETCH if block else Op.FETCH_TRY, [_MQ_WORKSPACE, _identifier(pattern)], (),
+            timeout if block else None)
+        if status == Status.MISSING:
+            return None
+        channel, request_id = connection.channel(), _unpack_header(head)[3]
+        try:
+            value = _decode_value(head, frames)
+        except Exception:
+            channel.acknowledge_later(request_id)  # undecodable: it must not come back forever
+            raise
+        return Taken(value, channel, request_id)
+
     def queue_size(self, pattern: str) -> int:
-        head = self._connection.call(Op.LIST_VARS, [MQ_WORKSPACE.encode()])
+        head = self._connection.call(Op.LIST_VARS, [_MQ_WORKSPACE])
         for name, values, *_ in json.loads(head[HEADER_SIZE:]):
             if name == pattern:
                 return values

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..codec import decode, decode_at, encode, raw_bytes
-from ..config import CONNECT_TIMEOUT
+from ..config import CONNECT_TIMEOUT, REPR_TIMEOUT
 from ..errors import NwsOperationException
 from ..protocol import HEADER_SIZE, META, Op, Status, pack_many, split_many
 from .connection import Connection
@@ -96,7 +96,7 @@ class NwsServer:
 
         title = f"<b>NwsServer</b> {escape(self.address)}"
         try:
-            rows = _json(self._connection.call(Op.LIST_WSS, [], timeout=2.0))
+            rows = _json(self._connection.call(Op.LIST_WSS, [], timeout=REPR_TIMEOUT))
         except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
             return f"<div>{title}: {escape(str(exc))}</div>"
         cells = "".join(
@@ -144,6 +144,23 @@ class NwsServer:
         return "".join(
             f"{'>' if mine else ' '}{name}\t{owner}\t{persistent}\t{nvars}\t{','.join(names)}\n"
             for name, mine, owner, persistent, nvars, names in rows)
+
+    @property
+    def label(self) -> str:
+        """This session's name at the broker, as ``status()`` lists it among the clients."""
+        return self._connection.label
+
+    def status(self, timeout: float | None = None) -> dict:
+        """The broker's state, as ``workbench status`` prints it: ``version``, ``protocol``,
+        ``uptime`` (s), ``memory`` and its limits (bytes), the heartbeat, counts of
+        ``workspaces``, ``values``, blocked calls (``waiting``) and ``leases``, a record per
+        client and per subscriber, and the request ``counters``."""
+        return _json(self._connection.call(Op.STATUS, [], timeout=timeout))
+
+    def watch(self, callback: Callable[[list[dict]], None] | None = None) -> Watch:
+        """Follow the changes of every workspace of the broker, as ``NetWorkSpace.watch``
+        follows one's (events name their workspace in ``ws``)."""
+        return Watch(self._connection, "*", callback)
 
     def close(self) -> None:
         """Close the session; the broker purges the non-persistent workspaces it owns."""
@@ -209,7 +226,7 @@ class NetWorkSpace:
 
         title = f"<b>NetWorkSpace {escape(self._name)}</b> at {escape(self._connection.address)}"
         try:
-            rows = _json(self._connection.call(Op.LIST_VARS, [self._wsb], timeout=2.0))
+            rows = _json(self._connection.call(Op.LIST_VARS, [self._wsb], timeout=REPR_TIMEOUT))
         except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
             return f"<div>{title}: {escape(str(exc))}</div>"
         head = "".join(f"<th>{h}</th>" for h in ("variable", "values", "fetchers", "finders",

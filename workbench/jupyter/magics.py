@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
 from ..client.workspace import DICT, FIFO, LIFO, MULTI, SINGLE
-from ..config import DEFAULT_HOST, DEFAULT_PORT
+from ..config import DEFAULT_HOST, DEFAULT_PORT, WAIT_HINT_AFTER
 from ..errors import NwsException, NwsTimeoutException
 from ..protocol import Status
 from ..sleigh import RemoteError, Sleigh
@@ -30,9 +30,6 @@ from .parsing import (
 )
 from .session import MagicSession
 from .tables import Table
-
-#: Seconds a fetch or find waits quietly before saying what it waits for.
-HINT_AFTER = 0.25
 
 
 def build_parser() -> Parser:
@@ -235,7 +232,7 @@ class NwsMagics(Magics):
         ws = self.session.workspace()
         get = ws.fetch if args.command == "fetch" else ws.find
         timeout = args.timeout
-        quiet = HINT_AFTER if timeout is None else min(HINT_AFTER, timeout)
+        quiet = WAIT_HINT_AFTER if timeout is None else min(WAIT_HINT_AFTER, timeout)
         try:
             try:
                 return get(args.var, timeout=quiet)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import threading
 import time
 import weakref
@@ -32,23 +31,21 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..client.pubsub import MessageBus, Watch
+from ..client.pubsub import MessageBus
 from ..client.workspace import (
     DICT, V_FETCHERS, V_FINDERS, V_MODE, V_VALUES, WS_NUMVARS, WS_OWNER, WS_PERSISTENT,
     NetWorkSpace, NwsServer,
 )
+from ..config import WIDGET_REQUEST_TIMEOUT
 from ..errors import NwsException, NwsNoWorkSpaceException
 from ..mq.message import unpack
 from ..mq.transport import open_connection, transport
-from ..protocol import HEADER_SIZE, Op
 from ..sleigh.master import Sleigh
 from ..topics import parse
 from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
 
 __all__ = ["broker_view", "dashboard", "message_feed", "sleigh_monitor"]
 
-#: Seconds a widget waits for the broker's answer before showing that it cannot update.
-REQUEST_TIMEOUT = 5.0
 _NOTHING = object()
 
 
@@ -252,8 +249,7 @@ class BrokerView(LiveWidget):
             self.server, made = server_for(server)
             self._owned = self.server if made else None
             self.address = self.server.address
-            self._connection = self.server._connection
-            self._watch = Watch(self._connection, "*", lambda events: self._throttle.request())
+            self._watch = self.server.watch(lambda events: self._throttle.request())
 
         self._open(follow)
 
@@ -265,9 +261,8 @@ class BrokerView(LiveWidget):
 
     def _redraw(self) -> None:
         spaces = self.server.listWss(format=DICT)
-        head = self._connection.call(Op.STATUS, [], timeout=REQUEST_TIMEOUT)
-        status = json.loads(head[HEADER_SIZE:])
-        me = self._connection.label
+        status = self.server.status(timeout=WIDGET_REQUEST_TIMEOUT)
+        me = self.server.label
         names = sorted(spaces)[:self.max_rows]
         self.workspaces.value = "<b>workspaces</b>" + table(
             ("workspace", "owner", "persistent", "variables"),

@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 import ipywidgets as widgets
 
 from ..client.workspace import NwsServer
-from ..config import normalize_address
+from ..config import WIDGET_INTERVAL, normalize_address
 
 log = logging.getLogger("workbench.jupyter")
 
 #: Seconds between two redraws of one widget at the most (about 7 a second).
-INTERVAL = 0.15
+INTERVAL = WIDGET_INTERVAL
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 80

@@ -31,10 +31,8 @@ from collections import deque
 from typing import Any
 
 from ..client.connection import Channel, Connection
-from ..client.pubsub import MQ_WORKSPACE
-from ..client.workspace import _decode_value
+from ..config import MQ_QUEUE_MAXSIZE
 from ..errors import NwsTimeoutException
-from ..protocol import HEADER, Op, Status
 from ..topics import parse
 from .message import Message, unpack
 from .registry import registry
@@ -43,9 +41,7 @@ from .transport import transport
 Empty = queue.Empty
 
 #: How many messages a standalone queue holds before it drops the oldest.
-STANDALONE_MAXSIZE = 10_000
-
-_MQ_WORKSPACE = MQ_WORKSPACE.encode()
+STANDALONE_MAXSIZE = MQ_QUEUE_MAXSIZE
 
 
 class Queue:
@@ -142,7 +138,6 @@ class SharedQueue(Queue):
         self.shared = True
         self.dropped = 0  # the broker drops nothing from a shared queue
         self._ident = parse(identifier)
-        self._name = identifier.encode("utf-8")
         self._declared = -1  # the bus generation it was declared on
         # thread id -> (channel, request id, bus generation) of the message it holds
         self._leases: dict[int, tuple[Channel, int, int]] = {}
@@ -162,25 +157,18 @@ class SharedQueue(Queue):
     def get(self, block: bool = True, timeout: float | None = None) -> Message:
         """The oldest message, held under lease until this thread's next ``get``."""
         _check_timeout(timeout)
-        connection = self._connection()
+        self._connection()
         self.task_done()  # the acknowledgement rides on the fetch itself
-        op = Op.FETCH if block else Op.FETCH_TRY
         try:
-            status, (head, frames) = connection.read(
-                op, [_MQ_WORKSPACE, self._name], (), timeout if block else None)
+            taken = transport.bus().queue_take(self.identifier, block, timeout)
         except NwsTimeoutException:
             raise Empty from None
-        if status == Status.MISSING:
+        if taken is None:
             raise Empty
-        channel, request_id = connection.channel(), HEADER.unpack_from(head)[3]
-        try:
-            value = _decode_value(head, frames)
-        except Exception:
-            channel.acknowledge_later(request_id)  # undecodable: it must not come back forever
-            raise
         with self._lock:
-            self._leases[threading.get_ident()] = (channel, request_id, transport.generation)
-        return unpack(value, self._ident)
+            self._leases[threading.get_ident()] = (taken.channel, taken.request_id,
+                                                   transport.generation)
+        return unpack(taken.value, self._ident)
 
     def task_done(self) -> None:
         """Acknowledge the message this thread took last: sent with its next request or

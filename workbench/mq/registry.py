@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..config import MQ_POOL_BACKLOG
 from ..topics import Identifier, matches, parse
 from .message import Message, pack, unpack
 from .transport import transport
@@ -278,7 +279,7 @@ class Pool:
     pool slows the delivery thread and the broker's bounded, counted backlog takes over; a
     local ``twitter`` never waits, as in berryMQ."""
 
-    BACKLOG = 10_000
+    BACKLOG = MQ_POOL_BACKLOG
     _STOP = None
 
     def __init__(self, failed: Callable[[Message, BaseException], None]) -> None:

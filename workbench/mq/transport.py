@@ -25,13 +25,11 @@ from urllib.parse import urlsplit
 from ..client.connection import Channel, Connection
 from ..client.embedded import connect
 from ..client.pubsub import MessageBus
-from ..config import normalize_address
+from ..config import MQ_ACK_TIMEOUT, normalize_address
 from ..errors import NwsException, NwsPicklingException
 
 log = logging.getLogger("workbench.mq")
 
-#: Seconds a lease acknowledgement may wait for the broker (at exit, on a broker change).
-ACK_TIMEOUT = 2.0
 
 
 class LeaseHolder(Protocol):
@@ -157,7 +155,7 @@ class Transport:
         if not leases or connection is None or connection.closed or self._pid != os.getpid():
             return
         try:
-            connection.acknowledge(leases, timeout=ACK_TIMEOUT)
+            connection.acknowledge(leases, timeout=MQ_ACK_TIMEOUT)
         except NwsException as exc:  # the broker gives the messages back: at least once
             log.warning("mq: %d shared-queue messages were not acknowledged: %s",
                         len(leases), exc)
@@ -170,8 +168,7 @@ class Transport:
         self._lock = threading.RLock()
         connection = self._connection
         if connection is not None and self._pid != os.getpid():
-            connection._closed = True  # close_all() at exit skips it
-            connection._finalizer.detach()  # collecting it would say goodbye too
+            connection.disown()  # neither exit nor collection may say goodbye for it
             self._inherited.append(connection)
         self._connection = self._bus = None
         self._pid = os.getpid()
