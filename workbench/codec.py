@@ -9,13 +9,18 @@ notebook) fall back to cloudpickle.
 
 Frame layout (see ``protocol``): ``[descriptor + data, *extra]``; a large data part is *detached*
 into the first extra frame instead, so it is not copied to sit behind the descriptor.
+
+For values that go to another Python process to be used there (a worker pool's tasks),
+``encode_portable`` pickles by value what plain pickle would name in ``__main__``, and
+``decode_tolerant`` decodes what names classes this process lacks, with placeholders.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import zlib
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -51,7 +56,27 @@ def encode(value: Any) -> list:
     return _pickled(value)
 
 
-def _pickled(value: Any) -> list:
+def encode_portable(value: Any) -> list:
+    """-> value frames another Python process can decode. Plain pickle names the functions and
+    classes of ``__main__`` (a notebook's, a script's) by reference, which another process
+    cannot resolve: a pickle that names ``__main__`` is made again with cloudpickle, which
+    pickles them by value."""
+    frames = encode(value)
+    kind, flags, _ = DESCRIPTOR.unpack_from(frames[0])
+    if kind == Kind.PICKLE and b"__main__" in (frames[1] if flags & DETACHED else frames[0]):
+        return _pickled(value, by_value=True)
+    return frames
+
+
+def from_pickle(data: bytes, kind: int = Kind.CLOUDPICKLE) -> list:
+    """-> the value frames of ``data``, a value pickled already (with ``kind``: pickle or
+    cloudpickle), so that ``decode`` unpickles it."""
+    if len(data) < OUT_OF_BAND_THRESHOLD:
+        return [_pack(kind, 0, 0) + data]
+    return [_pack(kind, DETACHED, 1), data]
+
+
+def _pickled(value: Any, by_value: bool = False) -> list:
     buffers: list = []
 
     def keep_large_out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -61,11 +86,13 @@ def _pickled(value: Any) -> list:
         buffers.append(raw)
         return False
 
-    try:
-        data = pickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
-        kind = Kind.PICKLE
-    except (pickle.PicklingError, AttributeError, TypeError):
-        buffers.clear()
+    data, kind = None, Kind.PICKLE
+    if not by_value:
+        try:
+            data = pickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            buffers.clear()
+    if data is None:
         try:
             data = cloudpickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
         except Exception as exc:
@@ -136,6 +163,54 @@ def decode(frames: Sequence) -> Any:
         raise NwsUnpicklingException(
             f"cannot decode value: {type(exc).__name__}: {exc}", _safe_raw(frames)) from exc
     raise NwsUnpicklingException(f"unknown value kind {kind}", _safe_raw(frames))
+
+
+class Decoded(NamedTuple):
+    value: Any
+    missing: list[str]  # what could not be imported here (placeholders stand in for them)
+
+
+def decode_tolerant(frames: Sequence) -> Decoded:
+    """Decode a value; if that fails because a class or function does not exist in this
+    process, decode it again with placeholders (``Undecodable``) standing in for what is
+    missing, so that at least what the value was (and what was missing) is known."""
+    try:
+        return Decoded(decode(frames), [])
+    except Exception:
+        kind, data, buffers = split(frames)
+        if kind not in (Kind.PICKLE, Kind.CLOUDPICKLE):
+            raise
+    unpickler = _Tolerant(io.BytesIO(bytes(data)), buffers=buffers)  # the failing path only
+    return Decoded(unpickler.load(), unpickler.missing)
+
+
+class _Tolerant(pickle.Unpickler):
+    def __init__(self, file: Any, buffers: Sequence) -> None:
+        super().__init__(file, buffers=buffers)
+        self.missing: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            self.missing.append(f"{module}.{name} ({type(exc).__name__}: {exc})")
+            return type(name, (Undecodable,), {"__module__": module})
+
+
+class Undecodable:
+    """Stands in for an object whose class does not exist in the process decoding it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Undecodable:
+        return type(self)(*args)
+
+    def __repr__(self) -> str:
+        return f"<undecodable {type(self).__module__}.{type(self).__name__}>"
 
 
 def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:
