@@ -22,7 +22,7 @@ import pytest
 
 from workbench import NwsServer, RemoteError, Sleigh
 from workbench.sleigh import PoisonTaskError, SleighError
-from workbench.sleigh.launch import SshLauncher
+from workbench.sleigh.launchers import SleighInfo, SshLauncher
 
 from .support import spawn_client, wait_for
 from .test_sleigh import _alive
@@ -288,13 +288,14 @@ def test_stop_ends_workers_busy_with_long_tasks(broker):
 # ---------------------------------------------------------------------------- launchers
 
 def test_ssh_launcher_builds_the_command():
-    launcher = SshLauncher("tcp://head:8765", "sleigh_ride_0001", ["n1", "n2"])
-    assert launcher.argv(0) == ["ssh", "n1", ("python -m workbench worker --broker "
-                                              "tcp://head:8765 --sleigh sleigh_ride_0001 "
-                                              "--rank 0")]
-    assert launcher.argv(3)[1] == "n2"
+    launcher = SshLauncher(["n1", "n2"])
+    sleigh = SleighInfo("sleigh_ride_0001", "tcp://head:8765")
+    assert launcher.argv(sleigh, 0) == ["ssh", "n1", ("python -m workbench worker --broker "
+                                                      "tcp://head:8765 --sleigh "
+                                                      "sleigh_ride_0001 --rank 0")]
+    assert launcher.argv(sleigh, 3)[1] == "n2"
     with pytest.raises(ValueError):
-        SshLauncher("tcp://head:8765", "x", [])
+        SshLauncher([])
 
 
 def test_ssh_launch_with_a_fake_ssh(broker, tmp_path, monkeypatch):
