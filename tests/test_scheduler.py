@@ -1,7 +1,7 @@
 """The sleigh's scheduler driven directly, without a broker, sockets or worker processes:
 feeding a call's chunks through its window, results settling elements, errors, cancelling,
-workers joining, what observers see, and the retry accounting of records that come back from
-dead workers."""
+workers joining and leaving (eachWorker), what observers see, and the retry accounting of
+records that come back from dead workers."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 
 from workbench.sleigh import scheduler as scheduler_module
 from workbench.sleigh.errors import ERROR, ErrorInfo, RemoteError, SleighError
-from workbench.sleigh.events import CallProgress, WorkerJoined
+from workbench.sleigh.events import CallProgress, WorkerJoined, WorkerLeft
 from workbench.sleigh.scheduler import (
     Scheduler, must_split, poisoned, split_suspects,
 )
 from workbench.sleigh.tasks import (
-    CONTROL, DEATHS_LIMIT, TASK, Hello, ResultEntry, TaskRecord, even_chunks, read_entry,
-    read_record, records,
+    CONTROL, DEATHS_LIMIT, TASK, Hello, ResultEntry, TaskRecord, even_chunks, own_task_var,
+    read_entry, read_record, records,
 )
 
 KEY = "k" * 24
@@ -48,8 +48,9 @@ def answer(record: TaskRecord, rank: int = 0, fail: set[int] = frozenset()) -> R
                        [(i, info) for i in sorted(fail)] or None)
 
 
-def hello(rank: int) -> Hello:
-    return Hello(CONTROL, rank, {"rank": rank, "host": "h", "pid": 100 + rank})
+def hello(rank: int, farewell: str | None = None) -> Hello:
+    return Hello(CONTROL, rank, {"rank": rank, "host": "h", "pid": 100 + rank},
+                 farewell or f"farewell@{rank}.s")
 
 
 # ---------------------------------------------------------------------------- feeding
@@ -247,8 +248,63 @@ def test_the_roster_follows_hellos(scheduler):
     assert [w["pid"] for w in scheduler.workers()] == [100, 101]
     assert scheduler.wait_joined(range(2), time.monotonic()) == 2
     assert scheduler.wait_joined(range(3), time.monotonic() + 0.01) == 2
-    scheduler.joined(hello(1))  # the same rank again
+    scheduler.joined(hello(1, "farewell@1.replacement"))  # the same rank again
     assert scheduler.joins(1) == 2 and scheduler.worker(1)["pid"] == 101
+
+
+def each_worker(scheduler: Scheduler):
+    """An eachWorker call as the master opens one: an element per rank on the roster, each
+    in that worker's own variable."""
+    ranks = scheduler.ranks()
+    batch = scheduler.open(
+        "f", KEY, len(ranks), targets=ranks,
+        records=lambda b: iter([(own_task_var(rank), TaskRecord(b, tag, KEY, [(rank,)]))
+                                for tag, rank in enumerate(ranks)]))
+    return batch, dict(scheduler.take(batch, most=100).records)
+
+
+def test_each_worker_sends_one_task_per_worker_to_its_own_variable(scheduler):
+    for rank in range(3):
+        scheduler.joined(hello(rank))
+    batch, sent = each_worker(scheduler)
+    assert sorted(sent) == ["task@0", "task@1", "task@2"]
+    for var, record in sent.items():
+        scheduler.file(answer(record, rank=int(var[5:])))
+    assert batch.ordered() == [0, 10, 20]
+
+
+def test_a_worker_that_leaves_is_left_out_of_each_worker(scheduler):
+    for rank in range(3):
+        scheduler.joined(hello(rank))
+    batch, sent = each_worker(scheduler)
+    scheduler.file(answer(sent["task@0"], rank=0))
+    assert not scheduler.left(1, "farewell@1.other-session")  # not the worker on the roster
+    assert scheduler.ranks() == [0, 1, 2]
+    assert scheduler.left(1, "farewell@1.s")
+    assert scheduler.ranks() == [0, 2] and not batch.finished
+    assert batch.total == 2 and batch.in_flight() == 1
+    scheduler.file(answer(sent["task@2"], rank=2))
+    assert batch.finished and batch.ordered() == [0, 20]
+    assert not scheduler.left(1, "farewell@1.s")  # once
+
+
+def test_a_worker_leaving_completes_a_call_waiting_only_for_it(scheduler):
+    for rank in range(2):
+        scheduler.joined(hello(rank))
+    batch, sent = each_worker(scheduler)
+    scheduler.file(answer(sent["task@1"], rank=1))
+    scheduler.left(0, "farewell@0.s")
+    assert batch.finished and batch.ordered() == [10]
+    assert scheduler.status(False).batches == 0
+
+
+def test_a_departure_leaves_other_calls_alone(scheduler):
+    scheduler.joined(hello(0))
+    scheduler.joined(hello(1))
+    batch = each_elem(scheduler, [(x,) for x in range(4)], 2)
+    scheduler.take(batch, most=100)
+    scheduler.left(1, "farewell@1.s")
+    assert batch.total == 4 and batch.in_flight() == 4  # the broker returns its tasks
 
 
 def test_deaths_are_counted(scheduler):
@@ -273,6 +329,7 @@ def test_observers_see_the_present_and_then_the_news(scheduler):
     scheduler.file(answer(second, rank=1))
     cancelled = each_elem(scheduler, [(1,)], 1)
     scheduler.cancel([cancelled])
+    scheduler.left(1, "farewell@1.s")
     assert seen == [
         CallProgress(running.id, "f", "running", 0, 2, 2),  # all sent: the total is known
         CallProgress(running.id, "f", "running", 1, 2, 2, rank=0, added=1),
@@ -280,10 +337,11 @@ def test_observers_see_the_present_and_then_the_news(scheduler):
         CallProgress(running.id, "f", "done", 2, 2, 2, rank=1, added=1),
         CallProgress(cancelled.id, "f", "running", 0, 0, 1),
         CallProgress(cancelled.id, "f", "cancelled", 0, 0, 1),
+        WorkerLeft(1, hello(1).info),
     ]
     subscription.close()
     each_elem(scheduler, [(1,)], 1)
-    assert len(seen) == 6  # no more news after close
+    assert len(seen) == 7  # no more news after close
 
 
 def test_a_failing_observer_is_logged_and_the_scheduler_goes_on(scheduler, caplog):

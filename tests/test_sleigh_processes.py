@@ -363,6 +363,35 @@ def test_workbench_worker_joins_a_running_sleigh(broker):
     worker.stderr.close()
 
 
+def test_a_joined_worker_that_dies_leaves_the_roster(make_broker):
+    """Nobody watches a worker that joined by hand: when it is killed, the broker ends its
+    session once its heartbeats stop, and the sleigh takes it off the roster. An eachWorker
+    waiting for it returns the live workers' results then, not at its timeout."""
+    broker = make_broker("--heartbeat-interval", "0.2", "--heartbeat-liveness", "3")
+    s = Sleigh(1, broker=broker.address)
+    joined = subprocess.Popen([sys.executable, "-m", "workbench", "worker", "--broker",
+                               broker.address, "--sleigh", s.wsName], env=broker.env(),
+                              stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: s.status().ranks == [0, 1], timeout=TIMEOUT)
+        assert s.eachWorker(lambda: SleighRank, timeout=TIMEOUT) == [0, 1]  # noqa: F821
+        launched = s.workerInfo()[0]["pid"]
+        joined.kill()
+        joined.wait(5)
+        started = time.monotonic()
+        assert s.eachWorker(os.getpid, timeout=60) == [launched]  # rank 1 is left out
+        assert time.monotonic() - started < 10  # the broker's 0.6 s, not the call's 60 s
+        assert s.status().ranks == [0] and [w["rank"] for w in s.workerInfo()] == [0]
+        assert s.status().deaths == 0  # a departure, not a launched worker's death
+        assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [launched]
+        assert s.nws.find("workerCount") == 1
+    finally:
+        s.stop()
+        if joined.poll() is None:
+            joined.kill()
+            joined.wait()
+
+
 def test_workbench_worker_on_a_missing_sleigh(broker):
     done = subprocess.run([sys.executable, "-m", "workbench", "worker", "--broker",
                            broker.address, "--sleigh", "no_such_sleigh"], env=broker.env(),

@@ -6,7 +6,7 @@ how the parts fit.
 from .errors import (
     PoisonTaskError, RemoteError, SleighError, SleighTaskException, TaskCancelledError,
 )
-from .events import CallProgress, SleighStatus, Subscription, WorkerJoined
+from .events import CallProgress, SleighStatus, Subscription, WorkerJoined, WorkerLeft
 from .master import Sleigh
 from .pending import SleighFuture, SleighPending, SleighResultIterator
 
@@ -24,4 +24,5 @@ __all__ = [
     "Subscription",
     "TaskCancelledError",
     "WorkerJoined",
+    "WorkerLeft",
 ]

@@ -17,7 +17,8 @@ class Batch:
     scheduler changes them, under its lock."""
 
     def __init__(self, batch_id: int, label: str, key: str, total: int | None,
-                 window: int | None, by_consumer: bool, accumulator: Any) -> None:
+                 window: int | None, by_consumer: bool, accumulator: Any,
+                 targets: list[int] | None) -> None:
         self.id = batch_id
         self.label = label
         self.key = key  # of its function spec
@@ -31,10 +32,12 @@ class Batch:
         self.consumed = 0
         self.results: dict[int, Any] = {}
         self.failed: set[int] = set()  # tags whose result is a RemoteError
+        self.withdrawn = False  # an element went with its worker (eachWorker): tags have gaps
         self.cancelled = False
         self.error: BaseException | None = None  # the sleigh failed or stopped under it
         self.arrivals: list[tuple[int, Any]] | None = [] if accumulator is not None else None
         self.accumulator = accumulator
+        self.targets = targets  # eachWorker: the rank each element was sent to
         self.future: Any = None  # a submit's SleighFuture
 
     @property
@@ -59,6 +62,8 @@ class Batch:
 
     def ordered(self) -> list:
         """The results in element order."""
+        if self.withdrawn:
+            return [self.results[tag] for tag in sorted(self.results)]
         return [self.results[tag] for tag in range(self.total or 0)]
 
     def check(self) -> None:

@@ -1,12 +1,12 @@
 """The master's traffic with the broker for a sleigh's tasks: function specs stored once per
-map, task records encoded and stored, results collected, cancelled batches published to the
-workers. It decides nothing itself: the ``Scheduler`` does, and this module
+map, task records encoded and stored, results and farewells collected, cancelled batches
+published to the workers. It decides nothing itself: the ``Scheduler`` does, and this module
 carries out what it answers.
 
 Threads: the caller's (feeds its call, stores function specs, cancels), the collector (takes
 result values in bulk, files them with the scheduler, feeds the calls whose window results
-made room in), and for ``submit`` a sender that stores the tasks of many quick submits in one
-request.
+made room in, and waits on every worker's farewell variable), and for ``submit`` a sender that
+stores the tasks of many quick submits in one request.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ COLLECT_MOST = 256
 class Dispatcher:
     """Carries one sleigh's tasks to its workspace and its results to the scheduler.
 
-    ``on_hello(hello)`` is the master's: a worker said hello."""
+    ``on_hello(hello)`` and ``on_farewell(hello)`` are the master's: a worker said hello, and
+    the broker session of a worker that said hello ended."""
 
     def __init__(self, scheduler: Scheduler, connection: Connection, nws: NetWorkSpace,
-                 on_hello: Callable[[Hello], None]) -> None:
+                 on_hello: Callable[[Hello], None], on_farewell: Callable[[Hello], None]
+                 ) -> None:
         self.scheduler = scheduler
         self.name = nws.currentWs()
         self.stopping = False  # the workspace is going away: losing it is no failure
@@ -51,6 +53,7 @@ class Dispatcher:
         self._nws = nws
         self._queue = WorkQueue(connection, self.name)  # blocking stores, from any thread
         self._on_hello = on_hello
+        self._on_farewell = on_farewell
         self._bus: MessageBus | None = None
         self._sender: _Sender | None = None
         self._sender_lock = threading.Lock()
@@ -159,19 +162,27 @@ class Dispatcher:
     # ------------------------------------------------------------------ collecting
 
     def _collect(self) -> None:
-        """The collector thread: take result values in bulk and file them."""
+        """The collector thread: take result values in bulk and file them; wait on the
+        farewell variable of every worker that said hello."""
         queue = WorkQueue(self._connection, self.name)  # requests in flight on this thread
+        waiting: dict[int, Hello | None] = {queue.send_fetch(RESULT, COLLECT_MOST): None}
         try:
             while True:
-                # after filing: what came meanwhile comes in one reply (and the ack with it)
-                request_id, values = queue.receive((queue.send_fetch(RESULT, COLLECT_MOST),))
+                request_id, values = queue.receive(waiting.keys())
+                hello = waiting.pop(request_id)
                 queue.acknowledge(request_id)
+                if hello is not None:
+                    self._farewell(hello)
+                    continue
                 for frames, _ in values:
                     for entry in self._entries(frames):
                         if entry.batch != CONTROL:
                             self._file(entry)
-                        else:
-                            self._on_hello(entry)
+                            continue
+                        self._on_hello(entry)
+                        waiting[queue.send_fetch(entry.farewell, 1)] = entry
+                # after filing: what came meanwhile comes in one reply (and the ack with it)
+                waiting[queue.send_fetch(RESULT, COLLECT_MOST)] = None
         except (NwsNoWorkSpaceException, NwsConnectionDroppedException) as exc:
             if not self.stopping:
                 self._break(f"sleigh {self.name} lost its workspace: {exc}")
@@ -205,6 +216,13 @@ class Dispatcher:
                 self.feed(batch)
             except NwsException as exc:
                 self.fail([batch], exc)
+
+    def _farewell(self, hello: Hello) -> None:
+        self._on_farewell(hello)
+        try:
+            self._nws.deleteVar(hello.farewell)
+        except NwsException:
+            pass  # the sleigh is stopping: its workspace went first
 
     def _break(self, reason: str) -> None:
         batches = self.scheduler.break_down(reason)

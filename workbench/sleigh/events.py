@@ -28,6 +28,13 @@ class WorkerJoined(NamedTuple):
     info: dict  # what the worker said about itself (as workerInfo)
 
 
+class WorkerLeft(NamedTuple):
+    """A worker's broker session ended (it died, or left) and nothing will replace it."""
+
+    rank: int
+    info: dict
+
+
 class Subscription:
     """An observer's registration: ``close()`` (or leaving a ``with`` block) ends it."""
 

@@ -4,14 +4,14 @@ Executor API (submit, map, shutdown). This module is the API and the pool's life
 supervision policy, stop); the parts it composes own the rest:
 
 * ``scheduler.Scheduler``: the calls in flight, their results, the roster, the counters;
-* ``dispatch.Dispatcher``: the traffic with the broker (tasks out, results in);
+* ``dispatch.Dispatcher``: the traffic with the broker (tasks out, results and farewells in);
 * ``launchers``: starting, watching and stopping the workers;
 * ``pending``: what callers hold while calls run.
 
 Everything flows through the sleigh's workspace, owned by the master so that the broker purges
 it when the master's session ends (workers then exit): tasks in ``task`` (and ``task@<rank>``
 for eachWorker), results in ``result``, functions in ``__function:<key>``, worker descriptions
-in ``worker@<rank>``; ``listVars`` shows all of it.
+in ``worker@<rank>``, farewells in ``farewell@<rank>.<session>``; ``listVars`` shows all of it.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import CONNECT_TIMEOUT, normalize_address
 from ..errors import NwsException
 from . import tasks
+from .batch import Batch
 from .dispatch import Dispatcher
 from .errors import SleighError
-from .launchers import Launcher, SleighInfo, WorkerExit, describe_exit, launcher_for
-from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
-from .batch import Batch
 from .events import SleighStatus, Subscription
+from .launchers import WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit, launcher_for
+from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
 from .scheduler import Scheduler
 from .tasks import Hello, TaskRecord, own_task_var
 from .worker import CANCELLED_VAR, RANK_COUNTER, WORKER_COUNT, WORKER_ENV
@@ -109,7 +109,8 @@ class Sleigh(Executor):
         KeyValueStore(connection=self._connection, workspace=self.wsName).store(
             RANK_COUNTER, workerCount)
         self._launcher, self._launched = launcher, workerCount
-        self._dispatcher = Dispatcher(self._scheduler, self._connection, ws, self._joined)
+        self._dispatcher = Dispatcher(self._scheduler, self._connection, ws, self._joined,
+                                      self._farewell)
         self._dispatcher.start()
         launcher.start(SleighInfo(self.wsName, workerBroker or server.address,
                                   self._worker_exited, self._scheduler.joins), workerCount)
@@ -198,7 +199,9 @@ class Sleigh(Executor):
                    accumulator: Any = None, timeout: float | None = None,
                    progress: bool = False) -> Any:
         """Call ``fun(*workerArgs)`` once on every worker -> the results in rank order.
-        Each worker gets its own task in ``task@<rank>``, which it takes before shared ones."""
+        Each worker gets its own task in ``task@<rank>``, which it takes before shared ones.
+        A worker that leaves the sleigh before answering (its broker session ended, and no
+        launcher replaces it) is left out of the results."""
         ranks = self._scheduler.ranks()
         key = self._function_key(fun)
 
@@ -207,7 +210,7 @@ class Sleigh(Executor):
                 yield own_task_var(rank), TaskRecord(batch, tag, key, [workerArgs])
 
         batch = self._open(fun, key, len(ranks), None, accumulator=accumulator,
-                           records=records)
+                           records=records, targets=ranks)
         return self._run(batch, blocking, timeout, progress)
 
     def imap(self, fun: Callable, *iterables: Iterable, loadFactor: int = 10,
@@ -255,7 +258,7 @@ class Sleigh(Executor):
         * ``CallProgress(batch, label, state, done, sent, total, rank, added)``: a call
           opened, ``added`` results came from worker ``rank``, all its elements were sent
           (``total`` known), or it ended (``state`` "done", "cancelled" or "failed");
-        * ``WorkerJoined(rank, info)``.
+        * ``WorkerJoined(rank, info)``, ``WorkerLeft(rank, info)``.
 
         The callback runs in the thread that caused the event (mostly the sleigh's collector
         thread): it must be quick and must not wait for the sleigh. Returns a
@@ -377,6 +380,17 @@ class Sleigh(Executor):
         count = self._scheduler.joined(hello)
         if hello.rank >= self._launched:  # a worker that joined by itself
             self._store_worker_count(count)
+
+    def _farewell(self, hello: Hello) -> None:
+        """In the collector: a worker's broker session ended. A launcher that watches its
+        rank replaces it (and reports the death itself); any other worker leaves."""
+        if self._stopping or any(w.rank == hello.rank and w.state in WATCHED
+                                 for w in self._launcher.running()):
+            return
+        if self._scheduler.left(hello.rank, hello.farewell):
+            log.warning("worker %d (pid %s on %s) left sleigh %s: its broker session ended",
+                        hello.rank, hello.info.get("pid"), hello.info.get("host"), self.wsName)
+            self._store_worker_count(len(self._scheduler.ranks()))
 
     def _store_worker_count(self, count: int) -> None:
         try:

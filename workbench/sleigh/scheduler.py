@@ -4,9 +4,10 @@ and it answers with what to do next, as values. It owns one lock, a condition th
 on; it opens no socket and starts no thread, so tests drive it directly.
 
 Events in: a call opens (``open``), its records are taken to be sent (``take``), results come
-(``file``), calls are cancelled or fail (``cancel``, ``fail``), workers join (``joined``). Decisions out: the records to send now (``Taken``), a future to resolve
+(``file``), calls are cancelled or fail (``cancel``, ``fail``), workers join and leave
+(``joined``, ``left``). Decisions out: the records to send now (``Taken``), a future to resolve
 and whether to send more (``Filed``), the batches whose workers must stop (``cancel``).
-Observers ``subscribe`` to ``CallProgress`` and ``WorkerJoined`` records.
+Observers ``subscribe`` to ``CallProgress``, ``WorkerJoined`` and ``WorkerLeft`` records.
 
 Retries are counted where a task comes back: a worker's hand that held the tasks of a dead
 worker is split one element per record (``must_split``, ``split_suspects``), and a record that
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .batch import Batch
 from .errors import RemoteError, SleighError
-from .events import SleighStatus, Subscription, WorkerJoined
+from .events import SleighStatus, Subscription, WorkerJoined, WorkerLeft
 from .tasks import DEATHS_LIMIT, Hello, ResultEntry, TaskRecord
 
 log = logging.getLogger("workbench.sleigh")
@@ -88,7 +89,8 @@ class Scheduler:
     # ------------------------------------------------------------------ observers
 
     def subscribe(self, callback: Callable[[Any], None]) -> Subscription:
-        """Call ``callback(event)`` with each ``CallProgress`` and ``WorkerJoined`` from now on, in the thread that caused it (the collector's, mostly),
+        """Call ``callback(event)`` with each ``CallProgress``, ``WorkerJoined`` and
+        ``WorkerLeft`` from now on, in the thread that caused it (the collector's, mostly),
         never under the scheduler's lock; first, in this thread, with the present state (a
         ``WorkerJoined`` per worker, a ``CallProgress`` per call running), which events of
         the moment may overtake. It must be quick and must not wait for the sleigh; what it
@@ -124,6 +126,7 @@ class Scheduler:
     def open(self, label: str, key: str, total: int | None = None, window: int | None = None,
              *, records: Callable[[int], Iterator[tuple[str, TaskRecord]]] | None = None,
              by_consumer: bool = False, accumulator: Any = None,
+             targets: list[int] | None = None,
              future: Callable[[Batch], Any] | None = None) -> Batch:
         """A new call: ``total`` elements (None: as many as its records give), at most
         ``window`` in flight, sent as the (variable, record) pairs of ``records(batch id)``.
@@ -132,7 +135,8 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise SleighError("the sleigh was stopped")
-            batch = Batch(next(self._ids), label, key, total, window, by_consumer, accumulator)
+            batch = Batch(next(self._ids), label, key, total, window, by_consumer, accumulator,
+                          targets)
             if records is not None:
                 batch.source = records(batch.id)
             else:
@@ -380,6 +384,34 @@ class Scheduler:
         if self._observers:
             self._emit(WorkerJoined(hello.rank, hello.info))
         return count
+
+    def left(self, rank: int, farewell: str) -> bool:
+        """The session of the worker whose farewell variable is ``farewell`` ended, and
+        nothing replaces it: off the roster, and the eachWorker elements it had not answered
+        are withdrawn from their calls -> whether it was on the roster (a later hello of the
+        same rank stays)."""
+        with self._cond:
+            hello = self._workers.get(rank)
+            if hello is None or hello.farewell != farewell:
+                return False
+            del self._workers[rank]
+            settled = []
+            for batch in list(self._batches.values()):
+                if batch.targets is None or batch.finished:
+                    continue
+                for tag, target in enumerate(batch.targets):
+                    if target == rank and tag not in batch.results:
+                        batch.withdrawn = True
+                        batch.submitted -= 1
+                        batch.total -= 1
+                        settled.append(batch)
+                self._settle(batch)
+            self._cond.notify_all()
+        if self._observers:
+            self._emit(WorkerLeft(rank, hello.info))
+            for batch in settled:
+                self._emit(batch.progress())
+        return True
 
     def died(self) -> None:
         """A launched worker died (and is replaced)."""

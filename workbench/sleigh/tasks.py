@@ -50,6 +50,12 @@ def worker_var(rank: int) -> str:
     return f"worker@{rank}"
 
 
+def farewell_var(rank: int, session: str) -> str:
+    """The variable whose one value the worker of ``rank`` (in session ``session``) holds
+    leased while it lives: the broker puts it back when that session ends."""
+    return f"farewell@{rank}.{session}"
+
+
 # ---------------------------------------------------------------------------- records
 
 class TaskRecord(NamedTuple):
@@ -81,6 +87,7 @@ class Hello(NamedTuple):
     batch: int  # always CONTROL: what tells it from a ResultEntry
     rank: int
     info: dict  # what the worker says about itself (workerInfo)
+    farewell: str  # its farewell variable (see ``farewell_var``)
 
 
 # A NamedTuple's own constructor is a Python function that costs twice this, once per record.

@@ -16,6 +16,11 @@ came back from a dead worker is split into one record per element and queued aga
 that has killed ``DEATHS_LIMIT`` workers is answered with an error instead of being run (the
 accounting is the scheduler's: ``must_split``, ``split_suspects``, ``poisoned``).
 
+**Leaving.** Before it says hello, a worker stores a value into its farewell variable and takes
+it under a lease that it never acknowledges. Whenever its broker session ends (it died, was
+killed, lost the network, or left), the broker puts the value back, and the master, waiting on
+that variable, takes the worker off its roster.
+
 **Cancelling.** The master publishes ``cancel@<sleigh>`` with the batches it gave up. The
 delivery thread adds them to the set of cancelled batches (skipped from then on) and, if the
 task running now belongs to one, sends SIGINT to the main thread, whose handler raises
@@ -54,8 +59,8 @@ from . import tasks
 from .errors import CANCELLED, POISON, ErrorInfo
 from .scheduler import must_split, poisoned, split_suspects
 from .tasks import (
-    CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord, own_task_var,
-    worker_var,
+    CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord, farewell_var,
+    own_task_var, worker_var,
 )
 
 SleighRank: int | None = None
@@ -175,12 +180,19 @@ class Worker:
 
     def announce(self) -> None:
         """Say who this worker is: in ``worker@<rank>`` for anyone to read, and to the master
-        through the result variable, which counts it as ready."""
+        through the result variable, which counts it as ready and watches its farewell."""
         info = self.info()
         name = worker_var(self.rank)
         self.ws.declare(name, "single")
         self.ws.store(name, info)
-        self.queue.store(RESULT, tasks.encode_entries([Hello(CONTROL, self.rank, info)]))
+        farewell = farewell_var(self.rank, self.connection.session_id.hex()[:12])
+        self.ws.store(farewell, self.rank)
+        queue = self.queue
+        held = queue.receive((queue.send_fetch(farewell, 1, block=False),))
+        if not held.values:
+            raise RuntimeError(f"the farewell value of worker {self.rank} vanished")
+        # never acknowledged: the broker returns it when this session ends, however it ends
+        queue.store(RESULT, tasks.encode_entries([Hello(CONTROL, self.rank, info, farewell)]))
 
     def capture_output(self) -> None:
         sys.stdout, sys.stderr = self.out, self.err
