@@ -1,7 +1,7 @@
 """The master's traffic with the broker for a sleigh's tasks: function specs stored once per
 map, task records encoded and stored, results and farewells collected, cancelled batches
-published to the workers. It decides nothing itself: the ``Scheduler`` does, and this module
-carries out what it answers.
+published to the workers. It decides nothing itself: it carries out what the ``Scheduler``
+answers.
 
 Threads: the caller's (feeds its call, stores function specs, cancels), the collector (takes
 result values in bulk, files them with the scheduler, feeds the calls whose window results
