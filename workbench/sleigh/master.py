@@ -252,8 +252,8 @@ class Sleigh(Executor):
     def subscribe(self, callback: Callable[[Any], None]) -> Subscription:
         """Follow the sleigh: ``callback(event)`` is called with each event from now on, and
         first with the present state (a ``WorkerJoined`` per worker and a ``CallProgress``
-        per call running), which events of the moment may overtake. Events, from
-        ``workbench.sleigh.scheduler``:
+        per call running), which events of the moment may overtake. Events (records of
+        ``workbench.sleigh``):
 
         * ``CallProgress(batch, label, state, done, sent, total, rank, added)``: a call
           opened, ``added`` results came from worker ``rank``, all its elements were sent

@@ -171,6 +171,8 @@ class Scheduler:
                     break
                 taken.append(pair)
                 items += len(pair[1].items)
+            if not taken and not exhausted:
+                return _NOTHING_TAKEN  # the window is full
             with self._cond:
                 batch.submitted += items
                 if exhausted and batch.source is source:
@@ -414,7 +416,7 @@ class Scheduler:
         return True
 
     def died(self) -> None:
-        """A launched worker died (and is replaced)."""
+        """A launched worker died."""
         with self._cond:
             self._deaths += 1
 
