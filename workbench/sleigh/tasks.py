@@ -21,6 +21,7 @@ SINGLE variable ``__function:<key>`` that workers read once and cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -110,8 +111,8 @@ def encode_record(record: TaskRecord) -> list:
     return codec.encode_portable(tuple(record))
 
 
-def read_record(value: tuple) -> TaskRecord:
-    return _new(TaskRecord, value)
+#: A task record from its wire tuple (the worker reads one per task: no Python call).
+read_record: Callable[[tuple], TaskRecord] = functools.partial(_new, TaskRecord)
 
 
 def encode_entries(entries: Sequence[ResultEntry | Hello]) -> list:

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 from .. import __version__, codec
 from ..client.connection import Connection
@@ -247,15 +247,15 @@ class Worker:
     def run_hand(self, hand: list[tuple[list, int]], lease: int, var: str) -> None:
         """Run the records of one fetch and send their results; the last send acknowledges
         the fetch."""
-        records = [(*self._decode(frames), frames, returns) for frames, returns in hand]
-        if any(returns for *_, returns in records) and must_split(
-                [(record, returns) for record, _, _, returns in records]):
-            self._requeue_split(records, lease, var)
+        records = [self._decode(frames) for frames, _ in hand]  # (record, missing) each
+        if any(returns for _, returns in hand) and must_split(
+                [(record, returns) for (record, _), (_, returns) in zip(records, hand)]):
+            self._requeue_split(hand, records, lease, var)
             return
         entries: list[ResultEntry] = []
         pending_items = 0
         started = first_pending = time.perf_counter()
-        for index, (record, missing, _, returns) in enumerate(records):
+        for index, ((record, missing), (_, returns)) in enumerate(zip(records, hand)):
             entry = self._run_record(record, missing, returns)
             if entry is None:
                 continue
@@ -282,11 +282,12 @@ class Worker:
             fit = int(HAND_SECONDS / max(per_record, 1e-7))
             self.most = max(1, min(MOST_TASKS, fit, 2 * self.most + 1))
 
-    def _requeue_split(self, records: list, lease: int, var: str) -> None:
+    def _requeue_split(self, hand: list[tuple[list, int]], records: list, lease: int, var: str
+                       ) -> None:
         """Tasks that came back from a dead worker go back one element per record, with the
         death counted in each, acknowledging this fetch in the same request."""
         encoded = []
-        for record, missing, frames, returns in records:
+        for (record, missing), (frames, returns) in zip(records, hand):
             if record is None or missing:
                 encoded.append(frames)  # cannot be split; it fails on its own later
                 continue
@@ -294,18 +295,22 @@ class Worker:
         self.most = 1
         self.stores.add(self.queue.send_store_many(var, encoded, (lease,)))
 
-    def _decode(self, frames: list) -> tuple[TaskRecord | None, list[str]]:
+    def _decode(self, frames: list) -> tuple[TaskRecord | None, Sequence[str]]:
         """-> the record (None if it cannot be read) and what it needs that this worker
         cannot import."""
+        try:
+            return tasks.read_record(codec.decode(frames)), ()
+        except Exception:
+            pass  # decoded again below, with what this worker lacks replaced
         try:
             value, missing = codec.decode_tolerant(frames)
             return tasks.read_record(value), missing
         except Exception as exc:
             print(f"workbench worker {self.rank}: a task could not be decoded and is dropped: "
                   f"{exc}", file=sys.__stderr__)
-            return None, []
+            return None, ()
 
-    def _run_record(self, record: TaskRecord | None, missing: list[str], returns: int
+    def _run_record(self, record: TaskRecord | None, missing: Sequence[str], returns: int
                     ) -> ResultEntry | None:
         """One task record -> its result entry (None: its batch was cancelled)."""
         if record is None or record.batch in self.cancelled:
