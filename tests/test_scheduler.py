@@ -18,7 +18,7 @@ from workbench.sleigh.scheduler import (
     Scheduler, must_split, poisoned, split_suspects,
 )
 from workbench.sleigh.tasks import (
-    CONTROL, DEATHS_LIMIT, TASK, Hello, ResultEntry, TaskRecord, even_chunks, own_task_var,
+    CONTROL, DEATHS_LIMIT, TASK, Hello, ResultEntry, TaskRecord, even_chunks, own_records,
     read_entry, read_record, records,
 )
 
@@ -256,10 +256,8 @@ def each_worker(scheduler: Scheduler):
     """An eachWorker call as the master opens one: an element per rank on the roster, each
     in that worker's own variable."""
     ranks = scheduler.ranks()
-    batch = scheduler.open(
-        "f", KEY, len(ranks), targets=ranks,
-        records=lambda b: iter([(own_task_var(rank), TaskRecord(b, tag, KEY, [(rank,)]))
-                                for tag, rank in enumerate(ranks)]))
+    batch = scheduler.open("f", KEY, len(ranks), targets=ranks,
+                           records=lambda b: own_records(b, KEY, ranks, (7,)))
     return batch, dict(scheduler.take(batch, most=100).records)
 
 
@@ -268,9 +266,10 @@ def test_each_worker_sends_one_task_per_worker_to_its_own_variable(scheduler):
         scheduler.joined(hello(rank))
     batch, sent = each_worker(scheduler)
     assert sorted(sent) == ["task@0", "task@1", "task@2"]
+    assert [record.items for record in sent.values()] == [[(7,)]] * 3
     for var, record in sent.items():
         scheduler.file(answer(record, rank=int(var[5:])))
-    assert batch.ordered() == [0, 10, 20]
+    assert batch.ordered() == [70, 70, 70]
 
 
 def test_a_worker_that_leaves_is_left_out_of_each_worker(scheduler):
@@ -283,8 +282,8 @@ def test_a_worker_that_leaves_is_left_out_of_each_worker(scheduler):
     assert scheduler.left(1, "farewell@1.s")
     assert scheduler.ranks() == [0, 2] and not batch.finished
     assert batch.total == 2 and batch.in_flight() == 1
-    scheduler.file(answer(sent["task@2"], rank=2))
-    assert batch.finished and batch.ordered() == [0, 20]
+    scheduler.file(ResultEntry(batch.id, 2, 2, ["two"]))
+    assert batch.finished and batch.ordered() == [70, "two"]
     assert not scheduler.left(1, "farewell@1.s")  # once
 
 
@@ -294,7 +293,7 @@ def test_a_worker_leaving_completes_a_call_waiting_only_for_it(scheduler):
     batch, sent = each_worker(scheduler)
     scheduler.file(answer(sent["task@1"], rank=1))
     scheduler.left(0, "farewell@0.s")
-    assert batch.finished and batch.ordered() == [10]
+    assert batch.finished and batch.ordered() == [70]
     assert scheduler.status(False).batches == 0
 
 

@@ -39,7 +39,7 @@ from .events import SleighStatus, Subscription
 from .launchers import WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit, launcher_for
 from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
 from .scheduler import Scheduler
-from .tasks import Hello, TaskRecord, own_task_var
+from .tasks import Hello, TaskRecord
 from .worker import CANCELLED_VAR, RANK_COUNTER, WORKER_COUNT, WORKER_ENV
 
 log = logging.getLogger("workbench.sleigh")
@@ -204,13 +204,9 @@ class Sleigh(Executor):
         launcher replaces it) is left out of the results."""
         ranks = self._scheduler.ranks()
         key = self._function_key(fun)
-
-        def records(batch: int) -> Iterator[tuple[str, TaskRecord]]:
-            for tag, rank in enumerate(ranks):
-                yield own_task_var(rank), TaskRecord(batch, tag, key, [workerArgs])
-
         batch = self._open(fun, key, len(ranks), None, accumulator=accumulator,
-                           records=records, targets=ranks)
+                           records=lambda batch: tasks.own_records(batch, key, ranks, workerArgs),
+                           targets=ranks)
         return self._run(batch, blocking, timeout, progress)
 
     def imap(self, fun: Callable, *iterables: Iterable, loadFactor: int = 10,

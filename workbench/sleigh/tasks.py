@@ -132,6 +132,14 @@ def records(batch: int, key: str, items: Sequence[tuple], bounds: Iterable[tuple
         yield var, _new(TaskRecord, (batch, start, key, items[start:stop], None, 0))
 
 
+def own_records(batch: int, key: str, ranks: Sequence[int], args: tuple
+                ) -> Iterator[tuple[str, TaskRecord]]:
+    """(variable, record) of an eachWorker call: ``args`` once for each of ``ranks``, in the
+    worker's own variable."""
+    for tag, rank in enumerate(ranks):
+        yield own_task_var(rank), _new(TaskRecord, (batch, tag, key, [args], None, 0))
+
+
 def lazy_records(batch: int, key: str, items: Iterator[tuple], size: int
                  ) -> Iterator[tuple[str, TaskRecord]]:
     """(variable, record) of chunks of ``size`` elements, read from ``items`` as needed."""
