@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import bz2
 import pickle
+import sys
 import threading
 
+import cloudpickle
 import numpy as np
 import pytest
 
 from workbench import codec
-from workbench.codec import decode, encode, raw_bytes
+from workbench.codec import (
+    Undecodable, decode, decode_tolerant, encode, encode_portable, from_pickle, raw_bytes,
+)
 from workbench.config import OUT_OF_BAND_THRESHOLD
 from workbench.errors import NwsPicklingException, NwsUnpicklingException
 from workbench.protocol import DESCRIPTOR, Kind
@@ -130,3 +134,56 @@ def test_a_raw_reader_never_unpickles():
     assert codec.decode_raw(encode(b"b")) == b"b"
     assert codec.decode_raw(encode(12)) == b"12"
     assert codec.decode_raw(encode({1})) == pickle.dumps({1}, protocol=5)
+
+
+class Point:
+    """Stands for a class a notebook defines: ``__main__.Point``."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+@pytest.fixture
+def main_class(monkeypatch):
+    """``Point`` as if defined in ``__main__``, where plain pickle names it by reference."""
+    monkeypatch.setattr(Point, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "Point", Point, raising=False)
+    return Point
+
+
+def kind(frames) -> int:
+    return DESCRIPTOR.unpack_from(frames[0])[0]
+
+
+def test_portable_values_take_what_main_defines_by_value(main_class):
+    assert kind(encode([main_class(1)])) == Kind.PICKLE  # by reference: useless elsewhere
+    frames = encode_portable([main_class(1)])
+    assert kind(frames) == Kind.CLOUDPICKLE
+    [back] = decode(frames)
+    assert back.x == 1
+    # nothing from __main__: the plain pickle stays, and so do raw kinds
+    assert kind(encode_portable([1, (2, "x")])) == Kind.PICKLE
+    assert encode_portable("text") == encode("text")
+    big = np.arange(100_000, dtype=np.float64)
+    assert len(encode_portable(big)) == 2  # out of band still
+
+
+def test_a_pickle_made_elsewhere_travels_as_a_value():
+    data = cloudpickle.dumps((abs, (1,), None))
+    frames = from_pickle(data, Kind.CLOUDPICKLE)
+    assert kind(frames) == Kind.CLOUDPICKLE and decode(frames) == (abs, (1,), None)
+    large = cloudpickle.dumps(b"x" * (OUT_OF_BAND_THRESHOLD * 2))
+    assert decode(from_pickle(large, Kind.PICKLE)) == b"x" * (OUT_OF_BAND_THRESHOLD * 2)
+
+
+def test_decoding_with_what_is_missing_replaced(main_class, monkeypatch):
+    frames = encode([main_class(5), 7])
+    assert decode_tolerant(frames).missing == []
+    monkeypatch.delattr(sys.modules["__main__"], "Point")  # the decoding process lacks it
+    with pytest.raises(NwsUnpicklingException):
+        decode(frames)
+    decoded = decode_tolerant(frames)
+    stand_in, seven = decoded.value
+    assert seven == 7 and isinstance(stand_in, Undecodable)
+    assert repr(stand_in) == "<undecodable __main__.Point>"
+    assert decoded.missing and decoded.missing[0].startswith("__main__.Point (AttributeError")

@@ -22,7 +22,7 @@ import pytest
 
 from workbench import NwsServer, RemoteError, Sleigh
 from workbench.sleigh import PoisonTaskError, SleighError
-from workbench.sleigh.launch import SshLauncher
+from workbench.sleigh.launchers import SleighInfo, SshLauncher
 
 from .support import spawn_client, wait_for
 from .test_sleigh import _alive
@@ -288,13 +288,14 @@ def test_stop_ends_workers_busy_with_long_tasks(broker):
 # ---------------------------------------------------------------------------- launchers
 
 def test_ssh_launcher_builds_the_command():
-    launcher = SshLauncher("tcp://head:8765", "sleigh_ride_0001", ["n1", "n2"])
-    assert launcher.argv(0) == ["ssh", "n1", ("python -m workbench worker --broker "
-                                              "tcp://head:8765 --sleigh sleigh_ride_0001 "
-                                              "--rank 0")]
-    assert launcher.argv(3)[1] == "n2"
+    launcher = SshLauncher(["n1", "n2"])
+    sleigh = SleighInfo("sleigh_ride_0001", "tcp://head:8765")
+    assert launcher.argv(sleigh, 0) == ["ssh", "n1", ("python -m workbench worker --broker "
+                                                      "tcp://head:8765 --sleigh "
+                                                      "sleigh_ride_0001 --rank 0")]
+    assert launcher.argv(sleigh, 3)[1] == "n2"
     with pytest.raises(ValueError):
-        SshLauncher("tcp://head:8765", "x", [])
+        SshLauncher([])
 
 
 def test_ssh_launch_with_a_fake_ssh(broker, tmp_path, monkeypatch):
@@ -360,6 +361,35 @@ def test_workbench_worker_joins_a_running_sleigh(broker):
         s.stop()
     assert worker.wait(10) == 0  # it left by itself when the sleigh ended
     worker.stderr.close()
+
+
+def test_a_joined_worker_that_dies_leaves_the_roster(make_broker):
+    """Nobody watches a worker that joined by hand: when it is killed, the broker ends its
+    session once its heartbeats stop, and the sleigh takes it off the roster. An eachWorker
+    waiting for it returns the live workers' results then, not at its timeout."""
+    broker = make_broker("--heartbeat-interval", "0.2", "--heartbeat-liveness", "3")
+    s = Sleigh(1, broker=broker.address)
+    joined = subprocess.Popen([sys.executable, "-m", "workbench", "worker", "--broker",
+                               broker.address, "--sleigh", s.wsName], env=broker.env(),
+                              stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: s.status().ranks == [0, 1], timeout=TIMEOUT)
+        assert s.eachWorker(lambda: SleighRank, timeout=TIMEOUT) == [0, 1]  # noqa: F821
+        launched = s.workerInfo()[0]["pid"]
+        joined.kill()
+        joined.wait(5)
+        started = time.monotonic()
+        assert s.eachWorker(os.getpid, timeout=60) == [launched]  # rank 1 is left out
+        assert time.monotonic() - started < 10  # the broker's 0.6 s, not the call's 60 s
+        assert s.status().ranks == [0] and [w["rank"] for w in s.workerInfo()] == [0]
+        assert s.status().deaths == 0  # a departure, not a launched worker's death
+        assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [launched]
+        assert s.nws.find("workerCount") == 1
+    finally:
+        s.stop()
+        if joined.poll() is None:
+            joined.kill()
+            joined.wait()
 
 
 def test_workbench_worker_on_a_missing_sleigh(broker):

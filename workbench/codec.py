@@ -5,21 +5,25 @@
 ``OUT_OF_BAND_THRESHOLD`` bytes (numpy arrays, bytearrays) leave the pickle stream and travel as
 frames of their own, so a large array is never copied into a pickle, and arrives writable in the
 received frame's memory. Objects plain pickle refuses (lambdas, closures, classes defined in a
-notebook) fall back to cloudpickle.
+notebook) fall back to cloudpickle, which carries the source lines of the code it pickles by
+value (``sources``), so a traceback where that code runs shows them.
 
 Frame layout (see ``protocol``): ``[descriptor + data, *extra]``; a large data part is *detached*
 into the first extra frame instead, so it is not copied to sit behind the descriptor.
+
+For values that go to another Python process to be used there (a worker pool's tasks),
+``encode_portable`` pickles by value what plain pickle would name in ``__main__``, and
+``decode_tolerant`` decodes what names classes this process lacks, with placeholders.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import zlib
 from typing import Any, Callable, NamedTuple, Sequence
 
-import cloudpickle
-
-from . import shm
+from . import shm, sources
 from .config import OUT_OF_BAND_THRESHOLD
 from .errors import NwsPicklingException, NwsUnpicklingException
 from .protocol import DESCRIPTOR, DESCRIPTOR_SIZE, Kind, ProtocolError
@@ -51,7 +55,19 @@ def encode(value: Any) -> list:
     return _pickled(value)
 
 
-def _pickled(value: Any) -> list:
+def encode_portable(value: Any) -> list:
+    """-> value frames another Python process can decode. Plain pickle names the functions and
+    classes of ``__main__`` (a notebook's, a script's) by reference, which another process
+    cannot resolve: a pickle that names ``__main__`` is made again with cloudpickle, which
+    pickles them by value."""
+    frames = encode(value)
+    kind, flags, _ = DESCRIPTOR.unpack_from(frames[0])
+    if kind == Kind.PICKLE and b"__main__" in (frames[1] if flags & DETACHED else frames[0]):
+        return _pickled(value, by_value=True)
+    return frames
+
+
+def _pickled(value: Any, by_value: bool = False) -> list:
     buffers: list = []
 
     def keep_large_out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -61,13 +77,15 @@ def _pickled(value: Any) -> list:
         buffers.append(raw)
         return False
 
-    try:
-        data = pickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
-        kind = Kind.PICKLE
-    except (pickle.PicklingError, AttributeError, TypeError):
-        buffers.clear()
+    data, kind = None, Kind.PICKLE
+    if not by_value:
         try:
-            data = cloudpickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
+            data = pickle.dumps(value, protocol=5, buffer_callback=keep_large_out_of_band)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            buffers.clear()
+    if data is None:
+        try:
+            data = sources.dumps(value, buffer_callback=keep_large_out_of_band)
         except Exception as exc:
             raise NwsPicklingException(
                 f"cannot serialize {type(value).__name__} value: {exc}") from exc
@@ -83,10 +101,11 @@ def _framed(kind: int, data: bytes, buffers: list | tuple = ()) -> list:
     return [_pack(kind, DETACHED, len(buffers) + 1), data, *buffers]
 
 
-def from_pickle(data: bytes) -> list:
-    """A pickle made elsewhere (a face that pickles everything, with a protocol of its own
-    choosing) -> value frames that every reader unpickles."""
-    return _framed(Kind.PICKLE, data)
+def from_pickle(data: bytes, kind: int = Kind.PICKLE) -> list:
+    """A pickle made elsewhere (a face that pickles everything with a protocol of its own
+    choosing, a worker pool's function spec made with cloudpickle) -> value frames that every
+    reader unpickles."""
+    return _framed(kind, data)
 
 
 class Payload(NamedTuple):
@@ -197,6 +216,54 @@ def decode(frames: Sequence, decompress: Callable[[bytes], bytes] | None = None,
     if pickled:
         return unpickle(data, extra)
     raise NwsUnpicklingException(f"unknown value kind {kind}", _safe_raw(frames))
+
+
+class Decoded(NamedTuple):
+    value: Any
+    missing: list[str]  # what could not be imported here (placeholders stand in for them)
+
+
+def decode_tolerant(frames: Sequence) -> Decoded:
+    """Decode a value; if that fails because a class or function does not exist in this
+    process, decode it again with placeholders (``Undecodable``) standing in for what is
+    missing, so that at least what the value was (and what was missing) is known."""
+    try:
+        return Decoded(decode(frames), [])
+    except Exception:
+        kind, data, buffers = split(frames)
+        if kind not in (Kind.PICKLE, Kind.CLOUDPICKLE):
+            raise
+    unpickler = _Tolerant(io.BytesIO(bytes(data)), buffers=buffers)  # the failing path only
+    return Decoded(unpickler.load(), unpickler.missing)
+
+
+class _Tolerant(pickle.Unpickler):
+    def __init__(self, file: Any, buffers: Sequence) -> None:
+        super().__init__(file, buffers=buffers)
+        self.missing: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            self.missing.append(f"{module}.{name} ({type(exc).__name__}: {exc})")
+            return type(name, (Undecodable,), {"__module__": module})
+
+
+class Undecodable:
+    """Stands in for an object whose class does not exist in the process decoding it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Undecodable:
+        return type(self)(*args)
+
+    def __repr__(self) -> str:
+        return f"<undecodable {type(self).__module__}.{type(self).__name__}>"
 
 
 def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:

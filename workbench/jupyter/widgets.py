@@ -40,6 +40,7 @@ from ..config import WIDGET_REQUEST_TIMEOUT
 from ..errors import NwsException, NwsNoWorkSpaceException
 from ..mq.message import unpack
 from ..mq.transport import open_connection, transport
+from ..sleigh.events import RUNNING, CallProgress
 from ..sleigh.master import Sleigh
 from ..topics import parse
 from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
@@ -290,20 +291,16 @@ class BrokerView(LiveWidget):
 # ------------------------------------------------------------------------------ sleighs
 
 class _ResultTally:
-    """The task results a sleigh's collector has filed, by worker rank, and who to tell.
-
-    The sleigh keeps no count per worker, so the first monitor of a sleigh wraps the method
-    its collector files each result entry with; counts start then."""
+    """The task results a sleigh has filed, by worker rank, counted from the first monitor
+    of the sleigh on (the sleigh keeps no count per worker): one subscription per sleigh,
+    shared by its monitors."""
 
     def __init__(self) -> None:
         self.done: Counter[int] = Counter()
-        self.listeners: set = set()
 
-    def count(self, entry: tuple) -> None:
-        if entry[0]:  # batch 0 carries the workers' hellos, not results
-            self.done[entry[2]] += len(entry[3])
-        for listener in list(self.listeners):
-            listener()
+    def count(self, event: Any) -> None:
+        if isinstance(event, CallProgress) and event.rank is not None:
+            self.done[event.rank] += event.added
 
 
 _tallies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -315,13 +312,7 @@ def _tally_of(sleigh: Sleigh) -> _ResultTally:
         tally = _tallies.get(sleigh)
         if tally is None:
             tally = _tallies[sleigh] = _ResultTally()
-            file = sleigh._receive  # the collector looks it up for every entry
-
-            def receive(entry: tuple) -> None:
-                file(entry)
-                tally.count(entry)  # after filing: the redraw it asks for sees the result
-
-            sleigh._receive = receive
+            sleigh.subscribe(tally.count)  # for the sleigh's life, like the counts
         return tally
 
 
@@ -340,9 +331,9 @@ class SleighMonitor(LiveWidget):
         self.sleigh = sleigh
         self.name = getattr(sleigh, "wsName", "?")
         self._queued: dict[str, int] = {}  # task variables -> values (under _lock)
-        self._calls: dict[int, tuple] = {}  # batch id -> (weak batch, label, done, total)
+        self._calls: dict[int, CallProgress] = {}  # this round's calls (under _lock)
         self._tally = _tally_of(sleigh)
-        self._tally.listeners.add(self._throttle.request)
+        self._subscription = sleigh.subscribe(self._on_sleigh_event)
 
         def follow() -> None:
             try:
@@ -354,6 +345,19 @@ class SleighMonitor(LiveWidget):
                     self._queued[var] = values
 
         self._open(follow)
+
+    def _on_sleigh_event(self, event: Any) -> None:
+        """In the sleigh's thread that caused the event: note it for the next redraw."""
+        if isinstance(event, CallProgress):
+            with self._lock:
+                calls = self._calls
+                known = calls.get(event.batch)
+                if known is None and calls and all(c.state != RUNNING for c in calls.values()):
+                    calls.clear()  # a new round of work: the last one's calls are over
+                # a snapshot taken as the monitor subscribed may arrive after newer news
+                if known is None or event.done >= known.done or event.state != RUNNING:
+                    calls[event.batch] = event
+        self._throttle.request()
 
     def _on_events(self, events: list[dict]) -> None:
         with self._lock:
@@ -372,26 +376,11 @@ class SleighMonitor(LiveWidget):
     def _round(self) -> tuple[int, int, int]:
         """The calls running, and those finished since the sleigh was last idle ->
         (done, total, running)."""
-        sleigh = self.sleigh
-        with sleigh._cond:
-            live = {bid: (weakref.ref(b), b.label, b.done,
-                          b.total if b.total is not None else b.submitted)
-                    for bid, b in sleigh._batches.items()}
-        calls = self._calls
-        if live and calls and live.keys().isdisjoint(calls):
-            calls.clear()  # a new round of work: the last one's calls are over
-        for bid, (ref, label, done, total) in list(calls.items()):
-            if bid not in live:
-                batch = ref()
-                if batch is None:  # collected once its caller had the results
-                    calls[bid] = (ref, label, total, total)
-                else:
-                    calls[bid] = (ref, label, batch.done,
-                                  batch.total if batch.total is not None else batch.submitted)
-        calls.update(live)
-        done = sum(call[2] for call in calls.values())
-        total = sum(call[3] for call in calls.values())
-        return done, total, len(live)
+        with self._lock:
+            calls = list(self._calls.values())
+        done = sum(call.done for call in calls)
+        total = sum(call.total if call.total is not None else call.sent for call in calls)
+        return done, total, sum(call.state == RUNNING for call in calls)
 
     def _redraw(self) -> None:
         sleigh = self.sleigh
@@ -413,12 +402,12 @@ class SleighMonitor(LiveWidget):
         self.footer.value = html.escape(
             f"queued at the broker {queued} · in flight {status.outstanding} · "
             f"deaths {status.deaths} · duplicates dropped {status.duplicates}")
-        where = html.escape(sleigh._connection.address)
+        where = html.escape(sleigh.nws.server.address)
         run = "<b>stopped</b>" if status.stopped else f"{status.workers} workers"
         self.header.value = f"{self._title()} · {where} · {run}"
 
     def _stop(self) -> None:
-        self._tally.listeners.discard(self._throttle.request)
+        self._subscription.close()
         super()._stop()
 
     def __repr__(self) -> str:

@@ -1,80 +1,73 @@
-"""The master's view of work in flight: batches, and the objects callers hold while they wait.
+"""What callers hold while their calls run, and how they wait: ``SleighPending`` (eachElem and
+eachWorker with ``blocking=False``), ``SleighResultIterator`` (imap, starmap, map) and
+``SleighFuture`` (submit).
 
-A ``Batch`` is what one call (eachElem, eachWorker, map, imap, one submit) sent: its records,
-the results that came back (by element tag, so a result that arrives twice — its worker died
-after sending it but before its lease was acknowledged — counts once), and how to send more
-when the call bounds the work in flight. The collector thread fills batches; callers wait on
-the sleigh's condition in their own thread, where progress bars and accumulators run (never in
-a background thread: notebook widgets must be updated from the kernel's thread).
-
-``SleighPending`` (eachElem/eachWorker with ``blocking=False``), ``SleighResultIterator``
-(imap, starmap, map) and ``SleighFuture`` (submit) are the handles callers get.
+Callers wait in their own thread (``wait_for``), one slice at a time on the scheduler's
+condition, and run accumulators and progress bars there: never in a background thread, since
+notebook widgets must be updated from the kernel's thread. Ctrl-C while waiting cancels the call.
+Everything here goes through the public faces of the ``Dispatcher`` (sending, cancelling) and
+the ``Scheduler`` (waiting, reading results).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import SleighError
+from .batch import Batch
+from .scheduler import WAIT_SLICE
 
 if TYPE_CHECKING:
-    from .master import Sleigh
-
-#: Seconds between two looks at a batch while waiting (Ctrl-C, progress, broken sleigh).
-WAIT_SLICE = 0.1
+    from .dispatch import Dispatcher
 
 
-class Batch:
-    """One call's tasks as the master tracks them."""
+def wait_for(dispatcher: Dispatcher, batch: Batch, deadline: float | None,
+             bar: Any = None, tag: int | None = None) -> None:
+    """Wait in this thread until the batch ends or, with ``tag``, until that element's
+    result is in (or the elements end before it). Runs the batch's accumulator and progress
+    bar here; Ctrl-C cancels the batch."""
+    scheduler = dispatcher.scheduler
+    try:
+        while True:
+            waited = scheduler.wait(batch, deadline, tag)
+            if waited.arrivals:
+                accumulate(batch.accumulator, waited.arrivals, batch.failed)
+            if bar is not None:
+                if bar.total != waited.total:
+                    bar.total = waited.total
+                bar.update(waited.done - bar.n)
+            if waited.over:
+                return
+    except KeyboardInterrupt:
+        dispatcher.cancel([batch])
+        raise
 
-    def __init__(self, batch_id: int, label: str, key: str, total: int | None = None,
-                 window: int | None = None, by_consumer: bool = False,
-                 accumulator: Any = None) -> None:
-        self.id = batch_id
-        self.label = label
-        self.key = key  # of its function spec
-        self.total = total  # elements; None while a lazy source may give more
-        self.window = window  # elements in flight at most (None: everything at once)
-        self.by_consumer = by_consumer  # in flight until consumed, not until received
-        self.source: Iterator[tuple[bytes, tuple]] | None = None  # (variable, record) to send
-        self.feed_lock = threading.Lock()
-        self.submitted = 0
-        self.done = 0
-        self.consumed = 0
-        self.results: dict[int, Any] = {}
-        self.failed: set[int] = set()  # tags whose result is a RemoteError
-        self.cancelled = False
-        self.error: BaseException | None = None  # the sleigh failed or stopped under it
-        self.arrivals: list[tuple[int, Any]] | None = [] if accumulator is not None else None
-        self.accumulator = accumulator
-        self.future: SleighFuture | None = None
-        self.resolution: tuple[Any, bool] | None = None  # a future's (value, failed)
 
-    @property
-    def finished(self) -> bool:
-        return (self.cancelled or self.error is not None
-                or (self.total is not None and self.done >= self.total))
+def finish(dispatcher: Dispatcher, batch: Batch, timeout: float | None, progress: bool) -> Any:
+    """Wait for the whole batch -> its results in element order, or its accumulator's value."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = progress_bar(batch) if progress else None
+    try:
+        wait_for(dispatcher, batch, deadline, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    batch.check()
+    if batch.accumulator is not None:
+        return accumulated(batch.accumulator)
+    return batch.ordered()
 
-    def in_flight(self) -> int:
-        return self.submitted - (self.consumed if self.by_consumer else self.done)
 
-    def room(self) -> int | None:
-        """How many more elements may be sent now (None: no bound)."""
-        return None if self.window is None else max(0, self.window - self.in_flight())
+def progress_bar(batch: Batch) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tqdm.auto's notice about notebook mode
+        from tqdm.auto import tqdm
 
-    def ordered(self) -> list:
-        return [self.results[tag] for tag in range(self.total or 0)]
-
-    def check(self) -> None:
-        """Raise what ended this batch other than its own completion."""
-        if self.error is not None:
-            raise self.error
-        if self.cancelled:
-            raise SleighError(f"batch {self.id} ({self.label}) was cancelled")
+        return tqdm(total=batch.total, desc=batch.label, unit="task")
 
 
 def accumulate(accumulator: Any, arrivals: list[tuple[int, Any]], failed: set[int]) -> None:
@@ -100,8 +93,8 @@ class SleighPending:
     """The handle of a non-blocking eachElem or eachWorker: ``check()`` says how many tasks
     are outstanding, ``wait()`` returns the results (in element order)."""
 
-    def __init__(self, sleigh: Sleigh, batch: Batch) -> None:
-        self._sleigh = sleigh
+    def __init__(self, dispatcher: Dispatcher, batch: Batch) -> None:
+        self._dispatcher = dispatcher
         self._batch = batch
 
     @property
@@ -122,11 +115,11 @@ class SleighPending:
     def wait(self, timeout: float | None = None, progress: bool = False) -> Any:
         """Wait for every result -> the list of results (failed tasks as RemoteError values),
         or the accumulator's value if the call had one. TimeoutError after ``timeout`` s."""
-        return self._sleigh._finish(self._batch, timeout, progress)
+        return finish(self._dispatcher, self._batch, timeout, progress)
 
     def cancel(self) -> None:
         """Give up the batch: queued tasks are skipped, running ones interrupted."""
-        self._sleigh._cancel([self._batch])
+        self._dispatcher.cancel([self._batch])
 
     def __repr__(self) -> str:
         return f"<SleighPending batch {self._batch.id}: {self.done}/{self.total} done>"
@@ -142,48 +135,48 @@ class SleighResultIterator:
     ``deadline`` (monotonic time) bounds the whole iteration, ``each_timeout`` the wait for
     each result; past either, TimeoutError."""
 
-    def __init__(self, sleigh: Sleigh, batch: Batch, raise_errors: bool = False,
+    def __init__(self, dispatcher: Dispatcher, batch: Batch, raise_errors: bool = False,
                  deadline: float | None = None, progress: bool = False,
                  each_timeout: float | None = None) -> None:
-        self._sleigh = sleigh
+        self._dispatcher = dispatcher
         self._batch = batch
         self._next = 0
         self._raise = raise_errors
         self._deadline = deadline
         self._each_timeout = each_timeout
-        self._bar = sleigh._progress_bar(batch) if progress else None
+        self._bar = progress_bar(batch) if progress else None
 
     def __iter__(self) -> SleighResultIterator:
         return self
 
     def __next__(self) -> Any:
         batch, tag = self._batch, self._next
-        deadline = self._deadline
-        if self._each_timeout is not None:
-            each = time.monotonic() + self._each_timeout
-            deadline = each if deadline is None else min(deadline, each)
-        try:
-            self._sleigh._wait_for(
-                batch, lambda: tag in batch.results or (batch.total is not None
-                                                        and tag >= batch.total),
-                deadline, self._bar)
-        except BaseException:
-            self._close_bar()
-            raise
-        if tag not in batch.results:  # the end, or the batch was given up
+        scheduler = self._dispatcher.scheduler
+        # a result that is in already needs no wait (unless a bar is to be drawn)
+        taken = scheduler.consume(batch, tag) if self._bar is None else None
+        if taken is None:
+            deadline = self._deadline
+            if self._each_timeout is not None:
+                each = time.monotonic() + self._each_timeout
+                deadline = each if deadline is None else min(deadline, each)
+            try:
+                wait_for(self._dispatcher, batch, deadline, self._bar, tag)
+            except BaseException:
+                self._close_bar()
+                raise
+            taken = scheduler.consume(batch, tag)
+        if taken is None:  # the end, or the batch was given up
             self._close_bar()
             if batch.error is not None:
                 raise batch.error
             raise StopIteration
-        with self._sleigh._cond:  # so that a late duplicate of this tag is not filed again
-            value = batch.results.pop(tag)
-            batch.consumed += 1
+        value, failed = taken
         self._next += 1
         if batch.source is not None:
-            self._sleigh._feed(batch)
-        if self._raise and tag in batch.failed:
+            self._dispatcher.feed(batch)
+        if self._raise and failed:
             self._close_bar()
-            self._sleigh._cancel([batch])
+            self._dispatcher.cancel([batch])
             raise value
         return value
 
@@ -211,12 +204,12 @@ class SleighResultIterator:
 
     def shutdown(self) -> None:
         """Send no more tasks; the ones sent still come back."""
-        self._sleigh._end_source(self._batch)
+        self._dispatcher.scheduler.end_source(self._batch)
 
     def stop(self) -> None:
         """Give up the rest: queued tasks are skipped, running ones interrupted."""
         self._close_bar()
-        self._sleigh._cancel([self._batch])
+        self._dispatcher.cancel([self._batch])
 
     close = stop
 
@@ -225,7 +218,7 @@ class SleighResultIterator:
         # may be the thread that happens to collect this object).
         batch = getattr(self, "_batch", None)
         if batch is not None and not batch.finished:
-            threading.Thread(target=self._sleigh._cancel, args=([batch],), daemon=True,
+            threading.Thread(target=self._dispatcher.cancel, args=([batch],), daemon=True,
                              name=f"sleigh-cancel-{batch.id}").start()
 
 
@@ -234,15 +227,15 @@ class SleighFuture(Future):
     if it is still queued, interrupted if it runs. Ctrl-C while waiting in ``result()`` or
     ``exception()`` cancels it too."""
 
-    def __init__(self, sleigh: Sleigh, batch: Batch) -> None:
+    def __init__(self, dispatcher: Dispatcher, batch: Batch) -> None:
         super().__init__()
-        self._sleigh = sleigh
+        self._dispatcher = dispatcher
         self._batch = batch
 
     def cancel(self) -> bool:
         if not super().cancel():
             return False
-        self._sleigh._cancel([self._batch])
+        self._dispatcher.cancel([self._batch])
         return True
 
     def result(self, timeout: float | None = None) -> Any:
@@ -268,8 +261,8 @@ class SleighFuture(Future):
             self.cancel()
             raise
 
-    def _resolve(self, value: Any, failed: bool) -> None:
-        """Called by the collector thread when the task's result arrives."""
+    def resolve(self, value: Any, failed: bool) -> None:
+        """The task's result arrived (called by the collector thread)."""
         if self.done():
             return  # cancelled meanwhile
         try:
@@ -280,7 +273,8 @@ class SleighFuture(Future):
         except Exception:  # InvalidStateError: cancelled between the check and the set
             pass
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
+        """The sleigh failed or stopped before the task's result came."""
         if not self.done():
             try:
                 self.set_exception(error)

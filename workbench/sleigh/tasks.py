@@ -1,47 +1,39 @@
-"""What travels through a sleigh's workspace: task records, result entries, function specs.
+"""What travels through a sleigh's workspace: task records, result entries, function specs, and
+the names of the variables they travel in.
 
-A **task record** is one value of the FIFO variable ``task`` (or a worker's own ``task@<rank>``)::
+A **task record** (``TaskRecord``) is one value of the FIFO variable ``task`` (or a worker's own
+``task@<rank>``): a chunk of argument tuples, the elements ``tag0``, ``tag0 + 1``, ... of one
+call (a *batch*). One record carries many small tasks so that tiny tasks cost one broker value
+per chunk, while results, errors and output stay per element.
 
-    (batch, tag0, function key, items, kwargs, deaths)
+A **result value** is what a worker stores into ``result`` at each flush: a list of
+``ResultEntry`` (one per record run) and ``Hello`` entries (a worker joined; batch 0).
 
-``items`` is a chunk of argument tuples, the elements ``tag0``, ``tag0 + 1``, ... of the batch:
-one record carries many small tasks so that tiny tasks cost one broker value per chunk, while
-results, errors and output stay per element. ``deaths`` counts the workers the record killed
-before it was split apart (see ``split_suspects``); the broker counts the rest (``returns``).
+Records travel as plain tuples: pickling a NamedTuple costs ten times a tuple's, and tiny tasks
+would pay it on every record. ``encode_record``/``encode_entries`` and ``read_record``/
+``read_entry`` are where they turn into tuples and back; ``records``, ``lazy_records`` and
+``result_entry`` build them on the hot paths.
 
 The function travels once per map, not once per task: ``pack_function`` pickles ``(function,
 fixed arguments, argument permutation)`` by value with cloudpickle, and its hash names the
 SINGLE variable ``__function:<key>`` that workers read once and cache.
-
-A **result value** is what a worker stores into ``result`` at each flush: a list of entries::
-
-    (batch, tag0, rank, values, errors, outputs)
-
-``errors`` lists ``(index, ErrorInfo)``; ``outputs`` lists ``(index, stdout text, stderr
-text)``. An entry whose batch is 0 is a control entry: ``(0, kind, rank, payload)``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
+import itertools
 import math
-import pickle
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .. import codec, sources
-from ..config import OUT_OF_BAND_THRESHOLD
-from ..protocol import DESCRIPTOR, Kind
+from .errors import ErrorInfo
 
 #: A record that has killed this many workers is not run again.
 DEATHS_LIMIT = 3
-
-# Field positions of a task record and of a result entry.
-BATCH, TAG0, KEY, ITEMS, KWARGS, DEATHS = range(6)
-RANK, VALUES, ERRORS, OUTPUTS = 2, 3, 4, 5
-
-#: Control entries (batch 0) in the result variable.
-HELLO = "hello"
+#: The batch number of control entries (``Hello``) in the result variable.
+CONTROL = 0
 
 FUNCTION_PREFIX = "__function:"
 TASK, RESULT = "task", "result"
@@ -55,6 +47,125 @@ def own_task_var(rank: int) -> str:
 def worker_var(rank: int) -> str:
     """The SINGLE variable holding what the worker of ``rank`` said about itself."""
     return f"worker@{rank}"
+
+
+def farewell_var(rank: int, session: str) -> str:
+    """The variable whose one value the worker of ``rank`` (in session ``session``) holds
+    leased while it lives: the broker puts it back when that session ends."""
+    return f"farewell@{rank}.{session}"
+
+
+# ---------------------------------------------------------------------------- records
+
+class TaskRecord(NamedTuple):
+    """A chunk of one call's elements, as a worker takes it."""
+
+    batch: int  # the call
+    tag0: int  # the index of the first element in the call
+    key: str  # of the function spec, in __function:<key>
+    items: list  # argument tuples, one per element
+    kwargs: dict | None = None  # keyword arguments of every call (submit)
+    deaths: int = 0  # workers killed by this record before it was split apart; the broker
+    #                  counts the rest (``returns``)
+
+
+class ResultEntry(NamedTuple):
+    """What came of one task record on a worker, per element."""
+
+    batch: int
+    tag0: int
+    rank: int  # of the worker that ran it
+    values: list  # one per element; None where it failed
+    errors: list[tuple[int, ErrorInfo]] | None = None  # (index, failure)
+    outputs: list[tuple[int, str, str]] | None = None  # (index, stdout, stderr)
+
+
+class Hello(NamedTuple):
+    """A worker joined: its control entry in the result variable."""
+
+    batch: int  # always CONTROL: what tells it from a ResultEntry
+    rank: int
+    info: dict  # what the worker says about itself (workerInfo)
+    farewell: str  # its farewell variable (see ``farewell_var``)
+
+
+# A NamedTuple's own constructor is a Python function that costs twice this, once per record.
+_new = tuple.__new__
+
+
+def result_entry(batch: int, tag0: int, rank: int, values: list, errors: list | None,
+                 outputs: list | None) -> ResultEntry:
+    return _new(ResultEntry, (batch, tag0, rank, values, errors, outputs))
+
+
+def failed_entry(record: TaskRecord, rank: int, info: ErrorInfo) -> ResultEntry:
+    """Every element of ``record`` failed the same way."""
+    count = len(record.items)
+    return ResultEntry(record.batch, record.tag0, rank, [None] * count,
+                       [(i, info) for i in range(count)])
+
+
+def encode_record(record: TaskRecord) -> list:
+    return codec.encode_portable(tuple(record))
+
+
+#: A task record from its wire tuple (the worker reads one per task: no Python call).
+read_record: Callable[[tuple], TaskRecord] = functools.partial(_new, TaskRecord)
+
+
+def encode_entries(entries: Sequence[ResultEntry | Hello]) -> list:
+    return codec.encode([tuple(entry) for entry in entries])
+
+
+def read_entry(value: tuple) -> ResultEntry | Hello:
+    return _new(Hello if value[0] == CONTROL else ResultEntry, value)
+
+
+# ---------------------------------------------------------------------------- chunking
+
+def records(batch: int, key: str, items: Sequence[tuple], bounds: Iterable[tuple[int, int]],
+            var: str = TASK) -> Iterator[tuple[str, TaskRecord]]:
+    """(variable, record) of the chunks ``items[start:stop]`` of a call's elements."""
+    for start, stop in bounds:
+        yield var, _new(TaskRecord, (batch, start, key, items[start:stop], None, 0))
+
+
+def own_records(batch: int, key: str, ranks: Sequence[int], args: tuple
+                ) -> Iterator[tuple[str, TaskRecord]]:
+    """(variable, record) of an eachWorker call: ``args`` once for each of ``ranks``, in the
+    worker's own variable."""
+    for tag, rank in enumerate(ranks):
+        yield own_task_var(rank), _new(TaskRecord, (batch, tag, key, [args], None, 0))
+
+
+def lazy_records(batch: int, key: str, items: Iterator[tuple], size: int
+                 ) -> Iterator[tuple[str, TaskRecord]]:
+    """(variable, record) of chunks of ``size`` elements, read from ``items`` as needed."""
+    tag = 0
+    while True:
+        chunk = list(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield TASK, _new(TaskRecord, (batch, tag, key, chunk, None, 0))
+        tag += len(chunk)
+
+
+def guided_chunks(count: int, workers: int, most: int = 10_000) -> Iterator[tuple[int, int]]:
+    """(start, stop) of chunks that shrink as the work runs out: big ones first cost few
+    records, small ones last keep the workers finishing together. A handful of elements per
+    worker gives chunks of one."""
+    start, share = 0, 4 * max(1, workers)
+    while start < count:
+        size = min(most, max(1, math.ceil((count - start) / share)))
+        yield start, start + size
+        start += size
+
+
+def even_chunks(count: int | None, size: int) -> Iterator[tuple[int, int]]:
+    start = 0
+    while count is None or start < count:
+        yield start, start + size if count is None else min(count, start + size)
+        start += size
 
 
 # ---------------------------------------------------------------------------- functions
@@ -78,126 +189,3 @@ def call_args(item: tuple, fixed: tuple, permute: list | None) -> tuple:
     if permute is not None:
         args = tuple(args[i] for i in permute)
     return args
-
-
-# ---------------------------------------------------------------------------- chunking
-
-def guided_chunks(count: int, workers: int, most: int = 10_000) -> Iterator[tuple[int, int]]:
-    """(start, stop) of chunks that shrink as the work runs out: big ones first cost few
-    records, small ones last keep the workers finishing together. A handful of elements per
-    worker gives chunks of one."""
-    start, share = 0, 4 * max(1, workers)
-    while start < count:
-        size = min(most, max(1, math.ceil((count - start) / share)))
-        yield start, start + size
-        start += size
-
-
-def even_chunks(count: int | None, size: int) -> Iterator[tuple[int, int]]:
-    start = 0
-    while count is None or start < count:
-        yield start, start + size if count is None else min(count, start + size)
-        start += size
-
-
-# ---------------------------------------------------------------------------- encoding
-
-def encode_task(record: tuple) -> list:
-    """A task record's frames. Plain pickle names classes and functions of ``__main__`` by
-    reference, which a worker cannot resolve, so such records are pickled by value."""
-    frames = codec.encode(record)
-    first = frames[0]
-    kind, flags, _ = DESCRIPTOR.unpack_from(first)
-    if kind == Kind.PICKLE:
-        data = frames[1] if flags & codec.DETACHED else first
-        if b"__main__" in data:
-            return _by_value(record)
-    return frames
-
-
-def _by_value(value: Any) -> list:
-    """cloudpickle frames in the codec's layout, large buffers out of band."""
-    buffers: list = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        raw = buffer.raw()
-        if raw.nbytes < OUT_OF_BAND_THRESHOLD:
-            return True
-        buffers.append(raw)
-        return False
-
-    data = sources.dumps(value, buffer_callback=out_of_band)
-    if len(data) >= OUT_OF_BAND_THRESHOLD:
-        return [DESCRIPTOR.pack(Kind.CLOUDPICKLE, codec.DETACHED, len(buffers) + 1), data,
-                *buffers]
-    return [DESCRIPTOR.pack(Kind.CLOUDPICKLE, 0, len(buffers)) + data, *buffers]
-
-
-def frames_size(frames: Sequence) -> int:
-    return sum(memoryview(frame).nbytes for frame in frames)
-
-
-# ---------------------------------------------------------------------------- decoding
-
-class Decoded(NamedTuple):
-    value: Any
-    missing: list[str]  # what could not be imported here (placeholders stand in for them)
-
-
-def decode_tolerant(frames: list) -> Decoded:
-    """Decode a value; if that fails because a class or function does not exist in this
-    process, decode it again with placeholders standing in for what is missing, so that at
-    least which task it was (and what was missing) is known."""
-    try:
-        return Decoded(codec.decode(frames), [])
-    except Exception:
-        kind, data, buffers = codec.split(frames)
-        if kind not in (Kind.PICKLE, Kind.CLOUDPICKLE):
-            raise
-    unpickler = _Tolerant(io.BytesIO(bytes(data)), buffers=buffers)  # the failing path only
-    return Decoded(unpickler.load(), unpickler.missing)
-
-
-class _Tolerant(pickle.Unpickler):
-    def __init__(self, file: Any, buffers: Sequence) -> None:
-        super().__init__(file, buffers=buffers)
-        self.missing: list[str] = []
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except Exception as exc:
-            self.missing.append(f"{module}.{name} ({type(exc).__name__}: {exc})")
-            return type(name, (Undecodable,), {"__module__": module})
-
-
-class Undecodable:
-    """Stands in for an object whose class does not exist in the process decoding it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Undecodable:
-        return type(self)(*args)
-
-    def __repr__(self) -> str:
-        return f"<undecodable {type(self).__module__}.{type(self).__name__}>"
-
-
-def chunk_records(batch: int, key: str, chunks: Iterable[tuple[int, list]],
-                  kwargs: dict | None = None) -> Iterator[tuple]:
-    for tag0, items in chunks:
-        yield (batch, tag0, key, items, kwargs, 0)
-
-
-def split_suspects(record: tuple, returns: int) -> list[tuple]:
-    """A record that came back from a dead worker, as one record per element, each counting
-    the death: run alone, the element that kills workers is found and the others are not
-    blamed for it."""
-    batch, tag0, key, items, kwargs, deaths = record
-    return [(batch, tag0 + i, key, [item], kwargs, deaths + returns)
-            for i, item in enumerate(items)]
-

@@ -13,7 +13,13 @@ many when they are tiny, one when they are slow, so that the load stays balanced
 
 **Dying tasks.** Each value fetched says how many times a worker died holding it. A hand that
 came back from a dead worker is split into one record per element and queued again; a record
-that has killed ``DEATHS_LIMIT`` workers is answered with an error instead of being run.
+that has killed ``DEATHS_LIMIT`` workers is answered with an error instead of being run (the
+accounting is the scheduler's: ``must_split``, ``split_suspects``, ``poisoned``).
+
+**Leaving.** Before it says hello, a worker stores a value into its farewell variable and takes
+it under a lease that it never acknowledges. Whenever its broker session ends (it died, was
+killed, lost the network, or left), the broker puts the value back, and the master, waiting on
+that variable, takes the worker off its roster.
 
 **Cancelling.** The master publishes ``cancel@<sleigh>`` with the batches it gave up. The
 delivery thread adds them to the set of cancelled batches (skipped from then on) and, if the
@@ -37,19 +43,25 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
-from .. import __version__, codec, shm
-from ..client.connection import Connection, raise_for_status
+from .. import __version__, codec
+from ..client.connection import Connection
 from ..client.keyvalue import KeyValueStore
 from ..client.pubsub import MessageBus
+from ..client.workqueue import WorkQueue
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import CONNECT_TIMEOUT, normalize_address
-from ..errors import NwsConnectionDroppedException, NwsNoWorkSpaceException
-from ..protocol import Op, pack_many, split_many
+from ..errors import (
+    NwsConnectionDroppedException, NwsNoWorkSpaceException, NwsUnpicklingException,
+)
 from . import tasks
 from .errors import CANCELLED, POISON, ErrorInfo
-from .tasks import DEATHS_LIMIT, FUNCTION_PREFIX, RESULT, TASK, own_task_var, worker_var
+from .scheduler import must_split, poisoned, split_suspects
+from .tasks import (
+    CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord, farewell_var,
+    own_task_var, worker_var,
+)
 
 SleighRank: int | None = None
 SleighWorkerCount: int | None = None
@@ -66,6 +78,9 @@ FLUSH_SECONDS = 0.005
 FLUSH_ITEMS = 64
 #: Function specs a worker keeps.
 FUNCTION_CACHE = 128
+
+#: Set in every worker's environment: a worker may not start a sleigh of its own.
+WORKER_ENV = "WORKBENCH_SLEIGH_WORKER"
 
 RANK_COUNTER = "rankCount"
 WORKER_COUNT = "workerCount"
@@ -116,7 +131,7 @@ class Worker:
         self.server = NwsServer(connection=self.connection)
         self.ws = self.server.useWs(sleigh, create=False)
         self.sleigh = sleigh
-        self.wsb = sleigh.encode()
+        self.queue = WorkQueue(self.connection, sleigh)
         self.cancelled: set[int] = set()
         self.running: int | None = None  # the batch of the task running now
         self._interrupting = False
@@ -135,7 +150,7 @@ class Worker:
                 raise NwsNoWorkSpaceException(f"{sleigh!r} is not a sleigh's workspace")
             rank = taken - 1
         self.rank = rank
-        self.own_var = own_task_var(rank).encode()
+        self.own_var = own_task_var(rank)
         count = self.ws.findTry(WORKER_COUNT, 0) or 0
         self.worker_count = max(int(count), rank + 1)
         user = self.ws.findTry("userWs", None)
@@ -165,12 +180,19 @@ class Worker:
 
     def announce(self) -> None:
         """Say who this worker is: in ``worker@<rank>`` for anyone to read, and to the master
-        through the result variable, which counts it as ready."""
+        through the result variable, which counts it as ready and watches its farewell."""
         info = self.info()
         name = worker_var(self.rank)
         self.ws.declare(name, "single")
         self.ws.store(name, info)
-        self.ws.store(RESULT, [(0, tasks.HELLO, self.rank, info)])
+        farewell = farewell_var(self.rank, self.connection.session_id.hex()[:12])
+        self.ws.store(farewell, self.rank)
+        queue = self.queue
+        held = queue.receive((queue.send_fetch(farewell, 1, block=False),))
+        if not held.values:
+            raise RuntimeError(f"the farewell value of worker {self.rank} vanished")
+        # never acknowledged: the broker returns it when this session ends, however it ends
+        queue.store(RESULT, tasks.encode_entries([Hello(CONTROL, self.rank, info, farewell)]))
 
     def capture_output(self) -> None:
         sys.stdout, sys.stderr = self.out, self.err
@@ -198,58 +220,49 @@ class Worker:
     def serve(self) -> None:
         """Take tasks until the sleigh's workspace goes away."""
         signal.signal(signal.SIGINT, self._on_sigint)
-        connection = self.connection
-        channel = connection.channel()
-        alive = connection.check_alive
-        ws, shared = self.wsb, TASK.encode()
+        queue = self.queue
         fetch_shared = fetch_own = None
         while True:
             if fetch_shared is None:
-                fetch_shared = channel.send(Op.FETCH_MANY, [ws, shared, b"%d" % self.most, b"1"],
-                                            (), alive, self._take_owed())
+                fetch_shared = queue.send_fetch(TASK, self.most, True, self._take_owed())
             if fetch_own is None:
-                fetch_own = channel.send(Op.FETCH_MANY, [ws, self.own_var, b"1", b"1"], (),
-                                         alive, self._take_owed())
-            request_id, head, frames = channel.receive_any(
-                (fetch_shared, fetch_own, *self.stores), None, alive)
+                fetch_own = queue.send_fetch(self.own_var, 1, True, self._take_owed())
+            request_id, hand = queue.receive((fetch_shared, fetch_own, *self.stores))
             if request_id in self.stores:
                 self.stores.discard(request_id)
-                raise_for_status(head[1], head)
                 continue
             if request_id == fetch_shared:
-                fetch_shared, var = None, shared
+                fetch_shared, var = None, TASK
             else:
                 fetch_own, var = None, self.own_var
                 if fetch_shared is not None:  # a broadcast task first; shared ones wait
-                    channel.cancel(fetch_shared, alive)
+                    queue.cancel(fetch_shared)
                     fetch_shared = None
-            raise_for_status(head[1], head)
-            self.run_hand(split_many(head, frames), request_id, var)
+            self.run_hand(hand, request_id, var)
 
     def _take_owed(self) -> list[int]:
         owed, self.owed = self.owed, []
         return owed
 
-    def run_hand(self, hand: list[tuple[list, int]], lease: int, var: bytes) -> None:
+    def run_hand(self, hand: list[tuple[list, int]], lease: int, var: str) -> None:
         """Run the records of one fetch and send their results; the last send acknowledges
         the fetch."""
-        records = [(self._decode(frames), frames, returns) for frames, returns in hand]
-        if any(returns for _, _, returns in records) and (
-                len(records) > 1 or any(len(decoded.value[tasks.ITEMS]) > 1
-                                        for decoded, _, _ in records if decoded is not None)):
-            self._requeue_split(records, lease, var)
+        records = [self._decode(frames) for frames, _ in hand]  # (record, missing) each
+        if any(returns for _, returns in hand) and must_split(
+                [(record, returns) for (record, _), (_, returns) in zip(records, hand)]):
+            self._requeue_split(hand, records, lease, var)
             return
-        entries: list[tuple] = []
+        entries: list[ResultEntry] = []
         pending_items = 0
         started = first_pending = time.perf_counter()
-        for index, (decoded, _, returns) in enumerate(records):
-            entry = self._run_record(decoded, returns)
+        for index, ((record, missing), (_, returns)) in enumerate(zip(records, hand)):
+            entry = self._run_record(record, missing, returns)
             if entry is None:
                 continue
             if not entries:
                 first_pending = time.perf_counter()
             entries.append(entry)
-            pending_items += len(entry[tasks.VALUES])
+            pending_items += len(entry.values)
             if index + 1 < len(records) and (
                     pending_items >= FLUSH_ITEMS
                     or time.perf_counter() - first_pending >= FLUSH_SECONDS):
@@ -269,57 +282,61 @@ class Worker:
             fit = int(HAND_SECONDS / max(per_record, 1e-7))
             self.most = max(1, min(MOST_TASKS, fit, 2 * self.most + 1))
 
-    def _requeue_split(self, records: list, lease: int, var: bytes) -> None:
+    def _requeue_split(self, hand: list[tuple[list, int]], records: list, lease: int, var: str
+                       ) -> None:
         """Tasks that came back from a dead worker go back one element per record, with the
         death counted in each, acknowledging this fetch in the same request."""
         encoded = []
-        for decoded, frames, returns in records:
-            if decoded is None or decoded.missing:
+        for (record, missing), (frames, returns) in zip(records, hand):
+            if record is None or missing:
                 encoded.append(frames)  # cannot be split; it fails on its own later
                 continue
-            encoded.extend(tasks.encode_task(record)
-                           for record in tasks.split_suspects(decoded.value, returns))
+            encoded.extend(tasks.encode_record(part) for part in split_suspects(record, returns))
         self.most = 1
-        connection = self.connection
-        self.stores.add(connection.channel().send(
-            Op.STORE_MANY, [self.wsb, var], pack_many(encoded), connection.check_alive,
-            (lease,)))
+        self.stores.add(self.queue.send_store_many(var, encoded, (lease,)))
 
-    def _decode(self, frames: list) -> tasks.Decoded | None:
+    def _decode(self, frames: list) -> tuple[TaskRecord | None, Sequence[str]]:
+        """-> the record (None if it cannot be read) and what it needs that this worker
+        cannot import."""
         try:
-            return tasks.decode_tolerant(frames)
+            return tasks.read_record(codec.decode(frames)), ()
+        except Exception:
+            pass  # decoded again below, with what this worker lacks replaced
+        try:
+            value, missing = codec.decode_tolerant(frames)
+            return tasks.read_record(value), missing
         except Exception as exc:
             print(f"workbench worker {self.rank}: a task could not be decoded and is dropped: "
                   f"{exc}", file=sys.__stderr__)
-            return None
+            return None, ()
 
-    def _run_record(self, decoded: tasks.Decoded | None, returns: int) -> tuple | None:
+    def _run_record(self, record: TaskRecord | None, missing: Sequence[str], returns: int
+                    ) -> ResultEntry | None:
         """One task record -> its result entry (None: its batch was cancelled)."""
-        if decoded is None:
+        if record is None or record.batch in self.cancelled:
             return None
-        batch, tag0, key, items, kwargs, deaths = decoded.value
-        if batch in self.cancelled:
-            return None
-        if decoded.missing:
+        if missing:
             problem = ImportError("the task's arguments need what this worker cannot import: "
-                                  + "; ".join(decoded.missing))
-            return self._failed(batch, tag0, len(items), ErrorInfo.from_exception(problem))
+                                  + "; ".join(missing))
+            return tasks.failed_entry(record, self.rank, ErrorInfo.from_exception(problem))
         try:
-            fn, fixed, permute = self._function(key)
+            fn, fixed, permute = self._function(record.key)
         except Exception as exc:
-            return self._failed(batch, tag0, len(items),
-                                ErrorInfo.from_exception(exc, skip_frames=0))
-        deaths += returns
-        if deaths >= DEATHS_LIMIT:
+            return tasks.failed_entry(record, self.rank,
+                                      ErrorInfo.from_exception(exc, skip_frames=0))
+        deaths = poisoned(record, returns) if returns or record.deaths else None
+        if deaths is not None:
+            items = record.items
             args = tasks.call_args(items[0], fixed, permute) if items else ()
             call = f"{tasks.function_label(fn)}({_short(args)})"
-            message = f"task {tag0} of {call} killed its worker {deaths} times"
+            message = f"task {record.tag0} of {call} killed its worker {deaths} times"
             info = ErrorInfo(POISON, "PoisonTaskError", message, "", None)
-            return self._failed(batch, tag0, len(items), info)
-        return self._run_items(batch, tag0, fn, fixed, permute, items, kwargs)
+            return tasks.failed_entry(record, self.rank, info)
+        return self._run_items(record, fn, fixed, permute)
 
-    def _run_items(self, batch: int, tag0: int, fn: Any, fixed: tuple, permute: list | None,
-                   items: list, kwargs: dict | None) -> tuple:
+    def _run_items(self, record: TaskRecord, fn: Any, fixed: tuple, permute: list | None
+                   ) -> ResultEntry:
+        batch, kwargs = record.batch, record.kwargs
         values: list = []
         errors: list | None = None
         outputs: list | None = None
@@ -327,7 +344,7 @@ class Worker:
         call_args = tasks.call_args
         self.running = batch
         try:
-            for index, item in enumerate(items):
+            for index, item in enumerate(record.items):
                 try:
                     args = call_args(item, fixed, permute)
                     values.append(fn(*args, **kwargs) if kwargs else fn(*args))
@@ -346,22 +363,20 @@ class Worker:
                     outputs.append((index, out.take(), err.take()))
         finally:
             self.running = None
-        return (batch, tag0, self.rank, values, errors, outputs)
-
-    def _failed(self, batch: int, tag0: int, count: int, info: ErrorInfo) -> tuple:
-        return (batch, tag0, self.rank, [None] * count, [(i, info) for i in range(count)], None)
+        return tasks.result_entry(batch, record.tag0, self.rank, values, errors, outputs)
 
     def _function(self, key: str) -> tuple:
         spec = self.functions.get(key)
         if spec is not None:
             self.functions.move_to_end(key)
             return spec
-        import pickle
-
-        data = self.ws.findTry(FUNCTION_PREFIX + key)  # stored before any task using it
-        if data is None:
+        try:
+            spec = self.ws.findTry(FUNCTION_PREFIX + key)  # stored before any task using it
+        except NwsUnpicklingException as exc:
+            raise (exc.__cause__ or exc) from None  # the missing module, by its own name
+        if spec is None:
             raise LookupError(f"function {key} is gone from the sleigh (its batch ended)")
-        fn, fixed, permute = pickle.loads(data)
+        fn, fixed, permute = spec
         self._inject_globals(fn)
         spec = self.functions[key] = (fn, fixed, permute)
         if len(self.functions) > FUNCTION_CACHE:
@@ -378,13 +393,9 @@ class Worker:
     def _flush(self, entries: list, acks: tuple) -> None:
         """Send results as one value: through shared memory if large (and then waiting for
         the broker), else without waiting for the reply."""
-        connection = self.connection
-        frames = codec.encode(entries)
-        if len(frames) > 1 and tasks.frames_size(frames[1:]) >= shm.THRESHOLD:
-            connection.read(Op.STORE, [self.wsb, RESULT.encode()], frames, acks=acks)
-            return
-        self.stores.add(connection.channel().send(Op.STORE, [self.wsb, RESULT.encode()], frames,
-                                                  connection.check_alive, acks))
+        request_id = self.queue.send_store(RESULT, tasks.encode_entries(entries), acks)
+        if request_id is not None:
+            self.stores.add(request_id)
 
     def close(self) -> None:
         self.server.close()
@@ -393,11 +404,8 @@ class Worker:
         """End the process now, after the broker confirmed the goodbye (replies come in
         order on a channel, so every result sent before has arrived too). A clean close would
         wait for the delivery thread's receive slice (a quarter second) for nothing."""
-        connection = self.connection
         try:
-            channel = connection.channel()
-            channel.receive(channel.send(Op.BYE, []), time.monotonic() + 1.0,
-                            connection.check_alive)
+            self.queue.goodbye(1.0)
         except Exception:  # noqa: BLE001 - leaving anyway; the broker times the session out
             pass
         for stream in (sys.__stdout__, sys.__stderr__):

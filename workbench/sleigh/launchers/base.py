@@ -1,0 +1,106 @@
+"""How a sleigh gets its workers: the ``Launcher`` interface and the records it speaks in.
+
+A launcher starts ``count`` workers for a sleigh, says what it has running, and stops them. A
+worker is the command ``worker_argv`` builds (``python -m workbench worker --broker ADDR
+--sleigh NAME --rank R``), run wherever the launcher runs things: it joins the sleigh through
+the broker by itself, so a launcher never talks to the broker. A launcher that watches its
+workers reports an unexpected exit to ``SleighInfo.on_exit``, which ends the dead worker's
+broker session (its tasks come back at once) and says whether to start a replacement of the
+same rank.
+
+The launchers here (``local``, ``ssh``, ``function``) are processes watched by
+``processes.ProcessLauncher``; a launcher for a cluster scheduler implements the three methods
+in a module of its own and is passed as ``Sleigh(launch=...)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NamedTuple, Protocol, runtime_checkable
+
+#: A worker's states, as ``Launcher.running`` describes them.
+STARTING = "starting"  # started, not joined yet
+RUNNING = "running"  # joined the sleigh
+RESTARTING = "restarting"  # died; a replacement of the same rank is on its way
+UNWATCHED = "unwatched"  # started by something that gives nothing to watch
+EXITED = "exited"  # ended as the sleigh stopped
+FAILED = "failed"  # given up (see ``WorkerState.failure``)
+
+#: States in which the launcher stands for the rank: if it dies, it is replaced.
+WATCHED = frozenset({STARTING, RUNNING, RESTARTING})
+
+
+class WorkerExit(NamedTuple):
+    """A watched worker ended while the sleigh ran."""
+
+    rank: int
+    pid: int  # of the process the launcher started (the worker itself, an ssh client, ...)
+    returncode: int | None
+    output: str  # what it printed outside of tasks, if the launcher kept it
+    host: str | None  # the worker's host when ``pid`` is the worker itself, else None
+    last: bool  # the launcher gives this rank up: no replacement follows
+
+
+def _replace(exit: WorkerExit) -> bool:
+    return True
+
+
+def _never(rank: int) -> int:
+    return 0
+
+
+class SleighInfo(NamedTuple):
+    """What a launcher is told about the sleigh it starts workers for."""
+
+    name: str  # the sleigh's workspace, which workers join (``--sleigh``)
+    broker: str  # the broker's address as the workers reach it
+    on_exit: Callable[[WorkerExit], bool] = _replace  # -> whether to start a replacement
+    joins: Callable[[int], int] = _never  # how many times a worker of a rank has joined
+
+
+class WorkerState(NamedTuple):
+    """One rank as its launcher sees it."""
+
+    rank: int
+    state: str  # STARTING, RUNNING, RESTARTING, UNWATCHED, EXITED or FAILED
+    pid: int | None  # of the process the launcher started, if any
+    restarts: int  # replacements started so far
+    failure: str | None = None  # why the rank was given up
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """Starts and stops the workers of one sleigh."""
+
+    def start(self, sleigh: SleighInfo, count: int) -> list[WorkerState]:
+        """Start workers of ranks 0 to count - 1 -> their states; returns without waiting for
+        them to join."""
+        ...
+
+    def stop(self) -> None:
+        """Make every worker started leave: by the time this returns none runs. The sleigh's
+        workspace is gone already, which makes workers leave by themselves."""
+        ...
+
+    def running(self) -> list[WorkerState]:
+        """What this launcher has started, rank by rank."""
+        ...
+
+
+def worker_argv(broker: str, sleigh: str, rank: int | None = None,
+                python: str = sys.executable, parent_pid: int | None = None) -> list[str]:
+    """The command that runs one worker of ``sleigh``."""
+    argv = [python, "-m", "workbench", "worker", "--broker", broker, "--sleigh", sleigh]
+    if rank is not None:
+        argv += ["--rank", str(rank)]
+    if parent_pid is not None:
+        argv += ["--parent-pid", str(parent_pid)]
+    return argv
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "(still running)"
+    if returncode < 0:
+        return f"with signal {-returncode}"
+    return f"with status {returncode}"

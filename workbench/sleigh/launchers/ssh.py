@@ -1,0 +1,33 @@
+"""Workers on other hosts, started with ``ssh host python -m workbench worker ...``."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from typing import Sequence
+
+from .base import SleighInfo, worker_argv
+from .processes import ProcessLauncher
+
+
+class SshLauncher(ProcessLauncher):
+    """Workers on the hosts of ``nodes``, rank r on ``nodes[r % len(nodes)]``, started with the
+    ``ssh`` command and ``python`` there. The broker address must be one the nodes reach."""
+
+    def __init__(self, nodes: Sequence[str], ssh: Sequence[str] = ("ssh",),
+                 python: str = "python") -> None:
+        super().__init__()
+        if not nodes:
+            raise ValueError("launch='ssh' needs nodeList, the hosts to start workers on")
+        self.nodes = list(nodes)
+        self.ssh = list(ssh)
+        self.python = python
+
+    def argv(self, sleigh: SleighInfo, rank: int) -> list[str]:
+        host = self.nodes[rank % len(self.nodes)]
+        remote = worker_argv(sleigh.broker, sleigh.name, rank, self.python)
+        return [*self.ssh, host, shlex.join(remote)]
+
+    def popen(self, sleigh: SleighInfo, rank: int) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(sleigh, rank), stdin=subprocess.DEVNULL,
+                                start_new_session=True)
