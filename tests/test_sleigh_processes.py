@@ -22,7 +22,9 @@ import pytest
 
 from workbench import NwsServer, RemoteError, Sleigh
 from workbench.sleigh import PoisonTaskError, SleighError
-from workbench.sleigh.launchers import SleighInfo, SshLauncher
+from workbench.sleigh.launchers import (
+    UNWATCHED, Launcher, SleighInfo, SshLauncher, WorkerState, worker_argv,
+)
 
 from .support import spawn_client, wait_for
 from .test_sleigh import _alive
@@ -330,6 +332,44 @@ def test_a_callable_launcher(broker):
     argv = calls[0][0]
     assert argv[1:4] == ["-m", "workbench", "worker"]
     assert argv[argv.index("--sleigh") + 1] == name and argv[argv.index("--rank") + 1] == "0"
+
+
+class JobLauncher:
+    """A launcher in a module of its own, as a cluster scheduler's would be: it submits each
+    worker as a job, reports what it runs, and replaces nothing."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.jobs: list[subprocess.Popen] = []
+        self.stopped = False
+
+    def start(self, sleigh, count):
+        self.jobs = [subprocess.Popen(worker_argv(sleigh.broker, sleigh.name, rank),
+                                      env=self.env, stdin=subprocess.DEVNULL)
+                     for rank in range(count)]
+        return self.running()
+
+    def running(self):
+        return [WorkerState(rank, UNWATCHED, job.pid, 0) for rank, job in enumerate(self.jobs)]
+
+    def stop(self):
+        for job in self.jobs:
+            job.wait(10)  # they leave by themselves once the sleigh's workspace is gone
+        self.stopped = True
+
+
+def test_a_launcher_object_starts_the_workers_and_an_unwatched_one_leaves(make_broker):
+    broker = make_broker("--heartbeat-interval", "0.2", "--heartbeat-liveness", "3")
+    launcher = JobLauncher(broker.env())
+    assert isinstance(launcher, Launcher)
+    with Sleigh(2, launch=launcher, broker=broker.address) as s:
+        assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [job.pid for job in launcher.jobs]
+        launcher.jobs[1].kill()
+        wait_for(lambda: s.status().ranks == [0], timeout=TIMEOUT)  # nobody replaces it
+        assert s.status().deaths == 0
+        assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [launcher.jobs[0].pid]
+    assert launcher.stopped
+    assert launcher.jobs[0].returncode == 0 and launcher.jobs[1].returncode == -signal.SIGKILL
 
 
 def test_workers_that_never_join_give_a_clear_error(broker):

@@ -17,16 +17,23 @@ from .. import shm
 from ..protocol import HEADER_SIZE, Op, Status, pack_many, split_many
 from .connection import Connection, raise_for_status
 
+_OK, _ERROR = int(Status.OK), int(Status.ERROR)  # plain ints: enum members cost a lookup
+
 #: Values per STORE_MANY request, and bytes.
 STORE_GROUP = 2048
 STORE_BYTES = 8 << 20
 
 _ZERO, _ONE = b"0", b"1"
+_NOTHING = ()  # the values of a store's reply, or of a fetch that found none
 
 
 class Reply(NamedTuple):
     request_id: int
-    values: list[tuple[list, int]]  # a fetch's (value frames, returns); [] for a store
+    values: Sequence[tuple[list, int]]  # a fetch's (value frames, returns); empty for a store
+
+
+# A NamedTuple's constructor is a Python function; a worker receives a reply per hand of tasks.
+_reply = tuple.__new__
 
 
 def frames_size(frames: Sequence) -> int:
@@ -61,14 +68,17 @@ class WorkQueue:
         group: list[list] = []
         size = 0
         for frames in encoded:
-            if _shared(frames):
-                if group:
-                    self._store_many(var, group)
-                    group, size = [], 0
-                self.store(var, frames)
-                continue
+            if len(frames) > 1:  # most values are one small frame: no sizing call for those
+                extra = frames_size(frames[1:])
+                if extra >= shm.THRESHOLD:
+                    if group:
+                        self._store_many(var, group)
+                        group, size = [], 0
+                    self.store(var, frames)
+                    continue
+                size += extra
             group.append(frames)
-            size += frames_size(frames)
+            size += len(frames[0])
             if len(group) >= STORE_GROUP or size >= STORE_BYTES:
                 self._store_many(var, group)
                 group, size = [], 0
@@ -125,14 +135,15 @@ class WorkQueue:
         request_id, head, frames = connection.channel().receive_any(
             request_ids, deadline, connection.check_alive)
         status = head[1]
-        fetched = request_id in self._fetches
+        fetches = self._fetches
+        fetched = request_id in fetches
         if fetched:
-            self._fetches.discard(request_id)
-        if status >= Status.ERROR:
+            fetches.discard(request_id)
+        if status >= _ERROR:
             raise_for_status(status, head)
-        if fetched and status == Status.OK:
-            return Reply(request_id, split_many(head, frames))
-        return Reply(request_id, [])
+        if fetched and status == _OK:
+            return _reply(Reply, (request_id, split_many(head, frames)))
+        return _reply(Reply, (request_id, _NOTHING))
 
     def acknowledge(self, request_id: int) -> None:
         """Acknowledge a fetch's lease with this thread's next request: its values are

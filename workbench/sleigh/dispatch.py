@@ -113,7 +113,7 @@ class Dispatcher:
     def store(self, pairs: list[tuple[str, TaskRecord]]) -> None:
         """Store task records, many per request (see ``WorkQueue.store_all``)."""
         for var, group in itertools.groupby(pairs, key=lambda pair: pair[0]):
-            self._queue.store_all(var, (tasks.encode_record(record) for _, record in group))
+            self._queue.store_all(var, [tasks.encode_record(record) for _, record in group])
 
     def submit(self, batch: Batch, record: TaskRecord) -> None:
         """Store a submit's record through the sender thread."""

@@ -33,14 +33,14 @@ def wait_for(dispatcher: Dispatcher, batch: Batch, deadline: float | None,
     scheduler = dispatcher.scheduler
     try:
         while True:
-            waited = scheduler.wait(batch, deadline, tag)
-            if waited.arrivals:
-                accumulate(batch.accumulator, waited.arrivals, batch.failed)
+            over = scheduler.wait(batch, deadline, tag)
+            if batch.arrivals:
+                accumulate(batch.accumulator, scheduler.arrivals(batch), batch.failed)
             if bar is not None:
-                if bar.total != waited.total:
-                    bar.total = waited.total
-                bar.update(waited.done - bar.n)
-            if waited.over:
+                if bar.total != batch.total:
+                    bar.total = batch.total
+                bar.update(batch.done - bar.n)
+            if over:
                 return
     except KeyboardInterrupt:
         dispatcher.cancel([batch])

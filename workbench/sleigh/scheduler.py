@@ -6,7 +6,8 @@ on; it opens no socket and starts no thread, so tests drive it directly.
 Events in: a call opens (``open``), its records are taken to be sent (``take``), results come
 (``file``), calls are cancelled or fail (``cancel``, ``fail``), workers join and leave
 (``joined``, ``left``). Decisions out: the records to send now (``Taken``), a future to resolve
-and whether to send more (``Filed``), the batches whose workers must stop (``cancel``).
+and whether to send more (``Filed``), the batches whose workers must stop (``cancel``). Callers
+wait on it a slice at a time (``wait``), in their own thread.
 Observers ``subscribe`` to ``CallProgress``, ``WorkerJoined`` and ``WorkerLeft`` records.
 
 Retries are counted where a task comes back: a worker's hand that held the tasks of a dead
@@ -52,16 +53,6 @@ class Filed(NamedTuple):
     batch: Batch
     resolution: tuple[Any, bool] | None
     feed: bool
-
-
-class Waited(NamedTuple):
-    """One slice of waiting: ``over`` when what was waited for happened or the batch ended;
-    ``arrivals`` for the accumulator; ``done`` and ``total`` for a progress bar."""
-
-    over: bool
-    arrivals: list[tuple[int, Any]] | None
-    done: int
-    total: int | None
 
 
 _NOTHING_TAKEN = Taken([], False)
@@ -238,10 +229,10 @@ class Scheduler:
             batch.consumed += 1
             return batch.results.pop(tag), tag in batch.failed
 
-    def wait(self, batch: Batch, deadline: float | None, tag: int | None = None) -> Waited:
+    def wait(self, batch: Batch, deadline: float | None, tag: int | None = None) -> bool:
         """Wait at most WAIT_SLICE for the batch to end or, with ``tag``, for that element's
-        result (or for the elements to end before it). TimeoutError at ``deadline``;
-        SleighError if the sleigh broke."""
+        result (or for the elements to end before it) -> whether that happened. TimeoutError
+        at ``deadline``; SleighError if the sleigh broke."""
         with self._cond:
             over = self._over(batch, tag)
             if not over:
@@ -254,10 +245,13 @@ class Scheduler:
                 self._cond.wait(WAIT_SLICE if remaining is None
                                 else min(WAIT_SLICE, remaining))
                 over = self._over(batch, tag)
-            arrivals = batch.arrivals
-            if arrivals:
-                batch.arrivals = []
-            return Waited(over, arrivals or None, batch.done, batch.total)
+            return over
+
+    def arrivals(self, batch: Batch) -> list[tuple[int, Any]]:
+        """The (tag, value) pairs filed since the last call, for the batch's accumulator."""
+        with self._cond:
+            arrivals, batch.arrivals = batch.arrivals, []
+            return arrivals or []
 
     @staticmethod
     def _over(batch: Batch, tag: int | None) -> bool:

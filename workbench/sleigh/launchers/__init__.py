@@ -10,7 +10,8 @@ import sys
 from typing import Any, Sequence
 
 from .base import (
-    WATCHED, Launcher, SleighInfo, WorkerExit, WorkerState, describe_exit, worker_argv,
+    EXITED, FAILED, RESTARTING, RUNNING, STARTING, UNWATCHED, WATCHED, Launcher, SleighInfo,
+    WorkerExit, WorkerState, describe_exit, worker_argv,
 )
 from .function import FunctionLauncher
 from .local import LocalLauncher
@@ -18,6 +19,12 @@ from .processes import ProcessLauncher
 from .ssh import SshLauncher
 
 __all__ = [
+    "EXITED",
+    "FAILED",
+    "RESTARTING",
+    "RUNNING",
+    "STARTING",
+    "UNWATCHED",
     "WATCHED",
     "FunctionLauncher",
     "Launcher",
