@@ -9,7 +9,7 @@ A broker holds *workspaces* whose variables hold lists of values; clients ``stor
     ws.fetch("x")                  # -> 42
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .client.iterator import NwsValueIterator  # noqa: E402
 from .client.workspace import (  # noqa: E402

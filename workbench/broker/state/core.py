@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ... import __version__
+from ..._version import __version__
 from ...config import (
     MAX_MESSAGE_SIZE, MAX_NAME_LENGTH, MAX_PENDING_OUTPUT, Liveness, default_max_memory,
 )
