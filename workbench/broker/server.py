@@ -413,7 +413,8 @@ class BrokerServer:
         dirty = self.dirty
         later: list[Callable[[], Effects]] | None = None  # made when needed: rarely
         while True:
-            if effects.reads:
+            rare = effects.rare  # anything besides messages (and changes)
+            if rare and effects.reads:
                 later = self._read_files(effects, later or [])
             for identity, frames in effects.messages:
                 peer = routes.get(identity)
@@ -423,15 +424,16 @@ class BrokerServer:
                     continue
                 peer.queue(encode(frames))
                 dirty[peer] = None
-            for line in effects.notices:
-                log.info("%s", line)
-            if effects.released:
-                self._release(effects.released)
-            comparison = effects.comparison
-            if comparison is not None:
-                later = later or []
-                later.append(partial(state.compared,
-                                     self.files.holds(comparison.reference, comparison.frames)))
+            if rare:
+                for line in effects.notices:
+                    log.info("%s", line)
+                if effects.released:
+                    self._release(effects.released)
+                comparison = effects.comparison
+                if comparison is not None:
+                    later = later or []
+                    later.append(partial(state.compared, self.files.holds(
+                        comparison.reference, comparison.frames)))
             if not later:
                 return
             effects = later.pop(0)()
@@ -459,7 +461,7 @@ class BrokerServer:
                 continue
             messages[index] = (identity, read)
         if unsent:
-            effects.messages = [m for i, m in enumerate(messages) if i not in unsent]
+            messages[:] = [m for i, m in enumerate(messages) if i not in unsent]
         return later
 
     def _release(self, released: list) -> None:

@@ -7,9 +7,10 @@ a client on another machine holds a ``FileFrames`` where the file's frames go, a
 reads the file; a compare-and-swap against a shared-memory value leaves a ``Comparison`` that
 the server answers through ``BrokerState.compared``.
 
-Every entry point returns the same ``Effects`` object, filled anew (an object a call costs more
-than a request's records): what it holds is valid until the next call into the state. Its lists
-are new each call, so whoever needs them longer (a log keeping ``changes``) just keeps them.
+Every entry point returns the same ``Effects`` object, emptied and filled anew (a new object and
+new lists each call would cost more than a request's change records): what it holds is valid
+until the next call into the state. ``changes`` is a new list each time it is read, for whoever
+keeps the records longer (a log).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Effects:
     then settle a ``comparison`` if there is one. ``changes`` are the state changes the call
     made (see ``changes``), for whoever records them."""
 
-    __slots__ = ("messages", "log", "notices", "released", "reads", "comparison")
+    __slots__ = ("messages", "log", "notices", "released", "reads", "comparison", "rare")
 
     def __init__(self) -> None:
         #: (routing identity, frames) of every reply and delivery, in the order they go out
@@ -58,11 +59,15 @@ class Effects:
         #: *arguments): a tuple costs a fraction of a record, and the hot path makes one or two
         #: a request; ``changes`` builds the records.
         self.log: list[tuple] = []
-        # The rarer effects are empty tuples until a call adds one: most calls add none.
+        self.clear_rare()
+
+    def clear_rare(self) -> None:
+        """Empty the rarer effects. Most calls make none, so ``rare`` says whether to."""
         self.notices: list[str] | tuple = ()  # lines for the broker's log
         self.released: list[Release] | tuple = ()
         self.reads: list[int] | tuple = ()  # indexes of messages that hold FileFrames
         self.comparison: Comparison | None = None
+        self.rare = False  # whether the call made any of them
 
     @property
     def changes(self) -> list[Change]:
@@ -83,18 +88,19 @@ class Outbox:
 
     def __init__(self, counters: dict[str, int]) -> None:
         self.counters = counters
-        self.effects = Effects()
-        self.begin()
+        self.effects = effects = Effects()
+        # The same two lists for good: the hottest paths keep them at hand (HandOffs, Memory).
+        self.messages = effects.messages
+        self.log = effects.log
 
     def begin(self) -> Effects:
         """Start a call: the effects are emptied, and what the state decides from now on goes
         into them."""
+        self.messages.clear()
+        self.log.clear()
         effects = self.effects
-        effects.messages = self.messages = []
-        effects.log = self.log = []
-        if effects.notices or effects.released or effects.reads:
-            effects.notices = effects.released = effects.reads = ()
-        effects.comparison = None
+        if effects.rare:
+            effects.clear_rare()
         return effects
 
     def send(self, peer: bytes, frames: list) -> None:
@@ -105,6 +111,7 @@ class Outbox:
         effects = self.effects
         if not effects.reads:
             effects.reads = []
+            effects.rare = True
         effects.reads.append(len(self.messages))
         self.messages.append((peer, frames))
 
@@ -122,13 +129,16 @@ class Outbox:
         effects = self.effects
         if not effects.notices:
             effects.notices = []
+            effects.rare = True
         effects.notices.append(line)
 
     def release(self, reference: bytes, found: bool) -> None:
         effects = self.effects
         if not effects.released:
             effects.released = []
+            effects.rare = True
         effects.released.append(Release(reference, found))
 
     def compare(self, reference: bytes, frames: list) -> None:
         self.effects.comparison = Comparison(reference, frames)
+        self.effects.rare = True

@@ -71,6 +71,8 @@ class HandOffs:
     def __init__(self, outbox: Outbox, memory: Memory, deliveries: Deliveries,
                  rng: random.Random) -> None:
         self.outbox = outbox
+        self.messages = outbox.messages  # the outbox's lists, at hand on the hottest paths
+        self.log = outbox.log
         self.memory = memory
         self.deliveries = deliveries
         self.rng = rng
@@ -85,7 +87,7 @@ class HandOffs:
         then the longest-waiting fetcher; only if no fetcher waits does it join the variable."""
         var.stamp(value)
         self.memory.used += value.size
-        self.outbox.log.append((_STORED, var, value))
+        self.log.append((_STORED, var, value))
         if self.deliveries.watched:
             self.deliveries.event(var.workspace.name, "stored", var.name)
             if var.fetchers:
@@ -138,7 +140,7 @@ class HandOffs:
         key = (peer, request_id)
         self.leases[key] = (var, value, session)
         session.leases.add(key)
-        log = self.outbox.log
+        log = self.log
         if type(value) is list:
             for each in value:
                 log.append((Taken, var.id, each.seq))
@@ -157,11 +159,11 @@ class HandOffs:
             if (peer, request_id) not in self.leases:
                 value.found = True  # a finder maps it later, unannounced
         if len(frames) == 1:
-            self.outbox.messages.append(
+            self.messages.append(
                 (peer, [value_reply_head(request_id, 0, var.id, value.seq, frames[0])]))
         else:
             head = value_reply_head(request_id, len(frames) - 1, var.id, value.seq, frames[0])
-            self.outbox.messages.append((peer, [head, *frames[1:]]))
+            self.messages.append((peer, [head, *frames[1:]]))
 
     def reply_many(self, peer: bytes, request_id: int, values: list[Value],
                    session: Session) -> None:
@@ -217,7 +219,7 @@ class HandOffs:
     def _put_back(self, var: Variable, values: list[Value], holder_ended: bool) -> None:
         for value in values:
             if var.put_back(value):
-                self.outbox.log.append((Returned, var.id, value.seq, holder_ended))
+                self.log.append((Returned, var.id, value.seq, holder_ended))
             else:
                 self.memory.discard(value, var)
 

@@ -38,7 +38,7 @@ def file_frames(value: Value) -> tuple[bytes, int, FileFrames]:
 class Memory:
     """Bytes held by values, against the cap; the shared-memory files values hold."""
 
-    __slots__ = ("used", "limit", "shared", "in_use", "checked", "outbox", "_prefix")
+    __slots__ = ("used", "limit", "shared", "in_use", "checked", "outbox", "log", "_prefix")
 
     def __init__(self, limit: int, shared: SharedMemory | None, outbox: Outbox) -> None:
         self.used = 0  # bytes of values held, including leased ones
@@ -49,6 +49,7 @@ class Memory:
         #: reference's file size, or why it cannot be read (``shm.BrokerFiles.inspect``).
         self.checked: Mapping[bytes, int | str] | None = None
         self.outbox = outbox
+        self.log = outbox.log  # the outbox's change log, at hand on the hottest path
         self._prefix = f"{PREFIX}{shared.pid}-" if shared is not None else ""
 
     def admit(self, session: Session, frames: list) -> Value:
@@ -107,7 +108,7 @@ class Memory:
         The change is recorded unless the variable went first (its values went with it)."""
         self.used -= value.size
         if var.live:
-            self.outbox.log.append((Removed, var.id, value.seq))
+            self.log.append((Removed, var.id, value.seq))
         if value.shared is not None:
             self.in_use.discard(value.shared.partition(b":")[0])
             self.outbox.release(value.shared, value.found)
