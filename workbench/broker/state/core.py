@@ -62,10 +62,12 @@ class Limits:
 
 
 class BrokerState:
-    """Counters are the state's own: observations for ``workbench status``, not state. They are
-    not returned in the effects because nearly every request moves one (that would cost a record
-    a request) and no replay needs them (a broker that restarts counts from zero); the server
-    adds its transport events with ``count`` and reads them with ``counters``."""
+    """The broker's state (see the module's docstring).
+
+    Counters are the state's own: observations for ``workbench status``, not state. They are not
+    returned in the effects because nearly every request moves one (that would cost a record a
+    request) and no replay needs them (a broker that restarts counts from zero). The server adds
+    its transport events with ``count``; the STATUS reply, and ``counters``, show them all."""
 
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, shared_memory: SharedMemory | None = None,

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import random
 
-from ...protocol import (
-    MANY_COUNT, MANY_RECORD, Status, reply_head, value_reply_head,
-)
+from ...protocol import MANY_COUNT, MANY_RECORD, Status, reply_head, value_reply_head
 from .changes import Returned, Stored, Taken
 from .deliveries import Deliveries
 from .effects import Outbox
