@@ -184,3 +184,19 @@ def test_compare_and_swap_compares_a_shared_memory_value_byte_for_byte(broker, w
         assert kv.get("k").value == "new"
     finally:
         kv.close()
+
+
+def test_the_server_edge_inspects_only_its_own_references_and_compares_files():
+    files = shm.BrokerFiles(os.getpid())
+    assert files.inspect([b"plain bytes", b"workbench-1-ab-cd:5"]) is None  # not ours
+    frames, path = shm.spill([b"head", b"data" * 1000], os.getpid(), "ab")
+    missing = f"{shm.PREFIX}{os.getpid()}-ab-0123:7".encode()
+    try:
+        found = files.inspect([b"other", frames[1], missing])
+        assert found[frames[1]] == 4000
+        assert "No such file" in found[missing]
+        assert files.holds(frames[1], [b"data" * 1000])
+        assert not files.holds(frames[1], [b"data" * 999 + b"datb"])
+        assert not files.holds(missing, [b"x" * 7])
+    finally:
+        os.unlink(path)

@@ -26,7 +26,9 @@ Replay rules, record by record:
 * ``VariableDeleted``: the variable goes with all its values, leased ones too.
 * ``Stored``: a value joins its variable: at the tail (FIFO), on top (LIFO), anywhere (MULTI),
   as the only value (SINGLE: the value it replaces gets a ``Removed`` of its own). A value handed
-  at once to a blocked fetcher is ``Stored`` then ``Taken``.
+  at once to a blocked fetcher is ``Stored`` then ``Taken``. A value held in a shared-memory
+  file (``shared``) has the file's reference in its frames, not its data: a log that must
+  outlive the file copies the data, at the server's edge like all file I/O.
 * ``Taken``: the value was handed to a fetcher under a lease. It is still the broker's: it stays
   in a log's variable until ``Removed``, and a broker that restarts gives it back.
 * ``Returned``: a leased value came back to the head of its variable (FIFO: its place in store
