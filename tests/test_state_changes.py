@@ -26,48 +26,44 @@ def driver() -> StateDriver:
     return StateDriver(rng=random.Random(0))
 
 
-def records(driver: StateDriver) -> list:
-    return driver.new_changes()
-
-
 def test_a_store_fetch_and_acknowledgement_are_stored_taken_removed(driver: StateDriver):
     peer = driver.client(WS)
-    records(driver)
+    driver.new_changes()
     driver.store(peer, WS, "x", 42)
-    [declared, stored] = records(driver)
+    [declared, stored] = driver.new_changes()
     assert declared == changes.Declared(WS, "x", declared.var_id, "fifo", True)
     assert stored == changes.Stored(WS, "x", declared.var_id, 1, stored.frames,
                                     sum(map(len, codec.encode(42))), None)
     assert codec.decode(stored.frames) == 42
     request_id = driver.fetch(peer, WS, "x")
-    assert records(driver) == [changes.Taken(declared.var_id, 1)]
+    assert driver.new_changes() == [changes.Taken(declared.var_id, 1)]
     driver.ack(peer, request_id)
-    assert records(driver) == [changes.Removed(declared.var_id, 1)]
+    assert driver.new_changes() == [changes.Removed(declared.var_id, 1)]
 
 
 def test_reads_and_listings_change_nothing(driver: StateDriver):
     peer = driver.client(WS)
     driver.store(peer, WS, "x", 1)
-    records(driver)
+    driver.new_changes()
     driver.find_try(peer, WS, "x")
     driver.list_vars(peer, WS)
     driver.list_wss(peer)
     driver.status(peer)
     driver.heartbeat(peer)
-    assert records(driver) == []
+    assert driver.new_changes() == []
 
 
 def test_a_hand_off_is_stored_then_taken_and_a_cancel_returns_it(driver: StateDriver):
     fetcher, storer = driver.client(WS), driver.client(WS)
-    records(driver)
+    driver.new_changes()
     request_id = driver.fetch(fetcher, WS, "q")
-    [declared] = records(driver)
+    [declared] = driver.new_changes()
     assert not declared.fixed  # only a blocked read made it: a declare may still pick its mode
     driver.store(storer, WS, "q", "v")
-    assert [type(r) for r in records(driver)] == [changes.Declared, changes.Stored,
+    assert [type(r) for r in driver.new_changes()] == [changes.Declared, changes.Stored,
                                                   changes.Taken]
     driver.cancel(fetcher, request_id)
-    assert records(driver) == [changes.Returned(declared.var_id, 1, False)]
+    assert driver.new_changes() == [changes.Returned(declared.var_id, 1, False)]
 
 
 def test_values_held_by_a_session_that_ends_come_back_counting_it(driver: StateDriver):
@@ -76,9 +72,9 @@ def test_values_held_by_a_session_that_ends_come_back_counting_it(driver: StateD
         driver.store(owner, WS, "tasks", value)
     driver.fetch(worker, WS, "tasks")
     driver.fetch(worker, WS, "tasks")
-    records(driver)
+    driver.new_changes()
     driver.bye(worker)
-    [first, second] = records(driver)
+    [first, second] = driver.new_changes()
     assert (first.seq, second.seq) == (1, 2) and first.holder_ended and second.holder_ended
 
 
@@ -86,51 +82,51 @@ def test_a_single_variable_replaces_its_value_with_a_record_for_each(driver: Sta
     peer = driver.client(WS)
     driver.declare(peer, WS, "s", "single")
     driver.store(peer, WS, "s", 1)
-    records(driver)
+    driver.new_changes()
     driver.store(peer, WS, "s", 2)
-    stored, removed = records(driver)
+    stored, removed = driver.new_changes()
     assert (stored.seq, removed) == (2, changes.Removed(stored.var_id, 1))
 
 
 def test_workspaces_created_claimed_and_purged_with_their_owner(driver: StateDriver):
     user, owner = driver.connect(), driver.connect(pid=7)
-    records(driver)
+    driver.new_changes()
     driver.use_ws(user, "shared")
     driver.open_ws(owner, "shared")  # nobody owned it: now this session does
     driver.open_ws(owner, "mine")
     driver.store(owner, "mine", "x", 1)
-    created, claimed, mine, *_ = records(driver)
+    created, claimed, mine, *_ = driver.new_changes()
     owner_id = owner[:16]
     assert created == changes.WorkspaceCreated("shared", False, None, "")
     assert claimed == changes.WorkspaceClaimed("shared", False, owner_id, "testhost (7)")
     assert mine == changes.WorkspaceCreated("mine", False, owner_id, "testhost (7)")
     driver.bye(owner)
-    assert sorted(records(driver)) == [changes.WorkspaceDeleted("mine"),
+    assert sorted(driver.new_changes()) == [changes.WorkspaceDeleted("mine"),
                                        changes.WorkspaceDeleted("shared")]
 
 
 def test_a_mode_chosen_later_and_a_deleted_variable(driver: StateDriver):
     peer = driver.client(WS)
-    records(driver)
+    driver.new_changes()
     driver.fetch(peer, WS, "v")  # created by the blocked read, any mode still allowed
-    [created] = records(driver)
+    [created] = driver.new_changes()
     driver.declare(peer, WS, "v", "lifo")
-    assert records(driver) == [changes.Declared(WS, "v", created.var_id, "lifo", True)]
+    assert driver.new_changes() == [changes.Declared(WS, "v", created.var_id, "lifo", True)]
     driver.delete_var(peer, WS, "v")
-    assert records(driver) == [changes.VariableDeleted(WS, "v", created.var_id)]
+    assert driver.new_changes() == [changes.VariableDeleted(WS, "v", created.var_id)]
 
 
 def test_key_value_deadlines_and_expiry(driver: StateDriver):
     peer = driver.client("kv")
-    records(driver)
+    driver.new_changes()
     first = codec.encode("v")[0]
     driver.call(peer, Op.KV_STORE, [b"kv", b"k", b"set", b"10", b"", first])
-    declared, stored, expires = records(driver)
+    declared, stored, expires = driver.new_changes()
     assert declared.mode == "single" and expires == changes.Expires(stored.var_id, 10.0)
     driver.advance(11)
     driver.heartbeat(peer)
     driver.expire()
-    assert records(driver) == [changes.Expires(stored.var_id, None),
+    assert driver.new_changes() == [changes.Expires(stored.var_id, None),
                                changes.Removed(stored.var_id, 1),
                                changes.VariableDeleted("kv", "k", stored.var_id)]
 
@@ -139,7 +135,7 @@ def test_a_shared_queue_is_declared_once(driver: StateDriver):
     peer = driver.connect()
     for _ in range(2):
         assert driver.call(peer, Op.MQ_QUEUE, [b"jobs:*"]).ok
-    assert [type(r) for r in records(driver)] == [
+    assert [type(r) for r in driver.new_changes()] == [
         changes.WorkspaceCreated, changes.Declared, changes.QueueDeclared]
 
 
