@@ -9,6 +9,7 @@ import pytest
 
 from workbench import NwsServer
 
+from .state_driver import StateDriver
 from .support import Broker, start_broker
 
 
@@ -19,6 +20,17 @@ def pytest_collection_finish(session) -> None:
     meanwhile: the test brokers end a session silent for 0.6 s."""
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def state_changes_rebuild_the_state():
+    """Every broker state a test drove must be rebuildable from the change records it returned
+    (what a durability log keeps), whatever the test checked itself."""
+    StateDriver.made.clear()
+    yield
+    for driver in StateDriver.made:
+        driver.check_replay()
+    StateDriver.made.clear()
 
 
 @pytest.fixture(scope="module")

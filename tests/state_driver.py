@@ -1,9 +1,10 @@
 """A test driver that talks to the pure ``BrokerState`` the way the broker's server loop does.
 
 It builds request heads with ``protocol.request_head``, passes them to ``state.handle`` with a
-clock the test controls, collects ``state.outbox`` and decodes the replies. Nothing here knows
-the state's internals except ``held_values``, which the state-machine test uses to compare the
-broker's variables with its reference model.
+clock the test controls, and decodes the replies of the ``Effects`` it returns; it keeps every
+change record too (``changes``). Nothing here knows the state's internals except
+``held_values`` and ``leased_values``, which the state-machine test uses to compare the broker's
+variables with its reference model.
 
 Peers are routing identities as a client's sockets have them: a 16-byte session id followed by a
 2-byte channel number.
@@ -18,6 +19,8 @@ from typing import Any
 from workbench import codec, protocol
 from workbench.broker.state import BrokerState, Limits
 from workbench.protocol import CHANNEL, FLAG_ACKS, META, SESSION_ID_SIZE, Op, Status
+
+from .change_replica import Replica, state_view
 
 
 @dataclass
@@ -80,10 +83,18 @@ def value_size(value: Any) -> int:
 class StateDriver:
     """Sends requests to a ``BrokerState`` and keeps the replies it has not handed out yet."""
 
+    #: The drivers the running test made: at its end, conftest checks that each one's change
+    #: records rebuild its state (``check_replay``).
+    made: list[StateDriver] = []
+
     def __init__(self, limits: Limits | None = None, rng=None, now: float = 0.0) -> None:
+        StateDriver.made.append(self)
         self.state = BrokerState(limits, rng, now)
         self.now = now
         self.pending: list[Reply] = []
+        self.changes: list = []  # every change record the state returned, in order
+        self._changes_seen = 0
+        self.notices: list[str] = []
         self._next_request_id: dict[bytes, int] = {}
         self._sessions = 0
 
@@ -122,8 +133,7 @@ class StateDriver:
 
     def expire(self) -> None:
         """Let the state end every session silent for longer than the liveness timeout."""
-        self.state.expire(self.now)
-        self._collect()
+        self._collect(self.state.expire(self.now))
 
     @property
     def timeout(self) -> float:
@@ -142,12 +152,12 @@ class StateDriver:
         return request_id
 
     def send_raw(self, peer: bytes, head: bytes, frames: list | None = None) -> None:
-        self.state.handle(peer, head, list(frames or []), self.now)
-        self._collect()
+        self._collect(self.state.handle(peer, head, list(frames or []), self.now))
 
-    def _collect(self) -> None:
-        outbox, self.state.outbox = self.state.outbox, []
-        for peer, (head, *extra) in outbox:
+    def _collect(self, effects) -> None:
+        self.changes.extend(effects.changes)
+        self.notices.extend(effects.notices)
+        for peer, (head, *extra) in effects.messages:
             status, nextra, request_id = protocol.parse_head(head)
             assert nextra == len(extra), f"reply head announces {nextra} frames, {len(extra)} sent"
             self.pending.append(
@@ -292,6 +302,18 @@ class StateDriver:
 
     # ------------------------------------------------------------ introspection
 
+    def new_changes(self) -> list:
+        """The change records returned since the last call of this method."""
+        new = self.changes[self._changes_seen:]
+        self._changes_seen = len(self.changes)
+        return new
+
+    def check_replay(self) -> None:
+        """A replica fed nothing but the change records holds what the state holds."""
+        replica = Replica()
+        replica.apply_all(self.changes)
+        assert replica.view() == state_view(self.state)
+
     def held_values(self, ws: str, var: str) -> list | None:
         """The decoded values the state holds in a variable, head first for FIFO and SINGLE,
         top last for LIFO; None if there is no such variable. For invariants only."""
@@ -303,7 +325,7 @@ class StateDriver:
 
     def leased_values(self) -> list:
         """The decoded values handed to fetchers and not acknowledged yet. For invariants only."""
-        return [codec.decode(value.frames) for _, value, _ in self.state.leases.values()]
+        return [codec.decode(value.frames) for _, value, _ in self.state.handoffs.leases.values()]
 
 
 def _flag(on: bool) -> bytes:

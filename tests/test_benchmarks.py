@@ -17,6 +17,7 @@ BENCH = BENCHMARKS / "bench_workspace.py"
 BENCH_KV = BENCHMARKS / "bench_kv.py"
 BENCH_PUBSUB = BENCHMARKS / "bench_pubsub.py"
 BENCH_SLEIGH = BENCHMARKS / "bench_sleigh.py"
+BENCH_START = BENCHMARKS / "bench_broker_start.py"
 
 
 def run_quick(script: Path, output: Path) -> tuple[str, dict]:
@@ -155,3 +156,12 @@ def test_quick_sleigh_benchmark_runs_and_reports_every_case(tmp_path):
     for figure, value in medians.items():
         assert value > 0, figure
     assert meta["broker_log_problems"] == []
+
+
+@pytest.mark.timeout(120)
+def test_quick_broker_start_benchmark_measures_the_start(tmp_path):
+    stdout, saved = run_quick(BENCH_START, tmp_path / "result.json")
+    for figure in ("interpreter_ms", "import_ms", "answers_ms"):
+        assert saved["medians"][figure] > 0, figure
+    assert "python -m workbench broker, until it answers" in stdout
+    assert "workbench.broker.server" in saved["modules"]

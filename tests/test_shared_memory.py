@@ -164,3 +164,39 @@ def test_a_vanished_file_in_a_fetch_many_loses_only_that_value(broker, ws, ws_na
     assert result.returncode == 0, result.stderr
     assert "shared-memory file is gone" in result.stdout
     assert ws.fetch_many_try("mixed", 10) == ["before", "after"]
+
+
+def test_compare_and_swap_compares_a_shared_memory_value_byte_for_byte(broker, ws_name):
+    """The broker compares the file at its edge: swapped only when every byte is the same."""
+    from workbench import KeyValueStore
+
+    kv = KeyValueStore(broker.host, broker.port, workspace=ws_name)
+    try:
+        array = big_array(5)
+        before = set(broker_files(broker))
+        kv.store("k", array)
+        assert len(set(broker_files(broker)) - before) == 1  # it went through shared memory
+        almost = array.copy()
+        almost[-1, -1] += 1.0  # the last byte of the file differs
+        assert np.array_equal(kv.compare_and_swap("k", "new", almost).value, array)
+        assert np.array_equal(kv.get("k").value, array)  # not swapped
+        assert np.array_equal(kv.compare_and_swap("k", "new", array).value, array)
+        assert kv.get("k").value == "new"
+    finally:
+        kv.close()
+
+
+def test_the_server_edge_inspects_only_its_own_references_and_compares_files():
+    files = shm.BrokerFiles(os.getpid())
+    assert files.inspect([b"plain bytes", b"workbench-1-ab-cd:5"]) is None  # not ours
+    frames, path = shm.spill([b"head", b"data" * 1000], os.getpid(), "ab")
+    missing = f"{shm.PREFIX}{os.getpid()}-ab-0123:7".encode()
+    try:
+        found = files.inspect([b"other", frames[1], missing])
+        assert found[frames[1]] == 4000
+        assert "No such file" in found[missing]
+        assert files.holds(frames[1], [b"data" * 1000])
+        assert not files.holds(frames[1], [b"data" * 999 + b"datb"])
+        assert not files.holds(missing, [b"x" * 7])
+    finally:
+        os.unlink(path)

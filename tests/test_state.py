@@ -91,7 +91,7 @@ def test_single_keeps_only_the_last_value_and_a_fetch_empties_it(driver, owner):
 def test_single_overwrite_frees_the_replaced_value(driver, owner):
     assert driver.declare(owner, WS, "x", "single").ok
     store_all(driver, owner, "x", ["a" * 100, "b"])
-    assert driver.state.memory == value_size("b")
+    assert driver.state.memory.used == value_size("b")
 
 
 @pytest.mark.parametrize("mode, head", [("fifo", 1), ("lifo", 3), ("single", 3)])
@@ -250,7 +250,7 @@ def test_delete_var_destroys_values_and_fails_blocked_callers(driver, owner, oth
     assert driver.reply(other, find).status == Status.VARIABLE_DELETED
     assert driver.list_vars(owner, WS) == []
     assert driver.fetch_try(owner, WS, "full").status == Status.MISSING
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_delete_ws_fails_blocked_callers_and_later_requests(driver, owner, other):
@@ -263,7 +263,7 @@ def test_delete_ws_fails_blocked_callers_and_later_requests(driver, owner, other
     assert driver.store(other, WS, "x", 2).status == Status.NO_WORKSPACE
     assert driver.fetch_try(other, WS, "x").status == Status.NO_WORKSPACE
     assert WS not in [row[0] for row in driver.list_wss(other)]
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_delete_ws_of_a_missing_workspace_reports_no_workspace(driver, owner):
@@ -410,7 +410,7 @@ def test_a_returned_single_value_does_not_overwrite_a_newer_one(driver, owner, o
     store_all(driver, owner, "x", ["new"])
     driver.cancel(other, handed_out.request_id)
     assert driver.fetch_all(owner, WS, "x") == ["new"]
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 @pytest.mark.parametrize("how", ["flag", "heartbeat", "store"])
@@ -423,7 +423,7 @@ def test_an_acknowledged_value_is_never_returned(driver, owner, other, how):
         assert driver.heartbeat(other, [(0, handed_out.request_id)]).ok
     else:
         assert driver.store(other, WS, "y", "z", acks=[handed_out.request_id]).ok
-    assert driver.state.memory == (value_size("z") if how == "store" else 0)
+    assert driver.state.memory.used == (value_size("z") if how == "store" else 0)
     driver.cancel(other, handed_out.request_id)
     expire_silent(driver, owner)
     assert driver.fetch_try(owner, WS, "x").status == Status.MISSING
@@ -432,9 +432,9 @@ def test_an_acknowledged_value_is_never_returned(driver, owner, other, how):
 def test_a_leased_value_counts_against_memory_until_acknowledged(driver, owner, other):
     store_all(driver, owner, "x", ["abc"])
     handed_out = driver.fetch_try(other, WS, "x")
-    assert driver.state.memory == value_size("abc")
+    assert driver.state.memory.used == value_size("abc")
     driver.ack(other, handed_out.request_id)
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_acks_of_another_channel_ride_on_the_heartbeat(driver, owner, other):
@@ -442,7 +442,7 @@ def test_acks_of_another_channel_ride_on_the_heartbeat(driver, owner, other):
     store_all(driver, owner, "x", ["v"])
     handed_out = driver.fetch_try(second_socket, WS, "x")
     assert driver.heartbeat(other, [(3, handed_out.request_id)]).ok
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
     expire_silent(driver, owner)
     assert driver.fetch_try(owner, WS, "x").status == Status.MISSING
 
@@ -489,7 +489,7 @@ def test_a_session_silent_for_less_than_the_timeout_survives(driver, owner, othe
     driver.expire()
     assert driver.fetch_try(owner, WS, "x").status == Status.MISSING
     assert driver.ack(other, handed_out.request_id).ok
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_an_expired_session_blocked_fetch_does_not_swallow_a_store(driver, owner, other):
@@ -508,7 +508,7 @@ def test_an_expired_owner_purges_its_non_persistent_workspaces(driver, owner, ot
     assert driver.reply(other, fetch).status == Status.NO_WORKSPACE
     assert driver.fetch_try(other, WS, "x").status == Status.NO_WORKSPACE
     assert WS not in [row[0] for row in driver.list_wss(other)]
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_an_expired_owner_keeps_its_persistent_workspaces(driver):
@@ -526,9 +526,9 @@ def test_leases_on_a_purged_workspace_are_freed(driver, owner, other):
     store_all(driver, owner, "x", ["a", "b"])
     handed_out = driver.fetch_try(other, WS, "x")
     expire_silent(driver, other)
-    assert driver.state.memory == value_size("a")
+    assert driver.state.memory.used == value_size("a")
     driver.cancel(other, handed_out.request_id)
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_bye_purges_the_owned_workspace_and_answers_its_waiters(driver, owner, other):
@@ -641,10 +641,10 @@ def test_a_store_beyond_the_memory_cap_is_refused_and_changes_nothing():
     driver = StateDriver(Limits(max_memory=cap))
     owner = driver.client(WS, open=True)
     store_all(driver, owner, "x", ["x" * 50, "y" * 50])
-    before = (driver.list_vars(owner, WS), driver.state.memory)
+    before = (driver.list_vars(owner, WS), driver.state.memory.used)
     assert driver.store(owner, WS, "x", "z").status == Status.NO_MEMORY
     assert driver.store(owner, WS, "new", "z").status == Status.NO_MEMORY
-    assert (driver.list_vars(owner, WS), driver.state.memory) == before
+    assert (driver.list_vars(owner, WS), driver.state.memory.used) == before
     assert driver.fetch_all(owner, WS, "x") == ["x" * 50, "y" * 50]
     assert driver.store(owner, WS, "x", "z").ok  # room again once values are consumed
 
@@ -656,7 +656,7 @@ def test_a_refused_store_does_not_serve_a_waiting_fetcher():
     assert driver.store(owner, WS, "x", "too large for the cap").status == Status.NO_MEMORY
     assert no_reply(driver, owner, waiting)
     assert driver.var_counts(owner, WS)["x"] == (0, 1, 0, "fifo")
-    assert driver.state.memory == 0
+    assert driver.state.memory.used == 0
 
 
 def test_unacknowledged_leases_count_against_the_memory_cap():

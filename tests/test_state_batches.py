@@ -85,9 +85,9 @@ def test_an_acknowledged_fetch_many_is_gone_for_good(driver) -> None:
     store_many(driver, master, "tasks", ["a", "b"])
     request = fetch_many(driver, worker, "tasks", 2)
     driver.reply(worker, request)
-    memory = driver.state.memory
+    memory = driver.state.memory.used
     driver.ack(worker, request)
-    assert driver.state.memory < memory and not driver.state.leases
+    assert driver.state.memory.used < memory and not driver.state.handoffs.leases
     driver.bye(worker)
     assert driver.var_counts(master, WS)["tasks"][0] == 0
 

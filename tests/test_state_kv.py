@@ -227,10 +227,10 @@ def test_expired_memory_is_reclaimed_by_the_tick_without_touching_the_key(
     for i in range(100):
         kv.store(f"k{i}", "x" * 1000, ttl=1 + i % 2)
     kv.store("forever", "x" * 1000)
-    before = driver.state.memory
+    before = driver.state.memory.used
     driver.advance(1.5)
     driver.expire()  # the server loop's tick
-    assert driver.state.memory < before
+    assert driver.state.memory.used < before
     assert len(driver.state.spaces.get(WS).variables) == 51
     driver.advance(1)
     driver.expire()
@@ -248,7 +248,7 @@ def test_touch_moves_the_deadline_and_rewrites_leave_stale_heap_entries_harmless
     assert kv.value("t") == 1
     assert kv.call(Op.KV_TOUCH, b"t", b"0").ok  # never
     driver.advance(100)
-    driver.state.reap_expired(driver.now)  # (a tick would also end this silent session)
+    driver.state.deadlines.reap(driver.now)  # (a tick would also end this silent session)
     assert kv.value("t") == 1
     assert kv.call(Op.KV_TOUCH, b"nope", b"1").status == Status.MISSING
 
@@ -288,10 +288,10 @@ def test_delete_and_flush(kv: KV, driver, peer) -> None:
     assert kv.call(Op.KV_DELETE, b"a").ok
     assert kv.call(Op.KV_DELETE, b"a").status == Status.MISSING
     assert kv.names() == ["b"]
-    memory = driver.state.memory
+    memory = driver.state.memory.used
     assert memory > 0
     assert kv.call(Op.KV_FLUSH).ok
-    assert kv.names() == [] and driver.state.memory == 0
+    assert kv.names() == [] and driver.state.memory.used == 0
 
 
 def test_flush_fails_readers_blocked_in_the_workspace(kv: KV, driver: StateDriver) -> None:

@@ -12,7 +12,7 @@ import pytest
 from .state_driver import StateDriver
 from workbench import codec
 from workbench.broker.state import Limits
-from workbench.broker.state.pubsub import FlowLimits
+from workbench.broker.state.deliveries import FlowLimits
 from workbench.protocol import Op, Status
 
 CHANNEL = 9
@@ -145,7 +145,7 @@ def test_the_backlog_is_bounded_in_bytes_too() -> None:
     for i in range(20):
         publish(d, sender, "x:a", b"%d" % i + b"." * 1000)
     messages(d, inbox)
-    subscriber = d.state.subscribers[inbox]
+    subscriber = d.state.deliveries.subscribers[inbox]
     assert subscriber.backlog_bytes <= 5000 and subscriber.dropped >= 14
 
 
@@ -154,7 +154,7 @@ def test_a_vanished_delivery_socket_counts_a_drop(driver) -> None:
     inbox = subscribe(driver, other, "x:*")
     head = codec.encode(1)[0]
     driver.state.undeliverable(inbox, b"\x01\x04\x00\x00\x00\x00\x00\x00" + head)
-    assert driver.state.subscribers[inbox].dropped == 1
+    assert driver.state.deliveries.subscribers[inbox].dropped == 1
     assert driver.state.counters["dropped"] == 1
 
 
@@ -163,7 +163,8 @@ def test_a_session_that_ends_stops_receiving(driver) -> None:
     inbox = subscribe(driver, other, "x:*")
     driver.bye(other)
     assert publish(driver, sender, "x:a", 1, reply=True).body == b"0"
-    assert driver.state.subscribers == {} and driver.state.pattern_index.get(None, {}) == {}
+    assert driver.state.deliveries.subscribers == {}
+    assert driver.state.pubsub.pattern_index.get(None, {}) == {}
     assert messages(driver, inbox) == []
 
 
@@ -283,4 +284,4 @@ def test_unwatch_stops_events(driver) -> None:
     driver.call(watcher, Op.UNWATCH, [b"%d" % CHANNEL, b"demo"])
     driver.store(owner, "demo", "x", 1)
     assert driver.replies_for(driver.other_channel(watcher, CHANNEL)) == []
-    assert driver.state.watched == {}
+    assert driver.state.deliveries.watched == {}

@@ -13,8 +13,9 @@ import sys
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
-    STATUS_TIMEOUT, Liveness, default_address, default_max_memory, normalize_address,
+    BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, KERNEL_DISPLAY_NAME, KERNEL_NAME,
+    MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, STATUS_TIMEOUT, Liveness, default_address,
+    default_max_memory, normalize_address,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -99,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _kernel_parser(commands: argparse._SubParsersAction) -> None:
-    from .jupyter.kernelspec import DISPLAY_NAME, KERNEL_NAME
-
+    # The names come from config, not kernelspec: parsing ``workbench broker`` loads nothing
+    # of the notebook layer.
     kernel = commands.add_parser(
-        "kernel", help=f"install the \"{DISPLAY_NAME}\" Jupyter kernel",
-        description=f"The \"{DISPLAY_NAME}\" Jupyter kernel: IPython with the workbench "
+        "kernel", help=f"install the \"{KERNEL_DISPLAY_NAME}\" Jupyter kernel",
+        description=f"The \"{KERNEL_DISPLAY_NAME}\" Jupyter kernel: IPython with the workbench "
                     "extension loaded at start, so that %nws works in the first cell.")
     actions = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
     install = actions.add_parser(
@@ -118,7 +119,7 @@ def _kernel_parser(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter")
     install.add_argument("--name", default=KERNEL_NAME,
                          help="the kernel's name (default %(default)s)")
-    install.add_argument("--display-name", default=DISPLAY_NAME,
+    install.add_argument("--display-name", default=KERNEL_DISPLAY_NAME,
                          help="the name shown in Jupyter (default %(default)r)")
 
 
@@ -186,11 +187,16 @@ def run_broker(args: argparse.Namespace) -> int:
         print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)
         return 1
-    on_ready = None
-    if args.announce:
-        from .client.embedded import announce as on_ready
-    server.serve_forever(parent_pid=args.parent_pid, on_ready=on_ready)
+    server.serve_forever(parent_pid=args.parent_pid,
+                         on_ready=_announce if args.announce else None)
     return 0
+
+
+def _announce(address: str) -> None:
+    """``--announce``: tell the process that started this broker (an embedded broker's parent,
+    see ``client.embedded``) where it listens."""
+    sys.stdout.write(f"{BROKER_READY}{address}\n")
+    sys.stdout.flush()
 
 
 def run_status(args: argparse.Namespace) -> int:

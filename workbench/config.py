@@ -14,6 +14,13 @@ from dataclasses import dataclass
 BROKER_ENV = "WORKBENCH_BROKER"
 HEARTBEAT_INTERVAL_ENV = "WORKBENCH_HEARTBEAT_INTERVAL"
 HEARTBEAT_LIVENESS_ENV = "WORKBENCH_HEARTBEAT_LIVENESS"
+#: What ``workbench broker --announce`` prints on stdout, followed by its address, once it
+#: serves: how the process that started an embedded broker learns its port.
+BROKER_READY = "WORKBENCH_BROKER "
+
+#: The name and the display name of the "Python 3 (workbench)" Jupyter kernel.
+KERNEL_NAME = "workbench"
+KERNEL_DISPLAY_NAME = "Python 3 (workbench)"
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

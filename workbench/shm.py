@@ -29,6 +29,8 @@ PREFIX = "workbench-"
 #: Values whose big frames add up to at least this many bytes go through shared memory.
 THRESHOLD = SHM_THRESHOLD
 _CHUNK = 64 << 20
+#: Longest shared-memory reference a broker looks at: a name and a size for each frame.
+_MAX_REFERENCE = 64 << 10
 #: Descriptor flag (byte 1 of a value's first frame): the extra frame is a shared-memory
 #: reference ``name:size,size,...`` instead of the frames themselves.
 SHARED = VALUE_SHARED
@@ -110,25 +112,45 @@ def without_flag(first_frame) -> bytes:
 
 
 class BrokerFiles:
-    """The broker's side: check what clients hand over, send it to remote clients, remove it."""
+    """The broker's side, at its server's edge (the broker's state opens no file): check the
+    files clients hand over, read them for clients that cannot map them, remove them."""
 
     def __init__(self, broker_pid: int | None = None) -> None:
         self.pid = broker_pid or os.getpid()
         self.identity = identity()
+        self._prefix = f"{PREFIX}{self.pid}-".encode()
 
-    def size(self, reference: bytes) -> int:
-        """Bytes held by a referenced file; ValueError unless it is a valid file of ours."""
-        name, sizes = parse_reference(reference)
-        if not name.startswith(f"{PREFIX}{self.pid}-"):
-            raise ValueError("shared-memory file made for another broker")
-        actual = os.stat(os.path.join(SHM_DIR, name)).st_size
-        if actual != sum(sizes):
-            raise ValueError(f"shared-memory file holds {actual} bytes, not {sum(sizes)}")
-        return actual
+    def inspect(self, frames: Sequence) -> dict[bytes, int | str] | None:
+        """What the files a request's frames (after its head) may reference hold: for each
+        frame shaped like a reference to one of this broker's files, the file's size, or why it
+        cannot be read. None when no frame is (nearly always: references are rare and short)."""
+        found = None
+        prefix = self._prefix
+        for frame in frames:
+            if len(frame) > _MAX_REFERENCE or frame[:len(prefix)] != prefix:
+                continue
+            reference = bytes(frame)
+            try:
+                name, _ = parse_reference(reference)
+                size: int | str = os.stat(os.path.join(SHM_DIR, name)).st_size
+            except ValueError:  # not a reference after all: the broker's state decides
+                continue
+            except OSError as exc:
+                size = str(exc)
+            if found is None:
+                found = {}
+            found[reference] = size
+        return found
 
-    def materialize(self, frames: list) -> list:
-        """The value's frames as bytes in frames, for a client that cannot map the file."""
-        return [without_flag(frames[0]), *attach(frames[1])]
+    def holds(self, reference: bytes, frames: Sequence) -> bool:
+        """Whether the referenced file holds exactly ``frames``, one after the other (False if
+        it cannot be read)."""
+        try:
+            views = attach(reference)
+        except (OSError, ValueError):
+            return False
+        return len(views) == len(frames) and all(
+            _same_bytes(view, memoryview(frame).cast("B")) for view, frame in zip(views, frames))
 
     def release(self, reference: bytes) -> None:
         name, _ = parse_reference(reference)
@@ -156,6 +178,15 @@ class BrokerFiles:
                 except OSError:
                     pass
         return removed
+
+
+def _same_bytes(a: memoryview, b: memoryview) -> bool:
+    # Chunk by chunk as bytes: comparing memoryviews goes item by item, 40 times slower.
+    if a.nbytes != b.nbytes:
+        return False
+    step = 4 << 20
+    return all(a[i:i + step].tobytes() == b[i:i + step].tobytes()
+               for i in range(0, a.nbytes, step))
 
 
 def _alive(pid: int) -> bool:

@@ -1,11 +1,13 @@
-"""The broker's socket loop: the only broker module that touches sockets.
+"""The broker's socket loop: the only broker module that touches sockets, and the edge where
+the broker's files are read and removed.
 
 Accept DEALER connections (over TCP, and from this machine over a Unix socket too), read
-requests (ZMTP framing in ``zmtp``), hand each to ``BrokerState``, send what it returns, end
-silent sessions, repeat. One thread does all of it around one ``epoll`` (``poll`` where there is
-none): a reply is written from the thread that computed it, with no hand-off to an I/O thread
-(see ``zmtp`` for why). Each pass reads what every ready peer sent,
-handles those requests in order and then writes every peer's replies in one system call each.
+requests (ZMTP framing in ``zmtp``), hand each to ``BrokerState``, apply the ``Effects`` it
+returns (send, log, read and remove shared-memory files), end silent sessions, repeat. One
+thread does all of it around one ``epoll`` (``poll`` where there is none): a reply is written
+from the thread that computed it, with no hand-off to an I/O thread (see ``zmtp`` for why). Each
+pass reads what every ready peer sent, handles those requests in order and then writes every
+peer's replies in one system call each.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import stat
 import tempfile
 import time
 from collections import deque
+from functools import partial
 from typing import Callable
 
 from .. import shm
 from ..config import (
     DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, SHM_RELEASE_GRACE, STOP_LINGER,
 )
-from .state import BrokerState, Limits
+from .state import BrokerState, Effects, FileFrames, Limits, SharedMemory
 from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command
 
 log = logging.getLogger("workbench.broker")
@@ -122,7 +125,7 @@ class BrokerServer:
         self.port = port
         self.limits = limits or Limits()
         self.files = shm.BrokerFiles() if shared_memory and shm.identity() else None
-        self.state = BrokerState(self.limits, random.Random(), time.monotonic(), self.files)
+        self.state: BrokerState | None = None  # made by bind(), which knows the local socket
         self._releases: deque[tuple[float, bytes]] = deque()  # (when, shared-memory reference)
         self.address = ""
         self.listener: socket.socket | None = None
@@ -159,6 +162,11 @@ class BrokerServer:
         self.address = f"tcp://{self.host}:{self.port}"
         if self.local_socket:
             self._listen_locally()
+        files = self.files
+        self.state = BrokerState(
+            self.limits, random.Random(), time.monotonic(),
+            SharedMemory(files.identity, files.pid) if files is not None else None,
+            f"ipc://{self.local_path}" if self.local_path else None)
         return self.address
 
     def _listen_locally(self) -> None:
@@ -191,7 +199,6 @@ class BrokerServer:
             return
         listener.setblocking(False)
         self.local_listener, self.local_path = listener, path
-        self.state.local_endpoint = f"ipc://{path}"
 
     def serve_forever(self, parent_pid: int | None = None,
                       on_ready: Callable[[str], None] | None = None) -> None:
@@ -237,7 +244,7 @@ class BrokerServer:
                     next_tick = now + tick
                     self._release_files(now)
                     self._end_slow_handshakes(now)
-                    self.state.expire(now)
+                    self._apply(self.state.expire(now))
                     self._flush()
                     if parent_pid is not None and os.getppid() != parent_pid:
                         log.info("parent process %d exited; stopping", parent_pid)
@@ -246,7 +253,7 @@ class BrokerServer:
             log.info("signal received; stopping")
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self.state.shutdown()
+            self._apply(self.state.shutdown())
             self._flush()
             self._linger()
             for peer in list(self.peers):
@@ -315,8 +322,7 @@ class BrokerServer:
             pass
 
     def _count(self, name: str) -> None:
-        counters = self.state.counters
-        counters[name] = counters.get(name, 0) + 1
+        self.state.count(name)
 
     def _close(self, peer: _Peer) -> None:
         """Drop a connection. Values in replies it never got are the sender's session's leases:
@@ -386,49 +392,90 @@ class BrokerServer:
         return True
 
     def _handle(self, identity: bytes, frames: list, size: int) -> None:
-        state = self.state
-        head = frames[0] if frames else b""
+        head = bytes(frames[0]) if frames else b""
         if size > self.limits.max_message_size:
-            state.reject_oversized(identity, bytes(head), size)
-        else:
-            state.handle(identity, bytes(head), frames[1:], time.monotonic())
-        outbox = state.outbox
-        while outbox:
-            state.outbox = []
-            for peer_id, reply in outbox:
-                self._send(peer_id, reply)
-            outbox = state.outbox
+            self._apply(self.state.reject_oversized(identity, head, size))
+            return
+        rest = frames[1:]
+        files = self.files.inspect(rest) if rest and self.files is not None else None
+        self._apply(self.state.handle(identity, head, rest, time.monotonic(), files))
+
+    # ------------------------------------------------------------------ effects
+
+    def _apply(self, effects: Effects) -> None:
+        """Carry out what the state decided (see ``Effects``), then the calls into the state
+        that this calls for: a message whose socket is gone, a file that cannot be read, a
+        comparison. Each such call reuses the effects, so it waits until these are applied."""
+        state = self.state
+        routes = self.routes
+        dirty = self.dirty
+        later: list[Callable[[], Effects]] | None = None  # made when needed: rarely
+        while True:
+            rare = effects.rare  # anything besides messages (and changes)
+            if rare and effects.reads:
+                later = self._read_files(effects, later or [])
+            for identity, frames in effects.messages:
+                peer = routes.get(identity)
+                if peer is None:  # its socket is gone: a value it was handed goes back
+                    later = later or []
+                    later.append(partial(state.undeliverable, identity, frames[0]))
+                    continue
+                peer.queue(encode(frames))
+                dirty[peer] = None
+            if rare:
+                for line in effects.notices:
+                    log.info("%s", line)
+                if effects.released:
+                    self._release(effects.released)
+                comparison = effects.comparison
+                if comparison is not None:
+                    later = later or []
+                    later.append(partial(state.compared, self.files.holds(
+                        comparison.reference, comparison.frames)))
+            if not later:
+                return
+            effects = later.pop(0)()
+
+    def _read_files(self, effects: Effects,
+                    later: list[Callable[[], Effects]]) -> list[Callable[[], Effects]]:
+        """Put the frames of the shared-memory files that messages carry in their place. A
+        message whose file cannot be read is not sent, and the state hears why."""
+        messages = effects.messages
+        unsent = []
+        for index in effects.reads:
+            identity, frames = messages[index]
+            read: list = []
+            try:
+                for frame in frames:
+                    if type(frame) is FileFrames:
+                        reference = frame.reference
+                        read.extend(shm.attach(reference))
+                    else:
+                        read.append(frame)
+            except (OSError, ValueError) as exc:  # removed behind the broker's back
+                unsent.append(index)
+                later.append(partial(self.state.file_unreadable, identity, frames[0],
+                                     reference, str(exc)))
+                continue
+            messages[index] = (identity, read)
+        if unsent:
+            messages[:] = [m for i, m in enumerate(messages) if i not in unsent]
+        return later
+
+    def _release(self, released: list) -> None:
+        """Remove the files of values that are gone; one a finder was sent waits a while, since
+        that finder may not have mapped it yet (fetchers map before they acknowledge)."""
+        now = time.monotonic()
+        for reference, found in released:
+            if found:
+                self._releases.append((now, reference))
+            else:
+                self.files.release(reference)
 
     # ------------------------------------------------------------------ writing
 
-    def _send(self, identity: bytes, frames: list) -> None:
-        peer = self.routes.get(identity)
-        if peer is None:
-            # The peer's socket is gone: a value it was handed goes back.
-            self.state.undeliverable(identity, frames[0])
-            return
-        peer.queue(encode(frames))
-        self.dirty[peer] = None
-
     def _flush(self) -> None:
-        """Log what the state noted, release files, and write every peer's output."""
-        state = self.state
-        if state.notices:
-            for line in state.notices:
-                log.info("%s", line)
-            state.notices.clear()
-        if state.released:
-            now = time.monotonic()
-            for reference, found in state.released:
-                if found:  # a finder may not have mapped it yet: give it time
-                    self._releases.append((now, reference))
-                else:  # fetchers map before they acknowledge: nobody can still need it
-                    self.files.release(reference)
-            state.released.clear()
-        if state.outbox:  # from expire() or shutdown()
-            outbox, state.outbox = state.outbox, []
-            for peer_id, reply in outbox:
-                self._send(peer_id, reply)
+        """Write every peer's output."""
         dirty = self.dirty
         while dirty:
             peers = list(dirty)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workbench.deliveries")
 
-#: Delivery kinds: the first byte of a delivery's body (see broker/state/pubsub.py).
+#: Delivery kinds: the first byte of a delivery's body (see broker/state/deliveries.py).
 MESSAGE, EVENTS = 1, 2
 #: The channel number of every session's delivery socket.
 DELIVERY_CHANNEL = 0xFFFE

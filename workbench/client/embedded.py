@@ -20,13 +20,13 @@ import time
 from urllib.parse import urlsplit
 
 from ..config import (
-    BROKER_ENV, CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, EMBEDDED_START_TIMEOUT,
-    EMBEDDED_STOP_TIMEOUT, PORT_PROBE_TIMEOUT, PROBE_TIMEOUT, normalize_address,
+    BROKER_ENV, BROKER_READY, CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT,
+    EMBEDDED_START_TIMEOUT, EMBEDDED_STOP_TIMEOUT, PORT_PROBE_TIMEOUT, PROBE_TIMEOUT,
+    normalize_address,
 )
 from ..errors import NwsConnectException
 from .connection import Connection, close_all
 
-_READY = "WORKBENCH_BROKER "
 _lock = threading.Lock()
 _embedded: subprocess.Popen | None = None
 _embedded_address: str | None = None
@@ -106,16 +106,10 @@ def _read_announcement(process: subprocess.Popen) -> str:
                 f"the embedded broker exited with status {process.wait()} before starting")
         line += chunk
     text = line.decode().strip()
-    if not text.startswith(_READY):
+    if not text.startswith(BROKER_READY):
         process.kill()
         raise NwsConnectException(f"unexpected output from the embedded broker: {text!r}")
-    return text[len(_READY):]
-
-
-def announce(address: str) -> None:
-    """Called by ``workbench broker --announce`` once it listens."""
-    sys.stdout.write(f"{_READY}{address}\n")
-    sys.stdout.flush()
+    return text[len(BROKER_READY):]
 
 
 @atexit.register

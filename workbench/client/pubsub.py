@@ -8,7 +8,8 @@ changes of a workspace (``NetWorkSpace.watch``), for dashboards.
 A message travels as its identifier plus one value (``codec``-encoded; ``workbench.mq`` sends
 ``(args, kwargs)``). Publishing does not wait for the broker unless asked, so a publisher goes
 as fast as the broker takes messages; subscribers that fall behind lose the oldest messages
-beyond a bounded backlog, counted in ``MessageBus.dropped`` (see ``broker/state/pubsub.py``).
+beyond a bounded backlog, counted in ``MessageBus.dropped`` (see
+``broker/state/deliveries.py``).
 """
 
 from __future__ import annotations

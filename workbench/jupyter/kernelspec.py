@@ -12,8 +12,7 @@ import os
 import sys
 import tempfile
 
-KERNEL_NAME = "workbench"
-DISPLAY_NAME = "Python 3 (workbench)"
+from ..config import KERNEL_DISPLAY_NAME as DISPLAY_NAME, KERNEL_NAME
 
 
 def kernel_spec(python: str | None = None, display_name: str = DISPLAY_NAME) -> dict:

@@ -1,104 +1,76 @@
 """Many values in one request, for work queues: ``STORE_MANY`` puts a list of values into a
-variable, ``FETCH_MANY`` takes up to n at once under one lease, and ``END_SESSION`` lets a
-process that saw another die (a worker pool's master) end its session at once instead of after
-the heartbeat timeout, so the values it held go back without delay.
+variable, and ``FETCH_MANY`` takes up to n at once under one lease.
 
 Each value taken by ``FETCH_MANY`` carries ``returns``: how many times a session holding it
 ended before acknowledging it. A worker pool uses it to stop re-running a task that keeps
-killing its workers.
-
-A mixin of ``BrokerState``, like ``operations``.
+killing its workers. (``END_SESSION``, with which a pool's master ends the session of a worker
+it saw die, is the sessions' service.)
 """
 
 from __future__ import annotations
 
-from ...protocol import (
-    DESCRIPTOR_SIZE, MANY_COUNT, MANY_ITEM, MANY_RECORD, ProtocolError, Status, reply_head,
-)
+from typing import Callable
+
+from ...protocol import DESCRIPTOR_SIZE, MANY_ITEM, Op, ProtocolError, Status
+from .effects import Outbox
+from .expiry import Deadlines
+from .handoffs import HandOffs
+from .memory import Memory
+from .registry import Registry
 from .requests import OpError, arity, flag
 from .sessions import Session
-from .variables import FIFO, Value, Variable, Waiter
+from .variables import FIFO
 
 MAX_MANY = 65_535
 
 
-class Batches:
-    def _store_many(self, session: Session, peer: bytes, request_id: int, args: list,
-                    frames: list) -> None:
-        arity(args, 2)
-        ws = self._workspace(args[0])
-        name = self._name(args[1], "variable")
-        values = [self._incoming_value(session, value_frames)
-                  for value_frames in _many_items(frames[0], frames[1:])]
-        var = self._unexpired(ws, name)
-        if var is None:
-            var = self._new_variable(ws, name, FIFO)
-        else:
-            var.mode_fixed = True
-        for value in values:
-            var.stamp(value)
-            self.memory += value.size
-            self._offer(var, value)
-        self._reply(peer, request_id, Status.OK, b"%d" % len(values))
+class WorkQueueService:
+    def __init__(self, registry: Registry, handoffs: HandOffs, memory: Memory,
+                 deadlines: Deadlines, outbox: Outbox) -> None:
+        self.registry = registry
+        self.handoffs = handoffs
+        self.memory = memory
+        self.deadlines = deadlines
+        self.outbox = outbox
 
-    def _fetch_many(self, session: Session, peer: bytes, request_id: int, args: list,
-                    frames: list) -> None:
+    def handlers(self) -> dict[int, Callable]:
+        return {Op.STORE_MANY: self.store_many, Op.FETCH_MANY: self.fetch_many}
+
+    def store_many(self, session: Session, peer: bytes, request_id: int, args: list,
+                   frames: list) -> None:
+        arity(args, 2)
+        ws = self.registry.workspace(args[0])
+        name = self.registry.name(args[1], "variable")
+        values = [self.memory.admit(session, value_frames)
+                  for value_frames in _many_items(frames[0], frames[1:])]
+        var = self.deadlines.unexpired(ws, name)
+        if var is None:
+            var = self.registry.new_variable(ws, name, FIFO)
+        elif not var.mode_fixed:
+            self.registry.fix(var)
+        for value in values:
+            self.handoffs.store(var, value)
+        self.outbox.reply(peer, request_id, Status.OK, b"%d" % len(values))
+
+    def fetch_many(self, session: Session, peer: bytes, request_id: int, args: list,
+                   frames: list) -> None:
         """args: ws, var, most values to take, block (0/1)."""
         arity(args, 4)
-        ws = self._workspace(args[0])
-        name = self._name(args[1], "variable")
+        ws = self.registry.workspace(args[0])
+        name = self.registry.name(args[1], "variable")
         most = int(args[2])
         if not 0 < most <= MAX_MANY:
             raise OpError(Status.BAD_REQUEST, f"fetch_many takes 1 to {MAX_MANY} values")
-        var = self._unexpired(ws, name)
+        var = self.deadlines.unexpired(ws, name)
         if var is not None and var.values:
-            self._take_many(session, peer, request_id, var, most)
+            self.handoffs.take_many(session, peer, request_id, var, most)
             return
         if not flag(args[3]):
-            self._reply(peer, request_id, Status.MISSING)
+            self.outbox.reply(peer, request_id, Status.MISSING)
             return
         if var is None:
-            var = self._new_variable(ws, name, FIFO, mode_fixed=False)
-        waiter = Waiter(peer, request_id, session, True, many=most)
-        var.fetchers.append(waiter)
-        key = (peer, request_id)
-        self.waiting[key] = (var, waiter)
-        session.waiting.add(key)
-
-    def _take_many(self, session: Session, peer: bytes, request_id: int, var: Variable,
-                   most: int) -> None:
-        """Take up to ``most`` values of ``var`` (it has at least one) under one lease."""
-        taken = [var.take(self.rng) for _ in range(min(most, len(var.values)))]
-        self._lease(session, peer, request_id, var, taken)
-        if self.watched:
-            self._event(var.workspace.name, "fetched", var.name)
-        self._reply_many(peer, request_id, taken, session)
-
-    def _reply_many(self, peer: bytes, request_id: int, values: list[Value],
-                    session: Session) -> None:
-        body = [MANY_COUNT.pack(len(values))]
-        extra: list = []
-        for value in values:
-            value_frames = self._frames_for(peer, request_id, value, session)
-            if value_frames is None:  # its shared-memory file vanished: error already sent
-                return
-            first = value_frames[0]
-            body.append(MANY_RECORD.pack(value.seq, min(value.returns, 0xFFFF), len(first)))
-            body.append(bytes(first))
-            extra.extend(value_frames[1:])
-        self.outbox.append((peer, [reply_head(Status.OK, request_id, len(extra), b"".join(body)),
-                                   *extra]))
-
-    def _end_session_of(self, session: Session, peer: bytes, request_id: int, args: list,
-                        frames: list) -> None:
-        """args: host, pid of a process the caller saw die. Its sessions end now."""
-        arity(args, 2)
-        host, pid = args[0].decode("utf-8"), int(args[1])
-        ended = [s for s in self.sessions
-                 if s.host == host and s.pid == pid and s is not session and s.greeted]
-        for dead in ended:
-            self._end_session(dead, f"reported dead by {session.label}", notify_waiters=False)
-        self._reply(peer, request_id, Status.OK, b"%d" % len(ended))
+            var = self.registry.new_variable(ws, name, FIFO, mode_fixed=False)
+        self.handoffs.park(session, peer, request_id, var, True, many=most)
 
 
 def _many_items(blob: bytes, extra: list) -> list[list]:

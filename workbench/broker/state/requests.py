@@ -1,9 +1,15 @@
-"""What every request handler of the broker state shares: refusing a request, checking
-arguments, printing sizes."""
+"""What every part of the broker state shares: refusing a request, checking arguments, printing
+sizes, the clock of the call in progress and the counters."""
 
 from __future__ import annotations
 
 from ...protocol import ProtocolError
+
+#: What ``workbench status`` counts. The server counts its own transport events (refused
+#: connections, failed handshakes, paused readers) in the same table (``BrokerState.count``).
+COUNTERS = ("requests", "errors", "malformed", "oversized", "internal_errors", "expired",
+            "kv_gets", "kv_misses", "kv_sets", "published", "dropped", "queue_refused",
+            "publish_errors")
 
 
 class OpError(Exception):
@@ -12,6 +18,15 @@ class OpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Clock:
+    """The time of the call in progress: the ``now`` the server passed in, in seconds."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
 
 
 def flag(arg: bytes) -> bool:

@@ -2,7 +2,8 @@
 
 A session is one client connection (one ``NwsServer``); its sockets share the session id at the
 front of their routing identities. Any message counts as a sign of life; a session silent for
-the liveness timeout is dead.
+the liveness timeout is dead. ``Session`` and ``SessionTable`` are the records; greeting, ending
+and timing sessions out is ``clients``.
 """
 
 from __future__ import annotations
