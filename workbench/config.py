@@ -96,6 +96,32 @@ WIDGET_REQUEST_TIMEOUT = 5.0
 #: Seconds a magic's blocking call waits before it shows that it is waiting.
 WAIT_HINT_AFTER = 0.25
 
+#: Publish/subscribe flow control, per delivery socket: messages in flight before its client
+#: grants credit; messages, and bytes of them, waiting beyond that before the oldest are dropped.
+DELIVERY_WINDOW = 1000
+DELIVERY_BACKLOG = 10_000
+DELIVERY_BACKLOG_BYTES = 64 << 20
+
+#: Seconds a new sleigh waits for its first worker to join (``Sleigh(startTimeout=)``).
+SLEIGH_START_TIMEOUT = 30.0
+#: Deaths of workers after which a task record is not run again (a ``PoisonTaskError``).
+TASK_DEATHS_LIMIT = 3
+#: Worker starts in a row that die before saying hello, after which a rank is not started again.
+WORKER_STARTUP_FAILURES = 3
+#: Seconds a stopping sleigh gives its workers to leave by themselves, then after SIGTERM.
+WORKER_LEAVE_TIMEOUT = 2.0
+WORKER_KILL_TIMEOUT = 1.0
+#: Task records a worker takes in one request, at most.
+WORKER_MOST_TASKS = 256
+#: Seconds a worker's hand of tasks should take: faster tasks are taken several at a time.
+WORKER_HAND_SECONDS = 0.002
+#: A worker sends its results at least this often (seconds), and this many at a time, during a
+#: long hand.
+WORKER_FLUSH_SECONDS = 0.005
+WORKER_FLUSH_ITEMS = 64
+#: Seconds between two looks of a waiting caller at its call (Ctrl-C is seen within this).
+SLEIGH_WAIT_SLICE = 0.1
+
 
 def default_max_memory() -> int:
     """Half of physical memory: the broker refuses stores beyond it instead of being killed."""

@@ -29,7 +29,7 @@ from ..client.connection import Connection
 from ..client.embedded import connect, start_hint
 from ..client.keyvalue import KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
-from ..config import CONNECT_TIMEOUT, normalize_address
+from ..config import CONNECT_TIMEOUT, SLEIGH_START_TIMEOUT, normalize_address
 from ..errors import NwsException
 from . import tasks
 from .batch import Batch
@@ -66,7 +66,7 @@ class Sleigh(Executor):
                  nodeList: Sequence[str] | None = None, *, broker: str | None = None,
                  nwsHost: str | None = None, nwsPort: int | None = None,
                  workerBroker: str | None = None, wsNameTemplate: str = "sleigh_ride_%04d",
-                 userWsNameTemplate: str = "sleigh_user_%04d", startTimeout: float = 30.0,
+                 userWsNameTemplate: str = "sleigh_user_%04d", startTimeout: float = SLEIGH_START_TIMEOUT,
                  python: str | None = None, ssh: Sequence[str] = ("ssh",),
                  env: dict | None = None) -> None:
         if os.environ.get(WORKER_ENV):

@@ -24,6 +24,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from ..config import SLEIGH_WAIT_SLICE
 from .batch import Batch
 from .errors import RemoteError, SleighError
 from .events import SleighStatus, Subscription, WorkerJoined, WorkerLeft
@@ -32,7 +33,7 @@ from .tasks import DEATHS_LIMIT, Hello, ResultEntry, TaskRecord
 log = logging.getLogger("workbench.sleigh")
 
 #: Seconds between two looks at a batch while waiting (Ctrl-C, progress, broken sleigh).
-WAIT_SLICE = 0.1
+WAIT_SLICE = SLEIGH_WAIT_SLICE
 #: Function specs kept stored in the workspace before the oldest unused ones are deleted.
 FUNCTIONS_KEPT = 256
 #: Cancelled batch ids a newly started worker is told about.

@@ -28,10 +28,11 @@ import math
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .. import codec, sources
+from ..config import TASK_DEATHS_LIMIT
 from .errors import ErrorInfo
 
 #: A record that has killed this many workers is not run again.
-DEATHS_LIMIT = 3
+DEATHS_LIMIT = TASK_DEATHS_LIMIT
 #: The batch number of control entries (``Hello``) in the result variable.
 CONTROL = 0
 

@@ -51,7 +51,10 @@ from ..client.keyvalue import KeyValueStore
 from ..client.pubsub import MessageBus
 from ..client.workqueue import WorkQueue
 from ..client.workspace import NetWorkSpace, NwsServer
-from ..config import CONNECT_TIMEOUT, normalize_address
+from ..config import (
+    CONNECT_TIMEOUT, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS, WORKER_HAND_SECONDS,
+    WORKER_MOST_TASKS, normalize_address,
+)
 from ..errors import (
     NwsConnectionDroppedException, NwsNoWorkSpaceException, NwsUnpicklingException,
 )
@@ -69,13 +72,10 @@ SleighNws: NetWorkSpace | None = None
 SleighUserNws: NetWorkSpace | None = None
 GLOBAL_NAMES = ("SleighRank", "SleighWorkerCount", "SleighNws", "SleighUserNws")
 
-#: Most task records taken in one request.
-MOST_TASKS = 256
-#: Seconds a hand of tasks should take: tasks faster than this are taken several at a time.
-HAND_SECONDS = 0.002
-#: Results are sent at least this often (seconds) and this many at a time during a long hand.
-FLUSH_SECONDS = 0.005
-FLUSH_ITEMS = 64
+# Tuning of the loop, from config (names kept short here, where they are used).
+MOST_TASKS = WORKER_MOST_TASKS
+HAND_SECONDS = WORKER_HAND_SECONDS
+FLUSH_SECONDS, FLUSH_ITEMS = WORKER_FLUSH_SECONDS, WORKER_FLUSH_ITEMS
 #: Function specs a worker keeps.
 FUNCTION_CACHE = 128
 

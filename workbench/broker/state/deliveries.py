@@ -20,6 +20,7 @@ import json
 from collections import deque
 from dataclasses import dataclass
 
+from ...config import DELIVERY_BACKLOG, DELIVERY_BACKLOG_BYTES, DELIVERY_WINDOW
 from ...protocol import CHANNEL, HEADER, PROTOCOL_VERSION, Status
 from .effects import Outbox
 from .sessions import Session
@@ -31,9 +32,9 @@ MESSAGE, EVENTS = 1, 2
 
 @dataclass(frozen=True)
 class FlowLimits:
-    window: int = 1000  # messages in flight to one delivery socket before it grants credit
-    backlog: int = 10_000  # messages waiting beyond the window; the oldest are dropped
-    backlog_bytes: int = 64 << 20
+    window: int = DELIVERY_WINDOW  # messages in flight before the client grants credit
+    backlog: int = DELIVERY_BACKLOG  # messages waiting beyond the window; oldest dropped
+    backlog_bytes: int = DELIVERY_BACKLOG_BYTES
 
 
 class Subscriber:

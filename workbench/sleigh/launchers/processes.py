@@ -14,16 +14,16 @@ import subprocess
 import threading
 import time
 
+from ...config import (
+    WORKER_KILL_TIMEOUT, WORKER_LEAVE_TIMEOUT, WORKER_STARTUP_FAILURES,
+)
 from .base import (
     EXITED, FAILED, RESTARTING, RUNNING, STARTING, UNWATCHED, SleighInfo, WorkerExit,
     WorkerState, describe_exit,
 )
 
-#: A worker that dies this many times in a row before saying hello is not started again.
-STARTUP_FAILURES = 3
-#: Seconds ``stop`` gives workers to leave by themselves, then after SIGTERM.
-LEAVE_TIMEOUT = 2.0
-KILL_TIMEOUT = 1.0
+STARTUP_FAILURES = WORKER_STARTUP_FAILURES
+LEAVE_TIMEOUT, KILL_TIMEOUT = WORKER_LEAVE_TIMEOUT, WORKER_KILL_TIMEOUT
 
 
 class ProcessLauncher:
