@@ -130,3 +130,16 @@ def test_docstring_literal_blocks_become_markdown():
     assert convert("Tree\n\n::\n\n    A\n    └── B\n") == "Tree\n\n    A\n    └── B\n"
     assert convert("Text ::\n\n    x\n") == "Text\n\n    x\n"
     assert convert("Not a block::\nsame level") == "Not a block::\nsame level"
+
+
+_PROJECT_PATH = re.compile(r"`((?:workbench|tests|benchmarks)/[\w/.]*)`")
+
+
+def test_the_architecture_page_names_only_what_exists():
+    """The page for the next engineer stays true: every module or folder it names exists."""
+    named = set(_PROJECT_PATH.findall((DOCS / "architecture.md").read_text()))
+    assert len(named) > 30, "the page names the modules it describes"
+    missing = sorted(path for path in named if not (ROOT / path.rstrip("/")).exists())
+    assert not missing, f"docs/architecture.md names what does not exist: {missing}"
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    assert "docs/architecture.md" in contributing and "make test" in contributing
