@@ -239,7 +239,7 @@ def test_ctrl_c_cancels_queued_tasks_and_interrupts_running_ones(broker, side):
         assert time.monotonic() - started < 10
         # both workers were interrupted: quick work gets through at once
         assert s.eachElem(abs, [-1, -2, -3], timeout=5) == [1, 2, 3]
-        time.sleep(0.2)
+        time.sleep(0.2)  # nothing may start in this time: the queued four were cancelled
         assert len(ran(side)) == 2  # the queued four never ran
         # Ctrl-C while waiting on a future cancels its task too
         future = s.submit(slow, 10)
@@ -267,7 +267,7 @@ def test_future_cancel_skips_queued_work_and_interrupts_running_work(broker, sid
         started = time.monotonic()
         assert s.submit(abs, -7).result(timeout=5) == 7
         assert time.monotonic() - started < 5
-        time.sleep(0.2)
+        time.sleep(0.2)  # nothing may start in this time: task 2 was cancelled
         assert sorted(tag for tag, _ in ran(side)) == [0, 1]  # task 2 never started
     finally:
         s.stop()
@@ -277,7 +277,9 @@ def test_stop_ends_workers_busy_with_long_tasks(broker):
     s = Sleigh(2, broker=broker.address)
     pids = [w["pid"] for w in s.workerInfo()]
     s.eachElem(time.sleep, [30, 30], blocking=False)
-    time.sleep(0.2)
+    # both workers busy: both tasks sent, and neither left in the queue
+    wait_for(lambda: s.status().outstanding == 2
+             and s.nws.listVars(format="dict").get("task", (0, 0))[1] == 0, timeout=TIMEOUT)
     waiting = s.eachElem(time.sleep, [30], blocking=False)
     started = time.monotonic()
     s.stop()
