@@ -258,9 +258,9 @@ def test_sleigh_monitor_counts_tasks_per_worker(broker, loop, build):
         settle(loop, lambda: monitor.progress_text.value == "300 / 300 tasks · idle")
         assert pending.wait() == [2 * x for x in range(300)]
         assert monitor.progress.value == monitor.progress.max == 300
-        assert sum(monitor._tally.done.values()) == 300
+        assert sum(monitor.done_by_rank.values()) == 300
         for info in sleigh.workerInfo():
-            done = monitor._tally.done[info["rank"]]
+            done = monitor.done_by_rank[info["rank"]]
             assert row(info["rank"], info["host"], info["pid"], done) in monitor.workers.value
         assert "queued at the broker 0 · in flight 0 · deaths 0" in monitor.footer.value
 

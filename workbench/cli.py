@@ -14,8 +14,8 @@ import sys
 from ._version import __version__
 from .config import (
     BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, KERNEL_DISPLAY_NAME, KERNEL_NAME,
-    MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, STATUS_TIMEOUT, Liveness, default_address,
-    default_max_memory, normalize_address,
+    MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness,
+    default_address, default_max_memory, normalize_address,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -153,10 +153,9 @@ def run_kernel(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from .sleigh.master import WORKER_ENV
     from .sleigh.worker import run
 
-    os.environ[WORKER_ENV] = "1"  # a task may not start a sleigh of its own
+    os.environ[SLEIGH_WORKER_ENV] = "1"  # a task may not start a sleigh of its own
     address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
     return run(address, args.sleigh, args.rank, args.parent_pid)
 

@@ -102,6 +102,8 @@ DELIVERY_WINDOW = 1000
 DELIVERY_BACKLOG = 10_000
 DELIVERY_BACKLOG_BYTES = 64 << 20
 
+#: Set in every sleigh worker's environment: a task may not start a sleigh of its own.
+SLEIGH_WORKER_ENV = "WORKBENCH_SLEIGH_WORKER"
 #: Seconds a new sleigh waits for its first worker to join (``Sleigh(startTimeout=)``).
 SLEIGH_START_TIMEOUT = 30.0
 #: Deaths of workers after which a task record is not run again (a ``PoisonTaskError``).

@@ -392,7 +392,7 @@ class SleighMonitor(LiveWidget):
         self.progress.bar_style = "success" if total and done >= total else ""
         state = f"{running} calls running" if running else "idle"
         self.progress_text.value = html.escape(f"{done} / {total} tasks · {state}")
-        by_rank = dict(self._tally.done)
+        by_rank = self.done_by_rank
         self.workers.value = table(
             ("rank", "host", "pid", "tasks done"),
             ((w["rank"], w["host"], w["pid"], by_rank.get(w["rank"], 0)) for w in info),
@@ -405,6 +405,11 @@ class SleighMonitor(LiveWidget):
         where = html.escape(sleigh.nws.server.address)
         run = "<b>stopped</b>" if status.stopped else f"{status.workers} workers"
         self.header.value = f"{self._title()} · {where} · {run}"
+
+    @property
+    def done_by_rank(self) -> dict[int, int]:
+        """Tasks each worker (by rank) finished while this monitor watched, as its table shows."""
+        return dict(self._tally.done)
 
     def _stop(self) -> None:
         self._subscription.close()

@@ -66,7 +66,8 @@ class Sleigh(Executor):
                  nodeList: Sequence[str] | None = None, *, broker: str | None = None,
                  nwsHost: str | None = None, nwsPort: int | None = None,
                  workerBroker: str | None = None, wsNameTemplate: str = "sleigh_ride_%04d",
-                 userWsNameTemplate: str = "sleigh_user_%04d", startTimeout: float = SLEIGH_START_TIMEOUT,
+                 userWsNameTemplate: str = "sleigh_user_%04d",
+                 startTimeout: float = SLEIGH_START_TIMEOUT,
                  python: str | None = None, ssh: Sequence[str] = ("ssh",),
                  env: dict | None = None) -> None:
         if os.environ.get(WORKER_ENV):

@@ -52,8 +52,8 @@ from ..client.pubsub import MessageBus
 from ..client.workqueue import WorkQueue
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import (
-    CONNECT_TIMEOUT, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS, WORKER_HAND_SECONDS,
-    WORKER_MOST_TASKS, normalize_address,
+    CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS,
+    WORKER_HAND_SECONDS, WORKER_MOST_TASKS, normalize_address,
 )
 from ..errors import (
     NwsConnectionDroppedException, NwsNoWorkSpaceException, NwsUnpicklingException,
@@ -79,8 +79,8 @@ FLUSH_SECONDS, FLUSH_ITEMS = WORKER_FLUSH_SECONDS, WORKER_FLUSH_ITEMS
 #: Function specs a worker keeps.
 FUNCTION_CACHE = 128
 
-#: Set in every worker's environment: a worker may not start a sleigh of its own.
-WORKER_ENV = "WORKBENCH_SLEIGH_WORKER"
+#: Set in every worker's environment (see config).
+WORKER_ENV = SLEIGH_WORKER_ENV
 
 RANK_COUNTER = "rankCount"
 WORKER_COUNT = "workerCount"
