@@ -20,6 +20,7 @@ import hashlib
 import io
 import linecache
 import pickle
+import threading
 import traceback
 import types
 from typing import Any, Callable, NamedTuple
@@ -46,6 +47,9 @@ class SourceSpan(NamedTuple):
 CodeKey = tuple  # (name, first line, digest of the bytecode)
 
 _registry: dict[CodeKey, SourceSpan] = {}
+# Payloads unpickle on any thread (a delivery thread decodes pub/sub values), and trimming the
+# oldest entry takes two steps that another thread's insert must not come between.
+_registry_lock = threading.Lock()
 
 
 def code_key(code: types.CodeType) -> CodeKey:
@@ -111,11 +115,12 @@ def attach_sources(value: Any, spans: dict[CodeKey, SourceSpan]) -> Any:
 
 
 def register(spans: dict[CodeKey, SourceSpan]) -> None:
-    for key, span in spans.items():
-        _registry.pop(key, None)
-        _registry[key] = SourceSpan(*span)
-    while len(_registry) > REGISTRY_SIZE:
-        del _registry[next(iter(_registry))]
+    with _registry_lock:
+        for key, span in spans.items():
+            _registry.pop(key, None)
+            _registry[key] = SourceSpan(*span)
+        while len(_registry) > REGISTRY_SIZE:
+            del _registry[next(iter(_registry))]
 
 
 # ---------------------------------------------------------------------------- tracebacks
