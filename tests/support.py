@@ -30,10 +30,16 @@ class Broker:
     port: int
     log_path: str
     args: list = field(default_factory=list)
+    connection_file: str | None = None  # a CURVE broker's (``--curve``): clients connect with it
+
+    @property
+    def target(self) -> str:
+        """What a client is given to reach this broker: its connection file, or address."""
+        return self.connection_file or self.address
 
     def env(self, **extra: str) -> dict:
         """Environment for a client subprocess that should use this broker."""
-        env = dict(os.environ, WORKBENCH_BROKER=self.address, **extra)
+        env = dict(os.environ, WORKBENCH_BROKER=self.target, **extra)
         env.setdefault("PYTHONPATH", os.getcwd())
         return env
 
@@ -54,7 +60,15 @@ class Broker:
 
 
 def start_broker(tmp_path, *args: str) -> Broker:
+    """A broker with ``args``; with ``--curve`` (and no ``--connection-file``) its connection
+    file goes to ``tmp_path``."""
     log_path = str(tmp_path / f"broker-{uuid.uuid4().hex[:8]}.log")
+    connection_file = None
+    if "--curve" in args and "--connection-file" not in args:
+        connection_file = str(tmp_path / f"broker-{uuid.uuid4().hex[:8]}.json")
+        args = (*args, "--connection-file", connection_file)
+    elif "--connection-file" in args:
+        connection_file = args[list(args).index("--connection-file") + 1]
     log_file = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "workbench", "broker", "--port", "0", "--announce",
@@ -72,7 +86,7 @@ def start_broker(tmp_path, *args: str) -> Broker:
         line += os.read(process.stdout.fileno(), 4096)
     address = line.decode().split()[1]
     host, port = address.rsplit("/", 1)[1].rsplit(":", 1)
-    return Broker(process, address, host, int(port), log_path, list(args))
+    return Broker(process, address, host, int(port), log_path, list(args), connection_file)
 
 
 def run_client(broker: Broker, code: str, timeout: float = 30.0, **env: str):
@@ -91,7 +105,7 @@ def broker_status(broker: Broker) -> dict:
     cheap enough to poll. The asking session is among its clients."""
     from workbench import KeyValueStore
 
-    with KeyValueStore(broker.host, broker.port) as asker:
+    with KeyValueStore(broker.target) as asker:
         return asker.stats()
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
     )
     from .errors import (
         NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
-        NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
+        NwsConnectionFileException, NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
         NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
         NwsOperationException, NwsPicklingException, NwsServerException, NwsTimeoutException,
         NwsUnpicklingException, NwsUnsupportedMethodException, NwsUnsupportedOperationException,
@@ -44,7 +44,7 @@ _SOURCES: dict[str, str] = {
         "WS_PERSISTENT", "WS_VARLIST", "NetWorkSpace", "NwsServer"), ".client.workspace"),
     **dict.fromkeys((
         "NwsBadRequestException", "NwsConnectException", "NwsConnectionDroppedException",
-        "NwsDeclarationFailedException", "NwsException", "NwsIteratorInvalidException",
+        "NwsConnectionFileException", "NwsDeclarationFailedException", "NwsException", "NwsIteratorInvalidException",
         "NwsMemoryException", "NwsMessageTooLargeException", "NwsNoWorkSpaceException",
         "NwsOperationException", "NwsPicklingException", "NwsServerException",
         "NwsTimeoutException", "NwsUnpicklingException", "NwsUnsupportedMethodException",
@@ -88,6 +88,7 @@ __all__ = [
     "NwsBadRequestException",
     "NwsConnectException",
     "NwsConnectionDroppedException",
+    "NwsConnectionFileException",
     "NwsDeclarationFailedException",
     "NwsException",
     "NwsIteratorInvalidException",

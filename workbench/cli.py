@@ -13,9 +13,9 @@ import sys
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, KERNEL_DISPLAY_NAME, KERNEL_NAME,
-    MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness,
-    default_address, default_max_memory, normalize_address,
+    BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
+    KERNEL_NAME, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness,
+    default_address, default_max_memory,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -68,9 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--no-local-socket", action="store_true",
                         help="serve clients on this machine over TCP only, not over a Unix "
                              "socket only this user can reach")
-    broker.add_argument("--insecure", action="store_true",
-                        help="allow listening on a non-loopback interface without "
-                             "authentication")
+    security = broker.add_argument_group(
+        "security", "Off loopback the broker speaks CURVE (authenticated, encrypted) and writes "
+        "a connection file: whoever holds it can connect. See docs/security.md.")
+    security.add_argument("--curve", action="store_true",
+                          help="speak CURVE on loopback too (it is on by default elsewhere)")
+    security.add_argument("--insecure", action="store_true",
+                          help="speak the plain mechanism off loopback: anyone who reaches the "
+                               "port can read, write and delete everything")
+    security.add_argument("--key-file", metavar="PATH",
+                          help="the broker's key pair, a secret certificate (`workbench keys`); "
+                               "default: a new pair each start")
+    security.add_argument("--allow-keys", metavar="DIR",
+                          help="let in only clients whose public certificates (*.key) are in "
+                               "DIR, read again when DIR changes")
+    security.add_argument("--connection-file", metavar="PATH",
+                          help="where to write the connection file (default: "
+                               "broker-PORT.json in the user's runtime directory)")
+    security.add_argument("--advertise", metavar="HOST",
+                          help="the host clients reach the broker by, for the connection file "
+                               "(default: --host, or this machine's address for 0.0.0.0)")
+    security.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT,
+                          metavar="S", help="seconds a connection may take to complete its "
+                          "handshake before it is closed (default %(default)s)")
     broker.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     broker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -156,8 +176,26 @@ def run_worker(args: argparse.Namespace) -> int:
     from .sleigh.worker import run
 
     os.environ[SLEIGH_WORKER_ENV] = "1"  # a task may not start a sleigh of its own
-    address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
-    return run(address, args.sleigh, args.rank, args.parent_pid)
+    try:
+        target = _broker_target(args.broker)
+    except ValueError as exc:  # NwsConnectionFileException: a file that cannot be used
+        print(f"workbench worker: {exc}", file=sys.stderr)
+        return 2
+    return run(target, args.sleigh, args.rank, args.parent_pid)
+
+
+def _broker_target(argument: str | None):
+    """``--broker``: an address, a connection file, or ``-`` for a connection file's text on
+    stdin (how a sleigh hands it to its workers: never on a command line). Under ``-`` the
+    text goes to ``WORKBENCH_BROKER`` too, in this process only, so tasks that open
+    workspaces reach the same broker."""
+    from .connection_file import parse, resolve
+    if argument == "-":
+        text = sys.stdin.read()
+        target = parse(text, "the connection read on stdin")
+        os.environ[BROKER_ENV] = text
+        return target
+    return resolve(argument or os.environ.get(BROKER_ENV) or default_address())
 
 
 def run_broker(args: argparse.Namespace) -> int:
@@ -166,29 +204,75 @@ def run_broker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not is_loopback(args.host) and not args.insecure:
-        print(f"workbench broker: refusing to listen on {args.host}: clients there would be "
-              "unauthenticated. Listen on 127.0.0.1 and tunnel (ssh -L), or pass --insecure on "
-              "a network you trust.", file=sys.stderr)
+    loopback = is_loopback(args.host)
+    if args.curve and args.insecure:
+        print("workbench broker: --curve and --insecure contradict each other", file=sys.stderr)
+        return 2
+    use_curve = args.curve or not (loopback or args.insecure)
+    if not use_curve and (args.key_file or args.allow_keys or args.connection_file):
+        print("workbench broker: --key-file, --allow-keys and --connection-file need CURVE: "
+              "drop --insecure, or add --curve on loopback", file=sys.stderr)
         return 2
     limits = Limits(
         max_memory=args.max_memory if args.max_memory is not None else default_max_memory(),
         max_message_size=args.max_message_size,
         max_pending_output=args.max_pending_output,
         liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
+        handshake_timeout=args.handshake_timeout,
     )
+    try:
+        curve = _curve_security(args) if use_curve else None
+    except ValueError as exc:  # a key file or directory that cannot be used
+        print(f"workbench broker: {exc}", file=sys.stderr)
+        return 2
     server = BrokerServer(args.host, args.port, limits,
                           shared_memory=not args.no_shared_memory,
-                          local_socket=not args.no_local_socket)
+                          local_socket=not args.no_local_socket, curve=curve)
     try:
         server.bind()
     except OSError as exc:  # address in use, unknown interface
         print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)
         return 1
-    server.serve_forever(parent_pid=args.parent_pid,
-                         on_ready=_announce if args.announce else None)
+    written = None
+    if curve is not None:
+        written = _write_connection_file(args, server.port, curve)
+    elif not loopback:
+        logging.getLogger("workbench.broker").warning(
+            "--insecure: listening on %s without authentication or encryption; anyone who "
+            "reaches port %d can read, write and delete every workspace", args.host, server.port)
+    try:
+        server.serve_forever(parent_pid=args.parent_pid,
+                             on_ready=_announce if args.announce else None)
+    finally:
+        if written is not None and args.key_file is None:  # its keys die with this broker
+            try:
+                os.unlink(written)
+            except OSError:
+                pass
     return 0
+
+
+def _curve_security(args: argparse.Namespace):
+    from .broker.security import AllowedKeys, CurveSecurity, load_keys
+    keys = load_keys(args.key_file)
+    allowed = AllowedKeys(args.allow_keys) if args.allow_keys else None
+    return CurveSecurity(keys, allowed)
+
+
+def _write_connection_file(args: argparse.Namespace, port: int, curve) -> str:
+    from .broker.security import advertised_host, client_target
+    from .connection_file import default_path, write
+    path = args.connection_file or default_path(port)
+    host = args.advertise or advertised_host(args.host)
+    address = f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
+    target = client_target(path, address, curve.keys.public, args.allow_keys is None)
+    write(path, target)
+    who = ("clients with a key in " + args.allow_keys + " (`workbench connection-file` adds "
+           "one to this file)" if args.allow_keys else "whoever holds it can connect")
+    print(f"workbench broker: CURVE on {address}; connection file {path} (mode 0600; {who})",
+          file=sys.stderr, flush=True)
+    return path
 
 
 def _announce(address: str) -> None:
@@ -204,9 +288,10 @@ def run_status(args: argparse.Namespace) -> int:
     from .client.workspace import NwsServer
     from .errors import NwsException
 
-    address = normalize_address(args.broker or os.environ.get(BROKER_ENV) or default_address())
     try:
-        server = NwsServer(connection=Connection(address, args.timeout, hint=start_hint(address)))
+        target = _broker_target(args.broker)
+        address = target.address
+        server = NwsServer(connection=Connection(target, args.timeout, hint=start_hint(address)))
     except NwsException as exc:
         print(f"workbench status: {exc}", file=sys.stderr)
         return 1
@@ -219,6 +304,12 @@ def run_status(args: argparse.Namespace) -> int:
           f"up {info['uptime']:.0f} s)")
     print(f"memory     {_human(info['memory'])} of {_human(info['max_memory'])}; "
           f"messages up to {_human(info['max_message_size'])}")
+    security = info.get("security", {})
+    print(f"security   {security.get('mechanism', 'NULL')} on TCP"
+          + (f", clients with a key in {security['allowed_keys']}"
+             if security.get("allowed_keys") else "")
+          + ("; the local Unix socket (this user only) plain" if security.get("local_socket")
+             else ""))
     print(f"heartbeat  every {info['heartbeat_interval']:g} s, dead after "
           f"{info['heartbeat_interval'] * info['heartbeat_liveness']:g} s of silence")
     print(f"workspaces {info['workspaces']}, values {info['values']}, "

@@ -55,7 +55,8 @@ DELIVERY_START_TIMEOUT = 10.0
 REPR_TIMEOUT = 2.0
 #: Seconds ``workbench status`` waits for the broker (``--timeout``).
 STATUS_TIMEOUT = 2.0
-#: Seconds a new connection may take to send its greeting and READY (libzmq's default too).
+#: Seconds a new connection may take to complete its handshake (greeting and READY, or CURVE's
+#: four commands) before it is closed: libzmq's default too (`--handshake-timeout`).
 HANDSHAKE_TIMEOUT = 30.0
 #: Seconds a stopping broker keeps writing the replies that tell blocked clients it stops.
 STOP_LINGER = 1.0

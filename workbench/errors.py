@@ -5,6 +5,7 @@
     NwsException                              anything the workbench raises
     ├── NwsServerException                    talking to the broker failed
     │   ├── NwsConnectException               no broker answered at the address
+    │   │   └── NwsConnectionFileException    a connection file cannot be used (a ValueError)
     │   ├── NwsConnectionDroppedException     the broker stopped answering, or shut down
     │   └── NwsUnsupportedOperationException  the broker does not know the operation
     ├── NwsOperationException                 the broker refused or aborted an operation
@@ -36,6 +37,10 @@ class NwsServerException(NwsException):
 
 class NwsConnectException(NwsServerException):
     """Unable to connect to the broker."""
+
+
+class NwsConnectionFileException(NwsConnectException, ValueError):
+    """A connection file that cannot be read or does not hold what a client needs."""
 
 
 class NwsConnectionDroppedException(NwsServerException):

@@ -27,14 +27,17 @@ import tempfile
 import time
 from collections import deque
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import shm
 from ..config import (
-    DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, SHM_RELEASE_GRACE, STOP_LINGER,
+    DEFAULT_HOST, DEFAULT_PORT, SHM_RELEASE_GRACE, STOP_LINGER,
 )
 from .state import BrokerState, Effects, FileFrames, Limits, SharedMemory
-from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command
+from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command, properties
+
+if TYPE_CHECKING:
+    from .security import CurveSecurity
 
 log = logging.getLogger("workbench.broker")
 
@@ -42,6 +45,11 @@ _READ = select.POLLIN
 _WRITE = select.POLLOUT
 _CLOSED = select.POLLHUP | select.POLLERR  # reading then tells what happened
 _IOV_MAX = 1024  # buffers per sendmsg: the kernel refuses more
+#: At most this many (kind, source address) pairs of refused connections are logged; the
+#: counters count every one (a scan from many addresses must not fill the log or the memory).
+_MOST_LOGGED_REFUSALS = 1000
+#: What the broker's CURVE READY says of it.
+_READY_METADATA = properties(Socket_Type=b"ROUTER")
 
 
 class _Stop(Exception):
@@ -97,16 +105,23 @@ class _Poller:
 
 
 class _Peer:
-    """One accepted connection: its socket, its parser, and the bytes waiting to go out."""
+    """One accepted connection: its socket, its parser, and the bytes waiting to go out.
 
-    __slots__ = ("sock", "inbound", "identity", "out", "queued", "events", "accepted")
+    Under CURVE the parser holds the handshake and, once it is done, the connection's boxes:
+    ``seal`` turns a message into the buffers to send (plain ZMTP framing under NULL)."""
 
-    def __init__(self, sock: socket.socket, max_message: int, now: float) -> None:
+    __slots__ = ("sock", "source", "inbound", "seal", "identity", "out", "queued", "events",
+                 "accepted")
+
+    def __init__(self, sock: socket.socket, source: str, inbound: Inbound, greeting: bytes,
+                 now: float) -> None:
         self.sock = sock
-        self.inbound = Inbound(max_message)
+        self.source = source  # the client's address, or "local" for the Unix socket
+        self.inbound = inbound
+        self.seal: Callable[[list], list] = encode
         self.identity: bytes | None = None  # routable once the peer's READY came
-        self.out: list = [HANDSHAKE]  # buffers not yet written, in order
-        self.queued = len(HANDSHAKE)  # their bytes
+        self.out: list = [greeting]  # buffers not yet written, in order
+        self.queued = len(greeting)  # their bytes
         # What the poller watches: reading, unless too many replies wait (see _write), and
         # write readiness while the kernel's buffer is full.
         self.events = _READ
@@ -120,8 +135,12 @@ class _Peer:
 class BrokerServer:
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  limits: Limits | None = None, shared_memory: bool = True,
-                 local_socket: bool = True) -> None:
+                 local_socket: bool = True, curve: CurveSecurity | None = None) -> None:
         self.host = host
+        # With CURVE every TCP connection must complete its handshake; the Unix socket, which
+        # only this user can reach, stays plain.
+        self.curve = curve
+        self._logged_refusals: set[tuple[str, str]] = set()
         self.port = port
         self.limits = limits or Limits()
         self.files = shm.BrokerFiles() if shared_memory and shm.identity() else None
@@ -166,7 +185,9 @@ class BrokerServer:
         self.state = BrokerState(
             self.limits, random.Random(), time.monotonic(),
             SharedMemory(files.identity, files.pid) if files is not None else None,
-            f"ipc://{self.local_path}" if self.local_path else None)
+            f"ipc://{self.local_path}" if self.local_path else None,
+            {**(self.curve.describe() if self.curve else {"mechanism": "NULL"}),
+             "local_socket": self.local_path is not None})
         return self.address
 
     def _listen_locally(self) -> None:
@@ -281,7 +302,7 @@ class BrokerServer:
         now = time.monotonic()
         while True:
             try:
-                sock, _ = listener.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -293,11 +314,22 @@ class BrokerServer:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = _Peer(sock, self.limits.max_message_size, now)
+                source = str(address[0])
+            else:
+                source = "local"
+            peer = self._new_peer(sock, source, now)
             self.peers.add(peer)
             self.by_fd[sock.fileno()] = peer
             self.poller.register(sock.fileno(), _READ)
             self._write(peer)  # the greeting and READY go first, before the peer's arrive
+
+    def _new_peer(self, sock: socket.socket, source: str, now: float) -> _Peer:
+        max_message = self.limits.max_message_size
+        if self.curve is None or source == "local":
+            return _Peer(sock, source, Inbound(max_message), HANDSHAKE, now)
+        from ..zmtp.curve import SERVER_GREETING, CurveInbound, ServerHandshake
+        handshake = ServerHandshake(self.curve.keys, _READY_METADATA, self.curve.authorize)
+        return _Peer(sock, source, CurveInbound(max_message, handshake), SERVER_GREETING, now)
 
     def _shed(self, listener: socket.socket, exc: OSError) -> None:
         """Out of file descriptors: the pending connection would keep the listener readable
@@ -340,18 +372,27 @@ class BrokerServer:
         peer.out = []
 
     def _refuse(self, peer: _Peer, error: ZmtpError) -> None:
-        self._count("handshake_failures" if error.handshake else "malformed")
-        log.debug("closing a connection: %s", error)
+        """Close a connection that broke the protocol or was refused: counted under the
+        error's counter, logged once for each kind of refusal and source address."""
+        counter = error.counter or ("handshake_failures" if error.handshake else "malformed")
+        self._count(counter)
+        logged = self._logged_refusals
+        if (counter, peer.source) not in logged and len(logged) < _MOST_LOGGED_REFUSALS:
+            logged.add((counter, peer.source))
+            log.warning("refused a connection from %s: %s (counted as %s; further ones of "
+                        "this kind from there are only counted)", peer.source, error, counter)
         try:  # tell a ZeroMQ peer why, if it can hear it; never wait for it
-            peer.sock.send(error_command(str(error)))
+            peer.sock.send(error_command(error.status or str(error)))
         except OSError:
             pass
         self._close(peer)
 
     def _end_slow_handshakes(self, now: float) -> None:
+        timeout = self.limits.handshake_timeout
         for peer in [p for p in self.peers if p.identity is None
-                     and now - p.accepted > HANDSHAKE_TIMEOUT]:
-            self._refuse(peer, ZmtpError("no handshake in time", handshake=True))
+                     and now - p.accepted > timeout]:
+            self._refuse(peer, ZmtpError(f"no handshake within {timeout:g} s", handshake=True,
+                                         counter="handshake_timeouts"))
 
     # ------------------------------------------------------------------ reading
 
@@ -389,6 +430,8 @@ class BrokerServer:
             return False
         peer.identity = identity
         self.routes[identity] = peer
+        if peer.inbound.boxes is not None:  # CURVE: replies go sealed
+            peer.seal = peer.inbound.seal
         return True
 
     def _handle(self, identity: bytes, frames: list, size: int) -> None:
@@ -420,7 +463,7 @@ class BrokerServer:
                     later = later or []
                     later.append(partial(state.undeliverable, identity, frames[0]))
                     continue
-                peer.queue(encode(frames))
+                peer.queue(peer.seal(frames))
                 dirty[peer] = None
             if rare:
                 for line in effects.notices:

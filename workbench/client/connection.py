@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .._version import __version__
 from .. import shm
@@ -38,6 +38,7 @@ from ..errors import (
     NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
     NwsUnpicklingException, NwsValueException, NwsVariableDeletedException,
 )
+from ..connection_file import BrokerTarget, resolve
 from .dealer import Dealer, DealerError
 from .deliveries import Deliveries
 from .interrupts import deliver, settle_send, slot, withdraw
@@ -45,6 +46,9 @@ from ..protocol import (
     CHANNEL, FLAG_ACKS, HEADER, HEADER_SIZE, SESSION_ID_SIZE, Op, Status, pack_acks,
     pack_channel_acks, request_head,
 )
+
+if TYPE_CHECKING:
+    from ..zmtp.curve import ClientKeys
 
 _unpack_header = HEADER.unpack_from
 
@@ -83,12 +87,14 @@ class Channel:
     """One thread's DEALER socket and the bookkeeping of its requests."""
 
     def __init__(self, endpoint: str, session_id: bytes, number: int,
-                 connect_timeout: float) -> None:
-        """Connect to the broker at ``endpoint``; OSError if nothing accepts there."""
+                 connect_timeout: float, curve: ClientKeys | None = None) -> None:
+        """Connect to the broker at ``endpoint`` (with CURVE's ``curve`` keys); OSError if
+        nothing accepts there (DealerError, one, if the handshake fails)."""
         self.number = number
         self.retired = False  # set when the connection closes, from whichever thread
         self.owner = threading.current_thread()  # a socket belongs to one thread
-        self.dealer = Dealer(endpoint, session_id + CHANNEL.pack(number), connect_timeout)
+        self.dealer = Dealer(endpoint, session_id + CHANNEL.pack(number), connect_timeout,
+                             curve)
         self.ids = itertools.count(1)
         self.stash: dict[int, tuple[bytes, list]] = {}  # replies that came while waiting
         self.cancelled: set[int] = set()  # requests whose late replies are to be discarded
@@ -230,14 +236,20 @@ class Channel:
 
 
 class Connection:
-    """A session with the broker at ``address`` (``tcp://host:port``).
+    """A session with the broker at ``address``: ``tcp://host:port``, a connection file's
+    path or JSON text (``connection_file.resolve``), or a ``BrokerTarget``.
 
     A client on the broker's machine moves to the Unix socket the broker offers in its hello
-    reply (``endpoint``); ``address`` stays what the user gave, for messages."""
+    reply (``endpoint``); ``address`` stays what the user gave, for messages. Under CURVE
+    (``curve``: the keys of a connection file) every TCP socket does CURVE's handshake; the
+    Unix socket, which only the broker's user can reach, stays plain."""
 
-    def __init__(self, address: str, connect_timeout: float, hint: str = "") -> None:
-        self.address = address
-        self.endpoint = address  # where this connection's sockets connect
+    def __init__(self, address: str | BrokerTarget, connect_timeout: float,
+                 hint: str = "") -> None:
+        self.target = target = address if isinstance(address, BrokerTarget) else resolve(address)
+        self.address = target.address
+        self.endpoint = target.address  # where this connection's sockets connect
+        self.curve = target.client_keys()
         self.session_id = os.urandom(SESSION_ID_SIZE)
         self.connect_timeout = connect_timeout
         self._closed = False
@@ -250,8 +262,12 @@ class Connection:
                             "version": __version__,
                             "shm": shm.identity() if os.environ.get(SHM_ENV) != "0" else None,
                             }).encode()
+        address = target.describe()
         try:
             channel = self._new_channel()
+        except DealerError as exc:  # it answered, but the CURVE handshake failed
+            raise NwsConnectException(f"cannot connect to the broker at {address}: {exc}") \
+                from None
         except OSError as exc:
             raise NwsConnectException(
                 f"no broker answered at {address} ({_reason(exc)}); "
@@ -278,7 +294,8 @@ class Connection:
         self._deliveries: list[Deliveries] = []  # the delivery thread, once something subscribes
         _live_connections.add(self)
         self._finalizer = weakref.finalize(self, _release, self._heartbeat, self._channels,
-                                           self._lock, self.endpoint, self.session_id,
+                                           self._lock, self.endpoint, self.curve,
+                                           self.session_id,
                                            self._deliveries)
 
     def _go_local(self, endpoint: str | None) -> None:
@@ -312,6 +329,7 @@ class Connection:
             self._channels.append(local)
         self._local.channel = local
         self.endpoint = endpoint
+        self.curve = None
 
     @property
     def closed(self) -> bool:
@@ -349,7 +367,7 @@ class Connection:
                 dead.close()  # a finished thread's socket
                 self._channels.remove(dead)
             channel = Channel(self.endpoint, self.session_id, next(self._channel_numbers),
-                              self.connect_timeout)
+                              self.connect_timeout, self.curve)
             self._channels.append(channel)
         self._local.channel = channel
         return channel
@@ -513,7 +531,7 @@ class Connection:
 
 
 def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Lock,
-             endpoint: str = "", session_id: bytes = b"",
+             endpoint: str = "", curve: ClientKeys | None = None, session_id: bytes = b"",
              deliveries: list | None = None) -> None:
     """Stop the heartbeat and the delivery thread and close the sockets; with ``endpoint``,
     first tell the broker the session is over (a collected or exiting connection), waiting
@@ -521,7 +539,7 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
     for thread in deliveries or ():
         thread.stop()
     if endpoint:
-        _say_goodbye(endpoint, session_id, channels)
+        _say_goodbye(endpoint, curve, session_id, channels)
     heartbeat.stop()
     with lock:
         for channel in list(channels):
@@ -531,12 +549,13 @@ def _release(heartbeat: _Heartbeat, channels: list[Channel], lock: threading.Loc
                 channels.remove(channel)
 
 
-def _say_goodbye(endpoint: str, session_id: bytes, channels: list[Channel]) -> None:
+def _say_goodbye(endpoint: str, curve: ClientKeys | None, session_id: bytes,
+                 channels: list[Channel]) -> None:
     # Values this process took and used must not go back when its session ends: their
     # acknowledgements go first (a heartbeat carries any channel's).
     acks = [(channel.number, rid) for channel in list(channels) for rid in channel.acks]
     try:
-        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), GOODBYE_WAIT)
+        goodbye = Dealer(endpoint, session_id + CHANNEL.pack(0xFFFF), GOODBYE_WAIT, curve)
     except OSError:
         return  # the broker is gone: it ends the session itself
     try:
@@ -582,6 +601,7 @@ class _Heartbeat(threading.Thread):
         self._identity = connection.session_id + CHANNEL.pack(0)
         self._address = connection.address
         self._endpoint = connection.endpoint
+        self._curve = connection.curve
         self._liveness = connection.liveness
         self._channels = connection._channels
         self._stopping = threading.Event()
@@ -656,7 +676,7 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         try:
-            sock = Dealer(self._endpoint, self._identity, self._liveness.timeout)
+            sock = Dealer(self._endpoint, self._identity, self._liveness.timeout, self._curve)
         except OSError as exc:
             self._broken(f"the broker at {self._address} cannot be reached: {exc}")
             sock = None

@@ -18,11 +18,13 @@ import select
 import socket
 import time
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..zmtp import GREETING, READ_CHUNK, Inbound, ZmtpError, command, encode, properties
 from .interrupts import Deferred, deliver, held, hold
 
+if TYPE_CHECKING:
+    from ..zmtp.curve import ClientKeys
 _IOV_MAX = 1024  # buffers per sendmsg
 _JOIN_BELOW = 1 << 16  # a message smaller than this goes out as one joined buffer
 _UNLIMITED = 1 << 62  # the broker's replies are not size-checked here: it checked the requests
@@ -62,29 +64,71 @@ def connect_stream(endpoint: str, timeout: float) -> socket.socket:
     return sock
 
 
+def _refusal(error: ZmtpError) -> str:
+    """What a client is told when the broker's side of the protocol is not what it expects."""
+    if error.counter == "refused_mechanism":
+        if error.status == b"CURVE":
+            return ("the broker requires CURVE security (it listens off loopback, or with "
+                    "--curve): connect with its connection file, not its address")
+        return (f"the broker does not speak CURVE ({error}): its connection file is stale, "
+                "or this is another broker")
+    if error.handshake and error.counter:
+        return f"the CURVE handshake failed: {error}"
+    return f"the broker broke ZeroMQ's protocol: {error}"
+
+
 class Dealer:
     """One DEALER connection with routing identity ``identity``, used by one thread at a time.
 
     ``send(frames)`` sends a message and says whether it went out; ``recv(timeout)`` returns
     the next message's frames (``bytes``, or ``bytearray`` for large ones) or None when
     ``timeout`` seconds pass. Both raise DealerError once the connection is broken; it is then
-    closed."""
+    closed.
 
-    def __init__(self, endpoint: str, identity: bytes, connect_timeout: float) -> None:
+    With ``curve`` (the broker's public key and this client's key pair) the connection speaks
+    CURVE: the constructor completes the handshake (two round trips, within
+    ``connect_timeout``) and every frame travels sealed."""
+
+    def __init__(self, endpoint: str, identity: bytes, connect_timeout: float,
+                 curve: ClientKeys | None = None) -> None:
         self.endpoint = endpoint
         self._sock = connect_stream(endpoint, connect_timeout)
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN)
-        self._inbound = Inbound(_UNLIMITED)
         self._messages: deque[list] = deque()
         self._cut = False  # part of a message is sent, the rest not yet
         self.closed = False
-        # The greeting and READY go out at once; the broker's arrive as the first bytes read.
-        self._send_buffers([GREETING + command(
-            b"READY", properties(Socket_Type=b"DEALER", Identity=identity))], None)
+        metadata = properties(Socket_Type=b"DEALER", Identity=identity)
+        if curve is None:
+            self._inbound = Inbound(_UNLIMITED)
+            self._seal = encode
+            # The greeting and READY go out at once; the broker's arrive as the first bytes read.
+            self._send_buffers([GREETING + command(b"READY", metadata)], None)
+        else:
+            self._handshake(curve, metadata, connect_timeout)
         if held():  # interrupted while connecting: the caller never gets this socket
             self.close()
             deliver()
+
+    def _handshake(self, keys: ClientKeys, metadata: bytes, timeout: float) -> None:
+        """CURVE's greeting, HELLO, WELCOME, INITIATE and READY, before anything is sent."""
+        from ..zmtp.curve import CLIENT_GREETING, ClientHandshake, CurveInbound
+        handshake = ClientHandshake(keys, metadata)
+        inbound = self._inbound = CurveInbound(_UNLIMITED, handshake)
+        self._send_buffers([CLIENT_GREETING + handshake.hello()], None)
+        deadline = time.monotonic() + timeout
+        try:
+            while inbound.boxes is None:
+                if not self._poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                    raise DealerError(f"no CURVE handshake with the broker within {timeout:g} s")
+                self._read()
+                if inbound.replies:
+                    self._send_buffers(inbound.replies, None)
+                    inbound.replies.clear()
+        except BaseException:
+            self.close()
+            raise
+        self._seal = inbound.seal
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -104,7 +148,7 @@ class Dealer:
         before the first byte is out drops the message (False), one that comes later waits
         until the last is out (True). Either way it is not raised here but held for the caller
         (``interrupts.hold``), which acts on the answer and then ``interrupts.deliver``s it."""
-        buffers = encode(frames)
+        buffers = self._seal(frames)
         if len(buffers) > 1 and sum(map(len, buffers)) < _JOIN_BELOW:
             buffers = [b"".join(buffers)]
         return self._send_buffers(buffers, alive)
@@ -228,7 +272,7 @@ class Dealer:
             raise DealerError(_broken(exc)) from None
         except ZmtpError as exc:
             self.close()
-            raise DealerError(f"the broker broke ZeroMQ's protocol: {exc}") from None
+            raise DealerError(_refusal(exc)) from None
         if inbound.messages:
             self._messages.extend(frames for frames, _ in inbound.messages)
             inbound.messages.clear()

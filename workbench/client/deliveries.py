@@ -47,6 +47,7 @@ class Deliveries(threading.Thread):
         self._identity = connection.session_id + CHANNEL.pack(DELIVERY_CHANNEL)
         self._address = connection.address
         self._endpoint = connection.endpoint
+        self._curve = connection.curve
         self._connect_timeout = connection.connect_timeout
         self.channel_arg = b"%d" % DELIVERY_CHANNEL
         self.handlers: dict[int, Callable[[bytes, list], None]] = {}
@@ -74,7 +75,7 @@ class Deliveries(threading.Thread):
     def run(self) -> None:
         sock = None
         try:
-            sock = Dealer(self._endpoint, self._identity, self._connect_timeout)
+            sock = Dealer(self._endpoint, self._identity, self._connect_timeout, self._curve)
             if self._register(sock):
                 self._ready.set()
                 self._serve(sock)

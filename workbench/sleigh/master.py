@@ -29,7 +29,8 @@ from ..client.connection import Connection
 from ..client.embedded import connect, start_hint
 from ..client.keyvalue import KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
-from ..config import CONNECT_TIMEOUT, SLEIGH_START_TIMEOUT, normalize_address
+from ..config import CONNECT_TIMEOUT, SLEIGH_START_TIMEOUT
+from ..connection_file import resolve
 from ..errors import NwsException
 from . import tasks
 from .batch import Batch
@@ -113,8 +114,10 @@ class Sleigh(Executor):
         self._dispatcher = Dispatcher(self._scheduler, self._connection, ws, self._joined,
                                       self._farewell)
         self._dispatcher.start()
-        launcher.start(SleighInfo(self.wsName, workerBroker or server.address,
-                                  self._worker_exited, self._scheduler.joins), workerCount)
+        target = resolve(workerBroker) if workerBroker else self._connection.target
+        launcher.start(SleighInfo(self.wsName, target.address, self._worker_exited,
+                                  self._scheduler.joins,
+                                  target.to_json() if target.curve else None), workerCount)
         self._wait_ready(workerCount, startTimeout)
 
     def _wait_ready(self, count: int, timeout: float) -> None:
@@ -422,8 +425,8 @@ class Sleigh(Executor):
 
 def _connect(broker: str | None, host: str | None, port: int | None) -> Connection:
     if broker:
-        address = normalize_address(broker)
-        return Connection(address, CONNECT_TIMEOUT, hint=start_hint(address))
+        target = resolve(broker)
+        return Connection(target, CONNECT_TIMEOUT, hint=start_hint(target.address))
     return connect(host, port)
 
 

@@ -51,9 +51,10 @@ from ..client.keyvalue import KeyValueStore
 from ..client.pubsub import MessageBus
 from ..client.workqueue import WorkQueue
 from ..client.workspace import NetWorkSpace, NwsServer
+from ..connection_file import BrokerTarget
 from ..config import (
     CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS,
-    WORKER_HAND_SECONDS, WORKER_MOST_TASKS, normalize_address,
+    WORKER_HAND_SECONDS, WORKER_MOST_TASKS,
 )
 from ..errors import (
     NwsConnectionDroppedException, NwsNoWorkSpaceException, NwsUnpicklingException,
@@ -125,9 +126,9 @@ class _Capture(io.TextIOBase):
 class Worker:
     """One worker process's session with the sleigh's workspace."""
 
-    def __init__(self, address: str, sleigh: str, rank: int | None = None,
+    def __init__(self, address: str | BrokerTarget, sleigh: str, rank: int | None = None,
                  timeout: float = CONNECT_TIMEOUT) -> None:
-        self.connection = Connection(normalize_address(address), timeout)
+        self.connection = Connection(address, timeout)
         self.server = NwsServer(connection=self.connection)
         self.ws = self.server.useWs(sleigh, create=False)
         self.sleigh = sleigh
@@ -436,17 +437,17 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def run(address: str, sleigh: str, rank: int | None = None, parent_pid: int | None = None,
-        exit_process: bool = True) -> int:
+def run(target: BrokerTarget, sleigh: str, rank: int | None = None,
+        parent_pid: int | None = None, exit_process: bool = True) -> int:
     """``workbench worker``: join the sleigh and work until it ends -> exit status. With
     ``exit_process`` the process ends right there once the sleigh is over."""
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     try:
-        worker = Worker(address, sleigh, rank)
+        worker = Worker(target, sleigh, rank)
     except NwsNoWorkSpaceException:
-        print(f"workbench worker: no sleigh {sleigh!r} at {address} (it has ended, or the "
-              "name is wrong)", file=sys.stderr)
+        print(f"workbench worker: no sleigh {sleigh!r} at {target.describe()} (it has ended, "
+              "or the name is wrong)", file=sys.stderr)
         return 1
     try:
         worker.capture_output()

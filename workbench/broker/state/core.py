@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..._version import __version__
-from ...config import MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness, default_max_memory
+from ...config import (
+    HANDSHAKE_TIMEOUT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness, default_max_memory,
+)
 from ...protocol import (
     FLAG_ACKS, HEADER, HEADER_SIZE, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op, ProtocolError,
     Status, VersionMismatch, parse_head, split_args, unpack_acks,
@@ -57,6 +59,7 @@ class Limits:
     max_memory: int = field(default_factory=default_max_memory)
     max_message_size: int = MAX_MESSAGE_SIZE
     max_pending_output: int = MAX_PENDING_OUTPUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT  # s a connection may take to become ready
     liveness: Liveness = field(default_factory=Liveness)
     flow: FlowLimits = field(default_factory=FlowLimits)
 
@@ -71,9 +74,10 @@ class BrokerState:
 
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, shared_memory: SharedMemory | None = None,
-                 local_endpoint: str | None = None) -> None:
+                 local_endpoint: str | None = None, security: dict | None = None) -> None:
         self.limits = limits = limits or Limits()
         self.started = now
+        self.security = security or {"mechanism": "NULL"}  # how clients connect, for STATUS
         self.clock = clock = Clock(now)
         self._counters = counters = dict.fromkeys(COUNTERS, 0)
         self.outbox = outbox = Outbox(counters)
@@ -282,5 +286,6 @@ class BrokerState:
             "heartbeat_interval": liveness.interval,
             "heartbeat_liveness": liveness.liveness,
             "counters": self.counters,
+            "security": self.security,
             "subscribers": self.deliveries.status(),
         })

@@ -3,7 +3,9 @@
 A launcher starts ``count`` workers for a sleigh, says what it has running, and stops them. A
 worker is the command ``worker_argv`` builds (``python -m workbench worker --broker ADDR
 --sleigh NAME --rank R``), run wherever the launcher runs things: it joins the sleigh through
-the broker by itself, so a launcher never talks to the broker. A launcher that watches its
+the broker by itself, so a launcher never talks to the broker. A broker that speaks CURVE is
+reached with a connection file: its text goes to the worker's stdin (``--broker -``), never on
+its command line, where ``ps`` would show the keys (``hand_connection``). A launcher that watches its
 workers reports an unexpected exit to ``SleighInfo.on_exit``, which ends the dead worker's
 broker session (its tasks come back at once) and says whether to start a replacement of the
 same rank.
@@ -15,8 +17,12 @@ in a module of its own and is passed as ``Sleigh(launch=...)``.
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import sys
 from typing import Callable, NamedTuple, Protocol, runtime_checkable
+
+log = logging.getLogger("workbench.sleigh")
 
 #: A worker's states, as ``Launcher.running`` describes them.
 STARTING = "starting"  # started, not joined yet
@@ -56,6 +62,18 @@ class SleighInfo(NamedTuple):
     broker: str  # the broker's address as the workers reach it
     on_exit: Callable[[WorkerExit], bool] = _replace  # -> whether to start a replacement
     joins: Callable[[int], int] = _never  # how many times a worker of a rank has joined
+    # A CURVE broker's connection file, as text: for the workers' stdin, never their argv.
+    connection: str | None = None
+
+    @property
+    def worker_broker(self) -> str:
+        """A worker's ``--broker``: the address, or ``-`` (the connection comes on stdin)."""
+        return "-" if self.connection else self.broker
+
+    @property
+    def worker_stdin(self) -> int:
+        """The ``stdin`` for ``subprocess.Popen`` of a worker (see ``hand_connection``)."""
+        return subprocess.PIPE if self.connection else subprocess.DEVNULL
 
 
 class WorkerState(NamedTuple):
@@ -96,6 +114,23 @@ def worker_argv(broker: str, sleigh: str, rank: int | None = None,
     if parent_pid is not None:
         argv += ["--parent-pid", str(parent_pid)]
     return argv
+
+
+def hand_connection(process: subprocess.Popen, sleigh: SleighInfo) -> None:
+    """Give a just-started worker the connection on its stdin, then close it (the worker
+    reads to the end). Nothing to do for a broker without CURVE."""
+    if not sleigh.connection:
+        return
+    if process.stdin is None:
+        log.warning("worker pid %d was started without a stdin pipe: under CURVE a worker "
+                    "reads the broker's connection file on stdin (Popen(stdin=PIPE))",
+                    process.pid)
+        return
+    try:
+        process.stdin.write(sleigh.connection.encode())
+        process.stdin.close()
+    except OSError:  # it died at once: its exit is reported as any other
+        pass
 
 
 def describe_exit(returncode: int | None) -> str:

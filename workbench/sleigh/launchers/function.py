@@ -14,7 +14,8 @@ from .processes import ProcessLauncher
 class FunctionLauncher(ProcessLauncher):
     """Workers started by ``fn(argv, rank)``. If it returns a ``subprocess.Popen``, that
     process is watched and replaced when it dies, like a local one; anything else is not
-    watched."""
+    watched. Under CURVE the command line says ``--broker -``: start it with
+    ``stdin=subprocess.PIPE`` and the connection is written there."""
 
     def __init__(self, fn: Callable[[list[str], int], object],
                  python: str = sys.executable) -> None:
@@ -23,5 +24,6 @@ class FunctionLauncher(ProcessLauncher):
         self.python = python
 
     def popen(self, sleigh: SleighInfo, rank: int) -> subprocess.Popen | None:
-        started = self.fn(worker_argv(sleigh.broker, sleigh.name, rank, self.python), rank)
+        started = self.fn(worker_argv(sleigh.worker_broker, sleigh.name, rank, self.python),
+                          rank)
         return started if isinstance(started, subprocess.Popen) else None

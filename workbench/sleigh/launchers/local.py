@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+from ...config import BROKER_ENV
 from ..worker import WORKER_ENV
 from .base import SleighInfo, worker_argv
 from .processes import ProcessLauncher
@@ -34,10 +35,14 @@ class LocalLauncher(ProcessLauncher):
 
     def popen(self, sleigh: SleighInfo, rank: int) -> subprocess.Popen:
         log = tempfile.TemporaryFile()
-        argv = worker_argv(sleigh.broker, sleigh.name, rank, self.python,
+        argv = worker_argv(sleigh.worker_broker, sleigh.name, rank, self.python,
                            parent_pid=os.getpid())
-        process = subprocess.Popen(argv, env={**self.env, "WORKBENCH_BROKER": sleigh.broker},
-                                   stdin=subprocess.DEVNULL, stdout=log,
+        env = dict(self.env)
+        if sleigh.connection:  # the worker sets it from its stdin, so tasks connect too
+            env.pop(BROKER_ENV, None)
+        else:
+            env[BROKER_ENV] = sleigh.broker
+        process = subprocess.Popen(argv, env=env, stdin=sleigh.worker_stdin, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         self._logs[process.pid] = log
         return process

@@ -19,7 +19,7 @@ from ...config import (
 )
 from .base import (
     EXITED, FAILED, RESTARTING, RUNNING, STARTING, UNWATCHED, SleighInfo, WorkerExit,
-    WorkerState, describe_exit,
+    WorkerState, describe_exit, hand_connection,
 )
 
 STARTUP_FAILURES = WORKER_STARTUP_FAILURES
@@ -126,6 +126,7 @@ class Supervisor(threading.Thread):
             if process is None:
                 self.state = UNWATCHED  # started by something that gives nothing to watch
                 return
+            hand_connection(process, sleigh)
             process.wait()
             if self.stopping.is_set():
                 self.state = EXITED

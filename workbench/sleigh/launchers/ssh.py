@@ -25,9 +25,9 @@ class SshLauncher(ProcessLauncher):
 
     def argv(self, sleigh: SleighInfo, rank: int) -> list[str]:
         host = self.nodes[rank % len(self.nodes)]
-        remote = worker_argv(sleigh.broker, sleigh.name, rank, self.python)
+        remote = worker_argv(sleigh.worker_broker, sleigh.name, rank, self.python)
         return [*self.ssh, host, shlex.join(remote)]
 
     def popen(self, sleigh: SleighInfo, rank: int) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(sleigh, rank), stdin=subprocess.DEVNULL,
+        return subprocess.Popen(self.argv(sleigh, rank), stdin=sleigh.worker_stdin,
                                 start_new_session=True)

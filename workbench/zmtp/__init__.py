@@ -1,5 +1,5 @@
-"""ZeroMQ's wire protocol (ZMTP 3.0, NULL mechanism), as the broker's ROUTER and the clients'
-DEALER sockets speak it.
+"""ZeroMQ's wire protocol (ZMTP 3.0), as the broker's ROUTER and the clients' DEALER sockets
+speak it: the framing and the NULL mechanism here, CURVE in ``zmtp.curve``.
 
 Pure: bytes in, messages out, and bytes to send; the sockets belong to the broker's server loop
 (``broker/server``) and the client's ``client/dealer``, which hand them in to read from.
@@ -13,7 +13,7 @@ changes: any ZeroMQ DEALER can talk to the broker, and the test suite's hostile 
 pyzmq sockets.
 
 The wire format (rfc.zeromq.org/spec/23): each side sends a 64-byte greeting (signature
-``FF 00*8 7F``, version 3.0, mechanism ``NULL``), then a ``READY`` command whose properties name
+``FF 00*8 7F``, version 3.0, the mechanism's name), then under NULL a ``READY`` command whose properties name
 the socket type and, for a DEALER, its routing identity. After that every frame is a flags byte
 (``MORE`` = 1, ``LONG`` = 2, ``COMMAND`` = 4), a size (one byte, or eight big-endian bytes when
 ``LONG``) and the body; a message is a run of frames whose last lacks ``MORE``.
@@ -25,8 +25,15 @@ import itertools
 
 MORE, LONG, COMMAND = 1, 2, 4
 GREETING_SIZE = 64
-GREETING = (b"\xff" + bytes(8) + b"\x7f" + bytes((3, 0)) + b"NULL".ljust(20, b"\0") + b"\0"
-            + bytes(31))
+
+
+def greeting(mechanism: bytes = b"NULL", as_server: bool = False) -> bytes:
+    """The 64 bytes each side sends first: signature, version 3.0, mechanism, role."""
+    return (b"\xff" + bytes(8) + b"\x7f" + bytes((3, 0)) + mechanism.ljust(20, b"\0")
+            + bytes((int(as_server),)) + bytes(31))
+
+
+GREETING = greeting()
 #: Socket types a ROUTER may talk to (ZMTP 3.0's compatibility table).
 PEER_TYPES = frozenset((b"DEALER", b"REQ", b"ROUTER"))
 #: A frame body at least this large is read straight into a buffer of its own (``body_buffer``)
@@ -49,12 +56,31 @@ _generated_ids = itertools.count(1)
 
 
 class ZmtpError(Exception):
-    """The peer broke the protocol; the connection is to be closed. ``handshake`` tells whether
-    it happened before the peer was ready (a port scanner, another protocol, a CURVE client)."""
+    """The peer broke the protocol, or was refused; the connection is to be closed.
+    ``handshake`` tells whether it happened before the peer was ready (a port scanner, another
+    protocol, a client without the broker's key); ``counter`` names what ``workbench status``
+    counts it as (None: the transport's default); ``status`` is what the ERROR command tells a
+    ZeroMQ peer (ZAP's status code for a refused key; None: the reason)."""
 
-    def __init__(self, reason: str, handshake: bool) -> None:
+    def __init__(self, reason: str, handshake: bool, counter: str | None = None,
+                 status: bytes | None = None) -> None:
         super().__init__(reason)
         self.handshake = handshake
+        self.counter = counter
+        self.status = status
+
+
+def frame_header(data: bytes, pos: int, end: int) -> tuple[int, int, int] | None:
+    """The frame header at ``data[pos:end]`` -> (flags, body size, where the body starts), or
+    None if the header is not all there yet."""
+    flags = data[pos]
+    if flags & LONG:
+        if end - pos < 9:
+            return None
+        return flags, int.from_bytes(data[pos + 1:pos + 9], "big"), pos + 9
+    if end - pos < 2:
+        return None
+    return flags, data[pos + 1], pos + 2
 
 
 def _frame_header(size: int, flags: int) -> bytes:
@@ -83,23 +109,27 @@ HANDSHAKE = GREETING + command(b"READY", properties(Socket_Type=b"ROUTER"))
 PONG = b"PONG"
 
 
-def error_command(reason: str) -> bytes:
+def error_command(reason: str | bytes) -> bytes:
     """The ERROR command ZMTP sends before closing a connection whose handshake failed."""
-    text = reason.encode()[:255]
+    text = (reason if isinstance(reason, bytes) else reason.encode())[:255]
     return command(b"ERROR", bytes((len(text),)) + text)
 
 
-def parse_greeting(greeting: bytes) -> None:
-    """Check a peer's 64-byte greeting; raise ZmtpError if this broker cannot talk to it."""
+def parse_greeting(greeting: bytes, expected: bytes = b"NULL") -> None:
+    """Check a peer's 64-byte greeting; raise ZmtpError if this side cannot talk to it. A
+    mechanism other than ``expected`` raises with ``counter`` ``"mechanism_mismatch"`` and
+    the peer's mechanism as ``status``."""
     if greeting[0] != 0xFF or not greeting[9] & 1:
         raise ZmtpError("not a ZeroMQ peer (bad signature)", handshake=True)
     if greeting[10] < 3:
-        raise ZmtpError(f"ZMTP {greeting[10]}.x peer; the broker speaks ZMTP 3",
+        raise ZmtpError(f"ZMTP {greeting[10]}.x peer; this side speaks ZMTP 3",
                         handshake=True)
     mechanism = greeting[12:32].rstrip(b"\0")
-    if mechanism != b"NULL":
-        raise ZmtpError(f"security mechanism {mechanism.decode('latin-1')!r} is not offered "
-                        "(the broker uses NULL on loopback)", handshake=True)
+    if mechanism != expected:
+        theirs, ours = mechanism.decode("latin-1"), expected.decode()
+        raise ZmtpError(f"the peer speaks the {theirs!r} security mechanism, this side "
+                        f"{ours!r}", handshake=True, counter="refused_mechanism",
+                        status=mechanism)
 
 
 def parse_properties(data: bytes) -> dict[bytes, bytes]:
@@ -125,7 +155,12 @@ def identity_from_ready(body: bytes) -> bytes:
     """A READY command's body -> the peer's routing identity (generated when it sets none)."""
     if not body or body[1:1 + body[0]] != b"READY":
         raise ZmtpError("expected a READY command", handshake=True)
-    found = parse_properties(body[1 + body[0]:])
+    return peer_identity(parse_properties(body[1 + body[0]:]))
+
+
+def peer_identity(found: dict[bytes, bytes]) -> bytes:
+    """A peer's metadata -> its routing identity (generated when it sets none); ZmtpError if
+    its socket type cannot talk to a ROUTER."""
     socket_type = found.get(b"socket-type", b"")
     if socket_type not in PEER_TYPES:
         raise ZmtpError(f"a ROUTER cannot talk to a {socket_type.decode('latin-1')!r} socket",
@@ -167,6 +202,11 @@ class Inbound:
     as they arrive and it is appended as ``([first bytes of its first frame], size)`` so the
     sender can be answered. While a large frame is coming, ``body_buffer()`` gives the part of
     its own buffer still to fill: read into it, then call ``body_filled(n)``."""
+
+    #: The connection's CURVE boxes (``zmtp.curve``); a plain connection has none.
+    boxes = None
+    #: The security mechanism the peer's greeting must name.
+    mechanism = b"NULL"
 
     __slots__ = ("max_message", "identity", "messages", "replies", "_pending", "_frames",
                  "_size", "_skip", "_discarding", "_large", "_large_filled", "_large_more",
@@ -233,8 +273,10 @@ class Inbound:
             self._size = 0
             self._discarding = False
 
-    def feed(self, data: bytes) -> None:
-        """Parse bytes as they arrived from the peer. Raises ZmtpError on a protocol breach."""
+    def _resume(self, data: bytes) -> tuple[bytes, int]:
+        """Start parsing ``data``: after what was left over, into the large frame or the
+        skipped one in progress, past the peer's greeting -> (the bytes, where frames start;
+        at the end if the greeting is not all there yet)."""
         if self._pending:
             data = self._pending + data
             self._pending = b""
@@ -253,23 +295,22 @@ class Inbound:
         if not self._greeted:
             if end - pos < GREETING_SIZE:
                 self._pending = data[pos:]
-                return
-            parse_greeting(data[pos:pos + GREETING_SIZE])
+                return data, end
+            parse_greeting(data[pos:pos + GREETING_SIZE], self.mechanism)
             self._greeted = True
             pos += GREETING_SIZE
+        return data, pos
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes as they arrived from the peer. Raises ZmtpError on a protocol breach."""
+        data, pos = self._resume(data)
+        end = len(data)
         max_message = self.max_message
         while pos < end:
-            flags = data[pos]
-            if flags & LONG:
-                if end - pos < 9:
-                    break
-                size = int.from_bytes(data[pos + 1:pos + 9], "big")
-                start = pos + 9
-            else:
-                if end - pos < 2:
-                    break
-                size = data[pos + 1]
-                start = pos + 2
+            header = frame_header(data, pos, end)
+            if header is None:
+                break
+            flags, size, start = header
             if flags & ~_FLAG_BITS:
                 raise ZmtpError("reserved frame flags set", handshake=self.identity is None)
             stop = start + size

@@ -1,0 +1,126 @@
+"""What a broker that speaks CURVE holds: its key pair, which clients it lets in, and the
+connection file it hands out.
+
+Off loopback the broker speaks CURVE unless told ``--insecure`` (``cli.run_broker``): it
+loads its key pair from ``--key-file`` or makes one, writes a connection file (mode 0600)
+that lets its holder in, and with ``--allow-keys DIR`` lets in only the clients whose public
+certificates are in DIR, read again whenever DIR changes, so that adding or removing a file
+admits or shuts out a key without a restart (connections already made stay up).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from ..certificates import CertificateError, public_keys, read_secret
+from ..connection_file import BrokerTarget, read as read_connection_file
+from ..errors import NwsConnectionFileException
+from ..zmtp.curve import KeyPair
+
+log = logging.getLogger("workbench.broker")
+
+
+class AllowedKeys:
+    """The client keys of the ``*.key`` certificates in a directory, as a predicate."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._stamp = self._read_stamp()
+        self._keys = public_keys(directory)  # CertificateError at start: a typo must not pass
+        if not self._keys:
+            log.warning("--allow-keys %s holds no *.key certificate: no client can connect "
+                        "until one is added", directory)
+
+    def _read_stamp(self) -> int | None:
+        try:
+            return os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return None
+
+    def __call__(self, client_key: bytes) -> bool:
+        stamp = self._read_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._keys = public_keys(self.directory)
+                log.info("--allow-keys %s read again: %d keys", self.directory, len(self._keys))
+            except CertificateError as exc:  # keep the keys that were good
+                log.warning("--allow-keys: %s; keeping the %d keys read before", exc,
+                            len(self._keys))
+        return client_key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+@dataclass(frozen=True)
+class CurveSecurity:
+    keys: KeyPair
+    allowed: AllowedKeys | None = None  # None: every holder of the server key is let in
+
+    @property
+    def authorize(self) -> Callable[[bytes], bool] | None:
+        return self.allowed
+
+    def describe(self) -> dict:
+        """For ``workbench status``."""
+        return {"mechanism": "CURVE",
+                "allowed_keys": self.allowed.directory if self.allowed else None}
+
+
+def load_keys(key_file: str | None) -> KeyPair:
+    """The broker's key pair: from a secret certificate, or made for this run."""
+    if key_file is None:
+        return KeyPair.generate()
+    found = read_secret(key_file)
+    pair = KeyPair.from_secret(found.secret)
+    if pair.public != found.public:
+        raise CertificateError(f"{key_file}: its public key does not belong to its secret key")
+    return pair
+
+
+def advertised_host(host: str) -> str:
+    """A host name or address that clients elsewhere can reach the broker by, for the
+    connection file: ``host`` itself unless it is a wildcard (0.0.0.0, ::), then this
+    machine's address on its default route, else its name."""
+    try:
+        wildcard = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host  # a name: clients resolve it as this machine did
+    if not wildcard:
+        return host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:  # a datagram socket's connect sends nothing: it only picks the outgoing address
+        probe.connect(("2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1", 9))
+        found = probe.getsockname()[0]
+        if not ipaddress.ip_address(found).is_loopback:
+            return found
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    return socket.getfqdn()
+
+
+def client_target(path: str, address: str, server_key: bytes,
+                  with_client_key: bool) -> BrokerTarget:
+    """The connection file to write at ``path``: the client key pair of the file already
+    there when it is for the same server key (so files handed out stay good across
+    restarts), else a new one; none with ``--allow-keys`` (each client brings its own)."""
+    if not with_client_key:
+        return BrokerTarget(address, server_key, source=path)
+    try:
+        old = read_connection_file(path)
+    except NwsConnectionFileException:
+        old = None
+    if old is not None and old.server_key == server_key and old.client_key:
+        return old._replace(address=address)
+    pair = KeyPair.generate()
+    return BrokerTarget(address, server_key, pair.public, pair.secret, source=path)
+
