@@ -24,6 +24,10 @@ class Certificate(NamedTuple):
     public: bytes
     secret: bytes | None  # None in a public certificate
 
+    def __repr__(self) -> str:  # never a secret in a log or a traceback
+        return (f"Certificate(public={z85.encode(self.public)!r}"
+                f"{', secret=...' if self.secret else ''})")
+
 
 def _key(path: str, text: str, what: str) -> bytes:
     value = text.strip().strip('"').strip("'")

@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a running broker's state",
                                  description="Ask a broker for its clients, workspaces, memory "
                                              "and counters.")
-    status.add_argument("--broker", default=None, metavar="ADDR",
-                        help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
+    status.add_argument("--broker", default=None, metavar="ADDR|FILE",
+                        help=f"broker address or connection file (default ${BROKER_ENV}, else "
+                             f"{default_address()})")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait")
 
@@ -108,15 +109,35 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="join a sleigh (a worker pool) as one more worker",
         description="Take tasks from a running sleigh until it ends. Sleigh(...).wsName is "
                     "its name; run this on any machine that reaches the broker.")
-    worker.add_argument("--broker", default=None, metavar="ADDR",
-                        help=f"broker address (default ${BROKER_ENV}, else {default_address()})")
+    worker.add_argument("--broker", default=None, metavar="ADDR|FILE",
+                        help="broker address or connection file; - reads the connection file "
+                             f"on stdin (default ${BROKER_ENV}, else {default_address()})")
     worker.add_argument("--sleigh", required=True, metavar="NAME",
                         help="the sleigh's workspace name")
     worker.add_argument("--rank", type=int, default=None,
                         help="the rank to take (default: the next free one)")
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     _kernel_parser(commands)
+    _keys_parsers(commands)
     return parser
+
+
+def _keys_parsers(commands: argparse._SubParsersAction) -> None:
+    keys = commands.add_parser(
+        "keys", help="make a CURVE key pair (certificates in zmq.auth's format)",
+        description="Write NAME.key (public: give it to a broker's --allow-keys directory) "
+                    "and NAME.key_secret (mode 0600: keep it) into DIR.")
+    keys.add_argument("name", metavar="NAME")
+    keys.add_argument("--dir", default=".", metavar="DIR",
+                      help="where to write them (default: here)")
+    personal = commands.add_parser(
+        "connection-file", help="make a connection file that carries your own key pair",
+        description="Copy a broker's connection file (from a broker run with --allow-keys) "
+                    "with the key pair of a secret certificate in it, mode 0600.")
+    personal.add_argument("broker_file", metavar="BROKER_FILE")
+    personal.add_argument("--key-file", required=True, metavar="NAME.key_secret",
+                          help="your secret certificate (`workbench keys NAME`)")
+    personal.add_argument("-o", "--output", required=True, metavar="PATH")
 
 
 def _kernel_parser(commands: argparse._SubParsersAction) -> None:
@@ -151,7 +172,39 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "kernel":
         return run_kernel(args)
+    if args.command == "keys":
+        return run_keys(args)
+    if args.command == "connection-file":
+        return run_connection_file(args)
     return run_status(args)
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from .certificates import write_pair
+    try:
+        public, secret = write_pair(args.dir, args.name)
+    except (OSError, ValueError) as exc:
+        print(f"workbench keys: {exc}", file=sys.stderr)
+        return 1
+    print(f"public key {public} (for a broker's --allow-keys directory)\n"
+          f"secret key {secret} (mode 0600: keep it to yourself)")
+    return 0
+
+
+def run_connection_file(args: argparse.Namespace) -> int:
+    from .certificates import read_secret
+    from .connection_file import read, write
+    try:
+        broker = read(args.broker_file)
+        if not broker.curve:
+            raise ValueError(f"{args.broker_file} is not a CURVE broker's connection file")
+        mine = read_secret(args.key_file)
+        write(args.output, broker._replace(client_key=mine.public, client_secret=mine.secret))
+    except (OSError, ValueError) as exc:
+        print(f"workbench connection-file: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} (mode 0600): {broker.address} with the key of {args.key_file}")
+    return 0
 
 
 def run_kernel(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .zmtp.curve import ClientKeys
 
 SUFFIX = ".json"
+_KEYS = ("server_key", "client_key", "client_secret")
 
 
 class BrokerTarget(NamedTuple):
@@ -43,10 +44,21 @@ class BrokerTarget(NamedTuple):
     def curve(self) -> bool:
         return self.server_key is not None
 
+    def __repr__(self) -> str:  # never a secret in a log or a traceback
+        keys = (f", server_key={z85.encode(self.server_key)!r}, client key pair"
+                if self.curve else "")
+        return f"BrokerTarget({self.address!r}{keys}, source={self.source!r})"
+
     def client_keys(self) -> ClientKeys | None:
-        """The keys the client's sockets use, or None for the plain mechanism."""
+        """The keys the client's sockets use, or None for the plain mechanism;
+        NwsConnectionFileException for a broker's file that carries no client key pair."""
         if self.server_key is None:
             return None
+        if self.client_key is None:
+            raise NwsConnectionFileException(
+                f"{self.source} has the broker's key but no client key pair (the broker lets "
+                "in only its --allow-keys): make your own file with `workbench connection-file "
+                f"{self.source} --key-file NAME.key_secret -o PATH`")
         from .zmtp.curve import ClientKeys, KeyPair
         return ClientKeys(self.server_key, KeyPair(self.client_key, self.client_secret))
 
@@ -105,17 +117,15 @@ def parse(text: str, source: str) -> BrokerTarget:
             f"{source} is not a connection file: it has no \"address\" (a broker writes one "
             "when it starts off loopback; `workbench broker --connection-file PATH`)")
     address = normalize_address(found["address"])
-    keys = [found.get(name) for name in ("server_key", "client_key", "client_secret")]
-    if not any(keys):
-        return BrokerTarget(address, source=source)
-    if not all(keys):
-        missing = [name for name, key in zip(("server_key", "client_key", "client_secret"), keys)
-                   if not key]
+    names = [name for name in _KEYS if found.get(name) is not None]
+    if names and names[0] != "server_key" or len(names) == 2:
+        missing = [name for name in _KEYS if name not in names]
         raise NwsConnectionFileException(
             f"{source} lacks {', '.join(missing)}: a CURVE connection needs the broker's key "
-            "and a client key pair (`workbench connection-file` adds yours)")
-    raw = []
-    for name, key in zip(("server_key", "client_key", "client_secret"), keys):
+            "and a client key pair")
+    keys = []
+    for name in names:
+        key = found[name]
         try:
             value = z85.decode(key) if isinstance(key, str) else b""
         except ValueError:
@@ -123,8 +133,8 @@ def parse(text: str, source: str) -> BrokerTarget:
         if len(value) != 32:
             raise NwsConnectionFileException(
                 f"{source}: {name} is not a CURVE key (40 characters of Z85)")
-        raw.append(value)
-    return BrokerTarget(address, *raw, source=source)
+        keys.append(value)
+    return BrokerTarget(address, *keys, source=source)
 
 
 def write(path: str, target: BrokerTarget) -> None:

@@ -121,7 +121,13 @@ class Dealer:
             while inbound.boxes is None:
                 if not self._poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
                     raise DealerError(f"no CURVE handshake with the broker within {timeout:g} s")
-                self._read()
+                try:
+                    self._read()
+                except DealerError as exc:
+                    if "CURVE" in str(exc):
+                        raise
+                    raise DealerError(f"the CURVE handshake failed: {exc}; is the server key "
+                                      "the broker's current one?") from None
                 if inbound.replies:
                     self._send_buffers(inbound.replies, None)
                     inbound.replies.clear()

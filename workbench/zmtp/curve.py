@@ -67,6 +67,9 @@ class KeyPair(NamedTuple):
     public: bytes
     secret: bytes
 
+    def __repr__(self) -> str:  # never a secret in a log or a traceback
+        return f"KeyPair(public={z85.encode(self.public)!r}, secret=...)"
+
     @classmethod
     def generate(cls) -> KeyPair:
         public, secret = sodium.crypto_box_keypair()
