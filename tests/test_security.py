@@ -388,3 +388,32 @@ def test_sleigh_workers_get_the_connection_without_a_key_on_their_command_line(c
             assert secret.encode() not in b" ".join(argv)
             with open(f"/proc/{pid}/environ", "rb") as environ:
                 assert secret.encode() not in environ.read()
+
+
+def test_ssh_and_callable_launchers_hand_the_connection_on_stdin(curve_broker, tmp_path,
+                                                                monkeypatch):
+    from workbench import Sleigh
+    secret = z85.encode(read_connection_file(curve_broker.connection_file).client_secret)
+    log = tmp_path / "ssh.log"
+    fake = tmp_path / "ssh"  # runs the remote command here, keeping stdin, and logs its argv
+    fake.write_text('#!/bin/sh\nhost="$1"; shift\necho "$host $*" >> "$FAKE_SSH_LOG"\n'
+                    'exec /bin/sh -c "$*"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    with Sleigh(launch="ssh", nodeList=["nodeA", "nodeB"], broker=curve_broker.connection_file,
+                python=sys.executable) as sleigh:
+        assert sleigh.eachElem(abs, [-1, -2, -3]) == [1, 2, 3]
+    commands = log.read_text()
+    assert "--broker - " in commands and secret not in commands
+
+    started = []
+
+    def launch(argv, rank):
+        started.append(argv)
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, env=dict(
+            os.environ, PYTHONPATH=os.getcwd(), WORKBENCH_BROKER=""))
+
+    with Sleigh(2, launch=launch, broker=curve_broker.connection_file) as sleigh:
+        assert sleigh.eachElem(abs, [-4, -5]) == [4, 5]
+    assert all(argv[argv.index("--broker") + 1] == "-" for argv in started)
