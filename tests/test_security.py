@@ -417,3 +417,15 @@ def test_ssh_and_callable_launchers_hand_the_connection_on_stdin(curve_broker, t
     with Sleigh(2, launch=launch, broker=curve_broker.connection_file) as sleigh:
         assert sleigh.eachElem(abs, [-4, -5]) == [4, 5]
     assert all(argv[argv.index("--broker") + 1] == "-" for argv in started)
+
+
+def test_an_array_fetched_over_curve_is_whole_and_writable(curve_broker, monkeypatch):
+    np = pytest.importorskip("numpy")
+    monkeypatch.setenv("WORKBENCH_SHM", "0")  # every byte crosses the CURVE connection
+    ws = NetWorkSpace("arrays", serverHost=curve_broker.connection_file)
+    array = np.arange(3_000_000, dtype=np.float64)
+    ws.store("a", array)
+    fetched = ws.fetch("a")
+    assert fetched.flags.writeable and np.array_equal(fetched, array)
+    fetched[0] = -1.0  # as over a plain connection
+    ws.server.close()

@@ -186,7 +186,11 @@ class Boxes:
             raise ZmtpError("a MESSAGE box did not open (tampered with, or not the peer's)",
                             handshake=False, counter="curve_malformed") from None
         self._received = nonce
-        return plain[0], plain[1:]
+        if len(plain) <= LARGE_FRAME:
+            return plain[0], plain[1:]
+        # A large frame is writable, as over a plain connection (an array decoded over it is
+        # writable too); the copy costs what slicing the bytes would.
+        return plain[0], bytearray(memoryview(plain)[1:])
 
 
 class ServerHandshake:
