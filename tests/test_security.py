@@ -420,7 +420,7 @@ def test_ssh_and_callable_launchers_hand_the_connection_on_stdin(curve_broker, t
 
 
 def test_an_array_fetched_over_curve_is_whole_and_writable(curve_broker, monkeypatch):
-    np = pytest.importorskip("numpy")
+    import numpy as np
     monkeypatch.setenv("WORKBENCH_SHM", "0")  # every byte crosses the CURVE connection
     ws = NetWorkSpace("arrays", serverHost=curve_broker.connection_file)
     array = np.arange(3_000_000, dtype=np.float64)
