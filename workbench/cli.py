@@ -239,15 +239,17 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def _broker_target(argument: str | None):
     """``--broker``: an address, a connection file, or ``-`` for a connection file's text on
-    stdin (how a sleigh hands it to its workers: never on a command line). Under ``-`` the
-    text goes to ``WORKBENCH_BROKER`` too, in this process only, so tasks that open
-    workspaces reach the same broker."""
+    stdin (how a sleigh hands it to its workers: never on a command line). What it names
+    goes to ``WORKBENCH_BROKER`` too, in this process only, so tasks that open workspaces
+    reach the same broker."""
     from .connection_file import parse, resolve
     if argument == "-":
         text = sys.stdin.read()
         target = parse(text, "the connection read on stdin")
         os.environ[BROKER_ENV] = text
         return target
+    if argument:
+        os.environ[BROKER_ENV] = argument
     return resolve(argument or os.environ.get(BROKER_ENV) or default_address())
 
 

@@ -78,10 +78,10 @@ class BrokerTarget(NamedTuple):
 
 
 def is_connection_file(text: str) -> bool:
-    """Whether a broker argument names a connection file (or is one's JSON text) rather
-    than an address."""
+    """Whether a broker argument names a connection file (a ``.json`` path) or is one's JSON
+    text, rather than an address."""
     text = text.strip()
-    return text.startswith("{") or text.endswith(SUFFIX) or os.path.isfile(text)
+    return text.startswith("{") or text.endswith(SUFFIX)
 
 
 def resolve(text: str) -> BrokerTarget:

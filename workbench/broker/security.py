@@ -70,7 +70,7 @@ class CurveSecurity:
     def describe(self) -> dict:
         """For ``workbench status``."""
         return {"mechanism": "CURVE",
-                "allowed_keys": self.allowed.directory if self.allowed else None}
+                "allowed_keys": self.allowed.directory if self.allowed is not None else None}
 
 
 def load_keys(key_file: str | None) -> KeyPair:

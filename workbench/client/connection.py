@@ -70,6 +70,15 @@ _ERRORS: dict[int, type[NwsException]] = {
 }
 
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+#: The CURVE brokers this process has connected to, by address, with their keys: a workspace
+#: handle that reaches this process by pickle names only the broker's host and port (as
+#: NetWorkSpaces' did), and a worker's tasks open workspaces by the address they are given.
+_curve_targets: dict[str, BrokerTarget] = {}
+
+
+def known_target(address: str) -> str | BrokerTarget:
+    """``address``, or the CURVE target (with its keys) this process connected to there."""
+    return _curve_targets.get(address, address)
 
 
 def _reason(exc: OSError) -> str:
@@ -289,6 +298,8 @@ class Connection:
             raise NwsConnectException(f"the broker at {address} refused this client: "
                                       + head[HEADER_SIZE:].decode("utf-8", "replace"))
         self.info = json.loads(head[HEADER_SIZE:])
+        if target.curve:  # its keys proved good
+            _curve_targets[target.address] = target
         self.liveness = Liveness(self.info["heartbeat_interval"], self.info["heartbeat_liveness"])
         self.label = self.info["label"]
         self.shm_pid = self.info.get("shm_pid")  # set when values may go through /dev/shm

@@ -24,15 +24,13 @@ from ..config import (
     EMBEDDED_START_TIMEOUT, EMBEDDED_STOP_TIMEOUT, PORT_PROBE_TIMEOUT, PROBE_TIMEOUT,
     normalize_address,
 )
-from ..connection_file import BrokerTarget, is_connection_file, resolve
+from ..connection_file import is_connection_file, resolve
 from ..errors import NwsConnectException
-from .connection import Connection, close_all
+from .connection import Connection, close_all, known_target
 
 _lock = threading.Lock()
 _embedded: subprocess.Popen | None = None
 _embedded_address: str | None = None
-#: The CURVE brokers this process connected to through connection files, by address.
-_known_targets: dict[str, BrokerTarget] = {}
 
 
 def connect(host: str | None = None, port: int | None = None,
@@ -40,14 +38,13 @@ def connect(host: str | None = None, port: int | None = None,
     """A new session with the broker the arguments, the environment or the defaults name.
     ``host`` and ``WORKBENCH_BROKER`` may be a connection file (``port`` is then ignored)."""
     if host is not None and is_connection_file(host):
-        target = _remember(resolve(host))
+        target = resolve(host)
         return Connection(target, timeout, hint=start_hint(target.address))
     if host is not None or port is not None:  # a host alone may be host:port or tcp://...
         address = normalize_address(host if port is None else f"{host or DEFAULT_HOST}:{port}")
-        return Connection(_known_targets.get(address, address), timeout,
-                          hint=start_hint(address))
+        return Connection(known_target(address), timeout, hint=start_hint(address))
     if os.environ.get(BROKER_ENV):
-        target = _remember(resolve(os.environ[BROKER_ENV]))
+        target = resolve(os.environ[BROKER_ENV])
         return Connection(target, timeout,
                           hint=f"{BROKER_ENV} names it; " + start_hint(target.address))
     default = normalize_address(f"{DEFAULT_HOST}:{DEFAULT_PORT}")
@@ -57,14 +54,6 @@ def connect(host: str | None = None, port: int | None = None,
         except NwsConnectException:
             pass  # something else listens there: fall back to a private broker
     return Connection(embedded_broker(), timeout, hint="the embedded broker did not answer")
-
-
-def _remember(target: BrokerTarget) -> BrokerTarget:
-    """Keep a CURVE target's keys for its address: a workspace handle that reaches this
-    process by pickle names only the broker's host and port (as NetWorkSpaces' did)."""
-    if target.curve:
-        _known_targets[target.address] = target
-    return target
 
 
 def start_hint(address: str) -> str:

@@ -65,6 +65,10 @@ class SleighInfo(NamedTuple):
     # A CURVE broker's connection file, as text: for the workers' stdin, never their argv.
     connection: str | None = None
 
+    def __repr__(self) -> str:  # never the connection's keys in a log
+        return (f"SleighInfo(name={self.name!r}, broker={self.broker!r}"
+                f"{', connection=...' if self.connection else ''})")
+
     @property
     def worker_broker(self) -> str:
         """A worker's ``--broker``: the address, or ``-`` (the connection comes on stdin)."""
