@@ -33,7 +33,9 @@ _META = 16  # a value reply's variable id and sequence number, after the header
 
 @pytest.fixture(scope="module")
 def curve_broker(tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("curve"), "--curve", "--no-local-socket")
+    # A raw libzmq client sends no heartbeats: its session must outlive a 100 MB round trip.
+    broker = start_broker(tmp_path_factory.mktemp("curve"), "--curve", "--no-local-socket",
+                          "--heartbeat-liveness", "100")
     yield broker
     broker.stop()
 
