@@ -143,3 +143,28 @@ def test_the_architecture_page_names_only_what_exists():
     assert not missing, f"docs/architecture.md names what does not exist: {missing}"
     contributing = (ROOT / "CONTRIBUTING.md").read_text()
     assert "docs/architecture.md" in contributing and "make test" in contributing
+
+
+@pytest.mark.timeout(60)
+def test_the_security_pages_pyzmq_snippet_talks_to_a_curve_broker(make_broker, tmp_path):
+    """The page's claim that any ZeroMQ DEALER with a connection file's keys reaches a CURVE
+    broker: its pyzmq snippet, run as printed, stores a value a workbench client fetches."""
+    pytest.importorskip("zmq")
+    from workbench import NetWorkSpace
+
+    blocks = [block for block in re.findall(r"^```python\n(.*?)^```", (DOCS / "security.md")
+                                            .read_text(), re.MULTILINE | re.DOTALL)
+              if "zmq.DEALER" in block]
+    assert len(blocks) == 1, "the security page shows one pyzmq DEALER snippet"
+    broker = make_broker("--curve")
+    work = tmp_path / "snippet"
+    work.mkdir()
+    (work / "broker.json").write_text(Path(broker.connection_file).read_text())
+    done = subprocess.run([sys.executable, "-c", blocks[0]], cwd=work, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    ws = NetWorkSpace("demo", serverHost=broker.connection_file, useUse=True)
+    try:
+        assert ws.fetch("greeting", timeout=5) == "hello from pyzmq"
+    finally:
+        ws.server.close()
