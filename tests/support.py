@@ -38,8 +38,9 @@ class Broker:
         return self.connection_file or self.address
 
     def env(self, **extra: str) -> dict:
-        """Environment for a client subprocess that should use this broker."""
-        env = dict(os.environ, WORKBENCH_BROKER=self.target, **extra)
+        """Environment for a client subprocess that should use this broker; ``extra`` may
+        set ``WORKBENCH_BROKER`` otherwise (the connection file's JSON text, say)."""
+        env = {**os.environ, "WORKBENCH_BROKER": self.target, **extra}
         env.setdefault("PYTHONPATH", os.getcwd())
         return env
 

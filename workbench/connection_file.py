@@ -62,6 +62,15 @@ class BrokerTarget(NamedTuple):
         from .zmtp.curve import ClientKeys, KeyPair
         return ClientKeys(self.server_key, KeyPair(self.client_key, self.client_secret))
 
+    def __repr__(self) -> str:
+        # Never the secret key: a target ends up in tracebacks, logs and notebook outputs.
+        fields = [f"address={self.address!r}", f"mechanism={'CURVE' if self.curve else 'NULL'!r}"]
+        if self.client_key is not None:
+            fields.append(f"client_key={z85.encode(self.client_key)!r}")
+        if self.source is not None:
+            fields.append(f"source={self.source!r}")
+        return f"BrokerTarget({', '.join(fields)})"
+
     def describe(self) -> str:
         """The address, and the file it came from, for messages."""
         return self.address if self.source is None else f"{self.address} ({self.source})"
@@ -100,9 +109,12 @@ def read(path: str) -> BrokerTarget:
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
-    except (OSError, UnicodeError) as exc:
+    except OSError as exc:
         raise NwsConnectionFileException(
             f"cannot read the connection file {path}: {exc.strerror or exc}") from None
+    except UnicodeError as exc:
+        raise NwsConnectionFileException(
+            f"{path} is not a connection file (not UTF-8 text: {exc})") from None
     return parse(text, path)
 
 

@@ -25,6 +25,11 @@ Where this differs from wrpme, and why:
 - Messages read like quasardb's (``putting "<key>"``, the key cut to 128 characters, CR and LF
   made spaces), with the broker's own explanation after a colon when it gave one. ``Client``
   shows ``str(key)``, not the key's pickle.
+- ``hostname`` may also be a broker's connection file (the path of a ``.json`` file), whose
+  keys are used; ``port`` is then ignored. A file that cannot be used raises
+  ``NwsConnectionFileException`` (a ``ValueError``) naming it, at construction; the file is read
+  again at each reconnection (a restarted broker writes new keys), and one missing by then
+  raises ``ConnectionRefused``, as a broker that is gone does.
 - Connection errors are also the matching built-in exceptions (``Timeout`` is a
   ``TimeoutError``, ``ConnectionRefused`` a ``ConnectionRefusedError``, ...), so code written
   for sockets catches them too.
@@ -43,6 +48,7 @@ from .client.connection import Connection
 from .client.embedded import connect
 from .client.keyvalue import Entry, KeyValueStore
 from .config import CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, MAX_NAME_LENGTH
+from .connection_file import is_connection_file, resolve
 from .errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException, NwsException,
     NwsMemoryException, NwsMessageTooLargeException, NwsTimeoutException,
@@ -209,8 +215,8 @@ def _pickle_decode(frames: list) -> Any:
 class RawClient:
     """The raw interface to a hive: keys and values are str or bytes, stored as they are.
 
-    ``hostname``: a DNS name or an IPv4 address (the workbench connects over IPv4 only);
-    ``port`` defaults to the broker's (8765).
+    ``hostname``: a DNS name or an IPv4 address (the workbench connects over IPv4 only), or a
+    broker's connection file; ``port`` defaults to the broker's (8765).
     Without either, the broker is found as ``NetWorkSpace`` finds it (``WORKBENCH_BROKER``, the
     default address, or a private broker). The client connects at construction (a failure
     raises ``HostNotFound`` or ``ConnectionRefused``) and disconnects at ``close()``, at the end
@@ -226,6 +232,9 @@ class RawClient:
                  workspace: str = DEFAULT_WORKSPACE, timeout: float = CONNECT_TIMEOUT) -> None:
         self.hostname = hostname
         self.port = port
+        # Read now so that a bad file fails at once, and kept for messages (never the keys).
+        self._where = (resolve(hostname).describe()
+                       if hostname is not None and is_connection_file(hostname) else None)
         self.workspace = workspace
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -358,10 +367,14 @@ class RawClient:
     def _connect(self, message: str = "") -> None:
         """Open a new connection (the lock is held)."""
         if message == "":
-            where = ("the broker" if self.hostname is None and self.port is None
-                     else f"{self.hostname or DEFAULT_HOST}:{self.port or DEFAULT_PORT}")
+            if self._where is not None:
+                where = self._where
+            elif self.hostname is None and self.port is None:
+                where = "the broker"
+            else:
+                where = f"{self.hostname or DEFAULT_HOST}:{self.port or DEFAULT_PORT}"
             message = f"connecting to {where}"
-        if self.hostname is not None:
+        if self.hostname is not None and self._where is None:
             if ":" in self.hostname:
                 raise InvalidInput(f"{message}: IPv6 addresses are not supported; use an IPv4 "
                                    "address or a host name")

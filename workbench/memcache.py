@@ -28,7 +28,13 @@ Where the workbench differs, and what was chosen:
 
 - A server is a broker address: ``"host:port"``, ``"tcp://host:port"`` or ``"inet:host:port"``;
   the default port is the broker's (``config.DEFAULT_PORT``), not 11211. Unix sockets and
-  ``inet6:`` addresses are refused (``ValueError``).
+  ``inet6:`` addresses are refused (``ValueError``). A server may also be a broker's connection
+  file (the path of a ``.json`` file, as ``"server.json"`` or ``("server.json", weight)``): its
+  keys are used, and it is read again at each reconnection, so a restarted broker's new keys
+  are found. A file that cannot be used (missing, unreadable, not a connection file) raises
+  ``NwsConnectionFileException`` (a ``ValueError``) naming it when the Client is made: that is
+  a mistake in the configuration, not a server that went away. A file that disappears later
+  (its broker stopped) marks the server dead, as an unreachable address does.
 - Keys must also be valid broker names: UTF-8 text the broker considers printable. A bytes key
   that is not UTF-8, or one holding a non-printable character such as U+00A0 (allowed by
   memcached's byte rule), raises ``MemcachedKeyCharacterError`` saying so, even with
@@ -67,10 +73,12 @@ import time as _time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import codec
 from .client.keyvalue import KeyValueStore
 from .config import DEFAULT_PORT
+from .connection_file import is_connection_file, resolve
 from .errors import (
     NwsConnectException, NwsConnectionDroppedException, NwsException, NwsOperationException,
     NwsTimeoutException,
@@ -197,7 +205,15 @@ class _Host:
             host, self.weight = host
         else:
             self.weight = 1
-        self.ip, self.port = _parse_address(host)
+        # A connection file is read now, so that a bad one fails here; the connection reads
+        # it again (a restarted broker writes new keys). An address connects by host and port.
+        self._broker: tuple[str | None, int | None]
+        if is_connection_file(host):
+            self.ip, self.port = _host_and_port(resolve(host).address)
+            self._broker = (host, None)
+        else:
+            self.ip, self.port = _parse_address(host)
+            self._broker = (self.ip, self.port)
         self.address = (self.ip, self.port)
         self.deaduntil = 0.0
         self.store: KeyValueStore | None = None
@@ -230,7 +246,7 @@ class _Host:
         if self.store is not None:
             return self.store
         try:
-            self.store = KeyValueStore(self.ip, self.port, workspace=self.workspace,
+            self.store = KeyValueStore(*self._broker, workspace=self.workspace,
                                        timeout=self.socket_timeout, decode=self._decode)
             if self.flush_on_next_connect:
                 self.store.flush()  # it may hold values overwritten elsewhere while it was away
@@ -269,6 +285,12 @@ def _parse_address(address: str) -> tuple[str, int]:
     if match is None:
         raise ValueError(f'Unable to parse connection string: "{address}"')
     return match["host"], int(match["port"] or DEFAULT_PORT)
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    """A connection file's ``tcp://host:port`` -> (host, port), for the server's name."""
+    parts = urlsplit(address)
+    return parts.hostname or address, parts.port or DEFAULT_PORT
 
 
 class Client(threading.local):
@@ -362,16 +384,18 @@ class Client(threading.local):
         self.cas_ids: dict[bytes, int] = {}
 
     def set_servers(self, servers: Iterable) -> None:
-        """Set the pool of servers: ``"host:port"`` strings (weight 1) or ``("host:port",
-        weight)`` tuples. Connections to the previous pool are closed."""
+        """Set the pool of servers: ``"host:port"`` strings or connection files' paths (weight
+        1), or ``(server, weight)`` tuples. Connections to the previous pool are closed; a
+        connection file that cannot be used raises NwsConnectionFileException."""
         if isinstance(servers, str):
             servers = [servers]
+        pool = [_Host(s, self.debug, dead_retry=self.dead_retry,
+                      socket_timeout=self.socket_timeout,
+                      flush_on_reconnect=self.flush_on_reconnect,
+                      workspace=self.workspace, decode=self._decode_value)
+                for s in servers]  # a bad address or file raises before the old pool goes
         self.disconnect_all()
-        self.servers = [_Host(s, self.debug, dead_retry=self.dead_retry,
-                              socket_timeout=self.socket_timeout,
-                              flush_on_reconnect=self.flush_on_reconnect,
-                              workspace=self.workspace, decode=self._decode_value)
-                        for s in servers]
+        self.servers = pool
         self._init_buckets()
 
     def _init_buckets(self) -> None:

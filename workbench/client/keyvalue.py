@@ -54,9 +54,9 @@ class KeyValueStore:
     """The key-value entries of one workspace on one broker.
 
     ``KeyValueStore()`` finds the broker as ``NetWorkSpace`` does (``WORKBENCH_BROKER``, the
-    default address, or a private broker); ``host``/``port`` name one. ``timeout`` bounds the
-    connection, ``op_timeout`` every operation after it (NwsTimeoutException, a
-    TimeoutError; the operation is cancelled at the broker)."""
+    default address, or a private broker); ``host``/``port`` name one, and ``host`` may be a
+    connection file. ``timeout`` bounds the connection, ``op_timeout`` every operation after
+    it (NwsTimeoutException, a TimeoutError; the operation is cancelled at the broker)."""
 
     def __init__(self, host: str | None = None, port: int | None = None,
                  workspace: str = DEFAULT_KV_WORKSPACE, timeout: float = CONNECT_TIMEOUT,

@@ -71,6 +71,7 @@ class NwsServer:
 
     With no ``host`` and ``port``, the broker comes from ``WORKBENCH_BROKER``, else the default
     address if a broker answers there, else a private broker started for this process.
+    ``host`` may be a broker's connection file (``port`` is then ignored): its keys are used.
     """
 
     def __init__(self, host: str | None = None, port: int | None = None,
@@ -190,6 +191,8 @@ class NetWorkSpace:
     ``store`` adds a value; ``fetch`` removes and returns one, blocking until one exists;
     ``find`` returns one without removing it. Which value depends on the variable's mode
     (``declare``): fifo (the default), lifo, multi (random) or single (a store replaces).
+    ``serverHost``/``serverPort`` name the broker as ``NwsServer``'s ``host``/``port`` do (a
+    connection file too); ``server`` shares an open session instead.
     """
 
     def __init__(self, wsName: str = "__default", serverHost: str | None = None,

@@ -92,7 +92,8 @@ def build_parser() -> Parser:
                   "connect")
     sub.add_argument("address", metavar="ADDR",
                      help=f"tcp://host:port, host:port or a port (default {DEFAULT_HOST}:"
-                          f"{DEFAULT_PORT})")
+                          f"{DEFAULT_PORT}), or the path of a broker's connection file "
+                          "(.json), whose keys are used")
     sub = command("twitter", "send a pub/sub message, as workbench.mq.twitter does", "twitter")
     sub.add_argument("identifier", metavar="ID", help="name[@namespace][:action]")
     rest(sub, "ARGS", "Python expressions separated by spaces, NAME=EXPR for keyword "

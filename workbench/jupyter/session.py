@@ -3,11 +3,10 @@ stores, and the sleigh ``%nws sleigh`` started. Connections are made on first us
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from ..client.keyvalue import DEFAULT_KV_WORKSPACE, KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import normalize_address
+from ..connection_file import is_connection_file, resolve
 from ..sleigh import Sleigh
 
 #: The workspace the magics act on until ``%nws use`` or ``%nws open`` names another; the one
@@ -19,7 +18,8 @@ class MagicSession:
     """The broker session, workspace, stores and sleigh of one shell's magics."""
 
     def __init__(self) -> None:
-        self.address: str | None = None  # set by connect; None: the broker found as usual
+        # set by connect: an address or a connection file; None: the broker found as usual
+        self.address: str | None = None
         self.ws_name = DEFAULT_WORKSPACE
         self.ws_options: dict = {"useUse": False}
         self.sleigh: Sleigh | None = None
@@ -29,8 +29,13 @@ class MagicSession:
 
     def server(self) -> NwsServer:
         if self._server is None:
-            self._server = _server_at(self.address)
+            self._server = NwsServer(self.address)
         return self._server
+
+    def broker(self) -> str:
+        """What another client of the magics' broker is given: the connection file or address
+        ``connect`` was given, else the address of the broker found."""
+        return self.address or self.server().address
 
     def workspace(self) -> NetWorkSpace:
         if self._ws is None:
@@ -49,31 +54,33 @@ class MagicSession:
         return ws
 
     def connect(self, address: str) -> str:
-        """Use the broker at ``address`` from now on -> its normalized address. The old
-        session ends (its owned workspaces are purged) once the new one is open; the current
-        workspace's name is kept, and opened there on first use."""
-        address = normalize_address(address)
-        server = _server_at(address)
+        """Use the broker at ``address`` (or of a connection file) from now on -> its
+        address, and the file it came from. The old session ends (its owned workspaces are
+        purged) once the new one is open; the current workspace's name is kept, and opened
+        there on first use."""
+        if is_connection_file(address):
+            source = resolve(address).source  # the path, never the keys of JSON text
+        else:
+            address, source = normalize_address(address), None
+        server = NwsServer(address)
         old, self._server, self._ws, self.address = self._server, server, None, address
         stores, self._stores = self._stores, {}
         for store in stores.values():
             store.close()
         if old is not None:
             old.close()
-        return server.address
+        return server.address if source is None else f"{server.address} ({source})"
 
     def store(self, workspace: str = DEFAULT_KV_WORKSPACE) -> KeyValueStore:
         """The key-value store kept in ``workspace``, on the magics' broker."""
         if workspace not in self._stores:
-            server = self.server()
-            self._stores[workspace] = KeyValueStore(server.serverHost, server.serverPort,
-                                                    workspace=workspace)
+            self._stores[workspace] = KeyValueStore(self.broker(), workspace=workspace)
         return self._stores[workspace]
 
     def start_sleigh(self, workers: int) -> Sleigh:
         """Start a sleigh of ``workers`` on the magics' broker, stopping the one before."""
         self.stop_sleigh()
-        self.sleigh = Sleigh(workers, broker=self.server().address)
+        self.sleigh = Sleigh(workers, broker=self.broker())
         return self.sleigh
 
     def stop_sleigh(self) -> Sleigh | None:
@@ -90,10 +97,3 @@ class MagicSession:
             self._server.close()
         self._server = self._ws = None
         self._stores = {}
-
-
-def _server_at(address: str | None) -> NwsServer:
-    if address is None:
-        return NwsServer()
-    parts = urlsplit(address)
-    return NwsServer(parts.hostname, parts.port)

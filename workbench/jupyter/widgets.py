@@ -15,8 +15,9 @@ never polls, and redraws at most about seven times a second on the kernel's even
 A widget shown while the kernel runs a long cell catches up when the cell ends: its updates
 wait for the event loop, as every widget update must since ipykernel 7.
 
-Each widget works against any broker: pass an NwsServer or an address (``server=`` or
-``broker=``), or let it find the broker as a NetWorkSpace does.
+Each widget works against any broker: pass an NwsServer, an address or a connection file
+(``server=`` or ``broker=``), or let it find the broker as a NetWorkSpace does. A widget shows
+the broker's address, never a connection file's keys.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def dashboard(workspace: NetWorkSpace | str, *, server: NwsServer | str | None =
     """A live table of a workspace's variables: mode, number of values, fetchers and finders
     waiting, a preview of the value a find would return; buttons to fetchTry or delete the
     chosen variable and to refresh. ``workspace``: a NetWorkSpace, or the name of an existing
-    workspace on ``server`` (an NwsServer, an address, or None: the broker found as usual)."""
+    workspace on ``server`` (an NwsServer, an address, a connection file, or None: the broker
+    found as usual)."""
     return WorkspaceDashboard(workspace, server, preview, max_rows, interval, loop)
 
 
@@ -82,8 +84,8 @@ def message_feed(pattern: str = "*", *, broker: NwsServer | str | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> MessageFeed:
     """The latest ``keep`` messages sent under identifiers matching ``pattern`` (berryMQ
     matching, as ``workbench.mq`` followers use), newest first, from every process of the
-    broker, this one included. ``broker``: an NwsServer or address; by default the broker
-    ``workbench.mq`` uses."""
+    broker, this one included. ``broker``: an NwsServer, address or connection file; by
+    default the broker ``workbench.mq`` uses."""
     return MessageFeed(pattern, broker, keep, interval, loop)
 
 

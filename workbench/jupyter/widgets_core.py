@@ -23,12 +23,11 @@ import logging
 import reprlib
 import threading
 from typing import Any, Callable, Iterable, Sequence
-from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 
 from ..client.workspace import NwsServer
-from ..config import WIDGET_INTERVAL, normalize_address
+from ..config import WIDGET_INTERVAL
 
 log = logging.getLogger("workbench.jupyter")
 
@@ -213,11 +212,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], more: int = 0,
 
 def server_for(server: NwsServer | str | None) -> tuple[NwsServer, bool]:
     """-> (a session with the broker named, whether it was made here and is to be closed).
-    ``server``: an NwsServer, an address (``host:port``, ``tcp://host:port``), or None for
-    the broker a NetWorkSpace would find."""
+    ``server``: an NwsServer, an address (``host:port``, ``tcp://host:port``) or a connection
+    file, or None for the broker a NetWorkSpace would find."""
     if isinstance(server, NwsServer):
         return server, False
-    if server is None:
-        return NwsServer(), True
-    parts = urlsplit(normalize_address(server))
-    return NwsServer(parts.hostname, parts.port), True
+    return NwsServer(server), True

@@ -6,10 +6,12 @@ keep their names, arguments, tokens, ``ttl`` and results (``"ok"``, ``"invalid t
 ``"timeout"``) and mean:
 
 ``init_connection(addr=("localhost", 0))``
-    mq in this process uses the broker at ``addr`` = ``(host, port)`` (or ``"host:port"``),
-    leaving any other: followers are re-subscribed there. Port 0 (berryMQ's default, "any
-    port") means the broker found as usual: ``WORKBENCH_BROKER``, the default address, or a
-    private one. Connects at once and returns the broker's address.
+    mq in this process uses the broker at ``addr`` = ``(host, port)`` (or ``"host:port"``, or
+    a broker's connection file: the path of a ``.json`` file, whose keys are used), leaving
+    any other: followers are re-subscribed there. Port 0 (berryMQ's default, "any port")
+    means the broker found as usual: ``WORKBENCH_BROKER``, the default address, or a private
+    one. Connects at once and returns the broker's address. The functions below take
+    ``addr`` alike; a connection file that cannot be used raises NwsConnectionFileException.
 ``interconnect(addr, ttl=1000)`` (style 01, also ``connect_interactively``)
     the same, returning a token. Every twitter of every process on the broker already reaches
     every other process, once, never echoed back: what style 01 did for a pair of peers (and,

@@ -26,6 +26,7 @@ from ..client.connection import Channel, Connection
 from ..client.embedded import connect
 from ..client.pubsub import MessageBus
 from ..config import MQ_ACK_TIMEOUT, normalize_address
+from ..connection_file import is_connection_file, resolve
 from ..errors import NwsException, NwsPicklingException
 
 log = logging.getLogger("workbench.mq")
@@ -45,7 +46,8 @@ class Transport:
         self._connection: Connection | None = None
         self._bus: MessageBus | None = None
         self._inherited: list[Connection] = []  # a parent's, kept from ever being collected
-        self.address: str | None = None  # chosen by init_connection; None: found as usual
+        # chosen by init_connection (an address or a connection file); None: found as usual
+        self.address: str | None = None
         self.generation = 0  # counts the buses made: a shared queue re-declares on a new one
         self.on_message: Callable[[str, Any], None] | None = None  # the registry's dispatch
         self.on_new_bus: Callable[[], None] | None = None  # the registry re-subscribes
@@ -176,18 +178,19 @@ class Transport:
 
 
 def open_connection(address: str | None) -> Connection:
-    """A new session with the broker at ``address``, or the one found as usual."""
-    if address is None:
-        return connect()
-    parts = urlsplit(address)
-    return connect(parts.hostname, parts.port)
+    """A new session with the broker at ``address`` (or of a connection file), or the one
+    found as usual."""
+    return connect(address)
 
 
 def same_broker(address: str, other: str | None) -> bool:
-    """Whether two broker addresses name one broker (``localhost`` is ``127.0.0.1``).
-    ``None`` (find it as usual) matches whatever broker is in use."""
+    """Whether a broker address and another address or connection file name one broker
+    (``localhost`` is ``127.0.0.1``). ``None`` (find it as usual) matches whatever broker is
+    in use."""
     if other is None:
         return True
+    if is_connection_file(other):
+        other = resolve(other).address
     a, b = urlsplit(address), urlsplit(other)
     if a.port != b.port:
         return False
@@ -201,10 +204,15 @@ def same_broker(address: str, other: str | None) -> bool:
 
 def broker_address(addr: tuple[str, int] | str | None) -> str | None:
     """berryMQ's ``(host, port)`` (or ``"host:port"``) -> a broker address; port 0, like
-    berryMQ's default ``("localhost", 0)``, and None mean "find the broker as usual"."""
+    berryMQ's default ``("localhost", 0)``, and None mean "find the broker as usual". A
+    connection file (its path or JSON text) stays as it is, for each connection to read: one
+    that cannot be used raises NwsConnectionFileException here."""
     if addr is None:
         return None
     if isinstance(addr, str):
+        if is_connection_file(addr):
+            resolve(addr)
+            return addr
         return normalize_address(addr)
     host, port = addr
     if not port:

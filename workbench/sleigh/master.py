@@ -26,10 +26,10 @@ from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..client.connection import Connection
-from ..client.embedded import connect, start_hint
+from ..client.embedded import connect
 from ..client.keyvalue import KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
-from ..config import CONNECT_TIMEOUT, SLEIGH_START_TIMEOUT
+from ..config import SLEIGH_START_TIMEOUT
 from ..connection_file import resolve
 from ..errors import NwsException
 from . import tasks
@@ -57,7 +57,8 @@ class Sleigh(Executor):
     object that implements ``workbench.sleigh.launchers.Launcher``. Any process that reaches
     the broker can join with ``workbench worker --broker ADDR --sleigh NAME``.
 
-    ``broker`` (or ``nwsHost``/``nwsPort``) names the broker; by default it is found like a
+    ``broker`` (or ``nwsHost``/``nwsPort``) names the broker, by its address or its
+    connection file (``nwsPort`` is then ignored); by default it is found like a
     NetWorkSpace's. ``workerBroker`` is the address workers should use, if they see the
     broker under another name. Use as a context manager, or call ``stop()``.
     """
@@ -424,10 +425,9 @@ class Sleigh(Executor):
 
 
 def _connect(broker: str | None, host: str | None, port: int | None) -> Connection:
-    if broker:
-        target = resolve(broker)
-        return Connection(target, CONNECT_TIMEOUT, hint=start_hint(target.address))
-    return connect(host, port)
+    # ``connect`` reads a connection file, and has the keys of a CURVE broker that this
+    # process reached before through one when given only its address (as the magics do).
+    return connect(broker) if broker else connect(host, port)
 
 
 def _element_columns(elementArgs: Any) -> list:
