@@ -21,7 +21,7 @@ from workbench import (
     KeyValueStore, NetWorkSpace, NwsConnectException, NwsConnectionFileException, NwsServer,
     Sleigh, hive, memcache, mq,
 )
-from workbench.client import embedded
+from workbench.client import connection
 from workbench.connection_file import resolve
 from workbench.jupyter.session import MagicSession
 from workbench.jupyter.widgets_core import server_for
@@ -41,7 +41,8 @@ def curve(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def knowing_no_curve_broker(monkeypatch):
-    monkeypatch.setattr(embedded, "_known_targets", {})
+    """Each test starts in a process that remembers no CURVE broker's keys by address."""
+    monkeypatch.setattr(connection, "_curve_targets", {})
 
 
 @pytest.fixture(scope="module")

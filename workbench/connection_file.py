@@ -44,11 +44,6 @@ class BrokerTarget(NamedTuple):
     def curve(self) -> bool:
         return self.server_key is not None
 
-    def __repr__(self) -> str:  # never a secret in a log or a traceback
-        keys = (f", server_key={z85.encode(self.server_key)!r}, client key pair"
-                if self.curve else "")
-        return f"BrokerTarget({self.address!r}{keys}, source={self.source!r})"
-
     def client_keys(self) -> ClientKeys | None:
         """The keys the client's sockets use, or None for the plain mechanism;
         NwsConnectionFileException for a broker's file that carries no client key pair."""
