@@ -27,10 +27,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
     from .errors import (
         NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
         NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
-        NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
-        NwsOperationException, NwsPicklingException, NwsServerException, NwsTimeoutException,
-        NwsUnpicklingException, NwsUnsupportedMethodException, NwsUnsupportedOperationException,
-        NwsValueException, NwsVariableDeletedException,
+        NwsLimitException, NwsMemoryException, NwsMessageTooLargeException,
+        NwsNoWorkSpaceException, NwsOperationException, NwsPicklingException,
+        NwsServerException, NwsTimeoutException, NwsUnpicklingException,
+        NwsUnsupportedMethodException, NwsUnsupportedOperationException, NwsValueException,
+        NwsVariableDeletedException,
     )
     from .sleigh import RemoteError, Sleigh
 
@@ -45,11 +46,11 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys((
         "NwsBadRequestException", "NwsConnectException", "NwsConnectionDroppedException",
         "NwsDeclarationFailedException", "NwsException", "NwsIteratorInvalidException",
-        "NwsMemoryException", "NwsMessageTooLargeException", "NwsNoWorkSpaceException",
-        "NwsOperationException", "NwsPicklingException", "NwsServerException",
-        "NwsTimeoutException", "NwsUnpicklingException", "NwsUnsupportedMethodException",
-        "NwsUnsupportedOperationException", "NwsValueException",
-        "NwsVariableDeletedException"), ".errors"),
+        "NwsLimitException", "NwsMemoryException", "NwsMessageTooLargeException",
+        "NwsNoWorkSpaceException", "NwsOperationException", "NwsPicklingException",
+        "NwsServerException", "NwsTimeoutException", "NwsUnpicklingException",
+        "NwsUnsupportedMethodException", "NwsUnsupportedOperationException",
+        "NwsValueException", "NwsVariableDeletedException"), ".errors"),
     "NwsValueIterator": ".client.iterator",
     "KeyValueStore": ".client.keyvalue",
     "RemoteError": ".sleigh",
@@ -91,6 +92,7 @@ __all__ = [
     "NwsDeclarationFailedException",
     "NwsException",
     "NwsIteratorInvalidException",
+    "NwsLimitException",
     "NwsMemoryException",
     "NwsMessageTooLargeException",
     "NwsNoWorkSpaceException",

@@ -34,7 +34,7 @@ from ..config import (
     DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, SHM_RELEASE_GRACE, STOP_LINGER,
 )
 from .state import BrokerState, Effects, FileFrames, Limits, SharedMemory
-from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command
+from ..zmtp import GREETING, HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command
 
 log = logging.getLogger("workbench.broker")
 
@@ -76,6 +76,17 @@ def _remove_stale_sockets(directory: str) -> None:
             pass
         finally:
             probe.close()
+
+
+def _address_of(source: str) -> str:
+    """A peer's IP address as its connections are counted: an IPv4 address reaching an IPv6
+    listener (``::ffff:a.b.c.d``) counts as itself."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 class _Poller:
@@ -140,6 +151,10 @@ class BrokerServer:
         # A descriptor held in reserve, freed to shed a connection when none are left (_shed).
         self._spare_fd: int | None = None
         self._warned_fds = False
+        # TCP connections by source address, against --max-connections-per-host (_admit).
+        self._host_of: dict[_Peer, str] = {}
+        self._connections_from: dict[str, int] = {}
+        self._capped_hosts: set[str] = set()  # told in the log, until one of theirs closes
 
     def bind(self) -> str:
         """Listen on the host and port; ``port=0`` picks a free port. Returns the ``tcp://``
@@ -281,7 +296,7 @@ class BrokerServer:
         now = time.monotonic()
         while True:
             try:
-                sock, _ = listener.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -291,13 +306,59 @@ class BrokerServer:
                     log.debug("accept failed: %s", exc)
                 return
             sock.setblocking(False)
+            host = None  # the private Unix socket's connections are not counted
             if sock.family in (socket.AF_INET, socket.AF_INET6):
+                host = self._admit(sock, address[0])
+                if host is None:
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = _Peer(sock, self.limits.max_message_size, now)
+            if host is not None:
+                self._host_of[peer] = host
             self.peers.add(peer)
             self.by_fd[sock.fileno()] = peer
             self.poller.register(sock.fileno(), _READ)
             self._write(peer)  # the greeting and READY go first, before the peer's arrive
+
+    def _admit(self, sock: socket.socket, source: str) -> str | None:
+        """Count a new TCP connection against its source address -> the address; or, beyond
+        --max-connections-per-host, tell it why in ZeroMQ's ERROR command (in place of READY,
+        as a NULL mechanism that refuses does), close it and count it -> None."""
+        host = _address_of(source)
+        cap = self.limits.max_connections_per_host
+        held = self._connections_from.get(host, 0)
+        if held < cap:
+            self._connections_from[host] = held + 1
+            return host
+        self._count("over_max_connections_per_host")
+        if host not in self._capped_hosts:
+            self._capped_hosts.add(host)
+            log.warning("refusing connections from %s: it holds %d, the limit "
+                        "(--max-connections-per-host)", host, cap)
+        reason = (f"too many connections from {host}: the broker's limit is {cap} "
+                  "(--max-connections-per-host); close some, or start the broker with a "
+                  "larger --max-connections-per-host")
+        try:
+            sock.send(GREETING + error_command(reason))
+            # Read what the peer sent already: closing with it unread would reset the
+            # connection, and a reset can discard the ERROR before the peer reads it.
+            sock.recv(READ_CHUNK)
+        except OSError:
+            pass
+        sock.close()
+        return None
+
+    def _left(self, peer: _Peer) -> None:
+        """A counted TCP connection closed: its address may have one more."""
+        host = self._host_of.pop(peer, None)
+        if host is None:
+            return
+        held = self._connections_from[host] - 1
+        if held:
+            self._connections_from[host] = held
+        else:
+            del self._connections_from[host]
+        self._capped_hosts.discard(host)
 
     def _shed(self, listener: socket.socket, exc: OSError) -> None:
         """Out of file descriptors: the pending connection would keep the listener readable
@@ -331,6 +392,7 @@ class BrokerServer:
             return
         self.peers.discard(peer)
         self.dirty.pop(peer, None)
+        self._left(peer)
         if peer.identity is not None and self.routes.get(peer.identity) is peer:
             del self.routes[peer.identity]
         fd = peer.sock.fileno()

@@ -34,9 +34,10 @@ from ..config import (
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
-    NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
-    NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
-    NwsUnpicklingException, NwsValueException, NwsVariableDeletedException,
+    NwsLimitException, NwsMemoryException, NwsMessageTooLargeException,
+    NwsNoWorkSpaceException, NwsOperationException, NwsTimeoutException,
+    NwsUnsupportedOperationException, NwsUnpicklingException, NwsValueException,
+    NwsVariableDeletedException,
 )
 from .dealer import Dealer, DealerError
 from .deliveries import Deliveries
@@ -63,6 +64,7 @@ _ERRORS: dict[int, type[NwsException]] = {
     Status.TOO_LARGE: NwsMessageTooLargeException,
     Status.SHUTTING_DOWN: NwsConnectionDroppedException,
     Status.BAD_VALUE: NwsValueException,
+    Status.TOO_MANY: NwsLimitException,
 }
 
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -259,11 +261,15 @@ class Connection:
         try:  # no cancel on failure: nobody is there to confirm it
             head, _ = channel.receive(channel.send(Op.HELLO, [hello]),
                                       time.monotonic() + connect_timeout, self.check_alive)
-        except (NwsTimeoutException, NwsConnectionDroppedException):
+        except NwsTimeoutException:
             self._close_sockets()
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
                 + (hint or "start one with `workbench broker`")) from None
+        except NwsConnectionDroppedException as exc:  # something is there: say what it said
+            self._close_sockets()
+            raise NwsConnectException(f"the broker at {address} closed the connection "
+                                      f"before answering: {exc}") from None
         if head[1] >= Status.ERROR:
             self._close_sockets()
             raise NwsConnectException(f"the broker at {address} refused this client: "
