@@ -260,6 +260,7 @@ def test_connections_beyond_the_cap_from_one_address_are_refused(make_broker, ws
             NwsServer(broker.host, broker.port)
         # The connections already in are served as before, and the refusals were counted.
         assert _status_through(dealer, 2)["counters"]["over_max_connections_per_host"] == 2
+        assert broker.log().count("refusing new connections from 127.0.0.1") == 1  # not a flood
         # The private Unix socket is exempt: a client there gets in while TCP is full.
         [path] = glob.glob(os.path.join(tempfile.gettempdir(), f"workbench-{os.getuid()}",
                                         f"broker-{broker.port}-*.sock"))

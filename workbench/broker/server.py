@@ -333,7 +333,7 @@ class BrokerServer:
         self._count("over_max_connections_per_host")
         if host not in self._capped_hosts:
             self._capped_hosts.add(host)
-            log.warning("refusing connections from %s: it holds %d, the limit "
+            log.warning("refusing new connections from %s: it has %d open, the limit "
                         "(--max-connections-per-host)", host, cap)
         reason = (f"too many connections from {host}: the broker's limit is {cap} "
                   "(--max-connections-per-host); close some, or start the broker with a "
