@@ -266,10 +266,10 @@ class Connection:
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
                 + (hint or "start one with `workbench broker`")) from None
-        except NwsConnectionDroppedException as exc:  # something is there: say what it said
+        except NwsConnectionDroppedException as exc:  # it closed: not ours, or refused us
             self._close_sockets()
-            raise NwsConnectException(f"the broker at {address} closed the connection "
-                                      f"before answering: {exc}") from None
+            raise NwsConnectException(f"cannot talk to the broker at {address}: {exc}") \
+                from None
         if head[1] >= Status.ERROR:
             self._close_sockets()
             raise NwsConnectException(f"the broker at {address} refused this client: "
