@@ -26,11 +26,13 @@ if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
     )
     from .errors import (
         NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
-        NwsConnectionFileException, NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
-        NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
-        NwsOperationException, NwsPicklingException, NwsServerException, NwsTimeoutException,
-        NwsUnpicklingException, NwsUnsupportedMethodException, NwsUnsupportedOperationException,
-        NwsValueException, NwsVariableDeletedException,
+        NwsConnectionFileException, NwsDeclarationFailedException, NwsException,
+        NwsIteratorInvalidException, NwsLimitException, NwsMemoryException,
+        NwsMessageTooLargeException,
+        NwsNoWorkSpaceException, NwsOperationException, NwsPicklingException,
+        NwsServerException, NwsTimeoutException, NwsUnpicklingException,
+        NwsUnsupportedMethodException, NwsUnsupportedOperationException, NwsValueException,
+        NwsVariableDeletedException,
     )
     from .sleigh import RemoteError, Sleigh
 
@@ -44,12 +46,13 @@ _SOURCES: dict[str, str] = {
         "WS_PERSISTENT", "WS_VARLIST", "NetWorkSpace", "NwsServer"), ".client.workspace"),
     **dict.fromkeys((
         "NwsBadRequestException", "NwsConnectException", "NwsConnectionDroppedException",
-        "NwsConnectionFileException", "NwsDeclarationFailedException", "NwsException", "NwsIteratorInvalidException",
-        "NwsMemoryException", "NwsMessageTooLargeException", "NwsNoWorkSpaceException",
-        "NwsOperationException", "NwsPicklingException", "NwsServerException",
-        "NwsTimeoutException", "NwsUnpicklingException", "NwsUnsupportedMethodException",
-        "NwsUnsupportedOperationException", "NwsValueException",
-        "NwsVariableDeletedException"), ".errors"),
+        "NwsConnectionFileException", "NwsDeclarationFailedException", "NwsException",
+        "NwsIteratorInvalidException", "NwsLimitException", "NwsMemoryException",
+        "NwsMessageTooLargeException",
+        "NwsNoWorkSpaceException", "NwsOperationException", "NwsPicklingException",
+        "NwsServerException", "NwsTimeoutException", "NwsUnpicklingException",
+        "NwsUnsupportedMethodException", "NwsUnsupportedOperationException",
+        "NwsValueException", "NwsVariableDeletedException"), ".errors"),
     "NwsValueIterator": ".client.iterator",
     "KeyValueStore": ".client.keyvalue",
     "RemoteError": ".sleigh",
@@ -92,6 +95,7 @@ __all__ = [
     "NwsDeclarationFailedException",
     "NwsException",
     "NwsIteratorInvalidException",
+    "NwsLimitException",
     "NwsMemoryException",
     "NwsMessageTooLargeException",
     "NwsNoWorkSpaceException",

@@ -14,8 +14,9 @@ import sys
 from ._version import __version__
 from .config import (
     BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
-    KERNEL_NAME, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness,
-    default_address, default_max_memory,
+    KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS,
+    MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness, default_address,
+    default_max_memory,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -27,6 +28,17 @@ def parse_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (try 512M or 2G)")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def positive(text: str) -> int:
+    """A count of at least 1 (a cap of 0 would refuse everything)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _human(n: float) -> str:
@@ -58,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--max-memory", type=parse_size, default=None, metavar="SIZE",
                         help="cap on the bytes of values held; a store beyond it fails "
                              f"(default half of physical memory, {_human(default_max_memory())})")
+    broker.add_argument("--max-waiting", type=positive, default=MAX_WAITING, metavar="N",
+                        help="calls one client session may have waiting at once (blocked "
+                             "fetch, find, take); one more fails (default %(default)s)")
+    broker.add_argument("--max-subscriptions", type=positive, default=MAX_SUBSCRIPTIONS,
+                        metavar="N", help="pub/sub patterns one client session may follow "
+                                          "(default %(default)s)")
+    broker.add_argument("--max-watches", type=positive, default=MAX_WATCHES, metavar="N",
+                        help="workspaces one client session may watch (default %(default)s)")
+    broker.add_argument("--max-connections-per-host", type=positive,
+                        default=MAX_CONNECTIONS_PER_HOST, metavar="N",
+                        help="TCP connections open at once from one address, loopback "
+                             "included (a client process holds about three); one more is "
+                             "closed at once. The private Unix socket is exempt "
+                             "(default %(default)s)")
     broker.add_argument("--heartbeat-interval", type=float, default=live.interval, metavar="S",
                         help="seconds between client heartbeats (default %(default)s)")
     broker.add_argument("--heartbeat-liveness", type=int, default=live.liveness, metavar="N",
@@ -272,6 +298,10 @@ def run_broker(args: argparse.Namespace) -> int:
         max_memory=args.max_memory if args.max_memory is not None else default_max_memory(),
         max_message_size=args.max_message_size,
         max_pending_output=args.max_pending_output,
+        max_waiting=args.max_waiting,
+        max_subscriptions=args.max_subscriptions,
+        max_watches=args.max_watches,
+        max_connections_per_host=args.max_connections_per_host,
         liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
         handshake_timeout=args.handshake_timeout,
     )
@@ -367,6 +397,10 @@ def run_status(args: argparse.Namespace) -> int:
              else ""))
     print(f"heartbeat  every {info['heartbeat_interval']:g} s, dead after "
           f"{info['heartbeat_interval'] * info['heartbeat_liveness']:g} s of silence")
+    if "max_waiting" in info:  # a broker older than these caps has none
+        print(f"caps       per session {info['max_waiting']} calls waiting, "
+              f"{info['max_subscriptions']} subscriptions, {info['max_watches']} watches; "
+              f"{info['max_connections_per_host']} connections per address")
     print(f"workspaces {info['workspaces']}, values {info['values']}, "
           f"blocked calls {info['waiting']}, unacknowledged hand-offs {info['leases']}")
     others = [c for c in info["clients"] if c["label"] != server.label]

@@ -67,6 +67,21 @@ MAX_MESSAGE_SIZE = 1 << 30
 #: its requests, until the client has taken half of them (a client that never reads its
 #: replies must not grow the broker without bound).
 MAX_PENDING_OUTPUT = 64 << 20
+#: Caps on what one client session may keep open at the broker, so that a runaway or hostile
+#: client cannot grow the broker's bookkeeping without bound (values are capped by memory).
+#: Blocked calls (fetch, find, a worker's or a queue's take) waiting at once, in requests: a
+#: sleigh's master waits on every worker's farewell, so this stays far above any pool's size
+#: (each wait costs the broker 0.4 to 2 KiB).
+MAX_WAITING = 100_000
+#: Publish/subscribe patterns a session follows (distinct patterns, summed over its sockets).
+MAX_SUBSCRIPTIONS = 10_000
+#: Workspaces a session watches (a dashboard watches one, or all as "*").
+MAX_WATCHES = 1_000
+#: TCP connections open at once from one source address (a client process holds about three:
+#: its calling thread's, its heartbeat's and its delivery socket's, plus one a thread). The
+#: private Unix socket is exempt (only the broker's user reaches it); loopback is not, since
+#: every user of the machine reaches it.
+MAX_CONNECTIONS_PER_HOST = 2048
 #: Pickle buffers at least this large travel out of band as their own zero-copy frames.
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 #: Longest workspace or variable name, in UTF-8 bytes.

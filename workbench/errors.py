@@ -16,6 +16,8 @@
     │   ├── NwsBadRequestException            malformed request, bad name, bad argument
     │   ├── NwsMemoryException                the broker's --max-memory cap would be exceeded
     │   ├── NwsMessageTooLargeException       a message above the broker's --max-message-size
+    │   ├── NwsLimitException                 beyond a per-session cap of the broker: calls
+    │   │                                     waiting, subscriptions or watches (--max-...)
     │   ├── NwsValueException                 a stored value does not suit the operation (also a
     │   │                                     ValueError: incr of a non-number)
     │   ├── NwsPicklingException              a value could not be serialized
@@ -81,6 +83,12 @@ class NwsMemoryException(NwsOperationException):
 
 class NwsMessageTooLargeException(NwsOperationException):
     """The message exceeds the broker's ``--max-message-size``."""
+
+
+class NwsLimitException(NwsOperationException):
+    """The session would go beyond a cap of the broker on what one session keeps open: calls
+    waiting (``--max-waiting``), subscriptions (``--max-subscriptions``) or watches
+    (``--max-watches``). Nothing changed; the message names the cap and its value."""
 
 
 class NwsPicklingException(NwsOperationException):

@@ -200,6 +200,7 @@ class Status(enum.IntEnum):
     SHUTTING_DOWN = 24
     INTERNAL = 25
     BAD_VALUE = 26  # the stored value does not suit the operation (incr of a non-number)
+    TOO_MANY = 27  # beyond a per-session cap: calls waiting, subscriptions, watches
 
 
 class Kind(enum.IntEnum):

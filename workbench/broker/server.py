@@ -34,7 +34,9 @@ from ..config import (
     DEFAULT_HOST, DEFAULT_PORT, SHM_RELEASE_GRACE, STOP_LINGER,
 )
 from .state import BrokerState, Effects, FileFrames, Limits, SharedMemory
-from ..zmtp import HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command, properties
+from ..zmtp import (
+    GREETING, HANDSHAKE, READ_CHUNK, ZmtpError, Inbound, encode, error_command, properties,
+)
 
 if TYPE_CHECKING:
     from .security import CurveSecurity
@@ -84,6 +86,17 @@ def _remove_stale_sockets(directory: str) -> None:
             pass
         finally:
             probe.close()
+
+
+def _address_of(source: str) -> str:
+    """A peer's IP address as its connections are counted: an IPv4 address reaching an IPv6
+    listener (``::ffff:a.b.c.d``) counts as itself."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 class _Poller:
@@ -159,6 +172,9 @@ class BrokerServer:
         # A descriptor held in reserve, freed to shed a connection when none are left (_shed).
         self._spare_fd: int | None = None
         self._warned_fds = False
+        # TCP connections by source address, against --max-connections-per-host (_admit).
+        self._connections_from: dict[str, int] = {}
+        self._capped_hosts: set[str] = set()  # told in the log, until one of theirs closes
 
     def bind(self) -> str:
         """Listen on the host and port; ``port=0`` picks a free port. Returns the ``tcp://``
@@ -313,10 +329,12 @@ class BrokerServer:
                 return
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
+                source = self._admit(sock, address[0])
+                if source is None:
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                source = str(address[0])
             else:
-                source = "local"
+                source = "local"  # the private Unix socket's connections are not counted
             peer = self._new_peer(sock, source, now)
             self.peers.add(peer)
             self.by_fd[sock.fileno()] = peer
@@ -330,6 +348,49 @@ class BrokerServer:
         from ..zmtp.curve import SERVER_GREETING, CurveInbound, ServerHandshake
         handshake = ServerHandshake(self.curve.keys, _READY_METADATA, self.curve.authorize)
         return _Peer(sock, source, CurveInbound(max_message, handshake), SERVER_GREETING, now)
+
+    def _admit(self, sock: socket.socket, source: str) -> str | None:
+        """Count a new TCP connection against its source address -> the address; or, beyond
+        --max-connections-per-host, tell it why in ZeroMQ's ERROR command (in place of READY,
+        as a NULL mechanism that refuses does), close it and count it -> None."""
+        host = _address_of(source)
+        cap = self.limits.max_connections_per_host
+        held = self._connections_from.get(host, 0)
+        if held < cap:
+            self._connections_from[host] = held + 1
+            return host
+        self._count("over_max_connections_per_host")
+        if host not in self._capped_hosts:
+            self._capped_hosts.add(host)
+            log.warning("refusing new connections from %s: it has %d open, the limit "
+                        "(--max-connections-per-host)", host, cap)
+        reason = (f"too many connections from {host}: the broker's limit is {cap} "
+                  "(--max-connections-per-host); close some, or start the broker with a "
+                  "larger --max-connections-per-host")
+        greeting = GREETING
+        if self.curve is not None:
+            from ..zmtp.curve import SERVER_GREETING as greeting
+        try:
+            sock.send(greeting + error_command(reason))
+            # Read what the peer sent already: closing with it unread would reset the
+            # connection, and a reset can discard the ERROR before the peer reads it.
+            sock.recv(READ_CHUNK)
+        except OSError:
+            pass
+        sock.close()
+        return None
+
+    def _left(self, peer: _Peer) -> None:
+        """A counted TCP connection closed: its address may have one more."""
+        if peer.source == "local":
+            return
+        host = peer.source
+        held = self._connections_from[host] - 1
+        if held:
+            self._connections_from[host] = held
+        else:
+            del self._connections_from[host]
+        self._capped_hosts.discard(host)
 
     def _shed(self, listener: socket.socket, exc: OSError) -> None:
         """Out of file descriptors: the pending connection would keep the listener readable
@@ -363,6 +424,7 @@ class BrokerServer:
             return
         self.peers.discard(peer)
         self.dirty.pop(peer, None)
+        self._left(peer)
         if peer.identity is not None and self.routes.get(peer.identity) is peer:
             del self.routes[peer.identity]
         fd = peer.sock.fileno()

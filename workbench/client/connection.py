@@ -34,9 +34,10 @@ from ..config import (
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
     NwsDeclarationFailedException, NwsException, NwsIteratorInvalidException,
-    NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
-    NwsOperationException, NwsTimeoutException, NwsUnsupportedOperationException,
-    NwsUnpicklingException, NwsValueException, NwsVariableDeletedException,
+    NwsLimitException, NwsMemoryException, NwsMessageTooLargeException,
+    NwsNoWorkSpaceException, NwsOperationException, NwsTimeoutException,
+    NwsUnsupportedOperationException, NwsUnpicklingException, NwsValueException,
+    NwsVariableDeletedException,
 )
 from ..connection_file import BrokerTarget, resolve
 from .dealer import Dealer, DealerError
@@ -67,6 +68,7 @@ _ERRORS: dict[int, type[NwsException]] = {
     Status.TOO_LARGE: NwsMessageTooLargeException,
     Status.SHUTTING_DOWN: NwsConnectionDroppedException,
     Status.BAD_VALUE: NwsValueException,
+    Status.TOO_MANY: NwsLimitException,
 }
 
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()

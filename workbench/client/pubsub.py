@@ -178,8 +178,14 @@ class Watch:
         self._arrived = threading.Condition()
         self._closed = False
         deliveries = connection.deliveries()
-        _WatchRouter.of(deliveries).add(self)
-        head = connection.call(Op.WATCH, [deliveries.channel_arg, workspace.encode("utf-8")])
+        router = _WatchRouter.of(deliveries)
+        router.add(self)
+        try:
+            head = connection.call(Op.WATCH, [deliveries.channel_arg,
+                                              workspace.encode("utf-8")])
+        except BaseException:  # refused (--max-watches, no such name): nothing to route
+            router.remove(self)
+            raise
         self.snapshot: dict = json.loads(head[HEADER_SIZE:])
 
     def _receive(self, events: list[dict]) -> None:

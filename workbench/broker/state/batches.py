@@ -68,6 +68,7 @@ class WorkQueueService:
         if not flag(args[3]):
             self.outbox.reply(peer, request_id, Status.MISSING)
             return
+        self.handoffs.may_wait(session)
         if var is None:
             var = self.registry.new_variable(ws, name, FIFO, mode_fixed=False)
         self.handoffs.park(session, peer, request_id, var, True, many=most)

@@ -15,6 +15,7 @@ The concerns are services composed around shared objects, each handed the ones i
     Registry     workspaces and variables coming and going   (registry)
     Deadlines    key-value entries' lifetimes                (expiry)
     Deliveries   delivery sockets, flow control, watchers    (deliveries)
+    SessionCaps  what one session may keep open              (caps)
 
     WorkspaceService, WorkQueueService, KeyValueService, PubSubService, ClientService
 
@@ -30,13 +31,15 @@ from typing import Callable
 
 from ..._version import __version__
 from ...config import (
-    HANDSHAKE_TIMEOUT, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, Liveness, default_max_memory,
+    HANDSHAKE_TIMEOUT, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
+    MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, Liveness, default_max_memory,
 )
 from ...protocol import (
     FLAG_ACKS, HEADER, HEADER_SIZE, PROTOCOL_VERSION, SEPARATOR, VALUE_ARITY, Op, ProtocolError,
     Status, VersionMismatch, parse_head, split_args, unpack_acks,
 )
 from .batches import WorkQueueService
+from .caps import SessionCaps
 from .clients import ClientService
 from .deliveries import Deliveries, FlowLimits
 from .effects import Effects, Outbox
@@ -59,6 +62,10 @@ class Limits:
     max_memory: int = field(default_factory=default_max_memory)
     max_message_size: int = MAX_MESSAGE_SIZE
     max_pending_output: int = MAX_PENDING_OUTPUT
+    max_waiting: int = MAX_WAITING  # per session, as the caps below
+    max_subscriptions: int = MAX_SUBSCRIPTIONS
+    max_watches: int = MAX_WATCHES
+    max_connections_per_host: int = MAX_CONNECTIONS_PER_HOST  # the server's
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # s a connection may take to become ready
     liveness: Liveness = field(default_factory=Liveness)
     flow: FlowLimits = field(default_factory=FlowLimits)
@@ -87,14 +94,18 @@ class BrokerState:
         self.sessions = SessionTable()
         self.deliveries = deliveries = Deliveries(limits.flow, outbox, counters, spaces)
         self.memory = memory = Memory(limits.max_memory, shared_memory, outbox)
-        self.handoffs = handoffs = HandOffs(outbox, memory, deliveries, rng or random.Random())
+        caps = SessionCaps(limits.max_waiting, limits.max_subscriptions, limits.max_watches,
+                           counters)
+        self.handoffs = handoffs = HandOffs(outbox, memory, deliveries, rng or random.Random(),
+                                            caps)
         self.registry = registry = Registry(spaces, outbox, deliveries, handoffs, memory)
         self.deadlines = deadlines = Deadlines(clock, outbox, counters, memory, registry,
                                                deliveries)
         self.workspaces = WorkspaceService(registry, handoffs, memory, deadlines, outbox, clock)
         self.work_queues = WorkQueueService(registry, handoffs, memory, deadlines, outbox)
         self.kv = KeyValueService(registry, handoffs, memory, deadlines, outbox, counters)
-        self.pubsub = PubSubService(deliveries, registry, handoffs, memory, outbox, counters)
+        self.pubsub = PubSubService(deliveries, registry, handoffs, memory, outbox, counters,
+                                    caps)
         self.clients = ClientService(self.sessions, handoffs, registry, self.pubsub, memory,
                                      outbox, clock, limits.liveness, limits.max_message_size,
                                      local_endpoint)
@@ -276,6 +287,7 @@ class BrokerState:
             "uptime": now - self.started,
             "clients": [{"label": s.label, "owned": sorted(s.owned), "requests": s.requests,
                          "leases": len(s.leases), "waiting": len(s.waiting),
+                         "subscriptions": s.subscriptions, "watches": s.watches,
                          "idle": now - s.last_seen} for s in self.sessions],
             "workspaces": len(self.spaces),
             "values": sum(len(v) for ws in self.spaces.by_name.values()
@@ -283,6 +295,10 @@ class BrokerState:
             "waiting": len(self.handoffs.waiting), "leases": len(self.handoffs.leases),
             "memory": self.memory.used, "max_memory": self.memory.limit,
             "max_message_size": self.limits.max_message_size,
+            "max_waiting": self.limits.max_waiting,
+            "max_subscriptions": self.limits.max_subscriptions,
+            "max_watches": self.limits.max_watches,
+            "max_connections_per_host": self.limits.max_connections_per_host,
             "heartbeat_interval": liveness.interval,
             "heartbeat_liveness": liveness.liveness,
             "counters": self.counters,

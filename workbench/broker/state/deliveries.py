@@ -135,7 +135,9 @@ class Deliveries:
     def watch(self, subscriber: Subscriber, name: str) -> dict:
         """``subscriber`` follows workspace ``name`` ("*": all) -> its variables now, so a
         dashboard starts from a snapshot and then follows the events."""
-        subscriber.watches.add(name)
+        if name not in subscriber.watches:
+            subscriber.watches.add(name)
+            subscriber.session.watches += 1
         self.watched.setdefault(name, set()).add(subscriber)
         spaces = (self.spaces.by_name.values() if name == "*"
                   else [ws for ws in (self.spaces.get(name),) if ws is not None])
@@ -143,7 +145,9 @@ class Deliveries:
                           for var in ws.variables.values()} for ws in spaces}
 
     def unwatch(self, subscriber: Subscriber, name: str) -> None:
-        subscriber.watches.discard(name)
+        if name in subscriber.watches:
+            subscriber.watches.remove(name)
+            subscriber.session.watches -= 1
         watchers = self.watched.get(name)
         if watchers is not None:
             watchers.discard(subscriber)

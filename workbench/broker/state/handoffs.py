@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 from ...protocol import MANY_COUNT, MANY_RECORD, Status, reply_head, value_reply_head
+from .caps import SessionCaps
 from .changes import Returned, Stored, Taken
 from .deliveries import Deliveries
 from .effects import Outbox
@@ -67,13 +68,14 @@ class ManyValues:
 
 class HandOffs:
     def __init__(self, outbox: Outbox, memory: Memory, deliveries: Deliveries,
-                 rng: random.Random) -> None:
+                 rng: random.Random, caps: SessionCaps) -> None:
         self.outbox = outbox
         self.messages = outbox.messages  # the outbox's lists, at hand on the hottest paths
         self.log = outbox.log
         self.memory = memory
         self.deliveries = deliveries
         self.rng = rng
+        self.caps = caps
         #: (peer, request id) -> (variable, value or FETCH_MANY's list of values, session)
         self.leases: dict[Key, tuple[Variable, Value | list[Value], Session]] = {}
         self.waiting: dict[Key, tuple[Variable, Waiter]] = {}
@@ -248,9 +250,14 @@ class HandOffs:
 
     # ---------------------------------------------------------------- blocked reads
 
+    def may_wait(self, session: Session) -> None:
+        """Refuse a read of ``session`` that would block beyond its cap on calls waiting
+        (``OpError``); called before anything is made for the read, such as its variable."""
+        self.caps.wait(session)
+
     def park(self, session: Session, peer: bytes, request_id: int, var: Variable,
              consume: bool, cookie: int | None = None, many: int = 0) -> None:
-        """Block a read until ``var`` has a value for it."""
+        """Block a read until ``var`` has a value for it (``may_wait`` said it may)."""
         waiter = Waiter(peer, request_id, session, consume, cookie, many)
         (var.fetchers if consume else var.finders).append(waiter)
         key = (peer, request_id)

@@ -196,6 +196,7 @@ class WorkspaceService:
             if not block:
                 self.outbox.reply(peer, request_id, Status.MISSING)
                 return
+            self.handoffs.may_wait(session)
             if var is None:
                 var = self.registry.new_variable(ws, name, FIFO, mode_fixed=False)
             self.handoffs.park(session, peer, request_id, var, consume,

@@ -14,6 +14,7 @@ from typing import Callable
 
 from ...protocol import Op, ProtocolError, SEPARATOR, Status
 from ...topics import Identifier, matches, parse
+from .caps import SessionCaps
 from .changes import QueueDeclared
 from .deliveries import MESSAGE, Deliveries, Subscriber
 from .effects import Outbox
@@ -30,13 +31,15 @@ MQ_WORKSPACE = "__mq"
 
 class PubSubService:
     def __init__(self, deliveries: Deliveries, registry: Registry, handoffs: HandOffs,
-                 memory: Memory, outbox: Outbox, counters: dict[str, int]) -> None:
+                 memory: Memory, outbox: Outbox, counters: dict[str, int],
+                 caps: SessionCaps) -> None:
         self.deliveries = deliveries
         self.registry = registry
         self.handoffs = handoffs
         self.memory = memory
         self.outbox = outbox
         self.counters = counters
+        self.caps = caps
         # Subscribers by the namespace and name of their patterns, then the actions they take.
         self.pattern_index: dict[str | None, dict[str | None, dict[Subscriber, set]]] = {}
         self.shared_queues: dict[str, tuple[Identifier, Variable]] = {}
@@ -60,10 +63,14 @@ class PubSubService:
                   frames: list) -> None:
         arity(args, 2)
         pattern = self._pattern(args[1])
-        subscriber = self.deliveries.subscriber(session, args[0])
-        count = subscriber.patterns.get(pattern, 0)
+        known = self.deliveries.known(session, args[0])
+        count = known.patterns.get(pattern, 0) if known is not None else 0
+        if not count:
+            self.caps.subscribe(session)  # before anything is made for it
+        subscriber = known or self.deliveries.subscriber(session, args[0])
         subscriber.patterns[pattern] = count + 1
         if not count:
+            session.subscriptions += 1
             self.pattern_index.setdefault(pattern.namespace, {}).setdefault(
                 pattern.name, {}).setdefault(subscriber, set()).add(pattern.action)
         self.outbox.reply(peer, request_id)
@@ -77,6 +84,7 @@ class PubSubService:
             subscriber.patterns[pattern] -= 1
             if not subscriber.patterns[pattern]:
                 del subscriber.patterns[pattern]
+                session.subscriptions -= 1
                 self._unindex(subscriber, pattern)
         self.outbox.reply(peer, request_id)
 
@@ -197,7 +205,10 @@ class PubSubService:
         now, so a dashboard starts from a snapshot and then follows the events."""
         arity(args, 2)
         name = "*" if args[1] == b"*" else self.registry.name(args[1], "workspace")
-        subscriber = self.deliveries.subscriber(session, args[0])
+        known = self.deliveries.known(session, args[0])
+        if known is None or name not in known.watches:
+            self.caps.watch(session)  # before anything is made for it
+        subscriber = known or self.deliveries.subscriber(session, args[0])
         self.outbox.json(peer, request_id, self.deliveries.watch(subscriber, name))
 
     def unwatch(self, session: Session, peer: bytes, request_id: int, args: list,

@@ -9,7 +9,7 @@ from ...protocol import ProtocolError
 #: connections, failed handshakes, paused readers) in the same table (``BrokerState.count``).
 COUNTERS = ("requests", "errors", "malformed", "oversized", "internal_errors", "expired",
             "kv_gets", "kv_misses", "kv_sets", "published", "dropped", "queue_refused",
-            "publish_errors")
+            "publish_errors", "over_max_waiting", "over_max_subscriptions", "over_max_watches")
 
 
 class OpError(Exception):

@@ -20,7 +20,8 @@ def session_id_of(peer: bytes) -> bytes:
 
 class Session:
     __slots__ = ("id", "pid", "host", "label", "last_seen", "connected_at", "owned", "leases",
-                 "waiting", "requests", "greeted", "shares_memory", "peers")
+                 "waiting", "subscriptions", "watches", "requests", "greeted", "shares_memory",
+                 "peers")
 
     def __init__(self, session_id: bytes, now: float) -> None:
         self.id = session_id
@@ -32,6 +33,9 @@ class Session:
         self.owned: set[str] = set()  # names of workspaces this session owns
         self.leases: set[tuple[bytes, int]] = set()  # (peer, request id) of unacknowledged values
         self.waiting: set[tuple[bytes, int]] = set()  # (peer, request id) of blocked requests
+        # Patterns and workspaces its delivery sockets follow (counted against ``caps``).
+        self.subscriptions = 0
+        self.watches = 0
         self.requests = 0
         self.greeted = False
         self.shares_memory = False  # may receive shared-memory references instead of bytes
