@@ -66,6 +66,8 @@ def connect_stream(endpoint: str, timeout: float) -> socket.socket:
 
 def _refusal(error: ZmtpError) -> str:
     """What a client is told when the broker's side of the protocol is not what it expects."""
+    if error.counter == "refused_by_peer":
+        return str(error).replace("the peer", "the broker", 1)
     if error.counter == "refused_mechanism":
         if error.status == b"CURVE":
             return ("the broker requires CURVE security (it listens off loopback, or with "
@@ -167,9 +169,12 @@ class Dealer:
                     if self._send_some(sock, buffers):  # bookkeeping of what went out
                         return True
                 writable = self._poll_out(_SLICE)
+            except DealerError:
+                raise  # closed already, and says why
             except OSError as exc:
+                reason = self._last_words()
                 self.close()
-                raise DealerError(_broken(exc)) from None
+                raise DealerError(reason or _broken(exc)) from None
             except BaseException as exc:  # an interrupt
                 hold(exc)
                 return self._cut and self._finish(sock, buffers, alive)
@@ -219,6 +224,18 @@ class Dealer:
             del buffers[0]
         self._cut = bool(buffers)
         return not buffers
+
+    def _last_words(self) -> str | None:
+        """What a broker that closed the connection said first (an ERROR naming the limit or
+        the refusal), if it is still there to read; None if not."""
+        try:
+            while self._inbound.read_from(self._sock, READ_CHUNK):
+                pass
+        except ZmtpError as exc:
+            return _refusal(exc)
+        except OSError:
+            pass
+        return None
 
     def _poll_out(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the kernel to take more -> whether it will. Replies that

@@ -151,8 +151,20 @@ def parse_properties(data: bytes) -> dict[bytes, bytes]:
     return found
 
 
+def peer_error(body: bytes, handshake: bool) -> ZmtpError:
+    """An ERROR command's body -> the error that ends the connection, with the peer's reason
+    (``counter`` ``"refused_by_peer"``; ``status`` the reason's bytes)."""
+    reason = body[7:7 + body[6]] if len(body) > 6 else b""
+    text = reason.decode("utf-8", "replace") or "no reason given"
+    return ZmtpError(f"the peer refused the connection: {text}", handshake=handshake,
+                     counter="refused_by_peer", status=reason)
+
+
 def identity_from_ready(body: bytes) -> bytes:
-    """A READY command's body -> the peer's routing identity (generated when it sets none)."""
+    """A READY command's body -> the peer's routing identity (generated when it sets none).
+    An ERROR instead (a peer that refuses, as the NULL mechanism allows) raises its reason."""
+    if body[:6] == b"\x05ERROR":
+        raise peer_error(body, handshake=True)
     if not body or body[1:1 + body[0]] != b"READY":
         raise ZmtpError("expected a READY command", handshake=True)
     return peer_identity(parse_properties(body[1 + body[0]:]))
@@ -359,5 +371,5 @@ class Inbound:
         if name == b"PING":  # ZMTP 3.1 heartbeat: answer with the context it carried
             self.replies.append(command(b"PONG", body[1 + body[0] + 2:]))
         elif name == b"ERROR":
-            raise ZmtpError("the peer reported an error", handshake=False)
+            raise peer_error(body, handshake=False)
         # Anything else (SUBSCRIBE, PONG, unknown commands) means nothing to a ROUTER.

@@ -37,7 +37,7 @@ from nacl.exceptions import CryptoError
 
 from . import (
     COMMAND, LARGE_FRAME, LONG, MORE, Inbound, ZmtpError, frame_header, greeting,
-    parse_properties, peer_identity,
+    parse_properties, peer_error, peer_identity,
 )
 from . import z85
 
@@ -299,10 +299,11 @@ class ClientHandshake:
         """A handshake command from the broker -> (the command to send back, the broker's
         metadata once the handshake is complete)."""
         if body[:6] == _ERROR:
-            text = body[7:7 + body[6]].decode("utf-8", "replace") if len(body) > 6 else ""
-            reason = ("the broker refused this client's key" if text == "400"
-                      else f"the broker refused the handshake: {text}")
-            raise ZmtpError(reason, handshake=True, counter="curve_refused_by_peer")
+            error = peer_error(body, handshake=True)
+            if error.status == b"400":  # ZAP's status for a key it does not let in
+                raise ZmtpError("the broker refused this client's key", handshake=True,
+                                counter="refused_by_peer", status=error.status)
+            raise error
         if self._server_transient is None:
             return self._welcome(body), None
         return b"", self._ready(body)
@@ -425,7 +426,7 @@ class CurveInbound(Inbound):
                 self.replies += self.boxes.seal_frame(
                     bytes((4,)) + b"PONG" + frame[1 + frame[0] + 2:], 2)
             elif name == b"ERROR":
-                raise ZmtpError("the peer reported an error", handshake=False)
+                raise peer_error(frame, handshake=False)
             return
         if self.identity is None:
             raise ZmtpError("message before READY", handshake=True)
