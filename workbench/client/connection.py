@@ -275,11 +275,16 @@ class Connection:
         try:  # no cancel on failure: nobody is there to confirm it
             head, _ = channel.receive(channel.send(Op.HELLO, [hello]),
                                       time.monotonic() + connect_timeout, self.check_alive)
-        except (NwsTimeoutException, NwsConnectionDroppedException):
+        except NwsTimeoutException:
             self._close_sockets()
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
                 + (hint or "start one with `workbench broker`")) from None
+        except NwsConnectionDroppedException as exc:
+            # it answered and hung up, saying why (a CURVE broker refusing a plain client)
+            self._close_sockets()
+            raise NwsConnectException(f"cannot connect to the broker at {address}: {exc}") \
+                from None
         if head[1] >= Status.ERROR:
             self._close_sockets()
             raise NwsConnectException(f"the broker at {address} refused this client: "
