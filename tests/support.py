@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 
 HEARTBEAT_INTERVAL = 0.2
@@ -60,9 +61,10 @@ class Broker:
         return self.process.returncode
 
 
-def start_broker(tmp_path, *args: str) -> Broker:
+def start_broker(tmp_path, *args: str, within: Sequence[str] = ()) -> Broker:
     """A broker with ``args``; with ``--curve`` (and no ``--connection-file``) its connection
-    file goes to ``tmp_path``."""
+    file goes to ``tmp_path``. ``within``: a command that runs it elsewhere and execs it
+    (``ip netns exec NAME``), so the process is still the broker's."""
     log_path = str(tmp_path / f"broker-{uuid.uuid4().hex[:8]}.log")
     connection_file = None
     if "--curve" in args and "--connection-file" not in args:
@@ -72,22 +74,35 @@ def start_broker(tmp_path, *args: str) -> Broker:
         connection_file = args[list(args).index("--connection-file") + 1]
     log_file = open(log_path, "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "broker", "--port", "0", "--announce",
+        [*within, sys.executable, "-m", "workbench", "broker", "--port", "0", "--announce",
          "--heartbeat-interval", str(HEARTBEAT_INTERVAL),
          "--heartbeat-liveness", str(HEARTBEAT_LIVENESS), *args],
         stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL)
     log_file.close()
-    deadline = time.monotonic() + START_TIMEOUT
-    line = b""
-    while not line.endswith(b"\n"):
-        ready, _, _ = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))
-        if not ready or process.poll() is not None:
-            process.kill()
-            raise RuntimeError(f"broker did not start: {Path(log_path).read_text()}")
-        line += os.read(process.stdout.fileno(), 4096)
+    line = read_line(process, START_TIMEOUT)
+    if line is None:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"broker did not start: {Path(log_path).read_text()}")
     address = line.decode().split()[1]
     host, port = address.rsplit("/", 1)[1].rsplit(":", 1)
     return Broker(process, address, host, int(port), log_path, list(args), connection_file)
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> bytes | None:
+    """The first line ``process`` writes to its stdout (a pipe), or None if it exits or says
+    nothing within ``timeout`` seconds. Reads unbuffered, so nothing after it is taken."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        chunk = os.read(process.stdout.fileno(), 1)
+        if not chunk:
+            return None
+        line += chunk
+    return line
 
 
 def run_client(broker: Broker, code: str, timeout: float = 30.0, **env: str):

@@ -522,6 +522,16 @@ def test_unreachable_explicit_address_says_how_to_start_a_broker():
     assert time.monotonic() - started < 3
 
 
+def test_a_curve_broker_tells_a_client_with_only_its_address_to_use_the_file(make_broker):
+    """The broker hangs up at once, after saying why: that is what the client reports, not a
+    broker that never answered."""
+    broker = make_broker("--curve")
+    started = time.monotonic()
+    with pytest.raises(NwsConnectException, match="requires CURVE.*its connection file"):
+        NetWorkSpace("x", broker.address, timeout=5)
+    assert time.monotonic() - started < 3
+
+
 def test_closing_purges_owned_workspaces(broker, ws_name):
     owner = NwsServer(broker.host, broker.port)
     watcher = NwsServer(broker.host, broker.port)

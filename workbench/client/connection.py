@@ -291,9 +291,10 @@ class Connection:
             raise NwsConnectException(
                 f"no broker answered at {address} within {connect_timeout:g} s; "
                 + (hint or "start one with `workbench broker`")) from None
-        except NwsConnectionDroppedException as exc:  # it closed: not ours, or refused us
+        except NwsConnectionDroppedException as exc:
+            # it answered and hung up, saying why (a CURVE broker refusing a plain client)
             self._close_sockets()
-            raise NwsConnectException(f"cannot talk to the broker at {address}: {exc}") \
+            raise NwsConnectException(f"cannot connect to the broker at {address}: {exc}") \
                 from None
         if head[1] >= Status.ERROR:
             self._close_sockets()
