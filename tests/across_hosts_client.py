@@ -7,8 +7,9 @@ legitimate client with the broker's connection file, and intruders without it.
   string and fetch them back, then a sleigh with a launched worker and one joined by
   ``workbench worker --broker BROKER`` maps a function over range(20);
 * ``keep BROKER WS SECRET``: a persistent workspace holding SECRET, for intruders to try;
-* ``intrude ADDRESS WS FORGED_FILE``: a plain client by address, a raw ZeroMQ peer that sends
-  its requests right behind its greeting, and a client with a forged connection file;
+* ``intrude ADDRESS WS FORGED_FILE OWN_PAIR_FILE``: a plain client by address, a raw ZeroMQ
+  peer that sends its requests right behind its greeting, and clients with forged connection
+  files (a wrong server key; the right one with a key pair of their own);
 * ``inspect BROKER WS``: what WS holds now, and the broker's refusal counters.
 """
 
@@ -86,9 +87,9 @@ def keep(broker: str, ws_name: str, secret: str) -> dict:
     return {"kept": True}
 
 
-def intrude(address: str, ws_name: str, forged_file: str) -> dict:
+def intrude(address: str, ws_name: str, forged_file: str, own_pair_file: str) -> dict:
     return {"plain": _refusal(address, ws_name), "forged": _refusal(forged_file, ws_name),
-            "raw": _raw_requests(address, ws_name)}
+            "own_pair": _refusal(own_pair_file, ws_name), "raw": _raw_requests(address, ws_name)}
 
 
 def _refusal(broker: str, ws_name: str) -> str | None:

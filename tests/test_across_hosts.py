@@ -6,11 +6,10 @@ stores or a task returns crosses in plain, while the same session under ``--inse
 show it (so the capture would see it). A process in the second namespace without the
 connection file can neither read nor write.
 
-The connection-file model (ipyparallel's): without ``--allow-keys`` the broker lets in any
-client that proves it knows the broker's public key, whatever its own key pair; the file holds
-that key, so whoever holds the file is in, and the server key is as secret as the file. A
-forged file with a fresh client key pair and the right server key would be let in; one with a
-wrong server key is refused. With ``--allow-keys`` the client's key must be listed too.
+The connection-file model: without ``--allow-keys`` the broker lets in only the client key pair
+of the connection file it wrote, so whoever holds the file is in and no one else: a forged file
+with the right server key (which is public) and a key pair of its own is refused, as is one
+with a wrong server key. With ``--allow-keys`` the client keys listed there are let in instead.
 
 Root only (``ip netns``); skipped otherwise. The namespaces share this machine's files, so the
 broker runs with ``--no-local-socket --no-shared-memory``: otherwise clients in the second
@@ -200,9 +199,10 @@ def test_the_capture_sees_an_insecure_session(hosts, tmp_path):
 
 def test_without_the_connection_file_nothing_gets_in(hosts, tmp_path):
     """From B: a client that has only the address, a raw ZeroMQ peer that sends its requests
-    right behind its greeting, and a client with a forged connection file (a wrong server key)
-    are all refused, each with a clear error and a counter; the secret they tried for never
-    reaches them and what they tried to store never lands."""
+    right behind its greeting, and clients with forged connection files (a wrong server key;
+    the right one with a key pair of their own) are all refused, each with a clear error and a
+    counter; the secret they tried for never reaches them and what they tried to store never
+    lands."""
     connection_file = str(tmp_path / "conn.json")
     broker = start_broker_in(hosts.a, tmp_path, "--connection-file", connection_file)
     try:
@@ -214,7 +214,11 @@ def test_without_the_connection_file_nothing_gets_in(hosts, tmp_path):
         forged.write_text(json.dumps({
             **found, "server_key": z85.encode(KeyPair.generate().public),
             "client_key": z85.encode(pair.public), "client_secret": z85.encode(pair.secret)}))
-        tried = run_in(hosts.b, "intrude", broker.address, ws, str(forged))
+        own_pair = tmp_path / "own_pair.json"
+        own_pair.write_text(json.dumps({
+            **found, "client_key": z85.encode(pair.public),
+            "client_secret": z85.encode(pair.secret)}))
+        tried = run_in(hosts.b, "intrude", broker.address, ws, str(forged), str(own_pair))
         after = run_in(hosts.b, "inspect", connection_file, ws)
     finally:
         broker.stop()
@@ -222,6 +226,7 @@ def test_without_the_connection_file_nothing_gets_in(hosts, tmp_path):
     assert "requires CURVE" in tried["plain"] and "connection file" in tried["plain"]
     assert tried["forged"].startswith("NwsConnectException: ")
     assert "CURVE handshake" in tried["forged"] and str(forged) in tried["forged"]
+    assert "refused this client's key" in tried["own_pair"]
     # the raw peer got the broker's greeting and an ERROR command, no reply, then the door
     raw = tried["raw"]["received"].encode("latin-1")
     assert tried["raw"]["closed"] and raw.startswith(greeting(b"CURVE", as_server=True))
@@ -231,3 +236,4 @@ def test_without_the_connection_file_nothing_gets_in(hosts, tmp_path):
     counters = after["counters"]
     assert counters.get("refused_mechanism", 0) >= 2, counters  # the plain client and raw peer
     assert counters.get("curve_server_key", 0) >= 1, counters
+    assert counters.get("curve_key_refused", 0) >= 1, counters

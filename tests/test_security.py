@@ -206,6 +206,21 @@ def test_a_wrong_server_key_is_refused_and_counted(curve_broker):
     wait_for(lambda: counters(curve_broker).get("curve_server_key", 0) == before + 1)
 
 
+def test_only_the_connection_file_s_own_key_pair_gets_in(curve_broker):
+    """The server key is public: knowing it and making a key pair of one's own is not enough."""
+    before = counters(curve_broker).get("curve_key_refused", 0)
+    target = read_connection_file(curve_broker.connection_file)
+    pair = KeyPair.generate()
+    forged = target._replace(client_key=pair.public, client_secret=pair.secret)
+    with pytest.raises(NwsConnectException, match="refused this client's key"):
+        NetWorkSpace("ownpair", serverHost=forged.to_json())
+    sock = libzmq_dealer(forged)  # nor with libzmq
+    sock.send(request_head(Op.HELLO, 1, [b"{}"]))
+    assert not sock.poll(1000)
+    sock.close()
+    wait_for(lambda: counters(curve_broker).get("curve_key_refused", 0) == before + 2)
+
+
 def test_allowed_keys_let_in_only_their_clients_and_are_read_again(tmp_path, make_broker):
     allowed = tmp_path / "allowed"
     allowed.mkdir()

@@ -339,9 +339,10 @@ def run_broker(args: argparse.Namespace) -> int:
 
 
 def _curve_security(args: argparse.Namespace):
-    from .broker.security import AllowedKeys, CurveSecurity, load_keys
+    from .broker.security import AllowedKeys, CurveSecurity, FileKeys, load_keys
     keys = load_keys(args.key_file)
-    allowed = AllowedKeys(args.allow_keys) if args.allow_keys else None
+    # Without --allow-keys, the key of the connection file written at start (_write_...).
+    allowed = AllowedKeys(args.allow_keys) if args.allow_keys else FileKeys()
     return CurveSecurity(keys, allowed)
 
 
@@ -353,8 +354,11 @@ def _write_connection_file(args: argparse.Namespace, port: int, curve) -> str:
     address = f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
     target = client_target(path, address, curve.keys.public, args.allow_keys is None)
     write(path, target)
+    if target.client_key is not None:
+        curve.allowed.add(target.client_key)
     who = ("clients with a key in " + args.allow_keys + " (`workbench connection-file` adds "
-           "one to this file)" if args.allow_keys else "whoever holds it can connect")
+           "one to this file)" if args.allow_keys else "whoever holds it can connect, and no "
+           "one else")
     print(f"workbench broker: CURVE on {address}; connection file {path} (mode 0600; {who})",
           file=sys.stderr, flush=True)
     return path
@@ -392,7 +396,9 @@ def run_status(args: argparse.Namespace) -> int:
     security = info.get("security", {})
     print(f"security   {security.get('mechanism', 'NULL')} on TCP"
           + (f", clients with a key in {security['allowed_keys']}"
-             if security.get("allowed_keys") else "")
+             if security.get("allowed_keys") else
+             ", the connection file's client key" if security.get("mechanism") == "CURVE"
+             else "")
           + ("; the local Unix socket (this user only) plain" if security.get("local_socket")
              else ""))
     print(f"heartbeat  every {info['heartbeat_interval']:g} s, dead after "

@@ -2,10 +2,12 @@
 connection file it hands out.
 
 Off loopback the broker speaks CURVE unless told ``--insecure`` (``cli.run_broker``): it
-loads its key pair from ``--key-file`` or makes one, writes a connection file (mode 0600)
-that lets its holder in, and with ``--allow-keys DIR`` lets in only the clients whose public
-certificates are in DIR, read again whenever DIR changes, so that adding or removing a file
-admits or shuts out a key without a restart (connections already made stay up).
+loads its key pair from ``--key-file`` or makes one, and writes a connection file (mode 0600)
+holding a client key pair: that pair's public key is the only one let in (``FileKeys``), so
+the file is the credential and the server's public key stays public, as CURVE means it. With
+``--allow-keys DIR`` the broker lets in instead the clients whose public certificates are in
+DIR, read again whenever DIR changes, so that adding or removing a file admits or shuts out a
+key without a restart (connections already made stay up).
 """
 
 from __future__ import annotations
@@ -58,19 +60,33 @@ class AllowedKeys:
         return len(self._keys)
 
 
+class FileKeys:
+    """The client keys of the connection files this broker wrote, as a predicate."""
+
+    directory = None
+
+    def __init__(self) -> None:
+        self._keys: set[bytes] = set()
+
+    def add(self, client_key: bytes) -> None:
+        self._keys.add(client_key)
+
+    def __call__(self, client_key: bytes) -> bool:
+        return client_key in self._keys
+
+
 @dataclass(frozen=True)
 class CurveSecurity:
     keys: KeyPair
-    allowed: AllowedKeys | None = None  # None: every holder of the server key is let in
+    allowed: AllowedKeys | FileKeys
 
     @property
-    def authorize(self) -> Callable[[bytes], bool] | None:
+    def authorize(self) -> Callable[[bytes], bool]:
         return self.allowed
 
     def describe(self) -> dict:
         """For ``workbench status``."""
-        return {"mechanism": "CURVE",
-                "allowed_keys": self.allowed.directory if self.allowed is not None else None}
+        return {"mechanism": "CURVE", "allowed_keys": self.allowed.directory}
 
 
 def load_keys(key_file: str | None) -> KeyPair:
