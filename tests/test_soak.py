@@ -259,11 +259,6 @@ NetWorkSpace("spilled").store("v", b"x" * (2 << 20))
 """
 
 
-@pytest.mark.xfail(strict=True, raises=NwsConnectionDroppedException,
-                   reason="the broker ends sessions by their silence as its clock saw it: "
-                   "after a stall of its own (a pause, a suspended machine, a starved CPU) "
-                   "longer than the liveness timeout it ends every session at the next tick, "
-                   "before reading the heartbeats waiting in their sockets")
 def test_a_broker_that_stalled_keeps_the_sessions_that_kept_beating(make_broker):
     broker = make_broker()  # sessions end after 0.6 s of silence
     with NetWorkSpace("stalled", broker.host, broker.port) as ws:

@@ -258,26 +258,19 @@ class BrokerServer:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         poll = self.poller.poll
-        by_fd = self.by_fd
         try:
             log.info("workbench broker listening on %s", self.address)
             if on_ready is not None:
                 on_ready(self.address)
             next_tick = time.monotonic() + tick
             while True:
-                for fd, events in poll(max(0.0, next_tick - time.monotonic())):
-                    peer = by_fd.get(fd)
-                    if peer is None:
-                        if fd in listeners:
-                            self._accept(listeners[fd])
-                        continue  # closed earlier in this pass
-                    if events & (_READ | _CLOSED):
-                        self._read(peer)
-                    if events & _WRITE and peer.out:
-                        self._write(peer)
-                self._flush()
+                self._serve(poll(max(0.0, next_tick - time.monotonic())), listeners)
                 now = time.monotonic()
                 if now >= next_tick:
+                    if now - next_tick > tick:  # this process stalled (stopped, starved):
+                        # what clients sent meanwhile counts before their silence is judged
+                        self._serve(poll(0), listeners)
+                        now = time.monotonic()
                     next_tick = now + tick
                     self._release_files(now)
                     self._end_slow_handshakes(now)
@@ -308,6 +301,21 @@ class BrokerServer:
             if self.files is not None:
                 self.files.sweep(everything_of_mine=True)
             log.info("workbench broker stopped")
+
+    def _serve(self, ready: list, listeners: dict) -> None:
+        """One pass: read what every ready peer sent, handle it, write every reply."""
+        by_fd = self.by_fd
+        for fd, events in ready:
+            peer = by_fd.get(fd)
+            if peer is None:
+                if fd in listeners:
+                    self._accept(listeners[fd])
+                continue  # closed earlier in this pass
+            if events & (_READ | _CLOSED):
+                self._read(peer)
+            if events & _WRITE and peer.out:
+                self._write(peer)
+        self._flush()
 
     def _on_sigterm(self, signum, frame) -> None:
         raise _Stop()

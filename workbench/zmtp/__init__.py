@@ -222,7 +222,7 @@ class Inbound:
 
     __slots__ = ("max_message", "identity", "messages", "replies", "_pending", "_frames",
                  "_size", "_skip", "_discarding", "_large", "_large_filled", "_large_more",
-                 "_greeted")
+                 "_greeted", "_head_missing")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
@@ -238,6 +238,7 @@ class Inbound:
         self._large_filled = 0
         self._large_more = False
         self._greeted = False
+        self._head_missing = 0  # bytes of an oversized message's head still to keep
 
     def read_from(self, sock, chunk: int) -> bool:
         """Read once from a non-blocking ``sock`` into the parser (a large frame's body
@@ -300,6 +301,10 @@ class Inbound:
             self.body_filled(take)
         elif self._skip:
             take = min(end, self._skip)
+            if self._head_missing:  # the head of an oversized message, cut by a read
+                more_head = data[:min(take, self._head_missing)]
+                self._frames[0] += more_head
+                self._head_missing -= len(more_head)
             self._skip -= take
             pos = take
             if not self._skip:  # the skipped frame ended
@@ -343,7 +348,9 @@ class Inbound:
             if not self._discarding and self._size > max_message:
                 self._discarding = True
                 if not self._frames:  # keep the head of the request, to answer it
-                    self._frames.append(bytes(data[start:min(stop, end, start + KEPT_HEAD)]))
+                    kept = bytes(data[start:min(stop, end, start + KEPT_HEAD)])
+                    self._frames.append(kept)
+                    self._head_missing = min(size, KEPT_HEAD) - len(kept)
             if self._discarding:
                 if stop > end:
                     self._skip = stop - end
