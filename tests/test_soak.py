@@ -221,11 +221,9 @@ def test_waves_of_clients_leave_the_broker_as_they_found_it(make_broker, monkeyp
         assert ws.fetch("v", timeout=5) == b"fresh"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a client killed after writing a large value's shared-memory file "
-                   "and before the broker took the store leaves the file in /dev/shm until "
-                   "the broker stops: nobody owns it")
 def test_a_client_killed_after_spilling_leaves_no_file(make_broker):
+    """A client killed between writing a large value's shared-memory file and sending its
+    store: when its session ends, the broker removes the file nobody owns."""
     broker = make_broker()
     client = subprocess.Popen([sys.executable, "-c", SPILL_THEN_HANG], env=broker.env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

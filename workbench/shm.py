@@ -159,6 +159,23 @@ class BrokerFiles:
         except FileNotFoundError:
             pass
 
+    def remove_unheld(self, prefix: str, held: frozenset) -> int:
+        """Remove the files whose names start with ``prefix`` (an ended session's), except
+        ``held`` -> how many went."""
+        removed = 0
+        try:
+            names = os.listdir(SHM_DIR)
+        except OSError:
+            return 0
+        for name in names:
+            if name.startswith(prefix) and name not in held:
+                try:
+                    os.unlink(os.path.join(SHM_DIR, name))
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
     def sweep(self, everything_of_mine: bool = False) -> int:
         """Remove files of brokers that are gone (and, at exit, this broker's own)."""
         removed = 0

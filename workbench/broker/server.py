@@ -540,6 +540,8 @@ class BrokerServer:
                     log.info("%s", line)
                 if effects.released:
                     self._release(effects.released)
+                for files in effects.swept:
+                    self.files.remove_unheld(files.prefix, files.held)
                 comparison = effects.comparison
                 if comparison is not None:
                     later = later or []

@@ -112,6 +112,9 @@ class ClientService:
             if ws is not None and not ws.persistent:
                 self.registry.purge(ws, f"workspace {name!r} was purged: its owner "
                                         f"{session.label} disconnected ({reason})")
+        files = self.memory.session_files(session)
+        if files is not None:
+            self.outbox.sweep(files)
         self.sessions.remove(session)
         self.ended[session.id] = self.clock.now
         self.outbox.notice(f"client disconnected: {session.label} ({reason})")

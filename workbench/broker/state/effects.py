@@ -29,6 +29,15 @@ class Release(NamedTuple):
     found: bool  # a finder was sent it and may map it later: remove it after a grace period
 
 
+class SessionFiles(NamedTuple):
+    """A session ended: the shared-memory files its clients made whose names start with
+    ``prefix`` go, except those values still hold (``held``, by name). A client killed between
+    writing a file and sending its store would leave one nobody owns."""
+
+    prefix: str
+    held: frozenset
+
+
 class FileFrames(NamedTuple):
     """In a message's frames: the frames of this shared-memory file, for a client that cannot
     map it. The server reads the file and puts its frames in this one's place."""
@@ -46,11 +55,13 @@ class Comparison(NamedTuple):
 
 class Effects:
     """What one call decided. The server applies it in this order: read the files of the
-    messages ``reads`` points at, send ``messages``, log ``notices``, remove ``released`` files,
-    then settle a ``comparison`` if there is one. ``changes`` are the state changes the call
+    messages ``reads`` points at, send ``messages``, log ``notices``, remove ``released`` files
+    and the unheld files of ended sessions (``swept``), then settle a ``comparison`` if there is
+    one. ``changes`` are the state changes the call
     made (see ``changes``), for whoever records them."""
 
-    __slots__ = ("messages", "log", "notices", "released", "reads", "comparison", "rare")
+    __slots__ = ("messages", "log", "notices", "released", "swept", "reads", "comparison",
+                 "rare")
 
     def __init__(self) -> None:
         #: (routing identity, frames) of every reply and delivery, in the order they go out
@@ -65,6 +76,7 @@ class Effects:
         """Empty the rarer effects. Most calls make none, so ``rare`` says whether to."""
         self.notices: list[str] | tuple = ()  # lines for the broker's log
         self.released: list[Release] | tuple = ()
+        self.swept: list[SessionFiles] | tuple = ()
         self.reads: list[int] | tuple = ()  # indexes of messages that hold FileFrames
         self.comparison: Comparison | None = None
         self.rare = False  # whether the call made any of them
@@ -138,6 +150,13 @@ class Outbox:
             effects.released = []
             effects.rare = True
         effects.released.append(Release(reference, found))
+
+    def sweep(self, files: SessionFiles) -> None:
+        effects = self.effects
+        if not effects.swept:
+            effects.swept = []
+            effects.rare = True
+        effects.swept.append(files)
 
     def compare(self, reference: bytes, frames: list) -> None:
         self.effects.comparison = Comparison(reference, frames)

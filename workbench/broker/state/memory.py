@@ -14,7 +14,7 @@ from typing import Mapping, NamedTuple
 from ...protocol import VALUE_SHARED, ProtocolError, Status, parse_descriptor
 from ...shm import PREFIX, parse_reference, without_flag
 from .changes import Removed
-from .effects import FileFrames, Outbox
+from .effects import FileFrames, Outbox, SessionFiles
 from .requests import OpError, human_size
 from .sessions import Session
 from .variables import Value, Variable
@@ -112,6 +112,15 @@ class Memory:
         if value.shared is not None:
             self.in_use.discard(value.shared.partition(b":")[0])
             self.outbox.release(value.shared, value.found)
+
+    def session_files(self, session: Session) -> SessionFiles | None:
+        """The files an ended session's clients may have made, and those values hold."""
+        if self.shared is None or not session.shares_memory:
+            return None
+        prefix = f"{self._prefix}{session.id.hex()[:16]}-"
+        held = prefix.encode()
+        return SessionFiles(prefix, frozenset(name.decode() for name in self.in_use
+                                              if name.startswith(held)))
 
     def discard_unstored(self, value: Value) -> None:
         """An admitted value that was never stored after all (refused, or merged into
