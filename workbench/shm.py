@@ -19,7 +19,7 @@ import mmap
 import os
 import re
 import uuid
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import SHM_THRESHOLD
 from .protocol import VALUE_SHARED
@@ -162,39 +162,35 @@ class BrokerFiles:
     def remove_unheld(self, prefix: str, held: frozenset) -> int:
         """Remove the files whose names start with ``prefix`` (an ended session's), except
         ``held`` -> how many went."""
-        removed = 0
-        try:
-            names = os.listdir(SHM_DIR)
-        except OSError:
-            return 0
-        for name in names:
-            if name.startswith(prefix) and name not in held:
-                try:
-                    os.unlink(os.path.join(SHM_DIR, name))
-                    removed += 1
-                except OSError:
-                    pass
-        return removed
+        return _remove(lambda name: name.startswith(prefix) and name not in held)
 
     def sweep(self, everything_of_mine: bool = False) -> int:
         """Remove files of brokers that are gone (and, at exit, this broker's own)."""
-        removed = 0
-        try:
-            names = os.listdir(SHM_DIR)
-        except OSError:
-            return 0
-        for name in names:
+        def gone(name: str) -> bool:
             match = _NAME.fullmatch(name.encode())
             if not match:
-                continue
+                return False
             pid = int(match.group(1))
-            if (pid == self.pid and everything_of_mine) or (pid != self.pid and not _alive(pid)):
-                try:
-                    os.unlink(os.path.join(SHM_DIR, name))
-                    removed += 1
-                except OSError:
-                    pass
-        return removed
+            return (pid == self.pid and everything_of_mine) or (
+                pid != self.pid and not _alive(pid))
+        return _remove(gone)
+
+
+def _remove(chosen: Callable[[str], bool]) -> int:
+    """Remove the files of ``/dev/shm`` that ``chosen`` picks -> how many went."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        if chosen(name):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _same_bytes(a: memoryview, b: memoryview) -> bool:
