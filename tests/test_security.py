@@ -219,6 +219,8 @@ def test_only_the_connection_file_s_own_key_pair_gets_in(curve_broker):
     assert not sock.poll(1000)
     sock.close()
     wait_for(lambda: counters(curve_broker).get("curve_key_refused", 0) == before + 2)
+    # each kind of refusal is logged once for each source, then only counted
+    assert curve_broker.log().count("refused a connection from 127.0.0.1: the client's key") == 1
 
 
 def test_allowed_keys_let_in_only_their_clients_and_are_read_again(tmp_path, make_broker):

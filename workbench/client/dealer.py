@@ -126,10 +126,12 @@ class Dealer:
                 try:
                     self._read()
                 except DealerError as exc:
-                    if "CURVE" in str(exc):
+                    text = str(exc)
+                    if "CURVE" in text:
                         raise
-                    raise DealerError(f"the CURVE handshake failed: {exc}; is the server key "
-                                      "the broker's current one?") from None
+                    hint = "" if "refused" in text else (  # a libzmq broker hangs up mutely
+                        "; is the server key the broker's current one?")
+                    raise DealerError(f"the CURVE handshake failed: {text}{hint}") from None
                 if inbound.replies:
                     self._send_buffers(inbound.replies, None)
                     inbound.replies.clear()

@@ -123,11 +123,12 @@ def _refused(reason: str, counter: str = "curve_malformed") -> ZmtpError:
 
 
 def _open(box: bytes, nonce: bytes, public: bytes, secret: bytes, what: str,
-          counter: str = "curve_malformed") -> bytes:
+          counter: str = "curve_malformed", why: str = "") -> bytes:
     try:
         return sodium.crypto_box_open(box, nonce, public, secret)
     except (CryptoError, ValueError, TypeError):
-        raise _refused(f"the {what} box did not open", counter) from None
+        raise _refused(f"the {what} box did not open" + (f": {why}" if why else ""),
+                       counter) from None
 
 
 class Boxes:
@@ -228,7 +229,8 @@ class ServerHandshake:
         transient = body[80:112]
         short = body[112:120]
         signature = _open(body[120:200], b"CurveZMQHELLO---" + short, transient,
-                          self.keys.secret, "HELLO", counter="curve_server_key")
+                          self.keys.secret, "HELLO", counter="curve_server_key",
+                          why="the client has another server key (an old connection file?)")
         if signature != bytes(64):
             raise _refused("the HELLO box holds something else than its 64 zero bytes")
         self._client_transient = transient
