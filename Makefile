@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_kv.py
 	$(BIN)/python benchmarks/bench_pubsub.py
 	$(BIN)/python benchmarks/bench_sleigh.py
+	$(BIN)/python benchmarks/bench_curve.py
 	$(BIN)/python benchmarks/bench_broker_start.py
 
 clean:

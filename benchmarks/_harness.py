@@ -3,9 +3,10 @@
 What lives here is what every benchmark needs the same way, so that the workspace, key-value,
 pub/sub and worker benchmarks measure with one method:
 
-* servers under test and anchor servers (the workbench broker, a bare pyzmq DEALER->ROUTER echo
-  server, ``redis-server``, ``memcached``) started on free loopback ports and stopped for sure
-  afterwards; an anchor that is not installed is skipped with a note (``start_anchors``);
+* servers under test and anchor servers (the workbench broker and a bare pyzmq DEALER->ROUTER
+  echo server, each plain or with CURVE; ``redis-server``, ``memcached``) started on free
+  loopback ports and stopped for sure afterwards; an anchor that is not installed is skipped
+  with a note (``start_anchors``);
 * client processes that connect, warm up, then start measuring at one common instant (a
   barrier over their stdin/stdout pipes) and report one JSON line each;
 * one clock for latencies across processes (CLOCK_MONOTONIC is system-wide on Linux);
@@ -21,6 +22,8 @@ only this process, whose ``finally`` then stops each group in order (SIGTERM, th
 Run as a script, this module is the echo server anchor::
 
     python benchmarks/_harness.py echo-server --port PORT [--nocopy] [--parent-pid PID]
+
+(a CURVE server when ``$BENCH_CURVE_SERVER_SECRET`` holds its Z85 secret key).
 """
 
 from __future__ import annotations
@@ -76,6 +79,24 @@ def time_loop(op: Callable[[], Any], n: int, warmup: int = 0) -> float:
     for _ in range(n):
         op()
     return n / (time.perf_counter() - start)
+
+
+def time_repeats(op: Callable[[], Any], warmup: int, timed: int,
+                 check: Callable[[Any], None]) -> dict:
+    """Call a long ``op`` (a 100 MiB round trip) ``warmup`` times untimed, then ``timed`` times
+    timed -> {"rt_s": the median time, "times_s": each}; the last result goes to ``check``,
+    untimed."""
+    times = []
+    for i in range(warmup + timed):
+        start = time.perf_counter()
+        result = op()
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+        if i == warmup + timed - 1:
+            check(result)
+        del result  # free it before the next call, as a real user's loop would
+    return {"rt_s": median(times), "times_s": times}
 
 
 # ---------------------------------------------------------------------------------- stats
@@ -235,51 +256,88 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------- servers
 
 
-def start_broker(children: Children, port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """A workbench broker on loopback; ready once a NetWorkSpace can open on it."""
+def start_broker(children: Children, port: int | None = None, flags: Sequence[str] = (),
+                 connection_file: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """A workbench broker on loopback with extra command-line ``flags``; ready once a
+    NetWorkSpace can open on it. With ``connection_file`` the broker speaks CURVE and writes
+    its connection file there, which is how the probe (and every client) connects."""
     from workbench import NetWorkSpace
 
     port = port or free_port()
-    proc = children.spawn("broker", [
-        sys.executable, "-m", "workbench", "broker", "--host", LOOPBACK, "--port", str(port),
-        # the broker stops by itself if this process is killed without a chance to clean up
-        "--parent-pid", str(os.getpid())])
+    argv = [sys.executable, "-m", "workbench", "broker", "--host", LOOPBACK, "--port", str(port),
+            # the broker stops by itself if this process is killed without a chance to clean up
+            "--parent-pid", str(os.getpid()), *flags]
+    if connection_file is not None:
+        argv += ["--curve", "--connection-file", str(connection_file)]
+    proc = children.spawn("broker", argv)
 
     def answers() -> bool:
-        NetWorkSpace("__bench_probe__", LOOPBACK, port, timeout=0.5).close()
+        if connection_file is None:
+            NetWorkSpace("__bench_probe__", LOOPBACK, port, timeout=0.5).close()
+        else:  # the file is there once the broker listens
+            NetWorkSpace("__bench_probe__", str(connection_file), timeout=0.5).close()
         return True
 
     wait_for(answers, START_TIMEOUT, "workbench broker", proc)
     return proc, port
 
 
-def start_echo_server(children: Children, nocopy: bool = False,
-                      port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """The bare-ZeroMQ anchor: a ROUTER echoing every message back (see ``echo_server``)."""
+class CurveKeys(NamedTuple):
+    """Z85 key pairs (``zmq.curve_keypair()``) of a CURVE anchor server and its clients."""
+
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def generate(cls) -> CurveKeys:
+        import zmq
+
+        return cls(*zmq.curve_keypair(), *zmq.curve_keypair())
+
+
+#: How an echo server started with CURVE learns its secret key: not on its command line.
+CURVE_SECRET_ENV = "BENCH_CURVE_SERVER_SECRET"
+
+
+def start_echo_server(children: Children, nocopy: bool = False, port: int | None = None,
+                      curve: CurveKeys | None = None) -> tuple[subprocess.Popen, int]:
+    """The bare-ZeroMQ anchor: a ROUTER echoing every message back (see ``echo_server``);
+    with ``curve`` it is a CURVE server (``curve_server=True``) with that server key."""
     port = port or free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "echo-server", "--port", str(port),
             "--parent-pid", str(os.getpid())]
     if nocopy:
         argv.append("--nocopy")
-    proc = children.spawn("echo-nocopy" if nocopy else "echo", argv)
-    wait_for(lambda: _echo_answers(port), START_TIMEOUT, "zmq echo server", proc)
+    env = None
+    if curve is not None:
+        env = {**os.environ, CURVE_SECRET_ENV: curve.server_secret.decode()}
+    name = ("echo-curve" if curve else "echo") + ("-nocopy" if nocopy else "")
+    proc = children.spawn(name, argv, env=env)
+    wait_for(lambda: _echo_answers(port, curve), START_TIMEOUT, "zmq echo server", proc)
     return proc, port
 
 
-def dealer(port: int, rcvtimeo_ms: int | None = None):
-    """A DEALER socket connected to a loopback port, that drops unsent messages on close."""
+def dealer(port: int, rcvtimeo_ms: int | None = None, curve: CurveKeys | None = None):
+    """A DEALER socket connected to a loopback port, that drops unsent messages on close;
+    a CURVE client of a server with ``curve``'s keys."""
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if rcvtimeo_ms is not None:
         sock.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)
+    if curve is not None:
+        sock.curve_serverkey = curve.server_public
+        sock.curve_publickey = curve.client_public
+        sock.curve_secretkey = curve.client_secret
     sock.connect(f"tcp://{LOOPBACK}:{port}")
     return sock
 
 
-def _echo_answers(port: int) -> bool:
-    sock = dealer(port, 500)
+def _echo_answers(port: int, curve: CurveKeys | None = None) -> bool:
+    sock = dealer(port, 500, curve)
     try:
         sock.send(b"ping")
         return sock.recv() == b"ping"
@@ -362,7 +420,7 @@ def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:
     """DEALER->ROUTER echo with a plain blocking recv_multipart/send_multipart loop, the cheapest
     way to serve ZeroMQ from Python with pyzmq: what a broker built on libzmq stands on.
     ``nocopy`` keeps frames in ZeroMQ's memory (how a broker should move big values)."""
-    context, router = _bound_router(port, parent_pid)
+    context, router = _bound_router(port, parent_pid, os.environ.get(CURVE_SECRET_ENV))
     copy = not nocopy
     # No receive timeout, no poller: the plain blocking loop baselines.md measured.
     try:
@@ -425,8 +483,9 @@ def relay_server(port: int, parent_pid: int | None) -> None:
         context.term()
 
 
-def _bound_router(port: int, parent_pid: int | None):
-    """-> (context, ROUTER bound on loopback) for an anchor server that dies with its parent."""
+def _bound_router(port: int, parent_pid: int | None, curve_secret: str | None = None):
+    """-> (context, ROUTER bound on loopback) for an anchor server that dies with its parent;
+    a CURVE server with the Z85 secret key ``curve_secret``, if given."""
     import zmq
 
     if parent_pid is not None:
@@ -434,6 +493,9 @@ def _bound_router(port: int, parent_pid: int | None):
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    if curve_secret:
+        router.curve_server = True
+        router.curve_secretkey = curve_secret.encode()
     router.bind(f"tcp://{LOOPBACK}:{port}")
     return context, router
 
@@ -716,7 +778,7 @@ def run_benchmark(settings: Any, groups: dict[str, list[Case]],
                   meta: Callable[[Any], dict] | None = None) -> dict:
     """Start the servers (``make_context``), do ``settings.runs`` runs, stop everything ->
     ``{"meta": ..., "runs": [...]}``. The context also needs ``close()`` (its own clients) and
-    ``broker_proc`` (whose log is searched for errors)."""
+    ``broker_proc`` (whose log is searched for errors), or ``broker_procs`` for several."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.monotonic()
     with Children() as children:
@@ -726,7 +788,8 @@ def run_benchmark(settings: Any, groups: dict[str, list[Case]],
             runs = [run_once(groups, ctx, run, meter) for run in range(settings.runs)]
         finally:
             ctx.close()
-        problems = log_problems(ctx.broker_proc)
+        problems = [line for proc in getattr(ctx, "broker_procs", None) or [ctx.broker_proc]
+                    for line in log_problems(proc)]
     info = {"started": started, "elapsed_s": time.monotonic() - t0,
             "settings": asdict(settings), **(meta(ctx) if meta else {}),
             "broker_log_problems": problems}

@@ -376,18 +376,7 @@ def redis_clients(ctx: Context, run: int) -> dict:
 
 def _timed_big(ctx: Context, round_trip: Callable[[], Any], check: Callable[[Any], None]) -> dict:
     """1 warm-up + N timed round trips of the big value; the last result is checked untimed."""
-    s = ctx.settings
-    times = []
-    for i in range(s.big_warmup + s.big_timed):
-        start = time.perf_counter()
-        result = round_trip()
-        elapsed = time.perf_counter() - start
-        if i >= s.big_warmup:
-            times.append(elapsed)
-        if i == s.big_warmup + s.big_timed - 1:
-            check(result)
-        del result  # free it before the next round trip, as a real user's loop would
-    return {"rt_s": h.median(times), "times_s": times}
+    return h.time_repeats(round_trip, ctx.settings.big_warmup, ctx.settings.big_timed, check)
 
 
 def _same_array(ctx: Context) -> Callable[[Any], None]:

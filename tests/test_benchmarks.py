@@ -18,6 +18,7 @@ BENCH_KV = BENCHMARKS / "bench_kv.py"
 BENCH_PUBSUB = BENCHMARKS / "bench_pubsub.py"
 BENCH_SLEIGH = BENCHMARKS / "bench_sleigh.py"
 BENCH_START = BENCHMARKS / "bench_broker_start.py"
+BENCH_CURVE = BENCHMARKS / "bench_curve.py"
 
 
 def run_quick(script: Path, output: Path) -> tuple[str, dict]:
@@ -156,6 +157,25 @@ def test_quick_sleigh_benchmark_runs_and_reports_every_case(tmp_path):
     for figure, value in medians.items():
         assert value > 0, figure
     assert meta["broker_log_problems"] == []
+
+
+@pytest.mark.timeout(240)
+def test_quick_curve_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_CURVE, tmp_path / "result.json")
+    medians = saved["medians"]
+    layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
+    expected = {f"{system}.rt_{layout}.{figure}" for layout in layouts
+                for system, figures in (("wb_curve", ("store_per_s", "fetch_per_s")),
+                                        ("wb_tcp", ("store_per_s", "fetch_per_s")),
+                                        ("echo_curve", ("rt_per_s",)), ("echo", ("rt_per_s",)))
+                for figure in figures}
+    expected |= {f"{system}.big.rt_s" for system in ("wb_curve", "wb_tcp", "echo_curve", "echo")}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
+    assert "CURVE store rt/s vs pyzmq CURVE echo" in stdout
+    assert "100 MiB store+fetch, CURVE vs pyzmq CURVE echo" in stdout
+    assert saved["meta"]["broker_log_problems"] == []
 
 
 @pytest.mark.timeout(120)
