@@ -448,3 +448,27 @@ def test_an_array_fetched_over_curve_is_whole_and_writable(curve_broker, monkeyp
     assert fetched.flags.writeable and np.array_equal(fetched, array)
     fetched[0] = -1.0  # as over a plain connection
     ws.server.close()
+
+
+def test_the_in_place_boxes_and_pynacl_s_speak_the_same_wire(curve_broker):
+    """The broker seals and opens in place through the system libsodium (which CI installs);
+    a client on PyNaCl alone (``WORKBENCH_SODIUM=pynacl``) talks to it byte for byte."""
+    from workbench.zmtp import sodium
+    assert sodium.IN_PLACE, "no shared libsodium found: install it (Debian: libsodium23)"
+    code = (
+        "import os, workbench\n"
+        "from workbench.zmtp import sodium\n"
+        "assert not sodium.IN_PLACE\n"
+        "ws = workbench.NetWorkSpace('pynacl_side', persistent=True)\n"
+        "for size in (1, 300, 70_000, 3 << 20):\n"
+        "    value = os.urandom(size)\n"
+        "    ws.store('v', value)\n"
+        "    assert ws.fetch('v') == value, size\n"
+        "ws.store('back', b'from pynacl' * 10_000)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=curve_broker.env(
+        WORKBENCH_SODIUM="pynacl", WORKBENCH_SHM="0"), capture_output=True, text=True,
+        timeout=60)
+    assert done.returncode == 0, done.stderr
+    ws = NetWorkSpace("pynacl_side", serverHost=curve_broker.connection_file)
+    assert ws.fetch("back", timeout=10) == b"from pynacl" * 10_000
+    ws.server.close()

@@ -252,6 +252,7 @@ class Inbound:
             self.feed(data)
         else:
             count = sock.recv_into(target)
+            target.release()  # the buffer may be handed on, even resized (``zmtp.sodium``)
             if not count:
                 return False
             self.body_filled(count)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from typing import Callable, NamedTuple
 
-from nacl import bindings as sodium
+from nacl import bindings as pynacl
 from nacl.exceptions import CryptoError
 
 from . import (
@@ -40,6 +40,7 @@ from . import (
     parse_properties, peer_error, peer_identity,
 )
 from . import z85
+from .sodium import BoxError, open_box, seal
 
 KEY_SIZE = 32
 _MAC = 16  # crypto_box_MACBYTES: what a box adds to its plaintext
@@ -72,12 +73,12 @@ class KeyPair(NamedTuple):
 
     @classmethod
     def generate(cls) -> KeyPair:
-        public, secret = sodium.crypto_box_keypair()
+        public, secret = pynacl.crypto_box_keypair()
         return cls(public, secret)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyPair:
-        return cls(sodium.crypto_scalarmult_base(secret), secret)
+        return cls(pynacl.crypto_scalarmult_base(secret), secret)
 
     @classmethod
     def from_z85(cls, public: str, secret: str) -> KeyPair:
@@ -125,7 +126,7 @@ def _refused(reason: str, counter: str = "curve_malformed") -> ZmtpError:
 def _open(box: bytes, nonce: bytes, public: bytes, secret: bytes, what: str,
           counter: str = "curve_malformed", why: str = "") -> bytes:
     try:
-        return sodium.crypto_box_open(box, nonce, public, secret)
+        return pynacl.crypto_box_open(box, nonce, public, secret)
     except (CryptoError, ValueError, TypeError):
         raise _refused(f"the {what} box did not open" + (f": {why}" if why else ""),
                        counter) from None
@@ -150,8 +151,7 @@ class Boxes:
         """One frame (or command body, with ``flags`` 2) -> the buffers of its MESSAGE."""
         self._sent = nonce = self._sent + 1
         short = nonce.to_bytes(8, "big")
-        box = sodium.crypto_box_easy_afternm(bytes((flags,)) + frame,
-                                             self._out_prefix + short, self._key)
+        box = seal(flags, frame, self._out_prefix + short, self._key)
         size = 16 + len(box)
         if size < 256:
             return [bytes((0, size)) + _MESSAGE + short + box]
@@ -170,9 +170,10 @@ class Boxes:
             out += self.seal_frame(frame, MORE if index < last else 0)
         return out
 
-    def open(self, head: bytes, box: bytes) -> tuple[int, bytes]:
+    def open(self, head: bytes, box: bytes | bytearray) -> tuple[int, bytes | bytearray]:
         """A MESSAGE command's body, as its first 16 bytes (name and nonce) and its box ->
-        (flags, frame); ZmtpError if it is not one of the peer's, in order."""
+        (flags, frame); ZmtpError if it is not one of the peer's, in order. A ``bytearray``
+        box may be opened in place (``sodium.open_box``)."""
         if head[:8] != _MESSAGE or len(box) < _MAC + 1:
             raise ZmtpError("expected a MESSAGE command", handshake=False,
                             counter="curve_malformed")
@@ -181,17 +182,12 @@ class Boxes:
             raise ZmtpError("a MESSAGE nonce did not grow (replayed or reordered)",
                             handshake=False, counter="curve_nonce")
         try:
-            plain = sodium.crypto_box_open_easy_afternm(box, self._in_prefix + head[8:16],
-                                                        self._key)
-        except (CryptoError, ValueError, TypeError):
+            opened = open_box(box, self._in_prefix + head[8:16], self._key)
+        except BoxError:
             raise ZmtpError("a MESSAGE box did not open (tampered with, or not the peer's)",
                             handshake=False, counter="curve_malformed") from None
         self._received = nonce
-        if len(plain) <= LARGE_FRAME:
-            return plain[0], plain[1:]
-        # A large frame is writable, as over a plain connection (an array decoded over it is
-        # writable too); the copy costs what slicing the bytes would.
-        return plain[0], bytearray(memoryview(plain)[1:])
+        return opened
 
 
 class ServerHandshake:
@@ -237,10 +233,10 @@ class ServerHandshake:
         self._client_nonce = int.from_bytes(short, "big")
         self._transient = KeyPair.generate()
         cookie_nonce = os.urandom(16)
-        cookie = cookie_nonce + sodium.crypto_secretbox(
+        cookie = cookie_nonce + pynacl.crypto_secretbox(
             transient + self._transient.secret, b"COOKIE--" + cookie_nonce, self._cookie_key)
         welcome_nonce = os.urandom(16)
-        box = sodium.crypto_box(self._transient.public + cookie, b"WELCOME-" + welcome_nonce,
+        box = pynacl.crypto_box(self._transient.public + cookie, b"WELCOME-" + welcome_nonce,
                                 transient, self.keys.secret)
         return _command(_WELCOME + welcome_nonce + box)
 
@@ -250,7 +246,7 @@ class ServerHandshake:
         if len(body) < _INITIATE_MIN:
             raise _refused(f"INITIATE of {len(body)} bytes; it has at least {_INITIATE_MIN}")
         try:
-            cookie = sodium.crypto_secretbox_open(body[25:105], b"COOKIE--" + body[9:25],
+            cookie = pynacl.crypto_secretbox_open(body[25:105], b"COOKIE--" + body[9:25],
                                                   self._cookie_key)
         except (CryptoError, ValueError):
             raise _refused("the INITIATE cookie is not this connection's") from None
@@ -271,9 +267,9 @@ class ServerHandshake:
         if self.authorize is not None and not self.authorize(client_key):
             raise ZmtpError("the client's key is not allowed", handshake=True,
                             counter="curve_key_refused", status=b"400")
-        key = sodium.crypto_box_beforenm(transient, secret)
+        key = pynacl.crypto_box_beforenm(transient, secret)
         self.boxes = Boxes(key, _SERVER_MESSAGES, _CLIENT_MESSAGES, 1, nonce)
-        ready = sodium.crypto_box_easy_afternm(self.metadata, b"CurveZMQREADY---"
+        ready = pynacl.crypto_box_easy_afternm(self.metadata, b"CurveZMQREADY---"
                                                + (1).to_bytes(8, "big"), key)
         return _command(_READY + (1).to_bytes(8, "big") + ready), metadata
 
@@ -292,7 +288,7 @@ class ClientHandshake:
 
     def hello(self) -> bytes:
         short = (1).to_bytes(8, "big")
-        box = sodium.crypto_box(bytes(64), b"CurveZMQHELLO---" + short, self.keys.server,
+        box = pynacl.crypto_box(bytes(64), b"CurveZMQHELLO---" + short, self.keys.server,
                                 self._transient.secret)
         return _command(_HELLO + b"\x01\x00" + bytes(72) + self._transient.public + short
                         + box)
@@ -316,13 +312,13 @@ class ClientHandshake:
         plain = _open(body[24:], b"WELCOME-" + body[8:24], self.keys.server,
                       self._transient.secret, "WELCOME", counter="curve_server_key")
         self._server_transient, self._cookie = plain[:32], plain[32:128]
-        self._key = sodium.crypto_box_beforenm(self._server_transient, self._transient.secret)
+        self._key = pynacl.crypto_box_beforenm(self._server_transient, self._transient.secret)
         vouch_nonce = os.urandom(16)
-        vouch = sodium.crypto_box(self._transient.public + self.keys.server,
+        vouch = pynacl.crypto_box(self._transient.public + self.keys.server,
                                   b"VOUCH---" + vouch_nonce, self._server_transient,
                                   self.keys.client.secret)
         short = (2).to_bytes(8, "big")
-        box = sodium.crypto_box_easy_afternm(
+        box = pynacl.crypto_box_easy_afternm(
             self.keys.client.public + vouch_nonce + vouch + self.metadata,
             b"CurveZMQINITIATE" + short, self._key)
         return _command(_INITIATE + self._cookie + short + box)
@@ -332,7 +328,7 @@ class ClientHandshake:
             raise _refused(f"expected READY, got {_name(body)}")
         short = body[6:14]
         try:
-            plain = sodium.crypto_box_open_easy_afternm(body[14:], b"CurveZMQREADY---" + short,
+            plain = pynacl.crypto_box_open_easy_afternm(body[14:], b"CurveZMQREADY---" + short,
                                                         self._key)
         except (CryptoError, ValueError):
             raise _refused("the READY box did not open") from None
@@ -369,7 +365,7 @@ class CurveInbound(Inbound):
         return self.boxes.seal(frames)
 
     def _end_large(self) -> None:
-        box = bytes(self._large)
+        box = self._large  # opened where it was read, and handed on as the frame
         self._large = None
         self._message(self._large_head, box)
 
