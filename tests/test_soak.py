@@ -40,7 +40,7 @@ WORK_SECONDS = 2.0  # how long a polite process works; the others leave within i
 PLAN = ("polite",) * 3 + ("killed",) * 2 + ("vanish",) * 2 + ("frozen",)
 RAW_SESSIONS = 6  # sessions per wave whose sockets are reset under them, from this process
 WARM_UP_WAVES = 2
-SOAK_SECONDS = 55.0  # measured waves start until then: with the warm-up, ~75 s in all
+SOAK_SECONDS = 30.0  # measured waves start until then: with the warm-up, ~45 s in all
 #: Sessions end after 0.5 s x 3 of silence: the support brokers' 0.2 s x 3 is shorter than
 #: the stalls of a 2-core machine starting eight client processes at once.
 HEARTBEAT = ("--heartbeat-interval", "0.5", "--heartbeat-liveness", "3")
