@@ -63,3 +63,6 @@ class SleighStatus(NamedTuple):
     deaths: int  # launched workers that died and were replaced
     duplicates: int  # results that came twice (their worker died unacknowledged); dropped
     stopped: bool
+    # The launcher's view of each rank it started (``launchers.WorkerState``): a batch job
+    # queued, starting, running, or failed with the scheduler's reason.
+    launched: tuple = ()

@@ -37,7 +37,9 @@ from .batch import Batch
 from .dispatch import Dispatcher
 from .errors import SleighError
 from .events import SleighStatus, Subscription
-from .launchers import WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit, launcher_for
+from .launchers import (
+    WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit, launcher_for, wait_for, worker_count,
+)
 from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
 from .scheduler import Scheduler
 from .tasks import Hello, TaskRecord
@@ -99,6 +101,7 @@ class Sleigh(Executor):
         self.nws: NetWorkSpace = server.openWs(self.wsName)
         self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate))
         launcher = launcher_for(launch, nodeList, python, ssh, env)
+        workerCount = worker_count(launcher, workerCount)
         if workerCount is None:
             workerCount = (len(nodeList) if launch == "ssh" and nodeList
                            else os.cpu_count() or 1)
@@ -119,12 +122,13 @@ class Sleigh(Executor):
         launcher.start(SleighInfo(self.wsName, target.address, self._worker_exited,
                                   self._scheduler.joins,
                                   target.to_json() if target.curve else None), workerCount)
-        self._wait_ready(workerCount, startTimeout)
+        self._wait_ready(workerCount, wait_for(launcher, workerCount), startTimeout)
 
-    def _wait_ready(self, count: int, timeout: float) -> None:
+    def _wait_ready(self, count: int, needed: int, timeout: float) -> None:
+        """Wait until ``needed`` of the ``count`` launched workers have joined."""
         deadline = time.monotonic() + timeout
         ranks = range(count)
-        while (joined := self._scheduler.wait_joined(ranks, deadline)) < count:
+        while (joined := self._scheduler.wait_joined(ranks, deadline)) < needed:
             failures = [w.failure for w in self._launcher.running() if w.failure]
             if failures:
                 raise SleighError("; ".join(failures))
@@ -132,7 +136,7 @@ class Sleigh(Executor):
                 raise SleighError(self._scheduler.failure)
             if time.monotonic() >= deadline:
                 raise SleighError(
-                    f"only {joined} of {count} workers joined sleigh {self.wsName} within "
+                    f"only {joined} of {needed} workers joined sleigh {self.wsName} within "
                     f"{timeout:g} s (startTimeout); workers need to reach the broker at "
                     f"{self._connection.address} and import workbench")
 
@@ -242,8 +246,12 @@ class Sleigh(Executor):
                                     each_timeout=timeout)
 
     def status(self) -> SleighStatus:
-        """Workers, tasks in flight, waiting calls, deaths."""
-        return self._scheduler.status(self._stopped)
+        """Workers, tasks in flight, waiting calls, deaths, and what the launcher says of
+        each worker it started (``launched``: a batch job queued, running, failed...)."""
+        status = self._scheduler.status(self._stopped)
+        if self._launcher is None:
+            return status
+        return status._replace(launched=tuple(self._launcher.running()))
 
     def workerInfo(self) -> list[dict]:
         """What each worker said about itself: rank, host, pid, python and workbench

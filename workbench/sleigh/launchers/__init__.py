@@ -1,7 +1,8 @@
 """Launchers: how a sleigh starts and supervises its workers (see ``base`` for the interface).
 
-``launcher_for`` turns ``Sleigh(launch=...)`` into one: ``'local'``, ``'ssh'``, a callable
-``(argv, rank)``, or any object that implements ``Launcher``.
+``launcher_for`` turns ``Sleigh(launch=...)`` into one: ``'local'``, ``'ssh'``, a batch
+scheduler's name (``'slurm'``, ``'pbs'``, ``'lsf'``, ``'flux'``: ``batch.Batch``, which imports
+PSI/J), a callable ``(argv, rank)``, or any object that implements ``Launcher``.
 """
 
 from __future__ import annotations
@@ -10,22 +11,26 @@ import sys
 from typing import Any, Sequence
 
 from .base import (
-    EXITED, FAILED, RESTARTING, RUNNING, STARTING, UNWATCHED, WATCHED, Launcher, SleighInfo,
-    WorkerExit, WorkerState, describe_exit, worker_argv,
+    EXITED, FAILED, QUEUED, RESTARTING, RUNNING, STARTING, UNWATCHED, WATCHED, Launcher,
+    SleighInfo, WorkerExit, WorkerState, describe_exit, wait_for, worker_argv, worker_count,
 )
+from .batch import Batch
 from .function import FunctionLauncher
 from .local import LocalLauncher
 from .processes import ProcessLauncher
 from .ssh import SshLauncher
 
 __all__ = [
+    "BATCH_SCHEDULERS",
     "EXITED",
     "FAILED",
+    "QUEUED",
     "RESTARTING",
     "RUNNING",
     "STARTING",
     "UNWATCHED",
     "WATCHED",
+    "Batch",
     "FunctionLauncher",
     "Launcher",
     "LocalLauncher",
@@ -36,8 +41,14 @@ __all__ = [
     "WorkerState",
     "describe_exit",
     "launcher_for",
+    "wait_for",
     "worker_argv",
+    "worker_count",
 ]
+
+
+#: ``Sleigh(launch=...)`` names that mean batch jobs through PSI/J (``batch.Batch``).
+BATCH_SCHEDULERS = ("slurm", "pbs", "lsf", "flux")
 
 
 def launcher_for(launch: Any, nodes: Sequence[str] | None = None, python: str | None = None,
@@ -49,6 +60,9 @@ def launcher_for(launch: Any, nodes: Sequence[str] | None = None, python: str | 
         return LocalLauncher(python or sys.executable, env)
     if launch == "ssh":
         return SshLauncher(nodes or (), ssh, python or "python")
+    if launch in BATCH_SCHEDULERS:
+        return Batch(launch, python=python or sys.executable, env=env)
     if callable(launch):
         return FunctionLauncher(launch, python or sys.executable)
-    raise ValueError(f"launch must be 'local', 'ssh', a callable or a Launcher, not {launch!r}")
+    raise ValueError(f"launch must be 'local', 'ssh', one of {', '.join(BATCH_SCHEDULERS)}, a "
+                     f"callable or a Launcher, not {launch!r}")

@@ -11,8 +11,10 @@ broker session (its tasks come back at once) and says whether to start a replace
 same rank.
 
 The launchers here (``local``, ``ssh``, ``function``) are processes watched by
-``processes.ProcessLauncher``; a launcher for a cluster scheduler implements the three methods
-in a module of its own and is passed as ``Sleigh(launch=...)``.
+``processes.ProcessLauncher``; ``batch.Batch`` submits batch jobs (``slurm``, ``pbs``, ...)
+through PSI/J. Two optional attributes of a launcher: ``worker_count``, how many workers it
+starts whatever ``workerCount`` says (None: as many as asked), and ``wait_for``, how many of
+them ``Sleigh()`` waits for (default: all; batch jobs may wait in a queue).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Callable, NamedTuple, Protocol, runtime_checkable
 log = logging.getLogger("workbench.sleigh")
 
 #: A worker's states, as ``Launcher.running`` describes them.
+QUEUED = "queued"  # a batch job waiting for the scheduler to start it
 STARTING = "starting"  # started, not joined yet
 RUNNING = "running"  # joined the sleigh
 RESTARTING = "restarting"  # died; a replacement of the same rank is on its way
@@ -33,7 +36,7 @@ EXITED = "exited"  # ended as the sleigh stopped
 FAILED = "failed"  # given up (see ``WorkerState.failure``)
 
 #: States in which the launcher stands for the rank: if it dies, it is replaced.
-WATCHED = frozenset({STARTING, RUNNING, RESTARTING})
+WATCHED = frozenset({QUEUED, STARTING, RUNNING, RESTARTING})
 
 
 class WorkerExit(NamedTuple):
@@ -84,7 +87,7 @@ class WorkerState(NamedTuple):
     """One rank as its launcher sees it."""
 
     rank: int
-    state: str  # STARTING, RUNNING, RESTARTING, UNWATCHED, EXITED or FAILED
+    state: str  # QUEUED, STARTING, RUNNING, RESTARTING, UNWATCHED, EXITED or FAILED
     pid: int | None  # of the process the launcher started, if any
     restarts: int  # replacements started so far
     failure: str | None = None  # why the rank was given up
@@ -107,6 +110,18 @@ class Launcher(Protocol):
     def running(self) -> list[WorkerState]:
         """What this launcher has started, rank by rank."""
         ...
+
+
+def worker_count(launcher: Launcher, requested: int | None) -> int | None:
+    """How many workers ``launcher`` starts for ``Sleigh(workerCount=requested)``."""
+    own = getattr(launcher, "worker_count", None)
+    return requested if own is None else own
+
+
+def wait_for(launcher: Launcher, count: int) -> int:
+    """How many of ``count`` workers ``Sleigh()`` waits for before it returns: all, unless
+    the launcher says fewer (batch jobs may wait in a queue; the pool is elastic)."""
+    return min(count, getattr(launcher, "wait_for", count))
 
 
 def worker_argv(broker: str, sleigh: str, rank: int | None = None,
