@@ -99,8 +99,10 @@ class Sleigh(Executor):
         self.nws: NetWorkSpace = server.openWs(self.wsName)
         self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate))
         launcher = launcher_for(launch, nodeList, python, ssh, env)
-        if workerCount is None:
-            workerCount = (len(nodeList) if launch == "ssh" and nodeList
+        if workerCount is None:  # a cluster's launcher knows its size (one per Dask worker)
+            sized = getattr(launcher, "default_count", None)
+            workerCount = (sized() if sized is not None
+                           else len(nodeList) if launch == "ssh" and nodeList
                            else os.cpu_count() or 1)
         if workerCount < 0:
             raise ValueError("workerCount must be 0 or more")

@@ -1,7 +1,8 @@
 """Launchers: how a sleigh starts and supervises its workers (see ``base`` for the interface).
 
-``launcher_for`` turns ``Sleigh(launch=...)`` into one: ``'local'``, ``'ssh'``, a callable
-``(argv, rank)``, or any object that implements ``Launcher``.
+``launcher_for`` turns ``Sleigh(launch=...)`` into one: ``'local'``, ``'ssh'``, a
+``distributed.Client`` (its Dask cluster), a callable ``(argv, rank)``, or any object that
+implements ``Launcher``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .base import (
     EXITED, FAILED, RESTARTING, RUNNING, STARTING, UNWATCHED, WATCHED, Launcher, SleighInfo,
     WorkerExit, WorkerState, describe_exit, worker_argv,
 )
+from .dask import DaskLauncher, is_dask_client
 from .function import FunctionLauncher
 from .local import LocalLauncher
 from .processes import ProcessLauncher
@@ -26,6 +28,7 @@ __all__ = [
     "STARTING",
     "UNWATCHED",
     "WATCHED",
+    "DaskLauncher",
     "FunctionLauncher",
     "Launcher",
     "LocalLauncher",
@@ -49,6 +52,9 @@ def launcher_for(launch: Any, nodes: Sequence[str] | None = None, python: str | 
         return LocalLauncher(python or sys.executable, env)
     if launch == "ssh":
         return SshLauncher(nodes or (), ssh, python or "python")
+    if is_dask_client(launch):  # a distributed.Client: workers on its Dask cluster
+        return DaskLauncher(launch)
     if callable(launch):
         return FunctionLauncher(launch, python or sys.executable)
-    raise ValueError(f"launch must be 'local', 'ssh', a callable or a Launcher, not {launch!r}")
+    raise ValueError(f"launch must be 'local', 'ssh', a distributed.Client, a callable or a "
+                     f"Launcher, not {launch!r}")
