@@ -4,6 +4,7 @@ workbench worker per Dask worker, run as long-running Dask tasks (``launchers.da
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import Counter
 
@@ -107,6 +108,24 @@ def test_curve_connection_never_on_a_command_line(tmp_path, client):
         wait_for(lambda: all(gone(pid) for pid in pids), TIMEOUT)
     finally:
         curve.stop()
+    assert_cluster_healthy(client)
+
+
+def test_a_killed_workbench_worker_is_replaced_on_its_dask_worker(broker, client):
+    dask_pids = set(dask_worker_pids(client).values())
+    launcher = DaskLauncher(client)
+    with Sleigh(launch=launcher, broker=broker.address) as sleigh:
+        victim = sleigh.workerInfo()[0]
+        host_pid = parent_pid(victim["pid"])
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(lambda: (sleigh.workerInfo()[0]["pid"] != victim["pid"]
+                          and launcher.running()[0].state == "running"), TIMEOUT,
+                 message="no replacement joined")
+        assert parent_pid(sleigh.workerInfo()[0]["pid"]) == host_pid
+        assert launcher.running()[0].restarts == 1
+        assert sleigh.status().deaths == 1
+        assert sorted(sleigh.eachWorker(lambda: SleighRank)) == [0, 1, 2]  # noqa: F821
+    assert set(dask_worker_pids(client).values()) == dask_pids
     assert_cluster_healthy(client)
 
 

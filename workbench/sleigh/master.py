@@ -53,7 +53,8 @@ class Sleigh(Executor):
 
     ``Sleigh(workerCount=N)`` starts N workers on this machine (default: one per CPU) and
     returns once all have joined. ``launch='ssh'`` with ``nodeList=[host, ...]`` starts them
-    with ssh; a callable ``launch(argv, rank)`` starts them any other way, and so does an
+    with ssh; ``launch=client`` (a ``distributed.Client``) runs one per Dask worker of its
+    cluster; a callable ``launch(argv, rank)`` starts them any other way, and so does an
     object that implements ``workbench.sleigh.launchers.Launcher``. Any process that reaches
     the broker can join with ``workbench worker --broker ADDR --sleigh NAME``.
 

@@ -100,6 +100,8 @@ class DaskLauncher:
         self._stop_event = f"workbench-stop-{uuid.uuid4().hex}"
         self._topic = f"workbench-started-{uuid.uuid4().hex}"
         self._followed: set[str] = set()  # the Dask workers whose events are followed
+        self._reporters: list[threading.Thread] = []
+        self._reporters_lock = threading.Lock()
 
     def default_count(self) -> int:
         """One worker per Dask worker now in the cluster."""
@@ -132,8 +134,8 @@ class DaskLauncher:
 
         with self._lock:
             self._stopping = True
-        if not self._ranks:
-            return
+        if self._sleigh is None:
+            return  # never started
         event = Event(self._stop_event, client=self.client)
         event.set()
         futures = [rank.future for rank in self._ranks if rank.future is not None]
@@ -148,6 +150,11 @@ class DaskLauncher:
         for topic in (self._topic, *self._followed):
             self.client.unsubscribe_topic(topic)
         event.clear()
+        with self._reporters_lock:
+            reporters = list(self._reporters)
+        for thread in reporters:
+            if thread is not threading.current_thread():
+                thread.join(STOP_MARGIN)
 
     # ------------------------------------------------------------------ tasks
 
@@ -161,7 +168,7 @@ class DaskLauncher:
             self._topic, key, workers=[address] if address else None, allow_other_workers=True,
             pure=False, key=key)
         state.future = future
-        future.add_done_callback(lambda done: self._ended(state, done))
+        future.add_done_callback(lambda done: self._report(self._ended, state, done))
 
     def _describe(self, state: _Rank) -> WorkerState:
         shown = state.state
@@ -191,9 +198,17 @@ class DaskLauncher:
         processing = message.get("processing-tasks") or ()
         for state in self._ranks:
             if state.future is not None and state.future.key in processing:
-                # reporting talks to the broker: not in Dask's event loop
-                threading.Thread(target=self._lost, args=(state,), daemon=True,
-                                 name=f"sleigh-dask-lost-{state.rank}").start()
+                self._report(self._lost, state)
+
+    def _report(self, report: Any, *args: Any) -> None:
+        """Run ``report`` in a thread of its own: it talks to the broker through the master's
+        connection, which must not happen in Dask's event loop, nor in a pool thread of
+        Dask's that outlives the sleigh with a channel of that connection open."""
+        thread = threading.Thread(target=report, args=args, daemon=True,
+                                  name="sleigh-dask-report")
+        with self._reporters_lock:
+            self._reporters = [t for t in self._reporters if t.is_alive()] + [thread]
+            thread.start()  # before stop() can see it
 
     def _lost(self, state: _Rank) -> None:
         """The Dask worker of a rank left; Dask places its task again."""
@@ -209,13 +224,13 @@ class DaskLauncher:
                                         False))
 
     def _ended(self, state: _Rank, future: Any) -> None:
-        """In a thread of the client's: a rank's task ended."""
+        """A rank's task ended."""
         with self._lock:
             if future is not state.future or self._stopping:
                 return
         if future.status != "finished":
             self._give_up(state, f"worker {state.rank}'s Dask task ended ({future.status}): "
-                                 f"{_error(future)}", None, None)
+                                 f"{_error(future)}", None)
             return
         end: WorkerEnd = future.result()
         joined = self._sleigh.joins(state.rank) > state.joins_before
@@ -225,7 +240,7 @@ class DaskLauncher:
             self._give_up(state, f"worker {state.rank} exited with status {end.returncode} "
                                  f"{state.failures} times before joining; not restarting it"
                                  + (f"; its last output:\n{end.output}" if end.output else ""),
-                          end, last)
+                          end)
             return
         if self._sleigh.on_exit(WorkerExit(state.rank, end.pid, end.returncode, end.output,
                                            end.host, False)):
@@ -237,7 +252,7 @@ class DaskLauncher:
         else:
             state.state = EXITED
 
-    def _give_up(self, state: _Rank, why: str, end: WorkerEnd | None, last: Any) -> None:
+    def _give_up(self, state: _Rank, why: str, end: WorkerEnd | None) -> None:
         state.failure, state.state = why, FAILED
         self._sleigh.on_exit(WorkerExit(state.rank, end.pid if end else state.pid or 0,
                                         end.returncode if end else None,
