@@ -55,7 +55,8 @@ class Sleigh(Executor):
 
     ``Sleigh(workerCount=N)`` starts N workers on this machine (default: one per CPU) and
     returns once all have joined. ``launch='ssh'`` with ``nodeList=[host, ...]`` starts them
-    with ssh; a callable ``launch(argv, rank)`` starts them any other way, and so does an
+    with ssh; ``launch=client`` (a ``distributed.Client``) runs one per Dask worker of its
+    cluster; a callable ``launch(argv, rank)`` starts them any other way, and so does an
     object that implements ``workbench.sleigh.launchers.Launcher``. Any process that reaches
     the broker can join with ``workbench worker --broker ADDR --sleigh NAME``.
 
@@ -102,8 +103,10 @@ class Sleigh(Executor):
         self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate))
         launcher = launcher_for(launch, nodeList, python, ssh, env)
         workerCount = worker_count(launcher, workerCount)
-        if workerCount is None:
-            workerCount = (len(nodeList) if launch == "ssh" and nodeList
+        if workerCount is None:  # a cluster's launcher knows its size (one per Dask worker)
+            sized = getattr(launcher, "default_count", None)
+            workerCount = (sized() if sized is not None
+                           else len(nodeList) if launch == "ssh" and nodeList
                            else os.cpu_count() or 1)
         if workerCount < 0:
             raise ValueError("workerCount must be 0 or more")

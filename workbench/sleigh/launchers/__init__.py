@@ -2,7 +2,8 @@
 
 ``launcher_for`` turns ``Sleigh(launch=...)`` into one: ``'local'``, ``'ssh'``, a batch
 scheduler's name (``'slurm'``, ``'pbs'``, ``'lsf'``, ``'flux'``: ``batch.Batch``, which imports
-PSI/J), a callable ``(argv, rank)``, or any object that implements ``Launcher``.
+PSI/J), a ``distributed.Client`` (its Dask cluster), a callable ``(argv, rank)``, or any object
+that implements ``Launcher``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .base import (
     SleighInfo, WorkerExit, WorkerState, describe_exit, wait_for, worker_argv, worker_count,
 )
 from .batch import Batch
+from .dask import DaskLauncher, is_dask_client
 from .function import FunctionLauncher
 from .local import LocalLauncher
 from .processes import ProcessLauncher
@@ -31,6 +33,7 @@ __all__ = [
     "UNWATCHED",
     "WATCHED",
     "Batch",
+    "DaskLauncher",
     "FunctionLauncher",
     "Launcher",
     "LocalLauncher",
@@ -62,7 +65,9 @@ def launcher_for(launch: Any, nodes: Sequence[str] | None = None, python: str | 
         return SshLauncher(nodes or (), ssh, python or "python")
     if launch in BATCH_SCHEDULERS:
         return Batch(launch, python=python or sys.executable, env=env)
+    if is_dask_client(launch):  # a distributed.Client: workers on its Dask cluster
+        return DaskLauncher(launch)
     if callable(launch):
         return FunctionLauncher(launch, python or sys.executable)
     raise ValueError(f"launch must be 'local', 'ssh', one of {', '.join(BATCH_SCHEDULERS)}, a "
-                     f"callable or a Launcher, not {launch!r}")
+                     f"distributed.Client, a callable or a Launcher, not {launch!r}")
