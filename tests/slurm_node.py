@@ -4,7 +4,9 @@ a generated ``slurm.conf`` and every state, spool, log and pid file in one direc
 
 ``SlurmNode.start(directory)`` returns once the node is idle; ``stop()`` cancels what is still
 queued, waits for the jobs' processes to end, and stops the daemons by their pids. Clients
-(``sbatch``, ``squeue``, ``scancel``) find this cluster through ``node.env`` (``SLURM_CONF``).
+(``sbatch``, ``squeue``, ``scancel``) find this cluster through ``node.env`` (``SLURM_CONF``);
+code that runs them from the test's own process (PSI/J does) needs ``SLURM_CONF`` set there too.
+Finished jobs stay visible to ``squeue --states=all`` for Slurm's default 300 s.
 
 As a script, ``python -m tests.slurm_node DIRECTORY`` brings a node up, prints the environment
 clients need, and stops it on SIGINT or SIGTERM.
@@ -110,7 +112,6 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 # a cancelled job's processes get this long after SIGTERM before SIGKILL
 KillWait=2
-MinJobAge=2
 {overrides}NodeName={host} NodeAddr=127.0.0.1 {node} State=UNKNOWN
 PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """

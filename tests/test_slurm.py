@@ -7,6 +7,7 @@ saying which is missing, otherwise.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -40,6 +41,14 @@ def test_more_cpus_than_the_machine_has_keep_the_node_in_service(tmp_path):
 def test_without_root_the_reason_says_so(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "needs root" in unavailable_reason()
+
+
+def test_without_the_programs_the_reason_names_them_and_the_packages(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
+    reason = unavailable_reason()
+    assert "munged, slurmctld, slurmd, sbatch" in reason
+    assert "slurm-wlm and munge" in reason
 
 
 def test_a_batch_job_runs_to_completion(slurm, tmp_path):
