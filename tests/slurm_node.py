@@ -213,8 +213,10 @@ class SlurmNode:
         return dict(line.split() for line in out.splitlines() if line.strip())
 
     def sbatch(self, *args: str) -> str:
-        """Submit a job (``sbatch`` arguments); returns its id."""
-        return self.run("sbatch", "--parsable", *args).stdout.strip().split(";")[0]
+        """Submit a job (``sbatch`` arguments); returns its id. Its output goes to the node's
+        directory unless ``args`` say otherwise (by default, the submitter's working one)."""
+        return self.run("sbatch", "--parsable", f"--output={self.directory}/slurm-%j.out",
+                        *args).stdout.strip().split(";")[0]
 
     def processes(self) -> list[int]:
         """The pids of every live process of this node: its daemons, the jobs' slurmstepd and
