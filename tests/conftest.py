@@ -1,4 +1,5 @@
-"""Fixtures: a real broker process on a free loopback port, and fresh workspaces on it."""
+"""Fixtures: a real broker process on a free loopback port, fresh workspaces on it, and a private
+single-node Slurm."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from workbench import NwsServer
 
+from .slurm_node import SlurmNode, unavailable_reason
 from .state_driver import StateDriver
 from .support import Broker, start_broker
 
@@ -80,3 +82,15 @@ def other(broker, ws_name, ws):
     s = NwsServer(broker.host, broker.port)
     yield s.useWs(ws_name)
     s.close()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A private single-node Slurm shared by a test module (``tests/slurm_node.py``); skipped,
+    saying why, without root or without slurm-wlm and munge installed."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    node = SlurmNode.start(tmp_path_factory.mktemp("slurm"))
+    yield node
+    node.stop()
