@@ -14,6 +14,8 @@ from workbench.zmtp.curve import (
     ServerHandshake,
 )
 
+from .test_transport import feed_in_pieces
+
 SERVER = KeyPair.generate()
 CLIENT = KeyPair.generate()
 FUZZ = settings(max_examples=150, deadline=None,
@@ -46,22 +48,6 @@ def handshake() -> tuple[CurveInbound, CurveInbound, bytes]:
     return client, broker, sent + initiate
 
 
-def feed_split(inbound: CurveInbound, data: bytes, cuts: list[int]) -> None:
-    """Feed ``data`` cut at ``cuts``, reading large frames the way the server does."""
-    view, pos = memoryview(data), 0
-    for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
-        while pos < cut:
-            target = inbound.body_buffer()
-            if target is None:
-                inbound.feed(bytes(view[pos:cut]))
-                pos = cut
-            else:
-                count = min(len(target), cut - pos)
-                target[:count] = view[pos:pos + count]
-                inbound.body_filled(count)
-                pos += count
-
-
 frames = st.lists(st.one_of(st.binary(max_size=300),
                             st.sampled_from([b"", b"x" * 255, b"y" * 256, b"z" * 70_000])),
                   min_size=1, max_size=4)
@@ -73,7 +59,7 @@ def test_sealed_messages_survive_any_split(messages, data):
     client, broker, _ = handshake()
     stream = b"".join(b"".join(bytes(b) for b in client.seal(message)) for message in messages)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
-    feed_split(broker, stream, cuts)
+    feed_in_pieces(broker, stream, cuts)
     assert [[bytes(f) for f in got] for got, _ in broker.messages] == messages
 
 
@@ -87,7 +73,7 @@ def test_a_mangled_handshake_is_refused_with_zmtp_error(position, flip, data):
     cuts = data.draw(st.lists(st.integers(0, len(sent)), max_size=4))
     broker = broker_side()
     try:
-        feed_split(broker, bytes(mangled), cuts)
+        feed_in_pieces(broker, bytes(mangled), cuts)
     except ZmtpError:
         return
     # A flip the handshake tolerates (the greeting's filler, HELLO's padding, a frame's MORE
@@ -102,7 +88,7 @@ def test_random_bytes_after_the_greeting_raise_only_zmtp_error(junk, data):
     broker = broker_side()
     cuts = data.draw(st.lists(st.integers(0, len(junk)), max_size=4)) if data else []
     try:
-        feed_split(broker, CLIENT_GREETING + junk, [c + 64 for c in cuts])
+        feed_in_pieces(broker, CLIENT_GREETING + junk, [c + 64 for c in cuts])
     except ZmtpError:
         pass
     assert broker.boxes is None and not broker.messages
