@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ...certificates import write_private
 from ...config import WORKER_KILL_TIMEOUT, WORKER_LEAVE_TIMEOUT
 from ..worker import WORKER_ENV
 from .base import (
@@ -96,7 +97,7 @@ class Batch:
         broker = sleigh.broker
         if sleigh.connection:
             broker = str(directory / "connection.json")
-            _write_private(broker, sleigh.connection)
+            write_private(broker, sleigh.connection)  # 0600, in a 0700 directory
         first = len(self._jobs)
         for rank in range(first, first + count):
             spec = self._spec(sleigh, broker, rank, directory)
@@ -261,13 +262,6 @@ def _qualified(key: str, scheduler: str) -> str:
     """A ``job_extra`` key as a PSI/J custom attribute: ``"constraint"`` ->
     ``"slurm.constraint"`` (a key with a dot is already one)."""
     return key if "." in key else f"{scheduler}.{key}"
-
-
-def _write_private(path: str, text: str) -> None:
-    """``text`` in a new file only its owner can read, before anything is written to it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text if text.endswith("\n") else text + "\n")
 
 
 def _tail(path: Path, size: int = OUTPUT_TAIL) -> str:
