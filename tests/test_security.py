@@ -472,3 +472,17 @@ def test_the_in_place_boxes_and_pynacl_s_speak_the_same_wire(curve_broker):
     ws = NetWorkSpace("pynacl_side", serverHost=curve_broker.connection_file)
     assert ws.fetch("back", timeout=10) == b"from pynacl" * 10_000
     ws.server.close()
+
+
+def test_broker_dash_on_a_terminal_says_so_instead_of_waiting():
+    """``--broker -`` reads a connection file on stdin; on a terminal nobody will write it."""
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "workbench", "worker", "--broker", "-",
+                               "--sleigh", "any"], stdin=follower, capture_output=True,
+                              text=True, timeout=30)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert done.returncode == 2 and "stdin is a terminal" in done.stderr

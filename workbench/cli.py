@@ -270,6 +270,9 @@ def _broker_target(argument: str | None):
     reach the same broker."""
     from .connection_file import parse, resolve
     if argument == "-":
+        if sys.stdin is None or sys.stdin.isatty():  # nobody will write it: do not wait
+            raise ValueError("--broker - reads a connection file's text on stdin, and stdin "
+                             "is a terminal (or closed): give the file's path instead")
         text = sys.stdin.read()
         target = parse(text, "the connection read on stdin")
         os.environ[BROKER_ENV] = text
@@ -381,7 +384,7 @@ def run_status(args: argparse.Namespace) -> int:
         target = _broker_target(args.broker)
         address = target.address
         server = NwsServer(connection=Connection(target, args.timeout, hint=start_hint(address)))
-    except NwsException as exc:
+    except (NwsException, ValueError) as exc:  # no broker; a connection file that is no use
         print(f"workbench status: {exc}", file=sys.stderr)
         return 1
     with server:
