@@ -79,11 +79,13 @@ def test_stop_leaves_no_process_of_the_node(tmp_path):
         job = node.sbatch("--wrap", "sleep 300")
         wait_for(lambda: node.squeue().get(job) == "RUNNING", TIMEOUT,
                  message=f"job {job} did not start:\n{node.logs()}")
-        started = node.processes()
+        # munged, slurmctld, slurmd, the job's slurmstepd and sleep: squeue says RUNNING a
+        # moment before slurmstepd has started the job's own process
+        started = wait_for(lambda: found if len(found := node.processes()) >= 5 else None,
+                           TIMEOUT, message=f"the job's processes did not show:\n{node.logs()}")
     finally:
         killed = node.stop()
     assert killed == []  # all ended through scancel and the daemons' SIGTERM
-    assert len(started) >= 5  # munged, slurmctld, slurmd, the job's slurmstepd and sleep
     assert [pid for pid in started if is_running(pid)] == []
     assert node.processes() == []
     assert not node.munge_dir.exists()
