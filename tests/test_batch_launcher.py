@@ -140,6 +140,30 @@ def test_a_job_that_fails_at_start_is_reported_with_its_reason(broker, tmp_path,
         assert len(reports) == 1, reports
 
 
+def test_one_job_failing_at_start_leaves_the_others_to_start_the_pool(broker, tmp_path,
+                                                                       caplog):
+    """An elastic pool waiting for one worker starts on the job that runs, and reports the
+    one that failed (as a node that cannot run the job would make it)."""
+    python = tmp_path / "python-but-not-rank-0"
+    python.write_text("#!/bin/sh\n"
+                      'case " $* " in *" --rank 0 "*) echo "no python on this node" >&2; '
+                      "exit 3;; esac\n"
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    launcher = Batch("local", workers=2, python=str(python), directory=tmp_path / "jobs")
+    with caplog.at_level(logging.WARNING, logger="workbench.sleigh"):
+        with Sleigh(launch=launcher, broker=broker.address, startTimeout=TIMEOUT) as sleigh:
+            assert sleigh.eachElem(abs, [-1, -2, -3]) == [1, 2, 3]
+            wait_for(lambda: sleigh.status().launched[0].state == FAILED, TIMEOUT)
+            (rank0, rank1) = sleigh.status().launched
+            assert "exit code 3" in rank0.failure
+            assert "no python on this node" in rank0.failure
+            assert rank1.state == RUNNING
+    died = [r for r in caplog.records
+            if r.getMessage().startswith("worker 0 ") and " died " in r.getMessage()]
+    assert len(died) == 1, caplog.records
+
+
 def test_a_job_killed_mid_map_is_reported_once_and_its_tasks_run_elsewhere(broker, tmp_path,
                                                                            caplog):
     launcher = Batch("local", directory=tmp_path / "jobs", wait=2)

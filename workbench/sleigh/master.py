@@ -128,12 +128,15 @@ class Sleigh(Executor):
         self._wait_ready(workerCount, wait_for(launcher, workerCount), startTimeout)
 
     def _wait_ready(self, count: int, needed: int, timeout: float) -> None:
-        """Wait until ``needed`` of the ``count`` launched workers have joined."""
+        """Wait until ``needed`` of the ``count`` launched workers have joined; fail when so
+        many were given up that ``needed`` cannot join (a batch pool waiting for one worker
+        goes on while one job of several fails)."""
         deadline = time.monotonic() + timeout
         ranks = range(count)
         while (joined := self._scheduler.wait_joined(ranks, deadline)) < needed:
-            failures = [w.failure for w in self._launcher.running() if w.failure]
-            if failures:
+            launched = self._launcher.running()
+            failures = [w.failure for w in launched if w.failure]
+            if failures and len(launched) - len(failures) < needed:  # it cannot come now
                 raise SleighError("; ".join(failures))
             if self._scheduler.failure:
                 raise SleighError(self._scheduler.failure)

@@ -178,6 +178,7 @@ class _Job:
         self.job = job
         self.state = QUEUED
         self.failure: str | None = None
+        self.cancelled = False  # by stop(): its end is not a failure
         self.joins_before = sleigh.joins(rank)
         self.ended = threading.Event()
 
@@ -202,6 +203,7 @@ class _Job:
         return WorkerState(self.rank, state, pid, 0, self.failure)
 
     def cancel(self) -> None:
+        self.cancelled = True
         if not self.ended.is_set() and self.native_id is not None:
             try:
                 self.job.cancel()
@@ -232,7 +234,7 @@ class _Job:
     def _ended(self, why: str | None, returncode: int | None) -> None:
         if self.ended.is_set():
             return
-        if self.launcher.stopping or why is None:
+        if self.cancelled or why is None:
             self.state = EXITED
             self.ended.set()
             return
