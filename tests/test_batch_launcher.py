@@ -15,6 +15,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytest.importorskip("psij", reason="the batch launcher needs psij-python (the cluster extra)")
@@ -189,6 +190,87 @@ def test_a_job_killed_mid_map_is_reported_once_and_its_tasks_run_elsewhere(broke
         assert sleigh.eachElem(task, [1, 2, 3]) == [2, 3, 4]  # the survivor still works
 
 
+def test_jobs_of_several_workers_share_out_the_ranks_and_replace_a_killed_worker(broker,
+                                                                                  tmp_path):
+    """workers=3, workers_per_job=2: a job of ranks 0-1 (one ``workbench worker --workers 2``)
+    and a job of rank 2; a worker killed inside a job is started again with its rank, and
+    the map it was part of loses and repeats nothing."""
+    launcher = Batch("local", workers=3, workers_per_job=2, directory=tmp_path / "jobs",
+                     wait=3)
+    with Sleigh(launch=launcher, broker=broker.address, startTimeout=TIMEOUT) as sleigh:
+        launched = sleigh.status().launched
+        assert [w.rank for w in launched] == [0, 1, 2]
+        assert all(w.state == RUNNING for w in launched), launched
+        assert launched[0].pid == launched[1].pid != launched[2].pid  # two jobs
+        groups = [argv for _, argv in processes_of(sleigh.wsName, broker.address)
+                  if argv[1:4] == [b"-m", b"workbench", b"worker"] and b"--workers" in argv]
+        assert [argv[argv.index(b"--workers") + 1] for argv in groups] == [b"2"]
+        pids = {info["rank"]: info["pid"] for info in sleigh.workerInfo()}
+        assert len(set(pids.values())) == 3
+
+        def task(x):
+            import time
+            time.sleep(0.005)
+            return x * 3
+
+        pending = sleigh.eachElem(task, list(range(400)), blocking=False)
+        os.kill(pids[1], signal.SIGKILL)
+        assert pending.wait(TIMEOUT) == [x * 3 for x in range(400)]
+
+        def rank_1_again() -> bool:
+            now = {info["rank"]: info["pid"] for info in sleigh.workerInfo()}
+            return now.get(1) not in (None, pids[1])
+
+        wait_for(rank_1_again, TIMEOUT, message="rank 1 was not started again")
+        assert [w.state for w in sleigh.status().launched] == [RUNNING] * 3
+        assert sleigh.eachWorker(lambda: 1) == [1, 1, 1]
+        name = sleigh.wsName
+    no_process_left(name, broker.address)
+
+
+def test_the_masters_death_cancels_its_queued_and_running_jobs(broker, tmp_path):
+    """SIGKILL leaves the master no chance to cancel; the reaper beside it does. The jobs'
+    Python only sleeps (keeping the worker's arguments), so only a cancel ends them."""
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(600)' "
+                       '"$@"\n')
+    sleeper.chmod(0o755)
+    master = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from workbench import Sleigh\n"
+         "from workbench.sleigh.launch import Batch\n"
+         f"s = Sleigh(launch=Batch('local', workers=2, python={str(sleeper)!r}, wait=0,"
+         f" directory={str(tmp_path / 'jobs')!r}), broker={broker.address!r})\n"
+         "print(s.wsName, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    try:
+        name = master.stdout.readline().strip()
+        assert name, "the master did not start its sleigh"
+        wait_for(lambda: len(processes_of(name, broker.address)) >= 2, TIMEOUT,
+                 message="jobs did not start")
+        master.kill()
+        master.wait(TIMEOUT)
+        no_process_left(name, broker.address)
+    finally:
+        master.kill()
+        master.wait(TIMEOUT)
+        master.stdout.close()
+
+
+def test_a_stopped_sleigh_leaves_no_reaper(broker, tmp_path):
+    def reapers() -> list:
+        return [child for child in psutil.Process().children()
+                if any("launchers.reaper" in arg for arg in child.cmdline())]
+
+    launcher = Batch("local", workers=1, directory=tmp_path / "jobs")
+    with Sleigh(launch=launcher, broker=broker.address, startTimeout=TIMEOUT) as sleigh:
+        assert len(reapers()) == 1
+        assert sleigh.eachElem(abs, [-1]) == [1]
+    assert reapers() == []  # stop() waits for it
+
+
 def test_scheduler_names_mean_batch_launchers():
     assert not isinstance(launcher_for("local"), Batch)  # processes here, as before
     for name in ("slurm", "pbs", "lsf"):  # flux needs flux's own Python bindings
@@ -199,8 +281,8 @@ def test_scheduler_names_mean_batch_launchers():
         launcher_for("nonsense")
     with pytest.raises(ValueError, match="PSI/J has no executor"):
         Batch("no-such-scheduler")
-    with pytest.raises(NotImplementedError, match="one worker per job"):
-        Batch("local", workers_per_job=4)
+    with pytest.raises(ValueError, match="workers_per_job must be 1 or more"):
+        Batch("local", workers_per_job=0)
 
 
 def test_job_options_reach_the_job_spec():

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the sleigh's workspace name")
     worker.add_argument("--rank", type=int, default=None,
                         help="the rank to take (default: the next free one)")
+    worker.add_argument("--workers", type=int, default=1, metavar="K",
+                        help="start K workers here (ranks R to R+K-1 with --rank R), and "
+                             "wait for them all: one batch job's share of a sleigh")
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     _kernel_parser(commands)
     _keys_parsers(commands)
@@ -260,6 +263,12 @@ def run_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:  # NwsConnectionFileException: a file that cannot be used
         print(f"workbench worker: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print("workbench worker: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from .sleigh.group import run_group
+        return run_group(target, args.sleigh, args.workers, args.rank)
     return run(target, args.sleigh, args.rank, args.parent_pid)
 
 

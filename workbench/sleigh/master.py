@@ -430,6 +430,8 @@ class Sleigh(Executor):
                     describe_exit(exit.returncode),
                     "not restarting it" if exit.last else "started a replacement",
                     f"; its last output:\n{exit.output}" if exit.output else "")
+        if exit.last and self._scheduler.given_up(exit.rank):  # eachWorker stops waiting
+            self._store_worker_count(len(self._scheduler.ranks()))
         return True
 
     # PEP 8 names: the same functions.

@@ -410,6 +410,13 @@ class Scheduler:
                 self._emit(batch.progress())
         return True
 
+    def given_up(self, rank: int) -> bool:
+        """The launcher gave ``rank`` up (its worker is dead, no replacement comes): off the
+        roster as ``left`` -> whether it was on it."""
+        with self._cond:
+            hello = self._workers.get(rank)
+        return hello is not None and self.left(rank, hello.farewell)
+
     def died(self) -> None:
         """A launched worker died."""
         with self._cond:

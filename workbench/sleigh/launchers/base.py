@@ -153,8 +153,8 @@ def hand_connection(process: subprocess.Popen, sleigh: SleighInfo) -> None:
 
 
 def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "(still running)"
+    if returncode is None:  # a batch job whose scheduler gave no exit code
+        return "(no exit status known)"
     if returncode < 0:
         return f"with signal {-returncode}"
     return f"with status {returncode}"
