@@ -290,6 +290,8 @@ def test_job_options_reach_the_job_spec():
                      job_extra={"constraint": "haswell", "slurm.qos": "low"})
     assert launcher.duration == timedelta(hours=1, minutes=30)
     assert launcher.job_extra == {"local.constraint": "haswell", "slurm.qos": "low"}
+    torque = Batch("pbs_classic", job_extra={"l": "nodes=1:ppn=4"})  # PSI/J reads "pbs.l"
+    assert torque.job_extra == {"pbs.l": "nodes=1:ppn=4"}
     assert parse_walltime("2-00:00:10") == timedelta(days=2, seconds=10)
     assert parse_walltime("10:00") == timedelta(minutes=10)
     assert parse_walltime(5) == timedelta(seconds=5)

@@ -13,7 +13,7 @@ import pytest
 
 from workbench import Sleigh
 from workbench.sleigh.launch import Batch
-from workbench.sleigh.launchers import FAILED, RUNNING
+from workbench.sleigh.launchers import FAILED, QUEUED, RUNNING
 
 from .support import wait_for
 
@@ -97,3 +97,17 @@ def test_the_masters_death_cancels_its_queued_jobs(slurm, broker, tmp_path):
         master.kill()
         master.wait(30)
         master.stdout.close()
+
+
+def test_queued_jobs_are_shown_and_stop_cancels_them(slurm, broker, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf_path))
+    launcher = Batch("slurm", workers=2, wait=0, job_extra={"begin": "now+1hour"},
+                     directory=str(tmp_path), poll_interval=1)
+    with Sleigh(launch=launcher, broker=broker.address) as sleigh:
+        jobs = slurm.squeue()
+        assert list(jobs.values()) == ["PENDING"] * 2
+        wait_for(lambda: [w.state for w in sleigh.status().launched] == [QUEUED] * 2, 30)
+        info = sleigh.workerInfo()
+        assert [(w["rank"], w["state"], str(w["job"])) for w in info] == [
+            (rank, "queued", job) for rank, job in enumerate(sorted(jobs, key=int))]
+    wait_for(lambda: slurm.squeue() == {}, 30, message=f"jobs left: {slurm.squeue()}")

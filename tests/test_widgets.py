@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -261,13 +263,43 @@ def test_sleigh_monitor_counts_tasks_per_worker(broker, loop, build):
         assert sum(monitor.done_by_rank.values()) == 300
         for info in sleigh.workerInfo():
             done = monitor.done_by_rank[info["rank"]]
-            assert row(info["rank"], info["host"], info["pid"], done) in monitor.workers.value
+            assert row(info["rank"], "running", info["host"], info["pid"],
+                       done) in monitor.workers.value
         assert "queued at the broker 0 · in flight 0 · deaths 0" in monitor.footer.value
 
         html = sleigh._repr_html_()
         assert f"<b>Sleigh {sleigh.wsName}</b> at {broker.address}: 2 workers" in html
         assert html.count("<tr>") == 3 and repr(sleigh) == f"<Sleigh {sleigh.wsName} 2 workers>"
         assert repr(monitor) == f"<SleighMonitor {sleigh.wsName}>"
+
+
+def test_sleigh_monitor_shows_a_batch_job_that_has_not_joined(broker, loop, build, tmp_path):
+    """A job whose worker has not joined (here its Python only sleeps) is a row of its own,
+    with the job's id, in workerInfo(), the monitor and the sleigh's HTML."""
+    pytest.importorskip("psij")
+    from workbench.sleigh.launch import Batch
+
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(600)'\n")
+    sleeper.chmod(0o755)
+    launcher = Batch("local", workers=2, python=str(sleeper), wait=0,
+                     directory=tmp_path / "jobs")
+    with Sleigh(launch=launcher, broker=broker.address) as sleigh:
+        worker = subprocess.Popen([sys.executable, "-m", "workbench", "worker", "--broker",
+                                   broker.address, "--sleigh", sleigh.wsName, "--rank", "1"],
+                                  env=broker.env())
+        try:
+            wait_for(lambda: [w["state"] for w in sleigh.workerInfo()] == ["starting",
+                                                                          "running"], TIMEOUT)
+            job = sleigh.status().launched[0].pid
+            assert sleigh.workerInfo()[0] == {"rank": 0, "state": "starting", "host": None,
+                                              "pid": None, "job": job}
+            monitor = build(sleigh_monitor, sleigh)
+            assert row(0, f"starting (job {job})", "", "", 0) in monitor.workers.value
+            assert f"<td>0</td><td>starting (job {job})</td>" in sleigh._repr_html_()
+        finally:
+            sleigh.stop()
+            worker.wait(TIMEOUT)
     settle(loop, lambda: "<b>stopped</b>" in monitor.header.value)
     assert repr(sleigh) == f"<Sleigh {sleigh.wsName} stopped>"
 

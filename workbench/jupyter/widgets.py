@@ -42,6 +42,7 @@ from ..errors import NwsException, NwsNoWorkSpaceException
 from ..mq.message import unpack
 from ..mq.transport import open_connection, transport
 from ..sleigh.events import RUNNING, CallProgress
+from ..sleigh.launchers import describe_worker
 from ..sleigh.master import Sleigh
 from ..topics import parse
 from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
@@ -396,8 +397,9 @@ class SleighMonitor(LiveWidget):
         self.progress_text.value = html.escape(f"{done} / {total} tasks · {state}")
         by_rank = self.done_by_rank
         self.workers.value = table(
-            ("rank", "host", "pid", "tasks done"),
-            ((w["rank"], w["host"], w["pid"], by_rank.get(w["rank"], 0)) for w in info),
+            ("rank", "state", "host", "pid", "tasks done"),
+            ((w["rank"], describe_worker(w), w["host"] or "", w["pid"] or "",
+              by_rank.get(w["rank"], 0)) for w in info),
             empty="no workers")
         with self._lock:
             queued = sum(self._queued.values())

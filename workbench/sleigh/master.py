@@ -38,7 +38,8 @@ from .dispatch import Dispatcher
 from .errors import SleighError
 from .events import SleighStatus, Subscription
 from .launchers import (
-    WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit, launcher_for, wait_for, worker_count,
+    QUEUED, RUNNING, STARTING, WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit,
+    describe_worker, launcher_for, wait_for, worker_count,
 )
 from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
 from .scheduler import Scheduler
@@ -167,10 +168,11 @@ class Sleigh(Executor):
                  + ("stopped" if status.stopped else f"{status.workers} workers"))
         work = (f"{status.outstanding} tasks in flight, {status.batches} calls waiting, "
                 f"{status.deaths} worker deaths")
-        rows = "".join(f"<tr><td>{w['rank']}</td><td>{escape(str(w['host']))}</td>"
-                       f"<td>{w['pid']}</td></tr>" for w in info)
-        return (f"<div>{title}</div><div>{work}</div><table><tr><th>rank</th><th>host</th>"
-                f"<th>pid</th></tr>{rows}</table>")
+        rows = "".join(f"<tr><td>{w['rank']}</td><td>{escape(describe_worker(w))}</td>"
+                       f"<td>{escape(str(w['host'] or ''))}</td><td>{w['pid'] or ''}</td></tr>"
+                       for w in info)
+        return (f"<div>{title}</div><div>{work}</div><table><tr><th>rank</th><th>state</th>"
+                f"<th>host</th><th>pid</th></tr>{rows}</table>")
 
     def __reduce__(self) -> Any:
         raise TypeError("a Sleigh cannot travel to its workers (did a task function refer to "
@@ -261,8 +263,16 @@ class Sleigh(Executor):
 
     def workerInfo(self) -> list[dict]:
         """What each worker said about itself: rank, host, pid, python and workbench
-        versions, executable, platform; in rank order."""
-        return self._scheduler.workers()
+        versions, executable, platform, and ``state`` "running"; in rank order. A rank the
+        launcher started that has not joined yet (a batch job waiting in its queue) is there
+        too, as ``{"rank", "state": "queued" or "starting", "host": None, "pid": None, "job"}``
+        (``job``: the launcher's id for it, a batch job's id)."""
+        joined = [{**info, "state": RUNNING} for info in self._scheduler.workers()]
+        ranks = {info["rank"] for info in joined}
+        waiting = [{"rank": w.rank, "state": w.state, "host": None, "pid": None, "job": w.pid}
+                   for w in (self._launcher.running() if self._launcher is not None else ())
+                   if w.state in (QUEUED, STARTING) and w.rank not in ranks]
+        return sorted(joined + waiting, key=lambda info: info["rank"])
 
     def subscribe(self, callback: Callable[[Any], None]) -> Subscription:
         """Follow the sleigh: ``callback(event)`` is called with each event from now on, and

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from .base import (
     EXITED, FAILED, QUEUED, RESTARTING, RUNNING, STARTING, UNWATCHED, WATCHED, Launcher,
-    SleighInfo, WorkerExit, WorkerState, describe_exit, wait_for, worker_argv, worker_count,
+    SleighInfo, WorkerExit, WorkerState, describe_exit, describe_worker, wait_for, worker_argv,
+    worker_count,
 )
 from .batch import Batch
 from .dask import DaskLauncher, is_dask_client
@@ -43,6 +44,7 @@ __all__ = [
     "WorkerExit",
     "WorkerState",
     "describe_exit",
+    "describe_worker",
     "launcher_for",
     "wait_for",
     "worker_argv",

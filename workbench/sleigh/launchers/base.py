@@ -158,3 +158,10 @@ def describe_exit(returncode: int | None) -> str:
     if returncode < 0:
         return f"with signal {-returncode}"
     return f"with status {returncode}"
+
+
+def describe_worker(info: dict) -> str:
+    """A ``Sleigh.workerInfo()`` entry's state for people: ``running``, ``queued (job 48116)``."""
+    state = info.get("state", RUNNING)
+    job = info.get("job")
+    return f"{state} (job {job})" if job is not None and state != RUNNING else state
