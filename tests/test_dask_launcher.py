@@ -65,7 +65,8 @@ def assert_cluster_healthy(client) -> None:
 def test_a_dask_client_picks_the_dask_launcher(client):
     launcher = launcher_for(client)
     assert isinstance(launcher, DaskLauncher)
-    assert launcher.default_count() == DASK_WORKERS
+    assert launcher.worker_count(None) == DASK_WORKERS
+    assert launcher.worker_count(5) == 5
     with pytest.raises(ValueError, match="distributed.Client"):
         launcher_for(object())
 
@@ -154,6 +155,28 @@ def test_a_dask_worker_that_leaves_mid_map_loses_nothing(broker):
             assert sleigh.status().deaths == 1
         assert_cluster_healthy(client)
         assert len(client.scheduler_info(n_workers=-1)["workers"]) == DASK_WORKERS - 1
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_a_dask_worker_that_joins_later_gets_a_worker_of_a_new_rank(broker):
+    cluster, client = new_cluster()
+    try:
+        with Sleigh(launch=client, broker=broker.address) as sleigh:
+            assert sleigh.workerCount == DASK_WORKERS
+            before = set(dask_worker_pids(client).values())
+            cluster.scale(DASK_WORKERS + 1)
+            wait_for(lambda: sleigh.workerCount == DASK_WORKERS + 1, TIMEOUT,
+                     message=f"no worker for the new Dask worker: {sleigh.workerInfo()}")
+            (newcomer,) = [info for info in sleigh.workerInfo()
+                           if parent_pid(info["pid"]) not in before]
+            assert newcomer["rank"] == DASK_WORKERS
+            assert sorted(sleigh.eachWorker(lambda: SleighRank)) == list(  # noqa: F821
+                range(DASK_WORKERS + 1))
+            results = sleigh.eachElem(ranked, list(range(400)))
+            assert {rank for _, rank in results} == set(range(DASK_WORKERS + 1))
+        assert_cluster_healthy(client)
     finally:
         client.close()
         cluster.close()

@@ -104,10 +104,8 @@ class Sleigh(Executor):
         self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate))
         launcher = launcher_for(launch, nodeList, python, ssh, env)
         workerCount = worker_count(launcher, workerCount)
-        if workerCount is None:  # a cluster's launcher knows its size (one per Dask worker)
-            sized = getattr(launcher, "default_count", None)
-            workerCount = (sized() if sized is not None
-                           else len(nodeList) if launch == "ssh" and nodeList
+        if workerCount is None:
+            workerCount = (len(nodeList) if launch == "ssh" and nodeList
                            else os.cpu_count() or 1)
         if workerCount < 0:
             raise ValueError("workerCount must be 0 or more")
@@ -125,7 +123,8 @@ class Sleigh(Executor):
         target = resolve(workerBroker) if workerBroker else self._connection.target
         launcher.start(SleighInfo(self.wsName, target.address, self._worker_exited,
                                   self._scheduler.joins,
-                                  target.to_json() if target.curve else None), workerCount)
+                                  target.to_json() if target.curve else None, self._new_rank),
+                       workerCount)
         self._wait_ready(workerCount, wait_for(launcher, workerCount), startTimeout)
 
     def _wait_ready(self, count: int, needed: int, timeout: float) -> None:
@@ -416,6 +415,14 @@ class Sleigh(Executor):
             log.warning("worker %d (pid %s on %s) left sleigh %s: its broker session ended",
                         hello.rank, hello.info.get("pid"), hello.info.get("host"), self.wsName)
             self._store_worker_count(len(self._scheduler.ranks()))
+
+    def _new_rank(self) -> int:
+        """A rank for a worker the launcher adds (as a worker joining by hand takes one)."""
+        taken = KeyValueStore(connection=self._connection, workspace=self.wsName).incr(
+            RANK_COUNTER)
+        if taken is None:
+            raise SleighError("the sleigh was stopped")
+        return taken - 1
 
     def _store_worker_count(self, count: int) -> None:
         try:

@@ -12,9 +12,10 @@ same rank.
 
 The launchers here (``local``, ``ssh``, ``function``) are processes watched by
 ``processes.ProcessLauncher``; ``batch.Batch`` submits batch jobs (``slurm``, ``pbs``, ...)
-through PSI/J. Two optional attributes of a launcher: ``worker_count``, how many workers it
-starts whatever ``workerCount`` says (None: as many as asked), and ``wait_for``, how many of
-them ``Sleigh()`` waits for (default: all; batch jobs may wait in a queue).
+through PSI/J. Two optional members of a launcher: ``worker_count(requested)``, how many
+workers it starts for ``Sleigh(workerCount=requested)`` (its own ``workers=``, one per Dask
+worker when none is asked; None: the sleigh's default), and ``wait_for``, how many of them
+``Sleigh()`` waits for (default: all; batch jobs may wait in a queue).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def _never(rank: int) -> int:
     return 0
 
 
+def _no_rank() -> int:
+    raise RuntimeError("this sleigh gives no new ranks to its launcher")
+
+
 class SleighInfo(NamedTuple):
     """What a launcher is told about the sleigh it starts workers for."""
 
@@ -67,6 +72,9 @@ class SleighInfo(NamedTuple):
     joins: Callable[[int], int] = _never  # how many times a worker of a rank has joined
     # A CURVE broker's connection file, as text: for the workers' stdin, never their argv.
     connection: str | None = None
+    # A rank for one more worker than ``start`` was asked for (from the counter workers
+    # joining by hand take theirs from, so the two never clash).
+    new_rank: Callable[[], int] = _no_rank
 
     def __repr__(self) -> str:  # never the connection's keys in a log
         return (f"SleighInfo(name={self.name!r}, broker={self.broker!r}"
@@ -113,9 +121,10 @@ class Launcher(Protocol):
 
 
 def worker_count(launcher: Launcher, requested: int | None) -> int | None:
-    """How many workers ``launcher`` starts for ``Sleigh(workerCount=requested)``."""
+    """How many workers ``launcher`` starts for ``Sleigh(workerCount=requested)`` (None: the
+    sleigh's default)."""
     own = getattr(launcher, "worker_count", None)
-    return requested if own is None else own
+    return requested if own is None else own(requested)
 
 
 def wait_for(launcher: Launcher, count: int) -> int:

@@ -163,10 +163,9 @@ class Batch:
     def stopping(self) -> bool:
         return self._stopping
 
-    @property
-    def worker_count(self) -> int | None:
-        """``workers``: how many jobs, whatever ``Sleigh(workerCount=)`` says."""
-        return self.workers
+    def worker_count(self, requested: int | None) -> int | None:
+        """``workers``, whatever ``Sleigh(workerCount=)`` says; else as many as it says."""
+        return self.workers if self.workers is not None else requested
 
     @property
     def wait_for(self) -> int:

@@ -29,7 +29,10 @@ Dask's event topics; the launcher follows each Dask worker's topic, and when one
 with a rank's task on it, reports that worker's death (its broker session is ended at once,
 its tasks come back) while Dask places the task again. A task that ends by itself while the
 sleigh runs (the worker exited) is reported likewise and submitted again, given up after
-``STARTUP_FAILURES`` exits before joining. ``stop()`` sets a Dask ``Event`` that every task
+``STARTUP_FAILURES`` exits before joining. A pool sized by the cluster (no ``workerCount``)
+follows it: a Dask worker that joins later (``cluster.scale``, an adaptive cluster) gets a
+workbench worker of a new rank, taken from the counter hand-joined workers use.
+``stop()`` sets a Dask ``Event`` that every task
 waits on: the child gets LEAVE_TIMEOUT to leave by itself, then SIGTERM, then SIGKILL.
 """
 
@@ -44,7 +47,7 @@ from typing import Any, NamedTuple
 
 from .base import (
     EXITED, FAILED, RESTARTING, RUNNING, STARTING, SleighInfo, WorkerExit, WorkerState,
-    hand_connection,
+    hand_connection, log,
 )
 from .local import LocalLauncher
 from .processes import KILL_TIMEOUT, LEAVE_TIMEOUT, STARTUP_FAILURES
@@ -53,6 +56,8 @@ from .processes import KILL_TIMEOUT, LEAVE_TIMEOUT, STARTUP_FAILURES
 POLL = 0.25
 #: What ``stop`` waits for the tasks beyond the child's own leave and kill timeouts.
 STOP_MARGIN = 3.0
+#: The scheduler's event topic that says when Dask workers join.
+CLUSTER_TOPIC = "all"
 
 
 def is_dask_client(launch: Any) -> bool:
@@ -88,8 +93,9 @@ class _Rank:
 
 class DaskLauncher:
     """A ``Launcher`` whose workers are long-running tasks on the cluster of ``client``: by
-    default one per Dask worker present when the sleigh starts (``default_count``);
-    ``workerCount`` workers are spread over the Dask workers in turn."""
+    default one per Dask worker present when the sleigh starts, and one more for each Dask
+    worker that joins the cluster later; ``workerCount`` workers (a fixed pool) are spread
+    over the Dask workers in turn."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -102,10 +108,13 @@ class DaskLauncher:
         self._followed: set[str] = set()  # the Dask workers whose events are followed
         self._reporters: list[threading.Thread] = []
         self._reporters_lock = threading.Lock()
+        self._follows_cluster = False  # one worker per Dask worker, those joining later too
 
-    def default_count(self) -> int:
-        """One worker per Dask worker now in the cluster."""
-        return len(self._dask_workers())
+    def worker_count(self, requested: int | None) -> int:
+        """``requested``, or one worker per Dask worker now in the cluster (then the pool
+        follows the cluster: a Dask worker that joins later gets one too)."""
+        self._follows_cluster = requested is None
+        return len(self._dask_workers()) if requested is None else requested
 
     def _dask_workers(self) -> list[str]:
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
@@ -115,6 +124,8 @@ class DaskLauncher:
     def start(self, sleigh: SleighInfo, count: int) -> list[WorkerState]:
         self._sleigh = sleigh
         self.client.subscribe_topic(self._topic, self._on_started)
+        if self._follows_cluster:
+            self.client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster)
         addresses = self._dask_workers()
         for address in addresses:
             self._follow(address)
@@ -147,7 +158,8 @@ class DaskLauncher:
         for rank in self._ranks:
             if rank.state != FAILED:
                 rank.state = EXITED
-        for topic in (self._topic, *self._followed):
+        for topic in (self._topic, *self._followed,
+                      *((CLUSTER_TOPIC,) if self._follows_cluster else ())):
             self.client.unsubscribe_topic(topic)
         event.clear()
         with self._reporters_lock:
@@ -179,11 +191,31 @@ class DaskLauncher:
     def _on_started(self, event: tuple) -> None:
         """In the client's event loop: a task started its worker (Dask's event topic)."""
         message = event[1]
-        state = self._ranks[message["rank"]]
-        if state.future is None or state.future.key != message["key"]:
+        state = next((r for r in self._ranks if r.rank == message["rank"]), None)
+        if state is None or state.future is None or state.future.key != message["key"]:
             return  # a task given up already
         state.address, state.pid, state.host = message["worker"], message["pid"], message["host"]
         self._follow(message["worker"])
+
+    def _on_cluster(self, event: tuple) -> None:
+        """In the client's event loop: the cluster changed; a Dask worker that joined gets a
+        workbench worker of a new rank."""
+        message = event[1]
+        if message.get("action") == "add-worker" and message.get("worker"):
+            self._report(self._add, message["worker"])
+
+    def _add(self, address: str) -> None:
+        with self._lock:
+            if self._stopping or any(rank.address == address for rank in self._ranks):
+                return
+            try:
+                state = _Rank(self._sleigh.new_rank())
+            except Exception as exc:  # the sleigh stopped meanwhile
+                log.debug("no worker for the new Dask worker %s: %r", address, exc)
+                return
+            self._ranks.append(state)
+            self._follow(address)
+            self._submit(state, address)
 
     def _follow(self, address: str) -> None:
         if address not in self._followed:
