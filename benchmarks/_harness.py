@@ -965,7 +965,7 @@ def fmt_figure(key: str, value: float | None) -> str:
     if key.endswith("_pct"):
         return f"{value:.2f}%"
     if key.endswith("_per_task"):
-        return f"{value:.3f}"
+        return f"{value:.3g}"
     if key.endswith("_us"):
         return f"{value:.2f} µs" if abs(value) < 10 else f"{value:,.0f} µs"
     if key.endswith("_per_s"):

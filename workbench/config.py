@@ -130,7 +130,7 @@ WORKER_STARTUP_FAILURES = 3
 WORKER_LEAVE_TIMEOUT = 2.0
 WORKER_KILL_TIMEOUT = 1.0
 #: Task records a worker takes in one request, at most.
-WORKER_MOST_TASKS = 256
+WORKER_MOST_TASKS = 1024
 #: Seconds a worker's hand of tasks should take: faster tasks are taken several at a time.
 WORKER_HAND_SECONDS = 0.005
 #: Seconds after which a worker gives the records of its hand that it has not started back to
