@@ -52,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import _harness as h
 
@@ -443,15 +443,21 @@ def report(result: dict, markdown: bool = False) -> None:
 
 # ============================================================================ plot
 
-#: The panels of the plot: (title, y label, [(figure key, line label)]).
+class Panel(NamedTuple):
+    title: str
+    unit: str
+    lines: list[tuple[str, str]]  # (figure key in a pool's results, line label)
+    log: bool = False  # a logarithmic y axis: lines an order of magnitude apart
+
+
 PANELS = [
-    ("Pool start and stop", "seconds", [("start_s", "start (all joined)"),
-                                        ("gone_s", "stop (no process left)")]),
-    ("Tiny-task throughput", "tasks/s", [("auto_per_s", "eachElem, own batching"),
-                                         ("each1_per_s", "eachElem, chunkSize=1")]),
-    ("One task's round trip", "µs", [("rt_median_us", "median"), ("rt_p99_us", "p99")]),
-    ("Broker CPU per task", "µs", [("auto_broker_us", "own batching"),
-                                   ("each1_broker_us", "chunkSize=1")]),
+    Panel("Pool start and stop", "seconds", [("start_s", "start (all joined)"),
+                                             ("gone_s", "stop (no process left)")]),
+    Panel("Tiny-task throughput", "tasks/s", [("auto_per_s", "eachElem, own batching"),
+                                              ("each1_per_s", "eachElem, chunkSize=1")], True),
+    Panel("One task's round trip", "µs", [("rt_median_us", "median"), ("rt_p99_us", "p99")]),
+    Panel("Broker CPU per task", "µs", [("auto_broker_us", "own batching"),
+                                        ("each1_broker_us", "chunkSize=1")], True),
 ]
 
 
@@ -466,8 +472,8 @@ def plot(result: dict, path: Path) -> None:
     sizes = sizes_of(result)
     values = h.series(result["runs"])
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.4), constrained_layout=True)
-    for ax, (title, unit, lines) in zip(axes.flat, PANELS):
-        for key, label in lines:
+    for ax, panel in zip(axes.flat, PANELS):
+        for key, label in panel.lines:
             runs = [values.get(f"w{size}.pool.{key}") for size in sizes]
             xs = [size for size, r in zip(sizes, runs) if r]
             mid = [h.median(r) for r in runs if r]
@@ -475,12 +481,15 @@ def plot(result: dict, path: Path) -> None:
             high = [max(r) - m for m, r in zip(mid, [r for r in runs if r])]
             ax.errorbar(xs, mid, yerr=[low, high], marker="o", capsize=3, label=label)
         ax.set_xscale("log")
+        if panel.log:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xticks(sizes, [str(size) for size in sizes])
         ax.minorticks_off()
-        ax.set_ylim(bottom=0)
-        ax.set_title(title)
+        ax.set_title(panel.title)
         ax.set_xlabel("workers")
-        ax.set_ylabel(unit)
+        ax.set_ylabel(panel.unit)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     meta = result["meta"]
