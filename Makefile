@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_pubsub.py
 	$(BIN)/python benchmarks/bench_sleigh.py
 	$(BIN)/python benchmarks/bench_curve.py
+	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_broker_start.py
 
 clean:

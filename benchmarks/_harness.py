@@ -253,6 +253,96 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# ---------------------------------------------------------------------------------- pools
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """Every live process -> (parent pid, start time in clock ticks since boot)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] not in "ZX":  # a zombie has exited; its parent only has to reap it
+            table[int(entry)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+def descendants(root: int | None = None) -> dict[int, int]:
+    """Every live process below ``root`` (default: this one) -> its start time, which tells
+    it from a later process that got the same pid."""
+    table = process_table()
+    below: dict[int, int] = {}
+    frontier = [os.getpid() if root is None else root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, started) in table.items():
+            if ppid == parent and pid not in below:
+                below[pid] = started
+                frontier.append(pid)
+    return below
+
+
+def still_running(procs: dict[int, int]) -> dict[int, int]:
+    table = process_table()
+    return {pid: started for pid, started in procs.items()
+            if pid in table and table[pid][1] == started}
+
+
+def stop_processes(procs: dict[int, int], grace: float) -> tuple[float, int]:
+    """Wait up to ``grace`` s for ``procs`` to exit, then SIGKILL those left (by pid, checked
+    against their start time) -> (seconds until all were gone, how many had to be killed)."""
+    start = time.perf_counter()
+    left = still_running(procs)
+    while left and time.perf_counter() - start < grace:
+        time.sleep(0.01)
+        left = still_running(left)
+    elapsed = time.perf_counter() - start
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return elapsed, len(left)
+
+
+def is_helper(pid: int) -> bool:
+    """multiprocessing's resource tracker: it serves the process that started it, not a pool,
+    and exits with it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"resource_tracker" in cmdline.read()
+    except OSError:
+        return False
+
+
+def close_pool(close: Callable[[], Any], grace: float) -> tuple[float, float, int]:
+    """Stop a pool (``close``) and make sure every process below this one is gone, those
+    still running ``grace`` s after the call returned killed -> (seconds the stop call took,
+    seconds until the last process exited, processes that had to be killed)."""
+    # A second SIGTERM (the benchmark's Children.stop) must not cut the cleanup short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    procs = {pid: started for pid, started in descendants().items() if not is_helper(pid)}
+    start = time.perf_counter()
+    try:
+        close()
+    finally:
+        stopped = time.perf_counter() - start
+        gone, killed = stop_processes(procs, grace)
+    return stopped, stopped + gone, killed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far, in seconds (clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---------------------------------------------------------------------------------- servers
 
 
@@ -585,6 +675,25 @@ def child_argv(script: str | Path, role: str, **params: Any) -> list[str]:
     return [sys.executable, str(Path(script).resolve()), "--child", role, json.dumps(params)]
 
 
+def run_replying_child(role: str, params: dict, settings_type: type,
+                       roles: dict[str, Callable[..., None]]) -> None:
+    """A child process (``child_argv``) whose stdout carries only JSON lines (``say``): what
+    it or a pool it starts prints goes to its log. It unwinds on SIGTERM and dies with the
+    benchmark; ``roles[role](reply=..., settings=..., **params)`` does its work."""
+    reply = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    _die_with_parent(params.pop("parent_pid"))
+    settings = settings_type(**{**params.pop("settings"), "only": ()})
+    roles[role](reply=reply, settings=settings, **params)
+
+
+def say(reply: Any, obj: Any) -> None:
+    """One JSON line to the benchmark, from a ``run_replying_child``."""
+    reply.write(json.dumps(obj) + "\n")
+    reply.flush()
+
+
 def timed_client(op: Callable[[], Any], warmup: int, per_call: int) -> None:
     """A whole client process of ``clients_rate``: warm up, wait for the go, call ``op`` until
     the end instant, report."""
@@ -629,9 +738,7 @@ class CpuMeter:
             total += usage.ru_utime + usage.ru_stime
         for pid in self.server_pids:
             try:
-                with open(f"/proc/{pid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+                total += cpu_seconds(pid)
             except (OSError, IndexError, ValueError):
                 pass
         return total
@@ -851,11 +958,16 @@ def compare(values: dict[str, list[float]], comparisons: Iterable[Sequence]) -> 
 
 
 def fmt_figure(key: str, value: float | None) -> str:
-    """A figure with its unit, told by the name's suffix: _us, _per_s, _x (a ratio), else s."""
+    """A figure with its unit, told by the name's suffix: _us, _per_s, _x (a ratio), _pct (a
+    share of one core or of a whole, in per cent), _per_task (a count), else s."""
     if value is None:
         return "skipped"
+    if key.endswith("_pct"):
+        return f"{value:.2f}%"
+    if key.endswith("_per_task"):
+        return f"{value:.3g}"
     if key.endswith("_us"):
-        return f"{value:,.0f} µs"
+        return f"{value:.2f} µs" if abs(value) < 10 else f"{value:,.0f} µs"
     if key.endswith("_per_s"):
         return f"{value:,.0f}/s"
     if key.endswith("_x"):
@@ -1018,7 +1130,8 @@ def write_json(path: Path, obj: Any) -> None:
 def bench_main(argv: list[str] | None, *, description: str, groups: dict[str, list[Case]],
                settings: Any, quick: Any, output: Path,
                run_child: Callable[[str, dict], None], benchmark: Callable[[Any], dict],
-               report: Callable[[dict, bool], None]) -> int:
+               report: Callable[[dict, bool], None],
+               plot: Callable[[dict, Path], None] | None = None) -> int:
     """The command line every benchmark script shares::
 
         SCRIPT [--runs N] [--quick] [--output JSON] [--only GROUP]... [--markdown]
@@ -1026,7 +1139,9 @@ def bench_main(argv: list[str] | None, *, description: str, groups: dict[str, li
         SCRIPT --child ROLE PARAMS      (a client process the script started itself)
 
     ``settings``/``quick`` are the default and ``--quick`` settings (dataclasses with ``runs``
-    and ``only``); ``benchmark(settings)`` measures, ``report(result, markdown)`` prints."""
+    and ``only``); ``benchmark(settings)`` measures, ``report(result, markdown)`` prints. A
+    script that can draw its figures passes ``plot(result, path)``, and gets ``--plot PNG``
+    (after a run, or with ``--show``)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         run_child(argv[1], json.loads(argv[2]))
@@ -1045,9 +1160,15 @@ def bench_main(argv: list[str] | None, *, description: str, groups: dict[str, li
     parser.add_argument("--only", action="append", choices=list(groups), default=None,
                         metavar="GROUP", help="measure only this group of cases (repeatable): "
                         + ", ".join(groups))
+    if plot is not None:
+        parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                            help="draw the figures into this image")
     args = parser.parse_args(argv)
     if args.show is not None:
-        report(json.loads(args.show.read_text()), args.markdown)
+        result = json.loads(args.show.read_text())
+        report(result, args.markdown)
+        if plot is not None and args.plot is not None:
+            plot(result, args.plot)
         return 0
     chosen = quick if args.quick else settings
     if args.runs is not None:
@@ -1063,6 +1184,9 @@ def bench_main(argv: list[str] | None, *, description: str, groups: dict[str, li
     report(result, args.markdown)
     write_json(args.output, result)
     print(f"\nraw results: {args.output}")
+    if plot is not None and args.plot is not None:
+        plot(result, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 

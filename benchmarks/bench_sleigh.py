@@ -101,73 +101,6 @@ QUICK = Settings(runs=2, tiny_calls=500, batched_calls=5_000, min_time_s=0.1,
                  heavy_anchors=False)
 
 
-# ============================================================================ processes
-
-
-def process_table() -> dict[int, tuple[int, int]]:
-    """Every live process -> (parent pid, start time in clock ticks since boot)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if fields[0] not in "ZX":  # a zombie has exited; its parent only has to reap it
-            table[int(entry)] = (int(fields[1]), int(fields[19]))
-    return table
-
-
-def descendants(root: int | None = None) -> dict[int, int]:
-    """Every live process below ``root`` (default: this one) -> its start time, which tells
-    it from a later process that got the same pid."""
-    table = process_table()
-    below: dict[int, int] = {}
-    frontier = [os.getpid() if root is None else root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, started) in table.items():
-            if ppid == parent and pid not in below:
-                below[pid] = started
-                frontier.append(pid)
-    return below
-
-
-def still_running(procs: dict[int, int]) -> dict[int, int]:
-    table = process_table()
-    return {pid: started for pid, started in procs.items()
-            if pid in table and table[pid][1] == started}
-
-
-def stop_processes(procs: dict[int, int], grace: float) -> tuple[float, int]:
-    """Wait up to ``grace`` s for ``procs`` to exit, then SIGKILL those left (by pid, checked
-    against their start time) -> (seconds until all were gone, how many had to be killed)."""
-    start = time.perf_counter()
-    left = still_running(procs)
-    while left and time.perf_counter() - start < grace:
-        time.sleep(0.01)
-        left = still_running(left)
-    elapsed = time.perf_counter() - start
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return elapsed, len(left)
-
-
-def is_helper(pid: int) -> bool:
-    """multiprocessing's resource tracker: it serves the process that started it, not a pool,
-    and exits with it."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"resource_tracker" in cmdline.read()
-    except OSError:
-        return False
-
-
 # ============================================================================ the pools
 
 
@@ -440,18 +373,10 @@ child_argv = partial(h.child_argv, __file__)
 
 
 def run_child(role: str, params: dict) -> None:
-    # Anything a pool prints goes to the log; stdout carries only this protocol.
-    reply = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    h._die_with_parent(params.pop("parent_pid"))
-    settings = Settings(**{**params.pop("settings"), "only": ()})
-    {"driver": drive, "start": cold_start}[role](reply=reply, settings=settings, **params)
+    h.run_replying_child(role, params, Settings, {"driver": drive, "start": cold_start})
 
 
-def say(reply: Any, obj: Any) -> None:
-    reply.write(json.dumps(obj) + "\n")
-    reply.flush()
+say = h.say
 
 
 def drive(reply: Any, system: str, settings: Settings, port: int) -> None:
@@ -465,22 +390,7 @@ def drive(reply: Any, system: str, settings: Settings, port: int) -> None:
             except Exception:
                 say(reply, {"error": traceback.format_exc()})
     finally:
-        close_pool(pool.close)
-
-
-def close_pool(close: Callable[[], Any]) -> tuple[float, float, int]:
-    """Stop a pool and make sure every process it started is gone -> (seconds the stop call
-    took, seconds until the last process exited, processes that had to be killed)."""
-    # A second SIGTERM (the benchmark's Children.stop) must not cut the cleanup short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    procs = {pid: started for pid, started in descendants().items() if not is_helper(pid)}
-    start = time.perf_counter()
-    try:
-        close()
-    finally:
-        stopped = time.perf_counter() - start
-        gone, killed = stop_processes(procs, GONE_TIMEOUT)
-    return stopped, stopped + gone, killed
+        h.close_pool(pool.close, GONE_TIMEOUT)
 
 
 def cold_start(reply: Any, system: str, settings: Settings, port: int | None) -> None:
@@ -492,9 +402,9 @@ def cold_start(reply: Any, system: str, settings: Settings, port: int | None) ->
         result = pool.call(task, 1)
         started = time.perf_counter() - start
         assert result == 1 + STEP, f"{system}: first task returned {result!r}"
-        processes = len([pid for pid in descendants() if not is_helper(pid)])
+        processes = len([pid for pid in h.descendants() if not h.is_helper(pid)])
     finally:
-        stopped, gone, killed = close_pool(pool.close)
+        stopped, gone, killed = h.close_pool(pool.close, GONE_TIMEOUT)
     # counts in a dict of their own: they are not figures to take medians of
     say(reply, {"start_s": started, "stop_s": stopped, "gone_s": gone,
                 "counts": {"processes": processes, "killed": killed}})
@@ -525,7 +435,7 @@ class Context:
         self.busy = system
         answer = json.loads(reader.readline(CASE_TIMEOUT))
         self.busy = None
-        self.seen.update(descendants())
+        self.seen.update(h.descendants())
         if "error" in answer:
             raise RuntimeError(f"{system} {case}:\n{answer['error']}")
         return answer
@@ -540,7 +450,7 @@ class Context:
 
     def close(self) -> None:
         """Stop every driver (each stops its pool), then whatever any pool left behind."""
-        self.seen.update(descendants())
+        self.seen.update(h.descendants())
         for system, (proc, _) in self.drivers.items():
             if proc.poll() is None:
                 proc.stdin.close()  # end of commands: the driver stops its pool and exits
@@ -554,7 +464,7 @@ class Context:
             self.children.stop(proc)
         left = {pid: started for pid, started in self.seen.items()
                 if pid not in {p.pid for _, p in self.children.procs}}
-        _, killed = stop_processes(left, h.STOP_TIMEOUT)
+        _, killed = h.stop_processes(left, h.STOP_TIMEOUT)
         if killed:
             print(f"killed {killed} processes the pools left behind", file=sys.stderr)
 
@@ -587,7 +497,7 @@ def make_context(children: h.Children, settings: Settings) -> Context:
             start_driver(ctx, name)
         # The meter counts every process below this one as the benchmark's: the broker, the
         # drivers and every process of their pools (cold starts are reaped, hence counted).
-        ctx.seen.update(descendants())
+        ctx.seen.update(h.descendants())
         ctx.pids = {f"pid{pid}": pid for pid in ctx.seen}
     except BaseException:
         ctx.close()
@@ -610,7 +520,7 @@ def measure_cold_start(ctx: Context, run: int, system: str, own_broker: bool = F
         proc.wait(timeout=h.STOP_TIMEOUT)
     finally:
         # What it started, in case it cannot stop it: Context.close makes sure it is gone.
-        ctx.seen.update(descendants(proc.pid))
+        ctx.seen.update(h.descendants(proc.pid))
         ctx.children.stop(proc)
     return answer
 

@@ -101,3 +101,20 @@ def test_importing_the_package_or_the_broker_loads_no_client(statement):
                           timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_worker_loop_loads_neither_the_master_nor_its_launchers():
+    """A worker imports ``workbench.sleigh.worker``; a hundred of them start at once, each
+    paying every module it loads. The sleigh package's names resolve on first touch."""
+    master = ("workbench.sleigh.master", "workbench.sleigh.launchers",
+              "workbench.sleigh.dispatch", "workbench.sleigh.pending")
+    code = ("import workbench.sleigh.worker, sys\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({master!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    import workbench.sleigh as sleigh
+
+    assert sleigh.Sleigh is importlib.import_module("workbench.sleigh.master").Sleigh
+    assert set(sleigh.__all__) <= set(dir(sleigh))

@@ -19,12 +19,14 @@ BENCH_PUBSUB = BENCHMARKS / "bench_pubsub.py"
 BENCH_SLEIGH = BENCHMARKS / "bench_sleigh.py"
 BENCH_START = BENCHMARKS / "bench_broker_start.py"
 BENCH_CURVE = BENCHMARKS / "bench_curve.py"
+BENCH_SCALE = BENCHMARKS / "bench_scale.py"
 
 
-def run_quick(script: Path, output: Path) -> tuple[str, dict]:
-    """``script --quick`` -> (what it printed, the saved result)."""
-    result = subprocess.run([sys.executable, str(script), "--quick", "--output", str(output)],
-                            capture_output=True, text=True, timeout=230)
+def run_quick(script: Path, output: Path, *extra: str, timeout: float = 230
+              ) -> tuple[str, dict]:
+    """``script --quick [extra...]`` -> (what it printed, the saved result)."""
+    result = subprocess.run([sys.executable, str(script), "--quick", "--output", str(output),
+                             *extra], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout, json.loads(output.read_text())
 
@@ -185,3 +187,34 @@ def test_quick_broker_start_benchmark_measures_the_start(tmp_path):
         assert saved["medians"][figure] > 0, figure
     assert "python -m workbench broker, until it answers" in stdout
     assert "workbench.broker.server" in saved["modules"]
+
+
+#: Every figure of one pool size.
+SCALE_FIGURES = ("start_s", "stop_s", "gone_s", "auto_per_s", "each1_per_s", "rt_median_us",
+                 "rt_p99_us", "auto_broker_us", "each1_broker_us", "auto_requests_per_task",
+                 "each1_requests_per_task")
+
+
+@pytest.mark.timeout(120)
+def test_quick_scale_benchmark_measures_every_size_and_the_session_load(tmp_path):
+    # The plot where matplotlib is installed (the bench extra); the figures everywhere.
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    plot = tmp_path / "scale.png"
+    stdout, saved = run_quick(BENCH_SCALE, tmp_path / "result.json",
+                              *(["--plot", str(plot)] if plotting else []), timeout=110)
+    medians = saved["medians"]
+    expected = {f"w{size}.pool.{figure}" for size in (2, 10) for figure in SCALE_FIGURES}
+    expected |= {f"broker.sessions.{figure}" for figure in (
+        "idle_cpu_pct", "idle_median_us", "idle_p99_us", "load_cpu_pct", "load_median_us",
+        "load_p99_us")}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure in expected - {"w2.pool.auto_broker_us", "w10.pool.auto_broker_us",
+                              "broker.sessions.idle_cpu_pct"}:  # CPU ticks can read 0
+        assert medians[figure] > 0, figure
+    counts = saved["runs"][0]["results"]["broker.sessions"]["counts"]
+    assert counts["alive"] == counts["sessions"] == 200
+    assert counts["listed_by_broker"] >= 200
+    assert "tiny tasks/s, own batching, 10 vs 2 workers" in stdout
+    if plotting:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved["meta"]["broker_log_problems"] == []

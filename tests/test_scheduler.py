@@ -18,8 +18,8 @@ from workbench.sleigh.scheduler import (
     Scheduler, must_split, poisoned, split_suspects,
 )
 from workbench.sleigh.tasks import (
-    CONTROL, DEATHS_LIMIT, TASK, Hello, ResultEntry, TaskRecord, even_chunks, own_records,
-    read_entry, read_record, records,
+    CHUNK_WORKERS, CONTROL, DEATHS_LIMIT, HAND_SECONDS, TASK, Hello, ResultEntry, TaskRecord,
+    even_chunks, guided_chunks, own_records, paced_chunks, read_entry, read_record, records,
 )
 
 KEY = "k" * 24
@@ -400,3 +400,38 @@ def test_records_travel_as_plain_tuples():
     entry = ResultEntry(7, 3, 1, [10])
     assert type(read_entry(tuple(entry))) is ResultEntry
     assert type(read_entry(tuple(hello(2)))) is Hello
+
+
+# ---------------------------------------------------------------------------- chunking
+
+
+def covers(bounds: list[tuple[int, int]], count: int) -> bool:
+    """Chunks that follow one another from 0 to ``count``, none empty."""
+    return (bounds[0][0] == 0 and bounds[-1][1] == count and all(
+        start < stop for start, stop in bounds) and all(
+        a[1] == b[0] for a, b in zip(bounds, bounds[1:])))
+
+
+def test_guided_chunks_shrink_and_are_planned_for_a_few_workers_whatever_the_pool():
+    small = list(guided_chunks(20_000, 2))
+    assert covers(small, 20_000) and small[0] == (0, 2_500) and small[-1][1] - small[-1][0] == 1
+    sizes = [stop - start for start, stop in small]
+    assert sizes == sorted(sizes, reverse=True)
+    # a hundred workers get the records of CHUNK_WORKERS: tiny tasks cost few messages
+    assert list(guided_chunks(20_000, 100)) == list(guided_chunks(20_000, CHUNK_WORKERS))
+    assert len(list(guided_chunks(20_000, 100))) < 200
+    assert list(guided_chunks(3, 100)) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_the_rest_of_a_slow_record_goes_back_in_pieces_of_a_hand_each():
+    # tasks of 1 ms: a hand's worth of elements per piece
+    per_hand = int(HAND_SECONDS / 0.001)
+    pieces = list(paced_chunks(1_000, 0.001, workers=100))
+    assert covers(pieces, 1_000) and {stop - start for start, stop in pieces[:-1]} == {per_hand}
+    # tasks of a second: one element per piece, but never more than 4 pieces per worker
+    assert list(paced_chunks(5, 1.0, workers=100)) == [(i, i + 1) for i in range(5)]
+    many = list(paced_chunks(1_000, 1.0, workers=10))
+    assert covers(many, 1_000) and len(many) == 40
+    # tiny tasks (or no pace known): one piece
+    assert list(paced_chunks(1_000, 1e-7, workers=10)) == [(0, 1_000)]
+    assert list(paced_chunks(1_000, 0.0, workers=10)) == [(0, 1_000)]

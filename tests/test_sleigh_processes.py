@@ -147,6 +147,31 @@ def test_results_arrive_exactly_once(broker, side):
         s.stop()
 
 
+def test_a_hand_that_turns_out_slow_is_given_back_and_runs_once_everywhere(broker, side):
+    """After tiny tasks, a worker takes a big hand; when the next call's tasks are slow, what
+    it has not started goes back to the queue for the idle worker, each element running
+    exactly once."""
+    report = reporter(side.currentWs(), broker.address)
+
+    def slow(x):
+        report(x)
+        time.sleep(0.05)
+        return x, SleighRank  # noqa: F821 - set in every worker
+
+    s = Sleigh(2, broker=broker.address)
+    try:
+        for _ in range(3):  # tiny tasks: the workers learn to take many records at once
+            assert s.eachElem(abs, list(range(-2000, 0)), timeout=TIMEOUT)[0] == 2000
+        # one record of all 16 elements: only a give-back lets the other worker help
+        results = s.eachElem(slow, list(range(16)), chunkSize=16, timeout=TIMEOUT)
+        assert [x for x, _ in results] == list(range(16))
+        assert {rank for _, rank in results} == {0, 1}
+        assert sorted(tag for tag, _ in ran(side)) == list(range(16))  # each ran once
+        assert s.status().duplicates == 0
+    finally:
+        s.stop()
+
+
 def test_a_task_that_kills_its_worker_three_times_is_not_run_again(broker, side, caplog):
     report = reporter(side.currentWs(), broker.address)
 

@@ -129,3 +129,41 @@ def test_truncated_store_many_stores_nothing(driver) -> None:
     reply = driver.call(peer, Op.STORE_MANY, [WS.encode(), b"t", blob + blob[:-1]])
     assert reply.status == Status.BAD_REQUEST
     assert "t" not in driver.var_counts(peer, WS)
+
+
+def test_a_blocked_fetch_many_takes_up_to_its_count_of_a_store_many(driver) -> None:
+    # A pool's idle worker takes a hand of the tasks stored together, not one value each.
+    master, worker, other = driver.client(WS), driver.client(WS), driver.client(WS)
+    first = fetch_many(driver, worker, "tasks", 3)
+    second = fetch_many(driver, other, "tasks", 3)
+    store_many(driver, master, "tasks", list(range(5)))
+    got = {peer: [v for v, _ in decode_many(driver.reply(peer, request))]
+           for peer, request in ((worker, first), (other, second))}
+    # the newest waiter first, each value once and in order within a hand
+    assert got == {other: [0, 1, 2], worker: [3, 4]}
+
+
+def test_blocked_fetch_manys_are_served_newest_first_and_plain_fetches_oldest_first(
+        driver) -> None:
+    master, a, b = driver.client(WS), driver.client(WS), driver.client(WS)
+    older, newer = fetch_many(driver, a, "tasks", 5), fetch_many(driver, b, "tasks", 5)
+    driver.store(master, WS, "tasks", "one")
+    assert decode_many(driver.reply(b, newer)) == [("one", 0)]
+    assert driver.reply(a, older) is None
+    driver.store(master, WS, "tasks", "two")
+    assert decode_many(driver.reply(a, older)) == [("two", 0)]
+    # plain fetches keep NetWorkSpaces' order: the longest-waiting one first
+    older, newer = driver.fetch(a, WS, "queue"), driver.fetch(b, WS, "queue")
+    driver.store(master, WS, "queue", "first")
+    assert driver.reply(a, older).ok and driver.reply(b, newer) is None
+
+
+def test_a_store_many_into_a_single_variable_goes_value_by_value(driver) -> None:
+    # Only a FIFO queue takes stored values in hands; a SINGLE keeps its newest value, so
+    # each waiting fetcher still gets one of them, in order.
+    master, a, b = driver.client(WS), driver.client(WS), driver.client(WS)
+    driver.call(master, Op.DECLARE, [WS.encode(), b"latest", b"single"])
+    first, second = fetch_many(driver, a, "latest", 5), fetch_many(driver, b, "latest", 5)
+    store_many(driver, master, "latest", ["x", "y", "z"])
+    assert decode_many(driver.reply(b, second)) == [("x", 0)]
+    assert decode_many(driver.reply(a, first)) == [("y", 0)]

@@ -130,13 +130,19 @@ WORKER_STARTUP_FAILURES = 3
 WORKER_LEAVE_TIMEOUT = 2.0
 WORKER_KILL_TIMEOUT = 1.0
 #: Task records a worker takes in one request, at most.
-WORKER_MOST_TASKS = 256
+WORKER_MOST_TASKS = 1024
 #: Seconds a worker's hand of tasks should take: faster tasks are taken several at a time.
-WORKER_HAND_SECONDS = 0.002
+WORKER_HAND_SECONDS = 0.005
+#: Seconds after which a worker gives the records of its hand that it has not started back to
+#: the queue, for idle workers: its tasks are slower than those its hand was sized on.
+WORKER_GIVE_BACK_SECONDS = 4 * WORKER_HAND_SECONDS
 #: A worker sends its results at least this often (seconds), and this many at a time, during a
 #: long hand.
 WORKER_FLUSH_SECONDS = 0.005
-WORKER_FLUSH_ITEMS = 64
+WORKER_FLUSH_ITEMS = 1024
+#: Workers that eachElem's own chunks (no chunkSize) are planned for, at most, whatever the
+#: pool's size: a hundred workers get the records of four, and share them in hands.
+SLEIGH_CHUNK_WORKERS = 4
 #: Seconds between two looks of a waiting caller at its call (Ctrl-C is seen within this).
 SLEIGH_WAIT_SLICE = 0.1
 

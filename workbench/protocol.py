@@ -92,6 +92,9 @@ Work queues (see ``broker/state/batches.py``)::
                                                  returns, first frame length) + first frame;
                                                  extra frames after; all under one lease
                                                  | MISSING
+                blocked FETCH_MANYs are served newest first, each up to ``most`` of the
+                values a STORE_MANY brings into a FIFO variable (plain fetches: oldest
+                first, one value each)
     END_SESSION host, pid                     -> OK decimal number of sessions ended
 
     delivery    header (version, DELIVERY, number of extra frames, messages dropped so far)

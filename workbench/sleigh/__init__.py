@@ -1,14 +1,38 @@
 """The worker pool: ``Sleigh`` (NetWorkSpaces' eachElem/eachWorker/imap and a
 ``concurrent.futures`` Executor), its scheduler, worker loop and launchers. See ``master`` for
 how the parts fit.
+
+The names below are imported on first touch (PEP 562): a worker process, which imports
+``workbench.sleigh.worker``, loads neither the master nor its launchers (a hundred workers
+starting at once pay every module each of them imports).
 """
 
-from .errors import (
-    PoisonTaskError, RemoteError, SleighError, SleighTaskException, TaskCancelledError,
-)
-from .events import CallProgress, SleighStatus, Subscription, WorkerJoined, WorkerLeft
-from .master import Sleigh
-from .pending import SleighFuture, SleighPending, SleighResultIterator
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
+    from .errors import (
+        PoisonTaskError, RemoteError, SleighError, SleighTaskException, TaskCancelledError,
+    )
+    from .events import CallProgress, SleighStatus, Subscription, WorkerJoined, WorkerLeft
+    from .master import Sleigh
+    from .pending import SleighFuture, SleighPending, SleighResultIterator
+
+_SOURCES: dict[str, str] = {
+    **dict.fromkeys(("PoisonTaskError", "RemoteError", "SleighError", "SleighTaskException",
+                     "TaskCancelledError"), ".errors"),
+    **dict.fromkeys(("CallProgress", "SleighStatus", "Subscription", "WorkerJoined",
+                     "WorkerLeft"), ".events"),
+    "Sleigh": ".master",
+    **dict.fromkeys(("SleighFuture", "SleighPending", "SleighResultIterator"), ".pending"),
+}
+
+
+__getattr__, __dir__ = lazy_names(__name__, _SOURCES)
+
 
 __all__ = [
     "CallProgress",

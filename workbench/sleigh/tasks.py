@@ -28,11 +28,15 @@ import math
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .. import codec, sources
-from ..config import TASK_DEATHS_LIMIT
+from ..config import SLEIGH_CHUNK_WORKERS, TASK_DEATHS_LIMIT, WORKER_HAND_SECONDS
 from .errors import ErrorInfo
 
 #: A record that has killed this many workers is not run again.
 DEATHS_LIMIT = TASK_DEATHS_LIMIT
+#: Seconds of work a worker's hand of tasks should hold.
+HAND_SECONDS = WORKER_HAND_SECONDS
+#: Workers eachElem's own chunks are planned for, at most.
+CHUNK_WORKERS = SLEIGH_CHUNK_WORKERS
 #: The batch number of control entries (``Hello``) in the result variable.
 CONTROL = 0
 
@@ -154,12 +158,24 @@ def lazy_records(batch: int, key: str, items: Iterator[tuple], size: int
 def guided_chunks(count: int, workers: int, most: int = 10_000) -> Iterator[tuple[int, int]]:
     """(start, stop) of chunks that shrink as the work runs out: big ones first cost few
     records, small ones last keep the workers finishing together. A handful of elements per
-    worker gives chunks of one."""
-    start, share = 0, 4 * max(1, workers)
+    worker gives chunks of one. Planned for at most CHUNK_WORKERS workers, whatever the
+    pool's size: more, smaller records would cost tiny tasks more messages than they save,
+    and a worker gives the rest of a record that turns out slow back to the queue in pieces
+    for the idle ones (``Worker._give_back``)."""
+    start, share = 0, 4 * max(1, min(workers, CHUNK_WORKERS))
     while start < count:
         size = min(most, max(1, math.ceil((count - start) / share)))
         yield start, start + size
         start += size
+
+
+def paced_chunks(count: int, pace: float, workers: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of equal chunks of ``count`` elements that take ``pace`` seconds each:
+    about HAND_SECONDS of work per chunk, and no more than 4 chunks per worker (what a worker
+    gives back of a record that turned out slow, for the idle ones)."""
+    size = max(1, int(HAND_SECONDS / pace) if pace > 0 else count,
+               math.ceil(count / (4 * max(1, workers))))
+    return even_chunks(count, size)
 
 
 def even_chunks(count: int | None, size: int) -> Iterator[tuple[int, int]]:

@@ -9,7 +9,10 @@ answers. A hand of tasks is leased: the store of its results carries the acknowl
 fetch + compute + store happens exactly once even if the worker is killed at any point (a
 killed worker's hand goes back to the queue, and its partial results are dropped as
 duplicates by the master). How many tasks it takes per request adapts to how long they run:
-many when they are tiny, one when they are slow, so that the load stays balanced.
+many when they are tiny, one when they are slow, so that the load stays balanced; a hand that
+runs far longer than it was sized for gives what it has not started back to the queue
+(``_give_back``), so a worker that took many records of tasks slower than the last ones keeps
+only what it began.
 
 **Dying tasks.** Each value fetched says how many times a worker died holding it. A hand that
 came back from a dead worker is split into one record per element and queued again; a record
@@ -54,10 +57,11 @@ from ..client.workspace import NetWorkSpace, NwsServer
 from ..connection_file import BrokerTarget
 from ..config import (
     CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS,
-    WORKER_HAND_SECONDS, WORKER_MOST_TASKS,
+    WORKER_GIVE_BACK_SECONDS, WORKER_HAND_SECONDS, WORKER_MOST_TASKS,
 )
 from ..errors import (
-    NwsConnectionDroppedException, NwsNoWorkSpaceException, NwsUnpicklingException,
+    NwsConnectionDroppedException, NwsMemoryException, NwsNoWorkSpaceException,
+    NwsUnpicklingException,
 )
 from . import tasks
 from .errors import CANCELLED, POISON, ErrorInfo
@@ -77,6 +81,8 @@ GLOBAL_NAMES = ("SleighRank", "SleighWorkerCount", "SleighNws", "SleighUserNws")
 MOST_TASKS = WORKER_MOST_TASKS
 HAND_SECONDS = WORKER_HAND_SECONDS
 FLUSH_SECONDS, FLUSH_ITEMS = WORKER_FLUSH_SECONDS, WORKER_FLUSH_ITEMS
+GIVE_BACK_SECONDS = WORKER_GIVE_BACK_SECONDS
+_NEVER = float("inf")
 #: Function specs a worker keeps.
 FUNCTION_CACHE = 128
 
@@ -138,6 +144,7 @@ class Worker:
         self._interrupting = False
         self.functions: OrderedDict[str, tuple] = OrderedDict()
         self.most = 1  # task records to take per request
+        self.pace = 0.0  # seconds per element of the last record stopped to give back
         self.stores: set[int] = set()  # result stores whose replies have not come yet
         self.owed: list[int] = []  # acknowledgements to send with the next request
         self.out, self.err = _Capture("<stdout>"), _Capture("<stderr>")
@@ -256,17 +263,35 @@ class Worker:
         entries: list[ResultEntry] = []
         pending_items = 0
         started = first_pending = time.perf_counter()
+        deadline = started + GIVE_BACK_SECONDS
+        last = len(records) - 1
         for index, ((record, missing), (_, returns)) in enumerate(zip(records, hand)):
-            entry = self._run_record(record, missing, returns)
-            if entry is None:
-                continue
-            if not entries:
-                first_pending = time.perf_counter()
-            entries.append(entry)
-            pending_items += len(entry.values)
-            if index + 1 < len(records) and (
-                    pending_items >= FLUSH_ITEMS
-                    or time.perf_counter() - first_pending >= FLUSH_SECONDS):
+            entry = self._run_record(record, missing, returns, deadline)
+            now = time.perf_counter()
+            if entry is not None:
+                if not entries:
+                    first_pending = now
+                entries.append(entry)
+                pending_items += len(entry.values)
+                unstarted = len(record.items) - len(entry.values)
+                if unstarted or (index < last and now >= deadline):
+                    rest = record._replace(tag0=record.tag0 + len(entry.values),
+                                           items=record.items[len(entry.values):]) \
+                        if unstarted else None
+                    if self._give_back(entries, rest, hand[index + 1:], var):
+                        self.owed.append(lease)  # the rest is back in the queue
+                        self._adapt((now - started) / (index + 1))
+                        return
+                    entries, pending_items = [], 0  # sent; the rest runs here after all
+                    deadline = _NEVER
+                    finished = self._run_record(rest, (), 0, None) if rest else None
+                    if finished is not None:
+                        entries.append(finished)
+                        pending_items += len(finished.values)
+                        now = time.perf_counter()
+            if index == last:
+                break
+            if entries and (pending_items >= FLUSH_ITEMS or now - first_pending >= FLUSH_SECONDS):
                 self._flush(entries, ())  # early results; the lease stays until the end
                 entries, pending_items = [], 0
         elapsed = time.perf_counter() - started
@@ -277,11 +302,37 @@ class Worker:
         self._adapt(elapsed / len(records))
 
     def _adapt(self, per_record: float) -> None:
+        """Size the next hand to hold about HAND_SECONDS of records like the last ones: at
+        once, since a hand that turns out slower is given back (``_give_back``)."""
         if per_record >= HAND_SECONDS:
             self.most = 1
         else:
-            fit = int(HAND_SECONDS / max(per_record, 1e-7))
-            self.most = max(1, min(MOST_TASKS, fit, 2 * self.most + 1))
+            self.most = max(1, min(MOST_TASKS, int(HAND_SECONDS / max(per_record, 1e-7))))
+
+    def _give_back(self, entries: list, rest: TaskRecord | None, others: list, var: str
+                   ) -> bool:
+        """A hand that ran past GIVE_BACK_SECONDS (its tasks are slower than those it was sized
+        on): send the results so far, and put back what has not started, for idle workers:
+        the rest of the running record in pieces of shrinking size, and the other records as
+        they came (none came back from a dead worker: such a hand is split before it runs).
+        -> whether they went back; then the hand is done, and its lease is acknowledged with
+        the next request. The store is awaited before that acknowledgement, so a store the
+        broker refuses (its memory cap) leaves the hand here to run; a worker killed in
+        between returns the whole hand, whose results sent so far the master drops as
+        duplicates."""
+        if entries:
+            self._flush(entries, ())
+        back = [frames for frames, _ in others]
+        if rest is not None:
+            back[:0] = [tasks.encode_record(rest._replace(tag0=rest.tag0 + start,
+                                                          items=rest.items[start:stop]))
+                        for start, stop in tasks.paced_chunks(len(rest.items), self.pace,
+                                                              self.worker_count)]
+        try:
+            self.queue.store_all(var, back)
+        except NwsMemoryException:
+            return False
+        return True
 
     def _requeue_split(self, hand: list[tuple[list, int]], records: list, lease: int, var: str
                        ) -> None:
@@ -311,9 +362,10 @@ class Worker:
                   f"{exc}", file=sys.__stderr__)
             return None, ()
 
-    def _run_record(self, record: TaskRecord | None, missing: Sequence[str], returns: int
-                    ) -> ResultEntry | None:
-        """One task record -> its result entry (None: its batch was cancelled)."""
+    def _run_record(self, record: TaskRecord | None, missing: Sequence[str], returns: int,
+                    deadline: float | None) -> ResultEntry | None:
+        """One task record -> its result entry (None: its batch was cancelled), which holds
+        fewer values than the record has elements if ``deadline`` passed first."""
         if record is None or record.batch in self.cancelled:
             return None
         if missing:
@@ -333,35 +385,52 @@ class Worker:
             message = f"task {record.tag0} of {call} killed its worker {deaths} times"
             info = ErrorInfo(POISON, "PoisonTaskError", message, "", None)
             return tasks.failed_entry(record, self.rank, info)
-        return self._run_items(record, fn, fixed, permute)
+        return self._run_items(record, fn, fixed, permute, deadline)
 
-    def _run_items(self, record: TaskRecord, fn: Any, fixed: tuple, permute: list | None
-                   ) -> ResultEntry:
-        batch, kwargs = record.batch, record.kwargs
+    def _run_items(self, record: TaskRecord, fn: Any, fixed: tuple, permute: list | None,
+                   deadline: float | None) -> ResultEntry:
+        """Run the record's elements. With a ``deadline`` (of the hand), look at the clock
+        after 1, 3, 7, 15... elements (a slow task is seen at once, tiny ones cost a few looks
+        per record) and stop at the first look past it if the elements left would take more
+        than GIVE_BACK_SECONDS at the pace so far (kept in ``pace``, seconds per element)."""
+        batch, kwargs, items = record.batch, record.kwargs, record.items
         values: list = []
         errors: list | None = None
         outputs: list | None = None
         out, err = self.out, self.err
         call_args = tasks.call_args
+        count = len(items)
+        start, stop = 0, count if deadline is None else 1
+        began = time.perf_counter()
         self.running = batch
         try:
-            for index, item in enumerate(record.items):
-                try:
-                    args = call_args(item, fixed, permute)
-                    values.append(fn(*args, **kwargs) if kwargs else fn(*args))
-                except TaskInterrupted as exc:
-                    values.append(None)
-                    errors = errors or []
-                    errors.append((index, ErrorInfo.from_exception(exc, CANCELLED)))
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as exc:  # noqa: B902 - a task's SystemExit is its error
-                    values.append(None)
-                    errors = errors or []
-                    errors.append((index, ErrorInfo.from_exception(exc)))
-                if out.parts or err.parts:
-                    outputs = outputs or []
-                    outputs.append((index, out.take(), err.take()))
+            while True:
+                for index in range(start, stop):
+                    try:
+                        args = call_args(items[index], fixed, permute)
+                        values.append(fn(*args, **kwargs) if kwargs else fn(*args))
+                    except TaskInterrupted as exc:
+                        values.append(None)
+                        errors = errors or []
+                        errors.append((index, ErrorInfo.from_exception(exc, CANCELLED)))
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as exc:  # noqa: B902 - a task's SystemExit: its error
+                        values.append(None)
+                        errors = errors or []
+                        errors.append((index, ErrorInfo.from_exception(exc)))
+                    if out.parts or err.parts:
+                        outputs = outputs or []
+                        outputs.append((index, out.take(), err.take()))
+                if stop >= count:
+                    break
+                now = time.perf_counter()
+                if now >= deadline:
+                    self.pace = (now - began) / stop
+                    if self.pace * (count - stop) >= GIVE_BACK_SECONDS:
+                        break
+                    deadline = _NEVER  # it ends soon enough here
+                start, stop = stop, min(count, 2 * stop + 1)
         finally:
             self.running = None
         return tasks.result_entry(batch, record.tag0, self.rank, values, errors, outputs)

@@ -48,8 +48,7 @@ class WorkQueueService:
             var = self.registry.new_variable(ws, name, FIFO)
         elif not var.mode_fixed:
             self.registry.fix(var)
-        for value in values:
-            self.handoffs.store(var, value)
+        self.handoffs.store_all(var, values)
         self.outbox.reply(peer, request_id, Status.OK, b"%d" % len(values))
 
     def fetch_many(self, session: Session, peer: bytes, request_id: int, args: list,

@@ -5,7 +5,8 @@ A value given to a fetcher stays leased to that request until the client acknowl
 cancelling the request, a reply nobody could take, or the end of the holder's session puts it
 back at the head of its variable, so no value is lost to Ctrl-C, a timeout or a killed client.
 A blocked read waits in its variable (fetchers in arrival order, finders all at once) and in
-``waiting``, so a cancel or the end of its session finds it.
+``waiting``, so a cancel or the end of its session finds it. Fetchers are served oldest first,
+but a work queue's FETCH_MANY callers newest first (``_next_fetcher``).
 
 Shared by every service that stores or reads values: workspaces, key-value, work queues and the
 shared queues of pub/sub.
@@ -14,6 +15,7 @@ shared queues of pub/sub.
 from __future__ import annotations
 
 import random
+from collections import deque
 
 from ...protocol import MANY_COUNT, MANY_RECORD, Status, reply_head, value_reply_head
 from .caps import SessionCaps
@@ -23,7 +25,7 @@ from .effects import Outbox
 from .memory import Memory, file_frames
 from .requests import arity
 from .sessions import Session
-from .variables import SINGLE, Value, Variable, Waiter
+from .variables import FIFO, SINGLE, Value, Variable, Waiter
 
 Key = tuple  # (peer, request id) of a request
 #: The record of a store is built only when read (see ``Effects.log``): the variable's and the
@@ -85,24 +87,11 @@ class HandOffs:
     def store(self, var: Variable, value: Value) -> None:
         """An admitted value joins ``var``, stamped and counted: every waiting finder gets it,
         then the longest-waiting fetcher; only if no fetcher waits does it join the variable."""
-        var.stamp(value)
-        self.memory.used += value.size
-        self.log.append((_STORED, var, value))
-        if self.deliveries.watched:
-            self.deliveries.event(var.workspace.name, "stored", var.name)
-            if var.fetchers:
-                self.deliveries.event(var.workspace.name, "fetched", var.name)
-        if var.finders:
-            still_waiting = []
-            for waiter in var.finders:
-                if waiter.cookie is not None and value.seq <= waiter.cookie:
-                    still_waiting.append(waiter)  # an iterator that has seen this value
-                    continue
-                self.unwait(waiter)
-                self.reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
-            var.finders = still_waiting
+        self._arrive(var, value)
         if var.fetchers:
-            waiter = var.fetchers.popleft()
+            if self.deliveries.watched:
+                self.deliveries.event(var.workspace.name, "fetched", var.name)
+            waiter = _next_fetcher(var.fetchers)
             self.unwait(waiter)
             if waiter.many:
                 self.lease(waiter.session, waiter.peer, waiter.request_id, var, [value])
@@ -114,6 +103,41 @@ class HandOffs:
             replaced = var.put(value)
             if replaced is not None:
                 self.memory.discard(replaced, var)
+
+    def store_all(self, var: Variable, values: list[Value]) -> None:
+        """Admitted values join ``var`` together (STORE_MANY): every waiting finder gets each,
+        then, in a FIFO variable, the fetchers take them in arrival order as they would from
+        the variable, a blocked FETCH_MANY up to its count at once (a worker pool's idle
+        workers take a hand each, not one value each); what is left joins the variable.
+        Other modes take them one ``store`` at a time."""
+        if var.mode != FIFO:
+            for value in values:
+                self.store(var, value)
+            return
+        for value in values:
+            self._arrive(var, value)
+            replaced = var.put(value)
+            if replaced is not None:
+                self.memory.discard(replaced, var)
+        if var.fetchers:
+            self.serve_waiting(var)
+
+    def _arrive(self, var: Variable, value: Value) -> None:
+        """A value is stored: stamped, counted, logged, watched, and given to every finder."""
+        var.stamp(value)
+        self.memory.used += value.size
+        self.log.append((_STORED, var, value))
+        if self.deliveries.watched:
+            self.deliveries.event(var.workspace.name, "stored", var.name)
+        if var.finders:
+            still_waiting = []
+            for waiter in var.finders:
+                if waiter.cookie is not None and value.seq <= waiter.cookie:
+                    still_waiting.append(waiter)  # an iterator that has seen this value
+                    continue
+                self.unwait(waiter)
+                self.reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
+            var.finders = still_waiting
 
     # ---------------------------------------------------------------- values out
 
@@ -278,7 +302,7 @@ class HandOffs:
                 self.reply_value(waiter.peer, waiter.request_id, var, value, waiter.session)
             var.finders = still_waiting
         while var.fetchers and var.values:
-            waiter = var.fetchers.popleft()
+            waiter = _next_fetcher(var.fetchers)
             self.unwait(waiter)
             if waiter.many:
                 self.take_many(waiter.session, waiter.peer, waiter.request_id, var, waiter.many)
@@ -325,3 +349,11 @@ class HandOffs:
         self.forget(key)
         self.return_lease(key)  # nothing is lost
         self.outbox.reply(peer, request_id, Status.CANCELLED)
+
+
+def _next_fetcher(fetchers: deque[Waiter]) -> Waiter:
+    """The blocked fetcher a value goes to: the longest-waiting one, as NetWorkSpaces serves
+    fetch; but when the newest is a work queue's FETCH_MANY (a pool's idle worker), that one,
+    so that work goes to a worker that just finished, whose code and data are still in its
+    caches, and workers a small load does not need stay asleep."""
+    return fetchers.pop() if fetchers[-1].many else fetchers.popleft()
