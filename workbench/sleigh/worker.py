@@ -88,6 +88,9 @@ FUNCTION_CACHE = 128
 
 #: Set in every worker's environment (see config).
 WORKER_ENV = SLEIGH_WORKER_ENV
+#: Set to "0" in a worker's environment: what tasks print stays in the worker's own output
+#: (NetWorkSpaces' ``redirectOutput=False``) instead of going to the master.
+REDIRECT_ENV = "WORKBENCH_SLEIGH_REDIRECT_OUTPUT"
 
 RANK_COUNTER = "rankCount"
 WORKER_COUNT = "workerCount"
@@ -519,7 +522,8 @@ def run(target: BrokerTarget, sleigh: str, rank: int | None = None,
               "or the name is wrong)", file=sys.stderr)
         return 1
     try:
-        worker.capture_output()
+        if os.environ.get(REDIRECT_ENV) != "0":
+            worker.capture_output()
         worker.announce()
         worker.serve()
     except (NwsNoWorkSpaceException, NwsConnectionDroppedException, KeyboardInterrupt):
