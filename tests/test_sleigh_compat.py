@@ -205,3 +205,36 @@ def test_a_stopped_sleigh_raises_sleigh_stopped_exception(broker):
     with pytest.raises(SleighStoppedException):
         s.eachElem(abs, [-1])
     assert SleighTaskException is not None
+
+
+# ---------------------------------------------------------------------------- a lost broker
+
+def test_a_sleigh_whose_broker_is_killed_stops_with_a_clear_error(tmp_path):
+    doomed = start_broker(tmp_path)
+    s = Sleigh(2, broker=doomed.address)
+    try:
+        pids = [w["pid"] for w in s.workerInfo()]
+        running = s.eachElem(lambda x: __import__("time").sleep(x), [60, 60], blocking=False)
+        doomed.process.kill()
+        doomed.process.wait()
+        # the workers leave (the broker is unreachable) and nothing starts them again
+        wait_for(lambda: all(w.state == "exited" for w in s.state().launched), TIMEOUT,
+                 message="the workers are still supervised")
+        assert [w.restarts for w in s.state().launched] == [0, 0]
+        for pid in pids:
+            wait_for(lambda: not _alive(pid), TIMEOUT, message=f"worker {pid} still runs")
+        with pytest.raises(SleighError, match=f"broker at {doomed.address}"):
+            running.wait(timeout=TIMEOUT)
+        with pytest.raises(SleighError, match=f"lost its broker at {doomed.address}"):
+            s.eachElem(abs, [-1], timeout=TIMEOUT)
+    finally:
+        s.stop()
+        doomed.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -33,7 +33,10 @@ from ..client.keyvalue import KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import SLEIGH_START_TIMEOUT
 from ..connection_file import resolve
-from ..errors import NwsException, NwsVariableDeletedException
+from ..errors import (
+    NwsConnectException, NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException,
+    NwsVariableDeletedException,
+)
 from . import tasks
 from .batch import Batch
 from .dispatch import Dispatcher
@@ -468,7 +471,13 @@ class Sleigh(Executor):
                       permute: Sequence[int] | None = None) -> str:
         if self._stopped:
             raise SleighStoppedException("the sleigh was stopped")
-        return self._dispatcher.store_function(fn, fixed, permute)
+        lost = self._connection.broken and self._broker_lost()
+        if lost:
+            raise SleighError(lost)
+        try:
+            return self._dispatcher.store_function(fn, fixed, permute)
+        except (NwsConnectionDroppedException, NwsConnectException) as exc:
+            raise SleighError(self._broker_lost() or str(exc)) from exc
 
     def _open(self, fn: Any, key: str, total: int | None, window: int | None,
               **options: Any) -> Batch:
@@ -505,6 +514,20 @@ class Sleigh(Executor):
                         hello.rank, hello.info.get("pid"), hello.info.get("host"), self.wsName)
             self._store_worker_count(len(self._scheduler.ranks()))
 
+    def _broker_lost(self) -> str | None:
+        """Why this sleigh's broker cannot be reached, or None: it answers."""
+        reason = self._connection.broken
+        if not reason:
+            try:
+                self.nws.findTry(WORKER_COUNT)  # one small request: does the broker answer?
+                return None
+            except NwsNoWorkSpaceException:
+                return None  # the sleigh is being stopped; the stop says so
+            except NwsException as exc:
+                reason = str(exc)
+        return (f"sleigh {self.wsName} lost its broker at {self._connection.address} "
+                f"({reason}); start the broker and a new sleigh")
+
     def _new_rank(self) -> int:
         """A rank for a worker the launcher adds (as a worker joining by hand takes one)."""
         taken = KeyValueStore(connection=self._connection, workspace=self.wsName).incr(
@@ -523,6 +546,12 @@ class Sleigh(Executor):
         """In a supervisor: a launched worker died. End its broker session now (its leased
         tasks go back at once), say so -> whether to start a replacement."""
         if self._stopping:
+            return False
+        lost = self._broker_lost()
+        if lost:  # the worker left because the broker is gone: a new one could not join
+            log.warning("worker %d (pid %d) exited %s: %s; not restarting it", exit.rank,
+                        exit.pid, describe_exit(exit.returncode), lost)
+            self._scheduler.break_down(lost)
             return False
         self._scheduler.died()
         host, pid = exit.host, exit.pid
