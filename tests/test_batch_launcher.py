@@ -1,6 +1,6 @@
 """Workers as batch jobs through PSI/J (``launch.Batch``), with PSI/J's ``local`` executor:
 real processes submitted, watched and cancelled as a scheduler's jobs would be. A map across
-three jobs; a CURVE broker's keys on no job's command line; the jobs' states in ``status()``;
+three jobs; a CURVE broker's keys on no job's command line; the jobs' states in ``state()``;
 ``stop()`` cancelling every job; a job that fails or is killed reported once, with its reason.
 """
 
@@ -65,7 +65,7 @@ def test_a_map_across_three_jobs_then_stop_cancels_them(broker, tmp_path):
         assert sleigh.eachElem(lambda x: x * x, list(range(300))) == [x * x for x in range(300)]
         assert sorted(sleigh.map(abs, range(-50, 50), timeout=TIMEOUT)) == sorted(
             abs(x) for x in range(-50, 50))
-        launched = sleigh.status().launched
+        launched = sleigh.state().launched
         assert [w.rank for w in launched] == [0, 1, 2]
         assert all(w.state == RUNNING and w.pid for w in launched), launched
         workers = processes_of(sleigh.wsName, broker.address)
@@ -74,7 +74,7 @@ def test_a_map_across_three_jobs_then_stop_cancels_them(broker, tmp_path):
             if b"worker" in argv:  # the worker, not the job's launch script
                 assert argv[argv.index(b"--broker") + 1] == broker.address.encode()
         name = sleigh.wsName
-    assert [w.state for w in sleigh.status().launched] == [EXITED] * 3
+    assert [w.state for w in sleigh.state().launched] == [EXITED] * 3
     no_process_left(name, broker.address)
     assert list((tmp_path / "jobs").iterdir()) == []  # the sleigh's job directory is gone
 
@@ -118,10 +118,10 @@ def test_stop_cancels_queued_and_running_jobs(broker, tmp_path):
         name = sleigh.wsName
         wait_for(lambda: len(processes_of(name, broker.address)) >= 2, TIMEOUT,
                  message="jobs did not start")
-        assert [w.state for w in sleigh.status().launched] == ["starting"] * 2
+        assert [w.state for w in sleigh.state().launched] == ["starting"] * 2
     finally:
         sleigh.stop()
-    assert [w.state for w in sleigh.status().launched] == [EXITED] * 2
+    assert [w.state for w in sleigh.state().launched] == [EXITED] * 2
     no_process_left(name, broker.address)
 
 
@@ -155,8 +155,8 @@ def test_one_job_failing_at_start_leaves_the_others_to_start_the_pool(broker, tm
     with caplog.at_level(logging.WARNING, logger="workbench.sleigh"):
         with Sleigh(launch=launcher, broker=broker.address, startTimeout=TIMEOUT) as sleigh:
             assert sleigh.eachElem(abs, [-1, -2, -3]) == [1, 2, 3]
-            wait_for(lambda: sleigh.status().launched[0].state == FAILED, TIMEOUT)
-            (rank0, rank1) = sleigh.status().launched
+            wait_for(lambda: sleigh.state().launched[0].state == FAILED, TIMEOUT)
+            (rank0, rank1) = sleigh.state().launched
             assert "exit code 3" in rank0.failure
             assert "no python on this node" in rank0.failure
             assert rank1.state == RUNNING
@@ -180,8 +180,8 @@ def test_a_job_killed_mid_map_is_reported_once_and_its_tasks_run_elsewhere(broke
             pending = sleigh.eachElem(task, list(range(200)), blocking=False)
             os.kill(victim["pid"], signal.SIGKILL)  # as scancel would end it
             assert pending.wait(TIMEOUT) == [x + 1 for x in range(200)]
-            wait_for(lambda: sleigh.status().launched[1].state == FAILED, TIMEOUT)
-        (rank0, rank1) = sleigh.status().launched
+            wait_for(lambda: sleigh.state().launched[1].state == FAILED, TIMEOUT)
+        (rank0, rank1) = sleigh.state().launched
         assert rank0.state == RUNNING
         assert "batch job" in rank1.failure and "failed" in rank1.failure
         died = [r for r in caplog.records if r.getMessage().startswith("worker 1 (pid")
@@ -198,7 +198,7 @@ def test_jobs_of_several_workers_share_out_the_ranks_and_replace_a_killed_worker
     launcher = Batch("local", workers=3, workers_per_job=2, directory=tmp_path / "jobs",
                      wait=3)
     with Sleigh(launch=launcher, broker=broker.address, startTimeout=TIMEOUT) as sleigh:
-        launched = sleigh.status().launched
+        launched = sleigh.state().launched
         assert [w.rank for w in launched] == [0, 1, 2]
         assert all(w.state == RUNNING for w in launched), launched
         assert launched[0].pid == launched[1].pid != launched[2].pid  # two jobs
@@ -222,7 +222,7 @@ def test_jobs_of_several_workers_share_out_the_ranks_and_replace_a_killed_worker
             return now.get(1) not in (None, pids[1])
 
         wait_for(rank_1_again, TIMEOUT, message="rank 1 was not started again")
-        assert [w.state for w in sleigh.status().launched] == [RUNNING] * 3
+        assert [w.state for w in sleigh.state().launched] == [RUNNING] * 3
         assert sleigh.eachWorker(lambda: 1) == [1, 1, 1]
         name = sleigh.wsName
     no_process_left(name, broker.address)

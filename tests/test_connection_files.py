@@ -254,7 +254,7 @@ def test_the_magics_connect_through_the_file(curve, shell, capsys, ws_name, secr
         nws("sleigh --stop")
     out = capsys.readouterr()
     assert "Out[worker 0]: 100" in out.out and out.err == ""
-    assert sleigh.status().stopped
+    assert sleigh.state().stopped
     assert_no_secret(secrets, out.out)
 
 

@@ -124,7 +124,7 @@ def test_a_killed_workbench_worker_is_replaced_on_its_dask_worker(broker, client
                  message="no replacement joined")
         assert parent_pid(sleigh.workerInfo()[0]["pid"]) == host_pid
         assert launcher.running()[0].restarts == 1
-        assert sleigh.status().deaths == 1
+        assert sleigh.state().deaths == 1
         assert sorted(sleigh.eachWorker(lambda: SleighRank)) == [0, 1, 2]  # noqa: F821
     assert set(dask_worker_pids(client).values()) == dask_pids
     assert_cluster_healthy(client)
@@ -152,7 +152,7 @@ def test_a_dask_worker_that_leaves_mid_map_loses_nothing(broker):
             assert set(arrived.values()) == {1}  # nothing twice
             wait_for(lambda: gone(victim["pid"]), TIMEOUT,
                      message="the worker of the retired Dask worker outlived it")
-            assert sleigh.status().deaths == 1
+            assert sleigh.state().deaths == 1
         assert_cluster_healthy(client)
         assert len(client.scheduler_info(n_workers=-1)["workers"]) == DASK_WORKERS - 1
     finally:

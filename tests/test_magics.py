@@ -284,7 +284,7 @@ def test_nws_each_runs_the_cell_on_every_worker(shell, capsys):
     finally:
         shell.run_line_magic("nws", "sleigh --stop")
     assert capsys.readouterr().out == f"%nws sleigh: stopped {sleigh.wsName}\n"
-    assert sleigh.status().stopped
+    assert sleigh.state().stopped
 
 
 def test_the_magics_belong_to_their_shell(shell):

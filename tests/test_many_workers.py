@@ -45,7 +45,7 @@ def test_a_hundred_workers_share_the_work_and_lose_nothing_when_ten_die(make_bro
         assert [x for x, _ in results] == list(range(TASKS))  # each once, in order
         ranks = {rank for _, rank in results}
         assert ranks == set(range(WORKERS)), f"{WORKERS - len(ranks)} workers took nothing"
-        assert sleigh.status().deaths >= KILLED
+        assert sleigh.state().deaths >= KILLED
         everyone = [info["pid"] for info in sleigh.workerInfo()] + pids
     wait_for(lambda: not any(_alive(pid) for pid in everyone), timeout=30,
              message="a worker outlived stop()")

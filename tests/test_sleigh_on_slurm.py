@@ -39,7 +39,7 @@ def test_a_job_scancelled_mid_map_is_reported_and_its_tasks_run_elsewhere(slurm,
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf_path))
     launcher = Batch("slurm", workers=2, wait=2, directory=str(tmp_path), poll_interval=1)
     with Sleigh(launch=launcher, broker=broker.address, startTimeout=60) as sleigh:
-        job = sleigh.status().launched[1].pid
+        job = sleigh.state().launched[1].pid
 
         def task(x):
             import time
@@ -49,9 +49,9 @@ def test_a_job_scancelled_mid_map_is_reported_and_its_tasks_run_elsewhere(slurm,
         pending = sleigh.eachElem(task, list(range(300)), blocking=False)
         slurm.run("scancel", str(job))
         assert pending.wait(60) == [x * 2 for x in range(300)]  # every result, once
-        wait_for(lambda: sleigh.status().launched[1].state == FAILED, 30,
-                 message=f"the cancel was not seen: {sleigh.status().launched}")
-        survivor, cancelled = sleigh.status().launched
+        wait_for(lambda: sleigh.state().launched[1].state == FAILED, 30,
+                 message=f"the cancel was not seen: {sleigh.state().launched}")
+        survivor, cancelled = sleigh.state().launched
         assert f"batch job {job} of worker 1 canceled" in cancelled.failure
         assert survivor.state == RUNNING
         assert sleigh.eachElem(abs, [-1, -2]) == [1, 2]
@@ -106,7 +106,7 @@ def test_queued_jobs_are_shown_and_stop_cancels_them(slurm, broker, monkeypatch,
     with Sleigh(launch=launcher, broker=broker.address) as sleigh:
         jobs = slurm.squeue()
         assert list(jobs.values()) == ["PENDING"] * 2
-        wait_for(lambda: [w.state for w in sleigh.status().launched] == [QUEUED] * 2, 30)
+        wait_for(lambda: [w.state for w in sleigh.state().launched] == [QUEUED] * 2, 30)
         info = sleigh.workerInfo()
         assert [(w["rank"], w["state"], str(w["job"])) for w in info] == [
             (rank, "queued", job) for rank, job in enumerate(sorted(jobs, key=int))]

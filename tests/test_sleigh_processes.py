@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_task_is_replaced_and_its_task_runs_again(make_broke
         message = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
         assert message and f"(pid {pid}) died with signal 9; started a replacement" in message[0]
         wait_for(lambda: pid not in [w["pid"] for w in s.workerInfo()], timeout=10)
-        assert s.status().workers == 2 and s.status().deaths == 1
+        assert s.state().workers == 2 and s.state().deaths == 1
         assert sorted(s.eachWorker(lambda: SleighRank, timeout=TIMEOUT)) == [0, 1]  # noqa: F821 - same rank back
     finally:
         s.stop()
@@ -141,7 +141,7 @@ def test_results_arrive_exactly_once(broker, side):
         runs = [tag for tag, _ in ran(side)]
         assert set(runs) == set(range(200))
         reruns = len(runs) - 200  # tasks whose worker died holding them
-        status = s.status()
+        status = s.state()
         assert status.deaths == 2 and 0 <= status.duplicates <= reruns
     finally:
         s.stop()
@@ -167,7 +167,7 @@ def test_a_hand_that_turns_out_slow_is_given_back_and_runs_once_everywhere(broke
         assert [x for x, _ in results] == list(range(16))
         assert {rank for _, rank in results} == {0, 1}
         assert sorted(tag for tag, _ in ran(side)) == list(range(16))  # each ran once
-        assert s.status().duplicates == 0
+        assert s.state().duplicates == 0
     finally:
         s.stop()
 
@@ -190,7 +190,7 @@ def test_a_task_that_kills_its_worker_three_times_is_not_run_again(broker, side,
         assert isinstance(error, PoisonTaskError) and isinstance(error, RemoteError)
         assert "task 2 of" in str(error) and "fragile(2) killed its worker 3 times" in str(error)
         assert len(ran(side)) == 3
-        assert s.status().deaths == 3
+        assert s.state().deaths == 3
         assert len([r for r in caplog.records if "died with signal 9" in r.getMessage()]) == 3
         assert s.eachElem(abs, [-1, -2], timeout=TIMEOUT) == [1, 2]  # and the pool still works
     finally:
@@ -303,7 +303,7 @@ def test_stop_ends_workers_busy_with_long_tasks(broker):
     pids = [w["pid"] for w in s.workerInfo()]
     s.eachElem(time.sleep, [30, 30], blocking=False)
     # both workers busy: both tasks sent, and neither left in the queue
-    wait_for(lambda: s.status().outstanding == 2
+    wait_for(lambda: s.state().outstanding == 2
              and s.nws.listVars(format="dict").get("task", (0, 0))[1] == 0, timeout=TIMEOUT)
     waiting = s.eachElem(time.sleep, [30], blocking=False)
     started = time.monotonic()
@@ -392,8 +392,8 @@ def test_a_launcher_object_starts_the_workers_and_an_unwatched_one_leaves(make_b
     with Sleigh(2, launch=launcher, broker=broker.address) as s:
         assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [job.pid for job in launcher.jobs]
         launcher.jobs[1].kill()
-        wait_for(lambda: s.status().ranks == [0], timeout=TIMEOUT)  # nobody replaces it
-        assert s.status().deaths == 0
+        wait_for(lambda: s.state().ranks == [0], timeout=TIMEOUT)  # nobody replaces it
+        assert s.state().deaths == 0
         assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [launcher.jobs[0].pid]
     assert launcher.stopped
     assert launcher.jobs[0].returncode == 0 and launcher.jobs[1].returncode == -signal.SIGKILL
@@ -440,7 +440,7 @@ def test_a_joined_worker_that_dies_leaves_the_roster(make_broker):
                                broker.address, "--sleigh", s.wsName], env=broker.env(),
                               stdin=subprocess.DEVNULL)
     try:
-        wait_for(lambda: s.status().ranks == [0, 1], timeout=TIMEOUT)
+        wait_for(lambda: s.state().ranks == [0, 1], timeout=TIMEOUT)
         assert s.eachWorker(lambda: SleighRank, timeout=TIMEOUT) == [0, 1]  # noqa: F821
         launched = s.workerInfo()[0]["pid"]
         joined.kill()
@@ -448,8 +448,8 @@ def test_a_joined_worker_that_dies_leaves_the_roster(make_broker):
         started = time.monotonic()
         assert s.eachWorker(os.getpid, timeout=60) == [launched]  # rank 1 is left out
         assert time.monotonic() - started < 10  # the broker's 0.6 s, not the call's 60 s
-        assert s.status().ranks == [0] and [w["rank"] for w in s.workerInfo()] == [0]
-        assert s.status().deaths == 0  # a departure, not a launched worker's death
+        assert s.state().ranks == [0] and [w["rank"] for w in s.workerInfo()] == [0]
+        assert s.state().deaths == 0  # a departure, not a launched worker's death
         assert s.eachWorker(os.getpid, timeout=TIMEOUT) == [launched]
         assert s.nws.find("workerCount") == 1
     finally:

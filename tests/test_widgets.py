@@ -291,7 +291,7 @@ def test_sleigh_monitor_shows_a_batch_job_that_has_not_joined(broker, loop, buil
         try:
             wait_for(lambda: [w["state"] for w in sleigh.workerInfo()] == ["starting",
                                                                           "running"], TIMEOUT)
-            job = sleigh.status().launched[0].pid
+            job = sleigh.state().launched[0].pid
             assert sleigh.workerInfo()[0] == {"rank": 0, "state": "starting", "host": None,
                                               "pid": None, "job": job}
             monitor = build(sleigh_monitor, sleigh)

@@ -360,7 +360,7 @@ class NwsMagics(Magics):
             if session.sleigh is None:
                 print("%nws sleigh: none started; `%nws sleigh N` starts one of N workers")
                 return None
-            return session.sleigh.status()
+            return session.sleigh.state()
         return None
 
     def _dashboard(self, args: argparse.Namespace) -> Any:

@@ -387,7 +387,7 @@ class SleighMonitor(LiveWidget):
 
     def _redraw(self) -> None:
         sleigh = self.sleigh
-        status = sleigh.status()
+        status = sleigh.state()
         info = sleigh.workerInfo()
         done, total, running = self._round()
         self.progress.max = max(total, 1)

@@ -15,18 +15,34 @@ from .._lazy import lazy_names
 
 if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
     from .errors import (
-        PoisonTaskError, RemoteError, SleighError, SleighTaskException, TaskCancelledError,
+        PoisonTaskError, RemoteError, SleighError, SleighException, SleighGatheredException,
+        SleighIllegalValueException, SleighJoinException, SleighNotAllowedException,
+        SleighNwsException, SleighOccupiedException, SleighScriptException,
+        SleighStoppedException, SleighTaskException, SleighUnsupportedMethodException,
+        TaskCancelledError,
     )
-    from .events import CallProgress, SleighStatus, Subscription, WorkerJoined, WorkerLeft
+    from .events import (
+        CallProgress, GroupStatus, SleighStatus, Subscription, WorkerJoined, WorkerLeft,
+    )
     from .master import Sleigh
+    from .options import defaultSleighOptions, rshcmd, sshcmd
     from .pending import SleighFuture, SleighPending, SleighResultIterator
 
+# NetWorkSpaces' exception names (``nws.sleigh``), listed in ``errors.NWS_EXCEPTIONS``.
+_NWS_EXCEPTIONS = (
+    "SleighException", "SleighNwsException", "SleighGatheredException",
+    "SleighStoppedException", "SleighOccupiedException", "SleighIllegalValueException",
+    "SleighScriptException", "SleighTaskException", "SleighJoinException",
+    "SleighNotAllowedException", "SleighUnsupportedMethodException",
+)
+
 _SOURCES: dict[str, str] = {
-    **dict.fromkeys(("PoisonTaskError", "RemoteError", "SleighError", "SleighTaskException",
-                     "TaskCancelledError"), ".errors"),
-    **dict.fromkeys(("CallProgress", "SleighStatus", "Subscription", "WorkerJoined",
-                     "WorkerLeft"), ".events"),
+    **dict.fromkeys(("PoisonTaskError", "RemoteError", "SleighError", "TaskCancelledError",
+                     *_NWS_EXCEPTIONS), ".errors"),
+    **dict.fromkeys(("CallProgress", "GroupStatus", "SleighStatus", "Subscription",
+                     "WorkerJoined", "WorkerLeft"), ".events"),
     "Sleigh": ".master",
+    **dict.fromkeys(("defaultSleighOptions", "rshcmd", "sshcmd"), ".options"),
     **dict.fromkeys(("SleighFuture", "SleighPending", "SleighResultIterator"), ".pending"),
 }
 
@@ -36,6 +52,7 @@ __getattr__, __dir__ = lazy_names(__name__, _SOURCES)
 
 __all__ = [
     "CallProgress",
+    "GroupStatus",
     "PoisonTaskError",
     "RemoteError",
     "Sleigh",
@@ -44,9 +61,12 @@ __all__ = [
     "SleighPending",
     "SleighResultIterator",
     "SleighStatus",
-    "SleighTaskException",
     "Subscription",
     "TaskCancelledError",
     "WorkerJoined",
     "WorkerLeft",
+    "defaultSleighOptions",
+    "rshcmd",
+    "sshcmd",
+    *_NWS_EXCEPTIONS,
 ]

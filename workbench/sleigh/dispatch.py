@@ -184,7 +184,11 @@ class Dispatcher:
                         waiting[queue.send_fetch(entry.farewell, 1)] = entry
                 # after filing: what came meanwhile comes in one reply (and the ack with it)
                 waiting[queue.send_fetch(RESULT, COLLECT_MOST)] = None
-        except (NwsNoWorkSpaceException, NwsConnectionDroppedException) as exc:
+        except NwsConnectionDroppedException as exc:
+            if not self.stopping:
+                self._break(f"sleigh {self.name} lost its broker at {self._connection.address} "
+                            f"({exc}); start the broker and a new sleigh")
+        except NwsNoWorkSpaceException as exc:
             if not self.stopping:
                 self._break(f"sleigh {self.name} lost its workspace: {exc}")
         except BaseException as exc:  # a bug here must not leave callers waiting forever

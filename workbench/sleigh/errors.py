@@ -15,7 +15,11 @@ Shape of the tree::
      |    +-- TaskCancelledError              its batch was cancelled while it ran
      |    +-- PoisonTaskError                 it killed its worker too often to run again
      NwsException
-     +-- SleighError                          the pool itself: start, stop, lost broker
+     +-- SleighError (= SleighException)      the pool itself: start, stop, lost broker
+          +-- SleighIllegalValueException     an illegal argument (also a ValueError)
+          +-- SleighStoppedException          a call on a stopped sleigh
+          +-- SleighNotAllowedException       a sleigh started inside a worker
+          +-- the other NetWorkSpaces names (SleighNwsException, ...), never raised here
 """
 
 from __future__ import annotations
@@ -152,3 +156,47 @@ _KINDS = {ERROR: RemoteError, CANCELLED: TaskCancelledError, POISON: PoisonTaskE
 class SleighError(NwsException):
     """The worker pool itself failed: workers did not start, the pool was stopped, the broker
     was lost."""
+
+
+# NetWorkSpaces' names for the sleigh's errors (``nws.sleigh``), so that old scripts catch what
+# they caught. Its ``SleighException`` was the base of them all, ``SleighTaskException``
+# included; here a failed task is a RemoteError, which is not a SleighError.
+SleighException = SleighError
+
+
+class SleighIllegalValueException(SleighError, ValueError):
+    """An illegal argument: a launch protocol, an elementArgs, an accumulator... A ValueError
+    too, as callers of the pool's own API caught before."""
+
+
+class SleighStoppedException(SleighError):
+    """A call on a sleigh that was stopped."""
+
+
+class SleighNotAllowedException(SleighError):
+    """A sleigh started where none may be: inside a sleigh worker."""
+
+
+class SleighNwsException(SleighError):
+    """NetWorkSpaces': an operation on the workspace failed (here: NwsException itself)."""
+
+
+class SleighGatheredException(SleighError):
+    """NetWorkSpaces': results already gathered (here ``wait()`` may be called again)."""
+
+
+class SleighOccupiedException(SleighError):
+    """NetWorkSpaces': a call while a non-blocking one runs (here calls run side by side)."""
+
+
+class SleighScriptException(SleighError):
+    """NetWorkSpaces': no worker script found (here workers are ``python -m workbench``)."""
+
+
+class SleighJoinException(SleighError):
+    """NetWorkSpaces': too late to join the worker group (here workers may join any time)."""
+
+
+class SleighUnsupportedMethodException(SleighError):
+    """NetWorkSpaces': an unsupported method."""
+

@@ -1,5 +1,6 @@
 """What observers of a sleigh see (``Sleigh.subscribe``): the records of its events, the
-subscription handle, and ``SleighStatus``, the snapshot ``Sleigh.status()`` returns."""
+subscription handle, ``SleighStatus``, the snapshot ``Sleigh.state()`` returns, and
+``GroupStatus``, NetWorkSpaces' ``Sleigh.status()``."""
 
 from __future__ import annotations
 
@@ -66,3 +67,10 @@ class SleighStatus(NamedTuple):
     # The launcher's view of each rank it started (``launchers.WorkerState``): a batch job
     # queued, starting, running, or failed with the scheduler's reason.
     launched: tuple = ()
+
+
+class GroupStatus(NamedTuple):
+    """``Sleigh.status()``, as NetWorkSpaces answered it: ``workers, closed = s.status()``."""
+
+    workers: int  # workers that have joined
+    closed: int  # 1 once every worker the sleigh launched has joined (or closeGroup), else 0

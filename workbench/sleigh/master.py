@@ -19,8 +19,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shlex
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -31,15 +33,23 @@ from ..client.keyvalue import KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import SLEIGH_START_TIMEOUT
 from ..connection_file import resolve
-from ..errors import NwsException
+from ..errors import (
+    NwsConnectException, NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException,
+    NwsVariableDeletedException,
+)
 from . import tasks
 from .batch import Batch
 from .dispatch import Dispatcher
-from .errors import SleighError
-from .events import SleighStatus, Subscription
+from .errors import (
+    SleighError, SleighIllegalValueException, SleighNotAllowedException, SleighStoppedException,
+)
+from .events import GroupStatus, SleighStatus, Subscription
 from .launchers import (
-    QUEUED, RUNNING, STARTING, WATCHED, Launcher, SleighInfo, WorkerExit, describe_exit,
-    describe_worker, launcher_for, wait_for, worker_count,
+    QUEUED, RUNNING, STARTING, WATCHED, ByHand, Launcher, SleighInfo, WorkerExit,
+    describe_exit, describe_worker, launcher_for, wait_for, worker_argv, worker_count,
+)
+from .options import (
+    WorkerSetup, check_template, sleigh_options, verbose_logging, worker_broker,
 )
 from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
 from .scheduler import Scheduler
@@ -47,6 +57,9 @@ from .tasks import Hello, TaskRecord
 from .worker import CANCELLED_VAR, RANK_COUNTER, WORKER_COUNT, WORKER_ENV
 
 log = logging.getLogger("workbench.sleigh")
+
+#: ``launch='web'``: deleting this variable says that all the workers started by hand joined.
+BY_HAND_VAR = "deleteMeWhenAllWorkersStarted"
 
 _live: weakref.WeakSet = weakref.WeakSet()
 
@@ -68,16 +81,55 @@ class Sleigh(Executor):
     """
 
     def __init__(self, workerCount: int | None = None,
-                 launch: str | Callable | Launcher = "local",
+                 launch: str | Callable | Launcher | None = None,
                  nodeList: Sequence[str] | None = None, *, broker: str | None = None,
                  nwsHost: str | None = None, nwsPort: int | None = None,
-                 workerBroker: str | None = None, wsNameTemplate: str = "sleigh_ride_%04d",
-                 userWsNameTemplate: str = "sleigh_user_%04d",
+                 workerBroker: str | None = None, wsNameTemplate: str | None = None,
+                 userWsNameTemplate: str | None = None,
                  startTimeout: float = SLEIGH_START_TIMEOUT,
                  python: str | None = None, ssh: Sequence[str] = ("ssh",),
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, verbose: bool | None = None,
+                 workingDir: str | None = None, modulePath: str | None = None,
+                 logDir: str | None = None, redirectOutput: bool | None = None,
+                 user: str | None = None, nwsHostRemote: str | None = None,
+                 nwsPortRemote: int | None = None, scriptExec: Callable | None = None,
+                 scriptDir: str | None = None, scriptName: str | None = None,
+                 outfile: str | None = None, passwd: str | None = None) -> None:
         if os.environ.get(WORKER_ENV):
-            raise SleighError("a sleigh worker cannot start a sleigh of its own")
+            raise SleighNotAllowedException("a sleigh worker cannot start a sleigh of its own")
+        if isinstance(workerCount, list):  # NetWorkSpaces' old form: Sleigh(nodeList)
+            warnings.warn("nodeList should be passed using the nodeList keyword",
+                          DeprecationWarning, stacklevel=2)
+            workerCount, nodeList = None, nodeList or workerCount
+        options = sleigh_options({
+            "workerCount": workerCount, "launch": launch, "nodeList": nodeList,
+            "nwsHost": nwsHost, "nwsPort": nwsPort, "wsNameTemplate": wsNameTemplate,
+            "userWsNameTemplate": userWsNameTemplate, "verbose": verbose,
+            "workingDir": workingDir, "modulePath": modulePath, "logDir": logDir,
+            "redirectOutput": redirectOutput, "user": user, "nwsHostRemote": nwsHostRemote,
+            "nwsPortRemote": nwsPortRemote, "scriptExec": scriptExec, "scriptDir": scriptDir,
+            "scriptName": scriptName, "outfile": outfile, "passwd": passwd})
+        #: The NetWorkSpaces options this sleigh was made with (defaultSleighOptions, then
+        #: what the call gave), as ``nws.sleigh.Sleigh.options`` held them.
+        self.options = options
+        launch, workerCount = options["launch"], options["workerCount"]
+        if workerCount is not None and (isinstance(workerCount, bool)
+                                        or not isinstance(workerCount, int) or workerCount < 0):
+            raise SleighIllegalValueException(
+                f"workerCount must be a whole number, 0 or more, not {workerCount!r}")
+        if launch == "service":
+            raise SleighIllegalValueException(
+                "launch='service' (NetWorkSpaces' PySleighService daemons) is not supported: "
+                "start workers with 'local', 'ssh', a launch function, or by hand with "
+                "`workbench worker --sleigh NAME` (launch='web')")
+        for name in ("wsNameTemplate", "userWsNameTemplate"):
+            check_template(name, options[name])
+        setup = WorkerSetup.from_options(options)
+        workerBroker = workerBroker or worker_broker(options)
+        if options["user"] and launch == "ssh":
+            ssh = (*ssh, "-l", str(options["user"]))
+        if options["verbose"]:
+            verbose_logging()
         self._stopped = False
         self._stopping = False
         self._shutdown = False
@@ -86,29 +138,33 @@ class Sleigh(Executor):
         self._launcher: Launcher | None = None
         self._launched = 0  # ranks below this are the launcher's
         self._dispatcher: Dispatcher | None = None
-        self._connection = _connect(broker, nwsHost, nwsPort)
+        self._connection = _connect(broker, options["nwsHost"], options["nwsPort"])
         self._server = NwsServer(connection=self._connection)
         try:
-            self._start(workerCount, launch, nodeList, workerBroker, wsNameTemplate,
-                        userWsNameTemplate, startTimeout, python, ssh, env)
+            if launch == "web":
+                launcher = launcher_for(ByHand())
+            else:
+                launcher = launcher_for(launch, options["nodeList"], python, ssh, env, options,
+                                        setup)
+            self._start(workerCount, launcher, options["nodeList"] if launch == "ssh" else None,
+                        workerBroker, options["wsNameTemplate"],
+                        options["userWsNameTemplate"], startTimeout)
+            if launch == "web":
+                self._wait_by_hand(workerBroker)
         except BaseException:
             self.stop()
             raise
         _live.add(self)
 
-    def _start(self, workerCount, launch, nodeList, workerBroker, wsNameTemplate,
-               userWsNameTemplate, startTimeout, python, ssh, env) -> None:
+    def _start(self, workerCount, launcher, sshNodes, workerBroker, wsNameTemplate,
+               userWsNameTemplate, startTimeout) -> None:
         server = self._server
         self.wsName = server.mktempWs(wsNameTemplate)
         self.nws: NetWorkSpace = server.openWs(self.wsName)
         self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate))
-        launcher = launcher_for(launch, nodeList, python, ssh, env)
         workerCount = worker_count(launcher, workerCount)
         if workerCount is None:
-            workerCount = (len(nodeList) if launch == "ssh" and nodeList
-                           else os.cpu_count() or 1)
-        if workerCount < 0:
-            raise ValueError("workerCount must be 0 or more")
+            workerCount = len(sshNodes) if sshNodes else os.cpu_count() or 1
         ws = self.nws
         for name, value in ((WORKER_COUNT, workerCount), ("userWs", self.userNws.currentWs()),
                             (CANCELLED_VAR, [])):
@@ -121,11 +177,30 @@ class Sleigh(Executor):
                                       self._farewell)
         self._dispatcher.start()
         target = resolve(workerBroker) if workerBroker else self._connection.target
+        self._worker_target = target
         launcher.start(SleighInfo(self.wsName, target.address, self._worker_exited,
                                   self._scheduler.joins,
                                   target.to_json() if target.curve else None, self._new_rank),
                        workerCount)
         self._wait_ready(workerCount, wait_for(launcher, workerCount), startTimeout)
+
+    def _wait_by_hand(self, workerBroker: str | None) -> None:
+        """``launch='web'``, as NetWorkSpaces did it: the command that starts a worker is in
+        the workspace variable ``runMe``; whoever starts workers by hand deletes the variable
+        ``deleteMeWhenAllWorkersStarted`` (in the web UI, or with deleteVar) once they have
+        joined, and the sleigh goes on with the workers that joined by then."""
+        ws = self.nws
+        target = self._worker_target
+        ws.store("runMe", shlex.join(worker_argv(target.address, self.wsName, None, "python")))
+        ws.declare(BY_HAND_VAR, "fifo")
+        try:
+            ws.fetch(BY_HAND_VAR)  # no value ever comes: this waits until it is deleted
+        except NwsVariableDeletedException:
+            pass
+        try:
+            ws.deleteVar("runMe")
+        except NwsException:
+            pass
 
     def _wait_ready(self, count: int, needed: int, timeout: float) -> None:
         """Wait until ``needed`` of the ``count`` launched workers have joined; fail when so
@@ -161,7 +236,7 @@ class Sleigh(Executor):
         """In a notebook: the workers (rank, host, pid) and the work in flight."""
         from html import escape
 
-        status, info = self.status(), self.workerInfo()
+        status, info = self.state(), self.workerInfo()
         title = (f"<b>Sleigh {escape(getattr(self, 'wsName', '?'))}</b> at "
                  f"{escape(self._connection.address)}: "
                  + ("stopped" if status.stopped else f"{status.workers} workers"))
@@ -252,7 +327,24 @@ class Sleigh(Executor):
         return SleighResultIterator(self._dispatcher, batch, progress=progress,
                                     each_timeout=timeout)
 
-    def status(self) -> SleighStatus:
+    def status(self, closeGroup: bool = False, timeout: float = 0.0) -> GroupStatus:
+        """NetWorkSpaces' status: ``(workers, closed)``, the workers that have joined and 1 if
+        every worker the sleigh launched has joined (else 0). Waits up to ``timeout`` seconds
+        for them. ``closeGroup`` reports the group closed with the workers joined by then; it
+        closes nothing: a worker may join any sleigh at any time. The richer picture is
+        ``state()``."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise SleighIllegalValueException(f"timeout must be 0 or more, not {timeout!r}")
+        launched = range(self._launched)
+        deadline = time.monotonic() + timeout
+        while (self._scheduler.wait_joined(launched, deadline) < len(launched)
+               and time.monotonic() < deadline):
+            pass  # each wait is one slice
+        ranks = self._scheduler.ranks()
+        closed = closeGroup or all(rank in ranks for rank in launched)
+        return GroupStatus(len(ranks), int(closed))
+
+    def state(self) -> SleighStatus:
         """Workers, tasks in flight, waiting calls, deaths, and what the launcher says of
         each worker it started (``launched``: a batch job queued, running, failed...)."""
         status = self._scheduler.status(self._stopped)
@@ -378,8 +470,14 @@ class Sleigh(Executor):
     def _function_key(self, fn: Callable, fixed: Sequence = (),
                       permute: Sequence[int] | None = None) -> str:
         if self._stopped:
-            raise SleighError("the sleigh was stopped")
-        return self._dispatcher.store_function(fn, fixed, permute)
+            raise SleighStoppedException("the sleigh was stopped")
+        lost = self._connection.broken and self._broker_lost()
+        if lost:
+            raise SleighError(lost)
+        try:
+            return self._dispatcher.store_function(fn, fixed, permute)
+        except (NwsConnectionDroppedException, NwsConnectException) as exc:
+            raise SleighError(self._broker_lost() or str(exc)) from exc
 
     def _open(self, fn: Any, key: str, total: int | None, window: int | None,
               **options: Any) -> Batch:
@@ -416,6 +514,20 @@ class Sleigh(Executor):
                         hello.rank, hello.info.get("pid"), hello.info.get("host"), self.wsName)
             self._store_worker_count(len(self._scheduler.ranks()))
 
+    def _broker_lost(self) -> str | None:
+        """Why this sleigh's broker cannot be reached, or None: it answers."""
+        reason = self._connection.broken
+        if not reason:
+            try:
+                self.nws.findTry(WORKER_COUNT)  # one small request: does the broker answer?
+                return None
+            except NwsNoWorkSpaceException:
+                return None  # the sleigh is being stopped; the stop says so
+            except NwsException as exc:
+                reason = str(exc)
+        return (f"sleigh {self.wsName} lost its broker at {self._connection.address} "
+                f"({reason}); start the broker and a new sleigh")
+
     def _new_rank(self) -> int:
         """A rank for a worker the launcher adds (as a worker joining by hand takes one)."""
         taken = KeyValueStore(connection=self._connection, workspace=self.wsName).incr(
@@ -434,6 +546,12 @@ class Sleigh(Executor):
         """In a supervisor: a launched worker died. End its broker session now (its leased
         tasks go back at once), say so -> whether to start a replacement."""
         if self._stopping:
+            return False
+        lost = self._broker_lost()
+        if lost:  # the worker left because the broker is gone: a new one could not join
+            log.warning("worker %d (pid %d) exited %s: %s; not restarting it", exit.rank,
+                        exit.pid, describe_exit(exit.returncode), lost)
+            self._scheduler.break_down(lost)
             return False
         self._scheduler.died()
         host, pid = exit.host, exit.pid

@@ -88,6 +88,9 @@ FUNCTION_CACHE = 128
 
 #: Set in every worker's environment (see config).
 WORKER_ENV = SLEIGH_WORKER_ENV
+#: Set to "0" in a worker's environment: what tasks print stays in the worker's own output
+#: (NetWorkSpaces' ``redirectOutput=False``) instead of going to the master.
+REDIRECT_ENV = "WORKBENCH_SLEIGH_REDIRECT_OUTPUT"
 
 RANK_COUNTER = "rankCount"
 WORKER_COUNT = "workerCount"
@@ -506,6 +509,23 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+def _leave_when_the_broker_is_gone(connection: Connection) -> None:
+    """A thread: end this process once its broker has been unreachable for two liveness
+    timeouts on end, even while a task runs (its result could go nowhere). A broker that
+    is only slow answers again sooner, and the connection is then no longer broken."""
+    grace = 2 * connection.liveness.timeout
+    broken_since = None
+    while not connection.closed:
+        time.sleep(connection.liveness.interval)
+        if not connection.broken:
+            broken_since = None
+        elif broken_since is None:
+            broken_since = time.monotonic()
+        elif time.monotonic() - broken_since > grace:
+            print(f"workbench worker: {connection.broken}; leaving", file=sys.__stderr__)
+            os._exit(0)
+
+
 def run(target: BrokerTarget, sleigh: str, rank: int | None = None,
         parent_pid: int | None = None, exit_process: bool = True) -> int:
     """``workbench worker``: join the sleigh and work until it ends -> exit status. With
@@ -518,8 +538,11 @@ def run(target: BrokerTarget, sleigh: str, rank: int | None = None,
         print(f"workbench worker: no sleigh {sleigh!r} at {target.describe()} (it has ended, "
               "or the name is wrong)", file=sys.stderr)
         return 1
+    threading.Thread(target=_leave_when_the_broker_is_gone, args=(worker.connection,),
+                     name="sleigh-broker-watch", daemon=True).start()
     try:
-        worker.capture_output()
+        if os.environ.get(REDIRECT_ENV) != "0":
+            worker.capture_output()
         worker.announce()
         worker.serve()
     except (NwsNoWorkSpaceException, NwsConnectionDroppedException, KeyboardInterrupt):

@@ -16,7 +16,11 @@ from .base import (
     SleighInfo, WorkerExit, WorkerState, describe_exit, describe_worker, wait_for, worker_argv,
     worker_count,
 )
+from ..errors import SleighIllegalValueException
+from ..options import WorkerSetup, is_command_function
 from .batch import Batch
+from .byhand import ByHand
+from .command import CommandLauncher
 from .dask import DaskLauncher, is_dask_client
 from .function import FunctionLauncher
 from .local import LocalLauncher
@@ -34,6 +38,8 @@ __all__ = [
     "UNWATCHED",
     "WATCHED",
     "Batch",
+    "ByHand",
+    "CommandLauncher",
     "DaskLauncher",
     "FunctionLauncher",
     "Launcher",
@@ -57,19 +63,25 @@ BATCH_SCHEDULERS = ("slurm", "pbs", "lsf", "flux")
 
 
 def launcher_for(launch: Any, nodes: Sequence[str] | None = None, python: str | None = None,
-                 ssh: Sequence[str] = ("ssh",), env: dict | None = None) -> Launcher:
-    """The launcher ``Sleigh(launch=..., nodeList=..., python=..., ssh=..., env=...)`` means."""
+                 ssh: Sequence[str] = ("ssh",), env: dict | None = None,
+                 options: dict | None = None, setup: WorkerSetup = WorkerSetup()) -> Launcher:
+    """The launcher ``Sleigh(launch=..., nodeList=..., python=..., ssh=..., env=...)`` means;
+    ``options``: the NetWorkSpaces options, for a NetWorkSpaces launch function (sshcmd)."""
     if isinstance(launch, Launcher):
         return launch
     if launch == "local":
-        return LocalLauncher(python or sys.executable, env)
+        return LocalLauncher(python or sys.executable, env, setup)
     if launch == "ssh":
-        return SshLauncher(nodes or (), ssh, python or "python")
+        return SshLauncher(nodes or (), ssh, python or "python", setup)
     if launch in BATCH_SCHEDULERS:
         return Batch(launch, python=python or sys.executable, env=env)
     if is_dask_client(launch):  # a distributed.Client: workers on its Dask cluster
         return DaskLauncher(launch)
+    if is_command_function(launch):
+        return CommandLauncher(launch, nodes or ["localhost"] * 3, options or {},
+                               python or "python", setup)
     if callable(launch):
         return FunctionLauncher(launch, python or sys.executable)
-    raise ValueError(f"launch must be 'local', 'ssh', one of {', '.join(BATCH_SCHEDULERS)}, a "
-                     f"distributed.Client, a callable or a Launcher, not {launch!r}")
+    raise SleighIllegalValueException(
+        f"unknown launch protocol: {launch!r}; launch must be 'local', 'web', 'ssh', one of "
+        f"{', '.join(BATCH_SCHEDULERS)}, a distributed.Client, a function or a Launcher")

@@ -10,6 +10,7 @@ import sys
 import tempfile
 
 from ...config import BROKER_ENV
+from ..options import WorkerSetup
 from ..worker import WORKER_ENV
 from .base import SleighInfo, worker_argv
 from .processes import ProcessLauncher
@@ -19,11 +20,15 @@ class LocalLauncher(ProcessLauncher):
     """Workers here, with ``python`` and the master's own import directories (a project's, a
     notebook's folder; not installed packages) in the environment ``env`` (default: this
     process's). Their own output (not the tasks', which goes to the master) is kept in an
-    unlinked temporary file per process, read when one dies."""
+    unlinked temporary file per process, read when one dies, or with ``setup.log_dir`` in a
+    file there named after the sleigh and the rank. ``setup`` also gives their working
+    directory (default: this process's) and extra import directories."""
 
-    def __init__(self, python: str = sys.executable, env: dict | None = None) -> None:
+    def __init__(self, python: str = sys.executable, env: dict | None = None,
+                 setup: WorkerSetup = WorkerSetup()) -> None:
         super().__init__()
         self.python = python
+        self.setup = setup
         self.env = dict(os.environ if env is None else env)
         self.env[WORKER_ENV] = "1"  # a task may not start a sleigh of its own
         path = [entry or os.getcwd() for entry in sys.path
@@ -31,10 +36,14 @@ class LocalLauncher(ProcessLauncher):
         if self.env.get("PYTHONPATH"):
             path.append(self.env["PYTHONPATH"])
         self.env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+        self.env = setup.environment(self.env)  # modulePath first
         self._logs: dict[int, object] = {}
 
     def popen(self, sleigh: SleighInfo, rank: int) -> subprocess.Popen:
-        log = tempfile.TemporaryFile()
+        if self.setup.log_dir:
+            log = open(os.path.join(self.setup.log_dir, f"{sleigh.name}_{rank:04d}.txt"), "ab+")
+        else:
+            log = tempfile.TemporaryFile()
         argv = worker_argv(sleigh.worker_broker, sleigh.name, rank, self.python,
                            parent_pid=os.getpid())
         env = dict(self.env)
@@ -43,7 +52,8 @@ class LocalLauncher(ProcessLauncher):
         else:
             env[BROKER_ENV] = sleigh.broker
         process = subprocess.Popen(argv, env=env, stdin=sleigh.worker_stdin, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=self.setup.working_dir)
         self._logs[process.pid] = log
         return process
 
