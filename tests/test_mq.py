@@ -760,6 +760,39 @@ def test_connection_functions_tokens_and_results(broker) -> None:
     assert mq.send_message(oneway, f"{name}:x") == "invalid token"
 
 
+def test_a_token_queue_holds_what_send_message_sent_when_it_returns(broker) -> None:
+    """berryMQ's style 03 queue was at the server, which send_message reached by a synchronous
+    call: so here, in the sender's own process, get_nowait right after it has the message,
+    in order, with the arguments as sent, while this process's followers and plain queues
+    hear nothing (send_message went to the server only)."""
+    name = uid()
+    calls: list = []
+    local = recorder(calls, "local")
+    mq.following_function(f"{name}*:*")(local)
+    mq.following_function("*:x")(local)
+    plain = mq.Queue("*:x")
+    via = mq.connect_via_queue((broker.host, broker.port), "*:x")
+    oneway = mq.connect_oneway((broker.host, broker.port))
+    nested = {"k": (1, [2, (3,)])}
+    for i in range(200):
+        ident = f"{name}_{i % 3}:x"
+        if i % 2:
+            assert mq.send_message(oneway, ident, i, (i, "t"), nested, flag=i) == "ok"
+        else:
+            assert mq.send_message(ident, i, (i, "t"), nested, flag=i) == "ok"
+        message = mq.get_nowait(via)
+        assert message.id == ident and message.args == (i, (i, "t"), nested)
+        assert type(message.args) is tuple and type(message.args[1]) is tuple
+        assert message.args[2] is nested  # in-process receivers get the objects themselves
+        assert type(message.kwargs) is dict and message.kwargs == {"flag": i}
+        assert message.flag == i
+        with pytest.raises(mq.Empty):
+            mq.get_nowait(via)
+    assert calls == [] and plain.empty()
+    for token in (via, oneway):
+        assert mq.close_connection(token) == "ok"
+
+
 def test_an_idle_token_times_out(broker) -> None:
     name = uid()
     token = mq.connect_via_queue((broker.host, broker.port), name, ttl=0.05)

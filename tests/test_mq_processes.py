@@ -22,7 +22,7 @@ import pytest
 from workbench import mq
 from workbench.mq.transport import transport
 
-from .support import Broker, spawn_client
+from .support import Broker, spawn_client, wait_for
 
 
 class Child:
@@ -304,6 +304,48 @@ def test_connection_functions_across_processes(broker, children) -> None:
     assert child.finish() == ""
     assert here == []
     assert mq.close_connection(token) == "ok"
+
+
+def test_send_message_between_processes_keeps_order_and_types(broker, children) -> None:
+    """What a sender's send_message calls (and twitters, from the same thread) reach another
+    process in the order sent, whatever their identifiers, with the arguments' types; the
+    receiving token queue holds each as soon as this process's delivery thread has read it,
+    and a sender that ends normally right after sending loses nothing."""
+    n, total = uid(), 300
+    heard: list = []
+
+    def follower(message: mq.Message) -> None:
+        heard.append(message)
+
+    mq.following_function(f"*:{n}")(follower)
+    via = mq.connect_via_queue((broker.host, broker.port), f"*:{n}")
+    child = children(f"""
+        from workbench import mq
+        token = mq.connect_oneway(({broker.host!r}, {broker.port}))
+        for i in range({total}):
+            ident = f"{n}_{{i % 4}}:{n}"
+            if i % 5 == 0:
+                mq.twitter(ident, i, (i, "t"), {{"i": (i,)}}, seq=i)
+            elif i % 2:
+                mq.send_message(token, ident, i, (i, "t"), {{"i": (i,)}}, seq=i)
+            else:
+                mq.send_message(ident, i, (i, "t"), {{"i": (i,)}}, seq=i)
+        print("sent", flush=True)
+        """)
+    assert child.line(timeout=60) == "sent"
+    got = [mq.get(via, timeout=10) for _ in range(total)]
+    with pytest.raises(mq.Empty):
+        mq.get_nowait(via)
+    assert [m.args[0] for m in got] == list(range(total))
+    assert [m.id for m in got] == [f"{n}_{i % 4}:{n}" for i in range(total)]
+    for i, message in enumerate(got):
+        assert type(message.args) is tuple and message.args == (i, (i, "t"), {"i": (i,)})
+        assert type(message.args[1]) is tuple and type(message.args[2]["i"]) is tuple
+        assert type(message.kwargs) is dict and message.kwargs == {"seq": i}
+        assert message.seq == i
+    wait_for(lambda: len(heard) == total, timeout=10)
+    assert [m.args[0] for m in heard] == list(range(total))
+    assert mq.close_connection(via) == "ok"
 
 
 def test_a_forked_child_uses_a_session_of_its_own() -> None:

@@ -31,8 +31,14 @@ Where this differs from berryMQ, and why:
   message of other processes once, never its own back. Those messages are delivered in the
   connection's delivery thread (or the pool); a follower's exception there is logged and kept
   for ``errors()``. Arguments crossing processes are pickled (cloudpickle as a fallback), so
-  they must be picklable; in-process followers get the objects themselves. A message whose
-  arguments cannot be pickled reaches this process only (counted by ``unpublished()``).
+  they must be picklable, and keep their types (``args`` a tuple, ``kwargs`` a dict, tuples
+  inside stay tuples: berryMQ's JSON made them lists); in-process followers get the objects
+  themselves. A message whose arguments cannot be pickled reaches this process only (counted
+  by ``unpublished()``). Everything one thread sends reaches each other process in order.
+- **connect_via_queue** queues live in their own process (berryMQ's were at the server):
+  ``send_message`` there fills them before it returns; from another process a message
+  arrives with the broker's delivery, which ``get(token, timeout=...)`` waits for and a
+  ``get_nowait`` may precede (see ``connect``).
 - **Slow followers are bounded.** The broker keeps at most a bounded backlog for a process
   that reads slowly and drops the oldest beyond it: ``dropped()`` counts them. A standalone
   queue likewise holds at most 10,000 messages, dropping the oldest (``queue.dropped``).

@@ -32,6 +32,15 @@ keep their names, arguments, tokens, ``ttl`` and results (``"ok"``, ``"invalid t
     ``get_nowait(token)`` return them as Messages, raising ``Empty``. A broker-held shared
     queue would not do: the broker keeps one per filter string and hands each message to one
     consumer, so two tokens with the same filter would compete instead of each getting a copy.
+    The queue stands for berryMQ's queue at the server, so ``send_message`` from its own
+    process puts the message in it before returning (``get_nowait`` right after has it);
+    from another process it arrives with the broker's delivery (see "Order" below).
+
+Order: every message one thread sends (``send_message`` and ``twitter`` alike, whatever their
+identifiers) reaches each other process, its followers and token queues, in the order sent;
+the broker has it before any later request of that thread on mq's connection. In the
+receiving process it is in the queue once that process's delivery thread has read it, which
+``get(token, timeout=...)`` waits for; a ``get_nowait`` there may come before that.
 ``close_connection([addr])``
     forgets the tokens of the broker at ``addr`` (or the token ``addr``); with no argument,
     every token, and mq leaves its broker (a later twitter or follower connects afresh, as
@@ -39,7 +48,10 @@ keep their names, arguments, tokens, ``ttl`` and results (``"ok"``, ``"invalid t
 
 A token unused for more than ``ttl`` seconds expires (``None`` or 0: never): using it returns
 ``"timeout"`` once, then ``"invalid token"``. Payloads are pickled, not JSON: tuples stay
-tuples, and arguments must be picklable to leave the process.
+tuples (berryMQ's JSON made every tuple, ``args`` included, a list), ``kwargs`` a dict, and
+arguments must be picklable to leave the process. In the sender's own process a token queue
+receives the objects themselves, as its followers do (berryMQ's went through JSON even
+there).
 """
 
 from __future__ import annotations
@@ -150,7 +162,7 @@ def connect_oneway(addr: tuple[str, int] | str, ttl: float | None = 1000) -> str
 def connect_via_queue(addr: tuple[str, int] | str, identifier: str,
                       ttl: float | None = 1000) -> str:
     address = init_connection(addr)
-    return _add(_Link("queue", address, ttl, queue=StandaloneQueue(identifier)))
+    return _add(_Link("queue", address, ttl, queue=StandaloneQueue(identifier, at_server=True)))
 
 
 def send_message(target: str, *args: Any, **kwargs: Any) -> str:

@@ -52,7 +52,7 @@ class Queue:
     shared: bool
     dropped: int
 
-    def __new__(cls, identifier: str, shared: bool = False) -> Queue:
+    def __new__(cls, identifier: str, shared: bool = False, **options: Any) -> Queue:
         kind = (SharedQueue if shared else StandaloneQueue) if cls is Queue else cls
         return super().__new__(kind)
 
@@ -96,14 +96,15 @@ def _check_timeout(timeout: float | None) -> None:
 class StandaloneQueue(Queue):
     maxsize = STANDALONE_MAXSIZE
 
-    def __init__(self, identifier: str, shared: bool = False) -> None:
+    def __init__(self, identifier: str, shared: bool = False, at_server: bool = False) -> None:
+        """``at_server``: a ``connect_via_queue`` token's queue (see ``registry.Entry``)."""
         self.identifier = identifier
         self.shared = False
         self.dropped = 0
         self._items: deque[Message] = deque()
         self._arrived = threading.Condition(threading.Lock())
         self._entry = registry.register(parse(identifier), registry.weak(self._receive),
-                                        is_queue=True)
+                                        is_queue=True, at_server=at_server)
 
     def _receive(self, message: Message) -> None:
         with self._arrived:

@@ -55,6 +55,9 @@ class Entry:
     ref: Ref
     guard: Guard | None = None
     is_queue: bool = False
+    # a connect_via_queue token's queue: berryMQ kept it at the server, so it receives what
+    # send_message sends even from its own process, which followers there do not
+    at_server: bool = False
 
 
 class Registry:
@@ -94,9 +97,9 @@ class Registry:
         self._dead = True  # only a flag: this may run inside any code, even under our lock
 
     def register(self, identifier: str | Identifier, ref: Ref, guard: Guard | None = None,
-                 is_queue: bool = False) -> Entry:
+                 is_queue: bool = False, at_server: bool = False) -> Entry:
         ident = parse(identifier) if isinstance(identifier, str) else identifier
-        entry = Entry(ident, ref, guard, is_queue)
+        entry = Entry(ident, ref, guard, is_queue, at_server)
         with self._lock:
             table = self._tables.setdefault(ident.namespace, {})
             table[ident.name] = table.get(ident.name, ()) + (entry,)
@@ -187,14 +190,17 @@ class Registry:
 
     def send(self, ident: Identifier, args: tuple, kwargs: dict, callback: str | None = None,
              remote_kwargs: dict | None = None, local: bool = True) -> None:
-        """Hand a message to the broker, then to this process's followers (unless not
-        ``local``). ``remote_kwargs`` replace what other processes cannot receive."""
+        """Hand a message to the broker, then to this process's followers; not ``local``
+        (``send_message``), only to the queues of its ``connect_via_queue`` tokens.
+        ``remote_kwargs`` replace what other processes cannot receive."""
         if self._dead:
             self.purge()
         ident, text, entries = self._route(ident)
         transport.publish(text, pack(text, args, kwargs if remote_kwargs is None
                                      else remote_kwargs, callback))
-        if local and entries:
+        if not local:
+            entries = tuple(entry for entry in entries if entry.at_server)
+        if entries:
             self._dispatch(entries, Message(ident, args, kwargs, callback))
 
     def _route(self, key: str | Identifier) -> tuple[Identifier, str, tuple[Entry, ...]]:
