@@ -1,6 +1,7 @@
 """The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench status`` asks a
 running broker how it is doing, ``workbench worker`` joins a sleigh (a worker pool),
-``workbench kernel install`` installs the "Python 3 (workbench)" Jupyter kernel."""
+``workbench kernel install`` installs the "Python 3 (workbench)" Jupyter kernel,
+``workbench compat SCRIPT`` runs an old NetWorkSpaces, berryMQ or python-memcached script."""
 
 from __future__ import annotations
 
@@ -148,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     _kernel_parser(commands)
     _keys_parsers(commands)
+    compat = commands.add_parser(
+        "compat", help="run an old script: import nws, berrymq, memcache, wrpme find the "
+                       "workbench", description="Run SCRIPT as python would, with the old "
+        "import names (nws.client, nws.sleigh, berrymq, memcache, wrpme) answered by the "
+        "workbench, in SCRIPT and in the sleigh workers it starts. See docs/compat.md.")
+    compat.add_argument("script", metavar="SCRIPT")
+    compat.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="SCRIPT's own arguments (its sys.argv[1:])")
     return parser
 
 
@@ -205,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_keys(args)
     if args.command == "connection-file":
         return run_connection_file(args)
+    if args.command == "compat":
+        return run_compat(args)
     return run_status(args)
 
 
@@ -233,6 +244,15 @@ def run_connection_file(args: argparse.Namespace) -> int:
         print(f"workbench connection-file: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.output} (mode 0600): {broker.address} with the key of {args.key_file}")
+    return 0
+
+
+def run_compat(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.script):  # what python says of a script it cannot open
+        print(f"workbench compat: cannot open {args.script!r}: no such file", file=sys.stderr)
+        return 2
+    from .compat import run_script
+    run_script(args.script, args.args)  # the script's sys.exit propagates, with its status
     return 0
 
 
