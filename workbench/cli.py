@@ -14,10 +14,10 @@ import sys
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
-    KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS,
-    MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness, default_address,
-    default_max_memory,
+    BROKER_ENV, BROKER_READY, COMPAT_ENV, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT,
+    KERNEL_DISPLAY_NAME, KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE,
+    MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV,
+    STATUS_TIMEOUT, Liveness, default_address, default_max_memory,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -278,6 +278,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from .sleigh.worker import run
 
     os.environ[SLEIGH_WORKER_ENV] = "1"  # a task may not start a sleigh of its own
+    if os.environ.get(COMPAT_ENV):  # started for an old script: its tasks use the old names
+        from .compat import install
+        install()
     try:
         target = _broker_target(args.broker)
     except ValueError as exc:  # NwsConnectionFileException: a file that cannot be used

@@ -56,7 +56,7 @@ from ..client.workqueue import WorkQueue
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..connection_file import BrokerTarget
 from ..config import (
-    COMPAT_ENV, CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS,
+    CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS,
     WORKER_GIVE_BACK_SECONDS, WORKER_HAND_SECONDS, WORKER_MOST_TASKS,
 )
 from ..errors import (
@@ -512,9 +512,6 @@ def run(target: BrokerTarget, sleigh: str, rank: int | None = None,
     ``exit_process`` the process ends right there once the sleigh is over."""
     if parent_pid is not None:
         _die_with_parent(parent_pid)
-    if os.environ.get(COMPAT_ENV):  # started for an old script: its tasks use the old names
-        from ..compat import install
-        install()
     try:
         worker = Worker(target, sleigh, rank)
     except NwsNoWorkSpaceException:
