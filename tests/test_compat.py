@@ -260,3 +260,21 @@ def test_every_face_exists():
 
     for old, face in FACES.items():
         assert importlib.util.find_spec(face.module) is not None, old
+
+
+# What NetWorkSpaces' own examples and tests import from nws.sleigh, beyond Sleigh.
+OLD_SLEIGH_NAMES = ("sshcmd", "rshcmd", "defaultSleighOptions", "SleighException",
+                    "SleighIllegalValueException", "SleighPending", "SleighResultIterator",
+                    "SleighTaskException")
+
+
+@pytest.mark.parametrize("name", OLD_SLEIGH_NAMES)
+def test_the_old_sleigh_modules_names(installed, name):
+    import workbench.sleigh
+
+    if not hasattr(workbench.sleigh, name):
+        pytest.skip(f"workbench.sleigh has no {name} yet")
+    import nws.sleigh
+
+    assert getattr(nws.sleigh, name) is getattr(workbench.sleigh, name)
+    assert name in dir(nws.sleigh)
