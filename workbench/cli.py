@@ -1,6 +1,7 @@
 """The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench status`` asks a
 running broker how it is doing, ``workbench worker`` joins a sleigh (a worker pool),
-``workbench kernel install`` installs the "Python 3 (workbench)" Jupyter kernel."""
+``workbench kernel install`` installs the "Python 3 (workbench)" Jupyter kernel,
+``workbench compat SCRIPT`` runs an old NetWorkSpaces, berryMQ or python-memcached script."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import sys
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, BROKER_READY, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
-    KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS,
-    MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness, default_address,
-    default_max_memory,
+    BROKER_ENV, BROKER_READY, COMPAT_ENV, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT,
+    KERNEL_DISPLAY_NAME, KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE,
+    MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV,
+    STATUS_TIMEOUT, Liveness, default_address, default_max_memory,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -148,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     _kernel_parser(commands)
     _keys_parsers(commands)
+    compat = commands.add_parser(
+        "compat", help="run an old script: import nws, berrymq, memcache, wrpme find the "
+                       "workbench", description="Run SCRIPT as python would, with the old "
+        "import names (nws.client, nws.sleigh, berrymq, memcache, wrpme) answered by the "
+        "workbench, in SCRIPT and in the sleigh workers it starts. See docs/compat.md.")
+    compat.add_argument("script", metavar="SCRIPT")
+    compat.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="SCRIPT's own arguments (its sys.argv[1:])")
     return parser
 
 
@@ -205,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_keys(args)
     if args.command == "connection-file":
         return run_connection_file(args)
+    if args.command == "compat":
+        return run_compat(args)
     return run_status(args)
 
 
@@ -236,6 +247,15 @@ def run_connection_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compat(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.script):  # what python says of a script it cannot open
+        print(f"workbench compat: cannot open {args.script!r}: no such file", file=sys.stderr)
+        return 2
+    from .compat import run_script
+    run_script(args.script, args.args)  # the script's sys.exit propagates, with its status
+    return 0
+
+
 def run_kernel(args: argparse.Namespace) -> int:
     from .jupyter.kernelspec import install
 
@@ -258,6 +278,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from .sleigh.worker import run
 
     os.environ[SLEIGH_WORKER_ENV] = "1"  # a task may not start a sleigh of its own
+    if os.environ.get(COMPAT_ENV):  # started for an old script: its tasks use the old names
+        from .compat import install
+        install()
     try:
         target = _broker_target(args.broker)
     except ValueError as exc:  # NwsConnectionFileException: a file that cannot be used

@@ -120,6 +120,9 @@ DELIVERY_BACKLOG_BYTES = 64 << 20
 
 #: Set in every sleigh worker's environment: a task may not start a sleigh of its own.
 SLEIGH_WORKER_ENV = "WORKBENCH_SLEIGH_WORKER"
+#: Set while ``workbench.compat`` answers the old import names (``nws.client``, ``memcache``,
+#: ...) in a process; a sleigh worker started with it set answers them too.
+COMPAT_ENV = "WORKBENCH_COMPAT"
 #: Seconds a new sleigh waits for its first worker to join (``Sleigh(startTimeout=)``).
 SLEIGH_START_TIMEOUT = 30.0
 #: Deaths of workers after which a task record is not run again (a ``PoisonTaskError``).
