@@ -90,7 +90,7 @@ from .errors import (
     NwsConnectException, NwsConnectionDroppedException, NwsException, NwsOperationException,
     NwsTimeoutException,
 )
-from .protocol import Kind, Status
+from .protocol import Status
 
 __all__ = [
     "SERVER_MAX_KEY_LENGTH",
@@ -393,8 +393,10 @@ class Client(threading.local):
                                         else server_max_value_length)
         # The broker answers as a memcached started with -I large enough for what the client
         # lets through (memcached's 1 MiB at least); with no client limit, it has none either.
-        self._item_size_max = (0 if self.server_max_value_length == 0
-                               else max(self.server_max_value_length, _ITEM_SIZE_MAX))
+        # Kept as the room an item with flags leaves for its key and value (None: no limit).
+        self._item_room = (None if self.server_max_value_length == 0
+                           else max(self.server_max_value_length, _ITEM_SIZE_MAX)
+                           - _ITEM_OVERHEAD - _ITEM_FLAGS_SIZE)
         self.picklerIsKeyword = self._pickler_takes_keyword()
         self.servers: list[_Host] = []
         self.set_servers(servers)
@@ -588,10 +590,11 @@ class Client(threading.local):
                 value, compressed = value._replace(data=packed), True
         if self.server_max_value_length != 0 and len(value.data) > self.server_max_value_length:
             return None
-        if self._item_size_max:
+        room = self._item_room  # below it, any item fits: the exact count only near the limit
+        if room is not None and len(value.data) + len(key) > room:
             # python-memcached's flags are 0 for uncompressed bytes only
-            flags = 0 if value.kind == Kind.BYTES and not compressed else _ITEM_FLAGS_SIZE
-            if _ITEM_OVERHEAD + len(key) + flags + len(value.data) > self._item_size_max:
+            flags = 0 if type(val) is bytes and not compressed else _ITEM_FLAGS_SIZE
+            if len(value.data) + len(key) + flags > room + _ITEM_FLAGS_SIZE:
                 return _TOO_LARGE
         return codec.inline(value, compressed)
 
