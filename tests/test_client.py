@@ -308,7 +308,7 @@ def test_iterators_refuse_lifo_and_detect_recreated_variables(ws):
     with pytest.raises(NwsOperationException, match="fifo or single"):
         next(ws.ifind("stack"))
     ws.store("v", 1)
-    it = ws.ifindTry("v")
+    it = ws.ifindTry("v", raise_on_delete=True)
     assert next(it) == 1
     ws.deleteVar("v")
     ws.store("v", 2)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
     from .errors import (
         NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
         NwsConnectionFileException, NwsDeclarationFailedException, NwsException,
-        NwsIteratorInvalidException, NwsLimitException, NwsMemoryException,
+        NwsIllegalModeException, NwsIteratorInvalidException, NwsLimitException,
+        NwsMemoryException,
         NwsMessageTooLargeException,
         NwsNoWorkSpaceException, NwsOperationException, NwsPicklingException,
         NwsServerException, NwsTimeoutException, NwsUnpicklingException,
@@ -47,8 +48,8 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys((
         "NwsBadRequestException", "NwsConnectException", "NwsConnectionDroppedException",
         "NwsConnectionFileException", "NwsDeclarationFailedException", "NwsException",
-        "NwsIteratorInvalidException", "NwsLimitException", "NwsMemoryException",
-        "NwsMessageTooLargeException",
+        "NwsIllegalModeException", "NwsIteratorInvalidException", "NwsLimitException",
+        "NwsMemoryException", "NwsMessageTooLargeException",
         "NwsNoWorkSpaceException", "NwsOperationException", "NwsPicklingException",
         "NwsServerException", "NwsTimeoutException", "NwsUnpicklingException",
         "NwsUnsupportedMethodException", "NwsUnsupportedOperationException",
@@ -84,6 +85,7 @@ __all__ = [
     "NwsConnectionFileException",
     "NwsDeclarationFailedException",
     "NwsException",
+    "NwsIllegalModeException",
     "NwsIteratorInvalidException",
     "NwsLimitException",
     "NwsMemoryException",

@@ -14,6 +14,8 @@
     │   ├── NwsVariableDeletedException       the variable was deleted under a blocked call
     │   ├── NwsIteratorInvalidException       an iterator's variable was deleted and re-created
     │   ├── NwsBadRequestException            malformed request, bad name, bad argument
+    │   │   └── NwsIllegalModeException       ``declare`` of a mode that does not exist (a
+    │   │                                     ValueError, as NetWorkSpaces raised)
     │   ├── NwsMemoryException                the broker's --max-memory cap would be exceeded
     │   ├── NwsMessageTooLargeException       a message above the broker's --max-message-size
     │   ├── NwsLimitException                 beyond a per-session cap of the broker: calls
@@ -75,6 +77,11 @@ class NwsIteratorInvalidException(NwsOperationException):
 
 class NwsBadRequestException(NwsOperationException):
     """The broker rejected a malformed request or argument."""
+
+
+class NwsIllegalModeException(NwsBadRequestException, ValueError):
+    """``declare`` was given a mode other than fifo, lifo, multi and single. NetWorkSpaces
+    raised ValueError here, so this is one too."""
 
 
 class NwsMemoryException(NwsOperationException):

@@ -54,6 +54,13 @@ Where the workbench differs, and what was chosen:
   gives an empty dict per server (the broker has no slabs).
 - Keys that hash to no live server are reported by ``set_multi`` as not stored (python-memcached
   left them out of its list unless every server was down).
+- The item size limit of memcached 1.6 is applied by the client, as the broker has none: a
+  value whose item (59 bytes, the key, 4 bytes of flags unless 0, and the value) exceeds 1 MiB
+  is not sent, and ``set`` returns False, as the original does when memcached answers
+  ``SERVER_ERROR object too large for cache`` (with ``debug``, the same line is logged). A larger
+  ``server_max_value_length`` raises the item size with it (memcached's ``-I``); 0 removes both.
+  An append or prepend is checked for the added part only: memcached also refuses one whose
+  joined value would not fit, which the client cannot know.
 - append/prepend never compress the added value: the broker concatenates plain payloads only,
   and appending to a compressed value is refused (the call returns False).
 - Times may be floats, and ``datetime.timedelta`` is accepted wherever a time is; both follow
@@ -104,6 +111,15 @@ SERVER_MAX_KEY_LENGTH = 250
 #: (``memcache.SERVER_MAX_VALUE_LENGTH = N``) or per client with ``server_max_value_length``.
 SERVER_MAX_VALUE_LENGTH = 1024 * 1024
 DEFAULT_WORKSPACE = "memcache"
+
+#: What memcached 1.6 (measured on 1.6.18) counts in an item besides its value: a 48-byte
+#: header, 8 bytes of CAS, the key and its NUL, the value's CRLF; and 4 bytes of flags unless
+#: they are 0. An item must fit in the largest slab: ``-I``, 1 MiB unless raised.
+_ITEM_OVERHEAD = 48 + 8 + 1 + 2
+_ITEM_FLAGS_SIZE = 4
+_ITEM_SIZE_MAX = 1024 * 1024
+#: What memcached answers to a value whose item does not fit, and ``set`` reads as False.
+_TOO_LARGE = "SERVER_ERROR object too large for cache"
 
 _DEAD_RETRY = 30  # seconds before a dead server is tried again
 _SOCKET_TIMEOUT = 3  # seconds to wait for a broker to answer a new connection
@@ -222,6 +238,17 @@ class _Host:
     def debuglog(self, message: str) -> None:
         if self.debug:
             sys.stderr.write(f"MemCached: {message}\n")
+
+    def unexpected(self, expected: str, answer: str) -> None:
+        """With ``debug``, what python-memcached logged when a server's answer was not the one
+        it expected: memcached's answer, as a real server would have given it."""
+        if self.debug:
+            self.debuglog(f"while expecting {expected!r}, got unexpected response {answer!r}")
+
+    def quit(self) -> None:
+        """End the session with the broker, waiting for its answer, as memcached's ``quit``
+        waits for the server to close; the next operation connects again."""
+        self.close_socket()
 
     def _check_dead(self) -> bool:
         if self.deaduntil and self.deaduntil > _time.time():
@@ -364,6 +391,12 @@ class Client(threading.local):
                                       else server_max_key_length)
         self.server_max_value_length = (SERVER_MAX_VALUE_LENGTH if server_max_value_length is None
                                         else server_max_value_length)
+        # The broker answers as a memcached started with -I large enough for what the client
+        # lets through (memcached's 1 MiB at least); with no client limit, it has none either.
+        # Kept as the room an item with flags leaves for its key and value (None: no limit).
+        self._item_room = (None if self.server_max_value_length == 0
+                           else max(self.server_max_value_length, _ITEM_SIZE_MAX)
+                           - _ITEM_OVERHEAD - _ITEM_FLAGS_SIZE)
         self.picklerIsKeyword = self._pickler_takes_keyword()
         self.servers: list[_Host] = []
         self.set_servers(servers)
@@ -409,6 +442,12 @@ class Client(threading.local):
     def disconnect_all(self) -> None:
         for server in self.servers:
             server.close_socket()
+
+    def quit_all(self) -> None:
+        """End the session with every connected server and wait for each to close it (the
+        servers stay in the pool, alive: the next operation reconnects)."""
+        for server in self.servers:
+            server.quit()
 
     def debuglog(self, message: str) -> None:
         if self.debug:
@@ -538,9 +577,11 @@ class Client(threading.local):
 
     # ------------------------------------------------------------------ values
 
-    def _value_frames(self, val: Any, min_compress_len: int = 0) -> list | None:
-        """A value -> its frames (python-memcached's flags as codec kinds), or None if the
-        final payload is longer than ``server_max_value_length``: it is then not sent."""
+    def _value_frames(self, key: bytes, val: Any,
+                      min_compress_len: int = 0) -> list | str | None:
+        """A value -> its frames (python-memcached's flags as codec kinds); None if the final
+        payload is longer than ``server_max_value_length`` (it is then not sent, as in the
+        original); ``_TOO_LARGE`` if memcached would refuse its item under ``key``."""
         value = codec.payload(val, self._pickle)
         compressed = False
         if min_compress_len and value.compressible and len(value.data) > min_compress_len:
@@ -549,6 +590,12 @@ class Client(threading.local):
                 value, compressed = value._replace(data=packed), True
         if self.server_max_value_length != 0 and len(value.data) > self.server_max_value_length:
             return None
+        room = self._item_room  # below it, any item fits: the exact count only near the limit
+        if room is not None and len(value.data) + len(key) > room:
+            # python-memcached's flags are 0 for uncompressed bytes only
+            flags = 0 if type(val) is bytes and not compressed else _ITEM_FLAGS_SIZE
+            if len(value.data) + len(key) + flags > room + _ITEM_FLAGS_SIZE:
+                return _TOO_LARGE
         return codec.inline(value, compressed)
 
     def _pickle(self, val: Any) -> bytes:
@@ -630,9 +677,12 @@ class Client(threading.local):
         if cmd == "cas" and key not in self.cas_ids:
             cmd = "set"
             self._statlog(cmd)
-        frames = self._value_frames(val, min_compress_len)
+        frames = self._value_frames(key, val, min_compress_len)
         if frames is None:
             return 0
+        if frames is _TOO_LARGE:
+            server.unexpected("STORED", _TOO_LARGE)
+            return True if noreply else False
         try:
             status, _ = server.store.store(key, None, _store_ttl(time), how=cmd,
                                            version=self.cas_ids.get(key, 0), frames=frames)
@@ -642,7 +692,11 @@ class Client(threading.local):
         except NwsOperationException as exc:  # memory cap, a non-entry variable, ...
             self.debuglog(f"{cmd} {key!r} not stored: {exc}")
             return bool(noreply)
-        return True if noreply else status == Status.OK
+        if noreply:
+            return True
+        if status != Status.OK:
+            server.unexpected("STORED", _store_answer(cmd, status))
+        return status == Status.OK
 
     def touch(self, key: Any, time: Any = 0, noreply: bool = False) -> int:
         """Give an existing key a new expiry time (rules as ``set``) -> 1, or 0 if absent."""
@@ -655,6 +709,8 @@ class Client(threading.local):
         except _CONNECTION_ERRORS as exc:
             server.mark_dead(exc)
             return 0
+        if not (noreply or touched):
+            self.debuglog("touch expected TOUCHED, got: b'NOT_FOUND'")
         return 1 if noreply or touched else 0
 
     def delete(self, key: Any, time: Any = None, noreply: bool = False) -> int:
@@ -751,8 +807,9 @@ class Client(threading.local):
         for server, prefixed in server_keys.items():
             encoded = {}
             for key in prefixed:
-                frames = self._value_frames(mapping[prefixed_to_given[key]], min_compress_len)
-                if frames is None:
+                frames = self._value_frames(key, mapping[prefixed_to_given[key]],
+                                            min_compress_len)
+                if frames is None or frames is _TOO_LARGE:
                     notstored.append(_original(prefixed_to_given[key]))
                 else:
                     encoded[key] = frames
@@ -817,6 +874,14 @@ class Client(threading.local):
 
     def _live_servers(self) -> list[_Host]:
         return [server for server in self.servers if server.connect()]
+
+
+def _store_answer(cmd: str, status: int) -> str:
+    """What memcached answers a storage command that did not store: a cas finds the entry
+    changed (EXISTS) or gone (NOT_FOUND); the others NOT_STORED."""
+    if cmd == "cas":
+        return "EXISTS" if status == Status.EXISTS else "NOT_FOUND"
+    return "NOT_STORED"
 
 
 def _memcached_stats(status: dict) -> dict[str, str]:

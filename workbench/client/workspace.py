@@ -13,14 +13,16 @@ from urllib.parse import urlsplit
 
 from ..codec import decode, decode_at, encode, raw_bytes
 from ..config import CONNECT_TIMEOUT, REPR_TIMEOUT
-from ..errors import NwsOperationException
+from ..errors import NwsIllegalModeException, NwsOperationException
 from ..protocol import HEADER_SIZE, META, Op, Status, pack_many, split_many
 from .connection import Connection
 from .embedded import connect
 from .iterator import NwsValueIterator
 from .pubsub import Watch
+from .textfile import NwsTextFile
 
 FIFO, LIFO, MULTI, SINGLE = "fifo", "lifo", "multi", "single"
+_MODES = (FIFO, LIFO, MULTI, SINGLE)
 STRING, DICT = "string", "dict"
 V_VARIABLE, V_VALUES, V_FETCHERS, V_FINDERS, V_MODE = range(5)
 WS_NAME, WS_MINE, WS_OWNER, WS_PERSISTENT, WS_NUMVARS, WS_VARLIST = range(6)
@@ -272,7 +274,13 @@ class NetWorkSpace:
 
     def declare(self, varName: str, mode: str) -> None:
         """Declare a variable's mode: 'fifo', 'lifo', 'multi' or 'single'. A mode, once set
-        (by declare or by a store, which means fifo), cannot change."""
+        (by declare or by a store, which means fifo), cannot change. Any other mode raises
+        NwsIllegalModeException (a ValueError, as in NetWorkSpaces) without asking the broker."""
+        if not isinstance(mode, str):
+            raise TypeError("variable mode must be a string")
+        if mode.lower() not in _MODES:
+            raise NwsIllegalModeException(
+                f"illegal mode: {mode} (an unknown mode: use one of {', '.join(_MODES)})")
         self._connection.call(Op.DECLARE, [self._wsb, varName.encode(), mode.encode()])
 
     def deleteVar(self, varName: str) -> None:
@@ -383,23 +391,38 @@ class NetWorkSpace:
 
     # ------------------------------------------------------------------ iterators
 
-    def ifetch(self, varName: str, timeout: float | None = None) -> NwsValueIterator:
-        """An iterator that fetches values, blocking at the end (fifo and single only)."""
-        return NwsValueIterator(self, varName, "fetch", timeout)
+    def ifetch(self, varName: str, timeout: float | None = None,
+               raise_on_delete: bool = False) -> NwsValueIterator:
+        """An iterator that fetches values, blocking at the end (fifo and single only). It
+        ends (StopIteration) when the variable is deleted, as in NetWorkSpaces;
+        ``raise_on_delete=True`` raises NwsVariableDeletedException or
+        NwsIteratorInvalidException instead."""
+        return NwsValueIterator(self, varName, "fetch", timeout, raise_on_delete)
 
-    def ifetchTry(self, varName: str) -> NwsValueIterator:
+    def ifetchTry(self, varName: str, raise_on_delete: bool = False) -> NwsValueIterator:
         """An iterator that fetches values and stops at the end (fifo and single only)."""
-        return NwsValueIterator(self, varName, "fetchTry")
+        return NwsValueIterator(self, varName, "fetchTry", None, raise_on_delete)
 
-    def ifind(self, varName: str, timeout: float | None = None) -> NwsValueIterator:
+    def ifind(self, varName: str, timeout: float | None = None,
+              raise_on_delete: bool = False) -> NwsValueIterator:
         """An iterator over the values, never repeating one, blocking for new values at the
-        end (fifo and single only)."""
-        return NwsValueIterator(self, varName, "find", timeout)
+        end (fifo and single only). It ends when the variable is deleted, as ``ifetch``."""
+        return NwsValueIterator(self, varName, "find", timeout, raise_on_delete)
 
-    def ifindTry(self, varName: str) -> NwsValueIterator:
+    def ifindTry(self, varName: str, raise_on_delete: bool = False) -> NwsValueIterator:
         """An iterator over the values that stops at the end; ``restart()`` continues with
         values stored since (fifo and single only)."""
-        return NwsValueIterator(self, varName, "findTry")
+        return NwsValueIterator(self, varName, "findTry", None, raise_on_delete)
+
+    def makefile(self, varName: str, mode: str = "r") -> NwsTextFile:
+        """The variable as a text file, a line per value: 'w' deletes it first, 'a' appends,
+        'r' reads its values (without consuming them) up to the last one stored. Binary modes
+        raise ValueError, as in NetWorkSpaces."""
+        if mode in ("r", "w", "a"):
+            return NwsTextFile(self, varName, mode)
+        if mode in ("rb", "wb", "ab"):
+            raise ValueError(f"mode {mode!r} is not supported yet")
+        raise ValueError(f"illegal mode specified: {mode!r}")
 
     def _iterate(self, op: int, varName: str, var_id: int, seq: int, timeout: float | None,
                  raw: bool) -> tuple[bool, Any, int, int]:
