@@ -258,6 +258,10 @@ def test_string_tasks_run_on_the_workers(sleigh):
     assert sleigh.eachWorker(abs, type="define", timeout=TIMEOUT) == [None] * 2
     assert sleigh.eachElem("SleighFunction(abs(SleighArgs[0]))", [-1, -2], chunkSize=1,
                            timeout=TIMEOUT) == [101, 102]
+    assert list(sleigh.imap("sum(SleighArgs)", [1, 2], [10, 20], timeout=TIMEOUT)) == [11, 22]
+    assert list(sleigh.starmap("SleighArgs", [(1, 2)], timeout=TIMEOUT)) == [[1, 2]]
+    with pytest.raises(SleighIllegalValueException):
+        sleigh.imap(abs, [1], type="eval")
 
 
 def test_the_accumulator_is_called_once_per_result(sleigh):

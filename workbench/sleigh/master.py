@@ -313,21 +313,22 @@ class Sleigh(Executor):
                            targets=ranks)
         return self._run(batch, blocking, timeout, progress)
 
-    def imap(self, fun: Callable, *iterables: Iterable, loadFactor: int = 10,
-             chunksize: int = 1, progress: bool = False,
-             timeout: float | None = None) -> SleighResultIterator:
+    def imap(self, fun: Callable | str, *iterables: Iterable, loadFactor: int = 10,
+             chunksize: int = 1, progress: bool = False, timeout: float | None = None,
+             type: str | None = None) -> SleighResultIterator:
         """``fun`` over the zipped iterables, lazily -> an iterator of the results in order.
         At most loadFactor x workers tasks are in flight or waiting to be read, so infinite
         inputs work. A failed task's value is its RemoteError. ``timeout``: seconds to wait
-        for each result (TimeoutError)."""
-        return self._lazy(fun, zip(*iterables), loadFactor, chunksize, progress, timeout)
+        for each result (TimeoutError). ``fun`` and ``type`` as for eachElem."""
+        return self._lazy(elements.task_function(fun, type), zip(*iterables), loadFactor,
+                          chunksize, progress, timeout)
 
-    def starmap(self, fun: Callable, iterable: Iterable[Sequence], loadFactor: int = 10,
-                chunksize: int = 1, progress: bool = False,
-                timeout: float | None = None) -> SleighResultIterator:
+    def starmap(self, fun: Callable | str, iterable: Iterable[Sequence], loadFactor: int = 10,
+                chunksize: int = 1, progress: bool = False, timeout: float | None = None,
+                type: str | None = None) -> SleighResultIterator:
         """Like imap, each item being the argument tuple of one call."""
-        return self._lazy(fun, (tuple(args) for args in iterable), loadFactor, chunksize,
-                          progress, timeout)
+        return self._lazy(elements.task_function(fun, type), (tuple(args) for args in iterable),
+                          loadFactor, chunksize, progress, timeout)
 
     def _lazy(self, fun: Callable, items: Iterator[tuple], loadFactor: int, chunksize: int,
               progress: bool, timeout: float | None) -> SleighResultIterator:
