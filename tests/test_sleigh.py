@@ -102,10 +102,11 @@ def test_each_elem_follows_networkspaces(sleigh):
     assert sleigh.eachElem(lambda a, b: a - b, [[10, 20], [1, 2]], argPermute=[1, 0],
                            timeout=TIMEOUT) == [-9, -18]
     assert sleigh.eachElem(lambda x: x, [[1, 2], [3, 4]], argPermute=[1], timeout=TIMEOUT) == [3, 4]
-    # any iterable of elements; tuples stay single elements
-    assert sleigh.eachElem(len, [(1, 2), (3,)], timeout=TIMEOUT) == [2, 1]
+    # any iterable of elements; a list of tuples is a list of argument lists (see
+    # test_sleigh_compat), so tuples as single elements go in an outer list
+    assert sleigh.eachElem(len, [[(1, 2), (3,)]], timeout=TIMEOUT) == [2, 1]
     assert sleigh.eachElem(lambda x: x * x, range(5), timeout=TIMEOUT) == [0, 1, 4, 9, 16]
-    assert sleigh.eachElem(abs, [], timeout=TIMEOUT) == []
+    assert sleigh.eachElem(abs, [[]], timeout=TIMEOUT) == []
 
 
 def test_each_elem_chunks_many_tiny_tasks_and_keeps_them_per_element(sleigh):
@@ -270,7 +271,7 @@ def test_numpy_arrays_travel_without_copies(sleigh):
     def double(a):
         return a * 2, describe_base(a), a.flags.writeable
 
-    [(doubled, worker_chain, writable)] = sleigh.eachElem(double, [array], timeout=TIMEOUT)
+    [(doubled, worker_chain, writable)] = sleigh.eachElem(double, [[array]], timeout=TIMEOUT)
     assert np.array_equal(doubled, array * 2)
     assert writable and doubled.flags.writeable
     assert "mmap" in worker_chain  # the worker's argument is the mapped file itself

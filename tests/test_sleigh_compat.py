@@ -207,6 +207,85 @@ def test_a_stopped_sleigh_raises_sleigh_stopped_exception(broker):
     assert SleighTaskException is not None
 
 
+# ---------------------------------------------------------------------------- eachElem
+
+def test_each_elem_reads_its_arguments_as_networkspaces(sleigh):
+    pair = lambda a, b: (a, b)  # noqa: E731
+    # a list whose first item is iterable holds one argument list per argument, zipped
+    assert sleigh.eachElem(pair, [(1, 2), (3, 4)], timeout=TIMEOUT) == [(1, 3), (2, 4)]
+    assert sleigh.eachElem(pair, [range(3), "abc"], timeout=TIMEOUT) == \
+        [(0, "a"), (1, "b"), (2, "c")]
+    assert sleigh.eachElem(lambda a, b: a + b, ["ab", "cde"], timeout=TIMEOUT) == ["ac", "bd"]
+    # any other list, or anything else, is the one list of elements
+    assert sleigh.eachElem(abs, [-1, -2], timeout=TIMEOUT) == [1, 2]
+    assert sleigh.eachElem(abs, (-1, -2), timeout=TIMEOUT) == [1, 2]
+    assert sleigh.eachElem(str.upper, "ab", timeout=TIMEOUT) == ["A", "B"]
+    assert sleigh.eachElem(abs, (x for x in [-3]), timeout=TIMEOUT) == [3]
+    # fixedArgs that is not a list is one argument
+    assert sleigh.eachElem(pair, [1, 2], fixedArgs=5, timeout=TIMEOUT) == [(1, 5), (2, 5)]
+    assert sleigh.eachElem(pair, [1], fixedArgs=(8, 9), timeout=TIMEOUT) == [(1, (8, 9))]
+    assert sleigh.eachElem(pair, [[1], [2]], fixedArgs=[], timeout=TIMEOUT) == [(1, 2)]
+
+
+def test_illegal_each_elem_arguments_raise_sleigh_illegal_value_exception(sleigh):
+    for args, options in (((abs, []), {}), ((abs, 5), {}), ((abs, [[1], 5]), {}),
+                          ((abs, [-1]), {"argPermute": (0,)}),
+                          ((abs, [-1]), {"accumulator": object()}),
+                          ((abs, [-1]), {"type": "bogus"}), ((abs, [-1]), {"type": 3}),
+                          ((abs, [-1]), {"type": "eval"}), (("1", [1]), {"type": "invoke"}),
+                          (("1", [1]), {"type": "define"}), ((5, [1]), {})):
+        with pytest.raises(SleighIllegalValueException):
+            sleigh.eachElem(*args, timeout=TIMEOUT, **options)
+    with pytest.raises(SleighIllegalValueException):
+        sleigh.eachWorker(abs, accumulator=object(), timeout=TIMEOUT)
+    with pytest.raises(SyntaxError):  # a string task is compiled in the master
+        sleigh.eachElem("1 +", [1], timeout=TIMEOUT)
+    assert sleigh.eachElem(abs, [-4], type=" Invoke ", timeout=TIMEOUT) == [4]
+
+
+def test_string_tasks_run_on_the_workers(sleigh):
+    assert sleigh.eachElem("SleighArgs[0] * 2", [1, 2], timeout=TIMEOUT) == [2, 4]
+    assert sleigh.eachElem("  SleighArgs", [[1, 2], [3, 4]], fixedArgs=9,
+                           timeout=TIMEOUT) == [[1, 3, 9], [2, 4, 9]]
+    statements = "y = SleighArgs[0] + 1\nSleighValue = y * 10"
+    assert sleigh.eachElem(statements, [1, 2], timeout=TIMEOUT) == [20, 30]
+    assert sleigh.eachElem("z = 1", [1], timeout=TIMEOUT) == [None]
+    assert sorted(sleigh.eachWorker("SleighRank", timeout=TIMEOUT)) == [0, 1]
+    results = sleigh.eachElem("1 // SleighArgs[0]", [1, 0], timeout=TIMEOUT)
+    assert results[0] == 1 and isinstance(results[1], SleighTaskException)
+    # the namespace persists: 'define' puts functions there, under their names
+    assert sleigh.eachWorker(lambda x: x + 100, type="define", timeout=TIMEOUT) == [None] * 2
+    assert sleigh.eachWorker(abs, type="define", timeout=TIMEOUT) == [None] * 2
+    assert sleigh.eachElem("SleighFunction(abs(SleighArgs[0]))", [-1, -2], chunkSize=1,
+                           timeout=TIMEOUT) == [101, 102]
+    assert list(sleigh.imap("sum(SleighArgs)", [1, 2], [10, 20], timeout=TIMEOUT)) == [11, 22]
+    assert list(sleigh.starmap("SleighArgs", [(1, 2)], timeout=TIMEOUT)) == [[1, 2]]
+    with pytest.raises(SleighIllegalValueException):
+        sleigh.imap(abs, [1], type="eval")
+
+
+def test_the_accumulator_is_called_once_per_result(sleigh):
+    calls = []
+    assert sleigh.eachElem(abs, [-1, -2, -3, -4], accumulator=calls.append, chunkSize=4,
+                           timeout=TIMEOUT) is None
+    assert sorted(calls) == [[(0, 1)], [(1, 2)], [(2, 3)], [(3, 4)]]
+
+    class ErrorsOnly:  # errors to ``error``, the rest to the accumulator itself
+        def __init__(self):
+            self.good, self.bad = [], []
+
+        def __call__(self, pairs):
+            self.good.append(pairs)
+
+        def error(self, pairs):
+            self.bad.append([(tag, type(value)) for tag, value in pairs])
+
+    accumulator = ErrorsOnly()
+    sleigh.eachElem(lambda x: 1 // x, [1, 0, 2], accumulator=accumulator, timeout=TIMEOUT)
+    assert sorted(accumulator.good) == [[(0, 1)], [(2, 0)]]
+    assert accumulator.bad == [[(1, SleighTaskException)]]
+
+
 # ---------------------------------------------------------------------------- a lost broker
 
 def test_a_sleigh_whose_broker_is_killed_stops_with_a_clear_error(tmp_path):

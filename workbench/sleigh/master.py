@@ -37,7 +37,7 @@ from ..errors import (
     NwsConnectException, NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException,
     NwsVariableDeletedException,
 )
-from . import tasks
+from . import elements, tasks
 from .batch import Batch
 from .dispatch import Dispatcher
 from .errors import (
@@ -254,25 +254,35 @@ class Sleigh(Executor):
 
     # ------------------------------------------------------------------ NetWorkSpaces API
 
-    def eachElem(self, fun: Callable, elementArgs: Any = None, fixedArgs: Sequence = (),
-                 argPermute: Sequence[int] | None = None, loadFactor: int = 0,
+    def eachElem(self, fun: Callable | str, elementArgs: Any = None, fixedArgs: Any = None,
+                 argPermute: list[int] | None = None, loadFactor: int = 0,
                  blocking: bool = True, accumulator: Any = None, *,
-                 chunkSize: int | None = None, progress: bool = False,
-                 timeout: float | None = None) -> Any:
+                 type: str | None = None, chunkSize: int | None = None,
+                 progress: bool = False, timeout: float | None = None) -> Any:
         """Call ``fun`` once per element -> the results, in element order.
 
-        ``elementArgs`` is one list of elements, or a list of lists (zipped, stopping at the
-        shortest) when its first item is a list. ``fixedArgs`` are appended to every call's
-        arguments; ``argPermute`` then reorders or selects them by index. A failed task's
-        result is its ``SleighTaskException`` (RemoteError). ``loadFactor`` keeps at most
-        loadFactor x workers tasks queued. ``blocking=False`` returns a SleighPending.
-        ``accumulator`` receives lists of (tag, value) pairs as results come (a callable, or
-        an object with ``result``/``error``/``value``), and eachElem then returns its value.
+        ``elementArgs`` as NetWorkSpaces read it: a list whose first item is iterable
+        (a list, tuple, range, string...) holds one argument list per argument (zipped,
+        stopping at the shortest); any other list, or anything else iterable, is the one list
+        of elements. ``fixedArgs`` (a list, or one argument) are appended to every call's
+        arguments; ``argPermute`` (a list) then reorders or selects them by index. ``fun``
+        may be a string: an expression or statements run on the worker with the arguments
+        as ``SleighArgs`` (``type='eval'``); ``type='define'`` puts a function into the
+        strings' namespace. A failed task's result is its ``SleighTaskException``
+        (RemoteError). ``loadFactor`` keeps at most loadFactor x workers tasks queued.
+        ``blocking=False`` returns a SleighPending. ``accumulator`` is called once per result
+        with ``[(tag, value)]`` (its ``error``, else ``result``, else itself), and eachElem
+        then returns its ``value()``. Illegal values raise SleighIllegalValueException.
 
         Extensions: ``chunkSize`` elements per task record (default: chosen from the number
         of elements and workers), ``progress`` draws a progress bar, ``timeout`` in seconds.
         """
-        items = list(zip(*_element_columns(elementArgs)))
+        fn = elements.task_function(fun, type)
+        fixed = elements.fixed_args(fixedArgs)
+        if argPermute is not None and not isinstance(argPermute, list):
+            raise SleighIllegalValueException("argPermute must be a list")
+        elements.check_accumulator(accumulator)
+        items = list(zip(*elements.element_lists(elementArgs)))
         workers = max(1, self.workerCount)
         if chunkSize is not None:
             bounds: Iterable = tasks.even_chunks(len(items), max(1, chunkSize))
@@ -281,40 +291,44 @@ class Sleigh(Executor):
         else:
             bounds = tasks.guided_chunks(len(items), workers)
         window = loadFactor * workers * (chunkSize or 1) if loadFactor else None
-        key = self._function_key(fun, fixedArgs, argPermute)
-        batch = self._open(fun, key, len(items), window, accumulator=accumulator,
+        key = self._function_key(fn, fixed, argPermute)
+        batch = self._open(fn, key, len(items), window, accumulator=accumulator,
                            records=lambda batch: tasks.records(batch, key, items, bounds))
         return self._run(batch, blocking, timeout, progress)
 
-    def eachWorker(self, fun: Callable, *workerArgs: Any, blocking: bool = True,
-                   accumulator: Any = None, timeout: float | None = None,
-                   progress: bool = False) -> Any:
+    def eachWorker(self, fun: Callable | str, *workerArgs: Any, blocking: bool = True,
+                   accumulator: Any = None, type: str | None = None,
+                   timeout: float | None = None, progress: bool = False) -> Any:
         """Call ``fun(*workerArgs)`` once on every worker -> the results in rank order.
         Each worker gets its own task in ``task@<rank>``, which it takes before shared ones.
         A worker that leaves the sleigh before answering (its broker session ended, and no
-        launcher replaces it) is left out of the results."""
+        launcher replaces it) is left out of the results. ``fun``, ``type`` and
+        ``accumulator`` as for eachElem."""
+        fn = elements.task_function(fun, type)
+        elements.check_accumulator(accumulator)
         ranks = self._scheduler.ranks()
-        key = self._function_key(fun)
-        batch = self._open(fun, key, len(ranks), None, accumulator=accumulator,
+        key = self._function_key(fn)
+        batch = self._open(fn, key, len(ranks), None, accumulator=accumulator,
                            records=lambda batch: tasks.own_records(batch, key, ranks, workerArgs),
                            targets=ranks)
         return self._run(batch, blocking, timeout, progress)
 
-    def imap(self, fun: Callable, *iterables: Iterable, loadFactor: int = 10,
-             chunksize: int = 1, progress: bool = False,
-             timeout: float | None = None) -> SleighResultIterator:
+    def imap(self, fun: Callable | str, *iterables: Iterable, loadFactor: int = 10,
+             chunksize: int = 1, progress: bool = False, timeout: float | None = None,
+             type: str | None = None) -> SleighResultIterator:
         """``fun`` over the zipped iterables, lazily -> an iterator of the results in order.
         At most loadFactor x workers tasks are in flight or waiting to be read, so infinite
         inputs work. A failed task's value is its RemoteError. ``timeout``: seconds to wait
-        for each result (TimeoutError)."""
-        return self._lazy(fun, zip(*iterables), loadFactor, chunksize, progress, timeout)
+        for each result (TimeoutError). ``fun`` and ``type`` as for eachElem."""
+        return self._lazy(elements.task_function(fun, type), zip(*iterables), loadFactor,
+                          chunksize, progress, timeout)
 
-    def starmap(self, fun: Callable, iterable: Iterable[Sequence], loadFactor: int = 10,
-                chunksize: int = 1, progress: bool = False,
-                timeout: float | None = None) -> SleighResultIterator:
+    def starmap(self, fun: Callable | str, iterable: Iterable[Sequence], loadFactor: int = 10,
+                chunksize: int = 1, progress: bool = False, timeout: float | None = None,
+                type: str | None = None) -> SleighResultIterator:
         """Like imap, each item being the argument tuple of one call."""
-        return self._lazy(fun, (tuple(args) for args in iterable), loadFactor, chunksize,
-                          progress, timeout)
+        return self._lazy(elements.task_function(fun, type), (tuple(args) for args in iterable),
+                          loadFactor, chunksize, progress, timeout)
 
     def _lazy(self, fun: Callable, items: Iterator[tuple], loadFactor: int, chunksize: int,
               progress: bool, timeout: float | None) -> SleighResultIterator:
@@ -579,16 +593,6 @@ def _connect(broker: str | None, host: str | None, port: int | None) -> Connecti
     # ``connect`` reads a connection file, and has the keys of a CURVE broker that this
     # process reached before through one when given only its address (as the magics do).
     return connect(broker) if broker else connect(host, port)
-
-
-def _element_columns(elementArgs: Any) -> list:
-    """NetWorkSpaces' reading of elementArgs: a list whose first item is a list is a list of
-    argument lists (zipped); anything else is the one list of elements."""
-    if elementArgs is None:
-        return [[]]
-    if isinstance(elementArgs, list) and elementArgs and isinstance(elementArgs[0], list):
-        return elementArgs
-    return [elementArgs]
 
 
 @atexit.register

@@ -71,17 +71,13 @@ def progress_bar(batch: Batch) -> Any:
 
 
 def accumulate(accumulator: Any, arrivals: list[tuple[int, Any]], failed: set[int]) -> None:
-    """NetWorkSpaces accumulators: a callable takes lists of (tag, value) pairs; an object
-    has ``result(pairs)`` and optionally ``error(pairs)`` for the failed tasks."""
-    if callable(accumulator) and not hasattr(accumulator, "result"):
-        accumulator(arrivals)
-        return
-    good = [pair for pair in arrivals if pair[0] not in failed]
-    bad = [pair for pair in arrivals if pair[0] in failed]
-    if good:
-        accumulator.result(good)
-    if bad:
-        (getattr(accumulator, "error", None) or accumulator.result)(bad)
+    """NetWorkSpaces accumulators, called as the original called them: once per result, with
+    ``[(tag, value)]``; a failed task's goes to ``error`` if there is one, then to ``result``,
+    then to the accumulator itself; any other result to ``result``, else to the accumulator."""
+    result = getattr(accumulator, "result", None) or accumulator
+    error = getattr(accumulator, "error", None) or result
+    for pair in arrivals:
+        (error if pair[0] in failed else result)([pair])
 
 
 def accumulated(accumulator: Any) -> Any:
