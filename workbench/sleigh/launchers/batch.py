@@ -155,9 +155,7 @@ class Batch:
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
         if self._reaper is not None:
-            reaper.tell(self._reaper, reaper.DONE)
-            self._reaper.stdin.close()
-            self._reaper.wait()
+            reaper.finish(self._reaper)
 
     @property
     def stopping(self) -> bool:

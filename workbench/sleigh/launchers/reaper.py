@@ -25,6 +25,8 @@ from typing import IO
 DONE = "done"
 #: How long the reaper waits for cancelled jobs to end before it exits (seconds).
 CANCEL_PATIENCE = 5.0
+#: How long a cleanly stopping master waits for the reaper to exit (seconds).
+FINISH_TIMEOUT = 5.0
 #: How often it asks the scheduler meanwhile (seconds).
 LIST_INTERVAL = 0.2
 
@@ -44,6 +46,21 @@ def tell(reaper: subprocess.Popen, line: str) -> None:
         reaper.stdin.flush()
     except (OSError, ValueError):
         pass
+
+
+def finish(reaper: subprocess.Popen, timeout: float = FINISH_TIMEOUT) -> None:
+    """The master stops cleanly: tell the reaper so (it cancels nothing) and wait for it to
+    exit; one that does not within ``timeout`` (it never should) is killed."""
+    tell(reaper, DONE)
+    try:
+        reaper.stdin.close()
+    except OSError:  # it is gone already
+        pass
+    try:
+        reaper.wait(timeout)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
 
 
 def read_jobs(lines: IO[str]) -> list[str] | None:
