@@ -19,10 +19,10 @@ import warnings
 
 import pytest
 
-from workbench import mq
+from workbench import NetWorkSpace, mq
 from workbench.mq.transport import transport
 
-from .support import Broker, spawn_client, wait_for
+from .support import Broker, spawn_client, start_broker, wait_for
 
 
 class Child:
@@ -346,6 +346,100 @@ def test_send_message_between_processes_keeps_order_and_types(broker, children) 
     wait_for(lambda: len(heard) == total, timeout=10)
     assert [m.args[0] for m in heard] == list(range(total))
     assert mq.close_connection(via) == "ok"
+
+
+def test_a_token_queue_holds_another_process_send_message_once_it_returns(broker,
+                                                                           children) -> None:
+    """berryMQ's queues were at its server: once ``send_message`` had returned, any process's
+    ``get_nowait`` had the message. Here the sender's call returns once the broker has passed
+    it on, and ``get_nowait`` on an empty token queue first reads what the broker sent."""
+    n, rounds = uid(), 40
+    child = children(f"""
+        from workbench import mq, NetWorkSpace
+        token = mq.connect_via_queue(({broker.host!r}, {broker.port}), "{n}:*")
+        ws = NetWorkSpace("{n}")
+        ws.store("ready", 1)
+        for _ in range({rounds}):
+            count = ws.fetch("go")
+            got = [mq.get_nowait(token).args for _ in range(count)]
+            try:
+                extra = mq.get_nowait(token).args
+            except mq.Empty:
+                extra = None
+            print(repr((got, extra)), flush=True)
+        """)
+    with NetWorkSpace(n, broker.host, broker.port) as ws:
+        ws.fetch("ready", timeout=10)
+        token = mq.connect_oneway((broker.host, broker.port))
+        for r in range(rounds):
+            count = 1 + r % 4
+            for i in range(count):
+                if i % 2:
+                    assert mq.send_message(token, f"{n}:m", r, i, (r, i)) == "ok"
+                else:
+                    assert mq.send_message(f"{n}:m", r, i, (r, i)) == "ok"
+            ws.store("go", count)  # on another connection: only the broker orders the two
+            got, extra = child.value()
+            assert got == [(r, i, (r, i)) for i in range(count)] and extra is None
+    assert child.finish() == ""
+
+
+def test_get_nowait_in_a_follower_only_looks(broker, children) -> None:
+    """A follower runs in the thread that reads the broker: its ``get_nowait`` cannot wait for
+    that thread, so it answers at once from what the queue holds."""
+    n = uid()
+    via = mq.connect_via_queue((broker.host, broker.port), f"{n}_q:*")
+    answers: list = []
+
+    def follower(message: mq.Message) -> None:
+        started = time.monotonic()
+        try:
+            answers.append(mq.get_nowait(via).args)
+        except mq.Empty:
+            answers.append("empty")
+        answers.append(time.monotonic() - started)
+
+    mq.following_function(f"{n}:*")(follower)
+    child = children(f"""
+        from workbench import mq
+        mq.twitter("{n}:first")
+        mq.twitter("{n}_q:x", 1)
+        mq.twitter("{n}:second")
+        """)
+    assert child.finish() == ""
+    wait_for(lambda: len(answers) == 4, timeout=10)
+    assert answers[0] == "empty" and answers[2] == (1,)
+    assert answers[1] < 1.0 and answers[3] < 1.0  # not MQ_SYNC_TIMEOUT (2 s)
+    assert mq.close_connection(via) == "ok"
+
+
+def test_send_message_returns_once_the_broker_has_the_message(broker, tmp_path) -> None:
+    """What ``get_nowait`` in another process relies on: berryMQ's ``send_message`` was a call
+    to its server, and so is this one; ``twitter`` still returns at once."""
+    paused = start_broker(tmp_path)
+    try:
+        mq.init_connection((paused.host, paused.port))
+        token = mq.connect_oneway((paused.host, paused.port))
+        mq.twitter("warm:up")  # connected before the pause
+        results: list = []
+        paused.process.send_signal(signal.SIGSTOP)  # briefly: within the heartbeat liveness
+        try:
+            started = time.monotonic()
+            mq.twitter("fast:x", 1)
+            assert time.monotonic() - started < 0.2
+            sender = threading.Thread(target=lambda: results.append(
+                mq.send_message(token, "slow:x", 2)))
+            sender.start()
+            sender.join(0.25)
+            assert sender.is_alive() and results == []
+        finally:
+            paused.process.send_signal(signal.SIGCONT)
+        sender.join(10)
+        assert results == ["ok"]
+    finally:
+        mq.close_connection()
+        paused.stop()
+        mq.init_connection((broker.host, broker.port))
 
 
 def test_a_forked_child_uses_a_session_of_its_own() -> None:

@@ -149,6 +149,30 @@ def test_the_backlog_is_bounded_in_bytes_too() -> None:
     assert subscriber.backlog_bytes <= 5000 and subscriber.dropped >= 14
 
 
+def test_a_sync_marker_comes_behind_every_message_sent_or_waiting_for_credit() -> None:
+    d = make(window=2)
+    sender, slow = d.connect(), d.connect()
+    inbox = subscribe(d, slow, "x:*")
+    for i in range(4):
+        publish(d, sender, "x:a", i)
+    assert d.call(slow, Op.MQ_SYNC, [b"%d" % CHANNEL, b"m1"]).ok
+    assert [v for _, v in messages(d, inbox)] == [0, 1]  # the marker waits behind 2 and 3
+    credit(d, slow, 2)
+    assert [v for _, v in messages(d, inbox)] == [2, 3]  # (the marker: not a message)
+    credit(d, slow, 2)
+    (marker,) = d.replies_for(inbox)
+    assert marker.status == Status.DELIVERY and marker.body == b"\x03m1"
+
+
+def test_a_sync_needs_a_delivery_socket(driver) -> None:
+    lone = driver.connect()
+    reply = driver.call(lone, Op.MQ_SYNC, [b"%d" % CHANNEL, b"m"])
+    assert reply.status == Status.BAD_REQUEST and b"subscribe or watch first" in reply.body
+    subscribe(driver, lone, "x:*")
+    assert driver.call(lone, Op.MQ_SYNC, [b"%d" % CHANNEL, b"m" * 65]).status == \
+        Status.BAD_REQUEST
+
+
 def test_a_vanished_delivery_socket_counts_a_drop(driver) -> None:
     other = driver.connect()
     inbox = subscribe(driver, other, "x:*")

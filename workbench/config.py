@@ -99,6 +99,10 @@ SHM_THRESHOLD = 1 << 20
 #: Seconds mq waits for the broker to take the acknowledgements of shared-queue messages (at
 #: exit, on a change of broker).
 MQ_ACK_TIMEOUT = 2.0
+#: Seconds ``mq.get_nowait(token)`` on an empty queue waits for what the broker already sent
+#: this process to be read (a round trip when nothing is behind; longer only while a follower
+#: holds up the delivery thread).
+MQ_SYNC_TIMEOUT = 2.0
 #: Messages a standalone ``mq.Queue`` holds before it drops the oldest.
 MQ_QUEUE_MAXSIZE = 10_000
 #: Follower calls pending in ``mq.set_multiplicity``'s pool before messages from other

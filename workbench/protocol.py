@@ -81,6 +81,8 @@ channels that only receives; ``channel`` arguments name it. Deliveries are not r
     MQ_UNSUBSCRIBE channel, pattern            -> OK
     MQ_CREDIT   channel, messages, batches     -> (no reply) consumed deliveries: more may come
     MQ_QUEUE    pattern                        -> OK    (the shared queue: FIFO variable of __mq)
+    MQ_SYNC     channel, marker                -> OK    and a 0x03 delivery carrying ``marker``
+                behind everything sent or queued to that delivery socket before it
     WATCH       channel, ws or *               -> OK json {ws: {var: [values, mode]}} snapshot
     UNWATCH     channel, ws or *               -> OK
 
@@ -99,7 +101,8 @@ Work queues (see ``broker/state/batches.py``)::
 
     delivery    header (version, DELIVERY, number of extra frames, messages dropped so far)
                 body: 0x01 identifier NUL value's first frame (extra frames follow) | 0x02 json
-                list of coalesced workspace events {ws, event, count[, var, values]}
+                list of coalesced workspace events {ws, event, count[, var, values]} | 0x03
+                marker (the answer to an MQ_SYNC)
 
 An error is ``head(status >= ERROR) + UTF-8 message``.
 """
@@ -180,6 +183,7 @@ class Op(enum.IntEnum):
     MQ_QUEUE = 64
     WATCH = 65
     UNWATCH = 66
+    MQ_SYNC = 67
     STORE_MANY = 70
     FETCH_MANY = 71
     END_SESSION = 72

@@ -10,6 +10,7 @@ keeps a bounded backlog for it and drops the oldest beyond it; ``dropped`` count
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("workbench.deliveries")
 
 #: Delivery kinds: the first byte of a delivery's body (see broker/state/deliveries.py).
-MESSAGE, EVENTS = 1, 2
+MESSAGE, EVENTS, SYNC = 1, 2, 3
 #: The channel number of every session's delivery socket.
 DELIVERY_CHANNEL = 0xFFFE
 #: Messages consumed before credit is granted (the broker's window is far larger, so a stream
@@ -56,6 +57,8 @@ class Deliveries(threading.Thread):
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._failure: str | None = None
+        self._markers: dict[bytes, threading.Event] = {}  # sync markers awaited
+        self._marker_count = itertools.count()
 
     def start_and_wait(self) -> Deliveries:
         self.start()
@@ -71,6 +74,16 @@ class Deliveries(threading.Thread):
         self._stopping.set()
         if wait and self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=2 * _POLL_S + 1)
+
+    def expect_marker(self) -> tuple[bytes, threading.Event]:
+        """A new sync marker and the event this thread sets once it has read it, and so
+        everything the broker sent before it (see ``MessageBus.sync``)."""
+        marker = b"%d" % next(self._marker_count)
+        arrived = self._markers[marker] = threading.Event()
+        return marker, arrived
+
+    def forget_marker(self, marker: bytes) -> None:
+        self._markers.pop(marker, None)
 
     def run(self) -> None:
         sock = None
@@ -124,6 +137,10 @@ class Deliveries(threading.Thread):
             self.dropped = dropped
             self.delivered += 1
             kind = head[HEADER_SIZE]
+            if kind == SYNC:
+                arrived = self._markers.pop(head[HEADER_SIZE + 1:], None)
+                if arrived is not None:
+                    arrived.set()
             handler = self.handlers.get(kind)
             if handler is not None:
                 try:

@@ -98,6 +98,22 @@ class MessageBus:
         self._connection.call(Op.MQ_UNSUBSCRIBE, [self._deliveries.channel_arg,
                                                   _identifier(pattern)])
 
+    def sync(self, timeout: float) -> bool:
+        """Wait until this process has read every message the broker sent it before now
+        (every message another process's ``publish(..., wait=True)`` that returned before this
+        call sent here) -> False if that took longer than ``timeout`` seconds (a handler
+        blocking the delivery thread, or a backlog overflowing) or was asked from the
+        delivery thread itself, which cannot wait for itself. One round trip when idle."""
+        deliveries = self._deliveries
+        if threading.current_thread() is deliveries:
+            return False
+        marker, arrived = deliveries.expect_marker()
+        try:
+            self._connection.call(Op.MQ_SYNC, [deliveries.channel_arg, marker])
+            return arrived.wait(timeout)
+        finally:
+            deliveries.forget_marker(marker)
+
     def _received(self, head: bytes, frames: list) -> None:
         end = head.index(SEPARATOR, HEADER_SIZE + 1)
         identifier = head[HEADER_SIZE + 1:end].decode("utf-8")

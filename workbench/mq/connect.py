@@ -32,15 +32,18 @@ keep their names, arguments, tokens, ``ttl`` and results (``"ok"``, ``"invalid t
     ``get_nowait(token)`` return them as Messages, raising ``Empty``. A broker-held shared
     queue would not do: the broker keeps one per filter string and hands each message to one
     consumer, so two tokens with the same filter would compete instead of each getting a copy.
-    The queue stands for berryMQ's queue at the server, so ``send_message`` from its own
-    process puts the message in it before returning (``get_nowait`` right after has it);
-    from another process it arrives with the broker's delivery (see "Order" below).
+    The queue stands for berryMQ's queue at the server: once ``send_message`` has returned,
+    in any process, ``get_nowait`` has the message. From the sender's own process it is put
+    in the queue before the call returns; from another, the sender's call returns once the
+    broker has passed the message on (as berryMQ's call to its server did), and a
+    ``get_nowait`` that finds the queue empty first reads what the broker has sent this
+    process (``MessageBus.sync``: one round trip, at most ``MQ_SYNC_TIMEOUT`` seconds while
+    a follower holds up the delivery thread; from a follower itself it cannot wait).
 
 Order: every message one thread sends (``send_message`` and ``twitter`` alike, whatever their
 identifiers) reaches each other process, its followers and token queues, in the order sent;
-the broker has it before any later request of that thread on mq's connection. In the
-receiving process it is in the queue once that process's delivery thread has read it, which
-``get(token, timeout=...)`` waits for; a ``get_nowait`` there may come before that.
+the broker has it before any later request of that thread on mq's connection, and a
+``send_message`` before the call returns. ``twitter`` does not wait for the broker.
 ``close_connection([addr])``
     forgets the tokens of the broker at ``addr`` (or the token ``addr``); with no argument,
     every token, and mq leaves its broker (a later twitter or follower connects afresh, as
@@ -65,9 +68,10 @@ from typing import Any
 
 from ..client.connection import Connection
 from ..client.pubsub import MessageBus
+from ..config import MQ_SYNC_TIMEOUT
 from ..topics import parse
 from .message import Message, pack
-from .queues import StandaloneQueue
+from .queues import Empty, StandaloneQueue
 from .registry import registry
 from .transport import broker_address, open_connection, same_broker, transport
 
@@ -177,7 +181,7 @@ def send_message(target: str, *args: Any, **kwargs: Any) -> str:
         ident, args = parse(args[0]), args[1:]
         if link.bus is not None:
             transport.publish(str(ident), pack(ident, args, kwargs, None),
-                              (link.bus, link.connection))
+                              (link.bus, link.connection), confirmed=True)
         else:
             registry.send(ident, args, kwargs, local=False)
         return OK
@@ -187,7 +191,7 @@ def send_message(target: str, *args: Any, **kwargs: Any) -> str:
         others = {id(link.bus): (link.bus, link.connection) for link in _links.values()
                   if link.bus is not None}
     for other in others.values():
-        transport.publish(str(ident), pack(ident, args, kwargs, None), other)
+        transport.publish(str(ident), pack(ident, args, kwargs, None), other, confirmed=True)
     return OK
 
 
@@ -209,7 +213,15 @@ def get(token: str | bool | None = None, block: bool | float = True,
         return link
     if link.queue is None:
         return INVALID_TOKEN  # not a style 03 token
-    return link.queue.get(bool(block), timeout)
+    if block:
+        return link.queue.get(True, timeout)
+    try:
+        return link.queue.get(False)
+    except Empty:  # what the broker already sent here may still be on its way: wait for it
+        bus = transport.current()
+        if bus is None or not bus.sync(MQ_SYNC_TIMEOUT):
+            raise
+    return link.queue.get(False)
 
 
 def get_nowait(token: str | None = None) -> Message | str:

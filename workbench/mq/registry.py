@@ -191,13 +191,14 @@ class Registry:
     def send(self, ident: Identifier, args: tuple, kwargs: dict, callback: str | None = None,
              remote_kwargs: dict | None = None, local: bool = True) -> None:
         """Hand a message to the broker, then to this process's followers; not ``local``
-        (``send_message``), only to the queues of its ``connect_via_queue`` tokens.
+        (``send_message``), only to the queues of its ``connect_via_queue`` tokens, and only
+        once the broker has passed it on, as berryMQ's call to its server returned then.
         ``remote_kwargs`` replace what other processes cannot receive."""
         if self._dead:
             self.purge()
         ident, text, entries = self._route(ident)
         transport.publish(text, pack(text, args, kwargs if remote_kwargs is None
-                                     else remote_kwargs, callback))
+                                     else remote_kwargs, callback), confirmed=not local)
         if not local:
             entries = tuple(entry for entry in entries if entry.at_server)
         if entries:

@@ -27,7 +27,7 @@ from ..client.embedded import connect
 from ..client.pubsub import MessageBus
 from ..config import MQ_ACK_TIMEOUT, normalize_address
 from ..connection_file import is_connection_file, resolve
-from ..errors import NwsException, NwsPicklingException
+from ..errors import NwsException, NwsPicklingException, NwsServerException
 
 log = logging.getLogger("workbench.mq")
 
@@ -95,10 +95,13 @@ class Transport:
     # ------------------------------------------------------------------ publishing
 
     def publish(self, identifier: str, value: Any,
-                link: tuple[MessageBus, Connection] | None = None) -> bool:
-        """Hand a message to the broker (mq's, or a ``link``'s) without waiting. A value that
-        cannot be pickled is not sent (the sender's own followers still get it), nor anything
-        while the connection's heartbeat finds the broker gone: counted, and logged once per
+                link: tuple[MessageBus, Connection] | None = None,
+                confirmed: bool = False) -> bool:
+        """Hand a message to the broker (mq's, or a ``link``'s) without waiting, or with
+        ``confirmed`` once the broker has passed it on (then every receiver's ``sync`` after
+        this returns finds it). A value that cannot be pickled is not sent (the sender's own
+        followers still get it), nor anything while the connection's heartbeat finds the
+        broker gone or when it goes during a confirmed publish: counted, and logged once per
         identifier."""
         if link is None:
             bus = self.bus()
@@ -108,9 +111,11 @@ class Transport:
         if broken:  # sending would queue up in the socket, then block: the broker is gone
             return self._unpublished(identifier, f"the broker is unreachable ({broken})")
         try:
-            bus.publish(identifier, value)
+            bus.publish(identifier, value, wait=confirmed)
         except NwsPicklingException as exc:
             return self._unpublished(identifier, f"its arguments cannot be pickled ({exc})")
+        except NwsServerException as exc:
+            return self._unpublished(identifier, f"the broker went away ({exc})")
         return True
 
     def _unpublished(self, identifier: str, why: str) -> bool:

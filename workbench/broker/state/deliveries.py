@@ -26,8 +26,9 @@ from .effects import Outbox
 from .sessions import Session
 from .workspaces import WorkspaceTable
 
-#: Delivery kinds, the first byte of a delivery's body.
-MESSAGE, EVENTS = 1, 2
+#: Delivery kinds, the first byte of a delivery's body (SYNC: a marker a client asked for, so
+#: it knows when everything delivered before it has been read).
+MESSAGE, EVENTS, SYNC = 1, 2, 3
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ...protocol import Op, ProtocolError, SEPARATOR, Status
 from ...topics import Identifier, matches, parse
 from .caps import SessionCaps
 from .changes import QueueDeclared
-from .deliveries import MESSAGE, Deliveries, Subscriber
+from .deliveries import MESSAGE, SYNC, Deliveries, Subscriber
 from .effects import Outbox
 from .handoffs import HandOffs
 from .memory import Memory
@@ -49,6 +49,7 @@ class PubSubService:
             Op.MQ_PUBLISH: self.publish, Op.MQ_SUBSCRIBE: self.subscribe,
             Op.MQ_UNSUBSCRIBE: self.unsubscribe, Op.MQ_CREDIT: self.credit,
             Op.MQ_QUEUE: self.queue, Op.WATCH: self.watch, Op.UNWATCH: self.unwatch,
+            Op.MQ_SYNC: self.sync,
         }
 
     # ---------------------------------------------------------------- subscribing
@@ -196,6 +197,22 @@ class PubSubService:
         subscriber = self.deliveries.known(session, args[0])
         if subscriber is not None:
             self.deliveries.credit(subscriber, int(args[1]), int(args[2]))
+
+    def sync(self, session: Session, peer: bytes, request_id: int, args: list,
+             frames: list) -> None:
+        """args: channel, marker. The marker goes to the delivery socket as a delivery of its
+        own, behind every message already sent or waiting for credit there: when the client
+        reads it, it has read everything published before this request (berryMQ's
+        ``get_nowait`` after another process's ``send_message``, see ``workbench.mq``)."""
+        arity(args, 2)
+        if len(args[1]) > 64:
+            raise OpError(Status.BAD_REQUEST, "a sync marker is at most 64 bytes")
+        subscriber = self.deliveries.known(session, args[0])
+        if subscriber is None:
+            raise OpError(Status.BAD_REQUEST, "sync on a channel that is not a delivery "
+                          "socket: subscribe or watch first")
+        self.deliveries.deliver(subscriber, [bytes([SYNC]) + args[1]])
+        self.outbox.reply(peer, request_id)
 
     # ---------------------------------------------------------------- workspace events
 
