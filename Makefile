@@ -16,11 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 # JupyterLab, the widgets and the "Python 3 (workbench)" kernel in the virtualenv; new
 # notebooks get that kernel. The notebooks need no broker: the first workspace starts one.
-$(VENV)/.jupyter: pyproject.toml
+# binder/overrides.json: JupyterLab asks about news and updates neither here nor on Binder.
+$(VENV)/.jupyter: pyproject.toml binder/overrides.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[jupyter]"
 	$(BIN)/workbench kernel install --sys-prefix
+	install -D -m 644 binder/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $@
 
 lab: $(VENV)/.jupyter

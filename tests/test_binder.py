@@ -34,6 +34,14 @@ _NOT_IN_A_CLONE = shutil.ignore_patterns(
     ".hypothesis", ".ruff_cache", ".benchmarks", ".ipynb_checkpoints", "results")
 
 
+CHECKED = "# NBVAL_CHECK_OUTPUT"
+
+
+def _stdout(cell: dict) -> str:
+    return "".join("".join(output["text"]) for output in cell.get("outputs", [])
+                   if output["output_type"] == "stream" and output["name"] == "stdout")
+
+
 def _run(args: list, *, env: dict, cwd: Path, timeout: float,
          what: str) -> subprocess.CompletedProcess:
     try:
@@ -92,11 +100,19 @@ def test_binder_environment_runs_the_notebooks(tmp_path):
     assert spec, f"no {KERNEL!r} kernel in the Binder environment: {sorted(specs['kernelspecs'])}"
     assert Path(spec["resource_dir"]).is_relative_to(venv), spec["resource_dir"]
     argv = spec["spec"]["argv"]
-    assert Path(argv[0]).parent == python.parent and argv[-2:] == ["--ext", "workbench"], argv
+    assert Path(argv[0]).parent == python.parent, argv
+    assert argv[-2:] == ["--ext", "workbench.jupyter"], argv
     # workbench comes from the environment, not from the copy of the source tree
     where = _run([python, "-c", "import workbench; print(workbench.__file__)"], env=env,
                  cwd=tmp_path, timeout=60, what="import workbench").stdout
     assert Path(where.strip()).is_relative_to(venv), where
+    # JupyterLab opens without asking about news or updates: the settings it reads say so
+    app_dir = _run([python, "-c", "from jupyterlab.commands import get_app_dir; "
+                                  "print(get_app_dir())"], env=env, cwd=tmp_path, timeout=60,
+                   what="JupyterLab's application directory").stdout.strip()
+    overrides = json.loads((Path(app_dir) / "settings" / "overrides.json").read_text())
+    assert overrides["@jupyterlab/apputils-extension:notification"] == {
+        "fetchNews": "false", "checkForUpdates": False}, overrides
     # the dashboards draw in JupyterLab: the widgets' front end is there
     extensions = _run([venv / "bin" / "jupyter", "labextension", "list"], env=env, cwd=repo,
                       timeout=60, what="jupyter labextension list")
@@ -106,7 +122,7 @@ def test_binder_environment_runs_the_notebooks(tmp_path):
     # cell added to the copy checks that this is the kernel it runs in
     check = ("import os, sys\n"
              f"assert os.path.realpath(sys.prefix) == {os.path.realpath(venv)!r}, sys.prefix\n"
-             "assert 'workbench' in get_ipython().extension_manager.loaded\n"
+             "assert 'workbench.jupyter' in get_ipython().extension_manager.loaded\n"
              "assert 'WORKBENCH_BROKER' not in os.environ\n")
     out = tmp_path / "executed"
     for notebook in NOTEBOOKS:
@@ -126,3 +142,7 @@ def test_binder_environment_runs_the_notebooks(tmp_path):
                   if o.get("output_type") == "error"]
         assert not errors, f"{notebook.name}: {errors}"
         assert executed["cells"][0]["execution_count"] == 1
+        # the same behaviour: what the checked cells print is what the saved notebook shows
+        for saved, ran in zip(nb["cells"][1:], executed["cells"][1:]):
+            if saved["cell_type"] == "code" and "".join(saved["source"]).startswith(CHECKED):
+                assert _stdout(ran) == _stdout(saved), f"{notebook.name}: {saved['source']}"

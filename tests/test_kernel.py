@@ -35,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
 def test_install_user_writes_the_spec_with_this_python(data_dir):
     spec = json.loads((data_dir / "kernels" / "workbench" / "kernel.json").read_text())
     assert spec["argv"] == [sys.executable, "-m", "ipykernel_launcher", "-f",
-                            "{connection_file}", "--ext", "workbench"]
+                            "{connection_file}", "--ext", "workbench.jupyter"]
     assert spec["display_name"] == DISPLAY_NAME == "Python 3 (workbench)"
     assert spec["language"] == "python"
 
@@ -76,5 +76,5 @@ def test_a_kernel_from_the_spec_has_the_magics(data_dir, monkeypatch):
         client.stop_channels()
         manager.shutdown_kernel(now=True)
     text = "".join(out)
-    assert "'workbench'" in text.splitlines()[0]
+    assert "'workbench.jupyter'" in text.splitlines()[0]
     assert "usage: %nws store" in text

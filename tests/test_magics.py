@@ -5,6 +5,8 @@ and cells run on the workers of a sleigh."""
 from __future__ import annotations
 
 import _thread
+import os
+import re
 import sys
 import threading
 import time
@@ -12,11 +14,13 @@ import types
 import uuid
 
 import pytest
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from workbench import NwsServer, Sleigh, mq
 from workbench.config import WAIT_HINT_AFTER
+from workbench.errors import NwsException, NwsTimeoutException
 from workbench.jupyter.parsing import split_words
 from workbench.jupyter.tables import Table
 
@@ -56,6 +60,21 @@ def one_error_line(capsys) -> str:
     return err.strip()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def fails(shell, capsys, cell: str) -> tuple[type, str]:
+    """Run ``cell``, which must fail as IPython's own magics fail: the cell's result is an
+    error (Run All stops there) and what is shown is the error's text, without a traceback
+    -> (the exception's type, the text shown)."""
+    result = shell.run_cell(cell)
+    assert not result.success
+    captured = capsys.readouterr()
+    shown = _ANSI.sub("", captured.out + captured.err).strip()
+    assert "Traceback" not in shown and "magics.py" not in shown, shown
+    return type(result.error_in_exec), shown
+
+
 # ---------------------------------------------------------------------------- help, parsing
 
 def test_help_of_the_magic_and_of_a_subcommand(shell, capsys):
@@ -82,17 +101,22 @@ def test_words_keep_expressions_whole():
     assert split_words(" fetch  'my var' ") == ["fetch", "'my var'"]
 
 
-def test_usage_errors_are_short(shell, capsys):
-    shell.run_line_magic("nws", "bogus")
-    err = capsys.readouterr().err
-    assert err.startswith("usage: %nws") and "invalid choice: 'bogus'" in err
-    assert "Traceback" not in err and len(err.splitlines()) == 2
-    shell.run_line_magic("nws", "declare v sideways")
-    assert "invalid choice: 'sideways'" in capsys.readouterr().err
-    shell.run_line_magic("nws", "store x")
-    assert "%nws store: EXPR is missing" == one_error_line(capsys)
-    shell.run_line_magic("nws", 'store x "unterminated')
-    assert "unterminated string" in capsys.readouterr().err
+def test_usage_errors_fail_the_cell_as_usage_errors(shell, capsys):
+    kind, shown = fails(shell, capsys, "%nws bogus")
+    assert kind is UsageError
+    assert shown.startswith("UsageError: %nws: argument SUBCOMMAND: invalid choice: 'bogus'")
+    assert shown.splitlines()[1].startswith("usage: %nws") and len(shown.splitlines()) == 2
+    assert "invalid choice: 'sideways'" in fails(shell, capsys, "%nws declare v sideways")[1]
+    assert fails(shell, capsys, "%nws store x") == (UsageError,
+                                                    "UsageError: %nws store: EXPR is missing")
+    assert "unterminated string" in fails(shell, capsys, '%nws store x "unterminated')[1]
+    assert "'later' is neither a number of workers nor 'stop'" in \
+        fails(shell, capsys, "%nws sleigh later")[1]
+    # Run All stops at the first failure: the cell after it does not run
+    shell.user_ns["after"] = 0
+    assert not shell.run_cell("%nws bogus\nafter = 1").success
+    assert shell.user_ns["after"] == 0
+    capsys.readouterr()
 
 
 # ---------------------------------------------------------------------------- values
@@ -125,20 +149,38 @@ def test_a_fetch_assigns_and_a_bare_one_displays(shell, nws, peer, capsys):
 
 
 def test_expressions_see_the_user_namespace_and_errors_are_short(shell, nws, capsys):
-    nws("store x no_such_name + 1")
-    assert one_error_line(capsys) == ("%nws store: cannot evaluate 'no_such_name + 1': "
-                                      "NameError: name 'no_such_name' is not defined")
-    result = shell.run_cell("%nws store x 1 +")
-    assert result.success and result.result is None
-    assert "invalid syntax" in one_error_line(capsys)
+    assert fails(shell, capsys, "%nws store x no_such_name + 1") == (
+        UsageError, "UsageError: %nws store: cannot evaluate 'no_such_name + 1': "
+                    "NameError: name 'no_such_name' is not defined")
+    kind, shown = fails(shell, capsys, "%nws store x 1 +")
+    assert kind is UsageError and "invalid syntax" in shown and len(shown.splitlines()) == 1
 
 
-def test_fetch_with_a_timeout_says_so(nws, capsys):
-    assert nws("fetch nothing --timeout 0.5") is None
-    assert one_error_line(capsys) == "%nws fetch: no value of nothing within 0.5 s"
+def test_a_failed_operation_fails_the_cell_with_the_workbench_exception(shell, nws, capsys):
+    shell.user_ns["r"] = "before"
+    kind, shown = fails(shell, capsys, "r = %nws fetch nothing --timeout 0.5")
+    assert kind is NwsTimeoutException
+    assert shown.splitlines()[-1] == ("NwsTimeoutException: %nws fetch: no value of nothing "
+                                      "within 0.5 s")
+    assert shell.user_ns["r"] == "before"  # the assignment did not happen
 
 
-def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(nws, peer, capsys):
+def test_a_client_error_in_a_cell_shows_the_cells_frames_not_the_clients(shell, peer, capsys,
+                                                                          monkeypatch):
+    shell.user_ns["ws"] = peer
+    cell = "def ask():\n    return ws.fetch('nothing', timeout=0.1)\n\nask()"
+    result = shell.run_cell(cell)
+    assert isinstance(result.error_in_exec, NwsTimeoutException)
+    shown = _ANSI.sub("", capsys.readouterr().out)
+    assert "ask()" in shown and "return ws.fetch('nothing', timeout=0.1)" in shown
+    assert "workbench" + os.sep not in shown, shown  # no frame of the library's own
+    assert shown.strip().splitlines()[-1].startswith("NwsTimeoutException: ")
+    monkeypatch.setenv("WORKBENCH_TRACEBACK", "full")  # every frame, for a bug report
+    shell.run_cell(cell)
+    assert "workspace.py" in _ANSI.sub("", capsys.readouterr().out)
+
+
+def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(shell, nws, peer, capsys):
     started = time.monotonic()
     sent = threading.Event()
 
@@ -149,11 +191,13 @@ def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(nws, peer, capsys):
         _thread.interrupt_main()
 
     threading.Thread(target=interrupt_when_blocked, daemon=True).start()
-    assert nws("fetch z") is None
+    result = shell.run_cell("%nws fetch z")
     assert sent.is_set()
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)  # the cell fails, as Ctrl-C does
     captured = capsys.readouterr()
     assert "waiting for z in " in captured.out and "Ctrl-C cancels" in captured.out
-    assert captured.err == "%nws fetch z: cancelled; nothing was taken\n"
+    shown = _ANSI.sub("", captured.out).strip().splitlines()[-1]
+    assert shown == "KeyboardInterrupt: %nws fetch: cancelled; nothing was taken"
     wait_for(lambda: peer.listVars(format="dict").get("z", (0, 0, 0))[2] == 0)
     peer.store("z", "after the cancel")
     assert peer.findTry("z") == "after the cancel"  # nobody took it
@@ -162,7 +206,7 @@ def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(nws, peer, capsys):
 
 # ---------------------------------------------------------------------------- variables
 
-def test_declare_delete_and_vars(nws, peer, ws_name, capsys):
+def test_declare_delete_and_vars(shell, nws, peer, ws_name, capsys):
     nws("declare v single")
     nws("store v 1")
     nws("store v 2")
@@ -175,8 +219,8 @@ def test_declare_delete_and_vars(nws, peer, ws_name, capsys):
     text = repr(table)
     assert text.splitlines()[0] == f"variables of {ws_name}" and "variable" in text
     assert "<table>" in table._repr_html_()
-    nws("declare v fifo")
-    assert one_error_line(capsys).startswith("%nws declare: ")
+    kind, shown = fails(shell, capsys, "%nws declare v fifo")
+    assert issubclass(kind, NwsException) and f"{kind.__name__}: %nws declare: " in shown
     nws("delete w")
     assert [row[0] for row in nws("vars").rows] == ["v"]
 
@@ -192,8 +236,8 @@ def test_wss_open_and_use(shell, nws, server, ws_name, capsys):
     assert nws("fetch shared") == 1
     assert {row[1]: row[0] for row in nws("wss").rows}[other] == ""  # used, not owned
     assert [row[0] for row in nws(f"vars {ws_name}").rows] == []
-    nws("use never_made --no-create")
-    assert one_error_line(capsys).startswith("%nws use: ")
+    kind, shown = fails(shell, capsys, "%nws use never_made --no-create")
+    assert issubclass(kind, NwsException) and f"{kind.__name__}: %nws use: " in shown
 
 
 def test_connect_keeps_the_workspace_name(shell, broker, nws, ws_name, peer, capsys):
@@ -222,7 +266,7 @@ def test_twitter_evaluates_its_arguments(shell, broker, nws):
     assert received == [(f"{topic}:reading", (22.5, "two words", [1, 2]), {"unit": "C"})]
 
 
-def test_kv_get_set_incr_delete(nws, broker, capsys):
+def test_kv_get_set_incr_delete(shell, nws, broker, capsys):
     store = f"kv_{uuid.uuid4().hex[:8]}"
     nws(f"kv --store {store} set hits 10")
     assert nws(f"kv --store {store} get hits") == 10
@@ -232,8 +276,8 @@ def test_kv_get_set_incr_delete(nws, broker, capsys):
     assert nws(f"kv --store {store} get brief") == [1, 2]
     nws("kv set greeting 'hello'")
     assert nws("kv get greeting") == "hello"
-    nws("kv incr greeting")
-    assert one_error_line(capsys).startswith("%nws kv: ")
+    kind, shown = fails(shell, capsys, "%nws kv incr greeting")
+    assert issubclass(kind, ValueError) and f"{kind.__name__}: %nws kv: " in shown
     nws("kv delete greeting")
     assert nws("kv get greeting") is None
     assert one_error_line(capsys) == "%nws kv get: no entry 'greeting' in kv"
@@ -241,11 +285,11 @@ def test_kv_get_set_incr_delete(nws, broker, capsys):
     assert nws(f"kv --store {store} get gone") is None
 
 
-def test_dashboard_calls_the_widgets_module(nws, ws_name, monkeypatch, capsys):
+def test_dashboard_calls_the_widgets_module(shell, nws, ws_name, monkeypatch, capsys):
     name = "workbench.jupyter.widgets"
     monkeypatch.setitem(sys.modules, name, None)
-    assert nws("dashboard") is None
-    assert "not available" in one_error_line(capsys)
+    kind, shown = fails(shell, capsys, "%nws dashboard")
+    assert kind is UsageError and "not available" in shown
     fake = types.ModuleType(name)
     fake.dashboard = lambda workspace: ("dashboard of", workspace.currentWs())
     monkeypatch.setitem(sys.modules, name, fake)
@@ -257,8 +301,8 @@ def test_dashboard_calls_the_widgets_module(nws, ws_name, monkeypatch, capsys):
 def test_nws_each_runs_the_cell_on_every_worker(shell, capsys):
     assert shell.run_line_magic("nws", "sleigh") is None
     assert "none started" in capsys.readouterr().out
-    shell.run_cell_magic("nws_each", "", "1")
-    assert "no sleigh" in one_error_line(capsys)
+    kind, shown = fails(shell, capsys, "%%nws_each\n1")
+    assert kind is UsageError and "no sleigh" in shown
     sleigh = shell.run_line_magic("nws", "sleigh 2")
     try:
         assert isinstance(sleigh, Sleigh) and sleigh.workerCount == 2
@@ -273,16 +317,20 @@ def test_nws_each_runs_the_cell_on_every_worker(shell, capsys):
         shell.run_cell_magic("nws_each", "s --timeout 20", "square + 100")  # state is kept
         assert capsys.readouterr().out.splitlines() == ["Out[worker 0]: 100",
                                                         "Out[worker 1]: 101"]
-        shell.run_cell_magic("nws_each", "s", "x = 1\n1 / (x - 1)")
+        result = shell.run_cell("%%nws_each s\nx = 1\n1 / (x - 1)")
+        assert not result.success  # the cell failed on the workers: Run All stops here
         captured = capsys.readouterr()
+        shown = _ANSI.sub("", captured.out)
         assert "Traceback" in captured.err and "ZeroDivisionError" in captured.err
-        assert "1 / (x - 1)" in captured.err and "magics.py" not in captured.err
+        assert "1 / (x - 1)" in captured.err and "magics.py" not in captured.err + shown
         assert all(line.startswith("[worker ") for line in captured.err.splitlines())
+        assert shown.strip() == "MagicFailure: %%nws_each: the cell failed on worker 0, 1 " \
+                                "(above)"
         shell.user_ns["not_a_sleigh"] = 3
-        shell.run_cell_magic("nws_each", "not_a_sleigh", "1")
-        assert one_error_line(capsys) == "%%nws_each: not_a_sleigh is a int, not a Sleigh"
+        assert fails(shell, capsys, "%%nws_each not_a_sleigh\n1") == (
+            UsageError, "UsageError: %%nws_each: not_a_sleigh is a int, not a Sleigh")
     finally:
-        shell.run_line_magic("nws", "sleigh --stop")
+        shell.run_line_magic("nws", "sleigh stop")
     assert capsys.readouterr().out == f"%nws sleigh: stopped {sleigh.wsName}\n"
     assert sleigh.state().stopped
 

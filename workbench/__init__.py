@@ -65,8 +65,7 @@ __getattr__, __dir__ = lazy_names(__name__, _SOURCES)
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext workbench`` (a kernel started with ``--ext workbench`` does it): the
-    ``%nws`` magics, see ``workbench.jupyter``."""
+    """``%load_ext workbench``: the ``%nws`` magics, see ``workbench.jupyter``."""
     from .jupyter import load_ipython_extension as load
 
     load(ipython)

@@ -34,6 +34,12 @@ from __future__ import annotations
 class NwsException(Exception):
     """Base class for all exceptions raised by the workbench."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook: show the user's frames, not the client's (``jupyter.tracebacks``)."""
+        from .jupyter.tracebacks import without_library_frames
+
+        return without_library_frames(self)
+
 
 class NwsServerException(NwsException):
     """Error communicating with the broker."""

@@ -11,7 +11,10 @@ from typing import Any
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext workbench``: register ``%nws`` and ``%%nws_each`` on this shell."""
+    """``%load_ext workbench`` (or ``workbench.jupyter``, as the workbench kernel loads it):
+    register ``%nws`` and ``%%nws_each`` on this shell, once: loading again keeps the magics'
+    session (its workspace, broker and sleigh)."""
     from .magics import NwsMagics
 
-    ipython.register_magics(NwsMagics(ipython))
+    if "NwsMagics" not in ipython.magics_manager.registry:
+        ipython.register_magics(NwsMagics(ipython))

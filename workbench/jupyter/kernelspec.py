@@ -1,6 +1,11 @@
 """The "Python 3 (workbench)" kernel: an IPython kernel that loads the workbench extension at
 start, so ``%nws`` works in its first cell. ``workbench kernel install`` writes its spec.
 
+It loads the extension as ``workbench.jupyter``, not ``workbench``: a notebook that also runs in
+other kernels starts with ``%load_ext workbench``, and IPython answers a second load of the same
+name with "already loaded" in the notebook's first output. Under the other name that load finds
+the magics registered and does nothing.
+
 ``kernels/workbench/kernel.json`` in the source tree is ``kernel_spec("python")``; installing
 writes the spec with this interpreter's path instead, so the kernel runs where workbench is.
 """
@@ -19,7 +24,7 @@ def kernel_spec(python: str | None = None, display_name: str = DISPLAY_NAME) -> 
     """The kernel.json contents for a kernel run by ``python`` (default: this interpreter)."""
     return {
         "argv": [python or sys.executable, "-m", "ipykernel_launcher", "-f",
-                 "{connection_file}", "--ext", "workbench"],
+                 "{connection_file}", "--ext", "workbench.jupyter"],
         "display_name": display_name,
         "language": "python",
         "metadata": {"debugger": True},

@@ -3,9 +3,12 @@ around the client, which does the work.
 
 ``%nws SUBCOMMAND ...`` acts on the current workspace of this shell's broker session
 (``session``); every subcommand has its own ``--help``. Values come back as the magic's result
-(``y = %nws fetch x``); expressions are evaluated in the user's namespace. A failure prints one
-short line on stderr and returns None; a blocking fetch says what it waits for, and Ctrl-C
-cancels it with nothing lost (the client cancels the request at the broker).
+(``y = %nws fetch x``); expressions are evaluated in the user's namespace. A failure fails the
+cell, as IPython's own magics do, so Run All stops there: a line the parser refuses, or an
+expression that cannot be evaluated, raises IPython's ``UsageError``; an operation that fails
+raises the workbench's exception (``NwsTimeoutException``...), shown as one line. A blocking
+fetch says what it waits for, and Ctrl-C cancels it with nothing lost (the client cancels the
+request at the broker) and fails the cell as an interrupt does.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib
 import sys
 from typing import Any, Iterator
 
+from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
 from ..client.workspace import DICT, FIFO, LIFO, MULTI, SINGLE
@@ -30,6 +34,7 @@ from .parsing import (
 )
 from .session import MagicSession
 from .tables import Table
+from .tracebacks import one_line
 
 
 def build_parser() -> Parser:
@@ -101,11 +106,22 @@ def build_parser() -> Parser:
     _kv_parser(command("kv", "get, set and increment key-value entries", "kv"))
     sub = command("sleigh", "start a sleigh (a worker pool) for %%nws_each, stop it, or "
                             "show it", "sleigh")
-    sub.add_argument("workers", metavar="N", type=int, nargs="?",
-                     help="start N workers on this machine (stopping the sleigh before)")
-    sub.add_argument("--stop", action="store_true", help="stop the sleigh")
+    sub.add_argument("workers", metavar="N|stop", type=_workers_or_stop, nargs="?",
+                     help="start N workers on this machine (stopping the sleigh before), or "
+                          "stop the sleigh")
+    sub.add_argument("--stop", action="store_true", help="stop the sleigh (as `stop`)")
     command("dashboard", "show a live dashboard of the workspace", "dashboard")
     return parser
+
+
+def _workers_or_stop(word: str) -> int | str:
+    if word == "stop":
+        return word
+    try:
+        return int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{word!r} is neither a number of workers nor "
+                                         "'stop'") from None
 
 
 def _kv_parser(kv: Parser) -> None:
@@ -144,6 +160,15 @@ def error(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+class MagicFailure(Exception):
+    """A magic's work failed where no workbench exception says so (a cell that raised on the
+    workers of ``%%nws_each``)."""
+
+
+def _rank_of(output: CellOutput | RemoteError) -> int | None:
+    return output.worker if isinstance(output, RemoteError) else output.rank
+
+
 @magics_class
 class NwsMagics(Magics):
     """The workbench magics of one shell, and what they act on (``session``)."""
@@ -169,11 +194,12 @@ class NwsMagics(Magics):
         label = f"%nws {args.command}"
         try:
             return getattr(self, "_" + args.run)(args)
-        except KeyboardInterrupt:
-            error(f"{label}: cancelled")
-        except (NwsException, MagicError, ValueError) as exc:
-            error(f"{label}: {exc}")
-        return None
+        except KeyboardInterrupt as exc:
+            raise one_line(exc, f"{label}: {exc or 'cancelled'}") from None
+        except MagicError as exc:
+            raise IPythonUsageError(f"{label}: {exc}") from None
+        except (NwsException, MagicFailure, ValueError) as exc:  # ValueError: a bad value
+            raise one_line(exc, f"{label}: {exc}") from None
 
     @no_var_expand
     @cell_magic
@@ -184,17 +210,24 @@ class NwsMagics(Magics):
             return
         try:
             sleigh = self._sleigh_named(args.sleigh)
+        except MagicError as exc:
+            raise IPythonUsageError(f"%%nws_each: {exc}") from None
+        try:
             outputs = sleigh.eachWorker(run_cell, cell, timeout=args.timeout)
-        except KeyboardInterrupt:
-            error("%%nws_each: cancelled (the workers were interrupted)")
-            return
-        except (NwsException, MagicError) as exc:
-            error(f"%%nws_each: {exc}")
-            return
+        except KeyboardInterrupt as exc:
+            raise one_line(exc, "%%nws_each: cancelled (the workers were interrupted)") from None
+        except NwsException as exc:
+            raise one_line(exc, f"%%nws_each: {exc}") from None
         if not outputs:
-            error(f"%%nws_each: {sleigh!r} has no workers")
+            raise one_line(MagicFailure(), f"%%nws_each: {sleigh!r} has no workers")
         for output in outputs:
             show_output(output)
+        failed = [_rank_of(output) for output in outputs
+                  if isinstance(output, RemoteError) or output.error]
+        if failed:
+            ranks = ", ".join(map(str, failed))
+            raise one_line(MagicFailure(), f"%%nws_each: the cell failed on worker "
+                                           f"{ranks} (above)")
 
     def _parse(self, parser: Parser, line: str) -> argparse.Namespace | None:
         try:
@@ -202,8 +235,7 @@ class NwsMagics(Magics):
         except HelpShown:
             return None
         except UsageError as exc:
-            error(f"{exc.usage}\n{exc}" if exc.usage else str(exc))
-            return None
+            raise IPythonUsageError(f"{exc}\n{exc.usage}" if exc.usage else str(exc)) from None
 
     def _sleigh_named(self, text: str | None) -> Sleigh:
         if text is None:
@@ -246,8 +278,7 @@ class NwsMagics(Magics):
             raise NwsTimeoutException(f"no value of {args.var} within {timeout:g} s") from None
         except KeyboardInterrupt:
             taken = "; nothing was taken" if args.command == "fetch" else ""
-            error(f"%nws {args.command} {args.var}: cancelled{taken}")
-        return None
+            raise KeyboardInterrupt(f"cancelled{taken}") from None
 
     @contextlib.contextmanager
     def _hint(self, text: str) -> Iterator[None]:
@@ -337,7 +368,7 @@ class NwsMagics(Magics):
             status, _ = store.store(key, self._evaluate(words, "EXPR"),
                                     ttl=float(ttl) if ttl is not None else args.ttl)
             if status != Status.OK:
-                error(f"%nws kv set: {key!r} was not stored")
+                raise MagicFailure(f"{key!r} was not stored ({Status(status).name})")
             return None
         if args.kv_op == "incr":
             value = store.incr(key, args.delta)
@@ -350,6 +381,8 @@ class NwsMagics(Magics):
 
     def _sleigh(self, args: argparse.Namespace) -> Any:
         session = self.session
+        if args.workers == "stop":
+            args.stop, args.workers = True, None
         if args.stop:
             stopped = session.stop_sleigh()
             print(f"%nws sleigh: stopped {stopped.wsName}" if stopped

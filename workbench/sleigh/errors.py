@@ -122,9 +122,11 @@ class RemoteError(Exception):
 
     def _render_traceback_(self) -> list[str]:
         """IPython shows these lines instead of the master's traceback: the remote one."""
+        from ..jupyter.tracebacks import name_cells
+
         where = f" ({self.where})" if self.where else ""
         lines = [f"{type(self).__name__}{where}: the task raised on its worker"]
-        lines.extend(self.remote_traceback.rstrip("\n").splitlines()
+        lines.extend(name_cells(self.remote_traceback).rstrip("\n").splitlines()
                      or [f"{self.type_name}: {self.message}"])
         return lines
 
