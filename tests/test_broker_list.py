@@ -1,6 +1,6 @@
 """Finding brokers: every broker records itself in the runtime directory and removes its record
 when it stops; ``workbench list`` shows them, ``workbench status`` with no address picks the
-only one (or asks which), Real processes throughout, each
+only one (or asks which), ``%nws status`` shows the notebook's. Real processes throughout, each
 test with a runtime directory of its own."""
 
 from __future__ import annotations
@@ -217,6 +217,29 @@ def test_status_with_no_broker_running_says_where_to_look():
     assert status.returncode == 1
     assert "no broker answered at tcp://127.0.0.1:8765" in status.stderr
     assert "`workbench list`" in status.stderr
+
+
+def test_nws_status_shows_the_notebooks_broker(make_broker):
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    broker = make_broker()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    try:
+        shell.run_line_magic("load_ext", "workbench")
+        shell.run_line_magic("nws", f"connect {broker.address}")
+        summary = shell.run_line_magic("nws", "status")
+        text = repr(summary)
+        assert text.startswith(f"broker {broker.address}")
+        assert f"pid         {broker.process.pid}" in text
+        assert "started by  workbench broker, from" in text
+        assert "clients     " in text and "workspaces  " in text
+        assert broker.address in summary._repr_html_()
+    finally:
+        shell.magics_manager.registry["NwsMagics"].session.close()
+        InteractiveShell.clear_instance()
 
 
 def test_who_started_a_broker_is_told_in_a_few_words(tmp_path):
