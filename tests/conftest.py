@@ -4,6 +4,9 @@ single-node Slurm."""
 from __future__ import annotations
 
 import gc
+import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
@@ -13,6 +16,25 @@ from workbench import NwsServer
 from .slurm_node import SlurmNode, unavailable_reason
 from .state_driver import StateDriver
 from .support import Broker, start_broker
+
+_RUNTIME_DIR = "WORKBENCH_RUNTIME_DIR"
+_runtime: list[str] = []  # this run's runtime directory
+
+
+def pytest_configure(config) -> None:
+    """Every broker the tests start records itself (``workbench list``): in a folder of this
+    run's, not in the user's runtime directory, where a developer's own brokers are listed.
+    Subprocesses inherit it through the environment."""
+    _runtime.append(tempfile.mkdtemp(prefix="workbench-test-runtime-"))
+    os.environ[_RUNTIME_DIR] = _runtime[-1]
+
+
+def pytest_unconfigure(config) -> None:
+    while _runtime:
+        runtime = _runtime.pop()
+        shutil.rmtree(runtime, ignore_errors=True)
+        if os.environ.get(_RUNTIME_DIR) == runtime:
+            del os.environ[_RUNTIME_DIR]
 
 
 def pytest_collection_finish(session) -> None:

@@ -1,7 +1,8 @@
-"""The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench status`` asks a
-running broker how it is doing, ``workbench worker`` joins a sleigh (a worker pool),
-``workbench kernel install`` installs the "Python 3 (workbench)" Jupyter kernel,
-``workbench compat SCRIPT`` runs an old NetWorkSpaces, berryMQ or python-memcached script."""
+"""The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench list`` shows
+the brokers running on this machine, ``workbench status`` asks a running broker how it is
+doing, ``workbench worker`` joins a sleigh (a worker pool), ``workbench kernel install``
+installs the "Python 3 (workbench)" Jupyter kernel, ``workbench compat SCRIPT`` runs an old
+NetWorkSpaces, berryMQ or python-memcached script."""
 
 from __future__ import annotations
 
@@ -122,15 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     broker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     broker.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
+    # who started it, for `workbench list` (an embedded broker's parent describes itself)
+    broker.add_argument("--started-by", default=None, help=argparse.SUPPRESS)
 
     status = commands.add_parser("status", help="show a running broker's state",
                                  description="Ask a broker for its clients, workspaces, memory "
                                              "and counters.")
     status.add_argument("--broker", default=None, metavar="ADDR|FILE",
                         help=f"broker address or connection file (default ${BROKER_ENV}, else "
-                             f"{default_address()})")
+                             "the broker running on this machine, asking which if there are "
+                             f"several, else {default_address()})")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait")
+
+    listing = commands.add_parser(
+        "list", help="list the brokers running on this machine",
+        description="The brokers of this user running on this machine, started by "
+                    "`workbench broker` or embedded in a process (a notebook's kernel, a "
+                    "script), as each recorded itself when it started.")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
 
     worker = commands.add_parser(
         "worker", help="join a sleigh (a worker pool) as one more worker",
@@ -138,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "its name; run this on any machine that reaches the broker.")
     worker.add_argument("--broker", default=None, metavar="ADDR|FILE",
                         help="broker address or connection file; - reads the connection file "
-                             f"on stdin (default ${BROKER_ENV}, else {default_address()})")
+                             f"on stdin (default ${BROKER_ENV}, else the broker running on "
+                             f"this machine, else {default_address()})")
     worker.add_argument("--sleigh", required=True, metavar="NAME",
                         help="the sleigh's workspace name")
     worker.add_argument("--rank", type=int, default=None,
@@ -216,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_connection_file(args)
     if args.command == "compat":
         return run_compat(args)
+    if args.command == "list":
+        return run_list(args)
     return run_status(args)
 
 
@@ -297,9 +311,10 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def _broker_target(argument: str | None):
     """``--broker``: an address, a connection file, or ``-`` for a connection file's text on
-    stdin (how a sleigh hands it to its workers: never on a command line). What it names
-    goes to ``WORKBENCH_BROKER`` too, in this process only, so tasks that open workspaces
-    reach the same broker."""
+    stdin (how a sleigh hands it to its workers: never on a command line); with none, the
+    broker ``_named_broker`` finds, else the default address. What it names goes to
+    ``WORKBENCH_BROKER`` too, in this process only, so tasks that open workspaces reach the
+    same broker."""
     from .connection_file import parse, resolve
     if argument == "-":
         if sys.stdin is None or sys.stdin.isatty():  # nobody will write it: do not wait
@@ -309,14 +324,73 @@ def _broker_target(argument: str | None):
         target = parse(text, "the connection read on stdin")
         os.environ[BROKER_ENV] = text
         return target
-    if argument:
-        os.environ[BROKER_ENV] = argument
-    return resolve(argument or os.environ.get(BROKER_ENV) or default_address())
+    named = _named_broker(argument)
+    if named:
+        os.environ[BROKER_ENV] = named
+    return resolve(named or default_address())
+
+
+def _named_broker(argument: str | None) -> str | None:
+    """The broker a command was given (``--broker``, else ``WORKBENCH_BROKER``), else the one
+    recorded as running on this machine (``workbench list``): the only one, or the one the
+    user picks at the terminal. None when nothing names one and none is recorded; ValueError
+    when several are and there is no terminal to ask at."""
+    if argument or os.environ.get(BROKER_ENV):
+        return argument or os.environ[BROKER_ENV]
+    from .runtime import running_brokers
+    running = running_brokers()
+    if len(running) <= 1:
+        return running[0].target if running else None
+    listing = _broker_table(running, numbered=True)
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise ValueError(f"{len(running)} brokers are running on this machine:\n{listing}\n"
+                         f"name one with --broker ADDR|FILE (or ${BROKER_ENV})")
+    print(f"{len(running)} brokers are running on this machine:\n{listing}", file=sys.stderr)
+    while True:
+        print(f"which one? [1-{len(running)}] ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = sys.stdin.readline().strip()
+        except KeyboardInterrupt:
+            answer = ""
+            print(file=sys.stderr)
+        if not answer:
+            raise ValueError("no broker chosen; name one with --broker ADDR|FILE")
+        if answer.isdigit() and 1 <= int(answer) <= len(running):
+            return running[int(answer) - 1].target
+
+
+def _broker_table(records: list, numbered: bool = False) -> str:
+    """Running brokers as ``workbench list`` prints them (numbered to choose from)."""
+    rows = [("", "ADDRESS", "PID", "STARTED", "STARTED BY", "CURVE")]
+    for number, record in enumerate(records, 1):
+        curve = (record.connection_file or "yes") if record.curve else "no"
+        rows.append((f"{number})", record.address, str(record.pid), record.started_local(),
+                     record.started_by, curve))
+    if not numbered:
+        rows = [row[1:] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from .runtime import as_json, records_directory, running_brokers
+    running = running_brokers()
+    if args.json:
+        print(json.dumps(as_json(running), indent=2))
+    elif running:
+        print(_broker_table(running))
+    else:
+        print(f"no broker of yours is running on this machine (none recorded in "
+              f"{records_directory()}); start one with `workbench broker`, or use a "
+              "workspace from Python or a notebook, which starts a private one")
+    return 0
 
 
 def run_broker(args: argparse.Namespace) -> int:
     from .broker.server import BrokerServer, is_loopback
     from .broker.state import Limits
+    from .runtime import remove_record
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -361,16 +435,38 @@ def run_broker(args: argparse.Namespace) -> int:
         logging.getLogger("workbench.broker").warning(
             "--insecure: listening on %s without authentication or encryption; anyone who "
             "reaches port %d can read, write and delete every workspace", args.host, server.port)
+    recorded: list[str] = []
+
+    def ready(address: str) -> None:
+        # recorded before it is announced: whoever learns of it can find it in the list
+        recorded.extend(_record(args, address, written))
+        if args.announce:
+            _announce(address)
     try:
-        server.serve_forever(parent_pid=args.parent_pid,
-                             on_ready=_announce if args.announce else None)
+        server.serve_forever(parent_pid=args.parent_pid, on_ready=ready)
     finally:
+        for path in recorded:
+            remove_record(path)
         if written is not None and args.key_file is None:  # its keys die with this broker
             try:
                 os.unlink(written)
             except OSError:
                 pass
     return 0
+
+
+def _record(args: argparse.Namespace, address: str, connection_file: str | None) -> list[str]:
+    """Record this broker for `workbench list` -> the record's path (none if it cannot be
+    written: the broker serves all the same)."""
+    from .runtime import describe_process, record_this_broker
+    started_by = args.started_by or f"workbench broker, from {describe_process(os.getppid())}"
+    try:
+        return [record_this_broker(address, started_by, connection_file,
+                                   curve=connection_file is not None)]
+    except OSError as exc:
+        logging.getLogger("workbench.broker").warning(
+            "not recorded for `workbench list`: %s", exc)
+        return []
 
 
 def _curve_security(args: argparse.Namespace):
@@ -415,7 +511,11 @@ def run_status(args: argparse.Namespace) -> int:
     try:
         target = _broker_target(args.broker)
         address = target.address
-        server = NwsServer(connection=Connection(target, args.timeout, hint=start_hint(address)))
+        hint = start_hint(address)
+        if not (args.broker or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
+            hint += ("; no other broker of yours is running on this machine "
+                     "(`workbench list`)")
+        server = NwsServer(connection=Connection(target, args.timeout, hint=hint))
     except (NwsException, ValueError) as exc:  # no broker; a connection file that is no use
         print(f"workbench status: {exc}", file=sys.stderr)
         return 1

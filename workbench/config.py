@@ -14,6 +14,9 @@ from dataclasses import dataclass
 BROKER_ENV = "WORKBENCH_BROKER"
 HEARTBEAT_INTERVAL_ENV = "WORKBENCH_HEARTBEAT_INTERVAL"
 HEARTBEAT_LIVENESS_ENV = "WORKBENCH_HEARTBEAT_LIVENESS"
+#: Environment variable naming the directory where running brokers record themselves (what
+#: ``workbench list`` reads), instead of ``$XDG_RUNTIME_DIR/workbench``: tests isolate with it.
+RUNTIME_DIR_ENV = "WORKBENCH_RUNTIME_DIR"
 #: What ``workbench broker --announce`` prints on stdout, followed by its address, once it
 #: serves: how the process that started an embedded broker learns its port.
 BROKER_READY = "WORKBENCH_BROKER "

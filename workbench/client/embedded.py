@@ -4,6 +4,7 @@ A client given no address uses the broker at the default address if one answers;
 process starts a private broker subprocess on a free loopback port (once), points
 ``WORKBENCH_BROKER`` at it so child processes (workers) find it, and stops it at exit. The broker
 also stops by itself when it sees this process gone, so nothing is left running after a crash.
+Like every broker it records itself (``runtime``): ``workbench list`` in a terminal shows it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..config import (
 )
 from ..connection_file import is_connection_file, resolve
 from ..errors import NwsConnectException
+from ..runtime import started_by_embedding
 from .connection import Connection, close_all, known_target
 
 _lock = threading.Lock()
@@ -78,7 +80,8 @@ def embedded_broker() -> str:
         errors = tempfile.TemporaryFile()  # warnings and errors only; shown if it fails to start
         process = subprocess.Popen(
             [sys.executable, "-m", "workbench", "broker", "--host", "127.0.0.1", "--port", "0",
-             "--parent-pid", str(os.getpid()), "--announce", "--log-level", "WARNING"],
+             "--parent-pid", str(os.getpid()), "--announce", "--log-level", "WARNING",
+             "--started-by", started_by_embedding()],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
             # its own session: Ctrl-C in a terminal must not kill it before this process cleans up
             start_new_session=True,

@@ -27,6 +27,7 @@ from ..config import DEFAULT_HOST, DEFAULT_PORT, WAIT_HINT_AFTER
 from ..errors import NwsException, NwsTimeoutException
 from ..protocol import Status
 from ..sleigh import RemoteError, Sleigh
+from .brokers import BrokerSummary
 from .cells import CellOutput, run_cell
 from .parsing import (
     HelpShown, MagicError, Parser, UsageError, evaluate, name, split_option,
@@ -99,6 +100,8 @@ def build_parser() -> Parser:
                      help=f"tcp://host:port, host:port or a port (default {DEFAULT_HOST}:"
                           f"{DEFAULT_PORT}), or the path of a broker's connection file "
                           "(.json), whose keys are used")
+    command("status", "show the broker this notebook uses: its address, process, who started "
+                      "it, clients and workspaces", "status")
     sub = command("twitter", "send a pub/sub message, as workbench.mq.twitter does", "twitter")
     sub.add_argument("identifier", metavar="ID", help="name[@namespace][:action]")
     rest(sub, "ARGS", "Python expressions separated by spaces, NAME=EXPR for keyword "
@@ -337,6 +340,9 @@ class NwsMagics(Magics):
     def _connect(self, args: argparse.Namespace) -> None:
         address = self.session.connect(args.address)
         print(f"%nws connected to {address}")
+
+    def _status(self, args: argparse.Namespace) -> BrokerSummary:
+        return BrokerSummary.of(self.session.server())
 
     # ------------------------------------------------------------------ pub/sub, kv, sleigh
 
