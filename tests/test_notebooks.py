@@ -199,3 +199,13 @@ def test_a_task_that_fails_shows_the_line_of_its_cell(kernel) -> None:
         assert "    return 1 / y" in lines and lines[-1] == "ZeroDivisionError: division by zero"
     finally:
         kernel.run_all(["s.stop()"])
+
+
+def test_nws_status_names_the_kernels_private_broker(kernel) -> None:
+    (run,) = kernel.run_all(["from workbench import NetWorkSpace\n"
+                             "address = NetWorkSpace().server.address\n"
+                             "print(address)\nsummary = %nws status\nprint(summary)"])
+    assert run.status == "ok", run.errors
+    address, *summary = run.stdout.splitlines()
+    assert address in summary[0], run.stdout
+    assert "embedded in Jupyter kernel" in run.stdout, run.stdout
