@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from workbench.jupyter.plots import LevelSeries, RateSeries, number, sparkline
+from workbench.jupyter.plots import LevelSeries, RateSeries, duration, number, sparkline
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -35,16 +35,17 @@ def test_rates_count_events_per_bucket_and_leave_out_the_bucket_under_way():
     rates.add(3)
     clock.now = 1000.4
     rates.add()  # the same bucket: [1000.0, 1000.5)
-    assert rates.values() == [None, None, None, None]  # under way: not shown yet
+    assert rates.values() == [] and rates.latest is None  # under way: not shown yet
     clock.now = 1000.6
     rates.add(2)
-    assert rates.values() == [None, None, None, 8.0]  # 4 events in half a second
-    clock.now = 1001.7  # two buckets on: the one with 2 events, then a quiet one
-    assert rates.values() == [None, 8.0, 4.0, 0.0]
-    assert rates.total == 6 and rates.latest == 0.0
+    assert rates.values() == [8.0]  # 4 events in half a second
     clock.now = 1001.2
-    assert rates.latest == 4.0
-    assert RateSeries(clock=clock).latest is None  # no complete bucket yet
+    assert rates.values() == [8.0, 4.0] and rates.latest == 4.0
+    clock.now = 1001.7  # a quiet bucket more
+    assert rates.values() == [8.0, 4.0, 0.0] and rates.latest == 0.0
+    clock.now = 1002.6
+    assert rates.values() == [4.0, 0.0, 0.0, 0.0]  # four buckets at the most
+    assert rates.total == 6
 
 
 def test_rates_keep_a_bounded_number_of_buckets():
@@ -54,7 +55,7 @@ def test_rates_keep_a_bounded_number_of_buckets():
         clock.now = 1000.0 + second
         rates.add(second % 3)
         assert rates.stored <= 11
-    assert rates.values() == [float(s % 3) for s in range(989, 999)]
+    assert rates.values() == [float(s % 3) for s in range(989, 999)]  # the last 10 complete
     assert rates.total == sum(s % 3 for s in range(1000))
     assert rates.span == 10.0
 
@@ -81,15 +82,19 @@ def test_a_series_needs_buckets():
 # ---------------------------------------------------------------------------- levels
 
 def test_levels_fill_forward_and_are_unknown_before_the_first():
-    clock = Clock(1000.0)
+    clock = Clock(999.5)
     level = LevelSeries(length=5, bucket=1.0, clock=clock)
-    assert level.values() == [None] * 5 and level.latest is None
+    clock.now = 1000.0
+    assert level.values() == [None, None] and level.latest is None
     level.set(3)
     clock.now = 1001.2
     level.set(4)
-    level.set(7)  # the same bucket: the last level stands
+    level.set(7)  # the same bucket, under way: the level now
+    assert level.values() == [None, 3, 7]
     clock.now = 1003.9
     assert level.values() == [None, 3, 7, 7, 7]
+    clock.now = 1004.0
+    assert level.values() == [3, 7, 7, 7, 7]  # five buckets at the most
     assert level.latest == 7
 
 
@@ -100,9 +105,12 @@ def test_a_level_that_rose_and_fell_within_a_bucket_shows_its_peak():
     level.set(2000)  # a burst of stores...
     clock.now = 1001.8
     level.set(0)  # ...all fetched within the same second
+    assert level.values() == [2, 0]  # under way: the level now
+    assert level.busy and level.until_next() == pytest.approx(0.2)  # the peak is to come
     clock.now = 1003.5
     assert level.values() == [2, 2000, 0, 0] and level.latest == 0
-    assert "now 0, max 2000" in level.plot("queue")
+    assert "queue over the last 4 s: now 0, max 2000" in level.plot("queue")
+    assert not level.busy
 
 
 def test_levels_keep_the_level_from_before_the_window_and_stay_bounded():
@@ -140,7 +148,7 @@ def test_sparkline_is_svg_with_a_point_per_value_and_says_what_it_shows():
     root = ET.fromstring(svg)  # well-formed XML
     assert root.tag == f"{SVG}svg" and root.get("role") == "img"
     assert root.find(f"{SVG}title").text == "x & <y>: now 4/s, max 4/s"
-    assert root.find(f"{SVG}text").text == "4/s · max 4"
+    assert root.find(f"{SVG}text").text == "now 4/s · max 4"
     drawn = points(svg)
     assert [x for x, _ in drawn] == [1.0, 33.7, 66.3, 99.0]  # oldest on the left
     ys = [y for _, y in drawn]
@@ -170,3 +178,8 @@ def test_sparkline_of_nothing_known_or_all_zero():
                                          (12_345, "12k")])
 def test_numbers_are_short(value, text):
     assert number(value) == text
+
+
+def test_durations_are_short():
+    assert [duration(s) for s in (4, 89, 120, 150, 180)] == [
+        "4 s", "89 s", "2 min", "2.5 min", "3 min"]

@@ -21,10 +21,11 @@ Clock = Callable[[], float]
 
 
 class Series:
-    """``length`` buckets of ``bucket`` seconds each, ending now. Only buckets that had news
-    are stored, at most about ``length`` of them, so memory stays bounded however long the
-    series lives; buckets are numbered from the clock's zero, so series made at different
-    times share their boundaries."""
+    """Buckets of ``bucket`` seconds, from when the series began (at most the last
+    ``length``) to now. Only buckets that had news are stored, at most about ``length`` of
+    them, so memory stays bounded however long the series lives; buckets are numbered from
+    the clock's zero, so series made at different times share their boundaries. A young
+    series shows all it knows: its plot spans the time since it began, then the window."""
 
     def __init__(self, length: int = 120, bucket: float = 1.0,
                  clock: Clock = time.monotonic) -> None:
@@ -34,7 +35,8 @@ class Series:
         self.length = length
         self.bucket = bucket
         self._clock = clock
-        self._points: deque[list] = deque()  # [bucket number, number], oldest first
+        self._points: deque[list] = deque()  # [bucket number, number...], oldest first
+        self._begun = self._now()
         self._changes = 0  # news that changes a drawing within its bucket
         self._drawn: tuple[tuple, str] = ((), "")
 
@@ -43,7 +45,7 @@ class Series:
 
     @property
     def span(self) -> float:
-        """The seconds the series shows."""
+        """The seconds the series shows at the most."""
         return self.length * self.bucket
 
     @property
@@ -57,6 +59,7 @@ class Series:
         return (math.floor(now / self.bucket) + 1) * self.bucket - now
 
     def values(self) -> list[float | None]:
+        """One value per bucket shown, oldest first."""
         raise NotImplementedError
 
     @property
@@ -64,26 +67,33 @@ class Series:
         """The value now (None: unknown)."""
         raise NotImplementedError
 
-    def plot(self, title: str, width: int = 100, height: int = 18, unit: str = "") -> str:
-        """``sparkline`` of ``values()``; drawn again only once news came or a bucket began
-        (widgets redraw several times a second, mostly with nothing new for most series)."""
+    @property
+    def busy(self) -> bool:
+        """Whether what is drawn now changes when the next bucket begins, though no news
+        comes: the owner then draws again at that time (``until_next``)."""
+        raise NotImplementedError
+
+    def plot(self, title: str, width: int = 120, height: int = 18, unit: str = "") -> str:
+        """``sparkline`` of ``values()``, its title saying over what time; drawn again only
+        once news came or a bucket began (widgets redraw several times a second, mostly with
+        nothing new for most series)."""
         key = (self._changes, self._now(), title, width, height, unit)
         if key != self._drawn[0]:
-            self._drawn = key, sparkline(self.values(), width, height, title=title, unit=unit,
+            values = self.values()
+            said = f"{title} over the last {duration(len(values) * self.bucket)}"
+            self._drawn = key, sparkline(values, width, height, title=said, unit=unit,
                                          latest=self.latest)
         return self._drawn[1]
 
 
 class RateSeries(Series):
-    """Events per second in each of the last ``length`` complete buckets; the bucket under
-    way is left out (half a second of a second would read as half the rate). Buckets before
-    the series began are unknown (None)."""
+    """Events per second in each complete bucket; the bucket under way is left out (half a
+    second of a second would read as half the rate)."""
 
     def __init__(self, length: int = 120, bucket: float = 1.0,
                  clock: Clock = time.monotonic) -> None:
         super().__init__(length, bucket, clock)
         self.total = 0  # every event added, however old
-        self._begun = self._now()
 
     def add(self, count: int = 1) -> None:
         """``count`` events happened now."""
@@ -94,15 +104,15 @@ class RateSeries(Series):
             points[-1][1] += count
             return
         points.append([now, count])
-        oldest = now - self.length  # the first bucket values() shows
+        oldest = now - self.length  # the first bucket values() may show
         while points[0][0] < oldest:
             points.popleft()
 
     def values(self) -> list[float | None]:
         now = self._now()
         counts = dict(self._points)
-        return [None if b < self._begun else counts.get(b, 0) / self.bucket
-                for b in range(now - self.length, now)]
+        return [counts.get(b, 0) / self.bucket
+                for b in range(max(self._begun, now - self.length), now)]
 
     @property
     def latest(self) -> float | None:
@@ -117,15 +127,14 @@ class RateSeries(Series):
 
     @property
     def busy(self) -> bool:
-        """Whether the last complete bucket or the one under way had events: what is drawn
-        now will change when the next bucket begins, though nothing else happens."""
+        """Whether the last complete bucket or the one under way had events."""
         return bool(self._points) and self._points[-1][0] >= self._now() - 1
 
 
 class LevelSeries(Series):
-    """The highest level in each of the last ``length`` buckets, this one included, so that a
-    level that rose and fell within a bucket still shows; a bucket with nothing set keeps the
-    level before it. Unknown (None) before the first ``set``."""
+    """The highest level in each complete bucket, so that a level that rose and fell within
+    a bucket still shows, and the level now in the bucket under way; a bucket with nothing
+    set keeps the level before it. Unknown (None) before the first ``set``."""
 
     def __init__(self, length: int = 120, bucket: float = 1.0,
                  clock: Clock = time.monotonic, value: float | None = None) -> None:
@@ -156,12 +165,21 @@ class LevelSeries(Series):
         now = self._now()
         points, at, level = list(self._points), 0, None
         out: list[float | None] = []
-        for b in range(now - self.length + 1, now + 1):
+        for b in range(max(self._begun, now - self.length + 1), now + 1):
             while at < len(points) and points[at][0] < b:
                 level = points[at][1]
                 at += 1
             out.append(points[at][2] if at < len(points) and points[at][0] == b else level)
+        if points and points[-1][0] == now:
+            out[-1] = points[-1][1]
         return out
+
+    @property
+    def busy(self) -> bool:
+        """Whether the level rose higher in the bucket under way than it is now (its peak
+        shows once the bucket is complete)."""
+        point = self._points[-1] if self._points else None
+        return point is not None and point[0] == self._now() and point[2] != point[1]
 
 
 def number(value: float) -> str:
@@ -173,7 +191,12 @@ def number(value: float) -> str:
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
-@lru_cache(maxsize=64)
+def duration(seconds: float) -> str:
+    """45 s, 2 min, 2.5 min."""
+    return f"{seconds:g} s" if seconds < 90 else f"{seconds / 60:.3g} min"
+
+
+@lru_cache(maxsize=1024)
 def _abscissae(count: int, width: int) -> tuple[str, ...]:
     step = (width - 2) / max(count - 1, 1)
     return tuple(f"{1 + i * step:.1f}".removesuffix(".0") for i in range(count))
@@ -184,13 +207,13 @@ STROKE = "#1976d2"
 _CHAR = 6.6  # the width of a character of the label, in pixels (11 px tabular figures)
 
 
-def sparkline(values: Sequence[float | None], width: int = 100, height: int = 18, *,
+def sparkline(values: Sequence[float | None], width: int = 120, height: int = 18, *,
               title: str, unit: str = "", latest: float | None = None) -> str:
-    """An SVG of ``values`` as a line from 0 (bottom) to their max (top), oldest on the left,
-    no axes; on its right, the value now (``latest``, else the last value) and the max as
-    text. None is unknown: not drawn. ``title`` names what it shows (read out by screen
-    readers, shown as a tooltip); the value now and the max are added to it. Inside a flat
-    stretch only its two ends are points."""
+    """An SVG of ``values`` as a line across ``width`` pixels, from 0 (bottom) to their max
+    (top), oldest on the left, no axes; on its right, the value now (``latest``, else the
+    last value) and the max as text. None is unknown: not drawn. ``title`` names what it
+    shows (read out by screen readers, shown as a tooltip); the value now and the max are
+    added to it. Inside a flat stretch only its two ends are points."""
     known = [(i, v) for i, v in enumerate(values) if v is not None]
     top = max((v for _, v in known), default=0)
     if latest is None and known:
@@ -198,7 +221,7 @@ def sparkline(values: Sequence[float | None], width: int = 100, height: int = 18
     if latest is None:
         label, said = "–", "no data yet"
     else:
-        label = f"{number(latest)}{unit} · max {number(top)}"
+        label = f"now {number(latest)}{unit} · max {number(top)}"
         said = f"now {number(latest)}{unit}, max {number(top)}{unit}"
     xs = _abscissae(len(values), width)
     scale = (height - 3) / top if top else 0.0
@@ -219,7 +242,8 @@ def sparkline(values: Sequence[float | None], width: int = 100, height: int = 18
     total = width + 6 + math.ceil(len(label) * _CHAR)
     # the label's figures are tabular where the page says so (the tables do): SVG text
     # inherits the font of the HTML around it
+    named = html.escape(f"{title}: {said}", quote=False)
     return (f"<svg xmlns='http://www.w3.org/2000/svg' role='img' width='{total}' "
-            f"height='{height}'><title>{html.escape(f'{title}: {said}', quote=False)}</title>"
+            f"height='{height}' style='vertical-align:middle'><title>{named}</title>"
             f"{line}{dot}<text x='{width + 6}' y='{height / 2 + 4:g}' font-size='11' "
             f"fill='currentColor'>{html.escape(label)}</text></svg>")

@@ -59,12 +59,10 @@ __all__ = ["broker_view", "dashboard", "message_feed", "sleigh_monitor"]
 
 _NOTHING = object()
 
-# The plots' history: levels in 2 s buckets over 3 minutes, rates in 1 s buckets over 2; a
-# plot is a pixel wider than its buckets, so that each bucket is a pixel apart.
+# The plots' history: levels in 2 s buckets over 3 minutes at the most, rates in 1 s buckets
+# over 2 minutes.
 _LEVELS, _LEVEL_SECONDS = 90, 2.0
 _RATES, _RATE_SECONDS = 120, 1.0
-_LEVEL_SPAN = f"last {_LEVELS * _LEVEL_SECONDS / 60:g} min"
-_RATE_SPAN = f"last {_RATES * _RATE_SECONDS / 60:g} min"
 _MAX_IDENTIFIERS = 12  # identifiers a message feed plots: the most recently heard
 
 
@@ -77,7 +75,7 @@ def _rates() -> RateSeries:
 
 
 def _rate_plot(series: RateSeries, title: str) -> Markup:
-    return Markup(series.plot(f"{title}, {_RATE_SPAN}", _RATES + 1, unit="/s"))
+    return Markup(series.plot(title, unit="/s"))
 
 
 def dashboard(workspace: NetWorkSpace | str, *, server: NwsServer | str | None = None,
@@ -235,9 +233,9 @@ class WorkspaceDashboard(LiveWidget):
             for name in shown:
                 if name not in history:
                     history[name] = _levels(rows[name][V_VALUES])
-            plots = [[Markup(history[name].plot(f"{name}: values, {_LEVEL_SPAN}", _LEVELS + 1))]
-                     for name in shown]
-        return table((f"values · {_LEVEL_SPAN}",), plots)
+            plots = [[Markup(history[name].plot(f"{name}: values"))] for name in shown]
+            self._redraw_as_time_passes(history.values())
+        return table(("values over time",), plots)
 
     def _preview(self, name: str) -> str:
         try:
@@ -381,7 +379,8 @@ class SleighMonitor(LiveWidget):
         self.workers = widgets.HTML()
         self.plot = widgets.HTML()
         self.footer = widgets.HTML()
-        self.children = [self.header, beside(self.progress, self.progress_text, self.rate),
+        self.children = [self.header, beside(self.progress, self.progress_text, self.rate,
+                                             align="center"),
                          beside(self.workers, self.plot), self.footer]
         self.sleigh = sleigh
         self.name = getattr(sleigh, "wsName", "?")
@@ -486,7 +485,7 @@ class SleighMonitor(LiveWidget):
                      for rank in ranks]
             self._redraw_as_time_passes([self._done])
         self.rate.value = overall
-        self.plot.value = table((f"tasks/s · {_RATE_SPAN}",), plots) if plots else ""
+        self.plot.value = table(("tasks done per second",), plots) if plots else ""
 
     @property
     def done_by_rank(self) -> dict[int, int]:
@@ -569,7 +568,7 @@ class MessageFeed(LiveWidget):
             self._redraw_as_time_passes(series for _, series in rates)
         self.messages.value = table(("time", "identifier", "arguments"), latest,
                                     empty="no messages yet")
-        self.plot.value = table(("identifier", "messages", f"per second · {_RATE_SPAN}"),
+        self.plot.value = table(("identifier", "messages", "per second"),
                                 plots) if plots else ""
         dropped = self._bus.dropped
         lost = f" · {dropped} dropped by the broker (read too slowly)" if dropped else ""

@@ -12,8 +12,8 @@ every change to a widget happens on that loop: the kernel's, in a notebook.
 seconds (0.15 by default): the first request after a quiet spell redraws at once, later ones
 within the interval become one redraw at its end, which reads the state as it is then. A
 burst of thousands of changes costs a handful of redraws, and the last one shows the end
-state. A plot of a rate asks for one redraw more when its second ends (``request_later``),
-so that it falls to zero once the events stop; nothing else is drawn without news.
+state. A plot asks for one redraw more when its bucket of time ends (``request_later``), so
+that a rate falls to zero once the events stop; nothing else is drawn without news.
 
 **Tables** (``table``) share one look, and the plots (``plots``) sit beside them (``beside``).
 """
@@ -31,7 +31,7 @@ import ipywidgets as widgets
 
 from ..client.workspace import NwsServer
 from ..config import WIDGET_INTERVAL
-from .plots import RateSeries
+from .plots import Series
 
 log = logging.getLogger("workbench.jupyter")
 
@@ -175,10 +175,10 @@ class LiveWidget(widgets.VBox):
     def _redraw(self) -> None:
         raise NotImplementedError
 
-    def _redraw_as_time_passes(self, rates: Iterable[RateSeries]) -> None:
-        """While a plot of ``rates`` changes, redraw when its bucket ends though no news
-        comes, so that it falls to 0 once the events stop (on the loop)."""
-        for series in rates:
+    def _redraw_as_time_passes(self, plotted: Iterable[Series]) -> None:
+        """(On the loop.) If a plot of ``plotted`` changes when its bucket ends, redraw then
+        though no news comes: a rate falls to 0 once the events stop, a level shows its peak."""
+        for series in plotted:
             if series.busy:
                 # just past the end: asyncio may run a timer a little early
                 self._throttle.request_later(series.until_next() + 0.05)
@@ -295,11 +295,11 @@ def beside_html(*parts: str) -> str:
             f"align-items:flex-start'>{cells}</div>")
 
 
-def beside(*children: widgets.Widget) -> widgets.HBox:
-    """Widgets side by side, top-aligned, wrapping when the page is narrow: a table and the
-    plots beside it."""
+def beside(*children: widgets.Widget, align: str = "flex-start") -> widgets.HBox:
+    """Widgets side by side, top-aligned (or as ``align`` says), wrapping when the page is
+    narrow: a table and the plots beside it."""
     return widgets.HBox(list(children), layout=widgets.Layout(
-        flex_flow="row wrap", align_items="flex-start", grid_gap="0 16px"))
+        flex_flow="row wrap", align_items=align, grid_gap="0 16px"))
 
 
 def button(description: str, tooltip: str, handler: Callable[[], None]) -> widgets.Button:
