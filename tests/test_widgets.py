@@ -27,7 +27,7 @@ from workbench.errors import NwsNoWorkSpaceException  # noqa: E402
 from workbench.jupyter.widgets import (  # noqa: E402
     broker_view, dashboard, message_feed, sleigh_monitor,
 )
-from workbench.jupyter.widgets_core import INTERVAL, Throttle  # noqa: E402
+from workbench.jupyter.widgets_core import INTERVAL, Markup, Throttle, table  # noqa: E402
 
 from .support import spawn_client, wait_for  # noqa: E402
 
@@ -163,6 +163,22 @@ def test_throttle_redraws_later_once_though_nothing_changed(loop):
     assert len(seen) == 1
 
 
+def test_tables_align_numbers_right_and_text_left_and_cut_long_text():
+    long = "x" * 40 + "<&>"
+    shown = table(("name", "count", "pid", "rate", "plot"),
+                  [("a", 1, 4242, 2.5, Markup("<svg/>")),
+                   (long, 20, "", 0.0, Markup("<svg/>"))])
+    assert shown.count("<th style='text-align:right'>") == 3  # count, pid, rate: numbers
+    assert "<th style='text-align:left'>name</th>" in shown
+    assert row("a", 1, 4242) + cell(2.5, "right") + cell("<svg/>", "left") in shown
+    escaped = "x" * 40 + "&lt;&amp;&gt;"  # cut by the page's style; whole in its title
+    assert f"<td style='text-align:left' title='{escaped}'>{escaped}</td>" in shown
+    assert row(20) + cell("", "right") in shown  # a blank in a column of numbers
+    assert "white-space:nowrap" in shown and "text-overflow:ellipsis" in shown
+    assert "font-variant-numeric:tabular-nums" in shown
+    assert table(("a",), [], empty="nothing <yet>") == "<div><i>nothing &lt;yet&gt;</i></div>"
+
+
 def test_no_loop_no_widget():
     with pytest.raises(RuntimeError, match="no event loop"):
         dashboard("anything")
@@ -237,6 +253,8 @@ def test_buttons_fetch_delete_refresh(broker, ws, ws_name, loop, build):
     ws.store("b", "keep")
     board = build(dashboard, ws)
     press = buttons(board)
+    for button in press.values():  # as wide as its text, not stretched across the page
+        assert (button.layout.width, button.layout.align_self) == ("auto", "flex-start")
     board.variable.value = "a"
     press["fetchTry"].click()
     assert board.result.value == "fetched a: 1"

@@ -82,8 +82,9 @@ def dashboard(workspace: NetWorkSpace | str, *, server: NwsServer | str | None =
               preview: bool = True, max_rows: int = 100, interval: float = INTERVAL,
               loop: asyncio.AbstractEventLoop | None = None) -> WorkspaceDashboard:
     """A live table of a workspace's variables: mode, number of values, fetchers and finders
-    waiting, a preview of the value a find would return; buttons to fetchTry or delete the
-    chosen variable and to refresh. ``workspace``: a NetWorkSpace, or the name of an existing
+    waiting, a preview of the value a find would return, and beside each row a plot of its
+    number of values over the last minutes; buttons to fetchTry or delete the chosen variable
+    and to refresh. ``workspace``: a NetWorkSpace, or the name of an existing
     workspace on ``server`` (an NwsServer, an address, a connection file, or None: the broker
     found as usual)."""
     return WorkspaceDashboard(workspace, server, preview, max_rows, interval, loop)
@@ -102,7 +103,8 @@ def broker_view(server: NwsServer | str | None = None, *, max_rows: int = 100,
 def sleigh_monitor(sleigh: Sleigh, *, interval: float = INTERVAL,
                    loop: asyncio.AbstractEventLoop | None = None) -> SleighMonitor:
     """A live view of a sleigh: its workers and the tasks each has done since the sleigh was
-    first monitored, the progress of the calls running, tasks queued at the broker, deaths."""
+    first monitored, the progress of the calls running, tasks queued at the broker, deaths;
+    plots of the tasks done per second, overall and by each worker."""
     return SleighMonitor(sleigh, interval, loop)
 
 
@@ -111,8 +113,9 @@ def message_feed(pattern: str = "*", *, broker: NwsServer | str | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> MessageFeed:
     """The latest ``keep`` messages sent under identifiers matching ``pattern`` (berryMQ
     matching, as ``workbench.mq`` followers use), newest first, from every process of the
-    broker, this one included. ``broker``: an NwsServer, address or connection file; by
-    default the broker ``workbench.mq`` uses."""
+    broker, this one included; beside them, a plot of the messages per second under each
+    identifier. ``broker``: an NwsServer, address or connection file; by default the broker
+    ``workbench.mq`` uses."""
     return MessageFeed(pattern, broker, keep, interval, loop)
 
 

@@ -244,6 +244,7 @@ TABLE_STYLE = (
     "table.workbench-table tbody tr:nth-child(odd){background:transparent}"
     "table.workbench-table tbody tr:nth-child(even){background:var(--jp-layout-color2,#f2f2f2)}"
     "table.workbench-table svg{display:block}"
+    "table.workbench-table td:has(>svg){max-width:none}"
     "</style>")
 _LONG = 30  # characters past which a cell may be cut: its title then holds the whole text
 
@@ -263,10 +264,11 @@ def _cell(cell: Any, opening: str) -> str:
     """``opening``: the cell's tag, unclosed."""
     if isinstance(cell, (Markup, int, float)):  # nothing to escape
         return f"{opening}>{cell}</td>"
-    text = html.escape(str(cell))
+    text = str(cell)
     if len(text) > _LONG:
+        text = html.escape(text)
         return f"{opening} title='{text}'>{text}</td>"
-    return f"{opening}>{text}</td>"
+    return f"{opening}>{html.escape(text)}</td>"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], more: int = 0,
