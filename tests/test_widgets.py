@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -25,7 +27,7 @@ from workbench.errors import NwsNoWorkSpaceException  # noqa: E402
 from workbench.jupyter.widgets import (  # noqa: E402
     broker_view, dashboard, message_feed, sleigh_monitor,
 )
-from workbench.jupyter.widgets_core import INTERVAL, Throttle  # noqa: E402
+from workbench.jupyter.widgets_core import INTERVAL, Markup, Throttle, table  # noqa: E402
 
 from .support import spawn_client, wait_for  # noqa: E402
 
@@ -76,9 +78,31 @@ def finish(process) -> str:
     return out
 
 
-def row(variable: str, *cells) -> str:
-    """The HTML of a table row's first cells."""
-    return "".join(f"<td style='text-align:left'>{cell}</td>" for cell in (variable, *cells))
+def cell(content, align: str) -> str:
+    return f"<td style='text-align:{align}'>{content}</td>"
+
+
+def row(*cells) -> str:
+    """The HTML of a table row's first cells: numbers right-aligned, text left-aligned."""
+    return "".join(cell(c, "right" if isinstance(c, int) else "left") for c in cells)
+
+
+def plots(html: str) -> list[str]:
+    """What each plot in a widget's HTML says it shows (its SVG title, less the time it
+    spans, which grows), in order; every one must be well-formed SVG."""
+    said = []
+    for svg in re.findall(r"<svg.*?</svg>", html):
+        title = ET.fromstring(svg).find("{http://www.w3.org/2000/svg}title").text
+        said.append(re.sub(r" over the last [\d.]+ (s|min):", ":", title))
+    return said
+
+
+def rows_of(html: str) -> int:
+    return html.count("<tr>") - 1  # less the header's
+
+
+def peak(said: str) -> float:
+    return float(re.search(r"max ([\d.]+)", said).group(1))
 
 
 def buttons(widget) -> dict:
@@ -121,6 +145,40 @@ def test_throttle_runs_on_the_loop_at_a_bounded_rate(loop):
     assert seen[-1][1] == 8000 and throttle.redraws == len(seen)
 
 
+def test_throttle_redraws_later_once_though_nothing_changed(loop):
+    seen = []
+    throttle = Throttle(loop, lambda: seen.append(loop.time()), interval=0.05)
+
+    async def ask() -> float:
+        throttle.request_later(0.2)
+        throttle.request_later(0.01)  # one is pending: the first stands
+        return loop.time()
+
+    asked = loop.run_until_complete(ask())
+    settle(loop, lambda: seen)
+    assert seen[0] - asked >= 0.19
+    throttle.request_later(0.05)
+    throttle.close()
+    loop.run_until_complete(asyncio.sleep(0.15))  # no redraw may run in this time: closed
+    assert len(seen) == 1
+
+
+def test_tables_align_numbers_right_and_text_left_and_cut_long_text():
+    long = "x" * 40 + "<&>"
+    shown = table(("name", "count", "pid", "rate", "plot"),
+                  [("a", 1, 4242, 2.5, Markup("<svg/>")),
+                   (long, 20, "", 0.0, Markup("<svg/>"))])
+    assert shown.count("<th style='text-align:right'>") == 3  # count, pid, rate: numbers
+    assert "<th style='text-align:left'>name</th>" in shown
+    assert row("a", 1, 4242) + cell(2.5, "right") + cell("<svg/>", "left") in shown
+    escaped = "x" * 40 + "&lt;&amp;&gt;"  # cut by the page's style; whole in its title
+    assert f"<td style='text-align:left' title='{escaped}'>{escaped}</td>" in shown
+    assert row(20) + cell("", "right") in shown  # a blank in a column of numbers
+    assert "white-space:nowrap" in shown and "text-overflow:ellipsis" in shown
+    assert "font-variant-numeric:tabular-nums" in shown
+    assert table(("a",), [], empty="nothing <yet>") == "<div><i>nothing &lt;yet&gt;</i></div>"
+
+
 def test_no_loop_no_widget():
     with pytest.raises(RuntimeError, match="no event loop"):
         dashboard("anything")
@@ -133,7 +191,7 @@ def test_dashboard_follows_another_process(broker, ws, ws_name, loop, build):
     ws.declare("one", "single")
     ws.store("one", "only")
     board = build(dashboard, ws)
-    assert row("x", "fifo", 1, 0, 0, 42) in board.table.value
+    assert row("x", "fifo", 1, 0, 0, "42") in board.table.value
     assert row("one", "single", 1, 0, 0, "&#x27;only&#x27;") in board.table.value
     assert "2 variables · 2 values" in board.header.value
     threads = set()
@@ -154,6 +212,25 @@ def test_dashboard_follows_another_process(broker, ws, ws_name, loop, build):
     assert board.variable.options == ("one", "x", "y")
 
 
+def test_dashboard_plots_each_variables_values_beside_its_row(broker, ws, ws_name, loop,
+                                                             build):
+    ws.store("a", 1)
+    board = build(dashboard, ws)
+    assert plots(board.plot.value) == ["a: values: now 1, max 1"]
+    finish(spawn_client(broker, f"from workbench import NetWorkSpace\n"
+                                f"ws = NetWorkSpace({ws_name!r}, useUse=True)\n"
+                                f"for v in range(3): ws.store('b', v)\n"
+                                f"ws.fetch('a')\n"
+                                f"ws.close()\n"))
+    expected = ["a: values: now 0, max 1", "b: values: now 3, max 3"]
+    settle(loop, lambda: plots(board.plot.value) == expected,
+           shown=lambda: plots(board.plot.value))
+    # one plot per row of the table, in its order, so that they line up
+    assert rows_of(board.plot.value) == rows_of(board.table.value) == 2
+    assert board.table.value.index(">a<") < board.table.value.index(">b<")
+    assert plots(board._repr_html_()) == expected  # the static copy shows them too
+
+
 def test_a_burst_of_stores_costs_a_handful_of_redraws(broker, ws, ws_name, loop, build):
     board = build(dashboard, ws)
     before = board.redraws
@@ -162,7 +239,7 @@ def test_a_burst_of_stores_costs_a_handful_of_redraws(broker, ws, ws_name, loop,
                                   f"ws = NetWorkSpace({ws_name!r}, useUse=True)\n"
                                   f"for i in range(2000): ws.store('burst', i)\n")
     settle(loop, lambda: writer.poll() is not None
-           and row("burst", "fifo", 2000, 0, 0, 0) in board.table.value)
+           and row("burst", "fifo", 2000, 0, 0, "0") in board.table.value)
     elapsed = time.monotonic() - started
     finish(writer)
     redraws = board.redraws - before
@@ -176,10 +253,12 @@ def test_buttons_fetch_delete_refresh(broker, ws, ws_name, loop, build):
     ws.store("b", "keep")
     board = build(dashboard, ws)
     press = buttons(board)
+    for button in press.values():  # as wide as its text, not stretched across the page
+        assert (button.layout.width, button.layout.align_self) == ("auto", "flex-start")
     board.variable.value = "a"
     press["fetchTry"].click()
     assert board.result.value == "fetched a: 1"
-    assert row("a", "fifo", 1, 0, 0, 2) in board.table.value
+    assert row("a", "fifo", 1, 0, 0, "2") in board.table.value
     press["fetchTry"].click()
     press["fetchTry"].click()
     assert board.result.value == "a: no value"
@@ -255,7 +334,7 @@ def test_sleigh_monitor_counts_tasks_per_worker(broker, loop, build):
         monitor = build(sleigh_monitor, sleigh)
         assert "2 workers" in monitor.header.value
         for rank in (0, 1):
-            assert f"<td style='text-align:left'>{rank}</td>" in monitor.workers.value
+            assert row(rank, "running") in monitor.workers.value
         pending = sleigh.eachElem(double, list(range(300)), blocking=False)
         settle(loop, lambda: monitor.progress_text.value == "300 / 300 tasks · idle")
         assert pending.wait() == [2 * x for x in range(300)]
@@ -266,6 +345,18 @@ def test_sleigh_monitor_counts_tasks_per_worker(broker, loop, build):
             assert row(info["rank"], "running", info["host"], info["pid"],
                        done) in monitor.workers.value
         assert "queued at the broker 0 · in flight 0 · deaths 0" in monitor.footer.value
+
+        # The rate shows the work, then falls to 0 once it is done, though no event comes.
+        def overall() -> str:
+            return plots(monitor.rate.value)[0]
+
+        settle(loop, lambda: overall().startswith("tasks done per second: now 0/s")
+               and peak(overall()) > 0, shown=overall)
+        per_worker = plots(monitor.plot.value)
+        assert rows_of(monitor.plot.value) == rows_of(monitor.workers.value) == 2
+        for info, said in zip(sleigh.workerInfo(), per_worker):
+            assert said.startswith(f"worker {info['rank']}: tasks done per second")
+            assert (peak(said) > 0) == (monitor.done_by_rank[info["rank"]] > 0)
 
         html = sleigh._repr_html_()
         assert f"<b>Sleigh {sleigh.wsName}</b> at {broker.address}: 2 workers" in html
@@ -295,7 +386,9 @@ def test_sleigh_monitor_shows_a_batch_job_that_has_not_joined(broker, loop, buil
             assert sleigh.workerInfo()[0] == {"rank": 0, "state": "starting", "host": None,
                                               "pid": None, "job": job}
             monitor = build(sleigh_monitor, sleigh)
-            assert row(0, f"starting (job {job})", "", "", 0) in monitor.workers.value
+            # a column of numbers and blanks is a column of numbers
+            assert (row(0, f"starting (job {job})", "") + cell("", "right") + row(0)
+                    in monitor.workers.value)
             assert f"<td>0</td><td>starting (job {job})</td>" in sleigh._repr_html_()
         finally:
             sleigh.stop()
@@ -319,6 +412,14 @@ def test_message_feed_shows_messages_from_other_processes(broker, loop, build, w
     assert shown.count("<tr>") == 4  # the header and the 3 kept, newest first
     assert shown.index("3, cur=") < shown.index("2, cur=") < shown.index("1, cur=")
     assert "0, cur=" not in shown
+    assert row(f"{topic}:price", 4) in feed.plot.value
+    def price() -> str:
+        return plots(feed.plot.value)[0]
+
+    settle(loop, lambda: price().startswith(
+        f"{topic}:price: messages per second: now 0/s") and peak(price()) > 0,
+        shown=price)
+    assert peak(price()) <= 4
 
     mq.init_connection(broker.address)  # this process's own twitter reaches the feed too
     try:
@@ -327,6 +428,7 @@ def test_message_feed_shows_messages_from_other_processes(broker, loop, build, w
     finally:
         mq.close_connection()
     assert f"{topic}:local" in feed.messages.value
+    assert [said.split(":")[1] for said in plots(feed.plot.value)] == ["local", "price"]
     buttons(feed)["clear"].click()
     assert "no messages yet" in feed.messages.value and "5 received" in feed.header.value
     assert repr(feed) == f"<MessageFeed '{topic}:*' at {broker.address}>"

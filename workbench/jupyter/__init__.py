@@ -1,5 +1,6 @@
 """The notebook layer: the ``%nws`` magics (``magics``), the kernel spec of the
-"Python 3 (workbench)" kernel (``kernelspec``) and the dashboards (``widgets``).
+"Python 3 (workbench)" kernel (``kernelspec``) and the dashboards (``widgets``, their plots
+drawn by ``plots``).
 
 Only this package imports IPython and ipywidgets, and only in the modules that need them, so
 importing ``workbench.jupyter`` stays cheap (sleigh workers import ``cells`` from it).

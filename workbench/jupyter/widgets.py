@@ -9,6 +9,11 @@
     sleigh_monitor(sleigh)        # workers, tasks done per worker, progress
     message_feed("sensor:*")      # workbench.mq messages as they are sent
 
+Beside their tables, small plots (``plots``) show the last minutes: values per variable in
+the dashboard, tasks done per second (overall and per worker) in the sleigh monitor,
+messages per second per identifier in the feed. They are fed from the same events as the
+tables and drawn at the same redraws.
+
 Each returns an ipywidgets ``VBox`` that follows broker events (workspace watches, pub/sub),
 never polls, and redraws at most about seven times a second on the kernel's event loop (see
 ``widgets_core``). ``refresh()`` redraws at once; ``close()`` ends the watch or subscription.
@@ -45,19 +50,41 @@ from ..sleigh.events import RUNNING, CallProgress
 from ..sleigh.launchers import describe_worker
 from ..sleigh.master import Sleigh
 from ..topics import parse
-from .widgets_core import INTERVAL, LiveWidget, server_for, short, table
+from .plots import LevelSeries, RateSeries
+from .widgets_core import (
+    INTERVAL, LiveWidget, Markup, beside, beside_html, button, server_for, short, table,
+)
 
 __all__ = ["broker_view", "dashboard", "message_feed", "sleigh_monitor"]
 
 _NOTHING = object()
+
+# The plots' history: levels in 2 s buckets over 3 minutes at the most, rates in 1 s buckets
+# over 2 minutes.
+_LEVELS, _LEVEL_SECONDS = 90, 2.0
+_RATES, _RATE_SECONDS = 120, 1.0
+_MAX_IDENTIFIERS = 12  # identifiers a message feed plots: the most recently heard
+
+
+def _levels(value: int) -> LevelSeries:
+    return LevelSeries(_LEVELS, _LEVEL_SECONDS, value=value)
+
+
+def _rates() -> RateSeries:
+    return RateSeries(_RATES, _RATE_SECONDS)
+
+
+def _rate_plot(series: RateSeries, title: str) -> Markup:
+    return Markup(series.plot(title, unit="/s"))
 
 
 def dashboard(workspace: NetWorkSpace | str, *, server: NwsServer | str | None = None,
               preview: bool = True, max_rows: int = 100, interval: float = INTERVAL,
               loop: asyncio.AbstractEventLoop | None = None) -> WorkspaceDashboard:
     """A live table of a workspace's variables: mode, number of values, fetchers and finders
-    waiting, a preview of the value a find would return; buttons to fetchTry or delete the
-    chosen variable and to refresh. ``workspace``: a NetWorkSpace, or the name of an existing
+    waiting, a preview of the value a find would return, and beside each row a plot of its
+    number of values over the last minutes; buttons to fetchTry or delete the chosen variable
+    and to refresh. ``workspace``: a NetWorkSpace, or the name of an existing
     workspace on ``server`` (an NwsServer, an address, a connection file, or None: the broker
     found as usual)."""
     return WorkspaceDashboard(workspace, server, preview, max_rows, interval, loop)
@@ -76,7 +103,8 @@ def broker_view(server: NwsServer | str | None = None, *, max_rows: int = 100,
 def sleigh_monitor(sleigh: Sleigh, *, interval: float = INTERVAL,
                    loop: asyncio.AbstractEventLoop | None = None) -> SleighMonitor:
     """A live view of a sleigh: its workers and the tasks each has done since the sleigh was
-    first monitored, the progress of the calls running, tasks queued at the broker, deaths."""
+    first monitored, the progress of the calls running, tasks queued at the broker, deaths;
+    plots of the tasks done per second, overall and by each worker."""
     return SleighMonitor(sleigh, interval, loop)
 
 
@@ -85,41 +113,40 @@ def message_feed(pattern: str = "*", *, broker: NwsServer | str | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> MessageFeed:
     """The latest ``keep`` messages sent under identifiers matching ``pattern`` (berryMQ
     matching, as ``workbench.mq`` followers use), newest first, from every process of the
-    broker, this one included. ``broker``: an NwsServer, address or connection file; by
-    default the broker ``workbench.mq`` uses."""
+    broker, this one included; beside them, a plot of the messages per second under each
+    identifier. ``broker``: an NwsServer, address or connection file; by default the broker
+    ``workbench.mq`` uses."""
     return MessageFeed(pattern, broker, keep, interval, loop)
-
-
-def _button(description: str, tooltip: str, handler) -> widgets.Button:
-    button = widgets.Button(description=description, tooltip=tooltip,
-                            layout=widgets.Layout(width="auto"))
-    button.on_click(lambda _: handler())
-    return button
 
 
 # ------------------------------------------------------------------------------ dashboard
 
 class WorkspaceDashboard(LiveWidget):
-    """See ``dashboard``. ``table`` holds the variables, ``result`` what the last action did."""
+    """See ``dashboard``. ``table`` holds the variables, ``plot`` beside it each one's number
+    of values over the last minutes (row by row), ``result`` what the last action did."""
 
     def __init__(self, workspace: NetWorkSpace | str, server: NwsServer | str | None,
                  preview: bool, max_rows: int, interval: float,
                  loop: asyncio.AbstractEventLoop | None) -> None:
         super().__init__(loop, interval)
         self.table = widgets.HTML()
+        self.plot = widgets.HTML()
         self.variable = widgets.Dropdown(description="variable", options=[], value=None)
         self.result = widgets.HTML()
         actions = widgets.HBox([
             self.variable,
-            _button("fetchTry", "take a value of the chosen variable", self.fetch_try),
-            _button("delete", "delete the chosen variable and its values", self.delete),
-            _button("refresh", "redraw from the broker now", self.refresh),
+            button("fetchTry", "take a value of the chosen variable", self.fetch_try),
+            button("delete", "delete the chosen variable and its values", self.delete),
+            button("refresh", "redraw from the broker now", self.refresh),
         ])
-        self.children = [self.header, self.table, actions, self.result]
+        self.children = [self.header, beside(self.table, self.plot), actions, self.result]
         self.preview = preview
         self.max_rows = max_rows
         self._previews: dict[str, str] = {}
         self._changed: set[str] = set()  # variables whose preview is stale (under _lock)
+        # values per variable shown, as events tell (under _lock); a variable gets its series
+        # when first shown, so a workspace of many variables costs no more than its table
+        self._history: dict[str, LevelSeries] = {}
         self._gone: str | None = None  # "deleted" or "purged" once the workspace went
         self._body = ""
 
@@ -139,12 +166,19 @@ class WorkspaceDashboard(LiveWidget):
     def _on_events(self, events: list[dict]) -> None:
         """In the delivery thread: note what changed, ask for a redraw."""
         with self._lock:
+            history = self._history
             for event in events:
                 kind = event["event"]
                 if "var" in event:
-                    self._changed.add(event["var"])
+                    var = event["var"]
+                    self._changed.add(var)
+                    if kind == "deleted":
+                        history.pop(var, None)
+                    elif var in history and "values" in event:
+                        history[var].set(event["values"])
                 elif kind in ("ws_deleted", "ws_purged"):
                     self._gone = kind[3:]
+                    history.clear()
                 elif kind == "ws_created":
                     self._gone = None
         self._throttle.request()
@@ -175,20 +209,36 @@ class WorkspaceDashboard(LiveWidget):
                 previews.pop(name, None)
             elif name in changed or name not in previews:
                 previews[name] = self._preview(name)
-        self._body = table(
+        self.table.value = table(
             ("variable", "mode", "values", "fetchers", "finders", "preview"),
             ((name, rows[name][V_MODE], rows[name][V_VALUES], rows[name][V_FETCHERS],
               rows[name][V_FINDERS], previews.get(name, "")) for name in shown),
             more=len(names) - len(shown), empty="no variables")
+        self.plot.value = self._plots(shown, rows)
+        self._body = beside_html(self.table.value, self.plot.value)
         values = sum(row[V_VALUES] for row in rows.values())
         state = f" · <b>{gone}</b>" if gone else ""
         self.header.value = (f"{self._title()} · {len(names)} variables · {values} values"
                              f"{state}")
-        self.table.value = self._body
         if list(self.variable.options) != names:
             chosen = self.variable.value
             self.variable.options = names
             self.variable.value = chosen if chosen in names else (names[0] if names else None)
+
+    def _plots(self, shown: list[str], rows: dict) -> str:
+        """A column of plots, one per row of the table, in its order."""
+        if not shown:
+            return ""
+        with self._lock:
+            history = self._history
+            for name in set(history) - set(shown):
+                del history[name]
+            for name in shown:
+                if name not in history:
+                    history[name] = _levels(rows[name][V_VALUES])
+            plots = [[Markup(history[name].plot(f"{name}: values"))] for name in shown]
+            self._redraw_as_time_passes(history.values())
+        return table(("values over time",), plots)
 
     def _preview(self, name: str) -> str:
         try:
@@ -246,7 +296,7 @@ class BrokerView(LiveWidget):
         self.workspaces = widgets.HTML()
         self.clients = widgets.HTML()
         self.children = [self.header, self.workspaces, self.clients,
-                         _button("refresh", "redraw from the broker now", self.refresh)]
+                         button("refresh", "redraw from the broker now", self.refresh)]
         self.max_rows = max_rows
 
         def follow() -> None:
@@ -278,7 +328,7 @@ class BrokerView(LiveWidget):
             ("client", "owns", "requests", "blocked", "leases", "idle s"),
             ((c["label"] + (" (this process)" if c["label"] == me else ""),
               ", ".join(c["owned"]) or "-", c["requests"], c["waiting"], c["leases"],
-              f"{c['idle']:.1f}") for c in clients[:self.max_rows]),
+              round(c["idle"], 1)) for c in clients[:self.max_rows]),
             more=len(clients) - self.max_rows, empty="no clients")
         memory = status["memory"] / 2**20
         self.header.value = (f"{self._title()} · workbench {html.escape(status['version'])} · "
@@ -320,21 +370,27 @@ def _tally_of(sleigh: Sleigh) -> _ResultTally:
 
 
 class SleighMonitor(LiveWidget):
-    """See ``sleigh_monitor``. ``progress`` is the bar, ``workers`` the table."""
+    """See ``sleigh_monitor``. ``progress`` is the bar, ``rate`` beside it the tasks done per
+    second, ``workers`` the table and ``plot`` beside it each worker's tasks per second."""
 
     def __init__(self, sleigh: Sleigh, interval: float,
                  loop: asyncio.AbstractEventLoop | None) -> None:
         super().__init__(loop, interval)
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="tasks")
         self.progress_text = widgets.HTML()
+        self.rate = widgets.HTML()
         self.workers = widgets.HTML()
+        self.plot = widgets.HTML()
         self.footer = widgets.HTML()
-        self.children = [self.header, widgets.HBox([self.progress, self.progress_text]),
-                         self.workers, self.footer]
+        self.children = [self.header, beside(self.progress, self.progress_text, self.rate,
+                                             align="center"),
+                         beside(self.workers, self.plot), self.footer]
         self.sleigh = sleigh
         self.name = getattr(sleigh, "wsName", "?")
         self._queued: dict[str, int] = {}  # task variables -> values (under _lock)
         self._calls: dict[int, CallProgress] = {}  # this round's calls (under _lock)
+        self._done = _rates()  # tasks done per second, since this monitor began (under _lock)
+        self._done_by_rank: dict[int, RateSeries] = {}  # the same per worker (under _lock)
         self._tally = _tally_of(sleigh)
         self._subscription = sleigh.subscribe(self._on_sleigh_event)
 
@@ -353,6 +409,9 @@ class SleighMonitor(LiveWidget):
         """In the sleigh's thread that caused the event: note it for the next redraw."""
         if isinstance(event, CallProgress):
             with self._lock:
+                if event.rank is not None and event.added:
+                    self._done.add(event.added)
+                    self._rank_rates(event.rank).add(event.added)
                 calls = self._calls
                 known = calls.get(event.batch)
                 if known is None and calls and all(c.state != RUNNING for c in calls.values()):
@@ -361,6 +420,12 @@ class SleighMonitor(LiveWidget):
                 if known is None or event.done >= known.done or event.state != RUNNING:
                     calls[event.batch] = event
         self._throttle.request()
+
+    def _rank_rates(self, rank: int) -> RateSeries:
+        series = self._done_by_rank.get(rank)
+        if series is None:
+            series = self._done_by_rank[rank] = _rates()
+        return series
 
     def _on_events(self, events: list[dict]) -> None:
         with self._lock:
@@ -374,7 +439,8 @@ class SleighMonitor(LiveWidget):
         return f"<b>sleigh {html.escape(self.name)}</b>"
 
     def _body_html(self) -> str:
-        return self.progress_text.value + self.workers.value + self.footer.value
+        return (beside_html(self.progress_text.value, self.rate.value)
+                + beside_html(self.workers.value, self.plot.value) + self.footer.value)
 
     def _round(self) -> tuple[int, int, int]:
         """The calls running, and those finished since the sleigh was last idle ->
@@ -401,6 +467,7 @@ class SleighMonitor(LiveWidget):
             ((w["rank"], describe_worker(w), w["host"] or "", w["pid"] or "",
               by_rank.get(w["rank"], 0)) for w in info),
             empty="no workers")
+        self._plot_rates([w["rank"] for w in info])
         with self._lock:
             queued = sum(self._queued.values())
         self.footer.value = html.escape(
@@ -409,6 +476,19 @@ class SleighMonitor(LiveWidget):
         where = html.escape(sleigh.nws.server.address)
         run = "<b>stopped</b>" if status.stopped else f"{status.workers} workers"
         self.header.value = f"{self._title()} · {where} · {run}"
+
+    def _plot_rates(self, ranks: list[int]) -> None:
+        """The tasks done per second overall, and per worker in the table's order; while
+        they change, one more redraw when the second ends, so they fall to 0 when work does."""
+        with self._lock:
+            for rank in set(self._done_by_rank) - set(ranks):
+                del self._done_by_rank[rank]
+            overall = _rate_plot(self._done, "tasks done per second")
+            plots = [[_rate_plot(self._rank_rates(rank), f"worker {rank}: tasks done per second")]
+                     for rank in ranks]
+            self._redraw_as_time_passes([self._done])
+        self.rate.value = overall
+        self.plot.value = table(("tasks done per second",), plots) if plots else ""
 
     @property
     def done_by_rank(self) -> dict[int, int]:
@@ -427,18 +507,23 @@ class SleighMonitor(LiveWidget):
 # ------------------------------------------------------------------------------ messages
 
 class MessageFeed(LiveWidget):
-    """See ``message_feed``. ``messages`` is the table; ``received`` counts every message."""
+    """See ``message_feed``. ``messages`` is the table; ``received`` counts every message;
+    ``plot`` beside the table shows the messages per second of each identifier heard (the
+    most recently heard, if many are)."""
 
     def __init__(self, pattern: str, broker: NwsServer | str | None, keep: int,
                  interval: float, loop: asyncio.AbstractEventLoop | None) -> None:
         parse(pattern)  # a bad pattern fails here, before anything is made
         super().__init__(loop, interval)
         self.messages = widgets.HTML()
-        self.children = [self.header, self.messages,
-                         _button("clear", "forget the messages shown", self.clear)]
+        self.plot = widgets.HTML()
+        self.children = [self.header, beside(self.messages, self.plot),
+                         button("clear", "forget the messages shown", self.clear)]
         self.pattern = pattern
         self.received = 0
         self._latest: deque[tuple[str, str, str]] = deque(maxlen=keep)  # under _lock
+        # identifier -> its messages per second, the one heard last at the end (under _lock)
+        self._rates: dict[str, RateSeries] = {}
         self._connection = None
 
         def follow() -> None:
@@ -458,9 +543,16 @@ class MessageFeed(LiveWidget):
                                *(f"{k}={short(v)}" for k, v in message.kwargs.items())])
         now = time.time()
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        name = str(message.identifier)
         with self._lock:
-            self._latest.appendleft((stamp, str(message.identifier), arguments))
+            self._latest.appendleft((stamp, name, arguments))
             self.received += 1
+            rates = self._rates
+            series = rates.pop(name, None) or _rates()
+            rates[name] = series
+            series.add()
+            if len(rates) > _MAX_IDENTIFIERS:
+                del rates[next(iter(rates))]  # the one heard least recently
         self._throttle.request()
 
     def _title(self) -> str:
@@ -468,13 +560,19 @@ class MessageFeed(LiveWidget):
                 f"{html.escape(getattr(self, 'address', '?'))}")
 
     def _body_html(self) -> str:
-        return self.messages.value
+        return beside_html(self.messages.value, self.plot.value)
 
     def _redraw(self) -> None:
         with self._lock:
             latest, received = list(self._latest), self.received
+            rates = sorted(self._rates.items())
+            plots = [(name, series.total, _rate_plot(series, f"{name}: messages per second"))
+                     for name, series in rates]
+            self._redraw_as_time_passes(series for _, series in rates)
         self.messages.value = table(("time", "identifier", "arguments"), latest,
                                     empty="no messages yet")
+        self.plot.value = table(("identifier", "messages", "per second"),
+                                plots) if plots else ""
         dropped = self._bus.dropped
         lost = f" · {dropped} dropped by the broker (read too slowly)" if dropped else ""
         self.header.value = f"{self._title()} · {received} received{lost}"

@@ -12,7 +12,10 @@ every change to a widget happens on that loop: the kernel's, in a notebook.
 seconds (0.15 by default): the first request after a quiet spell redraws at once, later ones
 within the interval become one redraw at its end, which reads the state as it is then. A
 burst of thousands of changes costs a handful of redraws, and the last one shows the end
-state.
+state. A plot asks for one redraw more when its bucket of time ends (``request_later``), so
+that a rate falls to zero once the events stop; nothing else is drawn without news.
+
+**Tables** (``table``) share one look, and the plots (``plots``) sit beside them (``beside``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import ipywidgets as widgets
 
 from ..client.workspace import NwsServer
 from ..config import WIDGET_INTERVAL
+from .plots import Series
 
 log = logging.getLogger("workbench.jupyter")
 
@@ -78,6 +82,7 @@ class Throttle:
         self.redraws = 0
         self._queued = False  # a hop to the loop is on its way: the next request needs none
         self._handle: asyncio.TimerHandle | None = None  # a redraw is scheduled (loop only)
+        self._later: asyncio.TimerHandle | None = None  # a request_later is pending (loop only)
         self._last = float("-inf")
         self._closed = False
 
@@ -106,8 +111,21 @@ class Throttle:
         self.redraws += 1
         self._redraw()
 
+    def request_later(self, delay: float) -> None:
+        """On the loop: redraw in ``delay`` seconds though nothing changes (a plot whose time
+        moves on); one such request is pending at a time, and the first stands."""
+        if self._closed or self._later is not None:
+            return
+        self._later = self._loop.call_later(delay, self._fire_later)
+
+    def _fire_later(self) -> None:
+        self._later = None
+        self.request()
+
     def close(self) -> None:
         self._closed = True  # a scheduled redraw finds it and does nothing
+        if self._later is not None:
+            self._later.cancel()
 
 
 class LiveWidget(widgets.VBox):
@@ -157,6 +175,15 @@ class LiveWidget(widgets.VBox):
     def _redraw(self) -> None:
         raise NotImplementedError
 
+    def _redraw_as_time_passes(self, plotted: Iterable[Series]) -> None:
+        """(On the loop.) If a plot of ``plotted`` changes when its bucket ends, redraw then
+        though no news comes: a rate falls to 0 once the events stop, a level shows its peak."""
+        for series in plotted:
+            if series.busy:
+                # just past the end: asyncio may run a timer a little early
+                self._throttle.request_later(series.until_next() + 0.05)
+                return
+
     def _stop(self) -> None:
         """Stop following the broker: the watch, then the session made for the widget."""
         if self._watch is not None:
@@ -197,17 +224,92 @@ class LiveWidget(widgets.VBox):
         return f"<div>{self._title()}</div>{self._body_html()}"
 
 
+class Markup(str):
+    """A table cell that is HTML already (a plot): ``table`` puts it in unescaped."""
+
+
+#: How the tables look, wherever they are shown: compact rows of one line, headers that stand
+#: out, figures in columns (tabular), long text cut with an ellipsis (its cell's title holds
+#: it whole). Row heights are fixed, so a table of plots beside a table lines up with its rows.
+TABLE_STYLE = (
+    "<style>"
+    "table.workbench-table{border-collapse:collapse;border-spacing:0;margin:2px 0 6px;"
+    "font-size:var(--jp-ui-font-size1,13px);font-variant-numeric:tabular-nums;"
+    "table-layout:auto}"
+    "table.workbench-table th{font-weight:600;padding:4px 10px;line-height:18px;"
+    "white-space:nowrap;border:none;border-bottom:1px solid var(--jp-border-color1,#bdbdbd)}"
+    "table.workbench-table td{padding:2px 10px;height:18px;line-height:18px;"
+    "white-space:nowrap;max-width:36ch;overflow:hidden;text-overflow:ellipsis;"
+    "vertical-align:middle;border:none}"
+    "table.workbench-table tbody tr:nth-child(odd){background:transparent}"
+    "table.workbench-table tbody tr:nth-child(even){background:var(--jp-layout-color2,#f2f2f2)}"
+    "table.workbench-table svg{display:block}"
+    "table.workbench-table td:has(>svg){max-width:none}"
+    "</style>")
+_LONG = 30  # characters past which a cell may be cut: its title then holds the whole text
+
+
+def _alignment(column: Sequence[Any]) -> str:
+    """A column whose cells are all numbers (int, float) or empty is right-aligned."""
+    numbers = False
+    for cell in column:
+        if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+            numbers = True
+        elif cell != "":
+            return "left"
+    return "right" if numbers else "left"
+
+
+def _cell(cell: Any, opening: str) -> str:
+    """``opening``: the cell's tag, unclosed."""
+    if isinstance(cell, (Markup, int, float)):  # nothing to escape
+        return f"{opening}>{cell}</td>"
+    text = str(cell)
+    if len(text) > _LONG:
+        text = html.escape(text)
+        return f"{opening} title='{text}'>{text}</td>"
+    return f"{opening}>{html.escape(text)}</td>"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], more: int = 0,
           empty: str = "none") -> str:
-    """An HTML table of text cells (escaped here); ``more`` rows left out are counted below."""
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(cell))}</td>"
-                                    for cell in row) + "</tr>" for row in rows)
-    if not body:
+    """An HTML table: text cells escaped and left-aligned, numbers (int, float) right-aligned
+    (a column whose cells are all numbers or empty is a column of numbers, its header too),
+    ``Markup`` cells as they are; ``more`` rows left out are counted below. Every widget's
+    tables come from here, so they look alike."""
+    rows = [list(row) for row in rows]
+    if not rows:
         return f"<div><i>{html.escape(empty)}</i></div>"
-    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
+    aligns = [_alignment(column) for column in zip(*rows)]
+    head = "".join(f"<th style='text-align:{align}'>{html.escape(h)}</th>"
+                   for h, align in zip(headers, aligns))
+    openings = [f"<td style='text-align:{align}'" for align in aligns]
+    body = "".join("<tr>" + "".join(map(_cell, row, openings)) + "</tr>" for row in rows)
     tail = f"<div><i>… and {more} more</i></div>" if more > 0 else ""
-    return (f"<table class='workbench-table'><thead><tr>{head}</tr></thead>"
+    return (f"{TABLE_STYLE}<table class='workbench-table'><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>{tail}")
+
+
+def beside_html(*parts: str) -> str:
+    """Static HTML parts side by side (wrapping when narrow), as ``beside`` lays out widgets."""
+    cells = "".join(f"<div>{part}</div>" for part in parts)
+    return (f"<div style='display:flex;flex-flow:row wrap;column-gap:16px;"
+            f"align-items:flex-start'>{cells}</div>")
+
+
+def beside(*children: widgets.Widget, align: str = "flex-start") -> widgets.HBox:
+    """Widgets side by side, top-aligned (or as ``align`` says), wrapping when the page is
+    narrow: a table and the plots beside it."""
+    return widgets.HBox(list(children), layout=widgets.Layout(
+        flex_flow="row wrap", align_items=align, grid_gap="0 16px"))
+
+
+def button(description: str, tooltip: str, handler: Callable[[], None]) -> widgets.Button:
+    """A button as wide as its text (a VBox would stretch it across the page otherwise)."""
+    button = widgets.Button(description=description, tooltip=tooltip,
+                            layout=widgets.Layout(width="auto", align_self="flex-start"))
+    button.on_click(lambda _: handler())
+    return button
 
 
 def server_for(server: NwsServer | str | None) -> tuple[NwsServer, bool]:
