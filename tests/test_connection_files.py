@@ -10,6 +10,7 @@ file for a bare address fails."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -260,10 +261,11 @@ def test_the_magics_connect_through_the_file(curve, shell, capsys, ws_name, secr
 
 def test_the_magics_name_a_bad_file(curve, shell, capsys, tmp_path):
     missing = tmp_path / "missing.json"
-    shell.run_line_magic("nws", f"connect {missing}")
-    err = capsys.readouterr().err.strip()
-    assert err == (f"%nws connect: cannot read the connection file {missing}: "
-                   "No such file or directory")
+    result = shell.run_cell(f"%nws connect {missing}")
+    assert isinstance(result.error_in_exec, NwsConnectionFileException)  # the cell fails
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).strip()
+    assert shown == (f"NwsConnectionFileException: %nws connect: cannot read the connection "
+                     f"file {missing}: No such file or directory")
 
 
 def test_the_magic_session_shows_no_key_of_json_text(curve, secrets):
