@@ -102,6 +102,8 @@ SHM_THRESHOLD = 1 << 20
 #: Seconds mq waits for the broker to take the acknowledgements of shared-queue messages (at
 #: exit, on a change of broker).
 MQ_ACK_TIMEOUT = 2.0
+#: Seconds between attempts to give a connection whose broker went away a new session.
+RECONNECT_INTERVAL = 1.0
 #: Seconds ``mq.get_nowait(token)`` on an empty queue waits for what the broker already sent
 #: this process to be read (a round trip when nothing is behind; longer only while a follower
 #: holds up the delivery thread).

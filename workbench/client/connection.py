@@ -9,6 +9,14 @@ broker stops answering or closes the connection.
 
 A request interrupted by Ctrl-C or by its timeout is cancelled at the broker, which puts back any
 value that raced the cancel; the late reply is then discarded here (``interrupts`` tells how).
+
+A broker that goes away (its process stopped, crashed or restarted) fails the calls in flight
+with ``NwsConnectionDroppedException``. The next call starts a new session at the same address
+on its own, if a broker answers there, and goes on: the old session's non-persistent workspaces
+are gone with it (a broker with a data directory keeps the persistent ones). Whatever holds
+per-session state (an opened workspace, subscriptions, watches) registers with
+``on_new_session`` to set it up again. A broker that only fell silent for a while (the heartbeat
+misses answers) may still hold the session, so calls fail meanwhile but nothing reconnects.
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ import threading
 import time
 import weakref
 from collections import deque
+import logging
 from typing import TYPE_CHECKING, Callable
 
 from .._version import __version__
 from .. import shm
 from ..config import (
-    BYE_TIMEOUT, CANCEL_TIMEOUT, GOODBYE_WAIT, LOCAL_PROBE_TIMEOUT, LOCAL_SOCKET_ENV, SHM_ENV,
-    Liveness,
+    BYE_TIMEOUT, CANCEL_TIMEOUT, GOODBYE_WAIT, LOCAL_PROBE_TIMEOUT, LOCAL_SOCKET_ENV,
+    RECONNECT_INTERVAL, SHM_ENV, Liveness,
 )
 from ..errors import (
     NwsBadRequestException, NwsConnectException, NwsConnectionDroppedException,
@@ -52,6 +61,7 @@ if TYPE_CHECKING:
     from ..zmtp.curve import ClientKeys
 
 _unpack_header = HEADER.unpack_from
+log = logging.getLogger("workbench.client")
 
 #: Longest single wait inside a blocking call, in seconds: how often it checks that the broker
 #: is still alive.
@@ -102,6 +112,7 @@ class Channel:
         """Connect to the broker at ``endpoint`` (with CURVE's ``curve`` keys); OSError if
         nothing accepts there (DealerError, one, if the handshake fails)."""
         self.number = number
+        self.session_id = session_id
         self.retired = False  # set when the connection closes, from whichever thread
         self.owner = threading.current_thread()  # a socket belongs to one thread
         self.dealer = Dealer(endpoint, session_id + CHANNEL.pack(number), connect_timeout,
@@ -257,18 +268,30 @@ class Connection:
 
     def __init__(self, address: str | BrokerTarget, connect_timeout: float,
                  hint: str = "") -> None:
-        self.target = target = address if isinstance(address, BrokerTarget) else resolve(address)
-        self.address = target.address
+        self.target = address if isinstance(address, BrokerTarget) else resolve(address)
+        self.address = self.target.address
+        self.connect_timeout = connect_timeout
+        self._hint = hint
+        self._closed = False
+        self._lock = threading.Lock()
+        self._reconnecting = threading.Lock()
+        self._session_listeners: list[Callable[[], Callable[[], None] | None]] = []
+        self.sessions = 0  # sessions this connection has had: more than one after a reconnect
+        self._open_session()
+
+    def _open_session(self) -> None:
+        """Say hello as a new session: sockets, heartbeat, the broker's limits."""
+        target, hint = self.target, self._hint
         self.endpoint = target.address  # where this connection's sockets connect
         self.curve = target.client_keys()
         self.session_id = os.urandom(SESSION_ID_SIZE)
-        self.connect_timeout = connect_timeout
-        self._closed = False
         self.broken: str | None = None  # why the broker is considered unreachable
-        self._local = threading.local()
+        self.lost = False  # the broker closed the session's sockets: a new session may follow
+        if not hasattr(self, "_local"):  # a thread's channel of an older session is closed
+            self._local = threading.local()  # by the thread itself (``channel``)
         self._channels: list[Channel] = []
         self._channel_numbers = itertools.count(1)
-        self._lock = threading.Lock()
+        connect_timeout = self.connect_timeout
         hello = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                             "version": __version__,
                             "shm": shm.identity() if os.environ.get(SHM_ENV) != "0" else None,
@@ -315,6 +338,50 @@ class Connection:
                                            self._lock, self.endpoint, self.curve,
                                            self.session_id,
                                            self._deliveries)
+        self._session_released = False
+        self.sessions += 1
+
+    def _detach_finalizer(self) -> None:
+        finalizer = self.__dict__.pop("_finalizer", None)  # not closed, if no session yet
+        if finalizer is not None:
+            finalizer.detach()
+
+    def on_new_session(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every reconnect, in the thread whose call reconnected,
+        before that call goes on (a bound method is held weakly: its object may go)."""
+        if hasattr(listener, "__self__"):
+            self._session_listeners.append(weakref.WeakMethod(listener))
+        else:
+            self._session_listeners.append(lambda: listener)
+
+    def _reconnect(self) -> None:
+        """A new session in place of one the broker closed (the caller saw ``lost``)."""
+        with self._reconnecting:
+            if not self.lost or self._closed:
+                return  # another thread reconnected meanwhile, or the user closed it
+            old_session = self.session_id.hex()[:8]
+            if not self._session_released:  # (an earlier attempt may have)
+                self._detach_finalizer()  # no goodbye: nobody is there to hear it
+                _release(self._heartbeat, self._channels, self._lock,
+                         deliveries=self._deliveries)
+                self._session_released = True
+            try:
+                self._open_session()
+            except NwsConnectException as exc:
+                self.lost = True  # the next call tries again
+                self.broken = str(exc)
+                raise NwsConnectionDroppedException(
+                    f"the broker at {self.address} went away and none answers there now: "
+                    f"{exc}") from None
+            log.warning("the broker at %s went away and a broker answers there again: a new "
+                        "session (%s, was %s); the old session's non-persistent workspaces "
+                        "are gone", self.address, self.session_id.hex()[:8], old_session)
+        for reference in list(self._session_listeners):
+            listener = reference()
+            if listener is None:
+                self._session_listeners.remove(reference)
+            else:
+                listener()
 
     def _go_local(self, endpoint: str | None) -> None:
         """Move to the broker's Unix socket if it offered one this process can reach: a new
@@ -359,9 +426,14 @@ class Connection:
     def channel(self) -> Channel:
         """This thread's channel (made on first use, and made again if its socket broke while
         the session lives on: the old one stays listed, so the heartbeat still carries the
-        acknowledgements it holds)."""
+        acknowledgements it holds). A new session first if the broker closed the last one."""
+        if self.lost:
+            self._reconnect()
         try:
             channel = self._local.channel
+            if channel.session_id != self.session_id and not self._closed:
+                channel.close()  # a session the broker closed: this thread's socket to it
+                raise AttributeError
             if channel.dealer.closed and not channel.retired and not self.broken:
                 raise AttributeError
         except AttributeError:
@@ -521,15 +593,16 @@ class Connection:
             except NwsException:
                 pass
         self._closed = True
-        self._finalizer.detach()
+        self._detach_finalizer()
         _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
+        self.close_own_channel()  # it may be of a session before a reconnect
 
     def disown(self) -> None:
         """In a child just forked: this session is the parent's. Nothing here may speak for
         it, not even a goodbye at exit (it would end the parent's session), and the sockets'
         descriptors are closed in this process only (the parent's connections stay up).
         Done for every connection at fork; calling it again does nothing more."""
-        self._finalizer.detach()
+        self._detach_finalizer()
         self._closed = True
         self.broken = (f"this connection to {self.address} belongs to the process that forked "
                        "this one; open a new one here")
@@ -676,13 +749,15 @@ class _Heartbeat(threading.Thread):
         if self._stopping.is_set():
             raise DealerError("the connection is closing")
 
-    def _broken(self, why: str | None) -> bool:
-        """Tell the connection why the broker is unreachable (None: it is not) -> whether the
-        connection still exists."""
+    def _broken(self, why: str | None, lost: bool = False) -> bool:
+        """Tell the connection why the broker is unreachable (None: it is not), and whether
+        the session is ``lost`` for good -> whether the connection still exists."""
         connection = self._connection()
         if connection is None:
             return False
         connection.broken = why
+        if lost:
+            connection.lost = True
         return True
 
     def _close_wake(self) -> None:
@@ -702,10 +777,36 @@ class _Heartbeat(threading.Thread):
             if sock is not None:
                 self._beat(sock)
         except DealerError as exc:  # the broker closed the connection: it stopped
-            if not self._stopping.is_set():
-                self._broken(f"the broker at {self._address} went away: {exc}")
+            if not self._stopping.is_set() and self._broken(
+                    f"the broker at {self._address} went away: {exc}", lost=True):
+                _Reconnector(self._connection).start()
         finally:
             if sock is not None:
                 sock.close()
             if self._stopping.is_set():  # stop() may have come from this very thread (a
                 self._close_wake()       # finalizer run here), which cannot wait for itself
+
+
+class _Reconnector(threading.Thread):
+    """Gives a connection whose broker went away a new session as soon as a broker answers at
+    its address again, trying every ``RECONNECT_INTERVAL`` seconds: subscriptions and watches
+    come back without waiting for a call. Calls meanwhile try once themselves and fail fast."""
+
+    def __init__(self, connection: weakref.ref[Connection]) -> None:
+        super().__init__(name="workbench-reconnect", daemon=True)
+        self._connection = connection
+
+    def run(self) -> None:
+        while True:
+            time.sleep(RECONNECT_INTERVAL)
+            connection = self._connection()
+            if connection is None or connection.closed or not connection.lost:
+                return  # collected, closed, or a call reconnected it
+            try:
+                connection._reconnect()
+                return
+            except NwsException:
+                continue  # nobody answers yet
+            finally:
+                del connection  # hold it only while trying: it may be collected meanwhile
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -61,8 +62,21 @@ class MessageBus:
                  on_message: Callable[[str, Any], None] | None = None) -> None:
         self._connection = connection
         self.on_message = on_message
-        self._deliveries = connection.deliveries()
+        self._patterns: Counter[str] = Counter()  # subscribed, and how many times
+        self._follow_deliveries()
+        connection.on_new_session(self._resubscribe)
+
+    def _follow_deliveries(self) -> None:
+        self._deliveries = self._connection.deliveries()
         self._deliveries.handlers[MESSAGE] = self._received
+
+    def _resubscribe(self) -> None:
+        """In a new session after the broker came back: the same subscriptions there."""
+        self._follow_deliveries()
+        for pattern, times in list(self._patterns.items()):
+            for _ in range(times):
+                self._connection.call(Op.MQ_SUBSCRIBE, [self._deliveries.channel_arg,
+                                                        _identifier(pattern)])
 
     @property
     def dropped(self) -> int:
@@ -93,10 +107,15 @@ class MessageBus:
         on either side). Subscribing twice needs unsubscribing twice."""
         self._connection.call(Op.MQ_SUBSCRIBE, [self._deliveries.channel_arg,
                                                 _identifier(pattern)])
+        self._patterns[pattern] += 1
 
     def unsubscribe(self, pattern: str) -> None:
         self._connection.call(Op.MQ_UNSUBSCRIBE, [self._deliveries.channel_arg,
                                                   _identifier(pattern)])
+        if self._patterns[pattern] > 1:
+            self._patterns[pattern] -= 1
+        else:
+            self._patterns.pop(pattern, None)
 
     def sync(self, timeout: float) -> bool:
         """Wait until this process has read every message the broker sent it before now
@@ -193,16 +212,24 @@ class Watch:
         self._pending: dict[tuple, dict] = {}  # merged events not read yet
         self._arrived = threading.Condition()
         self._closed = False
-        deliveries = connection.deliveries()
+        self.snapshot: dict = self._start()
+        connection.on_new_session(self._start)
+
+    def _start(self) -> dict:
+        """Ask the broker for the events (again, in a new session after it came back) ->
+        the snapshot it answers with."""
+        if self._closed:
+            return self.snapshot
+        deliveries = self._connection.deliveries()
         router = _WatchRouter.of(deliveries)
         router.add(self)
         try:
-            head = connection.call(Op.WATCH, [deliveries.channel_arg,
-                                              workspace.encode("utf-8")])
+            head = self._connection.call(Op.WATCH, [deliveries.channel_arg,
+                                                    self.workspace.encode("utf-8")])
         except BaseException:  # refused (--max-watches, no such name): nothing to route
             router.remove(self)
             raise
-        self.snapshot: dict = json.loads(head[HEADER_SIZE:])
+        return json.loads(head[HEADER_SIZE:])
 
     def _receive(self, events: list[dict]) -> None:
         if self._closed:

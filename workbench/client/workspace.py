@@ -208,16 +208,23 @@ class NetWorkSpace:
         self._name = wsName
         self._wsb = wsName.encode()
         self._useUse = useUse
+        self._persistent = opt.get("persistent", False)
         try:
-            if useUse:
-                server.useWs(wsName, self, create=opt.get("create", True))
-            else:
-                server.openWs(wsName, self, persistent=opt.get("persistent", False),
-                              create=opt.get("create", True))
+            self._attach(create=opt.get("create", True))
         except BaseException:
             if self._owns_server:  # nothing else will ever close the session made for us
                 server.close()
             raise
+        self._connection.on_new_session(self._attach)
+
+    def _attach(self, create: bool = True) -> None:
+        """Open or use the workspace: at first, and in every new session after the broker
+        came back (a workspace this session owned is gone unless it was persistent and the
+        broker keeps a data directory: it is opened afresh)."""
+        if self._useUse:
+            self.server.useWs(self._name, self, create=create)
+        else:
+            self.server.openWs(self._name, self, persistent=self._persistent, create=create)
 
     def __str__(self) -> str:
         return f"NetWorkSpace '{self._name}' [{self._connection.address}]"

@@ -109,6 +109,7 @@ class Transport:
         bus, connection = link
         broken = connection.broken
         if broken:  # sending would queue up in the socket, then block: the broker is gone
+            # (the connection reconnects on its own when a broker answers there again)
             return self._unpublished(identifier, f"the broker is unreachable ({broken})")
         try:
             bus.publish(identifier, value, wait=confirmed)
