@@ -5,7 +5,8 @@ The persistent state is the workspaces, their variables and the values in them, 
 key-value entries' deadlines and the shared queues' declarations. Sessions, blocked calls,
 leases' holders, subscriptions and counters are not: they live and die with connections, so no
 record describes them. A replay starts from a fresh ``BrokerState`` (it holds the default
-workspace) and applies the records in order.
+workspace) and applies the records in order: ``restore`` does, and ``snapshot`` makes the
+records that build a state as it is now.
 
 Names: ``ws`` is a workspace's name, ``var`` a variable's, ``var_id`` the variable's id, which the
 broker never gives twice (it tells a variable from a later one of the same name). A value is
