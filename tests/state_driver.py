@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from workbench import codec, protocol
-from workbench.broker.state import BrokerState, Limits
+from workbench.broker.state import BrokerState, Effects, Limits
 from workbench.protocol import CHANNEL, FLAG_ACKS, META, SESSION_ID_SIZE, Op, Status
 
 from .change_replica import Replica, state_view
@@ -98,6 +98,8 @@ class StateDriver:
         self.notices: list[str] = []
         self._next_request_id: dict[bytes, int] = {}
         self._sessions = 0
+        #: Called with the ``Effects`` of every call into the state, before they are read.
+        self.on_effects: Callable[[Effects], None] | None = None
 
     @classmethod
     def around(cls, state: BrokerState, now: float = 0.0) -> StateDriver:
@@ -164,7 +166,9 @@ class StateDriver:
     def send_raw(self, peer: bytes, head: bytes, frames: list | None = None) -> None:
         self._collect(self.state.handle(peer, head, list(frames or []), self.now))
 
-    def _collect(self, effects) -> None:
+    def _collect(self, effects: Effects) -> None:
+        if self.on_effects is not None:
+            self.on_effects(effects)
         self.changes.extend(effects.changes)
         self.notices.extend(effects.notices)
         for peer, (head, *extra) in effects.messages:

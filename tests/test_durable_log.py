@@ -21,7 +21,7 @@ from .test_state_restore import History
 from workbench import shm
 from workbench.broker.durable import DataDir, DataDirLocked, LogError
 from workbench.broker.durable.log import HEADER, FRAME, LogWriter, read_log
-from workbench.broker.durable.records import decode, encode
+from workbench.broker.durable.records import decode, encode, encode_entry
 from workbench.broker.state import BrokerState, Limits, SharedMemory, changes
 from workbench.broker.state.restore import restore
 from workbench.broker.state.snapshot import NextSequence, NextVariableId, ValueReturns
@@ -31,7 +31,7 @@ from workbench.protocol import Op, request_head
 OFFSET = 1_700_000_000.0
 
 
-def history(seed: int = 1, steps: int = 300) -> StateDriver:
+def history(seed: int, steps: int) -> StateDriver:
     """A driver after ``steps`` random requests (``test_state_restore.History``)."""
     run = History(random.Random(seed))
     for _ in range(steps):
@@ -78,6 +78,26 @@ def test_a_deadline_is_written_on_the_wall_clock() -> None:
     assert decode(written, OFFSET + 1000) == changes.Expires(3, 25.5 - 1000)
 
 
+def test_the_changes_of_a_call_are_written_as_their_records_without_being_built() -> None:
+    """The broker encodes a call's ``Effects.log`` entries (``encode_entry``), not the records
+    its ``changes`` would build: both read back the same."""
+    run = History(random.Random(2))
+    entries_read = []
+
+    def read_entries(effects) -> None:
+        for entry in effects.log:
+            body = b"".join(map(bytes, encode_entry(entry, OFFSET, no_shared)))
+            entries_read.append(decode(memoryview(body), OFFSET))
+
+    run.d.on_effects = read_entries
+    start = len(run.d.changes)
+    for _ in range(300):
+        run.step()
+    assert entries_read == run.d.changes[start:]
+    assert {type(r) for r in entries_read} >= {changes.Stored, changes.Taken, changes.Removed,
+                                               changes.Returned, changes.Expires}
+
+
 def test_frames_of_any_buffer_type_are_written_raw() -> None:
     record = changes.Stored("ws", "v", 1, 1, [bytearray(b"\x00\x00\x02\x00x"),
                                               memoryview(b"yy"), bytearray(70_000)], 70_007, None)
@@ -107,7 +127,7 @@ def write_log(path: str, records: list) -> list[int]:
     writer = LogWriter.create(path)
     ends, end = [], HEADER.size
     for index, record in enumerate(records):
-        writer.append([record], OFFSET, no_shared)
+        writer.append(encode(record, OFFSET, no_shared))
         if index % 7 == 0:
             writer.commit(sync=False)
         end += FRAME.size + len(body(record))
@@ -345,7 +365,7 @@ def test_compaction_keeps_the_state_while_the_broker_goes_on(tmp_path) -> None:
     directory.open(run.d.state, run.d.now)
     for _ in range(600):  # each pass takes a slice of a compaction under way
         logged_run(directory, run.d, 1, run)
-    while directory.busy:  # let the last one finish
+    while directory.compaction is not None:  # let the last one finish
         directory.work(run.d.now)
     assert directory.compactions >= 2
     directory.close()
@@ -478,7 +498,7 @@ def test_a_compaction_keeps_a_shared_memory_value_whose_file_went_meanwhile(tmp_
     directory.work(0.0)  # starts a compaction: the file is mapped now
     assert directory.busy
     os.unlink(path)
-    while directory.busy:
+    while directory.compaction is not None:
         directory.work(0.0)
     directory.close()
     restored, _, _ = reopened(tmp_path)

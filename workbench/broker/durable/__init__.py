@@ -7,7 +7,7 @@ the log. The broker's state stays pure: it returns records (``broker.state.chang
 server's loop hands them here.
 """
 
-from .datadir import DEFAULT_FSYNC, FSYNC_POLICIES, DataDir, DataDirLocked
+from .datadir import DataDir, DataDirError, DataDirLocked
 from .log import LogError, Replay
 
-__all__ = ["DEFAULT_FSYNC", "FSYNC_POLICIES", "DataDir", "DataDirLocked", "LogError", "Replay"]
+__all__ = ["DataDir", "DataDirError", "DataDirLocked", "LogError", "Replay"]

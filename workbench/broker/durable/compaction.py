@@ -27,6 +27,7 @@ from ... import shm
 from ..state import BrokerState
 from ..state.snapshot import Snapshot
 from .log import LogWriter, write_all
+from .records import encode
 
 #: Records written between two looks at the clock.
 _BATCH = 256
@@ -52,6 +53,11 @@ class Compaction:
         self._tail.extend(buffers)
 
     @property
+    def writing(self) -> bool:
+        """Snapshot records are left to write (``step``)."""
+        return self._syncing is None
+
+    @property
     def ready(self) -> bool:
         """The snapshot is written and on disk: ``finish`` may swap it in."""
         syncing = self._syncing
@@ -66,7 +72,8 @@ class Compaction:
         writer, records, views = self.writer, self._records, self._views
         while True:
             batch = [record for _, record in zip(range(_BATCH), records)]
-            writer.append(batch, self._clock_offset, views.get)
+            for record in batch:
+                writer.append(encode(record, self._clock_offset, views.get))
             writer.commit(sync=False)
             if len(batch) < _BATCH:
                 break

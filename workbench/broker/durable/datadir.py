@@ -33,22 +33,25 @@ import threading
 import time
 from typing import Callable
 
+from ...config import (
+    COMPACT_FACTOR, COMPACT_MIN, COMPACT_SLICE, DEFAULT_FSYNC, FSYNC_EVERY, FSYNC_POLICIES,
+)
 from ..state import BrokerState
 from ..state.restore import RestoreReport, Restorer
 from .compaction import Compaction, map_shared, sync_directory
 from .log import LogWriter, Replay, read_log
+from .records import encode, encode_entry
 
 log = logging.getLogger("workbench.broker")
 
-FSYNC_POLICIES = ("always", "everysec", "no")
-DEFAULT_FSYNC = "everysec"
-COMPACT_MIN = 64 << 20  # bytes
-COMPACT_FACTOR = 2.0
-COMPACT_SLICE = 0.005  # s of the loop's time a pass gives a compaction
-EVERYSEC = 1.0  # s between two fdatasyncs at most, under ``everysec``
 
 
-class DataDirLocked(Exception):
+class DataDirError(Exception):
+    """The data directory cannot be used: another broker holds it, or it cannot be read or
+    written."""
+
+
+class DataDirLocked(DataDirError):
     """Another broker holds the data directory."""
 
 
@@ -84,9 +87,15 @@ class DataDir:
     # ---------------------------------------------------------------- start and stop
 
     def lock(self) -> None:
-        """Take the directory (made if missing); DataDirLocked if a broker has it."""
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the directory (made if missing), unless this has it already; DataDirLocked if
+        a broker has it, DataDirError if it cannot be made or opened."""
+        if self._lock_fd is not None:
+            return
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirError(f"data directory {self.path}: {exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -104,9 +113,15 @@ class DataDir:
     def open(self, state: BrokerState, now: float) -> tuple[Replay, RestoreReport]:
         """Replay the log into the fresh ``state`` (its clock reads ``now``), record what the
         restart changed (purges, leased values put back), and start logging. Takes the lock
-        first if ``lock`` was not called."""
-        if self._lock_fd is None:
-            self.lock()
+        first if ``lock`` was not called. DataDirError if a file cannot be read or written,
+        LogError if the log is not one this version reads."""
+        self.lock()
+        try:
+            return self._open(state, now)
+        except OSError as exc:
+            raise DataDirError(f"data directory {self.path}: {exc}") from None
+
+    def _open(self, state: BrokerState, now: float) -> tuple[Replay, RestoreReport]:
         self.state = state
         self._clock_offset = self.wall_clock() - now
         try:
@@ -153,8 +168,17 @@ class DataDir:
     # ---------------------------------------------------------------- the loop's calls
 
     def record(self, changes: list) -> None:
-        """Append the records of a call into the state (written at the next ``commit``)."""
-        self.writer.append(changes, self._clock_offset, map_shared)
+        """Append change records (written at the next ``commit``)."""
+        offset, append = self._clock_offset, self.writer.append
+        for record in changes:
+            append(encode(record, offset, map_shared))
+
+    def record_log(self, entries: list) -> None:
+        """Append the changes of a call into the state as its ``Effects.log`` holds them
+        (read at once: they are the state's until its next call)."""
+        offset, append = self._clock_offset, self.writer.append
+        for entry in entries:
+            append(encode_entry(entry, offset, map_shared))
 
     def commit(self) -> None:
         """Write what was recorded and, under ``always``, put it on disk: before the replies
@@ -163,8 +187,9 @@ class DataDir:
 
     @property
     def busy(self) -> bool:
-        """A compaction is under way: the loop should come back at once (``work``)."""
-        return self.compaction is not None
+        """A compaction has records to write: the loop should come back at once (``work``).
+        (Once they are written, it waits for them to reach the disk, and for a pass.)"""
+        return self.compaction is not None and self.compaction.writing
 
     def work(self, now: float) -> None:
         """After a pass's replies left: start a compaction if the log outgrew the live data,
@@ -228,7 +253,7 @@ class _EverySecond(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stopping.wait(EVERYSEC):
+        while not self._stopping.wait(FSYNC_EVERY):
             try:
                 self.data_dir.sync_if_written()
             except OSError as exc:  # the next commit meets the failing disk too, and stops

@@ -4,14 +4,14 @@ checksum; appended in batches, read back in order, its torn or corrupt tail cut.
 Layout (little-endian)::
 
     header   8 bytes "wblog\\x00\\x00\\x00", 4 bytes format version (1)
-    record   4 bytes CRC-32 of the next 8 bytes and the body, 8 bytes body length, the body
-             (``records``)
+    record   4 bytes CRC-32 of the body (its initial value: the length's low 32 bits), 8 bytes
+             body length, the body (``records``)
 
 CRC-32 (zlib's) because what a log must catch is a write the machine did not finish and bits a
 disk or a cable flipped, not an adversary (whoever can write the data directory can write valid
 records): it catches every burst of up to 32 bits and anything else but once in 2^32, and zlib
-computes it at gigabytes a second. Covering the length too means a flipped length is caught
-like a flipped body, not read as a shorter record.
+computes it at gigabytes a second. Starting it from the length means a flipped length is
+caught like a flipped body, not read as a shorter record.
 
 ``append`` encodes records into a buffer; ``commit`` writes the buffer with one ``write``
 (``writev``) and, when asked, one ``fdatasync``: the broker commits once per pass of its loop,
@@ -28,14 +28,13 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .records import RecordError, ReadShared, decode, encode, nbytes
+from .records import RecordError, decode, nbytes
 
 MAGIC = b"wblog\x00\x00\x00"
 VERSION = 1
 HEADER = struct.Struct("<8sI")
-FRAME = struct.Struct("<IQ")  # CRC-32 of the length and the body, body length
-_LENGTH = struct.Struct("<Q")
-_CRC = struct.Struct("<I")
+FRAME = struct.Struct("<IQ")  # CRC-32 of the body from the length, body length
+_MASK = 0xFFFFFFFF
 #: Frames at least this large are written from where they are, not copied into the buffer.
 _BIG = 64 << 10
 _IOV_MAX = 1024  # buffers per writev: the kernel refuses more
@@ -121,12 +120,11 @@ def _frames(view: memoryview, replay: Replay) -> Iterator[tuple[int, memoryview]
         end = offset + frame + length
         if not length or end > size:
             break
-        record = view[offset + _CRC.size:end]  # the length and the body
-        if crc32(record) != crc:
-            record.release()
+        body = view[offset + frame:end]
+        if crc32(body, length & _MASK) != crc:
+            body.release()
             break
-        yield offset, record[_LENGTH.size:]
-        record.release()
+        yield offset, body
         offset = end
     replay.good_bytes = offset
     replay.cut_bytes = size - offset
@@ -146,7 +144,8 @@ def _whole_records_after(view: memoryview, offset: int) -> int:
             break
         crc, length = FRAME.unpack_from(view, offset)
         end = offset + FRAME.size + length
-        if not length or end > size or zlib.crc32(view[offset + _CRC.size:end]) != crc:
+        if not length or end > size or zlib.crc32(view[offset + FRAME.size:end],
+                                                  length & _MASK) != crc:
             break
         count += 1
     return count
@@ -195,23 +194,20 @@ class LogWriter:
     def pending(self) -> bool:
         return bool(self._pending)
 
-    def append(self, records, clock_offset: float, read_shared: ReadShared) -> None:
-        """Frame and buffer ``records``; nothing is written until ``commit``."""
-        pending = self._pending
-        for record in records:
-            body = encode(record, clock_offset, read_shared)
-            if len(body) == 1:  # nearly every record: one small buffer
-                data = body[0]
-                length = len(data)
-                pending.append(FRAME.pack(zlib.crc32(data, zlib.crc32(_LENGTH.pack(length))),
-                                          length) + data)
-                continue
-            length_bytes = _LENGTH.pack(sum(map(nbytes, body)))
-            crc = zlib.crc32(length_bytes)
-            for buffer in body:
-                crc = zlib.crc32(buffer, crc)
-            pending.append(_CRC.pack(crc) + length_bytes)
-            pending.extend(body)  # ``write_all`` joins the small ones
+    def append(self, body: list) -> None:
+        """Frame and buffer a record's body (``records.encode``: a list of buffers); nothing
+        is written until ``commit``."""
+        if len(body) == 1:  # nearly every record: one small buffer
+            data = body[0]
+            length = len(data)
+            self._pending.append(FRAME.pack(zlib.crc32(data, length & _MASK), length) + data)
+            return
+        length = sum(map(nbytes, body))
+        crc = length & _MASK
+        for buffer in body:
+            crc = zlib.crc32(buffer, crc)
+        self._pending.append(FRAME.pack(crc, length))
+        self._pending.extend(body)  # ``write_all`` joins the small ones
 
     def commit(self, sync: bool) -> None:
         """Write what was appended (one system call for up to 1024 records) and, if ``sync``,

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from ...shm import without_flag
 from ..state.changes import (
     Declared, Expires, QueueDeclared, Removed, Returned, Stored, Taken, VariableDeleted,
-    WorkspaceClaimed, WorkspaceCreated, WorkspaceDeleted,
+    WorkspaceClaimed, WorkspaceCreated, WorkspaceDeleted, stored,
 )
 from ..state.snapshot import NextSequence, NextVariableId, ValueReturns
 from ..state.variables import MODES
@@ -68,12 +68,25 @@ def _optional(value: bytes | None) -> bytes:
     return _LENGTH.pack(_NONE) if value is None else _LENGTH.pack(len(value)) + value
 
 
+def encode_entry(entry: tuple, clock_offset: float, read_shared: ReadShared) -> list:
+    """An entry of ``Effects.log`` -> the buffers of its record's body, without building the
+    record where it can (a store, a take, a removal: the records of nearly every request)."""
+    kind = entry[0]
+    if kind is stored:
+        var, value = entry[1], entry[2]
+        return _encode_stored(var.workspace.name, var.name, var.id, value.seq, value.frames,
+                              value.size, value.shared, read_shared)
+    if kind is Taken or kind is Removed:
+        return [_VALUE.pack(TAGS[kind], entry[1], entry[2])]
+    return encode(kind(*entry[1:]), clock_offset, read_shared)
+
+
 def encode(record, clock_offset: float, read_shared: ReadShared) -> list:
     """``record`` -> the buffers of its body (a value's big frames are not copied)."""
     kind = type(record)
     tag = TAGS[kind]
     if kind is Stored:
-        return _encode_stored(record, read_shared)
+        return _encode_stored(*record, read_shared)
     if kind is Taken or kind is Removed:
         return [_VALUE.pack(tag, record.var_id, record.seq)]
     if kind is Declared:
@@ -99,19 +112,45 @@ def encode(record, clock_offset: float, read_shared: ReadShared) -> list:
     return [_RETURNS.pack(tag, record.var_id, record.seq, record.returns)]  # ValueReturns
 
 
-def _encode_stored(record: Stored, read_shared: ReadShared) -> list:
-    frames = record.frames
+def _encode_stored(ws: str, var: str, var_id: int, seq: int, frames: list, size: int,
+                   shared: bytes | None, read_shared: ReadShared) -> list:
     kept = False
-    if record.shared is not None:
-        data = read_shared(record.shared)
+    if shared is not None:
+        data = read_shared(shared)
         if data is None:  # removed behind the broker's back: the value is as good as gone
             kept = True
         else:
             frames = [without_flag(frames[0]), *data]
-    head = [_STORED.pack(TAGS[Stored], record.var_id, record.seq, record.size, kept,
-                         len(frames)), _text(record.ws), _text(record.var)]
-    head.extend(_FRAME_LENGTH.pack(nbytes(frame)) for frame in frames)
-    return [b"".join(head), *frames]
+    head = _STORED.pack(6, var_id, seq, size, kept, len(frames)) + _name(ws) + _name(var)
+    if len(frames) == 1 and type(frames[0]) is bytes:  # most values: one small buffer
+        frame = frames[0]
+        return [head + _FRAME_LENGTH.pack(len(frame)) + frame]
+    sizes = [nbytes(frame) for frame in frames]
+    buffers = []
+    small = [head, *map(_FRAME_LENGTH.pack, sizes)]
+    for frame, size in zip(frames, sizes):  # small frames are copied, big ones are not
+        if size < _SMALL_BODY:
+            small.append(frame)
+        else:
+            buffers += (b"".join(small), frame)
+            small = []
+    if small:
+        buffers.append(b"".join(small))
+    return buffers
+
+
+#: Names as written, by name: a few names come with nearly every record.
+_names: dict[str, bytes] = {}
+_MOST_NAMES = 4096
+
+
+def _name(name: str) -> bytes:
+    data = _names.get(name)
+    if data is None:
+        if len(_names) >= _MOST_NAMES:
+            _names.clear()
+        data = _names[name] = _text(name)
+    return data
 
 
 class _Reader:

@@ -93,11 +93,13 @@ class Stored(NamedTuple):
     size: int  # bytes it counts against the memory cap
     shared: bytes | None  # the shared-memory file's reference, which owns the data
 
-    @classmethod
-    def of(cls, var: Any, value: Any) -> Stored:
-        """The record of ``value`` stored in ``var`` (a ``Variable`` and a ``Value``)."""
-        return cls(var.workspace.name, var.name, var.id, value.seq, value.frames, value.size,
-                   value.shared)
+
+def stored(var: Any, value: Any) -> Stored:
+    """The record of ``value`` stored in ``var`` (a ``Variable`` and a ``Value``). A store's
+    entry in ``Effects.log`` is (this function, the variable, the value): a log may read its
+    fields from the two without building the record."""
+    return Stored(var.workspace.name, var.name, var.id, value.seq, value.frames, value.size,
+                  value.shared)
 
 
 class Taken(NamedTuple):
