@@ -390,4 +390,18 @@ def test_random_histories_restore_from_their_records_and_from_a_snapshot(rnd, st
     check_restore(compacted, d.state)
     from_history = answers(restarted(d, later=RESTART))
     from_snapshot = answers(restarted(d, compacted, later=RESTART))
-    assert from_history == from_snapshot == answers(after_restart(d))
+    assert from_history == from_snapshot
+    if not returns_depend_on_order(d.state):
+        assert from_history == answers(after_restart(d))
+
+
+def returns_depend_on_order(state: BrokerState) -> bool:
+    """Whether values leased to several sessions wait to go back to one LIFO or SINGLE
+    variable. Sessions that end one after another put them back in the order they end (the
+    last one's on top, or the first one's in the variable); a restart puts them back together,
+    in store order (the newest on top, or the newest in the variable)."""
+    holders: dict[int, set] = {}
+    for var, _, session in state.handoffs.leases.values():
+        if var.mode in ("lifo", "single"):
+            holders.setdefault(var.id, set()).add(session.id)
+    return any(len(sessions) > 1 for sessions in holders.values())

@@ -8,8 +8,10 @@ true), key-value deadlines, shared queues. Nothing tied to a connection does, si
 outlives the broker: what the sessions ended would have done happens once the records are
 applied (``Restorer.finish``). A non-persistent workspace with an owner is purged; a value taken
 under a lease and never acknowledged goes back to the head of its variable, as a cancel puts it
-back (its count of returns unchanged: the broker stopped, not its holder). Those changes are
-returned as records too, for the log that goes on from here.
+back (its count of returns unchanged: the broker stopped, not its holder). The values of one
+variable go back together, in store order, whoever held them: the newest on top of a LIFO, the
+newest into a SINGLE (sessions that end one by one would put back each one's in turn). Those
+changes are returned as records too, for the log that goes on from here.
 
 Ids continue after the highest ever given, never reusing one: a variable's next sequence after
 its highest value's, the next variable id after the highest variable's (or where a snapshot
