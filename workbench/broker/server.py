@@ -316,6 +316,8 @@ class BrokerServer:
                         self._serve(poll(0), listeners)
                         now = time.monotonic()
                     next_tick = now + tick
+                    if durable is not None:
+                        durable.set_clock(now)
                     self._release_files(now)
                     self._end_slow_handshakes(now)
                     self._apply(self.state.expire(now))

@@ -77,6 +77,7 @@ class DataDir:
         self.state: BrokerState | None = None
         self.compaction: Compaction | None = None
         self.snapshot_bytes = 0  # the size of the last snapshot: live data then
+        self._compact_at = compact_min  # the log needs no compaction below this size
         self.compactions = 0
         self.last_compaction: float | None = None  # wall clock
         self._always = fsync == "always"
@@ -137,7 +138,7 @@ class DataDir:
         self.writer = LogWriter.reopen(self.log_path, self.fdatasync)
         if created:
             sync_directory(self.path)
-        self.snapshot_bytes = self.writer.size
+        self._measured(self.writer.size)
         self.record(made)
         self.writer.commit(sync=True)
         if self.fsync == "everysec":
@@ -191,14 +192,19 @@ class DataDir:
         (Once they are written, it waits for them to reach the disk, and for a pass.)"""
         return self.compaction is not None and self.compaction.writing
 
+    def set_clock(self, now: float) -> None:
+        """The state's clock reads ``now``: deadlines are logged on the wall clock from here
+        (the two drift apart slowly: the broker calls this now and then)."""
+        self._clock_offset = self.wall_clock() - now
+
     def work(self, now: float) -> None:
         """After a pass's replies left: start a compaction if the log outgrew the live data,
         or take the next slice of the one under way."""
-        self._clock_offset = self.wall_clock() - now
         compaction = self.compaction
-        if compaction is None:
-            if self.writer.size > max(self.compact_min, self.compact_factor * max(
-                    self.state.memory.used, self.snapshot_bytes)):
+        if compaction is None:  # every pass: the common case costs two comparisons
+            size = self.writer.size
+            if size > self._compact_at and size > self.compact_factor * self.state.memory.used:
+                self.set_clock(now)
                 self._start_compaction()
             return
         try:
@@ -211,7 +217,7 @@ class DataDir:
             self.writer.tap = None
             compaction.abandon()
             self.compaction = None
-            self.snapshot_bytes = self.writer.size  # not again until it doubles
+            self._measured(self.writer.size)  # not again until it doubles
 
     def _start_compaction(self) -> None:
         self.writer.commit(self._always)
@@ -231,10 +237,16 @@ class DataDir:
             self.writer = compaction.finish()
             old.close()
         self.compaction = None
-        self.snapshot_bytes = compaction.snapshot_bytes
+        self._measured(compaction.snapshot_bytes)
         self.compactions += 1
         self.last_compaction = self.wall_clock()
         log.info("data directory: compacted the log to %d bytes", self.writer.size)
+
+    def _measured(self, snapshot_bytes: int) -> None:
+        """The live data was ``snapshot_bytes`` bytes of log: compact again once the log is
+        ``compact_factor`` times that (and than the values then, and ``compact_min``)."""
+        self.snapshot_bytes = snapshot_bytes
+        self._compact_at = max(self.compact_min, self.compact_factor * snapshot_bytes)
 
     def sync_if_written(self) -> None:
         """Put what was written on disk, if anything was since the last time (``everysec``)."""

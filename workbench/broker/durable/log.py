@@ -243,6 +243,11 @@ class LogWriter:
 def write_all(fd: int, buffers: list) -> int:
     """Write every buffer in order -> the bytes written. Small ones are joined first: a
     ``writev`` of a thousand tiny buffers costs more than copying them."""
+    if len(buffers) == 1 and type(buffers[0]) is bytes:  # a pass of one small change
+        written = os.write(fd, buffers[0])
+        if written == len(buffers[0]):
+            return written
+        return written + write_all(fd, [memoryview(buffers[0])[written:]])
     joined: list = []
     small: list = []
     for buffer in buffers:
