@@ -391,6 +391,8 @@ def counted(path, policy: str) -> tuple[Syncs, StateDriver, DataDir]:
 
 def test_always_puts_each_pass_on_disk_with_one_fdatasync(tmp_path) -> None:
     syncs, driver, directory = counted(tmp_path, "always")
+    before = directory.status()
+    assert before["fsync"] == "always" and before["last_compaction"] is None
     peers = [driver.client() for _ in range(4)]
     for peer in peers:  # four clients' requests in one pass
         driver.open_ws(peer, f"ws{peers.index(peer)}", persistent=True)
@@ -400,6 +402,9 @@ def test_always_puts_each_pass_on_disk_with_one_fdatasync(tmp_path) -> None:
     assert syncs.calls == 1
     directory.commit()  # a pass that changed nothing
     assert syncs.calls == 1
+    after = directory.status()
+    assert after["log_bytes"] == os.path.getsize(tmp_path / "log") > before["log_bytes"]
+    assert before["last_fsync"] is None and after["last_fsync"] is not None
     directory.close()
 
 

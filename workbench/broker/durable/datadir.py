@@ -242,6 +242,16 @@ class DataDir:
         self.last_compaction = self.wall_clock()
         log.info("data directory: compacted the log to %d bytes", self.writer.size)
 
+    def status(self) -> dict:
+        """What ``workbench status`` may show of the data directory (times on the wall
+        clock, None for never)."""
+        writer = self.writer
+        return {"data_dir": self.path, "fsync": self.fsync,
+                "log_bytes": writer.size if writer is not None else None,
+                "last_fsync": writer.synced_at if writer is not None else None,
+                "compactions": self.compactions, "last_compaction": self.last_compaction,
+                "compacting": self.compaction is not None}
+
     def _measured(self, snapshot_bytes: int) -> None:
         """The live data was ``snapshot_bytes`` bytes of log: compact again once the log is
         ``compact_factor`` times that (and than the values then, and ``compact_min``)."""

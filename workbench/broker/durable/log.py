@@ -24,6 +24,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -168,6 +169,7 @@ class LogWriter:
         self.fdatasync = fdatasync
         self._pending: list = []  # buffers appended, not yet written
         self.unsynced = False  # written since the last fdatasync
+        self.synced_at: float | None = None  # when the last fdatasync returned (wall clock)
         #: Whoever copies what is committed (a compaction in progress): called with the
         #: buffers of each commit.
         self.tap: Callable[[list], None] | None = None
@@ -235,6 +237,7 @@ class LogWriter:
     def sync(self) -> None:
         self.unsynced = False
         self.fdatasync(self.fd)
+        self.synced_at = time.time()
 
     def close(self) -> None:
         os.close(self.fd)
