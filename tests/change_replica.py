@@ -2,9 +2,10 @@
 a durability log or a second broker would rebuild it (the rules are ``broker.state.changes``'s
 docstring), and the same view taken from a live ``BrokerState`` to compare it with.
 
-The replica is strict: a record that does not fit what came before (a value taken twice, a
-variable created twice, a removal of a value nobody holds) fails at once, so a missing or
-superfluous record shows up where it happens.
+It takes the records of a snapshot (``broker.state.snapshot``) too. The replica is strict: a
+record that does not fit what came before (a value taken twice, a variable created twice, a
+removal of a value nobody holds) fails at once, so a missing or superfluous record shows up
+where it happens.
 """
 
 from __future__ import annotations
@@ -118,6 +119,18 @@ class Replica:
         else:
             var.held.remove(r.seq)
         del self.values[r.var_id, r.seq]
+
+    # ------------------------------------------------------------ a snapshot's own records
+
+    def _NextSequence(self, r) -> None:
+        assert r.var_id in self.variables  # the view has no sequences to come
+
+    def _NextVariableId(self, r) -> None:
+        assert all(var_id < r.var_id for var_id in self.variables)
+
+    def _ValueReturns(self, r) -> None:
+        assert (r.var_id, r.seq) in self.values
+        self.returns[r.var_id, r.seq] = r.returns
 
     # ------------------------------------------------------------ the view
 

@@ -49,11 +49,13 @@ def pytest_collection_finish(session) -> None:
 @pytest.fixture(autouse=True)
 def state_changes_rebuild_the_state():
     """Every broker state a test drove must be rebuildable from the change records it returned
-    (what a durability log keeps), whatever the test checked itself."""
+    (what a durability log keeps), and a state restored from them must hold what it would hold
+    after a restart, whatever the test checked itself."""
     StateDriver.made.clear()
     yield
     for driver in StateDriver.made:
         driver.check_replay()
+        driver.check_restore()
     StateDriver.made.clear()
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from workbench import codec, protocol
-from workbench.broker.state import BrokerState, Limits
+from workbench.broker.state import BrokerState, Effects, Limits
 from workbench.protocol import CHANNEL, FLAG_ACKS, META, SESSION_ID_SIZE, Op, Status
 
 from .change_replica import Replica, state_view
+from .restore_check import check_restore
 
 
 @dataclass
@@ -97,6 +98,17 @@ class StateDriver:
         self.notices: list[str] = []
         self._next_request_id: dict[bytes, int] = {}
         self._sessions = 0
+        #: Called with the ``Effects`` of every call into the state, before they are read.
+        self.on_effects: Callable[[Effects], None] | None = None
+
+    @classmethod
+    def around(cls, state: BrokerState, now: float = 0.0) -> StateDriver:
+        """A driver of an existing state (one restored from records, say), which the end of the
+        test does not check: its records are not all its own."""
+        driver = cls(now=now)
+        cls.made.remove(driver)
+        driver.state = state
+        return driver
 
     # ------------------------------------------------------------ clients and clock
 
@@ -154,7 +166,9 @@ class StateDriver:
     def send_raw(self, peer: bytes, head: bytes, frames: list | None = None) -> None:
         self._collect(self.state.handle(peer, head, list(frames or []), self.now))
 
-    def _collect(self, effects) -> None:
+    def _collect(self, effects: Effects) -> None:
+        if self.on_effects is not None:
+            self.on_effects(effects)
         self.changes.extend(effects.changes)
         self.notices.extend(effects.notices)
         for peer, (head, *extra) in effects.messages:
@@ -313,6 +327,11 @@ class StateDriver:
         replica = Replica()
         replica.apply_all(self.changes)
         assert replica.view() == state_view(self.state)
+
+    def check_restore(self) -> None:
+        """A fresh state restored from the change records holds what the state would hold
+        after a restart (``restore_check``)."""
+        check_restore(self.changes, self.state)
 
     def held_values(self, ws: str, var: str) -> list | None:
         """The decoded values the state holds in a variable, head first for FIFO and SINGLE,

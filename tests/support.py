@@ -83,6 +83,7 @@ def start_broker(tmp_path, *args: str, within: Sequence[str] = ()) -> Broker:
     if line is None:
         process.kill()
         process.wait()
+        process.stdout.close()
         raise RuntimeError(f"broker did not start: {Path(log_path).read_text()}")
     address = line.decode().split()[1]
     host, port = address.rsplit("/", 1)[1].rsplit(":", 1)

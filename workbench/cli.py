@@ -15,10 +15,11 @@ import sys
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, BROKER_READY, COMPAT_ENV, DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT,
-    KERNEL_DISPLAY_NAME, KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE,
-    MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV,
-    STATUS_TIMEOUT, Liveness, default_address, default_max_memory,
+    BROKER_ENV, BROKER_READY, COMPACT_FACTOR, COMPACT_MIN, COMPAT_ENV, DEFAULT_FSYNC,
+    DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
+    KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
+    MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, Liveness,
+    default_address, default_max_memory,
 )
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -96,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--no-local-socket", action="store_true",
                         help="serve clients on this machine over TCP only, not over a Unix "
                              "socket only this user can reach")
+    durability = broker.add_argument_group(
+        "durability", "With a data directory the broker logs every change, and a restart "
+        "(planned, crashed or kill -9) restores persistent workspaces, key-value entries, "
+        "shared queues and sleighs' tasks. See docs/durability.md.")
+    durability.add_argument("--data-dir", metavar="DIR",
+                            help="keep the broker's state in DIR (made if missing); without it "
+                                 "nothing is written and a restart starts empty")
+    durability.add_argument("--fsync", choices=FSYNC_POLICIES, default=None,
+                            help="when the log goes to disk: always (before each reply), "
+                                 "everysec (at most a second later; a crash of the machine may "
+                                 "lose that second), no (when the system chooses) (default "
+                                 f"{DEFAULT_FSYNC})")
+    durability.add_argument("--compact-min", type=parse_size, default=COMPACT_MIN,
+                            metavar="SIZE",
+                            help="rewrite the log as a snapshot of the state once it is larger "
+                                 f"than SIZE and than {COMPACT_FACTOR:g} times the live data "
+                                 f"(default {COMPACT_MIN >> 20}M)")
     security = broker.add_argument_group(
         "security", "Off loopback the broker speaks CURVE (authenticated, encrypted) and writes "
         "a connection file: whoever holds it can connect. See docs/security.md.")
@@ -414,16 +432,30 @@ def run_broker(args: argparse.Namespace) -> int:
         liveness=Liveness(args.heartbeat_interval, args.heartbeat_liveness),
         handshake_timeout=args.handshake_timeout,
     )
+    if args.fsync is not None and args.data_dir is None:
+        print("workbench broker: --fsync says how to write a data directory: add --data-dir",
+              file=sys.stderr)
+        return 2
     try:
         curve = _curve_security(args) if use_curve else None
     except ValueError as exc:  # a key file or directory that cannot be used
         print(f"workbench broker: {exc}", file=sys.stderr)
         return 2
+    data_dir, unusable = None, ()
+    if args.data_dir is not None:
+        from .broker.durable import DataDir, DataDirError, LogError
+        data_dir = DataDir(args.data_dir, args.fsync or DEFAULT_FSYNC,
+                           compact_min=args.compact_min)
+        unusable = (DataDirError, LogError)  # another broker's, or not readable
     server = BrokerServer(args.host, args.port, limits,
                           shared_memory=not args.no_shared_memory,
-                          local_socket=not args.no_local_socket, curve=curve)
+                          local_socket=not args.no_local_socket, curve=curve,
+                          data_dir=data_dir)
     try:
         server.bind()
+    except unusable as exc:
+        print(f"workbench broker: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # address in use, unknown interface
         print(f"workbench broker: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)
@@ -452,7 +484,7 @@ def run_broker(args: argparse.Namespace) -> int:
                 os.unlink(written)
             except OSError:
                 pass
-    return 0
+    return 1 if server.failure else 0
 
 
 def _record(args: argparse.Namespace, address: str, connection_file: str | None) -> list[str]:

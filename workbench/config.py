@@ -99,6 +99,19 @@ SHM_RELEASE_GRACE = float(os.environ.get("WORKBENCH_SHM_GRACE", 10.0))
 #: broker shares the client's machine (1 MiB).
 SHM_THRESHOLD = 1 << 20
 
+#: ``--fsync`` with a data directory: when the log is put on disk (``broker.durable.datadir``
+#: says what each guarantees). ``everysec``, as Redis's ``appendfsync``, by default.
+FSYNC_POLICIES = ("always", "everysec", "no")
+DEFAULT_FSYNC = "everysec"
+#: Seconds between two fdatasyncs at most under ``everysec``.
+FSYNC_EVERY = 1.0
+#: A data directory's log is compacted when it is larger than COMPACT_MIN bytes (64 MiB) and
+#: than COMPACT_FACTOR times the live data, in slices of COMPACT_SLICE seconds of the broker's
+#: loop.
+COMPACT_MIN = 64 << 20
+COMPACT_FACTOR = 2.0
+COMPACT_SLICE = 0.005
+
 #: Seconds mq waits for the broker to take the acknowledgements of shared-queue messages (at
 #: exit, on a change of broker).
 MQ_ACK_TIMEOUT = 2.0

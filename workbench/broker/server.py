@@ -8,6 +8,12 @@ thread does all of it around one ``epoll`` (``poll`` where there is none): a rep
 from the thread that computed it, with no hand-off to an I/O thread (see ``zmtp`` for why). Each
 pass reads what every ready peer sent, handles those requests in order and then writes every
 peer's replies in one system call each.
+
+With a data directory (``durable``), the change records of every call into the state are
+handed to its log as the call's effects are applied, and the pass commits them before any
+reply of the pass is written (``_commit``, first thing in ``_flush``): under ``--fsync always``
+the replies leave after the ``fdatasync`` that covers them all. A compaction under way takes a
+slice of each pass after its replies left (``DataDir.work``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from ..zmtp import (
 )
 
 if TYPE_CHECKING:
+    from .durable import DataDir
     from .security import CurveSecurity
 
 log = logging.getLogger("workbench.broker")
@@ -56,6 +63,11 @@ _READY_METADATA = properties(Socket_Type=b"ROUTER")
 
 class _Stop(Exception):
     """Raised from the SIGTERM handler to leave the poll at once."""
+
+
+class _LogFailed(Exception):
+    """The data directory's log could not be written: the broker stops without sending the
+    replies it could not make durable."""
 
 
 def is_loopback(host: str) -> bool:
@@ -148,8 +160,11 @@ class _Peer:
 class BrokerServer:
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  limits: Limits | None = None, shared_memory: bool = True,
-                 local_socket: bool = True, curve: CurveSecurity | None = None) -> None:
+                 local_socket: bool = True, curve: CurveSecurity | None = None,
+                 data_dir: DataDir | None = None) -> None:
         self.host = host
+        self.durable = data_dir  # None: nothing is written anywhere
+        self.failure: str | None = None  # why serving stopped, if it had to
         # With CURVE every TCP connection must complete its handshake; the Unix socket, which
         # only this user can reach, stays plain.
         self.curve = curve
@@ -178,7 +193,11 @@ class BrokerServer:
 
     def bind(self) -> str:
         """Listen on the host and port; ``port=0`` picks a free port. Returns the ``tcp://``
-        address. Raises OSError (address in use, unknown interface)."""
+        address. Raises OSError (address in use, unknown interface); with a data directory,
+        ``DataDirError`` (another broker has it, or a file cannot be read or written) or
+        ``LogError`` (its log is not one this version reads)."""
+        if self.durable is not None:
+            self.durable.lock()  # before the port: a second broker on it must not take one
         host = "127.0.0.1" if self.host == "localhost" else self.host
         family, kind, proto, _, address = socket.getaddrinfo(
             host, self.port, type=socket.SOCK_STREAM)[0]
@@ -204,7 +223,26 @@ class BrokerServer:
             f"ipc://{self.local_path}" if self.local_path else None,
             {**(self.curve.describe() if self.curve else {"mechanism": "NULL"}),
              "local_socket": self.local_path is not None})
+        if self.durable is not None:
+            self._restore()
         return self.address
+
+    def _restore(self) -> None:
+        """Restore the state from the data directory's log, and say what came back."""
+        durable = self.durable
+        started = time.monotonic()
+        replay, report = durable.open(self.state, started)
+        if replay.cut_bytes:
+            log.warning("data directory %s: the log ended in a damaged record (a crash while "
+                        "writing?); cut %d record(s), %d bytes", durable.path,
+                        replay.cut_records, replay.cut_bytes)
+        log.info("data directory %s (--fsync %s): restored %d workspaces, %d variables, %d "
+                 "values (%d bytes) from %d records in %.2f s", durable.path, durable.fsync,
+                 report.workspaces, report.variables, report.values, report.bytes,
+                 replay.records, time.monotonic() - started)
+        if report.purged:
+            log.info("data directory: purged the workspaces of sessions that ended with the "
+                     "last broker: %s", ", ".join(report.purged))
 
     def _listen_locally(self) -> None:
         """Also listen on a Unix socket, which clients on this machine use instead of TCP (the
@@ -258,20 +296,28 @@ class BrokerServer:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         poll = self.poller.poll
+        durable = self.durable
         try:
             log.info("workbench broker listening on %s", self.address)
             if on_ready is not None:
                 on_ready(self.address)
             next_tick = time.monotonic() + tick
             while True:
-                self._serve(poll(max(0.0, next_tick - time.monotonic())), listeners)
+                timeout = max(0.0, next_tick - time.monotonic())
+                if durable is not None and durable.busy:
+                    timeout = 0.0  # a compaction goes on between passes
+                self._serve(poll(timeout), listeners)
                 now = time.monotonic()
+                if durable is not None:
+                    self._durable_work(now)
                 if now >= next_tick:
                     if now - next_tick > tick:  # this process stalled (stopped, starved):
                         # what clients sent meanwhile counts before their silence is judged
                         self._serve(poll(0), listeners)
                         now = time.monotonic()
                     next_tick = now + tick
+                    if durable is not None:
+                        durable.set_clock(now)
                     self._release_files(now)
                     self._end_slow_handshakes(now)
                     self._apply(self.state.expire(now))
@@ -281,11 +327,17 @@ class BrokerServer:
                         break
         except (KeyboardInterrupt, _Stop):
             log.info("signal received; stopping")
+        except _LogFailed as exc:
+            self._log_failed(exc)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self._apply(self.state.shutdown())
-            self._flush()
-            self._linger()
+            if self.failure is None:
+                try:
+                    self._apply(self.state.shutdown())
+                    self._flush()
+                    self._linger()
+                except _LogFailed as exc:
+                    self._log_failed(exc)
             for peer in list(self.peers):
                 self._close(peer)
             self.poller.close()
@@ -300,11 +352,20 @@ class BrokerServer:
                     pass
             if self.files is not None:
                 self.files.sweep(everything_of_mine=True)
+            if durable is not None:
+                try:
+                    durable.close()
+                except OSError as exc:
+                    log.critical("data directory %s: the log could not be closed: %s",
+                                 durable.path, exc)
             log.info("workbench broker stopped")
 
     def _serve(self, ready: list, listeners: dict) -> None:
         """One pass: read what every ready peer sent, handle it, write every reply."""
         by_fd = self.by_fd
+        # With a log, what a writable peer holds may include replies of this pass: they wait
+        # for the pass's commit.
+        writable: list[_Peer] | None = None if self.durable is None else []
         for fd, events in ready:
             peer = by_fd.get(fd)
             if peer is None:
@@ -314,11 +375,25 @@ class BrokerServer:
             if events & (_READ | _CLOSED):
                 self._read(peer)
             if events & _WRITE and peer.out:
-                self._write(peer)
+                if writable is None:
+                    self._write(peer)
+                else:
+                    writable.append(peer)
+        if writable:
+            self._commit()
+            for peer in writable:
+                if peer.out:  # (closed meanwhile: nothing left)
+                    self._write(peer)
         self._flush()
 
     def _on_sigterm(self, signum, frame) -> None:
         raise _Stop()
+
+    def _log_failed(self, exc: _LogFailed) -> None:
+        self.failure = f"the data directory's log could not be written: {exc.__cause__}"
+        log.critical("data directory %s: the log could not be written (%s); stopping without "
+                     "sending the replies of changes it does not hold", self.durable.path,
+                     exc.__cause__)
 
     # ------------------------------------------------------------------ connections
 
@@ -523,7 +598,10 @@ class BrokerServer:
         routes = self.routes
         dirty = self.dirty
         later: list[Callable[[], Effects]] | None = None  # made when needed: rarely
+        durable = self.durable
         while True:
+            if durable is not None and effects.log:  # before a file it reads is released
+                durable.record_log(effects.log)
             rare = effects.rare  # anything besides messages (and changes)
             if rare and effects.reads:
                 later = self._read_files(effects, later or [])
@@ -589,8 +667,24 @@ class BrokerServer:
 
     # ------------------------------------------------------------------ writing
 
+    def _commit(self) -> None:
+        """Commit the log: the pass's changes are written (under ``always``, on disk)."""
+        try:
+            self.durable.commit()
+        except OSError as exc:
+            raise _LogFailed() from exc
+
+    def _durable_work(self, now: float) -> None:
+        """After a pass: start a compaction, or take a slice of one (see ``DataDir.work``)."""
+        try:
+            self.durable.work(now)
+        except OSError as exc:
+            raise _LogFailed() from exc
+
     def _flush(self) -> None:
-        """Write every peer's output."""
+        """Write every peer's output (committing the log first: see the module's docstring)."""
+        if self.durable is not None:
+            self._commit()
         dirty = self.dirty
         while dirty:
             peers = list(dirty)

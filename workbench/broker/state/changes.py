@@ -5,7 +5,8 @@ The persistent state is the workspaces, their variables and the values in them, 
 key-value entries' deadlines and the shared queues' declarations. Sessions, blocked calls,
 leases' holders, subscriptions and counters are not: they live and die with connections, so no
 record describes them. A replay starts from a fresh ``BrokerState`` (it holds the default
-workspace) and applies the records in order.
+workspace) and applies the records in order: ``restore`` does, and ``snapshot`` makes the
+records that build a state as it is now.
 
 Names: ``ws`` is a workspace's name, ``var`` a variable's, ``var_id`` the variable's id, which the
 broker never gives twice (it tells a variable from a later one of the same name). A value is
@@ -92,11 +93,13 @@ class Stored(NamedTuple):
     size: int  # bytes it counts against the memory cap
     shared: bytes | None  # the shared-memory file's reference, which owns the data
 
-    @classmethod
-    def of(cls, var: Any, value: Any) -> Stored:
-        """The record of ``value`` stored in ``var`` (a ``Variable`` and a ``Value``)."""
-        return cls(var.workspace.name, var.name, var.id, value.seq, value.frames, value.size,
-                   value.shared)
+
+def stored(var: Any, value: Any) -> Stored:
+    """The record of ``value`` stored in ``var`` (a ``Variable`` and a ``Value``). A store's
+    entry in ``Effects.log`` is (this function, the variable, the value): a log may read its
+    fields from the two without building the record."""
+    return Stored(var.workspace.name, var.name, var.id, value.seq, value.frames, value.size,
+                  value.shared)
 
 
 class Taken(NamedTuple):

@@ -65,6 +65,11 @@ class Deadlines:
             heapq.heapify(heap)
             self.limit = max(_MIN_DEADLINES_LIMIT, 2 * len(heap))
 
+    def restored(self, var: Variable) -> None:
+        """A variable restored from a log (``restore``) has a deadline: tracked, not recorded
+        (the log has its record)."""
+        heapq.heappush(self.heap, (var.expires, var.id, var))
+
     def clear(self, var: Variable) -> None:
         """The entry never expires now."""
         if var.expires is not None:

@@ -19,7 +19,7 @@ from collections import deque
 
 from ...protocol import MANY_COUNT, MANY_RECORD, Status, reply_head, value_reply_head
 from .caps import SessionCaps
-from .changes import Returned, Stored, Taken
+from .changes import Returned, Taken, stored
 from .deliveries import Deliveries
 from .effects import Outbox
 from .memory import Memory, file_frames
@@ -28,9 +28,6 @@ from .sessions import Session
 from .variables import FIFO, SINGLE, Value, Variable, Waiter
 
 Key = tuple  # (peer, request id) of a request
-#: The record of a store is built only when read (see ``Effects.log``): the variable's and the
-#: value's fields it reads never change.
-_STORED = Stored.of
 
 
 class ManyValues:
@@ -126,7 +123,9 @@ class HandOffs:
         """A value is stored: stamped, counted, logged, watched, and given to every finder."""
         var.stamp(value)
         self.memory.used += value.size
-        self.log.append((_STORED, var, value))
+        # The record is built only if read (see ``Effects.log``): the variable's and the
+        # value's fields it reads never change.
+        self.log.append((stored, var, value))
         if self.deliveries.watched:
             self.deliveries.event(var.workspace.name, "stored", var.name)
         if var.finders:

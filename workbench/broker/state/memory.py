@@ -113,6 +113,12 @@ class Memory:
             self.in_use.discard(value.shared.partition(b":")[0])
             self.outbox.release(value.shared, value.found)
 
+    def restored(self, value: Value) -> None:
+        """A value restored from a log (``restore``) is held: counted, and its file in use."""
+        self.used += value.size
+        if value.shared is not None:
+            self.in_use.add(value.shared.partition(b":")[0])
+
     def session_files(self, session: Session) -> SessionFiles | None:
         """The files an ended session's clients may have made, and those values hold."""
         if self.shared is None or not session.shares_memory:

@@ -119,6 +119,11 @@ class PubSubService:
         self.shared_queues[name] = (pattern, var)
         self.outbox.reply(peer, request_id)
 
+    def restored_queue(self, name: str, var: Variable) -> None:
+        """A shared queue restored from a log (``restore``): ``var`` of ``__mq`` receives
+        what matches ``name`` again."""
+        self.shared_queues[name] = (parse(name), var)
+
     def _mq_space(self) -> Workspace:
         ws = self.registry.spaces.get(MQ_WORKSPACE)
         if ws is None:

@@ -1,0 +1,286 @@
+"""A broker's data directory: the lock that keeps a second broker out, the log that is replayed
+into the state at start and appended to as the state changes, the fsync policy, compaction.
+
+Files: ``lock`` (held with ``flock`` while a broker runs; it holds that broker's pid), ``log``
+(see ``log``), and ``log.new`` while a compaction writes the next log.
+
+What each ``--fsync`` policy guarantees, as Redis's ``appendfsync`` (the default is everysec,
+Redis's default too):
+
+* ``always``: a reply that confirms a change leaves only after the change is on disk. The
+  records of one pass of the broker's loop share one ``fdatasync`` (group commit), so clients
+  that call at the same time share its cost. Nothing acknowledged is lost, even to a power cut.
+* ``everysec``: every pass writes its records to the file before its replies leave, and a
+  thread puts them on disk at most a second later. A crash of the broker process loses nothing
+  (the kernel has the data); a crash of the machine loses what was acknowledged in the last
+  second or two.
+* ``no``: written each pass, put on disk when the kernel chooses (Linux: within about 30 s). A
+  process crash loses nothing; a machine crash what the kernel had not written yet.
+
+Compaction starts when the log is larger than ``compact_min`` (64 MiB) and more than
+``compact_factor`` (2) times the live data, which is the larger of the bytes values hold and the
+size of the last snapshot; it writes the new log in slices of ``compact_slice`` (5 ms) of the
+loop's time (see ``compaction``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from ...config import (
+    COMPACT_FACTOR, COMPACT_MIN, COMPACT_SLICE, DEFAULT_FSYNC, FSYNC_EVERY, FSYNC_POLICIES,
+)
+from ..state import BrokerState
+from ..state.restore import RestoreReport, Restorer
+from .compaction import Compaction, map_shared, sync_directory
+from .log import LogWriter, Replay, read_log
+from .records import encode, encode_entry
+
+log = logging.getLogger("workbench.broker")
+
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used: another broker holds it, or it cannot be read or
+    written."""
+
+
+class DataDirLocked(DataDirError):
+    """Another broker holds the data directory."""
+
+
+class DataDir:
+    def __init__(self, path: str, fsync: str = DEFAULT_FSYNC,
+                 fdatasync: Callable[[int], None] = os.fdatasync,
+                 compact_min: int = COMPACT_MIN, compact_factor: float = COMPACT_FACTOR,
+                 compact_slice: float = COMPACT_SLICE,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"--fsync {fsync!r}: use one of {', '.join(FSYNC_POLICIES)}")
+        self.path = os.path.abspath(path)
+        self.fsync = fsync
+        self.fdatasync = fdatasync
+        self.compact_min = compact_min
+        self.compact_factor = compact_factor
+        self.compact_slice = compact_slice
+        self.wall_clock = wall_clock  # deadlines are logged on it
+        self.log_path = os.path.join(self.path, "log")
+        self._temp_path = self.log_path + ".new"
+        self._lock_fd: int | None = None
+        self.writer: LogWriter | None = None
+        self.state: BrokerState | None = None
+        self.compaction: Compaction | None = None
+        self.snapshot_bytes = 0  # the size of the last snapshot: live data then
+        self._compact_at = compact_min  # the log needs no compaction below this size
+        self.compactions = 0
+        self.last_compaction: float | None = None  # wall clock
+        self._always = fsync == "always"
+        self._clock_offset = 0.0  # the wall clock minus the state's
+        self._syncer: _EverySecond | None = None
+        self._swap = threading.Lock()  # the syncer's fdatasync against a compaction's swap
+
+    # ---------------------------------------------------------------- start and stop
+
+    def lock(self) -> None:
+        """Take the directory (made if missing), unless this has it already; DataDirLocked if
+        a broker has it, DataDirError if it cannot be made or opened."""
+        if self._lock_fd is not None:
+            return
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirError(f"data directory {self.path}: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise DataDirLocked(f"data directory {self.path} is in use by another broker (pid "
+                                f"{holder}): stop that one, or give this one another "
+                                "--data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        self._lock_fd = fd
+
+    def open(self, state: BrokerState, now: float) -> tuple[Replay, RestoreReport]:
+        """Replay the log into the fresh ``state`` (its clock reads ``now``), record what the
+        restart changed (purges, leased values put back), and start logging. Takes the lock
+        first if ``lock`` was not called. DataDirError if a file cannot be read or written,
+        LogError if the log is not one this version reads."""
+        self.lock()
+        try:
+            return self._open(state, now)
+        except OSError as exc:
+            raise DataDirError(f"data directory {self.path}: {exc}") from None
+
+    def _open(self, state: BrokerState, now: float) -> tuple[Replay, RestoreReport]:
+        self.state = state
+        self._clock_offset = self.wall_clock() - now
+        try:
+            os.unlink(self._temp_path)  # a compaction that a crash interrupted
+        except FileNotFoundError:
+            pass
+        restorer = Restorer(state, strict=False)
+        replay = read_log(self.log_path, self._clock_offset, restorer.apply)
+        report, made = restorer.finish()
+        for misfit in report.misfits:
+            log.warning("data directory: skipped a record that does not fit: %s", misfit)
+        created = not os.path.exists(self.log_path)
+        self.writer = LogWriter.reopen(self.log_path, self.fdatasync)
+        if created:
+            sync_directory(self.path)
+        self._measured(self.writer.size)
+        self.record(made)
+        self.writer.commit(sync=True)
+        if self.fsync == "everysec":
+            self._syncer = _EverySecond(self)
+            self._syncer.start()
+        return replay, report
+
+    def close(self) -> None:
+        """Put everything on disk and let the directory go (whatever the policy: a broker that
+        stops loses nothing)."""
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
+        if self.compaction is not None:
+            self.writer.tap = None
+            self.compaction.abandon()
+            self.compaction = None
+        if self.writer is not None:
+            try:
+                self.writer.commit(sync=True)
+            finally:
+                self.writer.close()
+                self.writer = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock goes with it
+            self._lock_fd = None
+
+    # ---------------------------------------------------------------- the loop's calls
+
+    def record(self, changes: list) -> None:
+        """Append change records (written at the next ``commit``)."""
+        offset, append = self._clock_offset, self.writer.append
+        for record in changes:
+            append(encode(record, offset, map_shared))
+
+    def record_log(self, entries: list) -> None:
+        """Append the changes of a call into the state as its ``Effects.log`` holds them
+        (read at once: they are the state's until its next call)."""
+        offset, append = self._clock_offset, self.writer.append
+        for entry in entries:
+            append(encode_entry(entry, offset, map_shared))
+
+    def commit(self) -> None:
+        """Write what was recorded and, under ``always``, put it on disk: before the replies
+        of the pass leave. OSError if the disk refuses."""
+        self.writer.commit(self._always)
+
+    @property
+    def busy(self) -> bool:
+        """A compaction has records to write: the loop should come back at once (``work``).
+        (Once they are written, it waits for them to reach the disk, and for a pass.)"""
+        return self.compaction is not None and self.compaction.writing
+
+    def set_clock(self, now: float) -> None:
+        """The state's clock reads ``now``: deadlines are logged on the wall clock from here
+        (the two drift apart slowly: the broker calls this now and then)."""
+        self._clock_offset = self.wall_clock() - now
+
+    def work(self, now: float) -> None:
+        """After a pass's replies left: start a compaction if the log outgrew the live data,
+        or take the next slice of the one under way."""
+        compaction = self.compaction
+        if compaction is None:  # every pass: the common case costs two comparisons
+            size = self.writer.size
+            if size > self._compact_at and size > self.compact_factor * self.state.memory.used:
+                self.set_clock(now)
+                self._start_compaction()
+            return
+        try:
+            if compaction.ready:
+                self._swap_in(compaction)
+            else:
+                compaction.step(self.compact_slice)
+        except OSError as exc:  # the old log is still whole: go on with it, try again later
+            log.error("data directory: compaction failed, the log goes on as it was: %s", exc)
+            self.writer.tap = None
+            compaction.abandon()
+            self.compaction = None
+            self._measured(self.writer.size)  # not again until it doubles
+
+    def _start_compaction(self) -> None:
+        self.writer.commit(self._always)
+        started = time.monotonic()
+        compaction = Compaction(self.state, self.log_path, self._temp_path,
+                                self._clock_offset, self.fdatasync)
+        self.writer.tap = compaction.tap
+        self.compaction = compaction
+        log.info("data directory: compacting a log of %d bytes (%d in values; the state's "
+                 "shape taken in %.3f s)", self.writer.size, self.state.memory.used,
+                 time.monotonic() - started)
+
+    def _swap_in(self, compaction: Compaction) -> None:
+        old = self.writer
+        old.commit(self._always)  # nothing may be left behind in the old log's buffer
+        with self._swap:
+            self.writer = compaction.finish()
+            old.close()
+        self.compaction = None
+        self._measured(compaction.snapshot_bytes)
+        self.compactions += 1
+        self.last_compaction = self.wall_clock()
+        log.info("data directory: compacted the log to %d bytes", self.writer.size)
+
+    def status(self) -> dict:
+        """What ``workbench status`` may show of the data directory (times on the wall
+        clock, None for never)."""
+        writer = self.writer
+        return {"data_dir": self.path, "fsync": self.fsync,
+                "log_bytes": writer.size if writer is not None else None,
+                "last_fsync": writer.synced_at if writer is not None else None,
+                "compactions": self.compactions, "last_compaction": self.last_compaction,
+                "compacting": self.compaction is not None}
+
+    def _measured(self, snapshot_bytes: int) -> None:
+        """The live data was ``snapshot_bytes`` bytes of log: compact again once the log is
+        ``compact_factor`` times that (and than the values then, and ``compact_min``)."""
+        self.snapshot_bytes = snapshot_bytes
+        self._compact_at = max(self.compact_min, self.compact_factor * snapshot_bytes)
+
+    def sync_if_written(self) -> None:
+        """Put what was written on disk, if anything was since the last time (``everysec``)."""
+        with self._swap:
+            writer = self.writer
+            if writer is not None and writer.unsynced:
+                writer.sync()
+
+
+class _EverySecond(threading.Thread):
+    """``everysec``: an ``fdatasync`` a second at most, off the loop's thread."""
+
+    def __init__(self, data_dir: DataDir) -> None:
+        super().__init__(name="workbench-fsync", daemon=True)
+        self.data_dir = data_dir
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(FSYNC_EVERY):
+            try:
+                self.data_dir.sync_if_written()
+            except OSError as exc:  # the next commit meets the failing disk too, and stops
+                log.error("data directory: fdatasync failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
