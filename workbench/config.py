@@ -117,6 +117,9 @@ COMPACT_SLICE = 0.005
 MQ_ACK_TIMEOUT = 2.0
 #: Seconds between attempts to give a connection whose broker went away a new session.
 RECONNECT_INTERVAL = 1.0
+#: Seconds a sleigh (its master and its workers) waits for a broker with a data directory to
+#: come back after it went away, before giving up as it does at once on any other broker.
+BROKER_RESTART_GRACE = 60.0
 #: Seconds ``mq.get_nowait(token)`` on an empty queue waits for what the broker already sent
 #: this process to be read (a round trip when nothing is behind; longer only while a follower
 #: holds up the delivery thread).

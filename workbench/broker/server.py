@@ -224,6 +224,7 @@ class BrokerServer:
             {**(self.curve.describe() if self.curve else {"mechanism": "NULL"}),
              "local_socket": self.local_path is not None})
         if self.durable is not None:
+            self.state.clients.durable = True
             self._restore()
         return self.address
 

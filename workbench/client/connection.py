@@ -341,6 +341,23 @@ class Connection:
         self._session_released = False
         self.sessions += 1
 
+    @property
+    def durable(self) -> bool:
+        """Whether the broker keeps a data directory (its persistent state survives it)."""
+        return bool(self.info.get("durable"))
+
+    def await_new_session(self, since: bytes, timeout: float) -> bool:
+        """Wait until this connection has a session other than ``since`` (a session id), as
+        after the broker came back -> False if none came within ``timeout`` seconds or the
+        connection was closed. Calls made meanwhile fail fast; a background retry
+        reconnects."""
+        deadline = time.monotonic() + timeout
+        while self.session_id == since or self.lost:
+            if self._closed or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def _detach_finalizer(self) -> None:
         finalizer = self.__dict__.pop("_finalizer", None)  # not closed, if no session yet
         if finalizer is not None:

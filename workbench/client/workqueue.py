@@ -127,6 +127,11 @@ class WorkQueue:
         return connection.channel().send(Op.STORE_MANY, [self._wsb, var.encode()],
                                           pack_many(encoded), connection.check_alive, acks)
 
+    def forget_requests(self) -> None:
+        """Forget the requests sent in a session that ended: a new session numbers its
+        requests afresh, and an old fetch's id must not make a new store's reply a fetch's."""
+        self._fetches.clear()
+
     def receive(self, request_ids: Collection[int], deadline: float | None = None) -> Reply:
         """Wait for the reply to whichever of ``request_ids`` comes first. Errors raise as the
         NwsException of their status; a fetch that found nothing (not blocking) has no

@@ -23,6 +23,7 @@ from ..client.connection import Connection
 from ..client.pubsub import MessageBus
 from ..client.workqueue import STORE_GROUP, WorkQueue
 from ..client.workspace import NetWorkSpace
+from ..config import BROKER_RESTART_GRACE
 from ..errors import NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException
 from ..protocol import Kind
 from . import tasks
@@ -164,7 +165,28 @@ class Dispatcher:
 
     def _collect(self) -> None:
         """The collector thread: take result values in bulk and file them; wait on the
-        farewell variable of every worker that said hello."""
+        farewell variable of every worker that said hello. A broker with a data directory
+        that went away is waited for (``BROKER_RESTART_GRACE``): its results and tasks are
+        still there when it is back, and the workers say hello again."""
+        connection = self._connection
+        while True:
+            session = connection.session_id
+            try:
+                self._collect_session()
+                return
+            except NwsConnectionDroppedException as exc:
+                if self.stopping:
+                    return
+                if not connection.durable or not connection.await_new_session(
+                        session, BROKER_RESTART_GRACE):
+                    self._break(f"sleigh {self.name} lost its broker at {connection.address} "
+                                f"({exc}); start the broker and a new sleigh")
+                    return
+                log.warning("sleigh %s: its broker at %s is back; collecting again",
+                            self.name, connection.address)
+
+    def _collect_session(self) -> None:
+        """Collect in one broker session (see ``_collect``)."""
         queue = WorkQueue(self._connection, self.name)  # requests in flight on this thread
         waiting: dict[int, Hello | None] = {queue.send_fetch(RESULT, COLLECT_MOST): None}
         try:
@@ -184,10 +206,8 @@ class Dispatcher:
                         waiting[queue.send_fetch(entry.farewell, 1)] = entry
                 # after filing: what came meanwhile comes in one reply (and the ack with it)
                 waiting[queue.send_fetch(RESULT, COLLECT_MOST)] = None
-        except NwsConnectionDroppedException as exc:
-            if not self.stopping:
-                self._break(f"sleigh {self.name} lost its broker at {self._connection.address} "
-                            f"({exc}); start the broker and a new sleigh")
+        except NwsConnectionDroppedException:
+            raise  # _collect decides: wait for the broker, or give up
         except NwsNoWorkSpaceException as exc:
             if not self.stopping:
                 self._break(f"sleigh {self.name} lost its workspace: {exc}")

@@ -160,8 +160,12 @@ class Sleigh(Executor):
                userWsNameTemplate, startTimeout) -> None:
         server = self._server
         self.wsName = server.mktempWs(wsNameTemplate)
-        self.nws: NetWorkSpace = server.openWs(self.wsName)
-        self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate))
+        # On a broker with a data directory the sleigh's workspaces are persistent, so its
+        # tasks and results outlive the broker's restart; stop() deletes them either way.
+        durable = self._connection.durable
+        self.nws: NetWorkSpace = server.openWs(self.wsName, persistent=durable)
+        self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate),
+                                                   persistent=durable)
         workerCount = worker_count(launcher, workerCount)
         if workerCount is None:
             workerCount = len(sshNodes) if sshNodes else os.cpu_count() or 1

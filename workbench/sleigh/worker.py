@@ -56,7 +56,8 @@ from ..client.workqueue import WorkQueue
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..connection_file import BrokerTarget
 from ..config import (
-    CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS, WORKER_FLUSH_SECONDS,
+    BROKER_RESTART_GRACE, CONNECT_TIMEOUT, SLEIGH_WORKER_ENV, WORKER_FLUSH_ITEMS,
+    WORKER_FLUSH_SECONDS,
     WORKER_GIVE_BACK_SECONDS, WORKER_HAND_SECONDS, WORKER_MOST_TASKS,
 )
 from ..errors import (
@@ -229,8 +230,26 @@ class Worker:
     # ------------------------------------------------------------------ the loop
 
     def serve(self) -> None:
-        """Take tasks until the sleigh's workspace goes away."""
+        """Take tasks until the sleigh's workspace goes away. A broker with a data directory
+        that goes away is waited for (``BROKER_RESTART_GRACE``): the tasks this worker held
+        are back in the bag when it returns, and the worker says hello again."""
         signal.signal(signal.SIGINT, self._on_sigint)
+        connection = self.connection
+        while True:
+            session = connection.session_id
+            try:
+                self._serve_session()
+            except NwsConnectionDroppedException:
+                if not connection.durable or not connection.await_new_session(
+                        session, BROKER_RESTART_GRACE):
+                    raise
+            self.stores.clear()  # the requests of the old session, answered or not
+            self.owed = []
+            self.queue.forget_requests()
+            self.announce()
+
+    def _serve_session(self) -> None:
+        """Serve in one broker session (see ``serve``)."""
         queue = self.queue
         fetch_shared = fetch_own = None
         while True:
@@ -514,6 +533,8 @@ def _leave_when_the_broker_is_gone(connection: Connection) -> None:
     timeouts on end, even while a task runs (its result could go nowhere). A broker that
     is only slow answers again sooner, and the connection is then no longer broken."""
     grace = 2 * connection.liveness.timeout
+    if connection.durable:  # it keeps the sleigh's work: wait for it to come back
+        grace += BROKER_RESTART_GRACE
     broken_since = None
     while not connection.closed:
         time.sleep(connection.liveness.interval)

@@ -40,6 +40,9 @@ class ClientService:
         self.max_message_size = max_message_size
         # The broker's Unix socket (``ipc://path``) offered to clients on this machine, if any.
         self.local_endpoint = local_endpoint
+        # The broker keeps a data directory: what is persistent survives its restart, so a
+        # client may wait for it to come back (a sleigh does). Set by the server.
+        self.durable = False
         self.ended: dict[bytes, float] = {}  # session id -> when it ended (tombstones)
 
     def handlers(self) -> dict[int, Callable]:
@@ -69,6 +72,7 @@ class ClientService:
             "max_memory": self.memory.limit,
             "shm_pid": shared.pid if session.shares_memory else None,
             "local": self.local_endpoint,
+            "durable": self.durable,
         })
 
     def bye(self, session: Session, peer: bytes, request_id: int, args: list,
