@@ -22,20 +22,29 @@ def slow_square(x: int) -> int:
     return x * x
 
 
-def test_a_map_finishes_across_a_restart_of_a_durable_broker(tmp_path) -> None:
+@pytest.mark.parametrize("how", ["eachElem", "imap"])
+def test_a_map_finishes_across_a_restart_of_a_durable_broker(tmp_path, how) -> None:
     data = tmp_path / "data"
     broker = start_broker(tmp_path, "--data-dir", str(data), "--fsync", "always")
     sleigh = Sleigh(workerCount=2, nwsHost=broker.host, nwsPort=broker.port)
     try:
         pids = sorted(info["pid"] for info in sleigh.workerInfo())
-        pending = sleigh.eachElem(slow_square, range(400), chunkSize=1, blocking=False)
-        wait_for(lambda: pending.check() < 300, timeout=30)  # under way
+        if how == "eachElem":
+            pending = sleigh.eachElem(slow_square, range(400), chunkSize=1, blocking=False)
+            wait_for(lambda: pending.check() < 300, timeout=30)  # under way
+            results = pending.wait
+        else:  # fed a window at a time: feeding goes on across the restart
+            results_in = sleigh.imap(slow_square, range(400), loadFactor=2)
+            first = [next(results_in) for _ in range(100)]
+
+            def results(timeout: float) -> list:
+                return first + list(results_in)
         broker.process.send_signal(signal.SIGKILL)
         broker.process.wait(10)
         broker.stop()
         broker = start_broker(tmp_path, "--data-dir", str(data), "--fsync", "always",
                               "--port", str(broker.port))
-        assert pending.wait(timeout=60) == [x * x for x in range(400)]
+        assert results(timeout=60) == [x * x for x in range(400)]
         assert sorted(info["pid"] for info in sleigh.workerInfo()) == pids  # the same workers
         assert sleigh.eachElem(slow_square, range(10)) == [x * x for x in range(10)]
     finally:
