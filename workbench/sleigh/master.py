@@ -60,6 +60,9 @@ log = logging.getLogger("workbench.sleigh")
 
 #: ``launch='web'``: deleting this variable says that all the workers started by hand joined.
 BY_HAND_VAR = "deleteMeWhenAllWorkersStarted"
+#: Seconds launch='web' waits, once told the workers started, for the hellos of those that
+#: announced themselves to reach the master.
+BY_HAND_JOIN_TIMEOUT = 10.0
 
 _live: weakref.WeakSet = weakref.WeakSet()
 
@@ -204,6 +207,14 @@ class Sleigh(Executor):
         try:
             ws.deleteVar("runMe")
         except NwsException:
+            pass
+        # A worker that announced itself (its worker@rank variable) has joined: its hello is
+        # on its way to the collector, which may not have read it yet.
+        announced = [rank for rank in map(tasks.worker_rank, ws.listVars(format="dict"))
+                     if rank is not None]
+        deadline = time.monotonic() + BY_HAND_JOIN_TIMEOUT
+        while (announced and self._scheduler.wait_joined(announced, deadline) < len(announced)
+               and time.monotonic() < deadline):
             pass
 
     def _wait_ready(self, count: int, needed: int, timeout: float) -> None:

@@ -54,6 +54,12 @@ def worker_var(rank: int) -> str:
     return f"worker@{rank}"
 
 
+def worker_rank(var: str) -> int | None:
+    """The rank whose ``worker_var`` ``var`` is, or None: another variable."""
+    prefix, at, rank = var.partition("@")
+    return int(rank) if prefix == "worker" and at and rank.isdigit() else None
+
+
 def farewell_var(rank: int, session: str) -> str:
     """The variable whose one value the worker of ``rank`` (in session ``session``) holds
     leased while it lives: the broker puts it back when that session ends."""
