@@ -3,20 +3,24 @@ started again on the same directory and port: everything it acknowledged is ther
 ``--fsync always`` a reply leaves only once the log holding its change is on disk (a slow disk
 stood in for); a log that cannot be written stops the broker before it acknowledges; the log is
 compacted while the broker serves; a second broker on the directory refuses, naming the first
-one's pid; ``--fsync`` wants a ``--data-dir``.
+one's pid; ``--fsync`` wants a ``--data-dir``; ``workbench status`` shows the data directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-from .support import Broker, read_line, run_client, spawn_client, start_broker
+from workbench.cli import durability_lines
+
+from .support import Broker, broker_status, read_line, run_client, spawn_client, start_broker
 
 #: What a client does before the broker is killed; it prints a line once all of it was
 #: acknowledged, then stays (holding a value it never acknowledges, and its own workspace).
@@ -221,6 +225,9 @@ def test_the_log_is_compacted_while_the_broker_serves(tmp_path) -> None:
         # so a busy machine lets it grow further past --compact-min before one ends
         assert int(churned.stdout) < 10 * 64 * 1024
         assert "compacted the log" in broker.log()
+        durability = broker_status(broker)["durability"]
+        assert durability["compactions"] >= 1
+        assert time.time() - 60 < durability["last_compaction"] <= time.time()
         kill(broker)
     finally:
         broker.stop()
@@ -293,3 +300,60 @@ def test_a_broker_whose_log_cannot_be_written_stops_without_acknowledging(
         assert left.stdout == "logged None\n", left.stderr
     finally:
         again.stop()
+
+
+def workbench_status(broker: Broker, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "workbench", "status", "--broker",
+                           broker.address, *args], env=broker.env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_workbench_status_shows_the_data_directory(tmp_path) -> None:
+    data = tmp_path / "data"
+    started = time.time()
+    broker = start_broker(tmp_path, "--data-dir", str(data), "--fsync", "always")
+    try:
+        stored = run_client(broker, dedent("""
+            from workbench import NetWorkSpace
+            NetWorkSpace("kept", persistent=True).store("x", "y" * 1000)
+            """))
+        assert stored.returncode == 0, stored.stderr
+        durability = json.loads(workbench_status(broker, "--json"))["durability"]
+        text = workbench_status(broker)
+    finally:
+        broker.stop()
+    assert durability == {
+        "data_dir": str(data), "fsync": "always", "log_bytes": durability["log_bytes"],
+        "last_fsync": durability["last_fsync"], "compactions": 0, "last_compaction": None,
+        "compacting": False}
+    # nothing was written since the status was asked (it changes nothing)
+    assert durability["log_bytes"] == os.path.getsize(data / "log") > 1000
+    assert started <= durability["last_fsync"] <= time.time()  # the store's, under always
+    assert f"\ndurability {data} (--fsync always), log " in text
+    assert "\n           last fsync 20" in text and ", last compaction never\n" in text
+
+
+def test_workbench_status_says_when_there_is_no_data_directory(tmp_path) -> None:
+    broker = start_broker(tmp_path)
+    try:
+        assert json.loads(workbench_status(broker, "--json"))["durability"] is None
+        text = workbench_status(broker)
+    finally:
+        broker.stop()
+    assert "durability no data directory: nothing survives a restart\n" in text
+
+
+def test_status_lines_of_a_data_directory() -> None:
+    now = time.mktime((2024, 5, 2, 14, 3, 22, 0, 0, -1))
+    durability = {"data_dir": "/srv/wb", "fsync": "everysec", "log_bytes": 3 << 20,
+                  "last_fsync": now - 0.5, "compactions": 2, "last_compaction": now - 7200,
+                  "compacting": True}
+    assert durability_lines(durability, now) == [
+        "durability /srv/wb (--fsync everysec), log 3.0 MiB",
+        "           last fsync 2024-05-02 14:03:21 (0.5 s ago), last compaction 2024-05-02 "
+        "12:03:22 (2.0 h ago) (2 since the broker started), one under way"]
+    never = {**durability, "last_fsync": None, "compactions": 0, "last_compaction": None,
+             "compacting": False}
+    assert durability_lines(never, now)[1] == "           last fsync never, last compaction never"

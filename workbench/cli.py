@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import time
 
 from ._version import __version__
 from .config import (
@@ -534,6 +535,33 @@ def _announce(address: str) -> None:
     sys.stdout.flush()
 
 
+def durability_lines(durability: dict | None, now: float | None = None) -> list[str]:
+    """What ``workbench status`` says of the broker's data directory (``durability`` of its
+    status: ``DataDir.status``), times on the wall clock, ``now`` by default."""
+    if durability is None:
+        return ["durability no data directory: nothing survives a restart"]
+    now = time.time() if now is None else now
+    log = durability["log_bytes"]
+    compaction = f"last compaction {_when(durability['last_compaction'], now)}"
+    if durability["compactions"]:
+        compaction += f" ({durability['compactions']} since the broker started)"
+    if durability["compacting"]:
+        compaction += ", one under way"
+    return [f"durability {durability['data_dir']} (--fsync {durability['fsync']}), log "
+            + ("not open" if log is None else _human(log)),
+            f"           last fsync {_when(durability['last_fsync'], now)}, {compaction}"]
+
+
+def _when(moment: float | None, now: float) -> str:
+    """A wall-clock time as ``2024-05-02 14:03:22 (3.2 s ago)``; ``never`` for None."""
+    if moment is None:
+        return "never"
+    ago = max(0.0, now - moment)  # another machine's clock may run ahead of this one
+    age = (f"{ago:.1f} s" if ago < 60 else f"{ago / 60:.0f} min" if ago < 3600
+           else f"{ago / 3600:.1f} h")
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(moment))} ({age} ago)"
+
+
 def run_status(args: argparse.Namespace) -> int:
     from .client.connection import Connection
     from .client.embedded import start_hint
@@ -560,6 +588,8 @@ def run_status(args: argparse.Namespace) -> int:
           f"up {info['uptime']:.0f} s)")
     print(f"memory     {_human(info['memory'])} of {_human(info['max_memory'])}; "
           f"messages up to {_human(info['max_message_size'])}")
+    if "durability" in info:  # a broker older than data directories says nothing of them
+        print("\n".join(durability_lines(info["durability"])))
     security = info.get("security", {})
     print(f"security   {security.get('mechanism', 'NULL')} on TCP"
           + (f", clients with a key in {security['allowed_keys']}"

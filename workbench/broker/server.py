@@ -222,7 +222,8 @@ class BrokerServer:
             SharedMemory(files.identity, files.pid) if files is not None else None,
             f"ipc://{self.local_path}" if self.local_path else None,
             {**(self.curve.describe() if self.curve else {"mechanism": "NULL"}),
-             "local_socket": self.local_path is not None})
+             "local_socket": self.local_path is not None},
+            self.durable.status if self.durable is not None else None)
         if self.durable is not None:
             self.state.clients.durable = True
             self._restore()

@@ -81,10 +81,14 @@ class BrokerState:
 
     def __init__(self, limits: Limits | None = None, rng: random.Random | None = None,
                  now: float = 0.0, shared_memory: SharedMemory | None = None,
-                 local_endpoint: str | None = None, security: dict | None = None) -> None:
+                 local_endpoint: str | None = None, security: dict | None = None,
+                 durability: Callable[[], dict] | None = None) -> None:
         self.limits = limits = limits or Limits()
         self.started = now
         self.security = security or {"mechanism": "NULL"}  # how clients connect, for STATUS
+        # What STATUS shows of the server's data directory (``DataDir.status``), read only
+        # when asked: None without one.
+        self.durability = durability
         self.clock = clock = Clock(now)
         self._counters = counters = dict.fromkeys(COUNTERS, 0)
         self.outbox = outbox = Outbox(counters)
@@ -304,4 +308,5 @@ class BrokerState:
             "counters": self.counters,
             "security": self.security,
             "subscribers": self.deliveries.status(),
+            "durability": self.durability() if self.durability is not None else None,
         })
