@@ -276,7 +276,11 @@ class Connection:
         self._lock = threading.Lock()
         self._reconnecting = threading.Lock()
         self._session_listeners: list[Callable[[], Callable[[], None] | None]] = []
+        self._reconnecting_thread: threading.Thread | None = None
         self.sessions = 0  # sessions this connection has had: more than one after a reconnect
+        # The broker closed the session's sockets: the next call (or a background retry)
+        # takes a new session; it stays set until that session is fully set up again.
+        self.lost = False
         self._open_session()
 
     def _open_session(self) -> None:
@@ -286,7 +290,6 @@ class Connection:
         self.curve = target.client_keys()
         self.session_id = os.urandom(SESSION_ID_SIZE)
         self.broken: str | None = None  # why the broker is considered unreachable
-        self.lost = False  # the broker closed the session's sockets: a new session may follow
         if not hasattr(self, "_local"):  # a thread's channel of an older session is closed
             self._local = threading.local()  # by the thread itself (``channel``)
         self._channels: list[Channel] = []
@@ -372,34 +375,43 @@ class Connection:
             self._session_listeners.append(lambda: listener)
 
     def _reconnect(self) -> None:
-        """A new session in place of one the broker closed (the caller saw ``lost``)."""
+        """A new session in place of one the broker closed (the caller saw ``lost``). Other
+        threads' calls wait for it, listeners included: ``lost`` stays set until the
+        listeners have set the session up (their own calls go through meanwhile)."""
+        if self._reconnecting_thread is threading.current_thread():
+            return  # a listener's call, in the middle of the reconnect
         with self._reconnecting:
             if not self.lost or self._closed:
                 return  # another thread reconnected meanwhile, or the user closed it
-            old_session = self.session_id.hex()[:8]
-            if not self._session_released:  # (an earlier attempt may have)
-                self._detach_finalizer()  # no goodbye: nobody is there to hear it
-                _release(self._heartbeat, self._channels, self._lock,
-                         deliveries=self._deliveries)
-                self._session_released = True
+            self._reconnecting_thread = threading.current_thread()
             try:
-                self._open_session()
-            except NwsConnectException as exc:
-                self.lost = True  # the next call tries again
-                self.broken = str(exc)
-                raise NwsConnectionDroppedException(
-                    f"the broker at {self.address} went away and none answers there now: "
-                    f"{exc}") from None
-            log.warning("the broker at %s went away and a broker answers there again: a new "
-                        "session (%s, was %s); the old session's non-persistent workspaces "
-                        "are gone", self.address, self.session_id.hex()[:8], old_session)
+                self._new_session()
+            finally:
+                self._reconnecting_thread = None
+
+    def _new_session(self) -> None:
+        old_session = self.session_id.hex()[:8]
+        if not self._session_released:  # (an earlier attempt may have)
+            self._detach_finalizer()  # no goodbye: nobody is there to hear it
+            _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
+            self._session_released = True
+        try:
+            self._open_session()
+        except NwsConnectException as exc:
+            self.broken = str(exc)  # still lost: the next call tries again
+            raise NwsConnectionDroppedException(
+                f"the broker at {self.address} went away and none answers there now: "
+                f"{exc}") from None
+        log.warning("the broker at %s went away and a broker answers there again: a new "
+                    "session (%s, was %s); the old session's non-persistent workspaces are "
+                    "gone", self.address, self.session_id.hex()[:8], old_session)
         for reference in list(self._session_listeners):
             listener = reference()
             if listener is None:
                 self._session_listeners.remove(reference)
             else:
-                listener()
-
+                listener()  # if it raises, the next call makes a session afresh
+        self.lost = False
     def _go_local(self, endpoint: str | None) -> None:
         """Move to the broker's Unix socket if it offered one this process can reach: a new
         channel there replaces the one that said hello, and every later socket connects there.
