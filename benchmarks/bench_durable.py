@@ -24,11 +24,15 @@ What it measures:
    vCPU each ("split"), as the workspace benchmark; and the server's CPU time per store (every
    thread's, as the scheduler counts it: the figure that other processes on the machine move
    least);
-2. 4 client processes, each storing on a variable (list) of its own for 3 s from a common
+2. the same stores against the broker without a data directory and with one at ``everysec``,
+   alternating in 20 batches (the order flipping each time), pinned the same two ways: the
+   cost of ``everysec`` free of the drift of a shared machine between two cases, which on the
+   project VM moves a case's rate by more than the 10 % the cost may be;
+3. 4 client processes, each storing on a variable (list) of its own for 3 s from a common
    start instant: total stores/s. Under ``always`` the replies of one pass of the broker's loop
    share one ``fdatasync`` (group commit): the 4-client rate against the 1-client rate shows
    how well that works;
-3. restart: seconds from spawning the server until it answers (the broker a STATUS request,
+4. restart: seconds from spawning the server until it answers (the broker a STATUS request,
    Redis a PING), with a data directory (an AOF folder) holding 1,000,000 small values (100
    bytes, one variable or list, stored one record or one command a value), holding 1 GiB
    (1,024 values of 1 MiB), and empty. The data is written once before the runs (untimed) by
@@ -80,6 +84,7 @@ class Settings(h.Settings):
     big_values: int = 1024  # values of 1 MiB of the restart with 1 GiB
     fill_batch: int = 10_000  # small values written in one request (one pipeline for Redis)
     restart_timeout: float = 300.0
+    pair_batches: int = 20  # batches of the alternating cases (of ops, or split_ops, in all)
 
 
 QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, duration_s=0.5,
@@ -88,17 +93,9 @@ QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, duration_s=0.5,
 BIG = 1 << 20
 
 
-class System(NamedTuple):
-    """A server the rate cases talk to: the workbench's broker or Redis, and how it logs."""
-
-    kind: str  # "wb" or "redis"
-    policy: str | None  # None: nothing is written
-
-
-SYSTEMS = {"wb": System("wb", None),
-           **{f"wb_{policy}": System("wb", policy) for policy in POLICIES},
-           "redis": System("redis", None),
-           **{f"redis_{policy}": System("redis", policy) for policy in POLICIES}}
+#: The servers of the rate cases, by name: which of the two each is ("wb" or "redis").
+SYSTEMS = {name: kind for kind in ("wb", "redis")
+           for name in (kind, *(f"{kind}_{policy}" for policy in POLICIES))}
 
 
 class Dataset(NamedTuple):
@@ -132,63 +129,86 @@ child_argv = partial(h.child_argv, __file__)
 
 
 def run_child(role: str, params: dict) -> None:
-    {"wb-storer": wb_storer, "redis-storer": redis_storer}[role](**params)
+    {"storer": storer}[role](**params)
 
 
-def wb_storer(port: int, var: str, warmup: int) -> None:
-    from workbench import NetWorkSpace
-
-    ws = NetWorkSpace(WORKSPACE, h.LOOPBACK, port, useUse=True)
+def storer(kind: str, port: int, var: str, warmup: int) -> None:
+    store, close = connect(kind, port, var)
     try:
-        h.timed_client(partial(ws.store, var, VALUE), warmup, per_call=1)
+        h.timed_client(store, warmup, per_call=1)
     finally:
-        ws.close()
+        close()
 
 
-def redis_storer(port: int, var: str, warmup: int) -> None:
+def connect(kind: str, port: int, var: str) -> tuple[Callable[[], object], Callable]:
+    """A new client of a broker or a Redis (``kind``) -> (one store of the value on ``var``,
+    close)."""
+    if kind == "wb":
+        from workbench import NetWorkSpace
+
+        ws = NetWorkSpace(WORKSPACE, h.LOOPBACK, port, useUse=True)
+        return partial(ws.store, var, VALUE), ws.close
     import redis
 
     r = redis.Redis(host=h.LOOPBACK, port=port)
-    try:
-        h.timed_client(partial(r.rpush, var, VALUE), warmup, per_call=1)
-    finally:
-        r.close()
+    return partial(r.rpush, var, VALUE), r.close
 
 
 # ============================================================================ cases
 
 
+def timed_stores(store: Callable[[], object], n: int, pid: int) -> tuple[float, float]:
+    """``n`` stores -> (stores/s, the server's CPU µs per store)."""
+    cpu = h.cpu_ns(pid)
+    rate = h.time_loop(store, n)
+    return rate, (h.cpu_ns(pid) - cpu) / n / 1e3
+
+
 def round_trips(ctx: Context, run: int, system: str, layout: str) -> dict:
     s = ctx.settings
-    var, port = f"rt{run}_{layout}", ctx.ports[system]
-    if SYSTEMS[system].kind == "wb":
-        from workbench import NetWorkSpace
-
-        client = NetWorkSpace(WORKSPACE, h.LOOPBACK, port, useUse=True)
-        store = partial(client.store, var, VALUE)
-    else:
-        import redis
-
-        client = redis.Redis(host=h.LOOPBACK, port=port)
-        store = partial(client.rpush, var, VALUE)
-    n, pid = s.round_trips(layout), ctx.pids[system]
+    store, close = connect(SYSTEMS[system], ctx.ports[system], f"rt{run}_{layout}")
     try:
         for _ in range(s.warmup):
             store()
-        cpu = h.cpu_ns(pid)
-        rate = h.time_loop(store, n)
-        cpu = h.cpu_ns(pid) - cpu
-        return {"store_per_s": rate, "server_cpu_us": cpu / n / 1e3}
+        rate, cpu = timed_stores(store, s.round_trips(layout), ctx.pids[system])
+        return {"store_per_s": rate, "server_cpu_us": cpu}
     finally:
-        client.close()
+        close()
+
+
+def paired(ctx: Context, run: int, layout: str) -> dict:
+    """Stores against the broker without a data directory and with one at ``everysec``, in
+    alternating batches (the order flipping each time), both pinned in ``layout``: the cost of
+    the policy without the drift of the machine between two cases. Median of the batches."""
+    s = ctx.settings
+    names = ("wb", "wb_everysec")
+    batch = s.round_trips(layout) // s.pair_batches
+    clients = [connect("wb", ctx.ports[name], f"pair{run}_{layout}") for name in names]
+    figures: dict[str, list] = {name: [] for name in names}
+    cpus = h.placements()[layout]  # before this process is pinned
+    try:
+        with h.Pinned(os.getpid(), ctx.pids["wb"], cpus), \
+                h.Pinned(os.getpid(), ctx.pids["wb_everysec"], cpus):
+            for store, _ in clients:
+                for _ in range(s.warmup):
+                    store()
+            for index in range(s.pair_batches):
+                for name, (store, _) in (zip(names, clients) if index % 2
+                                         else reversed(list(zip(names, clients)))):
+                    figures[name].append(timed_stores(store, batch, ctx.pids[name]))
+    finally:
+        for _, close in clients:
+            close()
+    return {f"{key}_{unit}": h.median(figure[i] for figure in figures[name])
+            for name, key in zip(names, ("none", "everysec"))
+            for i, unit in enumerate(("per_s", "cpu_us"))}
 
 
 def clients(ctx: Context, run: int, system: str) -> dict:
     s = ctx.settings
-    role = f"{SYSTEMS[system].kind}-storer"
     return h.clients_rate(ctx.children, f"{system}-client", [
-        child_argv(role, port=ctx.ports[system], var=f"clients{run}_{i}",
-                   warmup=s.client_warmup)
+        child_argv("storer", kind=SYSTEMS[system], port=ctx.ports[system],
+                   var=f"clients{run}_{i}", warmup=s.client_warmup)
         for i in range(s.clients)], s.duration_s)
 
 
@@ -219,6 +239,8 @@ DATASETS = ("empty", "small", "big")
 GROUPS: dict[str, list[h.Case]] = {
     **{f"rt_{layout}": _group(f"rt_{layout}", partial(round_trips, layout=layout), layout)
        for layout in h.placements()},
+    "paired": [h.Case(f"wb.paired_{layout}", partial(paired, layout=layout), "wb_everysec")
+               for layout in h.placements()],
     "clients": _group("clients", clients),
     "restart": [h.Case(f"{kind}.restart_{dataset}",
                        partial(restart, kind=kind, dataset=dataset), kind)
@@ -242,7 +264,7 @@ def make_context(children: h.Children, settings: Settings) -> Context:
                                           workdir=_folder(data / name))
     ctx = Context(settings, children, {name: port for name, (_, port) in servers.items()},
                   {name: proc.pid for name, (proc, _) in servers.items()},
-                  [proc for name, (proc, _) in servers.items() if SYSTEMS[name].kind == "wb"])
+                  [proc for name, (proc, _) in servers.items() if SYSTEMS[name] == "wb"])
     if not settings.only or "restart" in settings.only:
         make_datasets(ctx, data / "restart")
     return ctx
@@ -344,6 +366,12 @@ COMPARISONS = [
          "always/none"),
         (f"server CPU per store, everysec vs no data dir, {layout}",
          f"wb_everysec.rt_{layout}.server_cpu_us", f"wb.rt_{layout}.server_cpu_us", "latency",
+         None, "everysec/none"),
+        (f"store rt/s, everysec vs no data dir, alternating batches, {layout}",
+         f"wb.paired_{layout}.everysec_per_s", f"wb.paired_{layout}.none_per_s", "rate", 0.9,
+         "everysec/none"),
+        (f"server CPU per store, everysec vs no data dir, alternating batches, {layout}",
+         f"wb.paired_{layout}.everysec_cpu_us", f"wb.paired_{layout}.none_cpu_us", "latency",
          None, "everysec/none"),
         (f"Redis RPUSH/s, everysec vs no AOF, {layout}",
          f"redis_everysec.rt_{layout}.store_per_s", f"redis.rt_{layout}.store_per_s", "rate",
