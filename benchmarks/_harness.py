@@ -343,6 +343,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time every thread of a process has used so far, in ns, as the scheduler counts it
+    (``/proc/PID/task/*/schedstat``): precise where ``cpu_seconds`` counts clock ticks."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that just ended
+    return total
+
+
 # ---------------------------------------------------------------------------------- servers
 
 
@@ -439,18 +452,87 @@ def redis_server_path() -> str | None:
     return shutil.which("redis-server")
 
 
-def start_redis(children: Children, port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """A throwaway redis-server: no persistence, loopback only, its files in a temp folder."""
+#: redis-server without persistence: the anchor of every in-memory figure.
+REDIS_IN_MEMORY = ("--appendonly", "no")
+
+
+def redis_argv(port: int, workdir: str | Path,
+               persistence: Sequence[str] = REDIS_IN_MEMORY) -> list[str]:
+    """A redis-server on loopback with its files in ``workdir``, never an RDB snapshot, and
+    the append-only file as ``persistence`` says."""
+    return [redis_server_path(), "--save", "", *persistence, "--bind", LOOPBACK,
+            "--port", str(port), "--dir", str(workdir), "--logfile", ""]
+
+
+def start_redis(children: Children, port: int | None = None,
+                persistence: Sequence[str] = REDIS_IN_MEMORY,
+                workdir: str | Path | None = None) -> tuple[subprocess.Popen, int]:
+    """A throwaway redis-server (see ``redis_argv``), its files in ``workdir`` (default: a
+    temp folder)."""
     import redis
 
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="wb-bench-redis-", dir=children.logdir)
-    proc = children.spawn("redis", [
-        redis_server_path(), "--save", "", "--appendonly", "no", "--bind", LOOPBACK,
-        "--port", str(port), "--dir", workdir, "--logfile", ""])
+    workdir = workdir or tempfile.mkdtemp(prefix="wb-bench-redis-", dir=children.logdir)
+    proc = children.spawn("redis", redis_argv(port, workdir, persistence))
     wait_for(lambda: redis.Redis(host=LOOPBACK, port=port, socket_timeout=1).ping(),
              START_TIMEOUT, "redis-server", proc)
     return proc, port
+
+
+def time_broker_answers(children: Children, flags: Sequence[str] = (),
+                        timeout: float = START_TIMEOUT) -> tuple[float, subprocess.Popen]:
+    """Seconds from spawning ``python -m workbench broker [flags]`` until it answers a STATUS
+    request sent by a bare pyzmq DEALER that reconnects every millisecond -> (seconds, the
+    broker, still running)."""
+    import zmq
+
+    from workbench.protocol import Op, request_head
+
+    port = free_port()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 1)  # retry the connection every millisecond
+    sock.connect(f"tcp://{LOOPBACK}:{port}")
+    try:
+        started = time.perf_counter()
+        proc = children.spawn("broker", [
+            sys.executable, "-m", "workbench", "broker", "--host", LOOPBACK, "--port", str(port),
+            "--parent-pid", str(os.getpid()), *flags])
+        sock.send(request_head(Op.STATUS, 1))
+        if not sock.poll(timeout * 1000):
+            raise TimeoutError(f"the broker did not answer within {timeout:g} s\n"
+                               f"{log_tail(proc)}")
+        sock.recv()
+        return time.perf_counter() - started, proc
+    finally:
+        sock.close()
+
+
+def time_redis_answers(children: Children, workdir: str | Path,
+                       persistence: Sequence[str] = REDIS_IN_MEMORY,
+                       timeout: float = START_TIMEOUT) -> tuple[float, subprocess.Popen]:
+    """Seconds from spawning a redis-server (``redis_argv``) until it answers PING with PONG:
+    while it loads its files it refuses the port or answers -LOADING. Polled every
+    millisecond over a bare socket (no client library's retries in the figure) -> (seconds,
+    the server, still running)."""
+    port = free_port()
+    started = time.perf_counter()
+    proc = children.spawn("redis", redis_argv(port, workdir, persistence))
+    deadline = started + timeout
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return time.perf_counter() - started, proc
+        except OSError:
+            pass  # not listening yet
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with status {proc.returncode}\n"
+                               f"{log_tail(proc)}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"redis-server did not answer within {timeout:g} s")
+        time.sleep(0.001)
 
 
 def memcached_path() -> str | None:
@@ -492,18 +574,25 @@ def start_anchors(children: Children, names: Iterable[str]) -> dict[str, tuple[A
     one missing (server not installed, or its Python client) is reported and skipped."""
     servers = {}
     for name in names:
-        anchor = ANCHORS[name]
-        if shutil.which(anchor.server) is None:
-            why = f"{anchor.server} not found"
-            fix = "benchmarks/install-anchors.sh installs it"
-        elif importlib.util.find_spec(anchor.client) is None:
-            why = f"Python package {anchor.client} not installed"
-            fix = "pip install -e '.[bench]' installs it"
-        else:
-            servers[name] = anchor.start(children)
+        if anchor_missing(name):
             continue
-        print(f"{why}: the {name} anchors are SKIPPED ({fix})", flush=True)
+        servers[name] = ANCHORS[name].start(children)
     return servers
+
+
+def anchor_missing(name: str) -> bool:
+    """Whether the anchor ``name`` (a key of ``ANCHORS``) cannot run here; if so, says why."""
+    anchor = ANCHORS[name]
+    if shutil.which(anchor.server) is None:
+        why = f"{anchor.server} not found"
+        fix = "benchmarks/install-anchors.sh installs it"
+    elif importlib.util.find_spec(anchor.client) is None:
+        why = f"Python package {anchor.client} not installed"
+        fix = "pip install -e '.[bench]' installs it"
+    else:
+        return False
+    print(f"{why}: the {name} anchors are SKIPPED ({fix})", flush=True)
+    return True
 
 
 def echo_server(port: int, nocopy: bool, parent_pid: int | None) -> None:

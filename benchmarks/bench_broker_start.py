@@ -12,16 +12,13 @@ start costs beyond the interpreter.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from _harness import (
-    HERE, LOOPBACK, START_TIMEOUT, Children, free_port, git_state, median, spread,
-    write_json,
+    HERE, Children, git_state, median, spread, time_broker_answers, write_json,
 )
 
 #: What the broker process imports, measured on its own.
@@ -40,29 +37,9 @@ def time_process(argv: list[str]) -> float:
 
 def time_broker_start(children: Children) -> float:
     """Seconds from spawning a broker until it answers a STATUS request."""
-    import zmq
-
-    from workbench.protocol import Op, request_head
-
-    port = free_port()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RECONNECT_IVL, 1)  # retry the connection every millisecond
-    sock.connect(f"tcp://{LOOPBACK}:{port}")
-    try:
-        started = time.perf_counter()
-        proc = children.spawn("broker", [
-            sys.executable, "-m", "workbench", "broker", "--host", LOOPBACK, "--port", str(port),
-            "--parent-pid", str(os.getpid())])
-        sock.send(request_head(Op.STATUS, 1))
-        if not sock.poll(START_TIMEOUT * 1000):
-            raise TimeoutError(f"the broker did not answer within {START_TIMEOUT:g} s")
-        sock.recv()
-        elapsed = time.perf_counter() - started
-        children.stop(proc)
-        return elapsed
-    finally:
-        sock.close()
+    elapsed, proc = time_broker_answers(children)
+    children.stop(proc)
+    return elapsed
 
 
 def loaded_modules() -> list[str]:

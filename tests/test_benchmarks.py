@@ -20,6 +20,7 @@ BENCH_SLEIGH = BENCHMARKS / "bench_sleigh.py"
 BENCH_START = BENCHMARKS / "bench_broker_start.py"
 BENCH_CURVE = BENCHMARKS / "bench_curve.py"
 BENCH_SCALE = BENCHMARKS / "bench_scale.py"
+BENCH_DURABLE = BENCHMARKS / "bench_durable.py"
 
 
 def run_quick(script: Path, output: Path, *extra: str, timeout: float = 230
@@ -218,3 +219,33 @@ def test_quick_scale_benchmark_measures_every_size_and_the_session_load(tmp_path
     if plotting:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["meta"]["broker_log_problems"] == []
+
+
+@pytest.mark.timeout(240)
+def test_quick_durable_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_DURABLE, tmp_path / "result.json")
+    meta, medians = saved["meta"], saved["medians"]
+    # The broker at every policy always; Redis at every policy where its server runs, and a
+    # skipped one is said so.
+    systems = ["wb", "wb_everysec", "wb_always"]
+    if meta["redis_skipped"]:
+        assert "redis anchors SKIPPED" in stdout
+    else:
+        systems += ["redis", "redis_everysec", "redis_always"]
+    layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
+    expected = {f"{system}.rt_{layout}.{figure}" for system in systems for layout in layouts
+                for figure in ("store_per_s", "server_cpu_us")}
+    expected |= {f"{system}.clients.total_per_s" for system in systems}
+    expected |= {f"wb.paired_{layout}.{policy}_{unit}" for layout in layouts
+                 for policy in ("none", "everysec") for unit in ("per_s", "cpu_us")}
+    expected |= {f"{kind}.restart_{data}.start_s" for kind in {s.split("_")[0] for s in systems}
+                 for data in ("empty", "small", "big")}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
+    # The restart data holds what it says: the values, written by the broker (and Redis).
+    assert meta["restart_values"] == {"empty": 0, "small": 20_000, "big": 16}
+    assert meta["restart_data"]["wb.big_bytes"] > 16 << 20
+    assert "store rt/s, everysec vs no data dir" in stdout
+    assert "restart, many small values" in stdout
+    assert meta["broker_log_problems"] == []

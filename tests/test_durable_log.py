@@ -21,6 +21,7 @@ from .test_state_restore import History
 from workbench import shm
 from workbench.broker.durable import DataDir, DataDirLocked, LogError
 from workbench.broker.durable.log import HEADER, FRAME, LogWriter, read_log
+from workbench.broker.durable import records
 from workbench.broker.durable.records import decode, encode, encode_entry
 from workbench.broker.state import BrokerState, Limits, SharedMemory, changes
 from workbench.broker.state.restore import restore
@@ -96,6 +97,32 @@ def test_the_changes_of_a_call_are_written_as_their_records_without_being_built(
     assert entries_read == run.d.changes[start:]
     assert {type(r) for r in entries_read} >= {changes.Stored, changes.Taken, changes.Removed,
                                                changes.Returned, changes.Expires}
+
+
+def test_stores_into_more_variables_than_the_encoder_remembers_are_written_right(
+        monkeypatch) -> None:
+    """A store's record repeats its variable's names and id: the encoder keeps them by
+    variable, a bounded number of variables at a time; past the bound each store is still
+    written with its own variable's."""
+    monkeypatch.setattr(records, "_MOST_HEADS", 3)
+    driver = StateDriver()
+    peer = driver.client("ws")
+    entries_read = []
+    heads: records.StoreHeads = {}
+
+    def read_entries(effects) -> None:
+        for entry in effects.log:
+            body = b"".join(map(bytes, encode_entry(entry, OFFSET, no_shared, heads)))
+            entries_read.append(decode(memoryview(body), OFFSET))
+
+    driver.on_effects = read_entries
+    start = len(driver.changes)
+    for n in range(40):  # names of several lengths, variables coming back after others
+        driver.store(peer, "ws", "v" * (1 + n % 7), n)
+        driver.store(peer, "ws", f"w{n}", b"x" * n)
+    stored = [record for record in entries_read if type(record) is changes.Stored]
+    assert entries_read == driver.changes[start:] and len(stored) == 80
+    assert 0 < len(heads) <= 3
 
 
 def test_frames_of_any_buffer_type_are_written_raw() -> None:
@@ -357,6 +384,28 @@ def test_a_second_broker_on_the_directory_is_refused_with_the_first_ones_pid(tmp
     second = data_dir(tmp_path)
     second.lock()  # free again
     second.close()
+
+
+def test_the_loop_is_asked_to_work_once_the_log_may_need_a_compaction(tmp_path) -> None:
+    """``wants_work`` (read by the broker's loop every pass, in place of a call to ``work``)
+    is on while the log is past the size that may need a compaction (``--compact-min``, and
+    twice the last snapshot) and while a compaction is under way."""
+    run = History(random.Random(9))
+    directory = data_dir(tmp_path, run.d, compact_min=8 << 10, compact_slice=0.0)
+    directory.open(run.d.state, run.d.now)
+    for _ in range(3000):
+        assert directory.wants_work == (
+            directory.compaction is not None
+            or directory.writer.size > max(8 << 10, 2 * directory.snapshot_bytes))
+        if directory.compactions == 2:
+            break
+        run.step()
+        directory.record(run.d.new_changes())
+        directory.commit()
+        if directory.wants_work:
+            directory.work(run.d.now)
+    assert directory.compactions == 2
+    directory.close()
 
 
 def test_compaction_keeps_the_state_while_the_broker_goes_on(tmp_path) -> None:

@@ -306,11 +306,11 @@ class BrokerServer:
             next_tick = time.monotonic() + tick
             while True:
                 timeout = max(0.0, next_tick - time.monotonic())
-                if durable is not None and durable.busy:
+                if durable is not None and durable.wants_work and durable.busy:
                     timeout = 0.0  # a compaction goes on between passes
                 self._serve(poll(timeout), listeners)
                 now = time.monotonic()
-                if durable is not None:
+                if durable is not None and durable.wants_work:
                     self._durable_work(now)
                 if now >= next_tick:
                     if now - next_tick > tick:  # this process stalled (stopped, starved):

@@ -40,7 +40,7 @@ from ..state import BrokerState
 from ..state.restore import RestoreReport, Restorer
 from .compaction import Compaction, map_shared, sync_directory
 from .log import LogWriter, Replay, read_log
-from .records import encode, encode_entry
+from .records import StoreHeads, encode, encode_entry
 
 log = logging.getLogger("workbench.broker")
 
@@ -78,10 +78,14 @@ class DataDir:
         self.compaction: Compaction | None = None
         self.snapshot_bytes = 0  # the size of the last snapshot: live data then
         self._compact_at = compact_min  # the log needs no compaction below this size
+        #: ``work`` has something to do after this pass (a compaction to start or to go on
+        #: with): the loop reads an attribute a pass, not a call.
+        self.wants_work = False
         self.compactions = 0
         self.last_compaction: float | None = None  # wall clock
         self._always = fsync == "always"
         self._clock_offset = 0.0  # the wall clock minus the state's
+        self._heads: StoreHeads = {}  # what the records of the state's stores repeat
         self._syncer: _EverySecond | None = None
         self._swap = threading.Lock()  # the syncer's fdatasync against a compaction's swap
 
@@ -124,6 +128,7 @@ class DataDir:
 
     def _open(self, state: BrokerState, now: float) -> tuple[Replay, RestoreReport]:
         self.state = state
+        self._heads = {}  # they hold the variable ids of this state's history
         self._clock_offset = self.wall_clock() - now
         try:
             os.unlink(self._temp_path)  # a compaction that a crash interrupted
@@ -177,14 +182,17 @@ class DataDir:
     def record_log(self, entries: list) -> None:
         """Append the changes of a call into the state as its ``Effects.log`` holds them
         (read at once: they are the state's until its next call)."""
-        offset, append = self._clock_offset, self.writer.append
+        offset, append, heads = self._clock_offset, self.writer.append, self._heads
         for entry in entries:
-            append(encode_entry(entry, offset, map_shared))
+            append(encode_entry(entry, offset, map_shared, heads))
 
     def commit(self) -> None:
         """Write what was recorded and, under ``always``, put it on disk: before the replies
         of the pass leave. OSError if the disk refuses."""
-        self.writer.commit(self._always)
+        writer = self.writer
+        writer.commit(self._always)
+        if writer.size > self._compact_at:
+            self.wants_work = True
 
     @property
     def busy(self) -> bool:
@@ -198,10 +206,10 @@ class DataDir:
         self._clock_offset = self.wall_clock() - now
 
     def work(self, now: float) -> None:
-        """After a pass's replies left: start a compaction if the log outgrew the live data,
-        or take the next slice of the one under way."""
+        """After a pass's replies left, if ``wants_work``: start a compaction if the log
+        outgrew the live data, or take the next slice of the one under way."""
         compaction = self.compaction
-        if compaction is None:  # every pass: the common case costs two comparisons
+        if compaction is None:  # every pass while the log is past its size for one
             size = self.writer.size
             if size > self._compact_at and size > self.compact_factor * self.state.memory.used:
                 self.set_clock(now)
@@ -257,6 +265,8 @@ class DataDir:
         ``compact_factor`` times that (and than the values then, and ``compact_min``)."""
         self.snapshot_bytes = snapshot_bytes
         self._compact_at = max(self.compact_min, self.compact_factor * snapshot_bytes)
+        self.wants_work = self.compaction is not None or (
+            self.writer is not None and self.writer.size > self._compact_at)
 
     def sync_if_written(self) -> None:
         """Put what was written on disk, if anything was since the last time (``everysec``)."""

@@ -36,6 +36,7 @@ VERSION = 1
 HEADER = struct.Struct("<8sI")
 FRAME = struct.Struct("<IQ")  # CRC-32 of the body from the length, body length
 _MASK = 0xFFFFFFFF
+_pack_frame, _crc32 = FRAME.pack, zlib.crc32  # looked up once: every record calls them
 #: Frames at least this large are written from where they are, not copied into the buffer.
 _BIG = 64 << 10
 _IOV_MAX = 1024  # buffers per writev: the kernel refuses more
@@ -202,7 +203,7 @@ class LogWriter:
         if len(body) == 1:  # nearly every record: one small buffer
             data = body[0]
             length = len(data)
-            self._pending.append(FRAME.pack(zlib.crc32(data, length & _MASK), length) + data)
+            self._pending.append(_pack_frame(_crc32(data, length & _MASK), length) + data)
             return
         length = sum(map(nbytes, body))
         crc = length & _MASK
@@ -220,7 +221,12 @@ class LogWriter:
         if buffers:
             self._pending = []
             try:
-                written = write_all(self.fd, buffers)
+                if len(buffers) == 1 and type(buffers[0]) is bytes:  # a pass of one change
+                    written = os.write(self.fd, buffers[0])
+                    if written < len(buffers[0]):
+                        written += write_all(self.fd, [memoryview(buffers[0])[written:]])
+                else:
+                    written = write_all(self.fd, buffers)
             except OSError:
                 try:
                     os.ftruncate(self.fd, self.size)
@@ -246,11 +252,6 @@ class LogWriter:
 def write_all(fd: int, buffers: list) -> int:
     """Write every buffer in order -> the bytes written. Small ones are joined first: a
     ``writev`` of a thousand tiny buffers costs more than copying them."""
-    if len(buffers) == 1 and type(buffers[0]) is bytes:  # a pass of one small change
-        written = os.write(fd, buffers[0])
-        if written == len(buffers[0]):
-            return written
-        return written + write_all(fd, [memoryview(buffers[0])[written:]])
     joined: list = []
     small: list = []
     for buffer in buffers:

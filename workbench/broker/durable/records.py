@@ -35,6 +35,7 @@ _RETURNED = struct.Struct("<BQQB")  # tag, var id, seq, holder ended
 _RETURNS = struct.Struct("<BQQI")  # tag, var id, seq, returns
 _EXPIRES = struct.Struct("<BQBd")  # tag, var id, has a deadline, deadline (wall clock)
 _STORED = struct.Struct("<BQQQBI")  # tag, var id, seq, size, kept a reference, frames
+_ONE_FRAME = struct.Struct("<BI")  # the last two of those
 _FRAME_LENGTH = struct.Struct("<Q")
 #: Bodies up to this size are copied out of the file's mapping whole before they are read.
 _SMALL_BODY = 64 << 10
@@ -68,13 +69,22 @@ def _optional(value: bytes | None) -> bytes:
     return _LENGTH.pack(_NONE) if value is None else _LENGTH.pack(len(value)) + value
 
 
-def encode_entry(entry: tuple, clock_offset: float, read_shared: ReadShared) -> list:
+def encode_entry(entry: tuple, clock_offset: float, read_shared: ReadShared,
+                 heads: StoreHeads | None = None) -> list:
     """An entry of ``Effects.log`` -> the buffers of its record's body, without building the
-    record where it can (a store, a take, a removal: the records of nearly every request)."""
+    record where it can (a store, a take, a removal: the records of nearly every request).
+    ``heads``: what the stores of one state's variables repeat, kept from call to call."""
     kind = entry[0]
     if kind is stored:
         var, value = entry[1], entry[2]
-        return _encode_stored(var.workspace.name, var.name, var.id, value.seq, value.frames,
+        frames = value.frames
+        if len(frames) == 1 and value.shared is None:  # nearly every store: one pack call
+            frame = frames[0]
+            if type(frame) is bytes and len(frame) < _SMALL_BODY:
+                pack, prefix, middle = (heads is not None and heads.get(var.id)
+                                        or _one_frame_head(var, heads))
+                return [pack(prefix, value.seq, value.size, middle, len(frame)) + frame]
+        return _encode_stored(var.workspace.name, var.name, var.id, value.seq, frames,
                               value.size, value.shared, read_shared)
     if kind is Taken or kind is Removed:
         return [_VALUE.pack(TAGS[kind], entry[1], entry[2])]
@@ -137,6 +147,30 @@ def _encode_stored(ws: str, var: str, var_id: int, seq: int, frames: list, size:
     if small:
         buffers.append(b"".join(small))
     return buffers
+
+
+#: What a ``Stored`` record of a one-frame value repeats for every value of its variable: the
+#: Struct of the whole head, the tag and the variable's id as written, and the fields between
+#: the value's size and its frame's length (kept, the frame count, the two names); by the
+#: variable's id, which one state never gives twice (so an entry cannot go stale: keep one
+#: ``StoreHeads`` per state). At most ``_MOST_HEADS`` variables are remembered at a time.
+StoreHeads = dict[int, tuple[Callable, bytes, bytes]]
+_MOST_HEADS = 1 << 16
+#: Those Structs by the length of the middle fields (a few lengths serve every name).
+_one_frame_structs: dict[int, struct.Struct] = {}
+
+
+def _one_frame_head(var, heads: StoreHeads | None) -> tuple[Callable, bytes, bytes]:
+    middle = _ONE_FRAME.pack(False, 1) + _name(var.workspace.name) + _name(var.name)
+    fmt = _one_frame_structs.get(len(middle))
+    if fmt is None:  # tag and id, seq, size, the middle, the frame's length
+        fmt = _one_frame_structs[len(middle)] = struct.Struct(f"<9sQQ{len(middle)}sQ")
+    head = (fmt.pack, _VAR.pack(6, var.id), middle)
+    if heads is not None:
+        if len(heads) >= _MOST_HEADS:
+            heads.clear()
+        heads[var.id] = head
+    return head
 
 
 #: Names as written, by name: a few names come with nearly every record.
