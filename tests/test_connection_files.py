@@ -441,3 +441,22 @@ def test_nothing_a_face_shows_holds_the_secret(curve, ws_name, secrets):
         for closing in (kv.close, mc.disconnect_all, client.close, server.close):
             closing()
     assert_no_secret(secrets, *shown)
+
+
+def test_a_plain_broker_on_the_port_of_a_curve_broker_that_stopped(tmp_path):
+    """The keys this process kept for an address belong to the broker that was there: when
+    another, plain one answers on that port later, host and port reach it as they would in a
+    process that never knew the first."""
+    first = start_broker(tmp_path, "--curve")
+    port = first.port
+    try:
+        NetWorkSpace("before", first.connection_file).close()  # its keys are remembered
+    finally:
+        first.stop()
+    second = start_broker(tmp_path, "--port", str(port))
+    try:
+        with NetWorkSpace("after", "127.0.0.1", port) as ws:
+            ws.store("x", 1)
+            assert ws.fetch("x") == 1
+    finally:
+        second.stop()

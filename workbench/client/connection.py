@@ -93,6 +93,11 @@ def known_target(address: str) -> str | BrokerTarget:
     return _curve_targets.get(address, address)
 
 
+def forget_target(address: str) -> None:
+    """Forget the CURVE keys of ``address``: the broker there now is another."""
+    _curve_targets.pop(address, None)
+
+
 def _reason(exc: OSError) -> str:
     """'connection refused' rather than '[Errno 111] Connection refused'."""
     return (exc.strerror or str(exc) or type(exc).__name__).lower()

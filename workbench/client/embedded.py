@@ -28,7 +28,7 @@ from ..config import (
 from ..connection_file import is_connection_file, resolve
 from ..errors import NwsConnectException
 from ..runtime import started_by_embedding
-from .connection import Connection, close_all, known_target
+from .connection import Connection, close_all, forget_target, known_target
 
 _lock = threading.Lock()
 _embedded: subprocess.Popen | None = None
@@ -44,7 +44,16 @@ def connect(host: str | None = None, port: int | None = None,
         return Connection(target, timeout, hint=start_hint(target.address))
     if host is not None or port is not None:  # a host alone may be host:port or tcp://...
         address = normalize_address(host if port is None else f"{host or DEFAULT_HOST}:{port}")
-        return Connection(known_target(address), timeout, hint=start_hint(address))
+        target = known_target(address)
+        try:
+            return Connection(target, timeout, hint=start_hint(address))
+        except NwsConnectException:
+            if target is address:
+                raise
+        # The CURVE broker this process knew there is gone, and another answers (a port used
+        # again): connect as a process that never knew it would, without its keys.
+        forget_target(address)
+        return Connection(address, timeout, hint=start_hint(address))
     if os.environ.get(BROKER_ENV):
         target = resolve(os.environ[BROKER_ENV])
         return Connection(target, timeout,
