@@ -13,6 +13,7 @@ import pytest
 
 from workbench import NwsServer
 
+from .netns import NamespacesUnavailable, make_pair
 from .slurm_node import SlurmNode, unavailable_reason
 from .state_driver import StateDriver
 from .support import Broker, start_broker
@@ -106,6 +107,20 @@ def other(broker, ws_name, ws):
     s = NwsServer(broker.host, broker.port)
     yield s.useWs(ws_name)
     s.close()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two network namespaces joined by a veth pair (``tests/netns.py``), shared by a test
+    module; skipped, saying why, where they cannot be made (without root, say)."""
+    try:
+        made = make_pair()
+    except NamespacesUnavailable as exc:
+        pytest.skip(f"no network namespaces: {exc}")
+    try:
+        yield made
+    finally:
+        made.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,9 @@ import uuid
 from dataclasses import dataclass
 
 COMMAND_TIMEOUT = 10.0
+#: A broker's flags in a namespace, as a second host sees it: no shortcut through this
+#: machine's files (the module's docstring).
+ACROSS = ("--no-local-socket", "--no-shared-memory")
 
 
 class NamespacesUnavailable(Exception):

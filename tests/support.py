@@ -175,15 +175,15 @@ class Web:
         return stop_process(self.process, timeout)
 
 
-def start_web(broker: Broker, tmp_path, *args: str) -> Web:
+def start_web(broker: Broker, tmp_path, *args: str, within: Sequence[str] = ()) -> Web:
     """A gateway of ``broker`` on a free loopback port, with ``args``; ready once it printed
-    where it serves (its first line)."""
+    where it serves (its first line). ``within``: as for ``start_broker``."""
     log_path = str(tmp_path / f"web-{uuid.uuid4().hex[:8]}.log")
     connection_file = str(tmp_path / f"web-{uuid.uuid4().hex[:8]}.json")
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "web", "--broker", broker.target, "--port", "0",
-             "--connection-file", connection_file, *args],
+            [*within, sys.executable, "-m", "workbench", "web", "--broker", broker.target,
+             "--port", "0", "--connection-file", connection_file, *args],
             stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL)
     line = read_line(process, START_TIMEOUT)
     if line is None:

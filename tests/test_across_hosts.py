@@ -33,7 +33,7 @@ import pytest
 from workbench.zmtp import GREETING_SIZE, greeting, z85
 from workbench.zmtp.curve import KeyPair
 
-from .netns import Host, HostPair, NamespacesUnavailable, make_pair
+from .netns import ACROSS, Host, HostPair
 from .packet_capture import CaptureSummary, read_frames, tcp_payload
 from .support import Broker, read_line, start_broker
 
@@ -44,20 +44,6 @@ CLIENT = str(Path(__file__).with_name("across_hosts_client.py"))
 CAPTURE = str(Path(__file__).with_name("packet_capture.py"))
 TIMEOUT = 30.0
 VALUE_SIZE = 64 << 10  # across_hosts_client.VALUE_SIZE
-# The broker as a second host sees it: no shortcut through this machine's files.
-ACROSS = ("--no-local-socket", "--no-shared-memory")
-
-
-@pytest.fixture(scope="module")
-def pair():
-    try:
-        made = make_pair()
-    except NamespacesUnavailable as exc:
-        pytest.skip(f"no network namespaces: {exc}")
-    try:
-        yield made
-    finally:
-        made.destroy()
 
 
 @pytest.fixture

@@ -233,3 +233,6 @@ WEB_STREAM_BACKLOG = 1000
 #: A comment line on every event stream this often (seconds), so that proxies keep it open.
 WEB_KEEPALIVE = 15.0
 WEB_TOKEN_COOKIE = "workbench_token"
+#: Seconds a ``workbench.shards`` connection waits to reach a gateway, and then for each read
+#: of its answer: give a longer one for a ``?wait=`` beyond it.
+SHARDS_TIMEOUT = 30.0

@@ -5,7 +5,9 @@
     NwsException                              anything the workbench raises
     ├── NwsServerException                    talking to the broker failed
     │   ├── NwsConnectException               no broker answered at the address
-    │   │   └── NwsConnectionFileException    a connection file cannot be used (a ValueError)
+    │   │   ├── NwsConnectionFileException    a connection file cannot be used (a ValueError)
+    │   │   └── HostUnreachableError          no gateway answered at a host of
+    │   │                                     ``workbench.shards`` (a ConnectionError)
     │   ├── NwsConnectionDroppedException     the broker stopped answering, or shut down
     │   └── NwsUnsupportedOperationException  the broker does not know the operation
     ├── NwsOperationException                 the broker refused or aborted an operation
@@ -23,7 +25,9 @@
     │   ├── NwsValueException                 a stored value does not suit the operation (also a
     │   │                                     ValueError: incr of a non-number)
     │   ├── NwsPicklingException              a value could not be serialized
-    │   └── NwsUnpicklingException            a value could not be deserialized (keeps the bytes)
+    │   ├── NwsUnpicklingException            a value could not be deserialized (keeps the bytes)
+    │   └── ResponseError                     a gateway answered an HTTP error status
+    │                                         (``workbench.shards``: status, reason, body, message)
     ├── NwsTimeoutException                   a blocking call's ``timeout`` ran out (a TimeoutError)
     └── NwsUnsupportedMethodException         a method of the original API that cannot work here
 """
@@ -51,6 +55,12 @@ class NwsConnectException(NwsServerException):
 
 class NwsConnectionFileException(NwsConnectException, ValueError):
     """A connection file that cannot be read or does not hold what a client needs."""
+
+
+class HostUnreachableError(NwsConnectException, ConnectionError):
+    """A gateway of ``workbench.shards`` could not be reached (refused, reset, timed out); the
+    message names the host, and the socket's own error is the cause. A ConnectionError, so
+    code written for the original client's OSError still catches it."""
 
 
 class NwsConnectionDroppedException(NwsServerException):
@@ -126,3 +136,22 @@ class NwsUnsupportedMethodException(NwsException):
 
 class NwsValueException(NwsOperationException, ValueError):
     """The stored value does not suit the operation, such as incrementing a non-number."""
+
+
+class ResponseError(NwsOperationException):
+    """A gateway answered with an HTTP error status (``workbench.shards``). ``status`` and
+    ``reason`` are the HTTP status line's, ``body`` the raw answer, ``message`` the gateway's
+    own (the ``error`` of its JSON answer, as the Python exception said it), ``exception`` the
+    name of that exception (``NwsNoWorkSpaceException``) when the gateway gave one."""
+
+    def __init__(self, status: int, reason: str, body: bytes, message: str,
+                 exception: str | None = None, request: str = "") -> None:
+        where = f"{request}: " if request else ""
+        super().__init__(f"{where}{status} {reason}: {message}")
+        self.status, self.reason, self.body = status, reason, body
+        self.message, self.exception, self.request = message, exception, request
+
+    def __reduce__(self):
+        # rebuilt from the fields, not from the one-line message (a task's error is pickled)
+        return type(self), (self.status, self.reason, self.body, self.message, self.exception,
+                            self.request)
