@@ -16,12 +16,14 @@ no browser of its own. Only when it is missing are the tests skipped.
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,47 +47,34 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 
 @dataclass
 class Gateway:
-    url: str
+    url: str  # without the token
+    token: str
     broker: Broker
-    process: subprocess.Popen
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    """A broker and a ``workbench web`` process serving it on a free loopback port."""
+    """A broker and a ``workbench web`` process serving it on a free loopback port, with a
+    token (as off loopback), so that the page works through the cookie ``?token=`` sets."""
     tmp = tmp_path_factory.mktemp("web-view")
     broker = start_broker(tmp)
+    token = secrets.token_urlsafe(24)
+    (tmp / "token").write_text(token, encoding="utf-8")
     log = tmp / "web.log"
-    url = f"http://127.0.0.1:{_free_port()}"
-    with open(log, "wb") as out:
+    with open(log, "wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "workbench", "web", "--broker", broker.address,
-             "--port", url.rsplit(":", 1)[1]],
-            env=broker.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+             "--port", "0", "--token-file", str(tmp / "token"),
+             "--connection-file", str(tmp / "web.json")],
+            env=broker.env(), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
             start_new_session=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(f"{url}/api/status"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"workbench web did not answer within {START_TIMEOUT} s "
-                            f"(exit {process.poll()}):\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
-        yield Gateway(url, broker, process, log)
+        said = read_line(process, START_TIMEOUT)  # printed once it listens
+        served = re.search(r"serving (http://\S+)/\?token=", (said or b"").decode())
+        if served is None:
+            pytest.fail(f"workbench web did not start within {START_TIMEOUT} s (said {said!r}):"
+                        f"\n{log.read_text(errors='replace')}")
+        yield Gateway(served.group(1), token, broker)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -94,6 +83,7 @@ def gateway(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        process.stdout.close()
         broker.stop()
 
 
@@ -148,8 +138,9 @@ def _open(browser, gateway: Gateway, viewport: dict, workspace: str):
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.set_default_timeout(POLLED_WITHIN * 1000)
-    page.goto(f"{gateway.url}/#ws={workspace}")
+    page.goto(f"{gateway.url}/?token={gateway.token}#ws={workspace}")
     page.locator("#broker", has_text="live").wait_for()
+    assert "token" not in page.url, page.url  # the cookie carries it from here on
     return page, errors
 
 
@@ -199,6 +190,9 @@ _SHOWN = """() => {
 
 @pytest.mark.timeout(90)
 def test_a_value_stored_elsewhere_shows_within_a_second(gateway, browser):
+    with pytest.raises(urllib.error.HTTPError) as refused:  # what the page has is the cookie
+        urllib.request.urlopen(f"{gateway.url}/api/workspaces", timeout=5)
+    assert refused.value.code == 401
     page, errors = _open(browser, gateway, DESKTOP, "seen-live")
     page.locator("#variables-note", has_text="no workspace seen-live").wait_for()
     client = Client(gateway.broker, STORE)
@@ -213,7 +207,7 @@ def test_a_value_stored_elsewhere_shows_within_a_second(gateway, browser):
             time.sleep(0.005)
         seen = time.time()
         stored = float(client.line())
-        took = seen - stored
+        took = seen - stored  # below 0 when the event beat the store's reply to the client
         print(f"the page showed the value {took * 1000:.0f} ms after the store returned")
         assert took < SHOWN_WITHIN, f"shown {took:.3f} s after the store returned"
         assert _row(page, "variables", "answer")[1:5] == ["fifo", "1", "0", "0"]
@@ -287,8 +281,12 @@ for n in range(5):
 ws.declare("latest", "single")
 ws.store("latest", b"\\x00\\x01 raw bytes")
 ws.store("parameters", {"alpha": 0.5, "steps": [1, 2, 3]})
+shared = NetWorkSpace("calibration", persistent=True)
+shared.declare("offset", "single")
+shared.store("offset", -0.25)
+shared.store("instrument", "thermocouple K")
 sleigh = Sleigh(2)
-pending = sleigh.eachElem(work, range(3000), chunkSize=1, blocking=False)
+pending = sleigh.eachElem(work, range(1200), chunkSize=1, blocking=False)  # 12 s of work
 mq.init_connection(os.environ["WORKBENCH_BROKER"])
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
@@ -320,13 +318,16 @@ def test_sleighs_and_message_rates_show(gateway, browser, tmp_path):
 
         _until(page, sleigh_at_work, f"sleigh {sleigh} with 2 workers, tasks done and queued")
 
-        def rate(identifier: str) -> float:
-            row = _row(page, "messages", identifier)
-            return float(row[1]) if row else 0.0
+        def heard(identifier: str) -> tuple[float, int]:
+            row = _row(page, "messages", identifier)  # identifier, per second, messages, last
+            return (float(row[1]), int(row[2])) if row else (0.0, 0)
 
-        _until(page, lambda: rate("sensor:temperature") > 5 and rate("sensor:pressure") > 1,
+        # a few seconds of them, for the picture
+        _until(page, lambda: heard("sensor:temperature")[0] > 5
+               and heard("sensor:temperature")[1] >= 40 and heard("sensor:pressure")[0] > 1,
                "messages per second of sensor:temperature and sensor:pressure")
-        _until(page, lambda: any("*" in row[1].split(", ") for row in _rows(page, "subscribers")),
+        _until(page, lambda: any("*:*" in row[1].split(", ")  # the page's "*", as the broker
+                                 for row in _rows(page, "subscribers")),  # writes it
                "the page's subscription")
         _until(page, lambda: _row(page, "variables", "parameters"), "experiment's variables")
         assert _row(page, "variables", "samples")[5] == "1000"

@@ -5,6 +5,7 @@
 
 const POLL_MS = 2000;
 const REFRESH_GAP_MS = 250; // a list asked for again on events: at most 4 requests a second
+const SETTLE_MS = 20; // ... after the burst of events that asked (a create, then a store) ends
 const RATE_WINDOW_S = 10; // a message rate is the messages heard over the last 10 s
 const PREVIEW_CHARS = 120;
 const MOST_ROWS = 200; // per table: a broker of thousands of workspaces stays drawable
@@ -24,8 +25,7 @@ const state = {
   chosen: null, // the workspace whose variables are shown (location.hash "ws=NAME")
   variables: null, // GET /api/workspaces/{chosen}/vars?preview=1, or null: not loaded
   variablesNote: "",
-  messages: new Map(), // identifier -> {total, seconds: [{second, count}], last}
-  listening: null, // when the first snapshot came (seconds)
+  messages: new Map(), // identifier -> {total, seconds: [{second, count}], last, since}
   live: null, // the event stream's snapshot came (true), or it broke (false)
   problem: "", // why the last request failed, shown in the header
 };
@@ -50,7 +50,8 @@ async function getJSON(path) {
 const wsPath = (name) => `/api/workspaces/${encodeURIComponent(name)}`;
 
 // `load` run at most once per `gap` ms and never twice at once; asked for meanwhile, it runs
-// once more afterwards, so the last change is always fetched.
+// once more afterwards, so the last change is always fetched. A run waits SETTLE_MS at least,
+// so that the events of one burst cost one request.
 function throttled(load, gap) {
   let timer = null;
   let busy = false;
@@ -76,7 +77,7 @@ function throttled(load, gap) {
   const request = () => {
     if (busy) again = true;
     else if (timer === null) {
-      timer = setTimeout(run, Math.max(0, last + gap - performance.now()));
+      timer = setTimeout(run, Math.max(SETTLE_MS, last + gap - performance.now()));
     }
   };
   return request;
@@ -131,7 +132,6 @@ function valuesOf(ws) {
 // The first event of a stream: events flow from here on (a reconnected stream sends it again).
 function onSnapshot(snapshot) {
   state.live = true;
-  state.listening ??= Date.now() / 1000;
   state.values = new Map(Object.entries(snapshot).map(([ws, vars]) =>
     [ws, new Map(Object.entries(vars).map(([name, [values]]) => [name, values]))]));
   loadWorkspaces();
@@ -180,7 +180,8 @@ function onWorkspaceEvents(batch) {
 
 function onMessage({ identifier, value }) {
   const second = Math.floor(Date.now() / 1000);
-  const heard = state.messages.get(identifier) || { total: 0, seconds: [], last: null };
+  const heard = state.messages.get(identifier) ||
+    { total: 0, seconds: [], last: null, since: Date.now() / 1000 };
   heard.total += 1;
   heard.last = value;
   const tail = heard.seconds[heard.seconds.length - 1];
@@ -191,13 +192,13 @@ function onMessage({ identifier, value }) {
   draw();
 }
 
-// Messages per second over the window, or over the time since the page began to listen if
-// that is shorter (a page open for 2 s has not heard 10 s of messages).
+// Messages per second over the window, or since the identifier was first heard if that is
+// shorter (one heard for 2 s has not had 10 s to send in).
 function rate(heard) {
   const now = Date.now() / 1000;
   const first = Math.floor(now) - RATE_WINDOW_S + 1; // the window's whole seconds, this one too
   const count = heard.seconds.reduce((n, s) => n + (s.second >= first ? s.count : 0), 0);
-  const listened = Math.max(1, Math.min(now - first, now - state.listening));
+  const listened = Math.max(1, Math.min(now - first, now - heard.since));
   return Math.round((count / listened) * 10) / 10;
 }
 
@@ -208,6 +209,11 @@ function listen() {
   on("snapshot", onSnapshot);
   on("workspace", onWorkspaceEvents);
   on("message", onMessage);
+  // the gateway dropped events this page read too slowly: start again from a new snapshot
+  on("overflow", () => {
+    events.close();
+    listen();
+  });
   events.onerror = () => {
     state.live = false;
     draw();
@@ -218,18 +224,29 @@ function listen() {
 
 // ---------------------------------------------------------------------------- showing
 
+// A value's view as text: JSON as JSON, text quoted, bytes as Python writes them.
 function describe(view) {
   if (!view) return "";
   switch (view.kind) {
-    case "json": case "text": return JSON.stringify(view.value);
+    case "json": return view.truncated ? view.value : JSON.stringify(view.value);
+    case "text": return JSON.stringify(view.value);
     case "int": return String(view.value);
-    case "bytes": return `${view.size} bytes (base64 ${view.value})`;
+    case "bytes": return view.truncated ? `${view.size} bytes` : bytesText(view.value);
     case "pickle": {
       const shape = view.shape ? `${view.shape.join("×")} ${view.dtype || ""} ` : "";
       return view.repr ? `${shape}${view.repr}` : `${view.type}, ${view.size} bytes pickled`;
     }
     default: return JSON.stringify(view);
   }
+}
+
+function bytesText(base64) {
+  const shown = [...atob(base64)].map((c) => {
+    const code = c.charCodeAt(0);
+    return code >= 32 && code < 127 && c !== "\\" && c !== "'"
+      ? c : `\\x${code.toString(16).padStart(2, "0")}`;
+  });
+  return `b'${shown.join("")}'`;
 }
 
 function sleighNames() {
@@ -320,7 +337,7 @@ function drawWorkspaces() {
     const ws = state.workspaces[name];
     const vars = state.values.get(name);
     return [{ ws: name }, ws.owner || "-", ws.persistent ? "yes" : "", ws.variables,
-      vars ? sum(vars) : ""];
+      vars ? sum(vars) : 0]; // no events of it since the snapshot: made empty since
   }), "no workspaces");
 }
 
