@@ -136,6 +136,7 @@ function onSnapshot(snapshot) {
     [ws, new Map(Object.entries(vars).map(([name, [values]]) => [name, values]))]));
   loadWorkspaces();
   loadVariables();
+  draw();
 }
 
 // A batch holds one item per (workspace, event, variable), its count merged and `values` the
