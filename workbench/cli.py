@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -24,6 +25,7 @@ from .config import (
     default_address, default_max_memory,
 )
 
+GATEWAY_STOP_TIMEOUT = 5.0  # seconds a `--web` gateway gets to stop before it is killed
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -520,15 +522,20 @@ def run_broker(args: argparse.Namespace) -> int:
             "--insecure: listening on %s without authentication or encryption; anyone who "
             "reaches port %d can read, write and delete every workspace", args.host, server.port)
     recorded: list[str] = []
+    gateway: list[subprocess.Popen] = []
 
     def ready(address: str) -> None:
         # recorded before it is announced: whoever learns of it can find it in the list
         recorded.extend(_record(args, address, written))
+        if args.web is not None:
+            gateway.append(_start_gateway(args, written or address))
         if args.announce:
             _announce(address)
     try:
         server.serve_forever(parent_pid=args.parent_pid, on_ready=ready)
     finally:
+        for process in gateway:
+            _stop_gateway(process)
         for path in recorded:
             remove_record(path)
         if written is not None and args.key_file is None:  # its keys die with this broker
@@ -537,6 +544,28 @@ def run_broker(args: argparse.Namespace) -> int:
             except OSError:
                 pass
     return 1 if server.failure else 0
+
+
+def _start_gateway(args: argparse.Namespace, broker: str) -> subprocess.Popen:
+    """``--web PORT``: a ``workbench web`` process for this broker, on the same host (a client
+    of the broker like any other: the broker itself serves no HTTP). It stops with the broker,
+    and by itself if the broker dies without stopping it."""
+    argv = [sys.executable, "-m", "workbench", "web", "--broker", broker, "--host", args.host,
+            "--port", str(args.web), "--parent-pid", str(os.getpid())]
+    if args.insecure:
+        argv.append("--insecure")
+    # its line saying where it serves goes to the broker's log, not to the broker's stdout,
+    # where the process that started the broker may be reading the broker's announcement
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr)
+
+
+def _stop_gateway(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(GATEWAY_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _record(args: argparse.Namespace, address: str, connection_file: str | None) -> list[str]:

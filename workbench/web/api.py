@@ -13,6 +13,7 @@ import math
 from functools import partial
 from typing import Any, Callable
 
+import anyio
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -284,8 +285,9 @@ async def events(request: Request) -> Response:
         try:
             async for line in stream.lines():
                 yield line
-        finally:
-            await anyio.to_thread.run_sync(hub.close, stream)
+        finally:  # the reader left (this task is being cancelled): let its watch go anyway
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(hub.close, stream)
 
     return StreamingResponse(lines(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

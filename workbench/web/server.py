@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -101,8 +102,13 @@ def serve(settings: WebSettings) -> int:
     announce.start()
     if settings.parent_pid is not None:
         _stop_with_parent(server, settings.parent_pid)
+    # uvicorn stops on SIGTERM, then raises it again: let that end this process through the
+    # ``finally`` below (which removes the web connection file), not by the signal's default
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         server.run()
+    except SystemExit:
+        pass
     finally:
         for path in written:
             try:
@@ -143,6 +149,10 @@ class _Announcer(threading.Thread):
             log.warning("the web connection file %s could not be written: %s", path, exc)
         opened = f"{url}?token={self.token}" if self.token else url
         print(f"workbench web: serving {opened} (web connection file {path})", flush=True)
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _stop_with_parent(server, parent_pid: int) -> None:
