@@ -16,24 +16,21 @@ no browser of its own. Only when it is missing are the tests skipped.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .support import Broker, read_line, start_broker
+from .support import Broker, Web, read_line, start_broker, start_web
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-START_TIMEOUT = 30.0  # the gateway answering; a client process ready
+START_TIMEOUT = 30.0  # a client process ready
 #: The page must show a value stored elsewhere within this many seconds (the issue's bound).
 SHOWN_WITHIN = 1.0
 #: What the page learns by its poll (owners, clients, a sleigh's workers) within this.
@@ -45,46 +42,22 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
                                                          "apt-get install chromium)")
 
 
-@dataclass
-class Gateway:
-    url: str  # without the token
-    token: str
-    broker: Broker
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    broker = start_broker(tmp_path_factory.mktemp("web-view"))
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    """A broker and a ``workbench web`` process serving it on a free loopback port, with a
-    token (as off loopback), so that the page works through the cookie ``?token=`` sets."""
-    tmp = tmp_path_factory.mktemp("web-view")
-    broker = start_broker(tmp)
-    token = secrets.token_urlsafe(24)
-    (tmp / "token").write_text(token, encoding="utf-8")
-    log = tmp / "web.log"
-    with open(log, "wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "web", "--broker", broker.address,
-             "--port", "0", "--token-file", str(tmp / "token"),
-             "--connection-file", str(tmp / "web.json")],
-            env=broker.env(), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-    try:
-        said = read_line(process, START_TIMEOUT)  # printed once it listens
-        served = re.search(r"serving (http://\S+)/\?token=", (said or b"").decode())
-        if served is None:
-            pytest.fail(f"workbench web did not start within {START_TIMEOUT} s (said {said!r}):"
-                        f"\n{log.read_text(errors='replace')}")
-        yield Gateway(served.group(1), token, broker)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        process.stdout.close()
-        broker.stop()
+def web(broker, tmp_path_factory):
+    """A ``workbench web`` process of ``broker`` with a token (as off loopback), so that the
+    page works through the cookie ``?token=`` sets."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    (tmp / "token").write_text(secrets.token_urlsafe(24), encoding="utf-8")
+    web = start_web(broker, tmp, "--token-file", str(tmp / "token"))
+    yield web
+    web.stop()
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +104,14 @@ class Client:
         self.process.stderr.close()
 
 
-def _open(browser, gateway: Gateway, viewport: dict, workspace: str):
+def _open(browser, web: Web, viewport: dict, workspace: str):
     """A page of the web view showing ``workspace``'s variables, once its events flow;
     -> (page, the errors its scripts raise)."""
     page = browser.new_page(viewport=viewport)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.set_default_timeout(POLLED_WITHIN * 1000)
-    page.goto(f"{gateway.url}/?token={gateway.token}#ws={workspace}")
+    page.goto(f"{web.url}?token={web.token}#ws={workspace}")
     page.locator("#broker", has_text="live").wait_for()
     assert "token" not in page.url, page.url  # the cookie carries it from here on
     return page, errors
@@ -189,13 +162,13 @@ _SHOWN = """() => {
 
 
 @pytest.mark.timeout(90)
-def test_a_value_stored_elsewhere_shows_within_a_second(gateway, browser):
+def test_a_value_stored_elsewhere_shows_within_a_second(broker, web, browser):
     with pytest.raises(urllib.error.HTTPError) as refused:  # what the page has is the cookie
-        urllib.request.urlopen(f"{gateway.url}/api/workspaces", timeout=5)
+        urllib.request.urlopen(f"{web.url}api/workspaces", timeout=5)
     assert refused.value.code == 401
-    page, errors = _open(browser, gateway, DESKTOP, "seen-live")
+    page, errors = _open(browser, web, DESKTOP, "seen-live")
     page.locator("#variables-note", has_text="no workspace seen-live").wait_for()
-    client = Client(gateway.broker, STORE)
+    client = Client(broker, STORE)
     try:
         assert client.line() == "ready"
         client.tell("go")
@@ -246,12 +219,12 @@ _LAYOUT = """() => ({
 
 
 @pytest.mark.timeout(90)
-def test_the_page_fits_a_phone_screen(gateway, browser):
-    client = Client(gateway.broker, LONG_VALUES)
+def test_the_page_fits_a_phone_screen(broker, web, browser):
+    client = Client(broker, LONG_VALUES)
     client.close()
     assert client.process.returncode == 0
     name = "a-workspace-with-a-name-much-longer-than-a-phone-is-wide-" * 2
-    page, errors = _open(browser, gateway, PHONE, name)
+    page, errors = _open(browser, web, PHONE, name)
     _until(page, lambda: _row(page, "variables", "words"), "the long values")
     layout = page.evaluate(_LAYOUT)
     assert layout["document"] <= layout["window"], layout
@@ -305,9 +278,9 @@ mq.close_connection()
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_sleighs_and_message_rates_show(gateway, browser, tmp_path):
-    page, errors = _open(browser, gateway, DESKTOP, "experiment")
-    client = Client(gateway.broker, ACTIVITY)
+def test_sleighs_and_message_rates_show(broker, web, browser, tmp_path):
+    page, errors = _open(browser, web, DESKTOP, "experiment")
+    client = Client(broker, ACTIVITY)
     try:
         ready, sleigh = client.line().split()
         assert ready == "ready"
