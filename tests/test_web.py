@@ -126,9 +126,20 @@ def test_workspaces_and_variables_are_listed_as_the_dict_forms(http, ws):
     assert variables["a"] == {"name": "a", "values": 2, "fetchers": 0, "finders": 0,
                               "mode": "fifo"}
     assert variables["b"]["mode"] == "lifo"
+    ws.store("long", b"\x01" * 1000)
     previews = http.get(_path(ws) + "/vars", params={"preview": "1"}).json()
     assert previews["a"]["preview"] == {"kind": "int", "value": 1}
     assert "preview" not in previews["b"]  # empty
+    shortened = previews["long"]["preview"]
+    assert shortened["truncated"] and shortened["size"] == 1000
+    assert base64.b64decode(shortened["value"]) == b"\x01" * 200  # still base64
+
+
+def test_status_names_the_gateways_own_sessions(http, broker):
+    answer = http.get("/api/status").json()
+    labels = {client["label"] for client in answer["clients"]}
+    assert len(answer["gateway"]["sessions"]) == 2
+    assert set(answer["gateway"]["sessions"]) <= labels
 
 
 def test_put_and_delete_a_workspace(http, broker):

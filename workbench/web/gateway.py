@@ -41,6 +41,11 @@ class Gateway:
     def address(self) -> str:
         return self.connection.address
 
+    @property
+    def label(self) -> str:
+        """This session's name among the broker's clients."""
+        return self.connection.label
+
     def close(self) -> None:
         self.connection.close()
 

@@ -368,8 +368,10 @@ function drawSleighs() {
 function drawClients() {
   const status = state.status || { clients: [], subscribers: [] };
   const clients = [...status.clients].sort((a, b) => a.label.localeCompare(b.label));
+  const gateway = new Set((status.gateway || {}).sessions || []);
   fill("clients", clients.map((c) =>
-    [c.label, c.owned.join(", ") || "-", c.requests, c.waiting]), "no clients");
+    [gateway.has(c.label) ? `${c.label} (this gateway)` : c.label,
+     c.owned.join(", ") || "-", c.requests, c.waiting]), "no clients");
   fill("subscribers", (status.subscribers || []).map((s) =>
     [s.client, [...s.patterns, ...s.watches.map((w) => `watch ${w}`)].join(", ") || "-",
       s.delivered, s.dropped]), "no subscriptions");
