@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -21,9 +22,11 @@ from .config import (
     DEFAULT_FSYNC, DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, HANDSHAKE_TIMEOUT,
     KERNEL_DISPLAY_NAME, KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE,
     MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV,
-    STATUS_TIMEOUT, Liveness, default_address, default_max_memory,
+    STATUS_TIMEOUT, WEB_MAX_BODY, WEB_MAX_STREAMS, WEB_PORT, Liveness, default_address,
+    default_max_memory,
 )
 
+GATEWAY_STOP_TIMEOUT = 5.0  # seconds a `--web` gateway gets to stop before it is killed
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -139,12 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT,
                           metavar="S", help="seconds a connection may take to complete its "
                           "handshake before it is closed (default %(default)s)")
+    broker.add_argument("--web", type=int, default=None, metavar="PORT",
+                        help="also serve the HTTP/JSON gateway and web view on PORT (a "
+                             "`workbench web` process beside the broker, on the same --host; "
+                             "off loopback it needs its token: see docs/web.md)")
     broker.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     broker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     broker.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
     # who started it, for `workbench list` (an embedded broker's parent describes itself)
     broker.add_argument("--started-by", default=None, help=argparse.SUPPRESS)
+
+    web = commands.add_parser(
+        "web", help="serve the HTTP/JSON gateway and the web view of a broker",
+        description="An HTTP/JSON face of a broker that any language can use, and a live web "
+                    "view, until SIGINT/SIGTERM. See docs/web.md.")
+    web.add_argument("--broker", default=None, metavar="ADDR|FILE",
+                     help=f"broker address or connection file (default ${BROKER_ENV}, else "
+                          f"{default_address()}, else a private broker)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="interface to listen on (default %(default)s: this machine only)")
+    web.add_argument("--port", type=int, default=WEB_PORT,
+                     help="TCP port, 0 for any free one (default %(default)s)")
+    add_web_security(web)
+    web.add_argument("--max-body", type=parse_size, default=WEB_MAX_BODY, metavar="SIZE",
+                     help="largest request body read (default 16M)")
+    web.add_argument("--max-streams", type=positive, default=WEB_MAX_STREAMS, metavar="N",
+                     help="event streams served at once (default %(default)s)")
+    web.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     status = commands.add_parser("status", help="show a running broker's state",
                                  description="Ask a broker for its clients, workspaces, memory "
@@ -265,7 +290,35 @@ def main(argv: list[str] | None = None) -> int:
         return run_list(args)
     if args.command == "babelfish":
         return run_babelfish(args)
+    if args.command == "web":
+        return run_web(args)
     return run_status(args)
+
+
+def add_web_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "security", "Off loopback every request must carry the gateway's token, printed at "
+        "start and written to its web connection file. See docs/web.md.")
+    group.add_argument("--token-file", metavar="PATH",
+                       help="read the token from PATH (default: a new one each start off "
+                            "loopback, none on loopback)")
+    group.add_argument("--certfile", metavar="PATH", help="serve HTTPS with this certificate")
+    group.add_argument("--keyfile", metavar="PATH", help="... and this private key")
+    group.add_argument("--insecure", action="store_true",
+                       help="off loopback, serve without a token: anyone who reaches the port "
+                            "can read, write and delete everything")
+    group.add_argument("--connection-file", metavar="PATH",
+                       help="where to write the web connection file (default: web-PORT.json "
+                            "in the user's runtime directory)")
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from .web.server import WebSettings, main as serve_web
+    return serve_web(WebSettings(
+        broker=args.broker, host=args.host, port=args.port, token_file=args.token_file,
+        certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure,
+        connection_file=args.connection_file, max_body=args.max_body,
+        max_streams=args.max_streams, parent_pid=args.parent_pid))
 
 
 def run_keys(args: argparse.Namespace) -> int:
@@ -485,15 +538,20 @@ def run_broker(args: argparse.Namespace) -> int:
             "--insecure: listening on %s without authentication or encryption; anyone who "
             "reaches port %d can read, write and delete every workspace", args.host, server.port)
     recorded: list[str] = []
+    gateway: list[subprocess.Popen] = []
 
     def ready(address: str) -> None:
         # recorded before it is announced: whoever learns of it can find it in the list
         recorded.extend(_record(args, address, written))
+        if args.web is not None:
+            gateway.append(_start_gateway(args, written or address))
         if args.announce:
             _announce(address)
     try:
         server.serve_forever(parent_pid=args.parent_pid, on_ready=ready)
     finally:
+        for process in gateway:
+            _stop_gateway(process)
         for path in recorded:
             remove_record(path)
         if written is not None and args.key_file is None:  # its keys die with this broker
@@ -502,6 +560,28 @@ def run_broker(args: argparse.Namespace) -> int:
             except OSError:
                 pass
     return 1 if server.failure else 0
+
+
+def _start_gateway(args: argparse.Namespace, broker: str) -> subprocess.Popen:
+    """``--web PORT``: a ``workbench web`` process for this broker, on the same host (a client
+    of the broker like any other: the broker itself serves no HTTP). It stops with the broker,
+    and by itself if the broker dies without stopping it."""
+    argv = [sys.executable, "-m", "workbench", "web", "--broker", broker, "--host", args.host,
+            "--port", str(args.web), "--parent-pid", str(os.getpid())]
+    if args.insecure:
+        argv.append("--insecure")
+    # its line saying where it serves goes to the broker's log, not to the broker's stdout,
+    # where the process that started the broker may be reading the broker's announcement
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr)
+
+
+def _stop_gateway(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(GATEWAY_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _record(args: argparse.Namespace, address: str, connection_file: str | None) -> list[str]:

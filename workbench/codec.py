@@ -1,7 +1,8 @@
 """Python values <-> value frames: the one place values are serialized.
 
 ``bytes`` and ``str`` travel raw, so any client in any language can read them (NetWorkSpaces'
-"direct strings"). Everything else is pickled with protocol 5; buffers of at least
+"direct strings"); so do JSON values stored through the HTTP gateway (``from_json``), which
+Python readers decode with ``json``. Everything else is pickled with protocol 5; buffers of at least
 ``OUT_OF_BAND_THRESHOLD`` bytes (numpy arrays, bytearrays) leave the pickle stream and travel as
 frames of their own, so a large array is never copied into a pickle, and arrives writable in the
 received frame's memory. Objects plain pickle refuses (lambdas, closures, classes defined in a
@@ -19,6 +20,7 @@ For values that go to another Python process to be used there (a worker pool's t
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import zlib
 from typing import Any, Callable, NamedTuple, Sequence
@@ -99,6 +101,13 @@ def _framed(kind: int, data: bytes, buffers: list | tuple = ()) -> list:
     if len(data) < OUT_OF_BAND_THRESHOLD:
         return [_pack(kind, 0, len(buffers)) + data, *buffers]
     return [_pack(kind, DETACHED, len(buffers) + 1), data, *buffers]
+
+
+def from_json(text: bytes) -> list:
+    """JSON text (UTF-8; what an HTTP client sent) -> value frames that every Python reader
+    decodes into the object ``json.loads`` makes of it, and that any reader can read as
+    text."""
+    return _framed(Kind.JSON, text)
 
 
 def from_pickle(data: bytes, kind: int = Kind.PICKLE) -> list:
@@ -208,6 +217,8 @@ def decode(frames: Sequence, decompress: Callable[[bytes], bytes] | None = None,
                 return _join(data, extra).decode("utf-8")
             if kind == Kind.INT:
                 return int(_join(data, extra))
+            if kind == Kind.JSON:
+                return json.loads(_join(data, extra))
             if pickled:
                 return pickle.loads(data, buffers=extra)
     except Exception as exc:

@@ -237,3 +237,20 @@ def normalize_address(address: str) -> str:
 
 def default_address() -> str:
     return f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+# ------------------------------------------------------------------ the HTTP gateway (web)
+WEB_PORT = 8766  # `workbench web` and `workbench broker --web` (DEFAULT_PORT is the broker's)
+#: The largest request body the gateway reads (bytes); larger ones answer 413.
+WEB_MAX_BODY = 16 << 20
+#: The longest ``?wait=`` a find or fetch through the gateway may ask for (seconds).
+WEB_MAX_WAIT = 300.0
+#: Broker calls the gateway makes at once (its threads); more requests wait for one.
+WEB_CALLS = 64
+#: Event streams (``/api/events``) one gateway serves at once; each holds one broker watch.
+WEB_MAX_STREAMS = 256
+#: Events and messages waiting for one slow event-stream reader before they are dropped (the
+#: stream then says ``overflow``, and the page reloads what it shows).
+WEB_STREAM_BACKLOG = 1000
+#: A comment line on every event stream this often (seconds), so that proxies keep it open.
+WEB_KEEPALIVE = 15.0
+WEB_TOKEN_COOKIE = "workbench_token"

@@ -218,6 +218,7 @@ class Kind(enum.IntEnum):
     INT = 2
     PICKLE = 3
     CLOUDPICKLE = 4
+    JSON = 5  # UTF-8 JSON text: what the HTTP gateway stores (any language reads it)
 
 
 class ProtocolError(ValueError):

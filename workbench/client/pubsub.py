@@ -37,6 +37,11 @@ def _decode_value(head: bytes, frames: list) -> Any:
     return codec.decode_at(head, _VALUE_AT, frames)
 
 
+def raw_frames(head: bytes, offset: int, frames: list) -> list:
+    """A message's value as its value frames, undecoded (copied: they outlive the reply)."""
+    return [bytes(memoryview(head)[offset:]), *(bytes(frame) for frame in frames)]
+
+
 class Taken(NamedTuple):
     """A message taken from a shared queue under lease, and what acknowledges it."""
 
@@ -51,17 +56,36 @@ def _identifier(identifier: str) -> bytes:
     return identifier.encode("utf-8")
 
 
+def publish_frames(connection: Connection, identifier: str, frames: list,
+                   wait: bool = True) -> int | None:
+    """Publish a message already encoded (value frames) -> with ``wait``, how many received
+    it (``MessageBus.publish``; the HTTP gateway, which never decodes what it passes on)."""
+    ident = _identifier(identifier)
+    if not wait:
+        if len(frames) > 1:  # refused here: an unanswered publish gets no error back
+            connection.check_size(frames)
+        connection.channel().send(Op.MQ_PUBLISH, [ident, b"0"], frames,
+                                  connection.check_alive)
+        return None
+    head = connection.read(Op.MQ_PUBLISH, [ident, b"1"], frames, spill=False)[1][0]
+    return int(head[HEADER_SIZE:])
+
+
 class MessageBus:
     """Messages between the processes of one broker, through one connection.
 
     ``on_message(identifier, value)`` is called in the connection's delivery thread for every
     message another process publishes under an identifier matching one of this bus's
-    subscriptions, once per message however many of them match."""
+    subscriptions, once per message however many of them match. ``decode(head, offset,
+    frames)`` makes the value passed on of the message's frames (``codec.decode_at``; a reader
+    that must not unpickle, such as the HTTP gateway, passes ``raw_frames``)."""
 
     def __init__(self, connection: Connection,
-                 on_message: Callable[[str, Any], None] | None = None) -> None:
+                 on_message: Callable[[str, Any], None] | None = None,
+                 decode: Callable[[bytes, int, list], Any] = codec.decode_at) -> None:
         self._connection = connection
         self.on_message = on_message
+        self._decode = decode
         self._patterns: Counter[str] = Counter()  # subscribed, and how many times
         self._follow_deliveries()
         connection.on_new_session(self._resubscribe)
@@ -88,17 +112,7 @@ class MessageBus:
     def publish(self, identifier: str, value: Any, wait: bool = False) -> int | None:
         """Send a message to every other process following ``identifier``, and into every
         shared queue it matches. With ``wait``, returns how many received it."""
-        ident = _identifier(identifier)
-        frames = codec.encode(value)
-        if not wait:
-            connection = self._connection
-            if len(frames) > 1:  # refused here: an unanswered publish gets no error back
-                connection.check_size(frames)
-            connection.channel().send(Op.MQ_PUBLISH, [ident, b"0"], frames,
-                                      connection.check_alive)
-            return None
-        head = self._connection.read(Op.MQ_PUBLISH, [ident, b"1"], frames, spill=False)[1][0]
-        return int(head[HEADER_SIZE:])
+        return publish_frames(self._connection, identifier, codec.encode(value), wait)
 
     # ------------------------------------------------------------------ subscribing
 
@@ -136,7 +150,7 @@ class MessageBus:
     def _received(self, head: bytes, frames: list) -> None:
         end = head.index(SEPARATOR, HEADER_SIZE + 1)
         identifier = head[HEADER_SIZE + 1:end].decode("utf-8")
-        value = codec.decode_at(head, end + 1, frames)
+        value = self._decode(head, end + 1, frames)
         if self.on_message is not None:
             self.on_message(identifier, value)
 

@@ -1,0 +1,49 @@
+"""Errors as the HTTP API answers them: the Python exception's message, its name, and the
+status code that says what kind of failure it was."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from ..errors import (
+    NwsBadRequestException, NwsConnectException, NwsDeclarationFailedException, NwsException,
+    NwsLimitException, NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
+    NwsServerException, NwsTimeoutException, NwsValueException, NwsVariableDeletedException,
+)
+from .gateway import EmptyVariable
+
+#: The most specific class first: an exception takes the status of the first class it is.
+_STATUSES = (
+    (EmptyVariable, 404), (NwsNoWorkSpaceException, 404),
+    (NwsDeclarationFailedException, 409), (NwsVariableDeletedException, 410),
+    (NwsValueException, 400), (NwsBadRequestException, 400),
+    (NwsMessageTooLargeException, 413), (NwsMemoryException, 507), (NwsLimitException, 429),
+    (NwsTimeoutException, 408), (NwsConnectException, 503), (NwsServerException, 502),
+)
+
+
+class HttpProblem(Exception):
+    """A request the gateway refuses before asking the broker (bad JSON, a bad parameter)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def status_of(exc: Exception) -> int:
+    if isinstance(exc, HttpProblem):
+        return exc.status
+    for cls, status in _STATUSES:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def problem(exc: Exception, headers: dict | None = None) -> JSONResponse:
+    """The JSON answer for an error: ``{"error", "exception", "status"}``."""
+    status = status_of(exc)
+    name = "HttpProblem" if isinstance(exc, HttpProblem) else type(exc).__name__
+    message = str(exc) if isinstance(exc, (HttpProblem, NwsException)) else (
+        f"{name}: {exc}")
+    return JSONResponse({"error": message, "exception": name, "status": status}, status,
+                        headers=headers)
