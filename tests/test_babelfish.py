@@ -104,7 +104,7 @@ def test_a_dict_is_answered_with_a_short_repr_and_its_type(babelfish, server, ws
                                                            broker) -> None:
     ws.store("d", {"name": "run 7", "losses": list(range(1000))})
     answer = ask(server, stored_frames(broker, ws_name, "d"))
-    assert answer["type"] == "builtins.dict"
+    assert answer["type"] == "dict"
     assert answer["repr"].startswith("{'losses': [0, 1, 2, 3, 4, 5")
     assert "..." in answer["repr"] and len(answer["repr"]) <= 200
     assert "shape" not in answer
@@ -172,7 +172,7 @@ def test_a_pandas_frame_is_answered_with_shape_dtype_and_head(babelfish, server)
 
 def test_text_and_integers_are_answered_too(babelfish, server) -> None:
     assert ask(server, codec.encode("x" * 1000))["repr"].startswith("'xxxxxxxx")
-    assert ask(server, codec.encode(42)) == {"repr": "42", "type": "builtins.int"}
+    assert ask(server, codec.encode(42)) == {"repr": "42", "type": "int"}
 
 
 # ---------------------------------------------------------------------------- no babelfish
@@ -267,7 +267,7 @@ def test_a_reply_that_waited_in_the_queue_past_its_timeout_goes_away(babelfish, 
         assert ask(server, codec.encode("queued"), timeout=0.3) is None
     finally:
         asking.join(10)
-    assert slow == [{"repr": "None", "type": "builtins.NoneType"}]
+    assert slow == [{"repr": "None", "type": "NoneType"}]
     # The babelfish answers in turn: once this is answered, the queued one was answered too.
     assert ask(server, codec.encode("after"), timeout=10)["repr"] == "'after'"
     assert len(reply_variables(server)) == 1, "the queued request's answer should be left"

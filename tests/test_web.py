@@ -494,3 +494,25 @@ def test_broker_web_starts_a_gateway_beside_it(tmp_path):
             return True
 
     wait_for(gone, 10, message="the gateway outlived its broker")
+
+
+def test_a_babelfish_shows_what_a_pickle_holds(http, ws, broker):
+    """Without a babelfish a pickle is a type and a size; with one running, its repr too (the
+    gateway still unpickles nothing itself)."""
+    ws.store("pickled", {"answer": 42})
+    assert "repr" not in http.get(_path(ws, "pickled")).json()
+    fish = subprocess.Popen([sys.executable, "-m", "workbench", "babelfish", "--broker",
+                             broker.target], env=broker.env(), stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "__babelfish" in http.get("/api/workspaces").json(), 20,
+                 message="the babelfish did not start")
+        shown = http.get(_path(ws, "pickled")).json()
+        assert shown["kind"] == "pickle" and shown["type"] == "dict"
+        assert shown["repr"] == "{'answer': 42}"
+        preview = http.get(_path(ws) + "/vars", params={"preview": "1"}).json()["pickled"]
+        assert preview["preview"]["repr"] == "{'answer': 42}"
+    finally:
+        fish.terminate()
+        fish.wait(10)
+    wait_for(lambda: "__babelfish" not in http.get("/api/workspaces").json(), 10)
+    assert "repr" not in http.get(_path(ws, "pickled")).json()

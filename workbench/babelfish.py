@@ -140,7 +140,10 @@ def translate(frames: Sequence) -> dict:
     except NwsUnpicklingException as exc:
         return {"error": str(exc)}
     cls = type(value)
-    answer: dict[str, Any] = {"repr": _repr(value), "type": f"{cls.__module__}.{cls.__qualname__}"}
+    # named as the gateway names types it reads off a pickle: builtins without their module
+    name = (cls.__qualname__ if cls.__module__ == "builtins"
+            else f"{cls.__module__}.{cls.__qualname__}")
+    answer: dict[str, Any] = {"repr": _repr(value), "type": name}
     package = cls.__module__.partition(".")[0]
     # Their modules are loaded already if the value is theirs: nothing is imported here.
     if package == "numpy":

@@ -254,3 +254,6 @@ WEB_STREAM_BACKLOG = 1000
 #: A comment line on every event stream this often (seconds), so that proxies keep it open.
 WEB_KEEPALIVE = 15.0
 WEB_TOKEN_COOKIE = "workbench_token"
+#: Seconds a listing's previews wait for a babelfish per pickled value (a single value's view
+#: waits BABELFISH_TIMEOUT).
+PREVIEW_TRANSLATE_TIMEOUT = 0.3

@@ -144,7 +144,7 @@ def _add_previews(request: Request, ws: str, listed: dict) -> None:
             frames = gateway.find(ws, row["name"], None)
         except Exception:  # noqa: BLE001 - fetched meanwhile, or deleted: no preview
             continue
-        row["preview"] = _shortened(values.view(frames, request.app.state.translate))
+        row["preview"] = _shortened(values.view(frames, request.app.state.translate_preview))
 
 
 def _shortened(view: dict) -> dict:
