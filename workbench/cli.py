@@ -171,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="event streams served at once (default %(default)s)")
     web.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
+    rebalance = commands.add_parser(
+        "rebalance", help="move workspaces to where a changed cluster of brokers places them",
+        description="After adding or removing brokers of a cluster: move each workspace (and "
+                    "each key-value entry) to the broker the new cluster places it on. Run it "
+                    "while no client uses them. See docs/scaling.md.")
+    rebalance.add_argument("--from", dest="old", nargs="+", required=True, metavar="BROKER",
+                           help="the cluster as it was: its brokers, or its cluster file")
+    rebalance.add_argument("--to", dest="new", nargs="+", required=True, metavar="BROKER",
+                           help="the cluster as it is now")
+    rebalance.add_argument("--kv-workspace", action="append", metavar="NAME",
+                           help="a workspace holding key-value entries, placed by key (default: "
+                                "kv); repeat for several")
+    rebalance.add_argument("--dry-run", action="store_true", help="say what would move")
+
     status = commands.add_parser("status", help="show a running broker's state",
                                  description="Ask a broker for its clients, workspaces, memory "
                                              "and counters.")
@@ -292,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_babelfish(args)
     if args.command == "web":
         return run_web(args)
+    if args.command == "rebalance":
+        return run_rebalance(args)
     return run_status(args)
 
 
@@ -310,6 +326,33 @@ def add_web_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connection-file", metavar="PATH",
                        help="where to write the web connection file (default: web-PORT.json "
                             "in the user's runtime directory)")
+
+
+def run_rebalance(args: argparse.Namespace) -> int:
+    from .client.migrate import rebalance
+    from .errors import NwsException
+
+    def cluster(given: list[str]) -> str | list[str]:
+        return given[0] if len(given) == 1 else given
+
+    try:
+        moves = rebalance(cluster(args.old), cluster(args.new), dry_run=args.dry_run,
+                          kv_workspaces=args.kv_workspace or ("kv",))
+    except (NwsException, ValueError) as exc:
+        print(f"workbench rebalance: {exc}", file=sys.stderr)
+        return 1
+    verb = "would move" if args.dry_run else "moved"
+    for move in moves:
+        what = (f"key {move.key!r} of {move.workspace}" if move.key is not None
+                else f"workspace {move.workspace}")
+        if move.skipped:
+            print(f"left {what} on {move.source}: {move.skipped}")
+        else:
+            counted = "" if args.dry_run else f" ({move.values} values)"
+            print(f"{verb} {what}: {move.source} -> {move.target}{counted}")
+    done = [move for move in moves if not move.skipped]
+    print(f"{len(done)} {verb}, {len(moves) - len(done)} left where they were")
+    return 0
 
 
 def run_web(args: argparse.Namespace) -> int:
