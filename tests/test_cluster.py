@@ -156,6 +156,33 @@ def test_key_value_entries_spread_by_key(trio):
                 assert held
 
 
+def test_the_wrpme_face_spreads_its_keys_too(trio):
+    from workbench.hive import AliasAlreadyExists, Client
+
+    cluster = [broker.address for broker in trio]
+    with Client(cluster) as client:
+        for i in range(30):
+            client.put(f"alias{i}", {"n": i})
+        with pytest.raises(AliasAlreadyExists):
+            client.put("alias3", None)
+        assert client.get("alias7") == {"n": 7}
+    holding = 0
+    for broker in trio:
+        with Client(broker.host, broker.port) as alone:
+            holding += sum(1 for i in range(30) if _has(alone, f"alias{i}"))
+    assert holding == 30  # each key on one broker only
+
+
+def _has(client, alias: str) -> bool:
+    from workbench.hive import AliasNotFound
+
+    try:
+        client.get(alias)
+        return True
+    except AliasNotFound:
+        return False
+
+
 # ---------------------------------------------------------------------- sleigh and magics
 
 
