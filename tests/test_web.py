@@ -126,9 +126,20 @@ def test_workspaces_and_variables_are_listed_as_the_dict_forms(http, ws):
     assert variables["a"] == {"name": "a", "values": 2, "fetchers": 0, "finders": 0,
                               "mode": "fifo"}
     assert variables["b"]["mode"] == "lifo"
+    ws.store("long", b"\x01" * 1000)
     previews = http.get(_path(ws) + "/vars", params={"preview": "1"}).json()
     assert previews["a"]["preview"] == {"kind": "int", "value": 1}
     assert "preview" not in previews["b"]  # empty
+    shortened = previews["long"]["preview"]
+    assert shortened["truncated"] and shortened["size"] == 1000
+    assert base64.b64decode(shortened["value"]) == b"\x01" * 200  # still base64
+
+
+def test_status_names_the_gateways_own_sessions(http, broker):
+    answer = http.get("/api/status").json()
+    labels = {client["label"] for client in answer["clients"]}
+    assert len(answer["gateway"]["sessions"]) == 2
+    assert set(answer["gateway"]["sessions"]) <= labels
 
 
 def test_put_and_delete_a_workspace(http, broker):
@@ -483,3 +494,25 @@ def test_broker_web_starts_a_gateway_beside_it(tmp_path):
             return True
 
     wait_for(gone, 10, message="the gateway outlived its broker")
+
+
+def test_a_babelfish_shows_what_a_pickle_holds(http, ws, broker):
+    """Without a babelfish a pickle is a type and a size; with one running, its repr too (the
+    gateway still unpickles nothing itself)."""
+    ws.store("pickled", {"answer": 42})
+    assert "repr" not in http.get(_path(ws, "pickled")).json()
+    fish = subprocess.Popen([sys.executable, "-m", "workbench", "babelfish", "--broker",
+                             broker.target], env=broker.env(), stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "__babelfish" in http.get("/api/workspaces").json(), 20,
+                 message="the babelfish did not start")
+        shown = http.get(_path(ws, "pickled")).json()
+        assert shown["kind"] == "pickle" and shown["type"] == "dict"
+        assert shown["repr"] == "{'answer': 42}"
+        preview = http.get(_path(ws) + "/vars", params={"preview": "1"}).json()["pickled"]
+        assert preview["preview"]["repr"] == "{'answer': 42}"
+    finally:
+        fish.terminate()
+        fish.wait(10)
+    wait_for(lambda: "__babelfish" not in http.get("/api/workspaces").json(), 10)
+    assert "repr" not in http.get(_path(ws, "pickled")).json()

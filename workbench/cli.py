@@ -1,8 +1,9 @@
 """The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench list`` shows
 the brokers running on this machine, ``workbench status`` asks a running broker how it is
-doing, ``workbench worker`` joins a sleigh (a worker pool), ``workbench kernel install``
-installs the "Python 3 (workbench)" Jupyter kernel, ``workbench compat SCRIPT`` runs an old
-NetWorkSpaces, berryMQ or python-memcached script."""
+doing, ``workbench worker`` joins a sleigh (a worker pool), ``workbench babelfish`` translates
+pickled values for the web view, ``workbench kernel install`` installs the "Python 3
+(workbench)" Jupyter kernel, ``workbench compat SCRIPT`` runs an old NetWorkSpaces, berryMQ or
+python-memcached script."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import time
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, BROKER_READY, COMPACT_FACTOR, COMPACT_MIN, COMPAT_ENV, DEFAULT_FSYNC,
-    DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
-    KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
-    MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, WEB_MAX_BODY,
-    WEB_MAX_STREAMS, WEB_PORT, Liveness,
-    default_address, default_max_memory,
+    BROKER_ENV, BROKER_READY, COMPACT_FACTOR, COMPACT_MIN, COMPAT_ENV, CONNECT_TIMEOUT,
+    DEFAULT_FSYNC, DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, HANDSHAKE_TIMEOUT,
+    KERNEL_DISPLAY_NAME, KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE,
+    MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV,
+    STATUS_TIMEOUT, WEB_MAX_BODY, WEB_MAX_STREAMS, WEB_PORT, Liveness, default_address,
+    default_max_memory,
 )
 
 GATEWAY_STOP_TIMEOUT = 5.0  # seconds a `--web` gateway gets to stop before it is killed
@@ -170,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="event streams served at once (default %(default)s)")
     web.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
+    rebalance = commands.add_parser(
+        "rebalance", help="move workspaces to where a changed cluster of brokers places them",
+        description="After adding or removing brokers of a cluster: move each workspace (and "
+                    "each key-value entry) to the broker the new cluster places it on. Run it "
+                    "while no client uses them. See docs/scaling.md.")
+    rebalance.add_argument("--from", dest="old", nargs="+", required=True, metavar="BROKER",
+                           help="the cluster as it was: its brokers, or its cluster file")
+    rebalance.add_argument("--to", dest="new", nargs="+", required=True, metavar="BROKER",
+                           help="the cluster as it is now")
+    rebalance.add_argument("--kv-workspace", action="append", metavar="NAME",
+                           help="a workspace holding key-value entries, placed by key (default: "
+                                "kv); repeat for several")
+    rebalance.add_argument("--dry-run", action="store_true", help="say what would move")
+
     status = commands.add_parser("status", help="show a running broker's state",
                                  description="Ask a broker for its clients, workspaces, memory "
                                              "and counters.")
@@ -203,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start K workers here (ranks R to R+K-1 with --rank R), and "
                              "wait for them all: one batch job's share of a sleigh")
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    babelfish = commands.add_parser(
+        "babelfish", help="translate pickled values into text for the web view (trusted)",
+        description="Serve the workspace __babelfish: unpickle the values the web gateway asks "
+                    "about and answer a short repr (and for numpy arrays and pandas frames "
+                    "shape, dtype and first rows) until SIGINT/SIGTERM. Unpickling runs code "
+                    "chosen by whoever stored the value: run it only where every client that "
+                    "can store is trusted, as its own user. See docs/security.md.")
+    babelfish.add_argument("--broker", default=None, metavar="ADDR|FILE",
+                           help="broker address or connection file; - reads the connection "
+                                f"file on stdin (default ${BROKER_ENV}, else the broker running "
+                                f"on this machine, else {default_address()})")
+    babelfish.add_argument("--log-level", default="INFO",
+                           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _kernel_parser(commands)
     _keys_parsers(commands)
     compat = commands.add_parser(
@@ -274,8 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_compat(args)
     if args.command == "list":
         return run_list(args)
+    if args.command == "babelfish":
+        return run_babelfish(args)
     if args.command == "web":
         return run_web(args)
+    if args.command == "rebalance":
+        return run_rebalance(args)
     return run_status(args)
 
 
@@ -294,6 +326,33 @@ def add_web_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connection-file", metavar="PATH",
                        help="where to write the web connection file (default: web-PORT.json "
                             "in the user's runtime directory)")
+
+
+def run_rebalance(args: argparse.Namespace) -> int:
+    from .client.migrate import rebalance
+    from .errors import NwsException
+
+    def cluster(given: list[str]) -> str | list[str]:
+        return given[0] if len(given) == 1 else given
+
+    try:
+        moves = rebalance(cluster(args.old), cluster(args.new), dry_run=args.dry_run,
+                          kv_workspaces=args.kv_workspace or ("kv",))
+    except (NwsException, ValueError) as exc:
+        print(f"workbench rebalance: {exc}", file=sys.stderr)
+        return 1
+    verb = "would move" if args.dry_run else "moved"
+    for move in moves:
+        what = (f"key {move.key!r} of {move.workspace}" if move.key is not None
+                else f"workspace {move.workspace}")
+        if move.skipped:
+            print(f"left {what} on {move.source}: {move.skipped}")
+        else:
+            counted = "" if args.dry_run else f" ({move.values} values)"
+            print(f"{verb} {what}: {move.source} -> {move.target}{counted}")
+    done = [move for move in moves if not move.skipped]
+    print(f"{len(done)} {verb}, {len(moves) - len(done)} left where they were")
+    return 0
 
 
 def run_web(args: argparse.Namespace) -> int:
@@ -642,23 +701,40 @@ def _when(moment: float | None, now: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(moment))} ({age} ago)"
 
 
-def run_status(args: argparse.Namespace) -> int:
+def _session(command: str, argument: str | None, timeout: float):
+    """A session with the broker ``--broker`` names (see ``_broker_target``) -> NwsServer, or
+    None once the reason it cannot be had is printed."""
     from .client.connection import Connection
     from .client.embedded import start_hint
     from .client.workspace import NwsServer
     from .errors import NwsException
 
     try:
-        target = _broker_target(args.broker)
-        address = target.address
-        hint = start_hint(address)
-        if not (args.broker or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
+        target = _broker_target(argument)
+        hint = start_hint(target.address)
+        if not (argument or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
             hint += ("; no other broker of yours is running on this machine "
                      "(`workbench list`)")
-        server = NwsServer(connection=Connection(target, args.timeout, hint=hint))
+        return NwsServer(connection=Connection(target, timeout, hint=hint))
     except (NwsException, ValueError) as exc:  # no broker; a connection file that is no use
-        print(f"workbench status: {exc}", file=sys.stderr)
+        print(f"workbench {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def run_babelfish(args: argparse.Namespace) -> int:
+    from .babelfish import run
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = _session("babelfish", args.broker, CONNECT_TIMEOUT)
+    return 1 if server is None else run(server)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    server = _session("status", args.broker, args.timeout)
+    if server is None:
         return 1
+    address = server.address
     with server:
         info = server.status(timeout=args.timeout)
     if args.json:

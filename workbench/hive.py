@@ -44,6 +44,7 @@ import threading
 from typing import Any, Callable, TypeVar
 
 from . import codec
+from .client.cluster import is_several
 from .client.connection import Connection
 from .client.embedded import connect
 from .client.keyvalue import Entry, KeyValueStore
@@ -232,9 +233,12 @@ class RawClient:
                  workspace: str = DEFAULT_WORKSPACE, timeout: float = CONNECT_TIMEOUT) -> None:
         self.hostname = hostname
         self.port = port
+        #: Several brokers acting as one (a list, a cluster file): each key lives on the one
+        #: it is placed on (``client.cluster``), through one ClusterKeyValueStore.
+        self._several = is_several(hostname)
         # Read now so that a bad file fails at once, and kept for messages (never the keys).
-        self._where = (resolve(hostname).describe()
-                       if hostname is not None and is_connection_file(hostname) else None)
+        self._where = (resolve(hostname).describe() if hostname is not None and not self._several
+                       and is_connection_file(hostname) else None)
         self.workspace = workspace
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -245,7 +249,9 @@ class RawClient:
             self._connect()
 
     def __repr__(self) -> str:
-        where = self._connection.address if self._connection is not None else "disconnected"
+        where = (self._store.address if self._several and self._store is not None
+                 else self._connection.address if self._connection is not None
+                 else "disconnected")
         return f"<{type(self).__name__} {self.workspace!r} at {where}>"
 
     # ------------------------------------------------------------------ the wrpme API
@@ -348,7 +354,10 @@ class RawClient:
             if self._closed:
                 raise ConnectionReset(f"{message}: the client is closed")
             connection = self._connection
-            if connection is None or connection.closed or connection.broken:
+            if self._several:  # its sessions reconnect by themselves
+                if self._store is None:
+                    self._connect(message)
+            elif connection is None or connection.closed or connection.broken:
                 self._drop()
                 self._connect(message)
                 connection = self._connection
@@ -371,9 +380,19 @@ class RawClient:
                 where = self._where
             elif self.hostname is None and self.port is None:
                 where = "the broker"
+            elif self._several:
+                where = "the cluster of brokers"
             else:
                 where = f"{self.hostname or DEFAULT_HOST}:{self.port or DEFAULT_PORT}"
             message = f"connecting to {where}"
+        if self._several:
+            try:
+                self._store = KeyValueStore(self.hostname, workspace=self.workspace,
+                                            timeout=self.timeout, encode=self._encode,
+                                            decode=self._decode)
+            except NwsException as exc:
+                raise _mapped(exc, message) from exc
+            return
         if self.hostname is not None and self._where is None:
             if ":" in self.hostname:
                 raise InvalidInput(f"{message}: IPv6 addresses are not supported; use an IPv4 "
@@ -394,7 +413,10 @@ class RawClient:
 
     def _drop(self) -> None:
         """Close the connection, if any (the lock is held)."""
-        connection, self._connection, self._store = self._connection, None, None
+        connection, self._connection, store, self._store = (self._connection, None,
+                                                            self._store, None)
+        if self._several and store is not None:
+            store.close()
         if connection is not None and not connection.closed:
             connection.close()
 

@@ -110,6 +110,7 @@ An error is ``head(status >= ERROR) + UTF-8 message``.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 
 PROTOCOL_VERSION = 1
@@ -326,3 +327,12 @@ def split_many(head: bytes, extra: list) -> list[tuple[list, int]]:
         values.append(([first, *extra[used:used + nextra]] if nextra else [first], returns))
         used += nextra
     return values
+
+
+#: A template for ``mktempWs``: exactly one integer conversion, any literal ``%%``.
+_TEMPLATE = re.compile(r"^(?:[^%]|%%)*%[-+ 0#]*\d*d(?:[^%]|%%)*$")
+
+
+def valid_template(template: str) -> bool:
+    """Whether ``template`` makes a workspace name of one integer (``mktempWs``)."""
+    return bool(_TEMPLATE.match(template))

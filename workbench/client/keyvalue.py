@@ -22,6 +22,7 @@ from ..config import CONNECT_TIMEOUT, REPR_TIMEOUT
 from ..protocol import (
     HEADER_SIZE, KV_ITEM, KV_RECORD, META, VERSION_SHIFT, Op, Status,
 )
+from .cluster import Brokers, Member, cluster_status, is_several
 from .connection import Connection
 from .embedded import connect
 
@@ -56,7 +57,17 @@ class KeyValueStore:
     ``KeyValueStore()`` finds the broker as ``NetWorkSpace`` does (``WORKBENCH_BROKER``, the
     default address, or a private broker); ``host``/``port`` name one, and ``host`` may be a
     connection file. ``timeout`` bounds the connection, ``op_timeout`` every operation after
-    it (NwsTimeoutException, a TimeoutError; the operation is cancelled at the broker)."""
+    it (NwsTimeoutException, a TimeoutError; the operation is cancelled at the broker).
+
+    ``host`` may name several brokers acting as one (a list, a cluster file: see
+    ``client.cluster``): each key then lives on the broker it is placed on, as a workspace's
+    name places the workspace (``ClusterKeyValueStore``)."""
+
+    def __new__(cls, host: str | list | None = None, *args: Any, **kwargs: Any):
+        # several brokers (a list, a cluster file): a store that spreads the keys over them
+        if cls is KeyValueStore and kwargs.get("connection") is None and is_several(host):
+            cls = ClusterKeyValueStore
+        return super().__new__(cls)
 
     def __init__(self, host: str | None = None, port: int | None = None,
                  workspace: str = DEFAULT_KV_WORKSPACE, timeout: float = CONNECT_TIMEOUT,
@@ -228,3 +239,102 @@ class KeyValueStore:
     def stats(self) -> dict:
         """The broker's status (``workbench status --json``): memory, counters, clients."""
         return json.loads(self._read(Op.STATUS, [])[1][0][HEADER_SIZE:])
+
+
+class ClusterKeyValueStore(KeyValueStore):
+    """A ``KeyValueStore`` over several brokers: each key lives on the one it is placed on by
+    rendezvous hashing (``client.cluster``), so each operation on a key is that broker's one
+    atomic operation; a call on several keys asks each broker concerned once. A broker that is
+    down makes the calls on its keys raise NwsConnectException naming it."""
+
+    def __init__(self, host: str | list, port: int | None = None,
+                 workspace: str = DEFAULT_KV_WORKSPACE, timeout: float = CONNECT_TIMEOUT,
+                 connection: Connection | None = None,
+                 encode: Callable[[Any], list] = codec.encode,
+                 decode: Callable[[list], Any] = codec.decode,
+                 op_timeout: float | None = None) -> None:
+        self.brokers = Brokers(host, timeout)
+        self.workspace = workspace
+        self.op_timeout = op_timeout
+        self._options = {"workspace": workspace, "encode": encode, "decode": decode,
+                         "op_timeout": op_timeout}
+        self._stores: dict[str, KeyValueStore] = {}
+
+    def _store_of(self, member: Member) -> KeyValueStore:
+        store = self._stores.get(member.name)
+        if store is None:
+            connection = self.brokers.connection(member, f"the keys of {self.workspace!r}")
+            store = self._stores[member.name] = KeyValueStore(connection=connection,
+                                                              **self._options)
+        return store
+
+    def _store_for(self, key: str | bytes) -> KeyValueStore:
+        return self._store_of(self.brokers.place(_key(key)))
+
+    def _grouped(self, keys: Iterable) -> dict[Member, list]:
+        grouped: dict[Member, list] = {}
+        for key in keys:
+            grouped.setdefault(self.brokers.place(_key(key)), []).append(key)
+        return grouped
+
+    @property
+    def address(self) -> str:
+        return f"a cluster of {self.brokers}"
+
+    def __repr__(self) -> str:
+        return f"<KeyValueStore {self.workspace!r} on {self.address}>"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return f"<div><b>KeyValueStore {escape(self.workspace)}</b> on {escape(self.address)}</div>"
+
+    def close(self) -> None:
+        self.brokers.close()
+
+    def store(self, key, value, ttl=0, how="set", version=0, frames=None):
+        return self._store_for(key).store(key, value, ttl, how, version, frames)
+
+    def swap(self, key, value, ttl=0):
+        return self._store_for(key).swap(key, value, ttl)
+
+    def compare_and_swap(self, key, value, comparand, ttl=0):
+        return self._store_for(key).compare_and_swap(key, value, comparand, ttl)
+
+    def incr(self, key, delta=1, decrement=False):
+        return self._store_for(key).incr(key, delta, decrement)
+
+    def touch(self, key, ttl):
+        return self._store_for(key).touch(key, ttl)
+
+    def delete(self, key):
+        return self._store_for(key).delete(key)
+
+    def get(self, key):
+        return self._store_for(key).get(key)
+
+    def flush(self) -> None:
+        for member in self.brokers.members:
+            self._store_of(member).flush()
+
+    def get_multi(self, keys: Iterable[str | bytes]) -> dict:
+        found: dict = {}
+        for member, some in self._grouped(keys).items():
+            found.update(self._store_of(member).get_multi(some))
+        return found
+
+    def set_multi(self, mapping: Mapping, ttl: float = 0, encoded: bool = False) -> list:
+        refused: list = []
+        for member, some in self._grouped(mapping).items():
+            refused += self._store_of(member).set_multi({key: mapping[key] for key in some},
+                                                        ttl, encoded)
+        return refused
+
+    def delete_multi(self, keys: Iterable[str | bytes]) -> int:
+        return sum(self._store_of(member).delete_multi(some)
+                   for member, some in self._grouped(keys).items())
+
+    def stats(self) -> dict:
+        """The brokers' status, summed (``cluster.cluster_status``)."""
+        return cluster_status({str(member): self._store_of(member).stats()
+                               for member in self.brokers.members})

@@ -13,8 +13,12 @@ from urllib.parse import urlsplit
 
 from ..codec import decode, decode_at, encode, raw_bytes
 from ..config import CONNECT_TIMEOUT, REPR_TIMEOUT
-from ..errors import NwsIllegalModeException, NwsOperationException
-from ..protocol import HEADER_SIZE, META, Op, Status, pack_many, split_many
+from ..errors import (
+    NwsBadRequestException, NwsIllegalModeException, NwsNoWorkSpaceException,
+    NwsOperationException, NwsUnsupportedMethodException,
+)
+from ..protocol import HEADER_SIZE, META, Op, Status, pack_many, split_many, valid_template
+from .cluster import Brokers, ClusterWatch, cluster_status, is_several, temp_name
 from .connection import Connection
 from .embedded import connect
 from .iterator import NwsValueIterator
@@ -74,10 +78,22 @@ class NwsServer:
     With no ``host`` and ``port``, the broker comes from ``WORKBENCH_BROKER``, else the default
     address if a broker answers there, else a private broker started for this process.
     ``host`` may be a broker's connection file (``port`` is then ignored): its keys are used.
+
+    ``host`` may also name several brokers that act as one (a list of addresses or connection
+    files, or a cluster file; see ``client.cluster``): each workspace then lives whole on the
+    broker its name is placed on, ``listWss`` and ``status`` cover them all, and a broker that
+    is down makes what needs it raise NwsConnectException naming it.
     """
 
-    def __init__(self, host: str | None = None, port: int | None = None,
+    def __init__(self, host: str | list | None = None, port: int | None = None,
                  timeout: float = CONNECT_TIMEOUT, connection: Connection | None = None) -> None:
+        #: The brokers acting as one, when ``host`` named several (None: one broker).
+        self.brokers: Brokers | None = None
+        if connection is None and is_several(host):
+            self.brokers = Brokers(host, timeout)
+            self._connection = None
+            self.serverHost, self.serverPort = host, None  # what a handle sent elsewhere uses
+            return
         self._connection = connection or connect(host, port, timeout)
         parts = urlsplit(self._connection.address)
         self.serverHost = parts.hostname
@@ -85,13 +101,28 @@ class NwsServer:
 
     @property
     def address(self) -> str:
+        if self.brokers is not None:
+            return f"a cluster of {self.brokers}"
         return self._connection.address
+
+    def connection_for(self, wsName: str) -> Connection:
+        """The session with the broker that holds workspace ``wsName``."""
+        if self.brokers is None:
+            return self._connection
+        return self.brokers.connection_for(wsName)
+
+    def _sessions(self) -> list[Connection]:
+        """A session with each broker (one, unless this is a cluster's)."""
+        if self.brokers is None:
+            return [self._connection]
+        return [connection for _, connection in self.brokers.each()]
 
     def __str__(self) -> str:
         return f"NwsServer {self.address}"
 
     def __repr__(self) -> str:
-        return f"<NwsServer {self.address}{' closed' if self._connection.closed else ''}>"
+        closed = self.brokers is None and self._connection.closed
+        return f"<NwsServer {self.address}{' closed' if closed else ''}>"
 
     def _repr_html_(self) -> str:
         """In a notebook: the broker's workspaces, owner and variables (yours in bold)."""
@@ -99,7 +130,7 @@ class NwsServer:
 
         title = f"<b>NwsServer</b> {escape(self.address)}"
         try:
-            rows = _json(self._connection.call(Op.LIST_WSS, [], timeout=REPR_TIMEOUT))
+            rows = self._list_wss(REPR_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a repr shows what went wrong, never raises
             return f"<div>{title}: {escape(str(exc))}</div>"
         cells = "".join(
@@ -117,30 +148,47 @@ class NwsServer:
         ``create`` (create it if missing; default True)."""
         if space is None:
             return NetWorkSpace(wsName, server=self, **opt)
-        self._connection.call(Op.OPEN_WS, [wsName.encode(), _flag(opt.get("persistent", False)),
-                                           _flag(opt.get("create", True))])
+        self.connection_for(wsName).call(Op.OPEN_WS, [
+            wsName.encode(), _flag(opt.get("persistent", False)), _flag(opt.get("create", True))])
         return space
 
     def useWs(self, wsName: str, space: NetWorkSpace | None = None, **opt: Any) -> NetWorkSpace:
         """Use a workspace without ever taking ownership; ``create`` as for openWs."""
         if space is None:
             return NetWorkSpace(wsName, server=self, useUse=True, **opt)
-        self._connection.call(Op.USE_WS, [wsName.encode(), _flag(opt.get("create", True))])
+        self.connection_for(wsName).call(Op.USE_WS, [wsName.encode(),
+                                                     _flag(opt.get("create", True))])
         return space
 
     def deleteWs(self, wsName: str) -> None:
         """Delete a workspace: its values are destroyed and blocked callers get an error."""
-        self._connection.call(Op.DELETE_WS, [wsName.encode()])
+        self.connection_for(wsName).call(Op.DELETE_WS, [wsName.encode()])
 
     def mktempWs(self, wsName: str = "__pyws__%d") -> str:
-        """Create an unowned workspace named from a template with one ``%d``; returns the name."""
-        head = self._connection.call(Op.MKTEMP_WS, [wsName.encode()])
-        return head[HEADER_SIZE:].decode()
+        """Create an unowned workspace named from a template with one ``%d``; returns the name.
+        On a cluster the number is random (64 bits), so that names made at once by different
+        clients on different brokers never meet, and the workspace is made on the broker its
+        name is placed on."""
+        if self.brokers is None:
+            head = self._connection.call(Op.MKTEMP_WS, [wsName.encode()])
+            return head[HEADER_SIZE:].decode()
+        if not valid_template(wsName):
+            raise NwsBadRequestException(
+                f"workspace template {wsName!r} must contain exactly one integer conversion "
+                "such as %d (write %% for a literal percent sign)")
+        while True:
+            name = temp_name(wsName, self.brokers.members)
+            connection = self.connection_for(name)
+            try:
+                connection.call(Op.LIST_VARS, [name.encode()])
+            except NwsNoWorkSpaceException:
+                connection.call(Op.USE_WS, [name.encode(), b"1"])
+                return name
 
     def listWss(self, format: str = STRING) -> str | dict:
         """All workspaces: a printable string (``>`` marks the ones this session owns) or a
         dict name -> (name, mine, owner, persistent, nvars, [vars])."""
-        rows = _json(self._connection.call(Op.LIST_WSS, []))
+        rows = self._list_wss()
         if format == DICT:
             return {row[0]: tuple(row) for row in rows}
         _check_format(format)
@@ -148,26 +196,55 @@ class NwsServer:
             f"{'>' if mine else ' '}{name}\t{owner}\t{persistent}\t{nvars}\t{','.join(names)}\n"
             for name, mine, owner, persistent, nvars, names in rows)
 
+    def _list_wss(self, timeout: float | None = None) -> list:
+        """Every broker's LIST_WSS rows, merged in name order."""
+        if self.brokers is None:
+            return _json(self._connection.call(Op.LIST_WSS, [], timeout=timeout))
+        merged: dict[str, list] = {}
+        for member, connection in self.brokers.each():
+            for row in _json(connection.call(Op.LIST_WSS, [], timeout=timeout)):
+                # a name on several brokers (each has a __default): the one it is placed on
+                if row[0] not in merged or self.brokers.place(row[0]) == member:
+                    merged[row[0]] = row
+        return [merged[name] for name in sorted(merged)]
+
     @property
     def label(self) -> str:
-        """This session's name at the broker, as ``status()`` lists it among the clients."""
-        return self._connection.label
+        """This session's name at the broker, as ``status()`` lists it among the clients (the
+        same at every broker of a cluster: it names the process)."""
+        return self._sessions()[0].label
 
     def status(self, timeout: float | None = None) -> dict:
         """The broker's state, as ``workbench status`` prints it: ``version``, ``protocol``,
         ``uptime`` (s), ``memory`` and its limits (bytes), the heartbeat, counts of
         ``workspaces``, ``values``, blocked calls (``waiting``) and ``leases``, a record per
-        client and per subscriber, and the request ``counters``."""
-        return _json(self._connection.call(Op.STATUS, [], timeout=timeout))
+        client and per subscriber, and the request ``counters``. A cluster's sums those of its
+        brokers (``cluster_status``), each one's whole under ``brokers``."""
+        if self.brokers is None:
+            return _json(self._connection.call(Op.STATUS, [], timeout=timeout))
+        return cluster_status({str(member): _json(connection.call(Op.STATUS, [],
+                                                                  timeout=timeout))
+                               for member, connection in self.brokers.each()})
 
     def watch(self, callback: Callable[[list[dict]], None] | None = None) -> Watch:
         """Follow the changes of every workspace of the broker, as ``NetWorkSpace.watch``
-        follows one's (events name their workspace in ``ws``)."""
-        return Watch(self._connection, "*", callback)
+        follows one's (events name their workspace in ``ws``). A cluster's watch follows
+        every broker's and needs a ``callback``."""
+        if self.brokers is None:
+            return Watch(self._connection, "*", callback)
+        if callback is None:
+            raise NwsUnsupportedMethodException(
+                "a cluster's watch of every workspace takes a callback: watch(callback), or "
+                "watch one workspace (NetWorkSpace.watch), which lives on one broker")
+        return ClusterWatch([Watch(connection, "*", callback)
+                             for _, connection in self.brokers.each()])
 
     def close(self) -> None:
         """Close the session; the broker purges the non-persistent workspaces it owns."""
-        self._connection.close()
+        if self.brokers is not None:
+            self.brokers.close()
+        else:
+            self._connection.close()
 
     def __enter__(self) -> NwsServer:
         return self
@@ -204,7 +281,7 @@ class NetWorkSpace:
         if server is None:
             server = NwsServer(serverHost, serverPort, timeout=opt.pop("timeout", CONNECT_TIMEOUT))
         self.server = server
-        self._connection = server._connection
+        self._connection = server.connection_for(wsName)
         self._name = wsName
         self._wsb = wsName.encode()
         self._useUse = useUse

@@ -96,10 +96,11 @@ def build_parser() -> Parser:
     sub.add_argument("--no-create", action="store_true", help="fail if WS does not exist")
     sub = command("connect", "use the broker at ADDR from now on (the old session ends)",
                   "connect")
-    sub.add_argument("address", metavar="ADDR",
+    sub.add_argument("address", metavar="ADDR", nargs="+",
                      help=f"tcp://host:port, host:port or a port (default {DEFAULT_HOST}:"
                           f"{DEFAULT_PORT}), or the path of a broker's connection file "
-                          "(.json), whose keys are used")
+                          "(.json), whose keys are used; several, or a cluster file, for "
+                          "brokers that act as one")
     command("status", "show the broker this notebook uses: its address, process, who started "
                       "it, clients and workspaces", "status")
     sub = command("twitter", "send a pub/sub message, as workbench.mq.twitter does", "twitter")
@@ -338,7 +339,8 @@ class NwsMagics(Magics):
         print(f"%nws acts on workspace {ws.currentWs()} at {self.session.server().address}")
 
     def _connect(self, args: argparse.Namespace) -> None:
-        address = self.session.connect(args.address)
+        given = args.address
+        address = self.session.connect(given[0] if len(given) == 1 else given)
         print(f"%nws connected to {address}")
 
     def _status(self, args: argparse.Namespace) -> BrokerSummary:

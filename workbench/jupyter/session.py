@@ -3,6 +3,7 @@ stores, and the sleigh ``%nws sleigh`` started. Connections are made on first us
 
 from __future__ import annotations
 
+from ..client.cluster import is_several
 from ..client.keyvalue import DEFAULT_KV_WORKSPACE, KeyValueStore
 from ..client.workspace import NetWorkSpace, NwsServer
 from ..config import normalize_address
@@ -19,7 +20,7 @@ class MagicSession:
 
     def __init__(self) -> None:
         # set by connect: an address or a connection file; None: the broker found as usual
-        self.address: str | None = None
+        self.address: str | list[str] | None = None
         self.ws_name = DEFAULT_WORKSPACE
         self.ws_options: dict = {"useUse": False}
         self.sleigh: Sleigh | None = None
@@ -53,12 +54,14 @@ class MagicSession:
         self.ws_name, self.ws_options, self._ws = name, options, ws
         return ws
 
-    def connect(self, address: str) -> str:
-        """Use the broker at ``address`` (or of a connection file) from now on -> its
-        address, and the file it came from. The old session ends (its owned workspaces are
-        purged) once the new one is open; the current workspace's name is kept, and opened
-        there on first use."""
-        if is_connection_file(address):
+    def connect(self, address: str | list[str]) -> str:
+        """Use the broker at ``address`` (or of a connection file; or several brokers acting
+        as one: a list, a cluster file) from now on -> its address, and the file it came
+        from. The old session ends (its owned workspaces are purged) once the new one is open;
+        the current workspace's name is kept, and opened there on first use."""
+        if is_several(address):
+            source = None
+        elif is_connection_file(address):
             source = resolve(address).source  # the path, never the keys of JSON text
         else:
             address, source = normalize_address(address), None

@@ -27,6 +27,7 @@ import weakref
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from ..client.cluster import is_several, temp_name
 from ..client.connection import Connection
 from ..client.embedded import connect
 from ..client.keyvalue import KeyValueStore
@@ -85,7 +86,7 @@ class Sleigh(Executor):
 
     def __init__(self, workerCount: int | None = None,
                  launch: str | Callable | Launcher | None = None,
-                 nodeList: Sequence[str] | None = None, *, broker: str | None = None,
+                 nodeList: Sequence[str] | None = None, *, broker: str | Sequence[str] | None = None,
                  nwsHost: str | None = None, nwsPort: int | None = None,
                  workerBroker: str | None = None, wsNameTemplate: str | None = None,
                  userWsNameTemplate: str | None = None,
@@ -141,7 +142,15 @@ class Sleigh(Executor):
         self._launcher: Launcher | None = None
         self._launched = 0  # ranks below this are the launcher's
         self._dispatcher: Dispatcher | None = None
-        self._connection = _connect(broker, options["nwsHost"], options["nwsPort"])
+        #: Several brokers acting as one (``broker`` named them): the sleigh's workspaces live
+        #: on the one its workspace's name is placed on, where its workers connect.
+        self._cluster = NwsServer(broker) if is_several(broker) else None
+        self._home_name = None
+        if self._cluster is not None:
+            self._home_name = self._cluster.mktempWs(options["wsNameTemplate"])
+            self._connection = self._cluster.connection_for(self._home_name)
+        else:
+            self._connection = _connect(broker, options["nwsHost"], options["nwsPort"])
         self._server = NwsServer(connection=self._connection)
         try:
             if launch == "web":
@@ -162,13 +171,18 @@ class Sleigh(Executor):
     def _start(self, workerCount, launcher, sshNodes, workerBroker, wsNameTemplate,
                userWsNameTemplate, startTimeout) -> None:
         server = self._server
-        self.wsName = server.mktempWs(wsNameTemplate)
+        self.wsName = self._home_name or server.mktempWs(wsNameTemplate)
         # On a broker with a data directory the sleigh's workspaces are persistent, so its
         # tasks and results outlive the broker's restart; stop() deletes them either way.
         durable = self._connection.durable
         self.nws: NetWorkSpace = server.openWs(self.wsName, persistent=durable)
-        self.userNws: NetWorkSpace = server.openWs(server.mktempWs(userWsNameTemplate),
-                                                   persistent=durable)
+        if self._cluster is None:
+            user_name = server.mktempWs(userWsNameTemplate)
+        else:  # a name the cluster places where the workers are
+            brokers = self._cluster.brokers
+            user_name = temp_name(userWsNameTemplate, brokers.members,
+                                  on=brokers.place(self.wsName))
+        self.userNws: NetWorkSpace = server.openWs(user_name, persistent=durable)
         workerCount = worker_count(launcher, workerCount)
         if workerCount is None:
             workerCount = len(sshNodes) if sshNodes else os.cpu_count() or 1
@@ -438,6 +452,8 @@ class Sleigh(Executor):
             dispatcher.join(2.0)
             dispatcher.fail(self._scheduler.running(), stopped)
         self._server.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
     # ------------------------------------------------------------------ Executor API
 

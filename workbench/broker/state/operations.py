@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ...protocol import Op, Status
+from ...protocol import Op, Status, valid_template
 from .effects import Outbox
 from .expiry import Deadlines
 from .handoffs import HandOffs
@@ -17,7 +17,6 @@ from .registry import Registry
 from .requests import Clock, OpError, arity, flag
 from .sessions import Session
 from .variables import FIFO, ITERABLE_MODES, MODES
-from .workspaces import valid_template
 
 #: (consume, block, iterate) for the eight ways of reading a variable
 READS = {

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .variables import FIFO, Variable
 
-#: A template for ``mktempWs``: exactly one integer conversion, any literal ``%%``.
-_TEMPLATE = re.compile(r"^(?:[^%]|%%)*%[-+ 0#]*\d*d(?:[^%]|%%)*$")
 
 
 class Workspace:
@@ -68,5 +65,3 @@ class WorkspaceTable:
                 return name
 
 
-def valid_template(template: str) -> bool:
-    return bool(_TEMPLATE.match(template))
