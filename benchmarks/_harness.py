@@ -668,7 +668,7 @@ def _bound_router(port: int, parent_pid: int | None, curve_secret: str | None = 
     import zmq
 
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -679,7 +679,7 @@ def _bound_router(port: int, parent_pid: int | None, curve_secret: str | None = 
     return context, router
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Have the kernel send SIGTERM when the benchmark dies, even by SIGKILL: no orphans, and
     no timer in the server's loop."""
     import ctypes
@@ -772,7 +772,7 @@ def run_replying_child(role: str, params: dict, settings_type: type,
     reply = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    _die_with_parent(params.pop("parent_pid"))
+    die_with_parent(params.pop("parent_pid"))
     settings = settings_type(**{**params.pop("settings"), "only": ()})
     roles[role](reply=reply, settings=settings, **params)
 
