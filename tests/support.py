@@ -50,15 +50,20 @@ class Broker:
             return f.read()
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds -> its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    process.stdout.close()
+    return process.returncode
 
 
 def start_broker(tmp_path, *args: str, within: Sequence[str] = ()) -> Broker:
@@ -143,3 +148,49 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         if time.monotonic() > deadline:
             raise AssertionError(message or f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@dataclass
+class Web:
+    """A ``workbench web`` gateway process (``start_web``)."""
+
+    process: subprocess.Popen
+    url: str  # http(s)://host:port/, without the token
+    token: str | None
+    connection_file: str
+    log_path: str
+
+    def client(self, **options):
+        """An httpx client of the gateway, carrying its token if it has one."""
+        import httpx
+
+        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=20.0, **options)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        return stop_process(self.process, timeout)
+
+
+def start_web(broker: Broker, tmp_path, *args: str) -> Web:
+    """A gateway of ``broker`` on a free loopback port, with ``args``; ready once it printed
+    where it serves (its first line)."""
+    log_path = str(tmp_path / f"web-{uuid.uuid4().hex[:8]}.log")
+    connection_file = str(tmp_path / f"web-{uuid.uuid4().hex[:8]}.json")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "web", "--broker", broker.target, "--port", "0",
+             "--connection-file", connection_file, *args],
+            stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL)
+    line = read_line(process, START_TIMEOUT)
+    if line is None:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise RuntimeError(f"workbench web did not start: {Path(log_path).read_text()}")
+    served = line.decode().split()[3]  # "workbench web: serving URL[?token=T] (...)"
+    url, _, token = served.partition("?token=")
+    return Web(process, url, token or None, connection_file, log_path)

@@ -116,3 +116,12 @@ def test_a_broker_silent_for_a_while_keeps_the_session(tmp_path) -> None:
     finally:
         ws.close()
         broker.stop()
+
+
+def test_handles_made_and_dropped_leave_no_listener_behind(server, ws_name) -> None:
+    """A process that makes a workspace handle per request (a web gateway) on one session must
+    not grow the session's reconnect listeners by one per request."""
+    server.openWs(ws_name)
+    for _ in range(1000):
+        NetWorkSpace(ws_name, server=server, useUse=True)
+    assert len(server._connection._session_listeners) < 200

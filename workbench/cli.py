@@ -1,8 +1,9 @@
 """The ``workbench`` command: ``workbench broker`` serves workspaces, ``workbench list`` shows
 the brokers running on this machine, ``workbench status`` asks a running broker how it is
-doing, ``workbench worker`` joins a sleigh (a worker pool), ``workbench kernel install``
-installs the "Python 3 (workbench)" Jupyter kernel, ``workbench compat SCRIPT`` runs an old
-NetWorkSpaces, berryMQ or python-memcached script."""
+doing, ``workbench worker`` joins a sleigh (a worker pool), ``workbench babelfish`` translates
+pickled values for the web view, ``workbench kernel install`` installs the "Python 3
+(workbench)" Jupyter kernel, ``workbench compat SCRIPT`` runs an old NetWorkSpaces, berryMQ or
+python-memcached script."""
 
 from __future__ import annotations
 
@@ -11,19 +12,21 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 
 from ._version import __version__
 from .config import (
-    BROKER_ENV, BROKER_READY, COMPACT_FACTOR, COMPACT_MIN, COMPAT_ENV, DEFAULT_FSYNC,
-    DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, HANDSHAKE_TIMEOUT, KERNEL_DISPLAY_NAME,
-    KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE, MAX_PENDING_OUTPUT,
-    MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV, STATUS_TIMEOUT, WEB_MAX_BODY,
-    WEB_MAX_STREAMS, WEB_PORT, Liveness,
-    default_address, default_max_memory,
+    BROKER_ENV, BROKER_READY, COMPACT_FACTOR, COMPACT_MIN, COMPAT_ENV, CONNECT_TIMEOUT,
+    DEFAULT_FSYNC, DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, HANDSHAKE_TIMEOUT,
+    KERNEL_DISPLAY_NAME, KERNEL_NAME, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGE_SIZE,
+    MAX_PENDING_OUTPUT, MAX_SUBSCRIPTIONS, MAX_WAITING, MAX_WATCHES, SLEIGH_WORKER_ENV,
+    STATUS_TIMEOUT, WEB_MAX_BODY, WEB_MAX_STREAMS, WEB_PORT, Liveness, default_address,
+    default_max_memory,
 )
 
+GATEWAY_STOP_TIMEOUT = 5.0  # seconds a `--web` gateway gets to stop before it is killed
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -201,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start K workers here (ranks R to R+K-1 with --rank R), and "
                              "wait for them all: one batch job's share of a sleigh")
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    babelfish = commands.add_parser(
+        "babelfish", help="translate pickled values into text for the web view (trusted)",
+        description="Serve the workspace __babelfish: unpickle the values the web gateway asks "
+                    "about and answer a short repr (and for numpy arrays and pandas frames "
+                    "shape, dtype and first rows) until SIGINT/SIGTERM. Unpickling runs code "
+                    "chosen by whoever stored the value: run it only where every client that "
+                    "can store is trusted, as its own user. See docs/security.md.")
+    babelfish.add_argument("--broker", default=None, metavar="ADDR|FILE",
+                           help="broker address or connection file; - reads the connection "
+                                f"file on stdin (default ${BROKER_ENV}, else the broker running "
+                                f"on this machine, else {default_address()})")
+    babelfish.add_argument("--log-level", default="INFO",
+                           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _kernel_parser(commands)
     _keys_parsers(commands)
     compat = commands.add_parser(
@@ -272,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_compat(args)
     if args.command == "list":
         return run_list(args)
+    if args.command == "babelfish":
+        return run_babelfish(args)
     if args.command == "web":
         return run_web(args)
     return run_status(args)
@@ -520,15 +538,20 @@ def run_broker(args: argparse.Namespace) -> int:
             "--insecure: listening on %s without authentication or encryption; anyone who "
             "reaches port %d can read, write and delete every workspace", args.host, server.port)
     recorded: list[str] = []
+    gateway: list[subprocess.Popen] = []
 
     def ready(address: str) -> None:
         # recorded before it is announced: whoever learns of it can find it in the list
         recorded.extend(_record(args, address, written))
+        if args.web is not None:
+            gateway.append(_start_gateway(args, written or address))
         if args.announce:
             _announce(address)
     try:
         server.serve_forever(parent_pid=args.parent_pid, on_ready=ready)
     finally:
+        for process in gateway:
+            _stop_gateway(process)
         for path in recorded:
             remove_record(path)
         if written is not None and args.key_file is None:  # its keys die with this broker
@@ -537,6 +560,28 @@ def run_broker(args: argparse.Namespace) -> int:
             except OSError:
                 pass
     return 1 if server.failure else 0
+
+
+def _start_gateway(args: argparse.Namespace, broker: str) -> subprocess.Popen:
+    """``--web PORT``: a ``workbench web`` process for this broker, on the same host (a client
+    of the broker like any other: the broker itself serves no HTTP). It stops with the broker,
+    and by itself if the broker dies without stopping it."""
+    argv = [sys.executable, "-m", "workbench", "web", "--broker", broker, "--host", args.host,
+            "--port", str(args.web), "--parent-pid", str(os.getpid())]
+    if args.insecure:
+        argv.append("--insecure")
+    # its line saying where it serves goes to the broker's log, not to the broker's stdout,
+    # where the process that started the broker may be reading the broker's announcement
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr)
+
+
+def _stop_gateway(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(GATEWAY_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _record(args: argparse.Namespace, address: str, connection_file: str | None) -> list[str]:
@@ -613,23 +658,40 @@ def _when(moment: float | None, now: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(moment))} ({age} ago)"
 
 
-def run_status(args: argparse.Namespace) -> int:
+def _session(command: str, argument: str | None, timeout: float):
+    """A session with the broker ``--broker`` names (see ``_broker_target``) -> NwsServer, or
+    None once the reason it cannot be had is printed."""
     from .client.connection import Connection
     from .client.embedded import start_hint
     from .client.workspace import NwsServer
     from .errors import NwsException
 
     try:
-        target = _broker_target(args.broker)
-        address = target.address
-        hint = start_hint(address)
-        if not (args.broker or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
+        target = _broker_target(argument)
+        hint = start_hint(target.address)
+        if not (argument or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
             hint += ("; no other broker of yours is running on this machine "
                      "(`workbench list`)")
-        server = NwsServer(connection=Connection(target, args.timeout, hint=hint))
+        return NwsServer(connection=Connection(target, timeout, hint=hint))
     except (NwsException, ValueError) as exc:  # no broker; a connection file that is no use
-        print(f"workbench status: {exc}", file=sys.stderr)
+        print(f"workbench {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def run_babelfish(args: argparse.Namespace) -> int:
+    from .babelfish import run
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = _session("babelfish", args.broker, CONNECT_TIMEOUT)
+    return 1 if server is None else run(server)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    server = _session("status", args.broker, args.timeout)
+    if server is None:
         return 1
+    address = server.address
     with server:
         info = server.status(timeout=args.timeout)
     if args.json:

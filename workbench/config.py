@@ -175,6 +175,27 @@ SLEIGH_CHUNK_WORKERS = 4
 SLEIGH_WAIT_SLICE = 0.1
 
 
+#: The babelfish (``workbench babelfish``): the workspace it owns while it runs, and the
+#: variable it takes requests from.
+BABELFISH_WS = "__babelfish"
+BABELFISH_REQUESTS = "requests"
+#: Seconds ``babelfish.ask`` waits for an answer before it gives up (the gateway then shows a
+#: pickled value's type and size only).
+BABELFISH_TIMEOUT = 2.0
+#: Largest value, in bytes, that ``babelfish.ask`` sends to be translated: a preview is not worth
+#: moving more through the broker twice.
+BABELFISH_MAX_VALUE = 64 << 20
+#: Seconds a waiting babelfish's fetch lasts at most, between two looks at the replies it
+#: left to delete.
+BABELFISH_POLL = 1.0
+#: Seconds past an asker's timeout after which the babelfish deletes a reply nobody took.
+BABELFISH_REPLY_GRACE = 1.0
+#: Bounds of an answer: characters of the repr and of the head, rows of the head.
+BABELFISH_REPR_CHARS = 200
+BABELFISH_HEAD_CHARS = 2000
+BABELFISH_HEAD_ROWS = 5
+
+
 def default_max_memory() -> int:
     """Half of physical memory: the broker refuses stores beyond it instead of being killed."""
     try:
@@ -233,3 +254,6 @@ WEB_STREAM_BACKLOG = 1000
 #: A comment line on every event stream this often (seconds), so that proxies keep it open.
 WEB_KEEPALIVE = 15.0
 WEB_TOKEN_COOKIE = "workbench_token"
+#: Seconds a listing's previews wait for a babelfish per pickled value (a single value's view
+#: waits BABELFISH_TIMEOUT).
+PREVIEW_TRANSLATE_TIMEOUT = 0.3

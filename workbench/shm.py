@@ -111,6 +111,15 @@ def without_flag(first_frame) -> bytes:
     return bytes(head)
 
 
+def unshared(frames: Sequence) -> list[bytes]:
+    """A value's frames as bytes, with what a shared-memory reference names in its place: for a
+    reader that hands a value on to a process that may not map the file (another user's), or
+    not before the broker removes it. OSError or ValueError if the file cannot be read."""
+    if len(frames) == 2 and len(frames[0]) > 1 and frames[0][1] & SHARED:
+        return [without_flag(frames[0]), *map(bytes, attach(frames[1]))]
+    return [bytes(frame) for frame in frames]
+
+
 class BrokerFiles:
     """The broker's side, at its server's edge (the broker's state opens no file): check the
     files clients hand over, read them for clients that cannot map them, remove them."""

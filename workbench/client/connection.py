@@ -109,6 +109,10 @@ def raise_for_status(status: int, head: bytes) -> None:
         raise _ERRORS.get(status, NwsOperationException)(message or f"broker status {status}")
 
 
+#: Session listeners a connection holds before it first drops those whose object went.
+_LISTENERS_PRUNE_MIN = 64
+
+
 class Channel:
     """One thread's DEALER socket and the bookkeeping of its requests."""
 
@@ -281,6 +285,8 @@ class Connection:
         self._lock = threading.Lock()
         self._reconnecting = threading.Lock()
         self._session_listeners: list[Callable[[], Callable[[], None] | None]] = []
+        self._listeners_lock = threading.Lock()
+        self._listeners_pruned_at = _LISTENERS_PRUNE_MIN
         self._reconnecting_thread: threading.Thread | None = None
         self.sessions = 0  # sessions this connection has had: more than one after a reconnect
         # The broker closed the session's sockets: the next call (or a background retry)
@@ -374,10 +380,17 @@ class Connection:
     def on_new_session(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` after every reconnect, in the thread whose call reconnected,
         before that call goes on (a bound method is held weakly: its object may go)."""
-        if hasattr(listener, "__self__"):
-            self._session_listeners.append(weakref.WeakMethod(listener))
-        else:
-            self._session_listeners.append(lambda: listener)
+        reference = (weakref.WeakMethod(listener) if hasattr(listener, "__self__")
+                     else lambda: listener)
+        with self._listeners_lock:
+            listeners = self._session_listeners
+            if len(listeners) >= 2 * self._listeners_pruned_at:
+                # A process that makes a handle per request (a web gateway) must not grow the
+                # list by one dead reference per request until a reconnect: prune it whenever
+                # it has doubled, so that adding stays O(1) amortized.
+                listeners[:] = [ref for ref in listeners if ref() is not None]
+                self._listeners_pruned_at = max(len(listeners), _LISTENERS_PRUNE_MIN)
+            listeners.append(reference)
 
     def _reconnect(self) -> None:
         """A new session in place of one the broker closed (the caller saw ``lost``). Other
@@ -410,11 +423,11 @@ class Connection:
         log.warning("the broker at %s went away and a broker answers there again: a new "
                     "session (%s, was %s); the old session's non-persistent workspaces are "
                     "gone", self.address, self.session_id.hex()[:8], old_session)
-        for reference in list(self._session_listeners):
-            listener = reference()
-            if listener is None:
-                self._session_listeners.remove(reference)
-            else:
+        with self._listeners_lock:
+            pairs = [(ref, ref()) for ref in self._session_listeners]
+            self._session_listeners[:] = [ref for ref, listener in pairs if listener is not None]
+        for _, listener in pairs:
+            if listener is not None:
                 listener()  # if it raises, the next call makes a session afresh
         self.lost = False
     def _go_local(self, endpoint: str | None) -> None:

@@ -46,8 +46,9 @@ FACES: dict[str, Face] = {
 
 #: Old modules the workbench has no face for, and why.
 NO_FACE: dict[str, str] = {
-    "nws.babelfish": "the babelfish translated values for NetWorkSpaces' web interface; "
-                     "`workbench web` shows values through the client itself",
+    "nws.babelfish": "the babelfish was a process that translated values for NetWorkSpaces' "
+                     "web interface; run `workbench babelfish` for `workbench web` instead "
+                     "(docs/security.md says when)",
     "nws.util": "its helpers (`which`, `msc_quote`) served the original's launchers; "
                 "`shutil.which` and `subprocess` do their work",
     "berrymq.jsonrpc": "berryMQ's own JSON-RPC transport between processes; here the broker "

@@ -8,11 +8,13 @@ exception's message and a status code (``problems``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 from functools import partial
 from typing import Any, Callable
 
+import anyio
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -90,7 +92,11 @@ def _view(request: Request, frames: list) -> dict:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(await _call(request, request.app.state.gateway.status))
+    """The broker's status, and which of its clients are this gateway's sessions."""
+    state = request.app.state
+    answer = await _call(request, state.gateway.status)
+    answer["gateway"] = {"sessions": [state.gateway.label, state.hub.label]}
+    return JSONResponse(answer)
 
 
 # ---------------------------------------------------------------------- workspaces
@@ -138,10 +144,15 @@ def _add_previews(request: Request, ws: str, listed: dict) -> None:
             frames = gateway.find(ws, row["name"], None)
         except Exception:  # noqa: BLE001 - fetched meanwhile, or deleted: no preview
             continue
-        row["preview"] = _shortened(values.view(frames, request.app.state.translate))
+        row["preview"] = _shortened(values.view(frames, request.app.state.translate_preview))
 
 
 def _shortened(view: dict) -> dict:
+    if view["kind"] == "bytes":  # the first bytes, still base64
+        if view["size"] > PREVIEW_CHARS:
+            first = base64.b64decode(view["value"])[:PREVIEW_CHARS]
+            view = {**view, "value": base64.b64encode(first).decode("ascii"), "truncated": True}
+        return view
     if "value" in view:
         text = view["value"] if view["kind"] == "text" else json.dumps(view["value"])
         if len(text) > PREVIEW_CHARS:
@@ -284,8 +295,9 @@ async def events(request: Request) -> Response:
         try:
             async for line in stream.lines():
                 yield line
-        finally:
-            await anyio.to_thread.run_sync(hub.close, stream)
+        finally:  # the reader left (this task is being cancelled): let its watch go anyway
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(hub.close, stream)
 
     return StreamingResponse(lines(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

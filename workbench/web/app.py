@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..config import WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS
+from ..config import PREVIEW_TRANSLATE_TIMEOUT, WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS
 from ..errors import NwsException
 from . import api, openapi
 from .auth import TokenAuth
@@ -34,12 +34,12 @@ async def _page(request: Request) -> Response:
 
 
 def create_app(broker: str | None = None, *, token: str | None = None,
-               translate: Callable[[Gateway], Callable | None] | None = None,
+               translate: Callable[..., Callable | None] | None = None,
                max_body: int = WEB_MAX_BODY, calls: int = WEB_CALLS,
                max_streams: int = WEB_MAX_STREAMS, secure_cookie: bool = False):
     """The gateway for ``broker`` (an address or a connection file; None: as every client
-    finds one). ``token``: required of every request when given. ``translate(gateway)``
-    makes what shows pickles (a babelfish asker) or None. The broker sessions open when the
+    finds one). ``token``: required of every request when given. ``translate(gateway[,
+    timeout])`` makes what shows pickles (a babelfish asker) or None. The broker sessions open when the
     server starts the application and close when it stops."""
 
     @contextlib.asynccontextmanager
@@ -52,6 +52,9 @@ def create_app(broker: str | None = None, *, token: str | None = None,
             state.hub = await anyio.to_thread.run_sync(
                 lambda: EventHub(broker, max_streams=max_streams))
             state.translate = translate(state.gateway) if translate is not None else None
+            # a listing asks about each pickled value: a babelfish gets less time there
+            state.translate_preview = (translate(state.gateway, PREVIEW_TRANSLATE_TIMEOUT)
+                                       if translate is not None else None)
             try:
                 yield
             finally:

@@ -142,5 +142,10 @@ class EventHub:
             for stream in streams:
                 stream.put(item)
 
+    @property
+    def label(self) -> str:
+        """This session's name among the broker's clients."""
+        return self.connection.label
+
     def shut(self) -> None:
         self.connection.close()

@@ -8,11 +8,12 @@ cancelled at the broker, so nothing is taken after the HTTP client was told 408.
 
 from __future__ import annotations
 
+import json
 from ..client.connection import Connection
 from ..client.embedded import connect
 from ..client.keyvalue import Entry, KeyValueStore
 from ..client.pubsub import publish_frames
-from ..client.workspace import DICT, NetWorkSpace, NwsServer
+from ..client.workspace import DICT, NwsServer
 from ..config import CONNECT_TIMEOUT
 from ..errors import NwsOperationException
 from ..protocol import HEADER_SIZE, META, Op, Status
@@ -41,6 +42,11 @@ class Gateway:
     def address(self) -> str:
         return self.connection.address
 
+    @property
+    def label(self) -> str:
+        """This session's name among the broker's clients."""
+        return self.connection.label
+
     def close(self) -> None:
         self.connection.close()
 
@@ -67,22 +73,21 @@ class Gateway:
     def delete_workspace(self, ws: str) -> None:
         self.server.deleteWs(ws)
 
-    def _space(self, ws: str) -> NetWorkSpace:
-        """The workspace, without making it: a call on one that does not exist raises
-        NwsNoWorkSpaceException."""
-        return NetWorkSpace(ws, server=self.server, useUse=True, create=False)
+    # The variables' calls go straight to the broker by the workspace's name: a NetWorkSpace
+    # handle would cost a round trip of its own to attach (and a workspace that does not
+    # exist answers NwsNoWorkSpaceException either way).
 
     def list_variables(self, ws: str) -> dict:
+        rows = json.loads(self.connection.call(Op.LIST_VARS, [ws.encode()])[HEADER_SIZE:])
         return {name: {"name": name, "values": count, "fetchers": fetchers,
                        "finders": finders, "mode": mode}
-                for name, (_, count, fetchers, finders, mode)
-                in self._space(ws).listVars(format=DICT).items()}
+                for name, count, fetchers, finders, mode in rows}
 
     def declare(self, ws: str, var: str, mode: str) -> None:
-        self._space(ws).declare(var, mode)
+        self.connection.call(Op.DECLARE, [ws.encode(), var.encode(), mode.encode()])
 
     def delete_variable(self, ws: str, var: str) -> None:
-        self._space(ws).deleteVar(var)
+        self.connection.call(Op.DELETE_VAR, [ws.encode(), var.encode()])
 
     # ------------------------------------------------------------------ values
 

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from ..certificates import write_private
 from ..config import WEB_MAX_BODY, WEB_MAX_STREAMS
@@ -89,7 +91,7 @@ def serve(settings: WebSettings) -> int:
     elif not is_loopback(settings.host) and not tls:
         log.warning("serving %s over plain HTTP: the token travels unencrypted; give "
                     "--certfile and --keyfile for HTTPS", settings.host)
-    app = create_app(settings.broker, token=token, translate=None,
+    app = create_app(settings.broker, token=token, translate=babelfish_asker,
                      max_body=settings.max_body, max_streams=settings.max_streams,
                      secure_cookie=tls)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
@@ -101,8 +103,13 @@ def serve(settings: WebSettings) -> int:
     announce.start()
     if settings.parent_pid is not None:
         _stop_with_parent(server, settings.parent_pid)
+    # uvicorn stops on SIGTERM, then raises it again: let that end this process through the
+    # ``finally`` below (which removes the web connection file), not by the signal's default
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         server.run()
+    except SystemExit:
+        pass
     finally:
         for path in written:
             try:
@@ -143,6 +150,20 @@ class _Announcer(threading.Thread):
             log.warning("the web connection file %s could not be written: %s", path, exc)
         opened = f"{url}?token={self.token}" if self.token else url
         print(f"workbench web: serving {opened} (web connection file {path})", flush=True)
+
+
+def babelfish_asker(gateway, timeout: float | None = None):
+    """What shows a pickled value through this gateway: a babelfish's answer when one runs
+    (``workbench babelfish``; the gateway never unpickles), asked on the gateway's session."""
+    from ..babelfish import ask
+
+    if timeout is None:
+        return partial(ask, gateway.server)
+    return partial(ask, gateway.server, timeout=timeout)
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _stop_with_parent(server, parent_pid: int) -> None:
