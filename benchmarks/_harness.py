@@ -343,9 +343,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Linux's CPU clock of another process (``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``).
+_CPUCLOCK_SCHED = 2
+
+
 def cpu_ns(pid: int) -> int:
-    """CPU time every thread of a process has used so far, in ns, as the scheduler counts it
-    (``/proc/PID/task/*/schedstat``): precise where ``cpu_seconds`` counts clock ticks."""
+    """CPU time every thread of a process has used so far, those that ended included, in ns,
+    as the scheduler counts it: precise where ``cpu_seconds`` counts clock ticks. The
+    process's CPU clock, where the kernel lets this process read it; else the sum of its
+    live threads' ``/proc/PID/task/*/schedstat`` (which loses what an ended thread used: a
+    thread pool that lets idle threads go would seem to have used less than nothing)."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | _CPUCLOCK_SCHED)
+    except OSError:
+        pass
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
