@@ -463,7 +463,7 @@ TARGETS = [Target("SSE delivery latency median < 5 ms", "api.events.median_us", 
 def report(result: dict, markdown: bool = False) -> None:
     h.report(result, COMPARISONS, [], markdown)
     meta = result["meta"]
-    print(f"httpx {meta.get('httpx')} · starlette {meta.get('starlette')} · "
+    print(f"\nhttpx {meta.get('httpx')} · starlette {meta.get('starlette')} · "
           f"uvicorn {meta.get('uvicorn')}")
     values = h.series(result["runs"])
     rows, result["targets"] = [], []
