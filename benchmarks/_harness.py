@@ -343,9 +343,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Linux's CPU clock of another process (``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``).
+_CPUCLOCK_SCHED = 2
+
+
 def cpu_ns(pid: int) -> int:
-    """CPU time every thread of a process has used so far, in ns, as the scheduler counts it
-    (``/proc/PID/task/*/schedstat``): precise where ``cpu_seconds`` counts clock ticks."""
+    """CPU time every thread of a process has used so far, those that ended included, in ns,
+    as the scheduler counts it: precise where ``cpu_seconds`` counts clock ticks. The
+    process's CPU clock, where the kernel lets this process read it; else the sum of its
+    live threads' ``/proc/PID/task/*/schedstat`` (which loses what an ended thread used: a
+    thread pool that lets idle threads go would seem to have used less than nothing)."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | _CPUCLOCK_SCHED)
+    except OSError:
+        pass
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -668,7 +679,7 @@ def _bound_router(port: int, parent_pid: int | None, curve_secret: str | None = 
     import zmq
 
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -679,7 +690,7 @@ def _bound_router(port: int, parent_pid: int | None, curve_secret: str | None = 
     return context, router
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Have the kernel send SIGTERM when the benchmark dies, even by SIGKILL: no orphans, and
     no timer in the server's loop."""
     import ctypes
@@ -772,7 +783,7 @@ def run_replying_child(role: str, params: dict, settings_type: type,
     reply = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    _die_with_parent(params.pop("parent_pid"))
+    die_with_parent(params.pop("parent_pid"))
     settings = settings_type(**{**params.pop("settings"), "only": ()})
     roles[role](reply=reply, settings=settings, **params)
 

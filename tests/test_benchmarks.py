@@ -21,6 +21,7 @@ BENCH_START = BENCHMARKS / "bench_broker_start.py"
 BENCH_CURVE = BENCHMARKS / "bench_curve.py"
 BENCH_SCALE = BENCHMARKS / "bench_scale.py"
 BENCH_DURABLE = BENCHMARKS / "bench_durable.py"
+BENCH_WEB = BENCHMARKS / "bench_web.py"
 
 
 def run_quick(script: Path, output: Path, *extra: str, timeout: float = 230
@@ -249,3 +250,30 @@ def test_quick_durable_benchmark_runs_and_reports_every_case(tmp_path):
     assert "store rt/s, everysec vs no data dir" in stdout
     assert "restart, many small values" in stdout
     assert meta["broker_log_problems"] == []
+
+
+#: The CPU figures of each system's one-client cases: whose CPU each measures.
+WEB_CPU = {"api": ("server", "broker", "client"), "bare": ("server", "client"),
+           "py": ("broker", "client")}
+
+
+@pytest.mark.timeout(120)
+def test_quick_web_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_WEB, tmp_path / "result.json", timeout=110)
+    medians = saved["medians"]
+    expected = {f"{system}.rt_{op}.{figure}" for system, roles in WEB_CPU.items()
+                for op in ("store", "find")
+                for figure in ("requests_per_s", *(f"{role}_cpu_us" for role in roles))}
+    expected |= {f"{system}.clients_{op}.{figure}" for system in ("api", "bare")
+                 for op in ("store", "find") for figure in ("total_per_s", "server_cpu_us")}
+    expected |= {f"api.clients_{op}.broker_cpu_us" for op in ("store", "find")}
+    expected |= {f"{system}.events.{figure}" for system in ("api", "py")
+                 for figure in ("median_us", "p90_us", "min_us", "max_us")}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
+    assert "store/s vs bare POST, 1 client" in stdout
+    assert "findTry/s vs bare GET, 4 clients" in stdout
+    assert "SSE delivery latency median < 5 ms" in stdout
+    # The broker's, the gateway's and the bare server's logs hold no error.
+    assert saved["meta"]["broker_log_problems"] == []
