@@ -21,6 +21,7 @@ from workbench.client.migrate import rebalance
 from workbench.errors import NwsConnectException, NwsMemoryException, NwsServerException
 from workbench.jupyter.session import MagicSession
 
+from .netns import ACROSS
 from .support import start_broker
 
 pytestmark = pytest.mark.timeout(90)
@@ -288,22 +289,15 @@ def test_three_brokers_hold_three_times_what_one_holds(tmp_path):
 # ---------------------------------------------------------------------- across hosts
 
 
-def test_a_cluster_across_two_network_namespaces(tmp_path):
+def test_a_cluster_across_two_network_namespaces(pair, tmp_path):
     """One broker on a second host (a network namespace): CURVE by default there, reached
     through its connection file, and it holds its share like the others."""
-    from .netns import NamespacesUnavailable, make_pair
-
-    try:
-        pair = make_pair()
-    except NamespacesUnavailable as exc:
-        pytest.skip(f"no network namespaces: {exc}")
-    across = ("--no-local-socket", "--no-shared-memory")
     brokers = []
     try:
         near, far = pair.a, pair.b
-        brokers = [start_broker(tmp_path, "--host", near.address, *across, "--insecure",
+        brokers = [start_broker(tmp_path, "--host", near.address, *ACROSS, "--insecure",
                                 within=near.command()) for _ in range(2)]
-        brokers.append(start_broker(tmp_path, "--host", far.address, *across,
+        brokers.append(start_broker(tmp_path, "--host", far.address, *ACROSS,
                                     "--connection-file", str(tmp_path / "far.json"),
                                     within=far.command()))
         cluster = [brokers[0].address, brokers[1].address, brokers[2].connection_file]
@@ -328,4 +322,3 @@ def test_a_cluster_across_two_network_namespaces(tmp_path):
         for broker in brokers:
             broker.stop()
         pair.kill_processes()
-        pair.destroy()
