@@ -165,7 +165,8 @@ class Web:
         import httpx
 
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=20.0, **options)
+        options.setdefault("timeout", 20.0)
+        return httpx.Client(base_url=self.url, headers=headers, **options)
 
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:

@@ -200,6 +200,41 @@ def test_a_wait_that_runs_out_answers_408_and_takes_nothing(http, ws, broker):
     assert http.get(_path(ws, "none"), params={"wait": "0.2"}).status_code == 408
 
 
+def test_a_client_that_gives_up_its_wait_strands_nothing(http, ws, broker, web):
+    """A fetch whose HTTP client left holds no broker call for longer than a slice, and a
+    value stored afterwards stays for whoever fetches it next."""
+    with web.client(timeout=0.5) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post(_path(ws, "later") + "/fetch", params={"wait": "30"})
+    wait_for(lambda: broker_status(broker)["waiting"] == 0, 5,
+             message="the gateway kept waiting for a client that left")
+    ws.store("later", "precious")
+    time.sleep(1.5)  # a slice: a wait left behind would have taken it by now
+    assert ws.fetchTry("later") == "precious"
+
+
+def test_many_waits_do_not_hold_up_other_requests(web, ws, http):
+    """Waiting requests have threads of their own: 70 of them (more than the gateway's
+    threads for other calls) leave the rest answering at once."""
+    import asyncio
+
+    async def wait_many() -> list[int]:
+        async with httpx.AsyncClient(base_url=web.url, timeout=20) as client:
+            waits = [client.get(_path(ws, "never"), params={"wait": "3"}) for _ in range(70)]
+
+            async def meanwhile() -> float:
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+                assert (await client.get("/api/status")).status_code == 200
+                return time.monotonic() - started
+
+            answers = await asyncio.gather(meanwhile(), *waits)
+            assert answers[0] < 1.0
+            return [answer.status_code for answer in answers[1:]]
+
+    assert asyncio.run(wait_many()) == [408] * 70
+
+
 def test_bad_requests_say_what_to_do(http, ws, web):
     assert http.get(_path(ws, "v"), params={"wait": "soon"}).status_code == 400
     not_json = http.post(_path(ws, "v"), content=b"{oops", headers={

@@ -246,6 +246,11 @@ WEB_MAX_BODY = 16 << 20
 WEB_MAX_WAIT = 300.0
 #: Broker calls the gateway makes at once (its threads); more requests wait for one.
 WEB_CALLS = 64
+#: Finds and fetches with ``?wait=`` waiting at once; more wait for one of them to end.
+WEB_WAITS = 128
+#: A wait through the gateway asks the broker in slices this long (seconds), looking between
+#: them whether its HTTP client is still there.
+WAIT_SLICE = 1.0
 #: Event streams (``/api/events``) one gateway serves at once; each holds one broker watch.
 WEB_MAX_STREAMS = 256
 #: Events and messages waiting for one slow event-stream reader before they are dropped (the

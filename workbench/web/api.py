@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 from functools import partial
 from typing import Any, Callable
 
@@ -21,19 +22,23 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..client.keyvalue import Entry
-from ..config import WEB_MAX_BODY, WEB_MAX_WAIT
+from ..config import WAIT_SLICE, WEB_MAX_BODY, WEB_MAX_WAIT
+from ..errors import NwsTimeoutException
 from ..protocol import Status
 from . import values
-from .problems import HttpProblem, problem
+from .gateway import EmptyVariable
+from .problems import ClientGone, HttpProblem, problem
 
 _NO_CONTENT = 204
 _MODES = ("fifo", "lifo", "multi", "single")
 
 
-async def _call(request: Request, function: Callable, *args: Any) -> Any:
-    """Run a blocking broker call in one of the gateway's threads."""
-    state = request.app.state
-    return await anyio.to_thread.run_sync(partial(function, *args), limiter=state.limiter)
+async def _call(request: Request, function: Callable, *args: Any,
+                limiter: anyio.CapacityLimiter | None = None) -> Any:
+    """Run a blocking broker call in one of the gateway's threads (``limiter``: the threads
+    it may use; by default those of the calls that do not wait)."""
+    return await anyio.to_thread.run_sync(partial(function, *args),
+                                          limiter=limiter or request.app.state.limiter)
 
 
 async def _json_body(request: Request) -> Any:
@@ -172,17 +177,60 @@ async def store(request: Request) -> Response:
 
 
 async def find(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    frames = await _call(request, gateway.find, request.path_params["ws"],
-                         request.path_params["var"], _wait(request))
-    return JSONResponse(_view(request, frames))
+    return await _read(request, take=False)
 
 
 async def fetch(request: Request) -> Response:
+    return await _read(request, take=True)
+
+
+async def _read(request: Request, take: bool) -> Response:
+    """A find or fetch; with ``?wait=S``, waiting for a value (``_wait_for_value``)."""
     gateway = request.app.state.gateway
-    frames = await _call(request, gateway.fetch, request.path_params["ws"],
-                         request.path_params["var"], _wait(request))
+    ws, var = request.path_params["ws"], request.path_params["var"]
+    wait = _wait(request)
+    if wait is None:
+        frames = await _call(request, gateway.fetch if take else gateway.find, ws, var, None)
+    else:
+        frames = await _wait_for_value(request, ws, var, wait, take)
     return JSONResponse(_view(request, frames))
+
+
+async def _wait_for_value(request: Request, ws: str, var: str, wait: float,
+                          take: bool) -> list:
+    """Wait up to ``wait`` seconds for a value of the variable -> its frames (taken if
+    ``take``). NwsTimeoutException when none came.
+
+    The broker is asked in slices of at most ``WAIT_SLICE`` seconds, each a find that takes
+    nothing and is cancelled at the broker when it runs out; between slices the gateway looks
+    whether the HTTP client is still there, so a client that gave up holds no broker call and
+    no thread for longer than a slice. A fetch takes its value only once a find saw one and the
+    client is still there (a fetch left waiting at the broker would take a value stored later
+    and hand it to no one); if another fetcher took it first, the wait goes on."""
+    gateway = request.app.state.gateway
+    deadline = time.monotonic() + wait
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            frames = await _call(request, gateway.find, ws, var, max(0.0, min(WAIT_SLICE, left)),
+                                 limiter=request.app.state.waits)
+        except NwsTimeoutException:
+            if left <= WAIT_SLICE:
+                raise NwsTimeoutException(f"no value of variable {var!r} of workspace {ws!r} "
+                                          f"within {wait:g} s (nothing was taken)") from None
+            if await request.is_disconnected():
+                raise ClientGone() from None
+            continue
+        if not take:
+            return frames
+        if await request.is_disconnected():
+            raise ClientGone()
+        try:
+            return await _call(request, gateway.fetch, ws, var, None)
+        except EmptyVariable:  # another fetcher was first: wait on
+            if time.monotonic() >= deadline:
+                raise NwsTimeoutException(f"no value of variable {var!r} of workspace {ws!r} "
+                                          f"within {wait:g} s (nothing was taken)") from None
 
 
 async def declare(request: Request) -> Response:

@@ -15,12 +15,15 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..config import PREVIEW_TRANSLATE_TIMEOUT, WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS
+from ..config import (
+    PREVIEW_TRANSLATE_TIMEOUT, WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS, WEB_WAITS,
+)
 from ..errors import NwsException
 from . import api, openapi
 from .auth import TokenAuth
 from .events import EventHub
 from .gateway import Gateway
+from .problems import ClientGone
 
 STATIC = Path(__file__).with_name("static")
 
@@ -46,6 +49,7 @@ def create_app(broker: str | None = None, *, token: str | None = None,
     async def lifespan(app: Starlette):
         state = app.state
         state.limiter = anyio.CapacityLimiter(calls)
+        state.waits = anyio.CapacityLimiter(WEB_WAITS)  # apart: waits never hold up the rest
         state.max_body = max_body
         state.gateway = await anyio.to_thread.run_sync(Gateway, broker)
         try:
@@ -66,6 +70,6 @@ def create_app(broker: str | None = None, *, token: str | None = None,
               Route("/", _page, methods=["GET"]),
               Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={api.HttpProblem: api.on_error,
+                    exception_handlers={api.HttpProblem: api.on_error, ClientGone: api.on_error,
                                         NwsException: api.on_error})
     return TokenAuth(app, token, secure_cookie=secure_cookie)
