@@ -326,6 +326,10 @@ def add_web_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connection-file", metavar="PATH",
                        help="where to write the web connection file (default: web-PORT.json "
                             "in the user's runtime directory)")
+    group.add_argument("--advertise", metavar="HOST",
+                       help="the host clients reach the gateway by, for the address it prints "
+                            "and writes (default: --host, or this machine's address for "
+                            "0.0.0.0)")
 
 
 def run_rebalance(args: argparse.Namespace) -> int:
@@ -360,7 +364,8 @@ def run_web(args: argparse.Namespace) -> int:
     return serve_web(WebSettings(
         broker=args.broker, host=args.host, port=args.port, token_file=args.token_file,
         certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure,
-        connection_file=args.connection_file, max_body=args.max_body,
+        connection_file=args.connection_file, advertise=args.advertise,
+        max_body=args.max_body,
         max_streams=args.max_streams, parent_pid=args.parent_pid))
 
 
@@ -519,7 +524,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_broker(args: argparse.Namespace) -> int:
-    from .broker.server import BrokerServer, is_loopback
+    from .broker.server import BrokerServer
+    from .hosts import is_loopback
     from .broker.state import Limits
     from .runtime import remove_record
 
@@ -650,7 +656,8 @@ def _curve_security(args: argparse.Namespace):
 
 
 def _write_connection_file(args: argparse.Namespace, port: int, curve) -> str:
-    from .broker.security import advertised_host, client_target
+    from .broker.security import client_target
+    from .hosts import advertised_host
     from .connection_file import default_path, write
     path = args.connection_file or default_path(port)
     host = args.advertise or advertised_host(args.host)

@@ -70,14 +70,6 @@ class _LogFailed(Exception):
     replies it could not make durable."""
 
 
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the broker reachable from this machine only."""
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
-
-
 def _remove_stale_sockets(directory: str) -> None:
     """Remove the Unix sockets of brokers that died without cleaning up: nobody accepts on
     them any more."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import anyio
 import anyio.to_thread
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -60,9 +61,20 @@ async def _json_body(request: Request) -> Any:
         raise HttpProblem(400, "the body must be a JSON value (a number, a string in quotes, "
                                "an object, ...), and it is empty")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpProblem(400, f"the body is not JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (nor can JSON carry it back)")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a JSON number that every reader can read")
+    return number
 
 
 def _wait(request: Request) -> float | None:
@@ -272,8 +284,17 @@ async def kv_get(request: Request) -> Response:
     entry: Entry | None = await _call(request, gateway.kv_get, ns, key)
     if entry is None:
         raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+    if _tags(request.headers.get("if-none-match")) & {str(entry.version), "*"}:
+        return Response(status_code=304, headers=_etag(entry.version))  # unchanged
     return JSONResponse({**_view(request, entry.value), "version": entry.version},
                         headers=_etag(entry.version))
+
+
+def _tags(header: str | None) -> set[str]:
+    """The entity tags of an If-Match or If-None-Match header, without quotes or W/."""
+    if not header:
+        return set()
+    return {tag.strip().removeprefix("W/").strip('"') for tag in header.split(",")}
 
 
 async def kv_put(request: Request) -> Response:
@@ -282,15 +303,20 @@ async def kv_put(request: Request) -> Response:
     frames = values.frames_of(await _json_body(request))
     ttl = _number(request, "ttl", 0.0)
     how, version = "set", 0
-    if "if-match" in request.headers:
+    if request.headers.get("if-match", "").strip() == "*":
+        how = "replace"  # only if it exists
+    elif "if-match" in request.headers:
         how, version = "cas", _version_of(request.headers["if-match"])
     elif request.headers.get("if-none-match", "").strip() == "*":
         how = "add"
+    elif "if-none-match" in request.headers:
+        raise HttpProblem(400, "If-None-Match on a write takes * only (write if the key is "
+                               "absent); to write only over a known version use If-Match")
     status_, new_version = await _call(request, gateway.kv_put, ns, key, frames, ttl, how,
                                        version)
     if status_ != Status.OK:
-        said = ("exists" if how == "add" else "changed since that version, or is gone"
-                if how == "cas" else "was refused")
+        said = {"add": "exists", "cas": "changed since that version, or is gone",
+                "replace": "does not exist"}.get(how, "was refused")
         raise HttpProblem(412, f"key {key!r} in namespace {ns!r} {said}")
     return JSONResponse({"version": new_version}, headers=_etag(new_version))
 
@@ -377,3 +403,21 @@ routes = [
 
 async def on_error(request: Request, exc: Exception) -> Response:
     return problem(exc)
+
+
+async def on_http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own answers (no such route, a method the route has not) as JSON too."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # every method of the path, not only the first route's
+        headers["Allow"] = ", ".join(sorted(_methods_of(request.url.path)))
+    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}",
+                         "exception": "HTTPException", "status": exc.status_code},
+                        exc.status_code, headers=headers)
+
+
+def _methods_of(path: str) -> set[str]:
+    from starlette.routing import Match
+
+    scope = {"type": "http", "path": path, "method": "GET"}
+    return {method for route in routes if route.matches(scope)[0] != Match.NONE
+            for method in route.methods or ()}

@@ -10,6 +10,7 @@ from typing import Callable
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -20,7 +21,7 @@ from ..config import (
 )
 from ..errors import NwsException
 from . import api, openapi
-from .auth import TokenAuth
+from .auth import BrowserGuard, TokenAuth
 from .events import EventHub
 from .gateway import Gateway
 from .problems import ClientGone
@@ -39,7 +40,8 @@ async def _page(request: Request) -> Response:
 def create_app(broker: str | None = None, *, token: str | None = None,
                translate: Callable[..., Callable | None] | None = None,
                max_body: int = WEB_MAX_BODY, calls: int = WEB_CALLS,
-               max_streams: int = WEB_MAX_STREAMS, secure_cookie: bool = False):
+               max_streams: int = WEB_MAX_STREAMS, secure_cookie: bool = False,
+               loopback: bool = True):
     """The gateway for ``broker`` (an address or a connection file; None: as every client
     finds one). ``token``: required of every request when given. ``translate(gateway[,
     timeout])`` makes what shows pickles (a babelfish asker) or None. The broker sessions open when the
@@ -71,5 +73,7 @@ def create_app(broker: str | None = None, *, token: str | None = None,
               Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={api.HttpProblem: api.on_error, ClientGone: api.on_error,
-                                        NwsException: api.on_error})
-    return TokenAuth(app, token, secure_cookie=secure_cookie)
+                                        NwsException: api.on_error,
+                                        HTTPException: api.on_http_error,
+                                        Exception: api.on_error})
+    return BrowserGuard(TokenAuth(app, token, secure_cookie=secure_cookie), loopback)

@@ -55,6 +55,6 @@ def problem(exc: Exception, headers: dict | None = None) -> JSONResponse:
     status = status_of(exc)
     name = "HttpProblem" if isinstance(exc, HttpProblem) else type(exc).__name__
     message = str(exc) if isinstance(exc, (HttpProblem, NwsException)) else (
-        f"{name}: {exc}")
+        f"the gateway failed: {name}: {exc} (its log has the traceback)")
     return JSONResponse({"error": message, "exception": name, "status": status}, status,
                         headers=headers)
