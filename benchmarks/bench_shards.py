@@ -14,7 +14,8 @@ What it measures (values are 100-byte ``bytes``):
    (``NwsServer([b1, ...])``) and with workspaces of its own, two on every broker of the
    cluster (names picked by the placement, so that each broker serves the same share, which
    16 names would not promise), doing ``store`` + ``fetch`` pairs on them in turn for 3 s from
-   a common start instant: total round trips/s;
+   a common start instant: total round trips/s, and the CPU time of the brokers together per
+   round trip;
 2. ``rt_same``, ``rt_split``, pinned as in the workspace benchmark (this process and ``b1``):
    500 warm-up, then 10,000 ``store`` round trips (5,000 split), then as many ``fetch``es, on a
    NetWorkSpace opened through the 3-broker cluster (``cluster``) and through ``b1`` alone
@@ -156,12 +157,19 @@ def pairs_client(cluster: list[str], names: list[str], warmup: int) -> None:
 
 
 def clients(ctx: Context, run: int, size: int) -> dict:
+    """``clients`` processes on a cluster of ``size`` brokers -> total round trips/s, and the
+    CPU the brokers used together per round trip (warm-up round trips counted: they are in
+    the CPU time too)."""
     s = ctx.settings
     cluster = ctx.cluster(size)
-    return h.clients_rate(ctx.children, f"b{size}-client", [
+    before = sum(h.cpu_ns(ctx.pids[name]) for name in BROKERS)
+    reports = h.run_synchronized(ctx.children, f"b{size}-client", [
         child_argv("pairs", cluster=cluster, warmup=s.client_warmup,
                    names=names_on_each(cluster, f"c{run}_{size}_{i}_", s.ws_per_broker))
         for i in range(s.clients)], s.duration_s)
+    used = sum(h.cpu_ns(ctx.pids[name]) for name in BROKERS) - before
+    done = sum(report["ops"] for report in reports) + 2 * s.clients * s.client_warmup
+    return {"total_per_s": h.aggregate_rate(reports), "brokers_cpu_us": used / done / 1e3}
 
 
 def session(ctx: Context, system: str) -> Any:
@@ -319,6 +327,8 @@ def benchmark(settings: Settings) -> dict:
 COMPARISONS = [
     *((f"8 clients store+fetch rt/s, {size} brokers vs 1", f"b{size}.clients.total_per_s",
        "b1.clients.total_per_s", "rate", None, f"{size}/1") for size in (2, 3)),
+    *((f"8 clients, brokers' CPU per rt, {size} brokers vs 1", f"b{size}.clients.brokers_cpu_us",
+       "b1.clients.brokers_cpu_us", "latency", None, f"{size}/1") for size in (2, 3)),
     *(row for layout in h.placements() for row in [
         *((f"{op} rt/s, 3-broker cluster vs one broker, {layout}",
            f"cluster.rt_{layout}.{op}_per_s", f"single.rt_{layout}.{op}_per_s", "rate", 0.9,

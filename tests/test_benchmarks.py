@@ -285,7 +285,8 @@ def test_quick_shards_benchmark_runs_and_reports_every_case(tmp_path):
     stdout, saved = run_quick(BENCH_SHARDS, tmp_path / "result.json", timeout=110)
     medians = saved["medians"]
     layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
-    expected = {f"b{size}.clients.total_per_s" for size in (1, 2, 3)}
+    expected = {f"b{size}.clients.{figure}" for size in (1, 2, 3)
+                for figure in ("total_per_s", "brokers_cpu_us")}
     expected |= {f"{system}.rt_{layout}.{figure}" for system in ("cluster", "single")
                  for layout in layouts for figure in ("store_per_s", "fetch_per_s", "open_us")}
     expected |= {f"cluster.rt_{layout}.place_us" for layout in layouts}
