@@ -3,10 +3,10 @@
 What lives here is what every benchmark needs the same way, so that the workspace, key-value,
 pub/sub and worker benchmarks measure with one method:
 
-* servers under test and anchor servers (the workbench broker and a bare pyzmq DEALER->ROUTER
-  echo server, each plain or with CURVE; ``redis-server``, ``memcached``) started on free
-  loopback ports and stopped for sure afterwards; an anchor that is not installed is skipped
-  with a note (``start_anchors``);
+* servers under test and anchor servers (the workbench broker, a ``workbench web`` gateway in
+  front of one, and a bare pyzmq DEALER->ROUTER echo server, each plain or with CURVE;
+  ``redis-server``, ``memcached``) started on free loopback ports and stopped for sure
+  afterwards; an anchor that is not installed is skipped with a note (``start_anchors``);
 * client processes that connect, warm up, then start measuring at one common instant (a
   barrier over their stdin/stdout pipes) and report one JSON line each;
 * one clock for latencies across processes (CLOCK_MONOTONIC is system-wide on Linux);
@@ -393,6 +393,25 @@ def start_broker(children: Children, port: int | None = None, flags: Sequence[st
         return True
 
     wait_for(answers, START_TIMEOUT, "workbench broker", proc)
+    return proc, port
+
+
+def start_gateway(children: Children, broker_port: int) -> tuple[subprocess.Popen, int]:
+    """``python -m workbench web`` in front of the broker at ``broker_port``, on a free loopback
+    port (its web connection file in the log folder); ready once it answers ``/api/status``."""
+    from urllib.request import urlopen
+
+    port = free_port()
+    proc = children.spawn("web", [
+        sys.executable, "-m", "workbench", "web", "--broker", f"{LOOPBACK}:{broker_port}",
+        "--host", LOOPBACK, "--port", str(port), "--parent-pid", str(os.getpid()),
+        "--connection-file", str(children.logdir / f"web-{port}.json")])
+
+    def answers() -> bool:
+        with urlopen(f"http://{LOOPBACK}:{port}/api/status", timeout=1) as response:
+            return response.status == 200
+
+    wait_for(answers, START_TIMEOUT, "workbench web", proc)
     return proc, port
 
 
