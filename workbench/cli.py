@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the cluster as it is now")
     rebalance.add_argument("--kv-workspace", action="append", metavar="NAME",
                            help="a workspace holding key-value entries, placed by key (default: "
-                                "kv); repeat for several")
+                                "kv and hive); repeat for several")
     rebalance.add_argument("--dry-run", action="store_true", help="say what would move")
 
     status = commands.add_parser("status", help="show a running broker's state",
@@ -333,7 +333,7 @@ def add_web_security(parser: argparse.ArgumentParser) -> None:
 
 
 def run_rebalance(args: argparse.Namespace) -> int:
-    from .client.migrate import rebalance
+    from .client.migrate import PLACED_BY_KEY, rebalance
     from .errors import NwsException
 
     def cluster(given: list[str]) -> str | list[str]:
@@ -341,7 +341,7 @@ def run_rebalance(args: argparse.Namespace) -> int:
 
     try:
         moves = rebalance(cluster(args.old), cluster(args.new), dry_run=args.dry_run,
-                          kv_workspaces=args.kv_workspace or ("kv",))
+                          kv_workspaces=args.kv_workspace or PLACED_BY_KEY)
     except (NwsException, ValueError) as exc:
         print(f"workbench rebalance: {exc}", file=sys.stderr)
         return 1
