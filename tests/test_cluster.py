@@ -256,6 +256,43 @@ def test_rebalance_moves_what_a_fourth_broker_takes(trio, tmp_path):
         fourth.stop()
 
 
+def test_rebalance_knows_a_broker_by_its_address_whatever_its_name(trio, tmp_path):
+    """Naming the brokers of a running cluster places names anew: what lands on another
+    broker moves, and what lands on the same broker (reached at the same address, under its
+    new name) stays, where a move onto itself would take and store its values forever."""
+    plain = [broker.address for broker in trio]
+    names = [f"keep{i}" for i in range(24)]
+    with NwsServer(plain) as server:
+        for i, name in enumerate(names):
+            server.useWs(name).store("v", i)
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"brokers": [{"name": f"b{i}", "broker": broker.address}
+                                             for i, broker in enumerate(trio)]}))
+    cluster = members(str(named))
+    stays = [name for name in names
+             if place(cluster, name).target == place(members(plain), name).target]
+    assert stays  # some names land where they were: the case that must not loop
+    moves = rebalance(plain, str(named))
+    assert sorted(move.workspace for move in moves) == sorted(set(names) - set(stays))
+    for broker in trio:
+        assert _held(broker) == {name for name in names
+                                 if place(cluster, name).target == broker.address}
+    with NwsServer(str(named)) as server:
+        assert [NetWorkSpace(name, server=server, useUse=True).fetchTry("v")
+                for name in names] == list(range(24))
+        assert all(NetWorkSpace(name, server=server, useUse=True).fetchTry("v") is None
+                   for name in names)  # each value once
+
+
+def test_the_key_value_faces_workspaces_move_as_their_faces_place_them():
+    from workbench import hive, memcache
+    from workbench.client.keyvalue import DEFAULT_KV_WORKSPACE
+    from workbench.client.migrate import LEFT_ALONE, PLACED_BY_KEY
+
+    assert {DEFAULT_KV_WORKSPACE, hive.DEFAULT_WORKSPACE} == set(PLACED_BY_KEY)
+    assert memcache.DEFAULT_WORKSPACE in LEFT_ALONE
+
+
 def test_three_brokers_hold_three_times_what_one_holds(tmp_path):
     def fill(cluster) -> int:
         stored, refused, index = 0, 0, 0

@@ -273,8 +273,8 @@ def _etag(version: int) -> dict:
 def _version_of(tag: str) -> int:
     text = tag.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise HttpProblem(400, f"If-Match: {tag!r} is not a version this gateway gave (an "
-                               "ETag such as \"123\")")
+        raise HttpProblem(400, f"If-Match: {tag!r}: give one version this gateway gave (an "
+                               "ETag such as \"123\"), or * for a key that exists")
     return int(text)
 
 

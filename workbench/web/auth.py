@@ -128,7 +128,8 @@ async def _refuse(scope: Scope, send: Send) -> None:
 
 async def _answer(send: Send, status: int, name: str, message: str,
                   headers: list | None = None) -> None:
-    body = json.dumps({"error": message, "exception": name, "status": status}).encode()
+    body = json.dumps({"error": message, "exception": name, "status": status},
+                      separators=(",", ":")).encode()  # as every other answer
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *(headers or ())]})
