@@ -359,3 +359,17 @@ def test_a_cluster_across_two_network_namespaces(pair, tmp_path):
         for broker in brokers:
             broker.stop()
         pair.kill_processes()
+
+
+def test_workbench_status_of_a_cluster_file(trio, tmp_path):
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"brokers": [broker.address for broker in trio]}))
+    with NwsServer(str(cluster)) as server:
+        for i in range(6):
+            server.useWs(f"s{i}").store("v", i)
+        done = subprocess.run([sys.executable, "-m", "workbench", "status", "--broker",
+                               str(cluster), "--json"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["values"] == 6 and len(info["brokers"]) == 3

@@ -716,7 +716,11 @@ def _session(command: str, argument: str | None, timeout: float):
     from .client.workspace import NwsServer
     from .errors import NwsException
 
+    from .client.cluster import is_several
+
     try:
+        if argument is not None and is_several(argument):  # a cluster file: its brokers as one
+            return NwsServer(argument)
         target = _broker_target(argument)
         hint = start_hint(target.address)
         if not (argument or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
@@ -744,6 +748,7 @@ def run_status(args: argparse.Namespace) -> int:
     address = server.address
     with server:
         info = server.status(timeout=args.timeout)
+        me = server.label
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -769,7 +774,7 @@ def run_status(args: argparse.Namespace) -> int:
               f"{info['max_connections_per_host']} connections per address")
     print(f"workspaces {info['workspaces']}, values {info['values']}, "
           f"blocked calls {info['waiting']}, unacknowledged hand-offs {info['leases']}")
-    others = [c for c in info["clients"] if c["label"] != server.label]
+    others = [c for c in info["clients"] if c["label"] != me]
     print(f"clients    {len(others)}")
     for client in others:
         owned = ", ".join(client["owned"]) or "-"
