@@ -367,7 +367,8 @@ class BrokerServer:
         by_fd = self.by_fd
         # With a log, what a writable peer holds may include replies of this pass: they wait
         # for the pass's commit.
-        writable: list[_Peer] | None = None if self.durable is None else []
+        deferred = self.durable is not None
+        writable: list[_Peer] | None = None  # made when needed: rarely
         for fd, events in ready:
             peer = by_fd.get(fd)
             if peer is None:
@@ -377,8 +378,10 @@ class BrokerServer:
             if events & (_READ | _CLOSED):
                 self._read(peer)
             if events & _WRITE and peer.out:
-                if writable is None:
+                if not deferred:
                     self._write(peer)
+                elif writable is None:
+                    writable = [peer]
                 else:
                     writable.append(peer)
         if writable:
@@ -670,11 +673,14 @@ class BrokerServer:
     # ------------------------------------------------------------------ writing
 
     def _commit(self) -> None:
-        """Commit the log: the pass's changes are written (under ``always``, on disk)."""
-        try:
-            self.durable.commit()
-        except OSError as exc:
-            raise _LogFailed() from exc
+        """Commit the log if it must be (``DataDir.needs_commit``): the pass's changes are
+        all in the file (under ``always``, on disk). ``_flush`` does the same inline."""
+        durable = self.durable
+        if durable.needs_commit:
+            try:
+                durable.commit()
+            except OSError as exc:
+                raise _LogFailed() from exc
 
     def _durable_work(self, now: float) -> None:
         """After a pass: start a compaction, or take a slice of one (see ``DataDir.work``)."""
@@ -685,8 +691,12 @@ class BrokerServer:
 
     def _flush(self) -> None:
         """Write every peer's output (committing the log first: see the module's docstring)."""
-        if self.durable is not None:
-            self._commit()
+        durable = self.durable
+        if durable is not None and durable.needs_commit:
+            try:  # ``_commit``, inlined: this runs every pass
+                durable.commit()
+            except OSError as exc:
+                raise _LogFailed() from exc
         dirty = self.dirty
         while dirty:
             peers = list(dirty)
