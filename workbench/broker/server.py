@@ -10,10 +10,12 @@ pass reads what every ready peer sent, handles those requests in order and then 
 peer's replies in one system call each.
 
 With a data directory (``durable``), the change records of every call into the state are
-handed to its log as the call's effects are applied, and the pass commits them before any
-reply of the pass is written (``_commit``, first thing in ``_flush``): under ``--fsync always``
-the replies leave after the ``fdatasync`` that covers them all. A compaction under way takes a
-slice of each pass after its replies left (``DataDir.work``).
+handed to its log as the call's effects are applied (``DataDir.record_log``: copied into the
+log file's mapping, so they are in the file at once), and when the log says the pass must
+commit (``DataDir.needs_commit``: under ``--fsync always``, or records that did not fit in the
+mapping) it does so before any reply of the pass is written (first thing in ``_flush``): under
+``always`` the replies leave after the ``fdatasync`` that covers them all. A compaction under
+way takes a slice of each pass after its replies left (``DataDir.work``).
 """
 
 from __future__ import annotations

@@ -5,17 +5,24 @@ Files: ``lock`` (held with ``flock`` while a broker runs; it holds that broker's
 (see ``log``), and ``log.new`` while a compaction writes the next log.
 
 What each ``--fsync`` policy guarantees, as Redis's ``appendfsync`` (the default is everysec,
-Redis's default too):
+Redis's default too). Under every policy a change's record is in the log file (copied into a
+mapping of it: the page cache, see ``log``) before any reply that confirms the change leaves,
+so a crash of the broker process loses nothing acknowledged:
 
 * ``always``: a reply that confirms a change leaves only after the change is on disk. The
   records of one pass of the broker's loop share one ``fdatasync`` (group commit), so clients
   that call at the same time share its cost. Nothing acknowledged is lost, even to a power cut.
-* ``everysec``: every pass writes its records to the file before its replies leave, and a
-  thread puts them on disk at most a second later. A crash of the broker process loses nothing
-  (the kernel has the data); a crash of the machine loses what was acknowledged in the last
-  second or two.
-* ``no``: written each pass, put on disk when the kernel chooses (Linux: within about 30 s). A
-  process crash loses nothing; a machine crash what the kernel had not written yet.
+* ``everysec``: a thread puts the records on disk at most a second after they were written. A
+  crash of the machine loses what was acknowledged in the last second or two.
+* ``no``: put on disk when the kernel chooses (Linux: within about 30 s). A machine crash
+  loses what the kernel had not written yet.
+
+The broker's calls: ``record_log`` for the changes of every call into the state (the
+``EntryRecorder``'s: encoded and copied into the log's mapping at once), and, once a pass,
+``commit`` before the pass's replies leave when ``needs_commit`` says it must: under
+``always`` (the ``fdatasync``), or when records did not fit in the mapping and wait to be
+written (where a full disk shows: ``commit`` raises OSError and the broker stops without
+sending those replies). Under ``everysec`` and ``no`` a pass thus costs no system call.
 
 Compaction starts when the log is larger than ``compact_min`` (64 MiB) and more than
 ``compact_factor`` (2) times the live data, which is the larger of the bytes values hold and the

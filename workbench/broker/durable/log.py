@@ -328,7 +328,8 @@ class LogWriter:
         end = at + _FRAME_SIZE + length
         if end <= self._room:
             mapped = self._map
-            _pack_frame_into(mapped, at, _crc32(body, length & _MASK), length)
+            # (no ``& _MASK`` on the length: crc32 takes the low 32 bits of its start itself)
+            _pack_frame_into(mapped, at, _crc32(body, length), length)
             mapped[at + _FRAME_SIZE:end] = body
             self._at = end
             self.unsynced = True  # after the copy: the syncer's fdatasync must cover it
@@ -429,7 +430,7 @@ class LogWriter:
         """Map the file from ``at`` on (the page it is in, for the kernel), with room for
         ``need`` bytes and ``EXTEND`` more, extending the file as far first. OSError if the
         disk refuses: then nothing is mapped."""
-        end = at + need + EXTEND
+        end = at + need + max(EXTEND, 1)  # (never an empty mapping)
         end += -end % _PAGE
         base = at - at % _PAGE
         self._unmap()
