@@ -391,11 +391,11 @@ def start_broker(children: Children, port: int | None = None, flags: Sequence[st
 
 def without_aslr(argv: list[str]) -> list[str]:
     """``argv`` run with its address space not randomized (``setarch -R``), where ``setarch``
-    is at hand. Why: on the project VM one broker process in four or five, started the same
-    way, spent about a third more CPU time per request than the others (19.4 against 14.1 µs
-    a store) for as long as it ran, and which ones did followed where the loader had put the
-    libraries; without randomization every broker lands the same way, so two brokers compared
-    in one run differ by what they do, not by where they were loaded."""
+    is at hand. Why: on the project VM about one broker process in six, started the same way,
+    spent a third more CPU time per request than the others (19.4 against 14.1 µs a store)
+    for as long as it ran, and which ones did followed where the loader had put the libraries;
+    without randomization every broker lands the same way, so two brokers compared in one run
+    differ by what they do, not by where they were loaded."""
     setarch = shutil.which("setarch")
     if setarch is None or not sys.platform.startswith("linux"):
         return argv

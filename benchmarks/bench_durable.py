@@ -43,7 +43,7 @@ How: as ``bench_workspace.py`` (see ``_harness``): every case runs once per run,
 a group interleaved with their order rotating from run to run; figures are medians over the runs
 (default 5), a ratio is the median of the per-run ratios. The brokers of the rate cases run
 with their address space not randomized (``_harness.without_aslr``): where the loader puts the
-libraries moved one broker in four or five by a third of its CPU time per request.
+libraries moved about one broker in six by a third of its CPU time per request.
 
     python benchmarks/bench_durable.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 

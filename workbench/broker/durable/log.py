@@ -36,6 +36,12 @@ a word; zeros followed by anything else are damage, reported as such. ``LogWrite
 truncates the file to its records. ``records_end`` says where the records of a file end while
 a broker writes it (its size no longer does).
 
+On a disk or file system that keeps a page still while it is written out ("stable pages":
+btrfs with checksums, disks with integrity data) a copy into the page an ``fdatasync`` is
+writing waits for that write: under ``everysec``, once a second, one pass may take as long as
+a small write to the disk. (Where pages need not be stable, as on ext4 over an ordinary disk,
+the copy goes on and the next ``fdatasync`` writes the page again.)
+
 A file truncated or shrunk behind the broker's back while it runs (another program, a
 ``truncate`` by hand) takes pages of the mapping with it: the broker's next copy into one is
 killed by the kernel (SIGBUS), as by any crash; the restart replays what the file still holds.
