@@ -37,7 +37,7 @@ other processes on the machine.
     python benchmarks/bench_curve.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 
 prints the figures, ratios and targets, and writes the raw results to
-``benchmarks/results/curve-latest.json``. ``--quick`` (2 short runs, a 16 MiB array) is the
+``benchmarks/results/curve-latest.json``. ``--quick`` (one short run, a 16 MiB array) is the
 smoke test.
 """
 
@@ -71,7 +71,7 @@ class Settings(h.Settings):
     big_warmup: int = 1
 
 
-QUICK = Settings(runs=2, ops=1_000, split_ops=500, warmup=100, big_mib=16, big_timed=1)
+QUICK = Settings(runs=1, ops=1_000, split_ops=500, warmup=100, big_mib=16, big_timed=1)
 
 
 @dataclass

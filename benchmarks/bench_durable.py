@@ -48,7 +48,7 @@ libraries moved about one broker in six by a third of its CPU time per request.
     python benchmarks/bench_durable.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 
 prints the figures, ratios and targets, and writes the raw results to
-``benchmarks/results/durable-latest.json``. ``--quick`` (2 short runs, small restart data) is
+``benchmarks/results/durable-latest.json``. ``--quick`` (one short run, small restart data) is
 the smoke test.
 """
 
@@ -89,7 +89,7 @@ class Settings(h.Settings):
     pair_batches: int = 20  # batches of the alternating cases (of ops, or split_ops, in all)
 
 
-QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, duration_s=0.5,
+QUICK = Settings(runs=1, ops=2_000, split_ops=1_000, warmup=100, duration_s=0.5,
                  client_warmup=100, small_values=20_000, big_values=16)
 
 BIG = 1 << 20

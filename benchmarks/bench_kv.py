@@ -33,7 +33,7 @@ processes on the machine.
     python benchmarks/bench_kv.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 
 prints the figures, ratios and targets, and writes the raw results to
-``benchmarks/results/kv-latest.json``. ``--quick`` (2 short runs) is the smoke test.
+``benchmarks/results/kv-latest.json``. ``--quick`` (one short run) is the smoke test.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Settings(h.Settings):
     batch_warmup: int = 5
 
 
-QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, batch_reps=10, batch_warmup=2,
+QUICK = Settings(runs=1, ops=2_000, split_ops=1_000, warmup=100, batch_reps=10, batch_warmup=2,
                  duration_s=0.5, client_warmup=100)
 
 

@@ -34,7 +34,7 @@ a ratio is the median of the per-run ratios; each run records the CPU other proc
     python benchmarks/bench_pubsub.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 
 prints the figures, ratios and targets, and writes the raw results to
-``benchmarks/results/pubsub-latest.json``. ``--quick`` (2 short runs) is the smoke test.
+``benchmarks/results/pubsub-latest.json``. ``--quick`` (one short run) is the smoke test.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Settings(h.Settings):
     quiet_s: float = 3.0  # a subscriber that receives nothing this long reports what it has
 
 
-QUICK = Settings(runs=2, latency_msgs=200, latency_warmup=50, rate_msgs=5_000, rate_warmup=50)
+QUICK = Settings(runs=1, latency_msgs=200, latency_warmup=50, rate_msgs=5_000, rate_warmup=50)
 
 
 @dataclass

@@ -48,7 +48,7 @@ nannies), and the drivers die with the benchmark.
     python benchmarks/bench_sleigh.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 
 prints the figures, ratios and targets, and writes the raw results to
-``benchmarks/results/sleigh-latest.json``. ``--quick`` (2 short runs, no ipyparallel or dask)
+``benchmarks/results/sleigh-latest.json``. ``--quick`` (one short run, no ipyparallel or dask)
 is the smoke test.
 """
 
@@ -96,7 +96,7 @@ class Settings(h.Settings):
     heavy_anchors: bool = True  # ipyparallel and dask: seconds to start, seconds per case
 
 
-QUICK = Settings(runs=2, tiny_calls=500, batched_calls=5_000, min_time_s=0.1,
+QUICK = Settings(runs=1, tiny_calls=500, batched_calls=5_000, min_time_s=0.1,
                  latency_calls=100, latency_warmup=10, big_mib=20, big_timed=1,
                  heavy_anchors=False)
 

@@ -36,7 +36,7 @@ to spot noisy runs.
     python benchmarks/bench_workspace.py [--runs N] [--quick]
 
 prints the figures, ratios and targets, and writes the raw results to
-``benchmarks/results/latest.json``. ``--quick`` (2 short runs) is the smoke test.
+``benchmarks/results/latest.json``. ``--quick`` (one short run) is the smoke test.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Settings(h.Settings):
     big_warmup: int = 1
 
 
-QUICK = Settings(runs=2, ops=2_000, split_ops=1_000, warmup=100, handoffs=200,
+QUICK = Settings(runs=1, ops=2_000, split_ops=1_000, warmup=100, handoffs=200,
                  handoff_warmup=50, duration_s=0.5, client_warmup=100, big_timed=1)
 
 
