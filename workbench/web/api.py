@@ -1,8 +1,10 @@
-"""The REST API's routes: JSON in and out, one broker call (in a gateway thread) per request.
+"""The REST API's routes: JSON in and out, one broker call (or two) per request.
 
 Every route answers as the Python client's method of the same name would, translated into HTTP
 (see ``docs/web.md``): a value as a JSON view (``values``), an error as JSON with the Python
-exception's message and a status code (``problems``).
+exception's message and a status code (``problems``). The broker calls are ``calls``; a call
+that does not wait and sends little goes out from the event loop (``caller``), the others
+(``?wait=``, large bodies) from a gateway thread (``gateway``), at most ``WEB_CALLS`` at once.
 """
 
 from __future__ import annotations
@@ -15,25 +17,79 @@ from functools import partial
 from typing import Any, Callable
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..client.keyvalue import Entry
 from ..config import WEB_MAX_BODY, WEB_MAX_WAIT
 from ..protocol import Status
-from . import values
+from . import calls, values
+from .calls import BrokerCall, Value
 from .problems import HttpProblem, problem
 
 _NO_CONTENT = 204
 _MODES = ("fifo", "lifo", "multi", "single")
+#: What answers a request whose client went away before a value it took was handed over (the
+#: value goes back; nobody reads this answer): nginx's "client closed request".
+_CLIENT_GONE = 499
 
 
 async def _call(request: Request, function: Callable, *args: Any) -> Any:
-    """Run a blocking broker call in one of the gateway's threads."""
+    """Run a blocking call in one of the gateway's threads."""
     state = request.app.state
     return await anyio.to_thread.run_sync(partial(function, *args), limiter=state.limiter)
+
+
+async def _ask(request: Request, call: BrokerCall, wait: float | None = None,
+               respond: Callable[[Any], Any] | None = None) -> Any:
+    """The broker's answer to ``call`` -> ``respond(answer)`` if given, made before a value
+    the call took is acknowledged (and not at all if the HTTP client went away meanwhile: the
+    value goes back). From the event loop if the call does not ``wait`` and is small, else
+    from a gateway thread."""
+    state = request.app.state
+    if wait is None and state.caller.takes(call):
+        return await state.caller.call(
+            call, respond and partial(_respond_on_loop, request, respond, call.leased))
+    state.thread_calls += 1
+    respond_there = respond and partial(_respond_in_thread, request, respond, call.leased)
+    return await anyio.to_thread.run_sync(
+        partial(state.gateway.call, call, wait, respond_there), limiter=state.limiter)
+
+
+def _respond_on_loop(request: Request, respond: Callable[[Any], Any], leased: bool,
+                     answer: Any) -> Any:
+    """``respond(answer)`` on the loop, or an awaitable of it: made in a thread if the value
+    is slow to show, and checked for a client still there if a value was taken."""
+    state = request.app.state
+    slow = isinstance(answer, Value) and values.slow_to_show(answer.frames, state.translate,
+                                                             state.caller.most)
+    if not (slow or leased):
+        return respond(answer)
+    return _respond_later(request, respond, leased, slow, answer)
+
+
+async def _respond_later(request: Request, respond: Callable[[Any], Any], leased: bool,
+                         slow: bool, answer: Any) -> Any:
+    made = (await anyio.to_thread.run_sync(respond, answer, limiter=request.app.state.limiter)
+            if slow else respond(answer))
+    if leased and await request.is_disconnected():
+        raise _client_gone()
+    return made
+
+
+def _respond_in_thread(request: Request, respond: Callable[[Any], Any], leased: bool,
+                       answer: Any) -> Any:
+    made = respond(answer)
+    if leased and anyio.from_thread.run(request.is_disconnected):
+        raise _client_gone()
+    return made
+
+
+def _client_gone() -> HttpProblem:
+    return HttpProblem(_CLIENT_GONE, "the client went away before its answer: the value it "
+                                     "took was put back")
 
 
 async def _json_body(request: Request) -> Any:
@@ -88,14 +144,21 @@ def _view(request: Request, frames: list) -> dict:
     return values.view(frames, request.app.state.translate)
 
 
+def _shown(request: Request) -> Callable[[Value], Response]:
+    """What answers with a value: its JSON view."""
+    return lambda value: JSONResponse(_view(request, value.frames))
+
+
 # ---------------------------------------------------------------------- the broker
 
 
 async def status(request: Request) -> Response:
-    """The broker's status, and which of its clients are this gateway's sessions."""
+    """The broker's status, which of its clients are this gateway's sessions, and how many
+    calls the gateway made from its event loop and from its threads."""
     state = request.app.state
-    answer = await _call(request, state.gateway.status)
-    answer["gateway"] = {"sessions": [state.gateway.label, state.hub.label]}
+    answer = await _ask(request, calls.status())
+    answer["gateway"] = {"sessions": [state.gateway.label, state.hub.label],
+                         "calls": {"loop": state.caller.calls, "threads": state.thread_calls}}
     return JSONResponse(answer)
 
 
@@ -103,26 +166,24 @@ async def status(request: Request) -> Response:
 
 
 async def list_workspaces(request: Request) -> Response:
-    return JSONResponse(await _call(request, request.app.state.gateway.list_workspaces))
+    return JSONResponse(await _ask(request, calls.list_workspaces()))
 
 
 async def put_workspace(request: Request) -> Response:
     ws = request.path_params["ws"]
-    created = await _call(request, request.app.state.gateway.create_workspace, ws)
-    return JSONResponse({"name": ws, "created": created}, 201 if created else 200)
+    existed = ws in await _ask(request, calls.list_workspaces())
+    await _ask(request, calls.use_workspace(ws))
+    return JSONResponse({"name": ws, "created": not existed}, 200 if existed else 201)
 
 
 async def delete_workspace(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    ws = request.path_params["ws"]
-    await _call(request, gateway.delete_workspace, ws)
+    await _ask(request, calls.delete_workspace(request.path_params["ws"]))
     return Response(status_code=_NO_CONTENT)
 
 
 async def list_variables(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ws = request.path_params["ws"]
-    listed = await _call(request, gateway.list_variables, ws)
+    listed = await _ask(request, calls.list_variables(ws))
     if request.query_params.get("preview") in ("1", "true", "yes"):
         await _call(request, _add_previews, request, ws, listed)
     return JSONResponse(listed)
@@ -141,10 +202,11 @@ def _add_previews(request: Request, ws: str, listed: dict) -> None:
         if not row["values"]:
             continue
         try:
-            frames = gateway.find(ws, row["name"], None)
+            found = gateway.call(calls.find(ws, row["name"], None))
         except Exception:  # noqa: BLE001 - fetched meanwhile, or deleted: no preview
             continue
-        row["preview"] = _shortened(values.view(frames, request.app.state.translate_preview))
+        row["preview"] = _shortened(values.view(found.frames,
+                                                request.app.state.translate_preview))
 
 
 def _shortened(view: dict) -> dict:
@@ -164,42 +226,39 @@ def _shortened(view: dict) -> dict:
 
 
 async def store(request: Request) -> Response:
-    gateway = request.app.state.gateway
     frames = values.frames_of(await _json_body(request))
-    await _call(request, gateway.store, request.path_params["ws"], request.path_params["var"],
-                frames)
+    await _ask(request, calls.store(request.path_params["ws"], request.path_params["var"],
+                                    frames))
     return Response(status_code=_NO_CONTENT)
 
 
 async def find(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    frames = await _call(request, gateway.find, request.path_params["ws"],
-                         request.path_params["var"], _wait(request))
-    return JSONResponse(_view(request, frames))
+    wait = _wait(request)
+    return await _ask(request, calls.find(request.path_params["ws"],
+                                          request.path_params["var"], wait),
+                      wait, _shown(request))
 
 
 async def fetch(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    frames = await _call(request, gateway.fetch, request.path_params["ws"],
-                         request.path_params["var"], _wait(request))
-    return JSONResponse(_view(request, frames))
+    wait = _wait(request)
+    return await _ask(request, calls.fetch(request.path_params["ws"],
+                                           request.path_params["var"], wait),
+                      wait, _shown(request))
 
 
 async def declare(request: Request) -> Response:
-    gateway = request.app.state.gateway
     mode = await _json_body(request)
     if not isinstance(mode, str) or mode.lower() not in _MODES:
         raise HttpProblem(400, f"illegal mode: {mode!r} (the body is one of "
                                f"{', '.join(map(json.dumps, _MODES))})")
-    await _call(request, gateway.declare, request.path_params["ws"], request.path_params["var"],
-                mode.lower())
+    await _ask(request, calls.declare(request.path_params["ws"], request.path_params["var"],
+                                      mode.lower()))
     return Response(status_code=_NO_CONTENT)
 
 
 async def delete_variable(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    await _call(request, gateway.delete_variable, request.path_params["ws"],
-                request.path_params["var"])
+    await _ask(request, calls.delete_variable(request.path_params["ws"],
+                                              request.path_params["var"]))
     return Response(status_code=_NO_CONTENT)
 
 
@@ -218,18 +277,23 @@ def _version_of(tag: str) -> int:
     return int(text)
 
 
+def _no_key(ns: str, key: str) -> HttpProblem:
+    return HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+
+
 async def kv_get(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
-    entry: Entry | None = await _call(request, gateway.kv_get, ns, key)
-    if entry is None:
-        raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
-    return JSONResponse({**_view(request, entry.value), "version": entry.version},
-                        headers=_etag(entry.version))
+
+    def shown(entry: Value | None) -> Response:
+        if entry is None:
+            raise _no_key(ns, key)
+        return JSONResponse({**_view(request, entry.frames), "version": entry.version},
+                            headers=_etag(entry.version))
+
+    return await _ask(request, calls.kv_get(ns, key), respond=shown)
 
 
 async def kv_put(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
     frames = values.frames_of(await _json_body(request))
     ttl = _number(request, "ttl", 0.0)
@@ -238,8 +302,8 @@ async def kv_put(request: Request) -> Response:
         how, version = "cas", _version_of(request.headers["if-match"])
     elif request.headers.get("if-none-match", "").strip() == "*":
         how = "add"
-    status_, new_version = await _call(request, gateway.kv_put, ns, key, frames, ttl, how,
-                                       version)
+    status_, new_version = await _ask(request, calls.kv_put(ns, key, frames, ttl, how,
+                                                            version))
     if status_ != Status.OK:
         said = ("exists" if how == "add" else "changed since that version, or is gone"
                 if how == "cas" else "was refused")
@@ -248,19 +312,17 @@ async def kv_put(request: Request) -> Response:
 
 
 async def kv_delete(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
-    if not await _call(request, gateway.kv_delete, ns, key):
-        raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+    if not await _ask(request, calls.kv_delete(ns, key)):
+        raise _no_key(ns, key)
     return Response(status_code=_NO_CONTENT)
 
 
 async def kv_incr(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
-    value = await _call(request, gateway.kv_incr, ns, key, _number(request, "delta", 1, int))
+    value = await _ask(request, calls.kv_incr(ns, key, _number(request, "delta", 1, int)))
     if value is None:
-        raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+        raise _no_key(ns, key)
     return JSONResponse({"value": value})
 
 
@@ -268,14 +330,12 @@ async def kv_incr(request: Request) -> Response:
 
 
 async def publish(request: Request) -> Response:
-    gateway = request.app.state.gateway
     frames = values.frames_of(await _json_body(request))
     try:
-        delivered = await _call(request, gateway.publish, request.path_params["identifier"],
-                                frames)
+        call = calls.publish(request.path_params["identifier"], frames)
     except ValueError as exc:  # not an identifier
         raise HttpProblem(400, str(exc)) from None
-    return JSONResponse({"delivered": delivered})
+    return JSONResponse({"delivered": await _ask(request, call)})
 
 
 async def events(request: Request) -> Response:

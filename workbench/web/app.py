@@ -20,6 +20,7 @@ from ..errors import NwsException
 from . import api, openapi
 from .auth import TokenAuth
 from .events import EventHub
+from .caller import LoopCaller
 from .gateway import Gateway
 
 STATIC = Path(__file__).with_name("static")
@@ -49,6 +50,8 @@ def create_app(broker: str | None = None, *, token: str | None = None,
         state.max_body = max_body
         state.gateway = await anyio.to_thread.run_sync(Gateway, broker)
         try:
+            state.caller = LoopCaller(state.gateway.connection)  # this loop's calls
+            state.thread_calls = 0
             state.hub = await anyio.to_thread.run_sync(
                 lambda: EventHub(broker, max_streams=max_streams))
             state.translate = translate(state.gateway) if translate is not None else None
@@ -58,6 +61,7 @@ def create_app(broker: str | None = None, *, token: str | None = None,
             try:
                 yield
             finally:
+                await state.caller.aclose()
                 await anyio.to_thread.run_sync(state.hub.shut)
         finally:
             await anyio.to_thread.run_sync(state.gateway.close)

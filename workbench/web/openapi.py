@@ -14,6 +14,13 @@ from .._version import __version__
 _VIEW = {"$ref": "#/components/schemas/Value"}
 _ERROR = {"description": "an error: the Python exception's message and name",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+#: What any route may answer when the broker cannot serve it.
+_BROKER_ERRORS = {
+    "502": {**_ERROR, "description": "the broker went away or fell silent (the heartbeat gave "
+                                     "it up): NwsConnectionDroppedException"},
+    "504": {**_ERROR, "description": "the broker did not answer within the gateway's call "
+                                     "timeout; the request was cancelled: BrokerTimeout"},
+}
 _JSON_BODY = {"required": True, "content": {"application/json": {"schema": {}}},
               "description": "any JSON value"}
 _WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number"},
@@ -89,7 +96,7 @@ def document() -> dict:
         in_path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                    for name in re.findall(r"{(\w+)}", path)]
         operation = {"summary": summary, "parameters": in_path + parameters,
-                     "responses": answers}
+                     "responses": {**answers, **_BROKER_ERRORS}}
         if body is not None:
             operation["requestBody"] = body
         paths.setdefault(path, {})[method] = operation

@@ -18,9 +18,9 @@ import json
 import pickletools
 from typing import Any, Callable, Sequence
 
-from .. import codec
+from .. import codec, shm
 from ..errors import NwsUnpicklingException
-from ..protocol import Kind
+from ..protocol import DESCRIPTOR, Kind
 
 #: Asks a babelfish about a pickled value's frames -> what it says, or None (none runs).
 Translate = Callable[[list], "dict | None"]
@@ -92,6 +92,18 @@ def view(frames: Sequence, translate: Translate | None = None) -> dict:
         return {"kind": name, "value": base64.b64encode(value).decode("ascii"),
                 "encoding": "base64", "size": len(value)}
     return {"kind": name, "value": value}
+
+
+def slow_to_show(frames: Sequence, translate: Translate | None, most: int) -> bool:
+    """Whether showing the value may take a while, so not on the event loop: a pickle that a
+    babelfish would be asked about, a value over ``most`` bytes (its base64 and JSON), one in
+    shared memory (read from its file) or compressed (inflated first)."""
+    if sum(len(frame) for frame in frames) > most:
+        return True
+    kind, flags, _ = DESCRIPTOR.unpack_from(frames[0]) if len(frames[0]) >= DESCRIPTOR.size \
+        else (0, 0, 0)
+    return bool(flags & (shm.SHARED | codec.COMPRESSED)) or (
+        translate is not None and _KIND_NAMES.get(kind) == "pickle")
 
 
 def pickled_type(data: Any) -> str:
