@@ -85,7 +85,10 @@ class LoopCaller:
         """Send ``call`` and wait for its answer -> ``respond(answer)`` (awaited if that is
         awaitable) if given, else the answer. Raises as ``Gateway.call`` does. A leased value
         is acknowledged once ``respond`` returned; if it raises, it goes back."""
-        channel = await self._ready()
+        channel = self._channel
+        if channel is None or self._closed or self.connection.broken or (
+                not self._current(channel)):
+            channel = await self._ready()
         request_id = channel.new_request_id()
         head, extra = await self._request(channel, call.op, call.args, call.frames, request_id)
         status = head[1]
@@ -126,7 +129,8 @@ class LoopCaller:
     # ------------------------------------------------------------------ the channel
 
     async def _ready(self) -> Channel:
-        """The channel to send on: this one, or one of the connection's current session."""
+        """The channel to send on when the one at hand will not do: one of the connection's
+        current session, opened if need be."""
         if self._closed:
             raise NwsConnectionDroppedException(_STOPPING)
         connection = self.connection
