@@ -117,6 +117,8 @@ async def _json_body(request: Request) -> Any:
 
 
 def _wait(request: Request) -> float | None:
+    if not request.scope.get("query_string"):  # the common case, without parsing a query
+        return None
     text = request.query_params.get("wait")
     if text is None:
         return None
@@ -367,16 +369,18 @@ _WS = "/api/workspaces/{ws}"
 _VAR = _WS + "/vars/{var}"
 _KV = "/api/kv/{ns}/{key}"
 
+# The values' routes first: every request is matched against the routes in order, and these
+# are the ones called most.
 routes = [
+    Route(_VAR, store, methods=["POST"]),
+    Route(_VAR, find, methods=["GET"]),
+    Route(_VAR + "/fetch", fetch, methods=["POST"]),
+    Route(_VAR, delete_variable, methods=["DELETE"]),
     Route("/api/status", status, methods=["GET"]),
     Route("/api/workspaces", list_workspaces, methods=["GET"]),
     Route(_WS, put_workspace, methods=["PUT"]),
     Route(_WS, delete_workspace, methods=["DELETE"]),
     Route(_WS + "/vars", list_variables, methods=["GET"]),
-    Route(_VAR, store, methods=["POST"]),
-    Route(_VAR, find, methods=["GET"]),
-    Route(_VAR, delete_variable, methods=["DELETE"]),
-    Route(_VAR + "/fetch", fetch, methods=["POST"]),
     Route(_VAR + "/mode", declare, methods=["PUT"]),
     Route(_KV, kv_get, methods=["GET"]),
     Route(_KV, kv_put, methods=["PUT"]),
