@@ -90,7 +90,13 @@ class LoopCaller:
                 not self._current(channel)):
             channel = await self._ready()
         request_id = channel.new_request_id()
-        head, extra = await self._request(channel, call.op, call.args, call.frames, request_id)
+        reply = self._send(channel, call.op, call.args, call.frames, request_id)
+        try:
+            head, extra = await reply
+        except asyncio.CancelledError:  # the request's task was cancelled: withdraw it
+            if self._pending.pop(request_id, None) is not None:
+                self._cancel(channel, request_id)
+            raise
         status = head[1]
         if status >= Status.ERROR:
             raise_for_status(status, head)
@@ -116,8 +122,8 @@ class LoopCaller:
         channel = self._channel
         if channel is not None and channel.acks and self._current(channel):
             try:  # the acknowledgements ride on any request
-                await asyncio.wait_for(self._request(channel, Op.HEARTBEAT, [], (),
-                                                     channel.new_request_id()), BYE_TIMEOUT)
+                await asyncio.wait_for(self._send(channel, Op.HEARTBEAT, [], (),
+                                                  channel.new_request_id()), BYE_TIMEOUT)
             except (NwsException, asyncio.TimeoutError):
                 pass  # the broker is gone or silent: its session's end settles them
         if channel is not None:
@@ -192,9 +198,9 @@ class LoopCaller:
 
     # ------------------------------------------------------------------ requests
 
-    async def _request(self, channel: Channel, op: int, args: list, frames: list | tuple,
-                       request_id: int) -> tuple[bytes, list]:
-        """Send a request and wait for its reply -> (head, extra frames)."""
+    def _send(self, channel: Channel, op: int, args: list, frames: list | tuple,
+              request_id: int) -> asyncio.Future:
+        """Send a request -> the future of its reply, (head, extra frames)."""
         try:
             sent = channel.post_nowait(op, args, frames, request_id)
         except NwsConnectionDroppedException as exc:
@@ -202,17 +208,13 @@ class LoopCaller:
             raise
         if not sent:
             self._want_to_write()
-        future = self._loop.create_future()
-        self._pending[request_id] = (future, self._loop.time() + self.timeout)
+        loop = self._loop
+        future = loop.create_future()
+        self._pending[request_id] = (future, loop.time() + self.timeout)
         self.calls += 1
         if self._check is None:
-            self._check = self._loop.call_later(CHECK_EVERY, self._check_pending)
-        try:
-            return await future
-        except asyncio.CancelledError:  # the request's task was cancelled: withdraw it
-            if self._pending.pop(request_id, None) is not None:
-                self._cancel(channel, request_id)
-            raise
+            self._check = loop.call_later(CHECK_EVERY, self._check_pending)
+        return future
 
     def _cancel(self, channel: Channel | None, request_id: int) -> None:
         """Withdraw a request at the broker, which puts back a value it took; its late reply
