@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..config import WEB_MAX_BODY, WEB_MAX_WAIT
+from ..config import WEB_LOOP_CALL_MOST, WEB_MAX_BODY, WEB_MAX_WAIT
 from ..protocol import Status
 from . import calls, values
 from .calls import BrokerCall, Value
@@ -49,30 +49,32 @@ async def _ask(request: Request, call: BrokerCall, wait: float | None = None,
     value goes back). From the event loop if the call does not ``wait`` and is small, else
     from a gateway thread."""
     state = request.app.state
-    if wait is None and state.caller.takes(call):
-        return await state.caller.call(
-            call, respond and partial(_respond_on_loop, request, respond, call.leased))
+    caller = state.caller
+    if wait is None and caller.takes(call):
+        if respond is None:
+            return await caller.call(call)
+        return await caller.call(call, partial(_respond_on_loop, request, state, respond,
+                                               call.leased))
     state.thread_calls += 1
     respond_there = respond and partial(_respond_in_thread, request, respond, call.leased)
     return await anyio.to_thread.run_sync(
         partial(state.gateway.call, call, wait, respond_there), limiter=state.limiter)
 
 
-def _respond_on_loop(request: Request, respond: Callable[[Any], Any], leased: bool,
-                     answer: Any) -> Any:
-    """``respond(answer)`` on the loop, or an awaitable of it: made in a thread if the value
-    is slow to show, and checked for a client still there if a value was taken."""
-    state = request.app.state
-    slow = isinstance(answer, Value) and values.slow_to_show(answer.frames, state.translate,
-                                                             state.caller.most)
+def _respond_on_loop(request: Request, state: Any, respond: Callable[[Any], Any],
+                     leased: bool, answer: Any) -> Any:
+    """``respond(answer)`` on the loop, or a coroutine making it: in a thread if the value is
+    slow to show, and checking that the client is still there if a value was taken."""
+    slow = type(answer) is Value and values.slow_to_show(answer.frames, state.translate,
+                                                         WEB_LOOP_CALL_MOST)
     if not (slow or leased):
         return respond(answer)
-    return _respond_later(request, respond, leased, slow, answer)
+    return _respond_later(request, state, respond, leased, slow, answer)
 
 
-async def _respond_later(request: Request, respond: Callable[[Any], Any], leased: bool,
-                         slow: bool, answer: Any) -> Any:
-    made = (await anyio.to_thread.run_sync(respond, answer, limiter=request.app.state.limiter)
+async def _respond_later(request: Request, state: Any, respond: Callable[[Any], Any],
+                         leased: bool, slow: bool, answer: Any) -> Any:
+    made = (await anyio.to_thread.run_sync(respond, answer, limiter=state.limiter)
             if slow else respond(answer))
     if leased and await request.is_disconnected():
         raise _client_gone()
@@ -148,7 +150,8 @@ def _view(request: Request, frames: list) -> dict:
 
 def _shown(request: Request) -> Callable[[Value], Response]:
     """What answers with a value: its JSON view."""
-    return lambda value: JSONResponse(_view(request, value.frames))
+    translate = request.app.state.translate
+    return lambda value: JSONResponse(values.view(value.frames, translate))
 
 
 # ---------------------------------------------------------------------- the broker

@@ -29,8 +29,8 @@ What can go wrong, and what each does:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
+from types import CoroutineType
 from typing import Any, Callable
 
 from ..client.connection import Channel, Connection, raise_for_status
@@ -77,13 +77,17 @@ class LoopCaller:
 
     def takes(self, call: BrokerCall) -> bool:
         """Whether ``call`` goes out from here: a value of one frame at most, and no more
-        than ``most`` bytes (nor than the broker takes)."""
-        return (len(call.frames) <= 1 and not self._closed and
-                call.size <= min(self.most, self.connection.info["max_message_size"]))
+        than ``most`` bytes (nor than the broker takes). (Its other arguments are names,
+        which a URL's length bounds.)"""
+        frames = call.frames
+        if not frames:
+            return not self._closed
+        return (len(frames) == 1 and not self._closed and len(frames[0]) <= self.most
+                and len(frames[0]) <= self.connection.info["max_message_size"])
 
     async def call(self, call: BrokerCall, respond: Callable[[Any], Any] | None = None) -> Any:
-        """Send ``call`` and wait for its answer -> ``respond(answer)`` (awaited if that is
-        awaitable) if given, else the answer. Raises as ``Gateway.call`` does. A leased value
+        """Send ``call`` and wait for its answer -> ``respond(answer)`` (awaited if that is a
+        coroutine) if given, else the answer. Raises as ``Gateway.call`` does. A leased value
         is acknowledged once ``respond`` returned; if it raises, it goes back."""
         channel = self._channel
         if channel is None or self._closed or self.connection.broken or (
@@ -105,7 +109,7 @@ class LoopCaller:
             made = call.answer(status, head, extra)
             if respond is not None:
                 made = respond(made)
-                if inspect.isawaitable(made):
+                if type(made) is CoroutineType:
                     made = await made
         except BaseException:
             if leased:

@@ -70,10 +70,12 @@ def view(frames: Sequence, translate: Translate | None = None) -> dict:
     """Value frames -> the JSON object that shows the value (see the module's docstring).
     ``translate`` asks a babelfish about a pickle."""
     try:
-        kind, data, extra = codec.split(frames)
+        kind = DESCRIPTOR.unpack_from(frames[0])[0]
+        name = _KIND_NAMES.get(kind, "unknown")
+        if name == "pickle":  # only a pickle's parts are looked at here: the rest is decoded
+            kind, data, extra = codec.split(frames)
     except Exception as exc:  # noqa: BLE001 - a value this version cannot split is shown so
         return {"kind": "unknown", "error": str(exc)}
-    name = _KIND_NAMES.get(kind, "unknown")
     if name == "pickle":
         size = memoryview(data).nbytes + sum(memoryview(frame).nbytes for frame in extra)
         shown = {"kind": name, "type": pickled_type(data), "size": size}
@@ -98,7 +100,7 @@ def slow_to_show(frames: Sequence, translate: Translate | None, most: int) -> bo
     """Whether showing the value may take a while, so not on the event loop: a pickle that a
     babelfish would be asked about, a value over ``most`` bytes (its base64 and JSON), one in
     shared memory (read from its file) or compressed (inflated first)."""
-    if sum(len(frame) for frame in frames) > most:
+    if len(frames) > 1 or len(frames[0]) > most:  # detached parts are large ones
         return True
     kind, flags, _ = DESCRIPTOR.unpack_from(frames[0]) if len(frames[0]) >= DESCRIPTOR.size \
         else (0, 0, 0)
