@@ -5,6 +5,7 @@ away, falls silent or is slow, or when an HTTP client leaves while its value is 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import signal
 import socket
@@ -172,6 +173,19 @@ def test_a_large_body_goes_out_from_a_thread(web, ws):
     assert after["loop"] == before["loop"] + 2  # the small store and the first status
     assert ws.fetch("big") == "x" * (200 << 10)
     assert ws.fetch("small") == "y" * 100
+
+
+def test_a_large_value_is_shown_and_taken_once(web, ws, broker):
+    """A large value's view is made in a thread (the loop only asks): found, then taken and
+    acknowledged."""
+    ws.store("large", b"z" * (300 << 10))
+    with web.client() as http:
+        found = http.get(_var(ws, "large")).json()
+        assert found["kind"] == "bytes" and found["size"] == 300 << 10
+        taken = http.post(_var(ws, "large") + "/fetch").json()
+        assert base64.b64decode(taken["value"]) == b"z" * (300 << 10)
+    assert ws.fetchTry("large") is None
+    wait_for(lambda: _leases(broker) == 0, 5, message="the value taken is still leased")
 
 
 # ---------------------------------------------------------------------- the broker goes away

@@ -69,13 +69,13 @@ def _respond_on_loop(request: Request, state: Any, respond: Callable[[Any], Any]
                                                          WEB_LOOP_CALL_MOST)
     if not (slow or leased):
         return respond(answer)
-    return _respond_later(request, state, respond, leased, slow, answer)
+    return _respond_later(request, respond, leased, slow, answer)
 
 
-async def _respond_later(request: Request, state: Any, respond: Callable[[Any], Any],
-                         leased: bool, slow: bool, answer: Any) -> Any:
-    made = (await anyio.to_thread.run_sync(respond, answer, limiter=state.limiter)
-            if slow else respond(answer))
+async def _respond_later(request: Request, respond: Callable[[Any], Any], leased: bool,
+                         slow: bool, answer: Any) -> Any:
+    # Not under the broker calls' limiter: a value taken must not wait behind ?wait= calls.
+    made = await anyio.to_thread.run_sync(respond, answer) if slow else respond(answer)
     if leased and await request.is_disconnected():
         raise _client_gone()
     return made
