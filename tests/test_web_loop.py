@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from workbench import NetWorkSpace, codec
+from workbench.config import LOCAL_SOCKET_ENV
 from workbench.errors import NwsConnectionDroppedException
 from workbench.web import calls
 from workbench.web.caller import LoopCaller
@@ -303,6 +304,19 @@ def test_the_gateway_stops_cleanly_with_calls_in_flight(own):
     assert all(isinstance(answer, httpx.Response) and answer.status_code == 502
                for answer in answers), answers
     assert "Traceback" not in web.log()
+
+
+def test_the_loop_speaks_curve(own, monkeypatch):
+    """Over TCP to a CURVE broker every frame the loop sends and reads is sealed."""
+    monkeypatch.setenv(LOCAL_SOCKET_ENV, "0")  # no move to the broker's plain Unix socket
+    mine = own("--curve")
+    answers = asyncio.run(_many(mine.web, [("PUT", "/api/kv/c/k", n) for n in range(50)]))
+    assert {answer.status_code for answer in answers} == {200}
+    versions = {answer.json()["version"] for answer in answers}
+    assert len(versions) == 50  # every write made a version of its own
+    with mine.web.client() as http:
+        assert http.get("/api/kv/c/k").json()["version"] == max(versions)
+        assert http.get("/api/status").json()["gateway"]["calls"]["threads"] == 0
 
 
 # ---------------------------------------------------------------------- the caller itself
