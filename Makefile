@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_broker_start.py
 	$(BIN)/python benchmarks/bench_durable.py
 	$(BIN)/python benchmarks/bench_web.py
+	$(BIN)/python benchmarks/bench_shards.py
 
 clean:
 	rm -rf $(VENV) $(LOWEST) build *.egg-info .pytest_cache

@@ -3,10 +3,10 @@
 What lives here is what every benchmark needs the same way, so that the workspace, key-value,
 pub/sub and worker benchmarks measure with one method:
 
-* servers under test and anchor servers (the workbench broker and a bare pyzmq DEALER->ROUTER
-  echo server, each plain or with CURVE; ``redis-server``, ``memcached``) started on free
-  loopback ports and stopped for sure afterwards; an anchor that is not installed is skipped
-  with a note (``start_anchors``);
+* servers under test and anchor servers (the workbench broker, a ``workbench web`` gateway in
+  front of one, and a bare pyzmq DEALER->ROUTER echo server, each plain or with CURVE;
+  ``redis-server``, ``memcached``) started on free loopback ports and stopped for sure
+  afterwards; an anchor that is not installed is skipped with a note (``start_anchors``);
 * client processes that connect, warm up, then start measuring at one common instant (a
   barrier over their stdin/stdout pipes) and report one JSON line each;
 * one clock for latencies across processes (CLOCK_MONOTONIC is system-wide on Linux);
@@ -371,16 +371,20 @@ def cpu_ns(pid: int) -> int:
 
 
 def start_broker(children: Children, port: int | None = None, flags: Sequence[str] = (),
-                 connection_file: Path | None = None) -> tuple[subprocess.Popen, int]:
+                 connection_file: Path | None = None,
+                 fixed_layout: bool = False) -> tuple[subprocess.Popen, int]:
     """A workbench broker on loopback with extra command-line ``flags``; ready once a
     NetWorkSpace can open on it. With ``connection_file`` the broker speaks CURVE and writes
-    its connection file there, which is how the probe (and every client) connects."""
+    its connection file there, which is how the probe (and every client) connects. With
+    ``fixed_layout`` its address space is not randomized (see ``without_aslr``)."""
     from workbench import NetWorkSpace
 
     port = port or free_port()
     argv = [sys.executable, "-m", "workbench", "broker", "--host", LOOPBACK, "--port", str(port),
             # the broker stops by itself if this process is killed without a chance to clean up
             "--parent-pid", str(os.getpid()), *flags]
+    if fixed_layout:
+        argv = without_aslr(argv)
     if connection_file is not None:
         argv += ["--curve", "--connection-file", str(connection_file)]
     proc = children.spawn("broker", argv)
@@ -394,6 +398,38 @@ def start_broker(children: Children, port: int | None = None, flags: Sequence[st
 
     wait_for(answers, START_TIMEOUT, "workbench broker", proc)
     return proc, port
+
+
+def start_gateway(children: Children, broker_port: int) -> tuple[subprocess.Popen, int]:
+    """``python -m workbench web`` in front of the broker at ``broker_port``, on a free loopback
+    port (its web connection file in the log folder); ready once it answers ``/api/status``."""
+    from urllib.request import urlopen
+
+    port = free_port()
+    proc = children.spawn("web", [
+        sys.executable, "-m", "workbench", "web", "--broker", f"{LOOPBACK}:{broker_port}",
+        "--host", LOOPBACK, "--port", str(port), "--parent-pid", str(os.getpid()),
+        "--connection-file", str(children.logdir / f"web-{port}.json")])
+
+    def answers() -> bool:
+        with urlopen(f"http://{LOOPBACK}:{port}/api/status", timeout=1) as response:
+            return response.status == 200
+
+    wait_for(answers, START_TIMEOUT, "workbench web", proc)
+    return proc, port
+
+
+def without_aslr(argv: list[str]) -> list[str]:
+    """``argv`` run with its address space not randomized (``setarch -R``), where ``setarch``
+    is at hand. Why: on the project VM about one broker process in six, started the same way,
+    spent a third more CPU time per request than the others (19.4 against 14.1 µs a store)
+    for as long as it ran, and which ones did followed where the loader had put the libraries;
+    without randomization every broker lands the same way, so two brokers compared in one run
+    differ by what they do, not by where they were loaded."""
+    setarch = shutil.which("setarch")
+    if setarch is None or not sys.platform.startswith("linux"):
+        return argv
+    return [setarch, platform.machine(), "--addr-no-randomize", *argv]
 
 
 class CurveKeys(NamedTuple):

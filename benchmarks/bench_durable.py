@@ -41,7 +41,9 @@ What it measures:
 
 How: as ``bench_workspace.py`` (see ``_harness``): every case runs once per run, the systems of
 a group interleaved with their order rotating from run to run; figures are medians over the runs
-(default 5), a ratio is the median of the per-run ratios.
+(default 5), a ratio is the median of the per-run ratios. The brokers of the rate cases run
+with their address space not randomized (``_harness.without_aslr``): where the loader puts the
+libraries moved about one broker in six by a third of its CPU time per request.
 
     python benchmarks/bench_durable.py [--runs N] [--quick] [--only GROUP] [--output JSON]
 
@@ -253,10 +255,11 @@ GROUPS: dict[str, list[h.Case]] = {
 
 def make_context(children: h.Children, settings: Settings) -> Context:
     data = children.logdir / "data"  # every server's files on one file system
-    servers = {"wb": h.start_broker(children)}
+    # every broker loaded the same way: what they do tells them apart (h.without_aslr)
+    servers = {"wb": h.start_broker(children, fixed_layout=True)}
     for policy in POLICIES:
         servers[f"wb_{policy}"] = h.start_broker(
-            children, flags=wb_data_dir(data / f"wb_{policy}", policy))
+            children, flags=wb_data_dir(data / f"wb_{policy}", policy), fixed_layout=True)
     if not h.anchor_missing("redis"):
         for name, persistence in [("redis", h.REDIS_IN_MEMORY),
                                   *((f"redis_{p}", redis_aof(p)) for p in POLICIES)]:

@@ -372,21 +372,6 @@ GROUPS: dict[str, list[h.Case]] = {
 # ============================================================================ runs
 
 
-def start_gateway(children: h.Children, broker_port: int) -> tuple[Any, int]:
-    """``python -m workbench web`` for the broker; ready once it answers ``/api/status``."""
-    import httpx
-
-    port = h.free_port()
-    proc = children.spawn("web", [
-        sys.executable, "-m", "workbench", "web", "--broker", f"{h.LOOPBACK}:{broker_port}",
-        "--host", h.LOOPBACK, "--port", str(port), "--parent-pid", str(os.getpid()),
-        "--connection-file", str(children.logdir / "web.json")])
-    url = f"http://{h.LOOPBACK}:{port}/api/status"
-    h.wait_for(lambda: httpx.get(url, timeout=1).status_code == STATUS_OK, h.START_TIMEOUT,
-               "workbench web", proc)
-    return proc, port
-
-
 def start_bare(children: h.Children) -> tuple[Any, int]:
     import httpx
 
@@ -403,7 +388,7 @@ def make_context(children: h.Children, settings: Settings) -> Context:
     import httpx
 
     broker = h.start_broker(children)
-    servers = {"broker": broker, "py": broker, "api": start_gateway(children, broker[1]),
+    servers = {"broker": broker, "py": broker, "api": h.start_gateway(children, broker[1]),
                "bare": start_bare(children)}
     # The workspace every rate case uses, made as an HTTP client makes it (it stays).
     httpx.put(f"http://{h.LOOPBACK}:{servers['api'][1]}/api/workspaces/{WORKSPACE}"

@@ -165,7 +165,8 @@ class Web:
         import httpx
 
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=20.0, **options)
+        options.setdefault("timeout", 20.0)
+        return httpx.Client(base_url=self.url, headers=headers, **options)
 
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -191,6 +192,6 @@ def start_web(broker: Broker, tmp_path, *args: str, within: Sequence[str] = ()) 
         process.wait()
         process.stdout.close()
         raise RuntimeError(f"workbench web did not start: {Path(log_path).read_text()}")
-    served = line.decode().split()[3]  # "workbench web: serving URL[?token=T] (...)"
+    served = line.decode().split()[3]  # "workbench web: serving URL[?token=T] (...) ..."
     url, _, token = served.partition("?token=")
     return Web(process, url, token or None, connection_file, log_path)

@@ -22,6 +22,7 @@ BENCH_CURVE = BENCHMARKS / "bench_curve.py"
 BENCH_SCALE = BENCHMARKS / "bench_scale.py"
 BENCH_DURABLE = BENCHMARKS / "bench_durable.py"
 BENCH_WEB = BENCHMARKS / "bench_web.py"
+BENCH_SHARDS = BENCHMARKS / "bench_shards.py"
 
 
 def run_quick(script: Path, output: Path, *extra: str, timeout: float = 230
@@ -276,4 +277,29 @@ def test_quick_web_benchmark_runs_and_reports_every_case(tmp_path):
     assert "findTry/s vs bare GET, 4 clients" in stdout
     assert "SSE delivery latency median < 5 ms" in stdout
     # The broker's, the gateway's and the bare server's logs hold no error.
+    assert saved["meta"]["broker_log_problems"] == []
+
+
+@pytest.mark.timeout(120)
+def test_quick_shards_benchmark_runs_and_reports_every_case(tmp_path):
+    stdout, saved = run_quick(BENCH_SHARDS, tmp_path / "result.json", timeout=110)
+    medians = saved["medians"]
+    layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
+    expected = {f"b{size}.clients.{figure}" for size in (1, 2, 3)
+                for figure in ("total_per_s", "brokers_cpu_us")}
+    expected |= {f"{system}.rt_{layout}.{figure}" for system in ("cluster", "single")
+                 for layout in layouts for figure in ("store_per_s", "fetch_per_s", "open_us")}
+    expected |= {f"cluster.rt_{layout}.place_us" for layout in layouts}
+    expected |= {f"wb.paired_{layout}.{system}_{op}_per_s" for layout in layouts
+                 for system in ("cluster", "single") for op in ("store", "fetch")}
+    expected |= {f"{how}.{request}.round_s" for how in ("multicast", "unicast")
+                 for request in ("wait", "list")}
+    assert expected <= medians.keys(), sorted(expected - medians.keys())
+    for figure, value in medians.items():
+        assert value > 0, figure
+    # The gateways waited as told: a round of three sequential unicasts takes three waits.
+    assert medians["unicast.wait.round_s"] >= 3 * 0.05
+    assert "store rt/s, 3-broker cluster vs one broker" in stdout
+    assert "multicast vs 3 sequential unicasts, a 50 ms wait" in stdout
+    # The brokers' and the gateways' logs hold no error.
     assert saved["meta"]["broker_log_problems"] == []

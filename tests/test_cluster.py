@@ -21,6 +21,7 @@ from workbench.client.migrate import rebalance
 from workbench.errors import NwsConnectException, NwsMemoryException, NwsServerException
 from workbench.jupyter.session import MagicSession
 
+from .netns import ACROSS
 from .support import start_broker
 
 pytestmark = pytest.mark.timeout(90)
@@ -255,6 +256,43 @@ def test_rebalance_moves_what_a_fourth_broker_takes(trio, tmp_path):
         fourth.stop()
 
 
+def test_rebalance_knows_a_broker_by_its_address_whatever_its_name(trio, tmp_path):
+    """Naming the brokers of a running cluster places names anew: what lands on another
+    broker moves, and what lands on the same broker (reached at the same address, under its
+    new name) stays, where a move onto itself would take and store its values forever."""
+    plain = [broker.address for broker in trio]
+    names = [f"keep{i}" for i in range(24)]
+    with NwsServer(plain) as server:
+        for i, name in enumerate(names):
+            server.useWs(name).store("v", i)
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"brokers": [{"name": f"b{i}", "broker": broker.address}
+                                             for i, broker in enumerate(trio)]}))
+    cluster = members(str(named))
+    stays = [name for name in names
+             if place(cluster, name).target == place(members(plain), name).target]
+    assert stays  # some names land where they were: the case that must not loop
+    moves = rebalance(plain, str(named))
+    assert sorted(move.workspace for move in moves) == sorted(set(names) - set(stays))
+    for broker in trio:
+        assert _held(broker) == {name for name in names
+                                 if place(cluster, name).target == broker.address}
+    with NwsServer(str(named)) as server:
+        assert [NetWorkSpace(name, server=server, useUse=True).fetchTry("v")
+                for name in names] == list(range(24))
+        assert all(NetWorkSpace(name, server=server, useUse=True).fetchTry("v") is None
+                   for name in names)  # each value once
+
+
+def test_the_key_value_faces_workspaces_move_as_their_faces_place_them():
+    from workbench import hive, memcache
+    from workbench.client.keyvalue import DEFAULT_KV_WORKSPACE
+    from workbench.client.migrate import LEFT_ALONE, PLACED_BY_KEY
+
+    assert {DEFAULT_KV_WORKSPACE, hive.DEFAULT_WORKSPACE} == set(PLACED_BY_KEY)
+    assert memcache.DEFAULT_WORKSPACE in LEFT_ALONE
+
+
 def test_three_brokers_hold_three_times_what_one_holds(tmp_path):
     def fill(cluster) -> int:
         stored, refused, index = 0, 0, 0
@@ -288,22 +326,15 @@ def test_three_brokers_hold_three_times_what_one_holds(tmp_path):
 # ---------------------------------------------------------------------- across hosts
 
 
-def test_a_cluster_across_two_network_namespaces(tmp_path):
+def test_a_cluster_across_two_network_namespaces(pair, tmp_path):
     """One broker on a second host (a network namespace): CURVE by default there, reached
     through its connection file, and it holds its share like the others."""
-    from .netns import NamespacesUnavailable, make_pair
-
-    try:
-        pair = make_pair()
-    except NamespacesUnavailable as exc:
-        pytest.skip(f"no network namespaces: {exc}")
-    across = ("--no-local-socket", "--no-shared-memory")
     brokers = []
     try:
         near, far = pair.a, pair.b
-        brokers = [start_broker(tmp_path, "--host", near.address, *across, "--insecure",
+        brokers = [start_broker(tmp_path, "--host", near.address, *ACROSS, "--insecure",
                                 within=near.command()) for _ in range(2)]
-        brokers.append(start_broker(tmp_path, "--host", far.address, *across,
+        brokers.append(start_broker(tmp_path, "--host", far.address, *ACROSS,
                                     "--connection-file", str(tmp_path / "far.json"),
                                     within=far.command()))
         cluster = [brokers[0].address, brokers[1].address, brokers[2].connection_file]
@@ -328,4 +359,17 @@ def test_a_cluster_across_two_network_namespaces(tmp_path):
         for broker in brokers:
             broker.stop()
         pair.kill_processes()
-        pair.destroy()
+
+
+def test_workbench_status_of_a_cluster_file(trio, tmp_path):
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"brokers": [broker.address for broker in trio]}))
+    with NwsServer(str(cluster)) as server:
+        for i in range(6):
+            server.useWs(f"s{i}").store("v", i)
+        done = subprocess.run([sys.executable, "-m", "workbench", "status", "--broker",
+                               str(cluster), "--json"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["values"] == 6 and len(info["brokers"]) == 3

@@ -165,15 +165,17 @@ def patched_broker(tmp_path, patch: str, *args: str) -> Broker:
     return start_broker(tmp_path, *args, within=[sys.executable, str(wrapper)])
 
 
-#: An ``fdatasync`` that takes 50 ms and then writes how large the file it synced was.
+#: An ``fdatasync`` that takes 50 ms and then writes where the records of the file it synced
+#: ended (the file itself runs on in zeros while the broker appends to it).
 SLOW_SYNC = """
     import os, time
     real = os.fdatasync
     def fdatasync(fd):
+        from workbench.broker.durable.log import records_end  # (the patch comes first)
         time.sleep(0.05)  # a slow disk: a reply sent before the sync would be seen early
         real(fd)
         with open(os.environ["SYNCED_FILE"] + ".new", "w") as f:
-            f.write(str(os.fstat(fd).st_size))
+            f.write(str(records_end(f"/proc/self/fd/{fd}")))
         os.replace(os.environ["SYNCED_FILE"] + ".new", os.environ["SYNCED_FILE"])
     os.fdatasync = fdatasync
     """
@@ -187,15 +189,15 @@ def test_with_fsync_always_a_reply_leaves_after_the_fdatasync_of_its_change(
     broker = patched_broker(tmp_path, SLOW_SYNC, "--data-dir", str(data), "--fsync", "always")
     try:
         checked = run_client(broker, dedent(f"""
-            import os
             from workbench import KeyValueStore, NetWorkSpace
+            from workbench.broker.durable.log import records_end
             ws = NetWorkSpace("kept", persistent=True)
             kv = KeyValueStore()
             log, synced = {str(data / "log")!r}, {str(synced)!r}
             for i in range(10):
                 ws.store("x", i) if i % 2 else kv.store("k", i)
                 with open(synced) as f:  # the log on disk holds what was just acknowledged
-                    assert int(f.read()) == os.path.getsize(log), i
+                    assert int(f.read()) == records_end(log), i
             print("ok")
             """))
         assert checked.stdout == "ok\n", checked.stderr
@@ -210,14 +212,14 @@ def test_the_log_is_compacted_while_the_broker_serves(tmp_path) -> None:
     broker = start_broker(tmp_path, "--data-dir", str(data), "--compact-min", "64k")
     try:
         churned = run_client(broker, dedent(f"""
-            import os
             from workbench import NetWorkSpace
+            from workbench.broker.durable.log import records_end
             ws = NetWorkSpace("kept", persistent=True)
             largest = 0
             for i in range(3000):  # over 700 kB of records
                 ws.store("q" if i % 100 else "kept", "x" * 200 + str(i))
                 ws.fetchTry("q")
-                largest = max(largest, os.path.getsize({str(data / "log")!r}))
+                largest = max(largest, records_end({str(data / "log")!r}))
             print(largest)
             """), timeout=60)
         assert churned.returncode == 0, churned.stderr
@@ -246,23 +248,23 @@ def test_the_log_is_compacted_while_the_broker_serves(tmp_path) -> None:
         again.stop()
 
 
-#: The log's writes fail (ENOSPC) once the file FAIL_FILE exists.
+#: The disk refuses the log more room (ENOSPC) once the file FAIL_FILE exists; the log asks
+#: for no more than it needs (no stretch ahead), so a record that does not fit in the page it
+#: ends in asks for room.
 FAILING_DISK = """
     import errno, os
     from workbench.broker.durable import log
-    real_write, real_writev = os.write, os.writev
-    def refuse():
-        if os.path.exists(os.environ["FAIL_FILE"]):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    log.EXTEND = 0
+    REFUSED = ("write", "writev", "pwrite", "pwritev", "posix_fallocate")
+    def refusing(call):
+        def refused(*args):
+            if os.path.exists(os.environ["FAIL_FILE"]):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return call(*args)
+        return refused
     class FailingOs:
         def __getattr__(self, name):
-            return getattr(os, name)
-        def write(self, fd, data):
-            refuse()
-            return real_write(fd, data)
-        def writev(self, fd, buffers):
-            refuse()
-            return real_writev(fd, buffers)
+            return refusing(getattr(os, name)) if name in REFUSED else getattr(os, name)
     log.os = FailingOs()
     """
 
@@ -280,7 +282,7 @@ def test_a_broker_whose_log_cannot_be_written_stops_without_acknowledging(
             ws.store("x", "logged")
             open({str(fail)!r}, "w").close()  # the disk is full from now on
             try:
-                ws.store("x", "not logged")
+                ws.store("x", "not logged" * 1000)  # more than a page: it needs room
             except Exception as exc:
                 print(type(exc).__name__)
             """))

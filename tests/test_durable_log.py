@@ -6,6 +6,7 @@ lock, compaction, and the fsync policies (``fdatasync`` calls counted, not timed
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -20,8 +21,8 @@ from .state_driver import StateDriver
 from .test_state_restore import History
 from workbench import shm
 from workbench.broker.durable import DataDir, DataDirLocked, LogError
-from workbench.broker.durable.log import HEADER, FRAME, LogWriter, read_log
-from workbench.broker.durable import records
+from workbench.broker.durable.log import HEADER, FRAME, LogWriter, read_log, records_end
+from workbench.broker.durable import log, records
 from workbench.broker.durable.records import decode, encode, encode_entry
 from workbench.broker.state import BrokerState, Limits, SharedMemory, changes
 from workbench.broker.state.restore import restore
@@ -99,30 +100,55 @@ def test_the_changes_of_a_call_are_written_as_their_records_without_being_built(
                                                changes.Returned, changes.Expires}
 
 
-def test_stores_into_more_variables_than_the_encoder_remembers_are_written_right(
+class Bodies:
+    """What an ``EntryRecorder`` hands a log writer: the bodies, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def append_body(self, body: bytes) -> None:
+        self.bodies.append(body)
+
+    def append(self, body: list) -> None:
+        self.bodies.append(b"".join(map(bytes, body)))
+
+    def records(self) -> list:
+        return [decode(memoryview(body), OFFSET) for body in self.bodies]
+
+
+def test_the_recorder_writes_the_changes_of_calls_as_their_records() -> None:
+    """The broker's path: ``EntryRecorder`` encodes most stores itself, the rest through
+    ``encode_entry``; all read back as the records the changes stand for."""
+    run = History(random.Random(4))
+    bodies = Bodies()
+    recorder = records.EntryRecorder(bodies, no_shared, OFFSET)
+    run.d.on_effects = lambda effects: recorder.record(effects.log)
+    start = len(run.d.changes)
+    for _ in range(300):
+        run.step()
+    assert bodies.records() == run.d.changes[start:]
+    assert recorder.heads  # the stores went the fast way
+
+
+def test_stores_into_more_variables_than_the_recorder_remembers_are_written_right(
         monkeypatch) -> None:
-    """A store's record repeats its variable's names and id: the encoder keeps them by
+    """A store's record repeats its variable's names and id: the recorder keeps them by
     variable, a bounded number of variables at a time; past the bound each store is still
     written with its own variable's."""
     monkeypatch.setattr(records, "_MOST_HEADS", 3)
     driver = StateDriver()
     peer = driver.client("ws")
-    entries_read = []
-    heads: records.StoreHeads = {}
-
-    def read_entries(effects) -> None:
-        for entry in effects.log:
-            body = b"".join(map(bytes, encode_entry(entry, OFFSET, no_shared, heads)))
-            entries_read.append(decode(memoryview(body), OFFSET))
-
-    driver.on_effects = read_entries
+    bodies = Bodies()
+    recorder = records.EntryRecorder(bodies, no_shared, OFFSET)
+    driver.on_effects = lambda effects: recorder.record(effects.log)
     start = len(driver.changes)
     for n in range(40):  # names of several lengths, variables coming back after others
         driver.store(peer, "ws", "v" * (1 + n % 7), n)
         driver.store(peer, "ws", f"w{n}", b"x" * n)
-    stored = [record for record in entries_read if type(record) is changes.Stored]
-    assert entries_read == driver.changes[start:] and len(stored) == 80
-    assert 0 < len(heads) <= 3
+    written = bodies.records()
+    stored = [record for record in written if type(record) is changes.Stored]
+    assert written == driver.changes[start:] and len(stored) == 80
+    assert 0 < len(recorder.heads) <= 3
 
 
 def test_frames_of_any_buffer_type_are_written_raw() -> None:
@@ -270,6 +296,113 @@ def test_a_torn_header_is_an_empty_log(tmp_path) -> None:
     path.write_bytes(b"wbl")
     found, replay = replayed(str(path))
     assert found == [] and replay.cut_bytes == 3 and os.path.getsize(path) == 0
+
+
+# ---------------------------------------------------------------- the mapped file's zeros
+
+
+def left_open(path: str, records: list) -> LogWriter:
+    """A writer that appended and committed ``records`` and is still open, as a broker that
+    runs or was killed leaves its log: the file runs on in zeros after them."""
+    writer = LogWriter.create(path)
+    for record in records:
+        writer.append(encode(record, OFFSET, no_shared))
+    writer.commit(sync=False)
+    return writer
+
+
+def test_the_zeros_after_the_records_of_an_open_log_are_its_clean_end(logged, tmp_path) -> None:
+    path, records, ends = logged
+    copy = str(tmp_path / "open")
+    writer = left_open(copy, records)
+    assert os.path.getsize(copy) > ends[-1] == writer.size == records_end(copy)
+    found, replay = replayed(copy)  # as after a SIGKILL: the writer was never closed
+    assert found == records and not replay.cut_bytes
+    assert replay.describe() == f"{len(records)} records"
+    assert os.path.getsize(copy) == ends[-1]  # cut all the same
+    writer.close()
+
+
+def test_zeros_followed_by_anything_else_are_damage(logged, tmp_path) -> None:
+    path, records, ends = logged
+    writer = left_open(str(tmp_path / "open"), records)
+    size = os.path.getsize(tmp_path / "open")
+    for place in (ends[-1], ends[-1] + 5000, size - 1):
+        copy = damaged_copy(str(tmp_path / "open"), tmp_path, "damaged")
+        with open(copy, "r+b") as f:
+            f.seek(place)
+            f.write(b"\x01")
+        found, replay = replayed(copy)
+        assert found == records, place
+        assert (replay.good_bytes, replay.cut_bytes, replay.cut_records) == (
+            ends[-1], size - ends[-1], 1)
+        assert os.path.getsize(copy) == ends[-1]
+    writer.close()
+
+
+def test_a_file_of_zeros_is_an_empty_log(tmp_path) -> None:
+    """The file was extended, and the machine crashed before its header reached the disk."""
+    path = tmp_path / "log"
+    path.write_bytes(bytes(100_000))
+    found, replay = replayed(str(path))
+    assert found == [] and not replay.cut_bytes and os.path.getsize(path) == 0
+
+
+@pytest.mark.parametrize("extend, big", [(4096, 1 << 20), (4096, 1024), (64 << 10, 1 << 20)])
+def test_records_that_overrun_the_mapping_are_written_in_order(
+        logged, tmp_path, monkeypatch, extend, big) -> None:
+    """The file is mapped ``EXTEND`` bytes at a time: records that do not fit in what is left
+    are copied into the next stretch, or written where they are past ``_BIG``; the log reads
+    back the same, and a compaction's tap is given exactly what the file holds."""
+    monkeypatch.setattr(log, "EXTEND", extend)
+    monkeypatch.setattr(log, "_BIG", big)
+    _, history_records, _ = logged
+    records = history_records + EVERY_KIND * 3
+    path = str(tmp_path / "log")
+    writer = LogWriter.create(path)
+    tapped: list = []
+    writer.tap = tapped.extend
+    for index, record in enumerate(records):
+        writer.append(encode(record, OFFSET, no_shared))
+        if index % 5 == 0:
+            writer.commit(sync=False)
+    writer.commit(sync=True)
+    writer.close()
+    with open(path, "rb") as f:
+        written = f.read()
+    assert b"".join(map(bytes, tapped)) == written[HEADER.size:]
+    assert len(written) == writer.size
+    found, replay = replayed(path)
+    assert found == records and not replay.cut_bytes
+
+
+def test_a_disk_that_refuses_room_fails_the_commit_and_the_log_keeps_its_records(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(log, "EXTEND", 4096)
+    path = str(tmp_path / "log")
+    writer = LogWriter.create(path)
+    stores = [changes.Stored("ws", "v", 1, n, [bytes([n]) * 700], 700, None) for n in range(30)]
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    for record in stores[:20]:  # more than the 4 kB mapped: the rest wait for more room
+        writer.append(encode(record, OFFSET, no_shared))
+    assert writer.waiting
+    with pytest.raises(OSError, match="No space"):
+        writer.commit(sync=False)
+    # the records in the mapping are in the file; those that waited are not, nor a part
+    assert writer.size == records_end(path) == os.path.getsize(path) and not writer.waiting
+    monkeypatch.setattr(os, "posix_fallocate", real)  # room again: the log goes on
+    for record in stores[20:]:
+        writer.append(encode(record, OFFSET, no_shared))
+    writer.commit(sync=True)
+    writer.close()
+    found = replayed(path)[0]
+    kept = len(found) - 10
+    assert 3 <= kept < 20 and found == stores[:kept] + stores[20:]
 
 
 # ---------------------------------------------------------------- the data directory
@@ -452,7 +585,8 @@ def test_always_puts_each_pass_on_disk_with_one_fdatasync(tmp_path) -> None:
     directory.commit()  # a pass that changed nothing
     assert syncs.calls == 1
     after = directory.status()
-    assert after["log_bytes"] == os.path.getsize(tmp_path / "log") > before["log_bytes"]
+    # the file runs on in zeros while the log is open: its records end where the status says
+    assert after["log_bytes"] == records_end(tmp_path / "log") > before["log_bytes"]
     assert before["last_fsync"] is None and after["last_fsync"] is not None
     directory.close()
 
@@ -466,8 +600,8 @@ def test_everysec_and_no_write_each_pass_without_fdatasync(tmp_path, policy) -> 
         driver.store(peer, "ws", "x", n)
         directory.record(driver.new_changes())
         directory.commit()
-        size = os.path.getsize(tmp_path / "log")
-        assert size == directory.writer.size  # written, for a process crash to keep
+        # in the file (the page cache), for a process crash to keep
+        assert records_end(tmp_path / "log") == directory.writer.size
     if policy == "everysec":  # what its thread does once a second
         directory.sync_if_written()
         directory.sync_if_written()  # nothing written since: no call
@@ -477,6 +611,45 @@ def test_everysec_and_no_write_each_pass_without_fdatasync(tmp_path, policy) -> 
         assert syncs.calls == 0
         directory.close()  # a clean stop puts everything on disk
         assert syncs.calls == 1
+
+
+@pytest.mark.parametrize("policy", ["everysec", "no", "always"])
+def test_a_recorded_change_is_in_the_file_before_the_pass_commits(
+        tmp_path, monkeypatch, policy) -> None:
+    """The broker's path (``record_log``, then ``commit`` only if ``needs_commit``): under
+    ``everysec`` and ``no`` a change's record is in the file (the page cache) as soon as it
+    is recorded, so a pass needs no commit; one that does not fit in the log's mapping waits,
+    and the pass must commit; under ``always`` every pass commits (``fdatasync``)."""
+    monkeypatch.setattr(log, "EXTEND", 4096)  # the mapping fills up every few stores
+    syncs, driver, directory = counted(tmp_path, policy)
+    peer = driver.client()
+    driver.open_ws(peer, "ws", persistent=True)
+    directory.record(driver.new_changes())
+    directory.commit()
+    syncs.calls = 0
+    driver.on_effects = lambda effects: directory.record_log(effects.log)
+    waited = 0
+    for n in range(60):
+        before = records_end(tmp_path / "log")
+        driver.store(peer, "ws", "x", b"v" * (50 * n))
+        written = records_end(tmp_path / "log")
+        if directory.writer.waiting:  # no room left in the mapping: in the file at commit
+            waited += 1
+            assert directory.needs_commit and written == before
+        else:
+            assert directory.needs_commit == (policy == "always") and written > before
+        if directory.needs_commit:
+            directory.commit()
+        assert records_end(tmp_path / "log") == directory.writer.size > before
+        assert not directory.writer.waiting
+    assert waited > 3
+    if policy != "everysec":  # (whose thread syncs when it will)
+        assert syncs.calls == (60 if policy == "always" else 0)
+    directory.close()
+    restored, replay, _ = reopened(tmp_path)
+    assert not replay.cut_bytes
+    assert [value.frames for value in restored.spaces.get("ws").variables["x"].values] == \
+        [value.frames for value in driver.state.spaces.get("ws").variables["x"].values]
 
 
 def test_everysecs_thread_syncs_what_was_written(tmp_path) -> None:

@@ -176,7 +176,7 @@ def test_off_loopback_the_broker_speaks_curve_with_no_flag(tmp_path):
 
 
 def test_the_address_in_the_connection_file_is_reachable_from_elsewhere():
-    from workbench.broker.security import advertised_host
+    from workbench.hosts import advertised_host
     assert advertised_host("10.1.2.3") == "10.1.2.3"
     assert advertised_host("node7.example") == "node7.example"
     chosen = advertised_host("0.0.0.0")

@@ -200,6 +200,41 @@ def test_a_wait_that_runs_out_answers_408_and_takes_nothing(http, ws, broker):
     assert http.get(_path(ws, "none"), params={"wait": "0.2"}).status_code == 408
 
 
+def test_a_client_that_gives_up_its_wait_strands_nothing(http, ws, broker, web):
+    """A fetch whose HTTP client left holds no broker call for longer than a slice, and a
+    value stored afterwards stays for whoever fetches it next."""
+    with web.client(timeout=0.5) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post(_path(ws, "later") + "/fetch", params={"wait": "30"})
+    wait_for(lambda: broker_status(broker)["waiting"] == 0, 5,
+             message="the gateway kept waiting for a client that left")
+    ws.store("later", "precious")
+    time.sleep(1.5)  # a slice: a wait left behind would have taken it by now
+    assert ws.fetchTry("later") == "precious"
+
+
+def test_many_waits_do_not_hold_up_other_requests(web, ws, http):
+    """Waiting requests have threads of their own: 70 of them (more than the gateway's
+    threads for other calls) leave the rest answering at once."""
+    import asyncio
+
+    async def wait_many() -> list[int]:
+        async with httpx.AsyncClient(base_url=web.url, timeout=20) as client:
+            waits = [client.get(_path(ws, "never"), params={"wait": "3"}) for _ in range(70)]
+
+            async def meanwhile() -> float:
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+                assert (await client.get("/api/status")).status_code == 200
+                return time.monotonic() - started
+
+            answers = await asyncio.gather(meanwhile(), *waits)
+            assert answers[0] < 1.0
+            return [answer.status_code for answer in answers[1:]]
+
+    assert asyncio.run(wait_many()) == [408] * 70
+
+
 def test_bad_requests_say_what_to_do(http, ws, web):
     assert http.get(_path(ws, "v"), params={"wait": "soon"}).status_code == 400
     not_json = http.post(_path(ws, "v"), content=b"{oops", headers={
@@ -210,6 +245,38 @@ def test_bad_requests_say_what_to_do(http, ws, web):
     missing = http.get("/api/workspaces/no-such-ws/vars/v")
     assert missing.status_code == 404
     assert missing.json()["error"].startswith("no workspace 'no-such-ws'")
+
+
+def test_numbers_json_cannot_carry_are_refused(http, ws):
+    for text in ("NaN", "[1, Infinity]", "-Infinity", "1e400"):
+        answer = http.post(_path(ws, "n"), content=text)
+        assert answer.status_code == 400 and "not JSON" in answer.json()["error"], text
+    assert ws.listVars(format="dict").get("n", ("n", 0))[1] == 0
+
+
+def test_every_answer_is_json(http):
+    missing = http.get("/api/no/such/route")
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+    wrong = http.patch("/api/workspaces/anything")
+    assert wrong.status_code == 405 and wrong.json()["status"] == 405
+    assert set(wrong.headers["allow"].split(", ")) == {"PUT", "DELETE"}
+
+
+def test_pages_of_other_sites_cannot_use_the_gateway(http, ws, web):
+    """A page elsewhere can make the browser send a request, and on loopback without a
+    token nothing else would stop it: a cross-site write is refused, and so is any request
+    addressed by a name that is not a loopback one (DNS rebinding)."""
+    port = urlsplit(web.url).port
+    cross = http.post(_path(ws, "planted"), content='"from another site"',
+                      headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403 and "another site" in cross.json()["error"]
+    same = http.post(_path(ws, "mine"), content='"from the page"',
+                     headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert same.status_code == 204
+    assert "planted" not in ws.listVars(format="dict")
+    rebound = http.get("/api/workspaces", headers={"Host": f"evil.example:{port}"})
+    assert rebound.status_code == 403 and "loopback" in rebound.json()["error"]
+    assert http.get("/api/workspaces", headers={"Host": f"localhost:{port}"}).status_code == 200
 
 
 def test_a_body_over_the_cap_is_refused_unread(http, ws):
@@ -257,6 +324,18 @@ def test_key_value_versions_are_etags(http, broker):
     assert http.put(f"/api/kv/{ns}/k", json=2, headers={"If-Match": fresh}).status_code == 200
     assert http.put(f"/api/kv/{ns}/k", json=3, headers={"If-None-Match": "*"}).status_code == 412
     assert http.put(f"/api/kv/{ns}/new", json=3, headers={"If-None-Match": "*"}).status_code == 200
+
+
+def test_key_value_conditions_as_http_has_them(http):
+    ns = f"kv{uuid.uuid4().hex[:6]}"
+    assert http.put(f"/api/kv/{ns}/k", json=1, headers={"If-Match": "*"}).status_code == 412
+    tag = http.put(f"/api/kv/{ns}/k", json=1).headers["etag"]
+    unchanged = http.get(f"/api/kv/{ns}/k", headers={"If-None-Match": tag})
+    assert unchanged.status_code == 304 and unchanged.headers["etag"] == tag
+    assert http.put(f"/api/kv/{ns}/k", json=2, headers={"If-Match": "*"}).status_code == 200
+    assert http.get(f"/api/kv/{ns}/k", headers={"If-None-Match": tag}).json()["value"] == 2
+    refused = http.put(f"/api/kv/{ns}/k", json=3, headers={"If-None-Match": tag})
+    assert refused.status_code == 400 and "If-Match" in refused.json()["error"]
 
 
 def test_key_value_incr_delete_and_ttl(http):
@@ -434,6 +513,18 @@ def test_off_loopback_a_token_is_made_unless_insecure(tmp_path):
 
     with pytest.raises(SetupError, match="at least 16"):
         choose_token(WebSettings(host="0.0.0.0", token_file=str(short)))
+
+
+def test_without_a_broker_the_gateway_says_so_in_a_line(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "workbench", "web", "--broker",
+                           f"127.0.0.1:{port}", "--port", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("workbench web: ") and "Traceback" not in done.stderr
+    assert str(port) in done.stderr
 
 
 def test_https_with_a_certificate(broker, tmp_path):

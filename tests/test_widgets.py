@@ -511,3 +511,34 @@ def test_in_a_real_kernel_updates_reach_the_front_end(broker, ws, ws_name):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# ---------------------------------------------------------------------------- a cluster
+
+def test_the_widgets_follow_a_cluster_of_brokers(tmp_path, loop, build):
+    """Given several brokers acting as one, the broker view lists every broker's workspaces
+    and follows their events, and a dashboard follows a workspace on the broker it lives on."""
+    from workbench import NetWorkSpace, NwsServer
+
+    from .support import start_broker
+
+    brokers = [start_broker(tmp_path) for _ in range(3)]
+    cluster = [broker.address for broker in brokers]
+    try:
+        view = build(broker_view, cluster)
+        assert "a cluster of 3 brokers" in view.header.value
+        with NwsServer(cluster) as server:
+            names = [f"spread{i}" for i in range(6)]
+            for name in names:
+                server.useWs(name).store("v", name)
+            settle(loop, lambda: all(name in view.workspaces.value for name in names),
+                   shown=lambda: view.workspaces.value)
+            board = build(dashboard, "spread3", server=cluster)
+            NetWorkSpace("spread3", server=server, useUse=True).store("w", 7)
+            settle(loop, lambda: row("w", "fifo", 1, 0, 0, "7") in board.table.value,
+                   shown=lambda: board.table.value)
+        view.close()
+        board.close()
+    finally:
+        for broker in brokers:
+            broker.stop()

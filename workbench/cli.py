@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the cluster as it is now")
     rebalance.add_argument("--kv-workspace", action="append", metavar="NAME",
                            help="a workspace holding key-value entries, placed by key (default: "
-                                "kv); repeat for several")
+                                "kv and hive); repeat for several")
     rebalance.add_argument("--dry-run", action="store_true", help="say what would move")
 
     status = commands.add_parser("status", help="show a running broker's state",
@@ -326,10 +326,14 @@ def add_web_security(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connection-file", metavar="PATH",
                        help="where to write the web connection file (default: web-PORT.json "
                             "in the user's runtime directory)")
+    group.add_argument("--advertise", metavar="HOST",
+                       help="the host clients reach the gateway by, for the address it prints "
+                            "and writes (default: --host, or this machine's address for "
+                            "0.0.0.0)")
 
 
 def run_rebalance(args: argparse.Namespace) -> int:
-    from .client.migrate import rebalance
+    from .client.migrate import PLACED_BY_KEY, rebalance
     from .errors import NwsException
 
     def cluster(given: list[str]) -> str | list[str]:
@@ -337,7 +341,7 @@ def run_rebalance(args: argparse.Namespace) -> int:
 
     try:
         moves = rebalance(cluster(args.old), cluster(args.new), dry_run=args.dry_run,
-                          kv_workspaces=args.kv_workspace or ("kv",))
+                          kv_workspaces=args.kv_workspace or PLACED_BY_KEY)
     except (NwsException, ValueError) as exc:
         print(f"workbench rebalance: {exc}", file=sys.stderr)
         return 1
@@ -360,7 +364,8 @@ def run_web(args: argparse.Namespace) -> int:
     return serve_web(WebSettings(
         broker=args.broker, host=args.host, port=args.port, token_file=args.token_file,
         certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure,
-        connection_file=args.connection_file, max_body=args.max_body,
+        connection_file=args.connection_file, advertise=args.advertise,
+        max_body=args.max_body,
         max_streams=args.max_streams, parent_pid=args.parent_pid))
 
 
@@ -519,7 +524,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_broker(args: argparse.Namespace) -> int:
-    from .broker.server import BrokerServer, is_loopback
+    from .broker.server import BrokerServer
+    from .hosts import is_loopback
     from .broker.state import Limits
     from .runtime import remove_record
 
@@ -650,7 +656,8 @@ def _curve_security(args: argparse.Namespace):
 
 
 def _write_connection_file(args: argparse.Namespace, port: int, curve) -> str:
-    from .broker.security import advertised_host, client_target
+    from .broker.security import client_target
+    from .hosts import advertised_host
     from .connection_file import default_path, write
     path = args.connection_file or default_path(port)
     host = args.advertise or advertised_host(args.host)
@@ -709,7 +716,11 @@ def _session(command: str, argument: str | None, timeout: float):
     from .client.workspace import NwsServer
     from .errors import NwsException
 
+    from .client.cluster import is_several
+
     try:
+        if argument is not None and is_several(argument):  # a cluster file: its brokers as one
+            return NwsServer(argument)
         target = _broker_target(argument)
         hint = start_hint(target.address)
         if not (argument or os.environ.get(BROKER_ENV)):  # nothing named, nothing recorded
@@ -737,6 +748,7 @@ def run_status(args: argparse.Namespace) -> int:
     address = server.address
     with server:
         info = server.status(timeout=args.timeout)
+        me = server.label
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -762,7 +774,7 @@ def run_status(args: argparse.Namespace) -> int:
               f"{info['max_connections_per_host']} connections per address")
     print(f"workspaces {info['workspaces']}, values {info['values']}, "
           f"blocked calls {info['waiting']}, unacknowledged hand-offs {info['leases']}")
-    others = [c for c in info["clients"] if c["label"] != server.label]
+    others = [c for c in info["clients"] if c["label"] != me]
     print(f"clients    {len(others)}")
     for client in others:
         owned = ", ".join(client["owned"]) or "-"

@@ -12,10 +12,8 @@ key without a restart (connections already made stay up).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from typing import Callable
 
@@ -98,30 +96,6 @@ def load_keys(key_file: str | None) -> KeyPair:
     if pair.public != found.public:
         raise CertificateError(f"{key_file}: its public key does not belong to its secret key")
     return pair
-
-
-def advertised_host(host: str) -> str:
-    """A host name or address that clients elsewhere can reach the broker by, for the
-    connection file: ``host`` itself unless it is a wildcard (0.0.0.0, ::), then this
-    machine's address on its default route, else its name."""
-    try:
-        wildcard = ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return host  # a name: clients resolve it as this machine did
-    if not wildcard:
-        return host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_DGRAM)
-    try:  # a datagram socket's connect sends nothing: it only picks the outgoing address
-        probe.connect(("2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1", 9))
-        found = probe.getsockname()[0]
-        if not ipaddress.ip_address(found).is_loopback:
-            return found
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    return socket.getfqdn()
 
 
 def client_target(path: str, address: str, server_key: bytes,

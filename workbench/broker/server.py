@@ -10,10 +10,12 @@ pass reads what every ready peer sent, handles those requests in order and then 
 peer's replies in one system call each.
 
 With a data directory (``durable``), the change records of every call into the state are
-handed to its log as the call's effects are applied, and the pass commits them before any
-reply of the pass is written (``_commit``, first thing in ``_flush``): under ``--fsync always``
-the replies leave after the ``fdatasync`` that covers them all. A compaction under way takes a
-slice of each pass after its replies left (``DataDir.work``).
+handed to its log as the call's effects are applied (``DataDir.record_log``: copied into the
+log file's mapping, so they are in the file at once), and when the log says the pass must
+commit (``DataDir.needs_commit``: under ``--fsync always``, or records that did not fit in the
+mapping) it does so before any reply of the pass is written (first thing in ``_flush``): under
+``always`` the replies leave after the ``fdatasync`` that covers them all. A compaction under
+way takes a slice of each pass after its replies left (``DataDir.work``).
 """
 
 from __future__ import annotations
@@ -68,14 +70,6 @@ class _Stop(Exception):
 class _LogFailed(Exception):
     """The data directory's log could not be written: the broker stops without sending the
     replies it could not make durable."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the broker reachable from this machine only."""
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
 
 
 def _remove_stale_sockets(directory: str) -> None:
@@ -367,7 +361,8 @@ class BrokerServer:
         by_fd = self.by_fd
         # With a log, what a writable peer holds may include replies of this pass: they wait
         # for the pass's commit.
-        writable: list[_Peer] | None = None if self.durable is None else []
+        deferred = self.durable is not None
+        writable: list[_Peer] | None = None  # made when needed: rarely
         for fd, events in ready:
             peer = by_fd.get(fd)
             if peer is None:
@@ -377,8 +372,10 @@ class BrokerServer:
             if events & (_READ | _CLOSED):
                 self._read(peer)
             if events & _WRITE and peer.out:
-                if writable is None:
+                if not deferred:
                     self._write(peer)
+                elif writable is None:
+                    writable = [peer]
                 else:
                     writable.append(peer)
         if writable:
@@ -670,11 +667,14 @@ class BrokerServer:
     # ------------------------------------------------------------------ writing
 
     def _commit(self) -> None:
-        """Commit the log: the pass's changes are written (under ``always``, on disk)."""
-        try:
-            self.durable.commit()
-        except OSError as exc:
-            raise _LogFailed() from exc
+        """Commit the log if it must be (``DataDir.needs_commit``): the pass's changes are
+        all in the file (under ``always``, on disk). ``_flush`` does the same inline."""
+        durable = self.durable
+        if durable.needs_commit:
+            try:
+                durable.commit()
+            except OSError as exc:
+                raise _LogFailed() from exc
 
     def _durable_work(self, now: float) -> None:
         """After a pass: start a compaction, or take a slice of one (see ``DataDir.work``)."""
@@ -685,8 +685,12 @@ class BrokerServer:
 
     def _flush(self) -> None:
         """Write every peer's output (committing the log first: see the module's docstring)."""
-        if self.durable is not None:
-            self._commit()
+        durable = self.durable
+        if durable is not None and durable.needs_commit:
+            try:  # ``_commit``, inlined: this runs every pass
+                durable.commit()
+            except OSError as exc:
+                raise _LogFailed() from exc
         dirty = self.dirty
         while dirty:
             peers = list(dirty)

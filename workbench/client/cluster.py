@@ -100,8 +100,8 @@ def _cluster_file(text: str) -> list | None:
     try:
         with open(text, encoding="utf-8") as file:
             content = json.load(file)
-    except (OSError, ValueError) as exc:
-        raise NwsConnectionFileException(f"cluster file {text}: {exc}") from None
+    except (OSError, ValueError):
+        return None  # whatever it is, reading it as a connection file says what is wrong
     if not isinstance(content, dict) or CLUSTER_KEY not in content:
         return None  # a broker's connection file
     entries = content[CLUSTER_KEY]

@@ -10,9 +10,11 @@ each broker of the old cluster what it holds, and moves each workspace whole:
   frames they are (nothing is decoded, so nothing is unpickled);
 * each value is stored on the new broker before the old one lets it go: a move cut short leaves
   values on both brokers, never on neither;
-* the workspaces named in ``kv_workspaces`` hold key-value entries, which a cluster places by
-  key, not by workspace: each entry moves to its key's broker (its time to live is not kept:
-  moved entries do not expire);
+* the workspaces named in ``kv_workspaces`` (``kv`` and ``hive``, the key-value faces'
+  defaults) hold key-value entries, which a cluster places by key, not by workspace: each
+  entry moves to its key's broker (its time to live is not kept: moved entries do not expire);
+  the memcache face's workspace stays whole where it is, since python-memcached's own server
+  hashing places its keys;
 * a workspace that a live session owns and that is not persistent is left where it is (it
   ends with its owner's session) and reported; the workspaces each broker has of its own
   (``__default``, ``__mq``, ``__babelfish``) stay.
@@ -37,6 +39,12 @@ from .pubsub import MQ_WORKSPACE
 MOVE_BATCH = 1000
 #: Workspaces each broker has of its own: never moved.
 _KEEP = {"__default", MQ_WORKSPACE, BABELFISH_WS}
+#: The workspaces of the key-value faces that place entries by key, as ``KeyValueStore`` and
+#: ``hive.Client`` do on a cluster (their default workspaces).
+PLACED_BY_KEY = (DEFAULT_KV_WORKSPACE, "hive")
+#: The memcache face's workspace: python-memcached's own server hashing places its keys, so a
+#: cluster's placement must not move them.
+LEFT_ALONE = ("memcache",)
 
 
 class Move(NamedTuple):
@@ -51,9 +59,12 @@ class Move(NamedTuple):
 
 
 def rebalance(old: str | Sequence[str], new: str | Sequence[str], dry_run: bool = False,
-              kv_workspaces: Sequence[str] = (DEFAULT_KV_WORKSPACE,)) -> list[Move]:
+              kv_workspaces: Sequence[str] = PLACED_BY_KEY,
+              left_alone: Sequence[str] = LEFT_ALONE) -> list[Move]:
     """Move what ``new`` places elsewhere than where ``old`` has it -> what moved (see the
-    module's docstring). ``old`` and ``new`` name clusters as ``NwsServer`` takes them."""
+    module's docstring). ``old`` and ``new`` name clusters as ``NwsServer`` takes them; a
+    broker is the same one in both when it is reached at the same address, whatever it is
+    named (its workspaces then stay where they are, though the names place them anew)."""
     before, after = Brokers(old), Brokers(new)
     moves: list[Move] = []
     try:
@@ -61,11 +72,15 @@ def rebalance(old: str | Sequence[str], new: str | Sequence[str], dry_run: bool 
             for name, owner, persistent in _workspaces(source):
                 if name in _KEEP:
                     continue
+                if name in left_alone:
+                    moves.append(Move(name, member.name, member.name, 0, skipped=(
+                        "its face places its keys by its own server hashing")))
+                    continue
                 if name in kv_workspaces:
                     moves += _move_entries(name, member, source, after, dry_run)
                     continue
                 target = after.place(name)
-                if target.name == member.name:
+                if _same_broker(after, target, source):
                     continue
                 if owner and not persistent:
                     moves.append(Move(name, member.name, target.name, 0, skipped=(
@@ -78,6 +93,11 @@ def rebalance(old: str | Sequence[str], new: str | Sequence[str], dry_run: bool 
         before.close()
         after.close()
     return moves
+
+
+def _same_broker(cluster: Brokers, member: Member, connection: Connection) -> bool:
+    """Whether ``member`` of ``cluster`` is the broker ``connection`` reaches."""
+    return cluster.connection(member).address == connection.address
 
 
 def _workspaces(connection: Connection) -> list[tuple[str, str | None, bool]]:
@@ -108,6 +128,8 @@ def _move_values(source: Connection, target: Connection, ws: bytes, var: bytes,
                  lifo: bool) -> int:
     """A variable's values, in the order a fetch takes them, stored at the target before they
     are let go at the source (a lease, acknowledged once they are stored)."""
+    if source is target or source.address == target.address:
+        raise ValueError(f"moving values of {var!r} from a broker to itself")
     moved = 0
     while True:
         status, (head, extra) = source.read(
@@ -130,7 +152,7 @@ def _move_entries(ws: str, member: Member, source: Connection, after: Brokers,
     wsb = ws.encode()
     for key, mode in _variables(source, ws):
         target = place(after.members, key.encode("utf-8"))
-        if target.name == member.name:
+        if _same_broker(after, target, source):
             continue
         moved = 0
         if not dry_run:

@@ -13,33 +13,35 @@ import asyncio
 import base64
 import json
 import math
+import time
 from functools import partial
 from typing import Any, Callable
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..config import WEB_LOOP_CALL_MOST, WEB_MAX_BODY, WEB_MAX_WAIT
+from ..config import WAIT_SLICE, WEB_LOOP_CALL_MOST, WEB_MAX_BODY, WEB_MAX_WAIT
+from ..errors import NwsTimeoutException
 from ..protocol import Status
 from . import calls, values
-from .calls import BrokerCall, Value
-from .problems import HttpProblem, problem
+from .calls import BrokerCall, EmptyVariable, Value
+from .problems import ClientGone, HttpProblem, problem
 
 _NO_CONTENT = 204
 _MODES = ("fifo", "lifo", "multi", "single")
-#: What answers a request whose client went away before a value it took was handed over (the
-#: value goes back; nobody reads this answer): nginx's "client closed request".
-_CLIENT_GONE = 499
 
 
-async def _call(request: Request, function: Callable, *args: Any) -> Any:
-    """Run a blocking call in one of the gateway's threads."""
-    state = request.app.state
-    return await anyio.to_thread.run_sync(partial(function, *args), limiter=state.limiter)
+async def _call(request: Request, function: Callable, *args: Any,
+                limiter: anyio.CapacityLimiter | None = None) -> Any:
+    """Run a blocking call in one of the gateway's threads (``limiter``: the threads it may
+    use; by default those of the calls that do not wait)."""
+    return await anyio.to_thread.run_sync(partial(function, *args),
+                                          limiter=limiter or request.app.state.limiter)
 
 
 async def _ask(request: Request, call: BrokerCall, wait: float | None = None,
@@ -74,10 +76,10 @@ def _respond_on_loop(request: Request, state: Any, respond: Callable[[Any], Any]
 
 async def _respond_later(request: Request, respond: Callable[[Any], Any], leased: bool,
                          slow: bool, answer: Any) -> Any:
-    # Not under the broker calls' limiter: a value taken must not wait behind ?wait= calls.
+    # Not under the broker calls' limiter: a value taken must not wait behind other calls.
     made = await anyio.to_thread.run_sync(respond, answer) if slow else respond(answer)
     if leased and await request.is_disconnected():
-        raise _client_gone()
+        raise ClientGone()  # the value it took goes back
     return made
 
 
@@ -85,13 +87,8 @@ def _respond_in_thread(request: Request, respond: Callable[[Any], Any], leased: 
                        answer: Any) -> Any:
     made = respond(answer)
     if leased and anyio.from_thread.run(request.is_disconnected):
-        raise _client_gone()
+        raise ClientGone()
     return made
-
-
-def _client_gone() -> HttpProblem:
-    return HttpProblem(_CLIENT_GONE, "the client went away before its answer: the value it "
-                                     "took was put back")
 
 
 async def _json_body(request: Request) -> Any:
@@ -113,9 +110,20 @@ async def _json_body(request: Request) -> Any:
         raise HttpProblem(400, "the body must be a JSON value (a number, a string in quotes, "
                                "an object, ...), and it is empty")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpProblem(400, f"the body is not JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (nor can JSON carry it back)")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a JSON number that every reader can read")
+    return number
 
 
 def _wait(request: Request) -> float | None:
@@ -238,17 +246,62 @@ async def store(request: Request) -> Response:
 
 
 async def find(request: Request) -> Response:
-    wait = _wait(request)
-    return await _ask(request, calls.find(request.path_params["ws"],
-                                          request.path_params["var"], wait),
-                      wait, _shown(request))
+    return await _read(request, take=False)
 
 
 async def fetch(request: Request) -> Response:
+    return await _read(request, take=True)
+
+
+async def _read(request: Request, take: bool) -> Response:
+    """A find or fetch: at once, from the event loop; with ``?wait=S``, waiting for a value
+    (``_wait_for_value``)."""
+    ws, var = request.path_params["ws"], request.path_params["var"]
     wait = _wait(request)
-    return await _ask(request, calls.fetch(request.path_params["ws"],
-                                           request.path_params["var"], wait),
-                      wait, _shown(request))
+    if wait is not None:
+        return await _wait_for_value(request, ws, var, wait, take)
+    return await _ask(request, (calls.fetch if take else calls.find)(ws, var, None),
+                      respond=_shown(request))
+
+
+async def _wait_for_value(request: Request, ws: str, var: str, wait: float,
+                          take: bool) -> Response:
+    """Wait up to ``wait`` seconds for a value of the variable -> the answer with it (taken if
+    ``take``). NwsTimeoutException when none came.
+
+    The broker is asked in slices of at most ``WAIT_SLICE`` seconds, each a find that takes
+    nothing and is cancelled at the broker when it runs out, from a thread of the waits'; between
+    slices the gateway looks whether the HTTP client is still there, so a client that gave up
+    holds no broker call and no thread for longer than a slice. A fetch takes its value only
+    once a find saw one and the client is still there (a fetch left waiting at the broker would
+    take a value stored later and hand it to no one), as a fetchTry from the event loop; if
+    another fetcher took it first, the wait goes on."""
+    state = request.app.state
+    shown = _shown(request)
+    deadline = time.monotonic() + wait
+    while True:
+        left = deadline - time.monotonic()
+        slice_ = max(0.0, min(WAIT_SLICE, left))
+        try:
+            found = await _call(request, state.gateway.call, calls.find(ws, var, slice_),
+                                slice_, None if take else shown, limiter=state.waits)
+        except NwsTimeoutException:
+            if left <= WAIT_SLICE:
+                raise NwsTimeoutException(f"no value of variable {var!r} of workspace {ws!r} "
+                                          f"within {wait:g} s (nothing was taken)") from None
+            if await request.is_disconnected():
+                raise ClientGone() from None
+            continue
+        if not take:
+            return found
+        if await request.is_disconnected():
+            raise ClientGone()
+        try:
+            return await _ask(request, calls.fetch(ws, var, None), respond=shown)
+        except EmptyVariable:  # another fetcher was first: wait on
+            if time.monotonic() >= deadline:
+                raise NwsTimeoutException(f"no value of variable {var!r} of workspace {ws!r} "
+                                          f"within {wait:g} s (nothing was taken)") from None
 
 
 async def declare(request: Request) -> Response:
@@ -277,8 +330,8 @@ def _etag(version: int) -> dict:
 def _version_of(tag: str) -> int:
     text = tag.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise HttpProblem(400, f"If-Match: {tag!r} is not a version this gateway gave (an "
-                               "ETag such as \"123\")")
+        raise HttpProblem(400, f"If-Match: {tag!r}: give one version this gateway gave (an "
+                               "ETag such as \"123\"), or * for a key that exists")
     return int(text)
 
 
@@ -292,10 +345,19 @@ async def kv_get(request: Request) -> Response:
     def shown(entry: Value | None) -> Response:
         if entry is None:
             raise _no_key(ns, key)
+        if _tags(request.headers.get("if-none-match")) & {str(entry.version), "*"}:
+            return Response(status_code=304, headers=_etag(entry.version))  # unchanged
         return JSONResponse({**_view(request, entry.frames), "version": entry.version},
                             headers=_etag(entry.version))
 
     return await _ask(request, calls.kv_get(ns, key), respond=shown)
+
+
+def _tags(header: str | None) -> set[str]:
+    """The entity tags of an If-Match or If-None-Match header, without quotes or W/."""
+    if not header:
+        return set()
+    return {tag.strip().removeprefix("W/").strip('"') for tag in header.split(",")}
 
 
 async def kv_put(request: Request) -> Response:
@@ -303,15 +365,20 @@ async def kv_put(request: Request) -> Response:
     frames = values.frames_of(await _json_body(request))
     ttl = _number(request, "ttl", 0.0)
     how, version = "set", 0
-    if "if-match" in request.headers:
+    if request.headers.get("if-match", "").strip() == "*":
+        how = "replace"  # only if it exists
+    elif "if-match" in request.headers:
         how, version = "cas", _version_of(request.headers["if-match"])
     elif request.headers.get("if-none-match", "").strip() == "*":
         how = "add"
+    elif "if-none-match" in request.headers:
+        raise HttpProblem(400, "If-None-Match on a write takes * only (write if the key is "
+                               "absent); to write only over a known version use If-Match")
     status_, new_version = await _ask(request, calls.kv_put(ns, key, frames, ttl, how,
                                                             version))
     if status_ != Status.OK:
-        said = ("exists" if how == "add" else "changed since that version, or is gone"
-                if how == "cas" else "was refused")
+        said = {"add": "exists", "cas": "changed since that version, or is gone",
+                "replace": "does not exist"}.get(how, "was refused")
         raise HttpProblem(412, f"key {key!r} in namespace {ns!r} {said}")
     return JSONResponse({"version": new_version}, headers=_etag(new_version))
 
@@ -396,3 +463,21 @@ routes = [
 
 async def on_error(request: Request, exc: Exception) -> Response:
     return problem(exc)
+
+
+async def on_http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own answers (no such route, a method the route has not) as JSON too."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # every method of the path, not only the first route's
+        headers["Allow"] = ", ".join(sorted(_methods_of(request.url.path)))
+    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}",
+                         "exception": "HTTPException", "status": exc.status_code},
+                        exc.status_code, headers=headers)
+
+
+def _methods_of(path: str) -> set[str]:
+    from starlette.routing import Match
+
+    scope = {"type": "http", "path": path, "method": "GET"}
+    return {method for route in routes if route.matches(scope)[0] != Match.NONE
+            for method in route.methods or ()}

@@ -10,6 +10,7 @@ from typing import Callable
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -17,13 +18,15 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import (
     PREVIEW_TRANSLATE_TIMEOUT, WEB_CALL_TIMEOUT, WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS,
+    WEB_WAITS,
 )
 from ..errors import NwsException
 from . import api, openapi
-from .auth import TokenAuth
-from .events import EventHub
+from .auth import BrowserGuard, TokenAuth
 from .caller import LoopCaller
+from .events import EventHub
 from .gateway import Gateway
+from .problems import ClientGone
 
 STATIC = Path(__file__).with_name("static")
 
@@ -40,7 +43,7 @@ def create_app(broker: str | None = None, *, token: str | None = None,
                translate: Callable[..., Callable | None] | None = None,
                max_body: int = WEB_MAX_BODY, calls: int = WEB_CALLS,
                max_streams: int = WEB_MAX_STREAMS, secure_cookie: bool = False,
-               call_timeout: float = WEB_CALL_TIMEOUT):
+               loopback: bool = True, call_timeout: float = WEB_CALL_TIMEOUT):
     """The gateway for ``broker`` (an address or a connection file; None: as every client
     finds one). ``token``: required of every request when given. ``translate(gateway[,
     timeout])`` makes what shows pickles (a babelfish asker) or None. ``calls``: broker
@@ -52,6 +55,7 @@ def create_app(broker: str | None = None, *, token: str | None = None,
     async def lifespan(app: Starlette):
         state = app.state
         state.limiter = anyio.CapacityLimiter(calls)
+        state.waits = anyio.CapacityLimiter(WEB_WAITS)  # apart: waits never hold up the rest
         state.max_body = max_body
         state.gateway = await anyio.to_thread.run_sync(
             lambda: Gateway(broker, call_timeout=call_timeout))
@@ -77,6 +81,8 @@ def create_app(broker: str | None = None, *, token: str | None = None,
               Route("/", _page, methods=["GET"]),
               Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={api.HttpProblem: api.on_error,
-                                        NwsException: api.on_error})
-    return TokenAuth(app, token, secure_cookie=secure_cookie)
+                    exception_handlers={api.HttpProblem: api.on_error, ClientGone: api.on_error,
+                                        NwsException: api.on_error,
+                                        HTTPException: api.on_http_error,
+                                        Exception: api.on_error})
+    return BrowserGuard(TokenAuth(app, token, secure_cookie=secure_cookie), loopback)

@@ -14,17 +14,21 @@ from .._version import __version__
 _VIEW = {"$ref": "#/components/schemas/Value"}
 _ERROR = {"description": "an error: the Python exception's message and name",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-#: What any route may answer when the broker cannot serve it.
-_BROKER_ERRORS = {
+_JSON_BODY = {"required": True, "content": {"application/json": {"schema": {}}},
+              "description": "any JSON value"}
+_WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number"},
+         "description": "seconds to wait for a value (without it: answer at once)"}
+
+
+#: What any route may answer: the token missing (a gateway with one), a page of another site
+#: or a name that is not loopback (``auth.BrowserGuard``), the broker gone or silent.
+_EVERY_ROUTE = {
+    "401": _ERROR, "403": _ERROR,
     "502": {**_ERROR, "description": "the broker went away or fell silent (the heartbeat gave "
                                      "it up): NwsConnectionDroppedException"},
     "504": {**_ERROR, "description": "the broker did not answer within the gateway's call "
                                      "timeout; the request was cancelled: BrokerTimeout"},
 }
-_JSON_BODY = {"required": True, "content": {"application/json": {"schema": {}}},
-              "description": "any JSON value"}
-_WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number"},
-         "description": "seconds to wait for a value (without it: answer at once)"}
 
 
 def _ok(description: str, schema: dict | None = None) -> dict:
@@ -61,15 +65,19 @@ OPERATIONS = {
         "declare(var, mode)", [], {"required": True, "content": {"application/json": {
             "schema": {"enum": ["fifo", "lifo", "multi", "single"]}}}},
         {"204": _ok("declared"), "400": _ERROR, "409": _ERROR}),
-    ("get", "/api/kv/{ns}/{key}"): ("KeyValueStore(workspace=ns).get(key)", [], None, {
-        "200": _ok("the entry; its version is also the ETag", _VIEW), "404": _ERROR}),
-    ("put", "/api/kv/{ns}/{key}"): ("store(key, value, ttl); If-Match: cas; If-None-Match: *: "
-                                    "add", [
+    ("get", "/api/kv/{ns}/{key}"): ("KeyValueStore(workspace=ns).get(key)", [
+        {"name": "If-None-Match", "in": "header", "required": False,
+         "schema": {"type": "string"}, "description": "the ETags known: 304 if current"}],
+        None, {"200": _ok("the entry; its version is also the ETag", _VIEW),
+               "304": _ok("the version given is the current one"), "404": _ERROR}),
+    ("put", "/api/kv/{ns}/{key}"): ("store(key, value, ttl); If-Match: a version: cas, *: "
+                                    "replace; If-None-Match: *: add", [
         {"name": "ttl", "in": "query", "required": False, "schema": {"type": "number"}},
         {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}},
         {"name": "If-None-Match", "in": "header", "required": False,
          "schema": {"type": "string"}}], _JSON_BODY,
-        {"200": _ok("written: the new version", {"type": "object"}), "412": _ERROR}),
+        {"200": _ok("written: the new version", {"type": "object"}), "400": _ERROR,
+         "412": _ERROR}),
     ("delete", "/api/kv/{ns}/{key}"): ("delete(key)", [], None,
                                        {"204": _ok("deleted"), "404": _ERROR}),
     ("post", "/api/kv/{ns}/{key}/incr"): ("incr(key, delta)", [
@@ -96,7 +104,7 @@ def document() -> dict:
         in_path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                    for name in re.findall(r"{(\w+)}", path)]
         operation = {"summary": summary, "parameters": in_path + parameters,
-                     "responses": {**answers, **_BROKER_ERRORS}}
+                     "responses": {**answers, **_EVERY_ROUTE}}
         if body is not None:
             operation["requestBody"] = body
         paths.setdefault(path, {})[method] = operation

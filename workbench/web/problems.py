@@ -32,9 +32,20 @@ class HttpProblem(Exception):
         self.status = status
 
 
+#: What a request whose client left is answered (no one reads it; nginx's number for it).
+CLIENT_GONE = 499
+
+
+class ClientGone(Exception):
+    """The HTTP client left while its request waited: nothing is answered (and nothing was
+    taken for it)."""
+
+
 def status_of(exc: Exception) -> int:
     if isinstance(exc, HttpProblem):
         return exc.status
+    if isinstance(exc, ClientGone):
+        return CLIENT_GONE
     for cls, status in _STATUSES:
         if isinstance(exc, cls):
             return status
@@ -46,6 +57,6 @@ def problem(exc: Exception, headers: dict | None = None) -> JSONResponse:
     status = status_of(exc)
     name = "HttpProblem" if isinstance(exc, HttpProblem) else type(exc).__name__
     message = str(exc) if isinstance(exc, (HttpProblem, NwsException)) else (
-        f"{name}: {exc}")
+        f"the gateway failed: {name}: {exc} (its log has the traceback)")
     return JSONResponse({"error": message, "exception": name, "status": status}, status,
                         headers=headers)

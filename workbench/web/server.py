@@ -8,7 +8,6 @@ serves without one. With ``--certfile`` and ``--keyfile`` it serves HTTPS.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -23,17 +22,9 @@ from functools import partial
 from ..certificates import write_private
 from ..config import WEB_MAX_BODY, WEB_MAX_STREAMS
 from ..connection_file import runtime_directory
+from ..hosts import advertised_host, is_loopback
 
 log = logging.getLogger("workbench.web")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -48,6 +39,7 @@ class WebSettings:
     keyfile: str | None = None
     insecure: bool = False
     connection_file: str | None = None
+    advertise: str | None = None  # the host clients elsewhere reach it by (default: --host)
     max_body: int = WEB_MAX_BODY
     max_streams: int = WEB_MAX_STREAMS
     parent_pid: int | None = None
@@ -84,6 +76,7 @@ def serve(settings: WebSettings) -> int:
     if (settings.certfile is None) != (settings.keyfile is None):
         raise SetupError("HTTPS needs both --certfile and --keyfile")
     token = choose_token(settings)
+    broker = check_broker(settings.broker)
     tls = settings.certfile is not None
     if not is_loopback(settings.host) and settings.insecure:
         log.warning("--insecure: serving %s without a token; anyone who reaches port %d can "
@@ -93,13 +86,13 @@ def serve(settings: WebSettings) -> int:
                     "--certfile and --keyfile for HTTPS", settings.host)
     app = create_app(settings.broker, token=token, translate=babelfish_asker,
                      max_body=settings.max_body, max_streams=settings.max_streams,
-                     secure_cookie=tls)
+                     secure_cookie=tls, loopback=is_loopback(settings.host))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile,
                             lifespan="on", access_log=False, server_header=False)
     server = uvicorn.Server(config)
     written: list[str] = []
-    announce = _Announcer(server, settings, token, tls, written)
+    announce = _Announcer(server, settings, token, tls, written, broker)
     announce.start()
     if settings.parent_pid is not None:
         _stop_with_parent(server, settings.parent_pid)
@@ -123,10 +116,10 @@ class _Announcer(threading.Thread):
     """Once the server listens: print where, and write the web connection file."""
 
     def __init__(self, server, settings: WebSettings, token: str | None, tls: bool,
-                 written: list[str]) -> None:
+                 written: list[str], broker: str) -> None:
         super().__init__(name="workbench-web-announce", daemon=True)
         self.server, self.settings, self.token, self.tls = server, settings, token, tls
-        self.written = written
+        self.written, self.broker = written, broker
 
     def run(self) -> None:
         while not self.server.started:
@@ -137,7 +130,7 @@ class _Announcer(threading.Thread):
         for listener in getattr(self.server, "servers", ()):  # the port, if 0 was asked for
             for sock in listener.sockets:
                 port = sock.getsockname()[1]
-        host = self.settings.host
+        host = self.settings.advertise or advertised_host(self.settings.host)
         shown = f"[{host}]" if ":" in host else host
         url = f"{'https' if self.tls else 'http'}://{shown}:{port}/"
         path = self.settings.connection_file or os.path.join(runtime_directory(),
@@ -149,7 +142,36 @@ class _Announcer(threading.Thread):
         except OSError as exc:
             log.warning("the web connection file %s could not be written: %s", path, exc)
         opened = f"{url}?token={self.token}" if self.token else url
-        print(f"workbench web: serving {opened} (web connection file {path})", flush=True)
+        print(f"workbench web: serving {opened} (web connection file {path}) for the broker "
+              f"at {self.broker}", flush=True)
+
+
+def check_broker(broker: str | None) -> str:
+    """The address of the broker the gateway is to serve, which answers -> its address.
+    SetupError, in one line, if none answers; and a gateway is never the only client of a
+    private broker of its own: without ``--broker`` (or WORKBENCH_BROKER) a broker must answer
+    at the default address."""
+    from ..client.embedded import connect
+    from ..config import BROKER_ENV, DEFAULT_HOST, DEFAULT_PORT
+    from ..errors import NwsException
+
+    if broker is None and not os.environ.get(BROKER_ENV):
+        import socket
+
+        try:
+            socket.create_connection((DEFAULT_HOST, DEFAULT_PORT), timeout=1.0).close()
+        except OSError:
+            raise SetupError(f"no broker answers at {DEFAULT_HOST}:{DEFAULT_PORT}: give "
+                             "--broker ADDR|FILE (or set WORKBENCH_BROKER), or start one with "
+                             "`workbench broker`") from None
+    try:
+        connection = connect(broker)
+    except NwsException as exc:
+        raise SetupError(str(exc)) from None
+    try:
+        return connection.address
+    finally:
+        connection.close()
 
 
 def babelfish_asker(gateway, timeout: float | None = None):

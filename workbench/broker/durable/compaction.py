@@ -26,7 +26,7 @@ from typing import Callable
 from ... import shm
 from ..state import BrokerState
 from ..state.snapshot import Snapshot
-from .log import LogWriter, write_all
+from .log import LogWriter
 from .records import encode
 
 #: Records written between two looks at the clock.
@@ -97,9 +97,9 @@ class Compaction:
         if self._sync_error is not None:
             raise self._sync_error
         writer = self.writer
-        writer.size += write_all(writer.fd, self._tail)
+        writer.append_framed(self._tail)
         self._tail = []
-        writer.sync()
+        writer.commit(sync=True)
         os.rename(self.temp_path, self.path)
         sync_directory(os.path.dirname(self.path))
         return writer

@@ -5,17 +5,24 @@ Files: ``lock`` (held with ``flock`` while a broker runs; it holds that broker's
 (see ``log``), and ``log.new`` while a compaction writes the next log.
 
 What each ``--fsync`` policy guarantees, as Redis's ``appendfsync`` (the default is everysec,
-Redis's default too):
+Redis's default too). Under every policy a change's record is in the log file (copied into a
+mapping of it: the page cache, see ``log``) before any reply that confirms the change leaves,
+so a crash of the broker process loses nothing acknowledged:
 
 * ``always``: a reply that confirms a change leaves only after the change is on disk. The
   records of one pass of the broker's loop share one ``fdatasync`` (group commit), so clients
   that call at the same time share its cost. Nothing acknowledged is lost, even to a power cut.
-* ``everysec``: every pass writes its records to the file before its replies leave, and a
-  thread puts them on disk at most a second later. A crash of the broker process loses nothing
-  (the kernel has the data); a crash of the machine loses what was acknowledged in the last
-  second or two.
-* ``no``: written each pass, put on disk when the kernel chooses (Linux: within about 30 s). A
-  process crash loses nothing; a machine crash what the kernel had not written yet.
+* ``everysec``: a thread puts the records on disk at most a second after they were written. A
+  crash of the machine loses what was acknowledged in the last second or two.
+* ``no``: put on disk when the kernel chooses (Linux: within about 30 s). A machine crash
+  loses what the kernel had not written yet.
+
+The broker's calls: ``record_log`` for the changes of every call into the state (the
+``EntryRecorder``'s: encoded and copied into the log's mapping at once), and, once a pass,
+``commit`` before the pass's replies leave when ``needs_commit`` says it must: under
+``always`` (the ``fdatasync``), or when records did not fit in the mapping and wait to be
+written (where a full disk shows: ``commit`` raises OSError and the broker stops without
+sending those replies). Under ``everysec`` and ``no`` a pass thus costs no system call.
 
 Compaction starts when the log is larger than ``compact_min`` (64 MiB) and more than
 ``compact_factor`` (2) times the live data, which is the larger of the bytes values hold and the
@@ -40,7 +47,7 @@ from ..state import BrokerState
 from ..state.restore import RestoreReport, Restorer
 from .compaction import Compaction, map_shared, sync_directory
 from .log import LogWriter, Replay, read_log
-from .records import StoreHeads, encode, encode_entry
+from .records import EntryRecorder, encode
 
 log = logging.getLogger("workbench.broker")
 
@@ -84,8 +91,17 @@ class DataDir:
         self.compactions = 0
         self.last_compaction: float | None = None  # wall clock
         self._always = fsync == "always"
+        #: ``commit`` must run before the replies of this pass leave: records wait to be
+        #: written (they did not fit in the log's mapping), or ``always`` syncs every pass.
+        #: The loop reads an attribute a pass, not a call: under ``everysec`` and ``no`` a
+        #: record is in the file once recorded.
+        self.needs_commit = self._always
+        #: The broker's call for the changes of each call into the state, as its
+        #: ``Effects.log`` holds them (read at once: they are the state's until its next
+        #: call): the recorder's ``record`` once the directory is open, called directly.
+        self.record_log: Callable[[list], None] = _not_open
+        self._recorder: EntryRecorder | None = None
         self._clock_offset = 0.0  # the wall clock minus the state's
-        self._heads: StoreHeads = {}  # what the records of the state's stores repeat
         self._syncer: _EverySecond | None = None
         self._swap = threading.Lock()  # the syncer's fdatasync against a compaction's swap
 
@@ -128,7 +144,6 @@ class DataDir:
 
     def _open(self, state: BrokerState, now: float) -> tuple[Replay, RestoreReport]:
         self.state = state
-        self._heads = {}  # they hold the variable ids of this state's history
         self._clock_offset = self.wall_clock() - now
         try:
             os.unlink(self._temp_path)  # a compaction that a crash interrupted
@@ -140,7 +155,9 @@ class DataDir:
         for misfit in report.misfits:
             log.warning("data directory: skipped a record that does not fit: %s", misfit)
         created = not os.path.exists(self.log_path)
-        self.writer = LogWriter.reopen(self.log_path, self.fdatasync)
+        self._use(LogWriter.reopen(self.log_path, self.fdatasync))
+        self._recorder = EntryRecorder(self.writer, map_shared, self._clock_offset)
+        self.record_log = self._recorder.record
         if created:
             sync_directory(self.path)
         self._measured(self.writer.size)
@@ -162,6 +179,7 @@ class DataDir:
             self.compaction.abandon()
             self.compaction = None
         if self.writer is not None:
+            self.record_log = _not_open
             try:
                 self.writer.commit(sync=True)
             finally:
@@ -174,23 +192,31 @@ class DataDir:
     # ---------------------------------------------------------------- the loop's calls
 
     def record(self, changes: list) -> None:
-        """Append change records (written at the next ``commit``)."""
+        """Append change records (see ``record_log`` for the changes of calls)."""
         offset, append = self._clock_offset, self.writer.append
         for record in changes:
             append(encode(record, offset, map_shared))
 
-    def record_log(self, entries: list) -> None:
-        """Append the changes of a call into the state as its ``Effects.log`` holds them
-        (read at once: they are the state's until its next call)."""
-        offset, append, heads = self._clock_offset, self.writer.append, self._heads
-        for entry in entries:
-            append(encode_entry(entry, offset, map_shared, heads))
-
     def commit(self) -> None:
-        """Write what was recorded and, under ``always``, put it on disk: before the replies
-        of the pass leave. OSError if the disk refuses."""
+        """Before the replies of a pass leave, when ``needs_commit`` says so: write the
+        records that wait and, under ``always``, put the log on disk. OSError if the disk
+        refuses."""
+        self.writer.commit(self._always)
+        self.needs_commit = self._always
+
+    def _use(self, writer: LogWriter) -> None:
+        """Append to ``writer`` from now on."""
+        self.writer = writer
+        writer.notify = self._writer_notice
+        if self._recorder is not None:
+            self._recorder.writer = writer
+
+    def _writer_notice(self) -> None:
+        """The writer's ``notify``: records wait for a commit, or the log passed the size
+        that may call for a compaction."""
         writer = self.writer
-        writer.commit(self._always)
+        if writer.waiting:
+            self.needs_commit = True
         if writer.size > self._compact_at:
             self.wants_work = True
 
@@ -204,6 +230,8 @@ class DataDir:
         """The state's clock reads ``now``: deadlines are logged on the wall clock from here
         (the two drift apart slowly: the broker calls this now and then)."""
         self._clock_offset = self.wall_clock() - now
+        if self._recorder is not None:
+            self._recorder.clock_offset = self._clock_offset
 
     def work(self, now: float) -> None:
         """After a pass's replies left, if ``wants_work``: start a compaction if the log
@@ -230,8 +258,18 @@ class DataDir:
     def _start_compaction(self) -> None:
         self.writer.commit(self._always)
         started = time.monotonic()
-        compaction = Compaction(self.state, self.log_path, self._temp_path,
-                                self._clock_offset, self.fdatasync)
+        try:
+            compaction = Compaction(self.state, self.log_path, self._temp_path,
+                                    self._clock_offset, self.fdatasync)
+        except OSError as exc:  # no room for the new log: the old one goes on, whole
+            log.error("data directory: a compaction could not start, the log goes on as it "
+                      "was: %s", exc)
+            try:
+                os.unlink(self._temp_path)
+            except OSError:
+                pass
+            self._measured(self.writer.size)  # not again until it doubles
+            return
         self.writer.tap = compaction.tap
         self.compaction = compaction
         log.info("data directory: compacting a log of %d bytes (%d in values; the state's "
@@ -242,7 +280,7 @@ class DataDir:
         old = self.writer
         old.commit(self._always)  # nothing may be left behind in the old log's buffer
         with self._swap:
-            self.writer = compaction.finish()
+            self._use(compaction.finish())
             old.close()
         self.compaction = None
         self._measured(compaction.snapshot_bytes)
@@ -267,6 +305,8 @@ class DataDir:
         self._compact_at = max(self.compact_min, self.compact_factor * snapshot_bytes)
         self.wants_work = self.compaction is not None or (
             self.writer is not None and self.writer.size > self._compact_at)
+        if self.writer is not None:
+            self.writer.limit = self._compact_at  # it tells when the log passes it
 
     def sync_if_written(self) -> None:
         """Put what was written on disk, if anything was since the last time (``everysec``)."""
@@ -274,6 +314,10 @@ class DataDir:
             writer = self.writer
             if writer is not None and writer.unsynced:
                 writer.sync()
+
+
+def _not_open(entries: list) -> None:
+    raise RuntimeError("the data directory is not open (DataDir.open)")
 
 
 class _EverySecond(threading.Thread):

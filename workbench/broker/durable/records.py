@@ -69,26 +69,52 @@ def _optional(value: bytes | None) -> bytes:
     return _LENGTH.pack(_NONE) if value is None else _LENGTH.pack(len(value)) + value
 
 
-def encode_entry(entry: tuple, clock_offset: float, read_shared: ReadShared,
-                 heads: StoreHeads | None = None) -> list:
+def encode_entry(entry: tuple, clock_offset: float, read_shared: ReadShared) -> list:
     """An entry of ``Effects.log`` -> the buffers of its record's body, without building the
-    record where it can (a store, a take, a removal: the records of nearly every request).
-    ``heads``: what the stores of one state's variables repeat, kept from call to call."""
+    record where it can (a store, a take, a removal: the records of nearly every request;
+    ``EntryRecorder`` has a faster way for most stores)."""
     kind = entry[0]
     if kind is stored:
         var, value = entry[1], entry[2]
-        frames = value.frames
-        if len(frames) == 1 and value.shared is None:  # nearly every store: one pack call
-            frame = frames[0]
-            if type(frame) is bytes and len(frame) < _SMALL_BODY:
-                pack, prefix, middle = (heads is not None and heads.get(var.id)
-                                        or _one_frame_head(var, heads))
-                return [pack(prefix, value.seq, value.size, middle, len(frame)) + frame]
-        return _encode_stored(var.workspace.name, var.name, var.id, value.seq, frames,
+        return _encode_stored(var.workspace.name, var.name, var.id, value.seq, value.frames,
                               value.size, value.shared, read_shared)
     if kind is Taken or kind is Removed:
         return [_VALUE.pack(TAGS[kind], entry[1], entry[2])]
     return encode(kind(*entry[1:]), clock_offset, read_shared)
+
+
+class EntryRecorder:
+    """Hands the change entries of calls into one state (``Effects.log``) to a log writer as
+    record bodies: ``record`` is what a data directory calls for every call into the state,
+    the hottest path of logging, so it encodes a store of one small frame itself, straight to
+    the writer's ``append_body``, and the rest through ``encode_entry`` to its ``append``.
+
+    ``writer``: a ``log.LogWriter`` (or anything with its ``append`` and ``append_body``).
+    ``clock_offset``: see ``encode``; whoever moves the clocks apart sets it."""
+
+    def __init__(self, writer, read_shared: ReadShared, clock_offset: float = 0.0) -> None:
+        self.writer = writer
+        self.read_shared = read_shared
+        self.clock_offset = clock_offset
+        self.heads: StoreHeads = {}  # they hold the variable ids of this state's history
+
+    def record(self, entries: list) -> None:
+        """Append the records of ``entries`` (read at once: they are the state's until its
+        next call)."""
+        writer, heads = self.writer, self.heads
+        for entry in entries:
+            if entry[0] is stored:
+                value = entry[2]
+                frames = value.frames
+                if len(frames) == 1 and value.shared is None:  # nearly every store
+                    frame = frames[0]
+                    if type(frame) is bytes and len(frame) < _SMALL_BODY:
+                        var = entry[1]
+                        pack, prefix, middle = heads.get(var.id) or _one_frame_head(var, heads)
+                        writer.append_body(pack(prefix, value.seq, value.size, middle,
+                                                len(frame)) + frame)
+                        continue
+            writer.append(encode_entry(entry, self.clock_offset, self.read_shared))
 
 
 def encode(record, clock_offset: float, read_shared: ReadShared) -> list:
@@ -160,16 +186,15 @@ _MOST_HEADS = 1 << 16
 _one_frame_structs: dict[int, struct.Struct] = {}
 
 
-def _one_frame_head(var, heads: StoreHeads | None) -> tuple[Callable, bytes, bytes]:
+def _one_frame_head(var, heads: StoreHeads) -> tuple[Callable, bytes, bytes]:
     middle = _ONE_FRAME.pack(False, 1) + _name(var.workspace.name) + _name(var.name)
     fmt = _one_frame_structs.get(len(middle))
     if fmt is None:  # tag and id, seq, size, the middle, the frame's length
         fmt = _one_frame_structs[len(middle)] = struct.Struct(f"<9sQQ{len(middle)}sQ")
     head = (fmt.pack, _VAR.pack(6, var.id), middle)
-    if heads is not None:
-        if len(heads) >= _MOST_HEADS:
-            heads.clear()
-        heads[var.id] = head
+    if len(heads) >= _MOST_HEADS:
+        heads.clear()
+    heads[var.id] = head
     return head
 
 
