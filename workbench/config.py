@@ -244,8 +244,16 @@ WEB_PORT = 8766  # `workbench web` and `workbench broker --web` (DEFAULT_PORT is
 WEB_MAX_BODY = 16 << 20
 #: The longest ``?wait=`` a find or fetch through the gateway may ask for (seconds).
 WEB_MAX_WAIT = 300.0
-#: Broker calls the gateway makes at once (its threads); more requests wait for one.
+#: Broker calls the gateway makes at once from its threads (large bodies, previews; waits
+#: have WEB_WAITS); more such requests wait for one. The other calls go out from the event
+#: loop, unthrottled.
 WEB_CALLS = 64
+#: Bytes of arguments and value beyond which a call goes out from a gateway thread, not from
+#: the event loop: one large send must never hold the loop.
+WEB_LOOP_CALL_MOST = 64 << 10
+#: Seconds the broker may take to answer a gateway call that does not wait (then 504, and the
+#: request is cancelled). A broker that stopped is noticed sooner, by the heartbeat (502).
+WEB_CALL_TIMEOUT = 10.0
 #: Finds and fetches with ``?wait=`` waiting at once; more wait for one of them to end.
 WEB_WAITS = 128
 #: A wait through the gateway asks the broker in slices this long (seconds), looking between

@@ -117,13 +117,15 @@ class Channel:
     """One thread's DEALER socket and the bookkeeping of its requests."""
 
     def __init__(self, endpoint: str, session_id: bytes, number: int,
-                 connect_timeout: float, curve: ClientKeys | None = None) -> None:
-        """Connect to the broker at ``endpoint`` (with CURVE's ``curve`` keys); OSError if
-        nothing accepts there (DealerError, one, if the handshake fails)."""
+                 connect_timeout: float, curve: ClientKeys | None = None,
+                 owner: threading.Thread | None = None) -> None:
+        """Connect to the broker at ``endpoint`` (with CURVE's ``curve`` keys) for ``owner``
+        (None: the calling thread); OSError if nothing accepts there (DealerError, one, if
+        the handshake fails)."""
         self.number = number
         self.session_id = session_id
         self.retired = False  # set when the connection closes, from whichever thread
-        self.owner = threading.current_thread()  # a socket belongs to one thread
+        self.owner = owner or threading.current_thread()  # a socket belongs to one thread
         self.dealer = Dealer(endpoint, session_id + CHANNEL.pack(number), connect_timeout,
                              curve)
         self.ids = itertools.count(1)
@@ -169,32 +171,46 @@ class Channel:
         When the socket takes no more (a broker that stopped reading), the send waits in
         slices, reading replies meanwhile, and calls ``alive``, which raises once the broker
         is known gone: a fire-and-forget publisher never hangs on a dead broker."""
-        if frames:
-            args = [*args, frames[0]]
-        queued = self.acks
-        drained = None
-        if not queued and not acks:
-            head = request_head(op, request_id, args)
-        else:
-            drained = list(acks)
-            while queued:
-                try:
-                    drained.append(queued.popleft())
-                except IndexError:  # the heartbeat thread took it
-                    break
-            if not drained:
-                head = request_head(op, request_id, args)
-            else:
-                acked = b"%d" % drained[0] if len(drained) == 1 else pack_acks(drained)
-                head = request_head(op, request_id, [acked, *args], FLAG_ACKS)
+        head, drained = self._head(op, args, frames, acks, request_id)
         try:
             went_out = self.dealer.send((head, *frames[1:]) if len(frames) > 1 else (head,),
                                         alive)
         except DealerError as exc:
             raise NwsConnectionDroppedException(str(exc)) from None
         if not went_out and drained and len(drained) > len(acks):
-            queued.extendleft(reversed(drained[len(acks):]))
+            self.acks.extendleft(reversed(drained[len(acks):]))
         return went_out
+
+    def post_nowait(self, op: int, args: list, frames: list | tuple, request_id: int) -> bool:
+        """Send request ``request_id`` on a channel an event loop drives, never waiting (see
+        ``Dealer.send_nowait``: what the socket does not take now goes out with the next
+        ``dealer.flush()``) -> whether it is all out. The queued acknowledgements ride on it,
+        as on ``post``. NwsConnectionDroppedException if the connection broke."""
+        head = self._head(op, args, frames, (), request_id)[0]
+        try:
+            return self.dealer.send_nowait((head, *frames[1:]) if len(frames) > 1 else (head,))
+        except DealerError as exc:
+            raise NwsConnectionDroppedException(str(exc)) from None
+
+    def _head(self, op: int, args: list, frames: list | tuple, acks: tuple | list,
+              request_id: int) -> tuple[bytes, list | None]:
+        """A request's head frame, carrying ``acks`` and the acknowledgements queued -> (the
+        head, the request ids it acknowledges or None)."""
+        if frames:
+            args = [*args, frames[0]]
+        queued = self.acks
+        if not queued and not acks:
+            return request_head(op, request_id, args), None
+        drained = list(acks)
+        while queued:
+            try:
+                drained.append(queued.popleft())
+            except IndexError:  # the heartbeat thread took it
+                break
+        if not drained:
+            return request_head(op, request_id, args), None
+        acked = b"%d" % drained[0] if len(drained) == 1 else pack_acks(drained)
+        return request_head(op, request_id, [acked, *args], FLAG_ACKS), drained
 
     def new_request_id(self) -> int:
         return next(self.ids) & 0xFFFFFFFF
@@ -496,7 +512,22 @@ class Connection:
                 self.broken or f"the connection to {self.address} is closed")
         return channel
 
-    def _new_channel(self) -> Channel:
+    def open_channel(self, owner: threading.Thread) -> Channel:
+        """A new channel of this session for ``owner`` alone (an event loop's thread, which
+        drives the socket itself: ``Channel.post_nowait``, ``Dealer.receive_ready``), opened
+        by the calling thread, which may wait meanwhile: a new session first if the broker
+        closed the last one. It is not the calling thread's channel. The heartbeat carries
+        its queued acknowledgements as any channel's; its owner closes it (closing the
+        connection retires it, as it does the channels of other live threads)."""
+        if self.lost:
+            self._reconnect()
+        try:
+            return self._new_channel(owner)
+        except OSError as exc:
+            raise NwsConnectionDroppedException(
+                f"cannot reach the broker at {self.address} ({_reason(exc)})") from None
+
+    def _new_channel(self, owner: threading.Thread | None = None) -> Channel:
         if self.closed:
             raise NwsConnectionDroppedException(f"the connection to {self.address} is closed")
         with self._lock:
@@ -504,9 +535,10 @@ class Connection:
                 dead.close()  # a finished thread's socket
                 self._channels.remove(dead)
             channel = Channel(self.endpoint, self.session_id, next(self._channel_numbers),
-                              self.connect_timeout, self.curve)
+                              self.connect_timeout, self.curve, owner)
             self._channels.append(channel)
-        self._local.channel = channel
+        if owner is None:
+            self._local.channel = channel
         return channel
 
     def acknowledge(self, leases: list[tuple[Channel, int]], timeout: float) -> None:

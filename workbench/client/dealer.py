@@ -98,6 +98,7 @@ class Dealer:
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN)
         self._messages: deque[list] = deque()
+        self._outbox: deque[list] = deque()  # messages ``send_nowait`` queued, not yet out
         self._cut = False  # part of a message is sent, the rest not yet
         self.closed = False
         metadata = properties(Socket_Type=b"DEALER", Identity=identity)
@@ -301,6 +302,52 @@ class Dealer:
         if inbound.messages:
             self._messages.extend(frames for frames, _ in inbound.messages)
             inbound.messages.clear()
+
+    # ------------------------------------------------------------------ for an event loop
+
+    # A socket an event loop watches is never waited on: the loop says when it is readable or
+    # writable, and these read or write what the kernel has or takes at that moment.
+
+    def send_nowait(self, frames: list | tuple) -> bool:
+        """Send one message without waiting -> whether it, and every message queued before
+        it, is out. What the kernel does not take now stays queued, in order: call ``flush``
+        whenever the socket is writable until it says True. Not to be mixed with ``send`` on
+        one socket. DealerError (the connection is then closed) if the connection broke."""
+        buffers = self._seal(frames)
+        if len(buffers) > 1 and sum(map(len, buffers)) < _JOIN_BELOW:
+            buffers = [b"".join(buffers)]
+        self._outbox.append(buffers)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send what the kernel takes now of the messages ``send_nowait`` queued -> whether
+        all of them are out."""
+        sock = self._check_open()
+        outbox = self._outbox
+        try:
+            while outbox:
+                with Deferred():
+                    if not self._send_some(sock, outbox[0]):
+                        return False
+                    outbox.popleft()
+        except OSError as exc:
+            reason = self._last_words()
+            self.close()
+            raise DealerError(reason or _broken(exc)) from None
+        return True
+
+    def receive_ready(self) -> list[list]:
+        """Read once what the kernel holds, without waiting -> the messages complete so far
+        (maybe none: a message may arrive in parts). For a socket an event loop saw readable.
+        DealerError (the connection is then closed) if the connection broke."""
+        messages = self._messages
+        if not messages:
+            self._check_open()
+            with Deferred():
+                self._read()
+        taken = list(messages)
+        messages.clear()
+        return taken
 
     # ------------------------------------------------------------------ lifetime
 

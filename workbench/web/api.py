@@ -1,8 +1,10 @@
-"""The REST API's routes: JSON in and out, one broker call (in a gateway thread) per request.
+"""The REST API's routes: JSON in and out, one broker call (or two) per request.
 
 Every route answers as the Python client's method of the same name would, translated into HTTP
 (see ``docs/web.md``): a value as a JSON view (``values``), an error as JSON with the Python
-exception's message and a status code (``problems``).
+exception's message and a status code (``problems``). The broker calls are ``calls``; a call
+that does not wait and sends little goes out from the event loop (``caller``), the others
+(``?wait=``, large bodies) from a gateway thread (``gateway``), at most ``WEB_CALLS`` at once.
 """
 
 from __future__ import annotations
@@ -16,18 +18,18 @@ from functools import partial
 from typing import Any, Callable
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..client.keyvalue import Entry
-from ..config import WAIT_SLICE, WEB_MAX_BODY, WEB_MAX_WAIT
+from ..config import WAIT_SLICE, WEB_LOOP_CALL_MOST, WEB_MAX_BODY, WEB_MAX_WAIT
 from ..errors import NwsTimeoutException
 from ..protocol import Status
-from . import values
-from .gateway import EmptyVariable
+from . import calls, values
+from .calls import BrokerCall, EmptyVariable, Value
 from .problems import ClientGone, HttpProblem, problem
 
 _NO_CONTENT = 204
@@ -36,10 +38,57 @@ _MODES = ("fifo", "lifo", "multi", "single")
 
 async def _call(request: Request, function: Callable, *args: Any,
                 limiter: anyio.CapacityLimiter | None = None) -> Any:
-    """Run a blocking broker call in one of the gateway's threads (``limiter``: the threads
-    it may use; by default those of the calls that do not wait)."""
+    """Run a blocking call in one of the gateway's threads (``limiter``: the threads it may
+    use; by default those of the calls that do not wait)."""
     return await anyio.to_thread.run_sync(partial(function, *args),
                                           limiter=limiter or request.app.state.limiter)
+
+
+async def _ask(request: Request, call: BrokerCall, wait: float | None = None,
+               respond: Callable[[Any], Any] | None = None) -> Any:
+    """The broker's answer to ``call`` -> ``respond(answer)`` if given, made before a value
+    the call took is acknowledged (and not at all if the HTTP client went away meanwhile: the
+    value goes back). From the event loop if the call does not ``wait`` and is small, else
+    from a gateway thread."""
+    state = request.app.state
+    caller = state.caller
+    if wait is None and caller.takes(call):
+        if respond is None:
+            return await caller.call(call)
+        return await caller.call(call, partial(_respond_on_loop, request, state, respond,
+                                               call.leased))
+    state.thread_calls += 1
+    respond_there = respond and partial(_respond_in_thread, request, respond, call.leased)
+    return await anyio.to_thread.run_sync(
+        partial(state.gateway.call, call, wait, respond_there), limiter=state.limiter)
+
+
+def _respond_on_loop(request: Request, state: Any, respond: Callable[[Any], Any],
+                     leased: bool, answer: Any) -> Any:
+    """``respond(answer)`` on the loop, or a coroutine making it: in a thread if the value is
+    slow to show, and checking that the client is still there if a value was taken."""
+    slow = type(answer) is Value and values.slow_to_show(answer.frames, state.translate,
+                                                         WEB_LOOP_CALL_MOST)
+    if not (slow or leased):
+        return respond(answer)
+    return _respond_later(request, respond, leased, slow, answer)
+
+
+async def _respond_later(request: Request, respond: Callable[[Any], Any], leased: bool,
+                         slow: bool, answer: Any) -> Any:
+    # Not under the broker calls' limiter: a value taken must not wait behind other calls.
+    made = await anyio.to_thread.run_sync(respond, answer) if slow else respond(answer)
+    if leased and await request.is_disconnected():
+        raise ClientGone()  # the value it took goes back
+    return made
+
+
+def _respond_in_thread(request: Request, respond: Callable[[Any], Any], leased: bool,
+                       answer: Any) -> Any:
+    made = respond(answer)
+    if leased and anyio.from_thread.run(request.is_disconnected):
+        raise ClientGone()
+    return made
 
 
 async def _json_body(request: Request) -> Any:
@@ -78,6 +127,8 @@ def _finite(text: str) -> float:
 
 
 def _wait(request: Request) -> float | None:
+    if not request.scope.get("query_string"):  # the common case, without parsing a query
+        return None
     text = request.query_params.get("wait")
     if text is None:
         return None
@@ -105,14 +156,22 @@ def _view(request: Request, frames: list) -> dict:
     return values.view(frames, request.app.state.translate)
 
 
+def _shown(request: Request) -> Callable[[Value], Response]:
+    """What answers with a value: its JSON view."""
+    translate = request.app.state.translate
+    return lambda value: JSONResponse(values.view(value.frames, translate))
+
+
 # ---------------------------------------------------------------------- the broker
 
 
 async def status(request: Request) -> Response:
-    """The broker's status, and which of its clients are this gateway's sessions."""
+    """The broker's status, which of its clients are this gateway's sessions, and how many
+    calls the gateway made from its event loop and from its threads."""
     state = request.app.state
-    answer = await _call(request, state.gateway.status)
-    answer["gateway"] = {"sessions": [state.gateway.label, state.hub.label]}
+    answer = await _ask(request, calls.status())
+    answer["gateway"] = {"sessions": [state.gateway.label, state.hub.label],
+                         "calls": {"loop": state.caller.calls, "threads": state.thread_calls}}
     return JSONResponse(answer)
 
 
@@ -120,26 +179,24 @@ async def status(request: Request) -> Response:
 
 
 async def list_workspaces(request: Request) -> Response:
-    return JSONResponse(await _call(request, request.app.state.gateway.list_workspaces))
+    return JSONResponse(await _ask(request, calls.list_workspaces()))
 
 
 async def put_workspace(request: Request) -> Response:
     ws = request.path_params["ws"]
-    created = await _call(request, request.app.state.gateway.create_workspace, ws)
-    return JSONResponse({"name": ws, "created": created}, 201 if created else 200)
+    existed = ws in await _ask(request, calls.list_workspaces())
+    await _ask(request, calls.use_workspace(ws))
+    return JSONResponse({"name": ws, "created": not existed}, 200 if existed else 201)
 
 
 async def delete_workspace(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    ws = request.path_params["ws"]
-    await _call(request, gateway.delete_workspace, ws)
+    await _ask(request, calls.delete_workspace(request.path_params["ws"]))
     return Response(status_code=_NO_CONTENT)
 
 
 async def list_variables(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ws = request.path_params["ws"]
-    listed = await _call(request, gateway.list_variables, ws)
+    listed = await _ask(request, calls.list_variables(ws))
     if request.query_params.get("preview") in ("1", "true", "yes"):
         await _call(request, _add_previews, request, ws, listed)
     return JSONResponse(listed)
@@ -158,10 +215,11 @@ def _add_previews(request: Request, ws: str, listed: dict) -> None:
         if not row["values"]:
             continue
         try:
-            frames = gateway.find(ws, row["name"], None)
+            found = gateway.call(calls.find(ws, row["name"], None))
         except Exception:  # noqa: BLE001 - fetched meanwhile, or deleted: no preview
             continue
-        row["preview"] = _shortened(values.view(frames, request.app.state.translate_preview))
+        row["preview"] = _shortened(values.view(found.frames,
+                                                request.app.state.translate_preview))
 
 
 def _shortened(view: dict) -> dict:
@@ -181,10 +239,9 @@ def _shortened(view: dict) -> dict:
 
 
 async def store(request: Request) -> Response:
-    gateway = request.app.state.gateway
     frames = values.frames_of(await _json_body(request))
-    await _call(request, gateway.store, request.path_params["ws"], request.path_params["var"],
-                frames)
+    await _ask(request, calls.store(request.path_params["ws"], request.path_params["var"],
+                                    frames))
     return Response(status_code=_NO_CONTENT)
 
 
@@ -197,35 +254,37 @@ async def fetch(request: Request) -> Response:
 
 
 async def _read(request: Request, take: bool) -> Response:
-    """A find or fetch; with ``?wait=S``, waiting for a value (``_wait_for_value``)."""
-    gateway = request.app.state.gateway
+    """A find or fetch: at once, from the event loop; with ``?wait=S``, waiting for a value
+    (``_wait_for_value``)."""
     ws, var = request.path_params["ws"], request.path_params["var"]
     wait = _wait(request)
-    if wait is None:
-        frames = await _call(request, gateway.fetch if take else gateway.find, ws, var, None)
-    else:
-        frames = await _wait_for_value(request, ws, var, wait, take)
-    return JSONResponse(_view(request, frames))
+    if wait is not None:
+        return await _wait_for_value(request, ws, var, wait, take)
+    return await _ask(request, (calls.fetch if take else calls.find)(ws, var, None),
+                      respond=_shown(request))
 
 
 async def _wait_for_value(request: Request, ws: str, var: str, wait: float,
-                          take: bool) -> list:
-    """Wait up to ``wait`` seconds for a value of the variable -> its frames (taken if
+                          take: bool) -> Response:
+    """Wait up to ``wait`` seconds for a value of the variable -> the answer with it (taken if
     ``take``). NwsTimeoutException when none came.
 
     The broker is asked in slices of at most ``WAIT_SLICE`` seconds, each a find that takes
-    nothing and is cancelled at the broker when it runs out; between slices the gateway looks
-    whether the HTTP client is still there, so a client that gave up holds no broker call and
-    no thread for longer than a slice. A fetch takes its value only once a find saw one and the
-    client is still there (a fetch left waiting at the broker would take a value stored later
-    and hand it to no one); if another fetcher took it first, the wait goes on."""
-    gateway = request.app.state.gateway
+    nothing and is cancelled at the broker when it runs out, from a thread of the waits'; between
+    slices the gateway looks whether the HTTP client is still there, so a client that gave up
+    holds no broker call and no thread for longer than a slice. A fetch takes its value only
+    once a find saw one and the client is still there (a fetch left waiting at the broker would
+    take a value stored later and hand it to no one), as a fetchTry from the event loop; if
+    another fetcher took it first, the wait goes on."""
+    state = request.app.state
+    shown = _shown(request)
     deadline = time.monotonic() + wait
     while True:
         left = deadline - time.monotonic()
+        slice_ = max(0.0, min(WAIT_SLICE, left))
         try:
-            frames = await _call(request, gateway.find, ws, var, max(0.0, min(WAIT_SLICE, left)),
-                                 limiter=request.app.state.waits)
+            found = await _call(request, state.gateway.call, calls.find(ws, var, slice_),
+                                slice_, None if take else shown, limiter=state.waits)
         except NwsTimeoutException:
             if left <= WAIT_SLICE:
                 raise NwsTimeoutException(f"no value of variable {var!r} of workspace {ws!r} "
@@ -234,11 +293,11 @@ async def _wait_for_value(request: Request, ws: str, var: str, wait: float,
                 raise ClientGone() from None
             continue
         if not take:
-            return frames
+            return found
         if await request.is_disconnected():
             raise ClientGone()
         try:
-            return await _call(request, gateway.fetch, ws, var, None)
+            return await _ask(request, calls.fetch(ws, var, None), respond=shown)
         except EmptyVariable:  # another fetcher was first: wait on
             if time.monotonic() >= deadline:
                 raise NwsTimeoutException(f"no value of variable {var!r} of workspace {ws!r} "
@@ -246,20 +305,18 @@ async def _wait_for_value(request: Request, ws: str, var: str, wait: float,
 
 
 async def declare(request: Request) -> Response:
-    gateway = request.app.state.gateway
     mode = await _json_body(request)
     if not isinstance(mode, str) or mode.lower() not in _MODES:
         raise HttpProblem(400, f"illegal mode: {mode!r} (the body is one of "
                                f"{', '.join(map(json.dumps, _MODES))})")
-    await _call(request, gateway.declare, request.path_params["ws"], request.path_params["var"],
-                mode.lower())
+    await _ask(request, calls.declare(request.path_params["ws"], request.path_params["var"],
+                                      mode.lower()))
     return Response(status_code=_NO_CONTENT)
 
 
 async def delete_variable(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    await _call(request, gateway.delete_variable, request.path_params["ws"],
-                request.path_params["var"])
+    await _ask(request, calls.delete_variable(request.path_params["ws"],
+                                              request.path_params["var"]))
     return Response(status_code=_NO_CONTENT)
 
 
@@ -278,16 +335,22 @@ def _version_of(tag: str) -> int:
     return int(text)
 
 
+def _no_key(ns: str, key: str) -> HttpProblem:
+    return HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+
+
 async def kv_get(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
-    entry: Entry | None = await _call(request, gateway.kv_get, ns, key)
-    if entry is None:
-        raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
-    if _tags(request.headers.get("if-none-match")) & {str(entry.version), "*"}:
-        return Response(status_code=304, headers=_etag(entry.version))  # unchanged
-    return JSONResponse({**_view(request, entry.value), "version": entry.version},
-                        headers=_etag(entry.version))
+
+    def shown(entry: Value | None) -> Response:
+        if entry is None:
+            raise _no_key(ns, key)
+        if _tags(request.headers.get("if-none-match")) & {str(entry.version), "*"}:
+            return Response(status_code=304, headers=_etag(entry.version))  # unchanged
+        return JSONResponse({**_view(request, entry.frames), "version": entry.version},
+                            headers=_etag(entry.version))
+
+    return await _ask(request, calls.kv_get(ns, key), respond=shown)
 
 
 def _tags(header: str | None) -> set[str]:
@@ -298,7 +361,6 @@ def _tags(header: str | None) -> set[str]:
 
 
 async def kv_put(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
     frames = values.frames_of(await _json_body(request))
     ttl = _number(request, "ttl", 0.0)
@@ -312,8 +374,8 @@ async def kv_put(request: Request) -> Response:
     elif "if-none-match" in request.headers:
         raise HttpProblem(400, "If-None-Match on a write takes * only (write if the key is "
                                "absent); to write only over a known version use If-Match")
-    status_, new_version = await _call(request, gateway.kv_put, ns, key, frames, ttl, how,
-                                       version)
+    status_, new_version = await _ask(request, calls.kv_put(ns, key, frames, ttl, how,
+                                                            version))
     if status_ != Status.OK:
         said = {"add": "exists", "cas": "changed since that version, or is gone",
                 "replace": "does not exist"}.get(how, "was refused")
@@ -322,19 +384,17 @@ async def kv_put(request: Request) -> Response:
 
 
 async def kv_delete(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
-    if not await _call(request, gateway.kv_delete, ns, key):
-        raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+    if not await _ask(request, calls.kv_delete(ns, key)):
+        raise _no_key(ns, key)
     return Response(status_code=_NO_CONTENT)
 
 
 async def kv_incr(request: Request) -> Response:
-    gateway = request.app.state.gateway
     ns, key = request.path_params["ns"], request.path_params["key"]
-    value = await _call(request, gateway.kv_incr, ns, key, _number(request, "delta", 1, int))
+    value = await _ask(request, calls.kv_incr(ns, key, _number(request, "delta", 1, int)))
     if value is None:
-        raise HttpProblem(404, f"no key {key!r} in namespace {ns!r}")
+        raise _no_key(ns, key)
     return JSONResponse({"value": value})
 
 
@@ -342,14 +402,12 @@ async def kv_incr(request: Request) -> Response:
 
 
 async def publish(request: Request) -> Response:
-    gateway = request.app.state.gateway
     frames = values.frames_of(await _json_body(request))
     try:
-        delivered = await _call(request, gateway.publish, request.path_params["identifier"],
-                                frames)
+        call = calls.publish(request.path_params["identifier"], frames)
     except ValueError as exc:  # not an identifier
         raise HttpProblem(400, str(exc)) from None
-    return JSONResponse({"delivered": delivered})
+    return JSONResponse({"delivered": await _ask(request, call)})
 
 
 async def events(request: Request) -> Response:
@@ -381,16 +439,18 @@ _WS = "/api/workspaces/{ws}"
 _VAR = _WS + "/vars/{var}"
 _KV = "/api/kv/{ns}/{key}"
 
+# The values' routes first: every request is matched against the routes in order, and these
+# are the ones called most.
 routes = [
+    Route(_VAR, store, methods=["POST"]),
+    Route(_VAR, find, methods=["GET"]),
+    Route(_VAR + "/fetch", fetch, methods=["POST"]),
+    Route(_VAR, delete_variable, methods=["DELETE"]),
     Route("/api/status", status, methods=["GET"]),
     Route("/api/workspaces", list_workspaces, methods=["GET"]),
     Route(_WS, put_workspace, methods=["PUT"]),
     Route(_WS, delete_workspace, methods=["DELETE"]),
     Route(_WS + "/vars", list_variables, methods=["GET"]),
-    Route(_VAR, store, methods=["POST"]),
-    Route(_VAR, find, methods=["GET"]),
-    Route(_VAR, delete_variable, methods=["DELETE"]),
-    Route(_VAR + "/fetch", fetch, methods=["POST"]),
     Route(_VAR + "/mode", declare, methods=["PUT"]),
     Route(_KV, kv_get, methods=["GET"]),
     Route(_KV, kv_put, methods=["PUT"]),

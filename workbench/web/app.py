@@ -17,11 +17,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..config import (
-    PREVIEW_TRANSLATE_TIMEOUT, WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS, WEB_WAITS,
+    PREVIEW_TRANSLATE_TIMEOUT, WEB_CALL_TIMEOUT, WEB_CALLS, WEB_MAX_BODY, WEB_MAX_STREAMS,
+    WEB_WAITS,
 )
 from ..errors import NwsException
 from . import api, openapi
 from .auth import BrowserGuard, TokenAuth
+from .caller import LoopCaller
 from .events import EventHub
 from .gateway import Gateway
 from .problems import ClientGone
@@ -41,11 +43,13 @@ def create_app(broker: str | None = None, *, token: str | None = None,
                translate: Callable[..., Callable | None] | None = None,
                max_body: int = WEB_MAX_BODY, calls: int = WEB_CALLS,
                max_streams: int = WEB_MAX_STREAMS, secure_cookie: bool = False,
-               loopback: bool = True):
+               loopback: bool = True, call_timeout: float = WEB_CALL_TIMEOUT):
     """The gateway for ``broker`` (an address or a connection file; None: as every client
     finds one). ``token``: required of every request when given. ``translate(gateway[,
-    timeout])`` makes what shows pickles (a babelfish asker) or None. The broker sessions open when the
-    server starts the application and close when it stops."""
+    timeout])`` makes what shows pickles (a babelfish asker) or None. ``calls``: broker
+    calls made from threads at once; ``call_timeout``: seconds the broker may take to answer
+    a call that does not wait. The broker sessions open when the server starts the
+    application and close when it stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -53,8 +57,12 @@ def create_app(broker: str | None = None, *, token: str | None = None,
         state.limiter = anyio.CapacityLimiter(calls)
         state.waits = anyio.CapacityLimiter(WEB_WAITS)  # apart: waits never hold up the rest
         state.max_body = max_body
-        state.gateway = await anyio.to_thread.run_sync(Gateway, broker)
+        state.gateway = await anyio.to_thread.run_sync(
+            lambda: Gateway(broker, call_timeout=call_timeout))
         try:
+            # the calls from this loop, on a channel of the same session
+            state.caller = LoopCaller(state.gateway.connection, call_timeout)
+            state.thread_calls = 0
             state.hub = await anyio.to_thread.run_sync(
                 lambda: EventHub(broker, max_streams=max_streams))
             state.translate = translate(state.gateway) if translate is not None else None
@@ -64,6 +72,7 @@ def create_app(broker: str | None = None, *, token: str | None = None,
             try:
                 yield
             finally:
+                await state.caller.aclose()
                 await anyio.to_thread.run_sync(state.hub.shut)
         finally:
             await anyio.to_thread.run_sync(state.gateway.close)

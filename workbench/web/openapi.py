@@ -21,8 +21,14 @@ _WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "n
 
 
 #: What any route may answer: the token missing (a gateway with one), a page of another site
-#: or a name that is not loopback (``auth.BrowserGuard``), the broker gone.
-_EVERY_ROUTE = {"401": _ERROR, "403": _ERROR, "502": _ERROR}
+#: or a name that is not loopback (``auth.BrowserGuard``), the broker gone or silent.
+_EVERY_ROUTE = {
+    "401": _ERROR, "403": _ERROR,
+    "502": {**_ERROR, "description": "the broker went away or fell silent (the heartbeat gave "
+                                     "it up): NwsConnectionDroppedException"},
+    "504": {**_ERROR, "description": "the broker did not answer within the gateway's call "
+                                     "timeout; the request was cancelled: BrokerTimeout"},
+}
 
 
 def _ok(description: str, schema: dict | None = None) -> dict:

@@ -10,7 +10,8 @@ from ..errors import (
     NwsLimitException, NwsMemoryException, NwsMessageTooLargeException, NwsNoWorkSpaceException,
     NwsServerException, NwsTimeoutException, NwsValueException, NwsVariableDeletedException,
 )
-from .gateway import EmptyVariable
+from .calls import EmptyVariable
+from .gateway import BrokerTimeout
 
 #: The most specific class first: an exception takes the status of the first class it is.
 _STATUSES = (
@@ -18,7 +19,8 @@ _STATUSES = (
     (NwsDeclarationFailedException, 409), (NwsVariableDeletedException, 410),
     (NwsValueException, 400), (NwsBadRequestException, 400),
     (NwsMessageTooLargeException, 413), (NwsMemoryException, 507), (NwsLimitException, 429),
-    (NwsTimeoutException, 408), (NwsConnectException, 503), (NwsServerException, 502),
+    (BrokerTimeout, 504), (NwsTimeoutException, 408), (NwsConnectException, 503),
+    (NwsServerException, 502),
 )
 
 

@@ -18,9 +18,9 @@ import json
 import pickletools
 from typing import Any, Callable, Sequence
 
-from .. import codec
+from .. import codec, shm
 from ..errors import NwsUnpicklingException
-from ..protocol import Kind
+from ..protocol import DESCRIPTOR, Kind
 
 #: Asks a babelfish about a pickled value's frames -> what it says, or None (none runs).
 Translate = Callable[[list], "dict | None"]
@@ -70,10 +70,12 @@ def view(frames: Sequence, translate: Translate | None = None) -> dict:
     """Value frames -> the JSON object that shows the value (see the module's docstring).
     ``translate`` asks a babelfish about a pickle."""
     try:
-        kind, data, extra = codec.split(frames)
+        kind = DESCRIPTOR.unpack_from(frames[0])[0]
+        name = _KIND_NAMES.get(kind, "unknown")
+        if name == "pickle":  # only a pickle's parts are looked at here: the rest is decoded
+            kind, data, extra = codec.split(frames)
     except Exception as exc:  # noqa: BLE001 - a value this version cannot split is shown so
         return {"kind": "unknown", "error": str(exc)}
-    name = _KIND_NAMES.get(kind, "unknown")
     if name == "pickle":
         size = memoryview(data).nbytes + sum(memoryview(frame).nbytes for frame in extra)
         shown = {"kind": name, "type": pickled_type(data), "size": size}
@@ -92,6 +94,18 @@ def view(frames: Sequence, translate: Translate | None = None) -> dict:
         return {"kind": name, "value": base64.b64encode(value).decode("ascii"),
                 "encoding": "base64", "size": len(value)}
     return {"kind": name, "value": value}
+
+
+def slow_to_show(frames: Sequence, translate: Translate | None, most: int) -> bool:
+    """Whether showing the value may take a while, so not on the event loop: a pickle that a
+    babelfish would be asked about, a value over ``most`` bytes (its base64 and JSON), one in
+    shared memory (read from its file) or compressed (inflated first)."""
+    if len(frames) > 1 or len(frames[0]) > most:  # detached parts are large ones
+        return True
+    kind, flags, _ = DESCRIPTOR.unpack_from(frames[0]) if len(frames[0]) >= DESCRIPTOR.size \
+        else (0, 0, 0)
+    return bool(flags & (shm.SHARED | codec.COMPRESSED)) or (
+        translate is not None and _KIND_NAMES.get(kind) == "pickle")
 
 
 def pickled_type(data: Any) -> str:
