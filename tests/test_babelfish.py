@@ -4,14 +4,12 @@ gone, ``ask`` answers None at once; a reply nobody waits for any more is not lef
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import uuid
 
 import pytest
 
