@@ -91,6 +91,27 @@ class Perf:
         return "\n".join(rows[:top])
 
 
+def syscall_names(pids: list[int], run: Callable[[], Any], n: int) -> str:
+    """The system calls ``pids`` make while ``run`` runs, by name, per request (``perf trace
+    -s``, which slows them: the counts, not the times, are what it is for)."""
+    out = tempfile.mktemp(suffix=".trace")
+    proc = subprocess.Popen(["perf", "trace", "-s", "-o", out, "-p", ",".join(map(str, pids))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.sched_setaffinity(0, PERF_CPUS))
+    time.sleep(0.5)
+    run()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    calls: dict[str, int] = {}
+    for line in Path(out).read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[1].isdigit():
+            calls[fields[0]] = calls.get(fields[0], 0) + int(fields[1])
+    os.unlink(out)
+    top = sorted(calls.items(), key=lambda item: -item[1])[:6]
+    return ", ".join(f"{name} {count / n:.2f}" for name, count in top)
+
+
 def idle_counts(pids: list[int], seconds: float) -> dict[str, float]:
     """What the processes do while nobody asks them anything (a broker's timers)."""
     perf = Perf(pids)
@@ -124,7 +145,16 @@ def measure(label: str, op: Callable[[], Any], calls: int, per_call: int, server
               f"  switches {counts.get('sched:sched_switch', float('nan')) / n:6.2f}")
     if not profile:
         return
-    profiler = cProfile.Profile()
+
+    def again() -> None:
+        for _ in range(calls):
+            op()
+
+    for name, pids in groups.items():
+        if pids:
+            print(f"  {name} syscalls/request: {syscall_names(pids, again, n)}")
+    profiler = cProfile.Profile(time.thread_time_ns, 1e-9)  # CPU, not wall: the
+    # server runs inside the client's send on a shared vCPU
     perf = Perf(server, record=True) if server else None
     profiler.enable()
     for _ in range(calls):
@@ -134,7 +164,8 @@ def measure(label: str, op: Callable[[], Any], calls: int, per_call: int, server
         perf.stop()
     stats = pstats.Stats(profiler)
     total = stats.total_tt
-    print(f"  client profile (cProfile, own time; {total / n * 1e6:.1f} µs/request profiled):")
+    print(f"  client profile (cProfile, own time; {total / n * 1e6:.1f} µs/request profiled, "
+          f"{stats.total_calls / n:.0f} Python calls/request):")
     rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]
     for (path, line, func), (_cc, ncalls, tottime, _cum, _callers) in rows:
         print(f"    {tottime / total:5.1%} {ncalls / n:5.1f}/req  "
