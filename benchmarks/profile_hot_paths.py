@@ -54,11 +54,17 @@ TASK = partial(operator.add, 1)
 # ---------------------------------------------------------------------------------- counters
 
 
+def _scratch(suffix: str) -> str:
+    """A fresh file for perf to write into (removed by whoever reads it)."""
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as file:
+        return file.name
+
+
 class Perf:
     """``perf stat`` (counts) or ``perf record`` (samples) attached to some pids for a window."""
 
     def __init__(self, pids: list[int], record: bool = False) -> None:
-        self.out = tempfile.mktemp(suffix=".perf")
+        self.out = _scratch(".perf")
         pid_list = ",".join(map(str, pids))
         if record:
             argv = ["perf", "record", "-q", "-g", "-F", "2000", "-o", self.out, "-p", pid_list]
@@ -94,7 +100,7 @@ class Perf:
 def syscall_names(pids: list[int], run: Callable[[], Any], n: int) -> str:
     """The system calls ``pids`` make while ``run`` runs, by name, per request (``perf trace
     -s``, which slows them: the counts, not the times, are what it is for)."""
-    out = tempfile.mktemp(suffix=".trace")
+    out = _scratch(".trace")
     proc = subprocess.Popen(["perf", "trace", "-s", "-o", out, "-p", ",".join(map(str, pids))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=lambda: os.sched_setaffinity(0, PERF_CPUS))
