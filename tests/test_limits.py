@@ -283,3 +283,22 @@ def test_connections_beyond_the_cap_from_one_address_are_refused(make_broker, ws
         dealer.close()
         for sock in raw:
             sock.close()
+
+
+def test_a_store_many_over_the_memory_cap_is_refused_whole(tmp_path):
+    """A batch is checked as a whole: eight values that each fit but together do not are all
+    refused, and none is kept (each used to be checked alone, and the batch went past the
+    cap)."""
+    from workbench import NetWorkSpace, NwsMemoryException
+
+    from .support import start_broker
+
+    broker = start_broker(tmp_path, "--max-memory", "64K")
+    try:
+        with NetWorkSpace("batch", broker.target) as ws:
+            with pytest.raises(NwsMemoryException):
+                ws.store_many("v", [bytes([i]) * (20 << 10) for i in range(8)])
+            assert ws.listVars(format="dict").get("v", ("v", 0))[1] == 0
+            assert ws.store_many("v", [b"x" * (20 << 10)] * 2) == 2  # what fits still does
+    finally:
+        broker.stop()

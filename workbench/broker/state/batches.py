@@ -41,8 +41,7 @@ class WorkQueueService:
         arity(args, 2)
         ws = self.registry.workspace(args[0])
         name = self.registry.name(args[1], "variable")
-        values = [self.memory.admit(session, value_frames)
-                  for value_frames in _many_items(frames[0], frames[1:])]
+        values = self.memory.admit_all(session, list(_many_items(frames[0], frames[1:])))
         var = self.deadlines.unexpired(ws, name)
         if var is None:
             var = self.registry.new_variable(ws, name, FIFO)

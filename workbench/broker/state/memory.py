@@ -81,6 +81,24 @@ class Memory:
             self.in_use.add(shared.partition(b":")[0])
         return value
 
+    def admit_all(self, session: Session, values: list) -> list[Value]:
+        """Several values arriving in one request (``admit`` each), checked together against
+        the cap: a batch that would not fit as a whole is refused whole, and nothing of it is
+        kept (the files its values named are free again)."""
+        admitted: list[Value] = []
+        try:
+            for frames in values:
+                admitted.append(self.admit(session, frames))
+            total = sum(value.size for value in admitted)
+            if self.used + total > self.limit:
+                raise self.no_room(total)
+        except BaseException:
+            for value in admitted:
+                if value.shared is not None:
+                    self.in_use.discard(value.shared.partition(b":")[0])
+            raise
+        return admitted
+
     def no_room(self, size: int) -> OpError:
         """The refusal of a value of ``size`` bytes that does not fit under the cap."""
         return OpError(Status.NO_MEMORY,
