@@ -284,6 +284,28 @@ def test_rebalance_knows_a_broker_by_its_address_whatever_its_name(trio, tmp_pat
                    for name in names)  # each value once
 
 
+def test_a_move_the_new_broker_refuses_leaves_the_values_where_they_were(trio, tmp_path):
+    """The new broker's memory cap refuses a workspace's values: rebalance fails saying so,
+    and the old broker still holds every value, in order (nothing was acknowledged)."""
+    three = [broker.address for broker in trio]
+    small = start_broker(tmp_path, "--max-memory", "64K")
+    try:
+        four = [*three, small.address]
+        name = next(f"big{i}" for i in range(1000)
+                    if place(members(four), f"big{i}").target == small.address)
+        with NwsServer(three) as server:
+            ws = server.useWs(name)
+            for i in range(8):
+                ws.store("v", bytes([i]) * (20 << 10))
+        with pytest.raises(NwsMemoryException):
+            rebalance(three, four)
+        with NwsServer(three) as server:
+            ws = NetWorkSpace(name, server=server, useUse=True)
+            assert [ws.fetchTry("v")[:1] for _ in range(8)] == [bytes([i]) for i in range(8)]
+    finally:
+        small.stop()
+
+
 def test_the_key_value_faces_workspaces_move_as_their_faces_place_them():
     from workbench import hive, memcache
     from workbench.client.keyvalue import DEFAULT_KV_WORKSPACE

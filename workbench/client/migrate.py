@@ -126,23 +126,28 @@ def _move_workspace(ws: str, source: Connection, target: Connection) -> int:
 
 def _move_values(source: Connection, target: Connection, ws: bytes, var: bytes,
                  lifo: bool) -> int:
-    """A variable's values, in the order a fetch takes them, stored at the target before they
-    are let go at the source (a lease, acknowledged once they are stored)."""
+    """A variable's values, in the order a fetch takes them, each batch stored at the target
+    while the source still holds it under lease: the store happens inside the fetch's decoding,
+    before the lease is acknowledged, so a store that fails (the target's memory cap, a broker
+    gone) withdraws the fetch and the batch goes back to the head of its variable."""
     if source is target or source.address == target.address:
         raise ValueError(f"moving values of {var!r} from a broker to itself")
-    moved = 0
-    while True:
-        status, (head, extra) = source.read(
-            Op.FETCH_MANY, [ws, var, b"%d" % MOVE_BATCH, b"0"], (), leased=True, spill=False)
-        if status == Status.MISSING:
-            return moved
+
+    def store_at_target(head: bytes, extra: list) -> int:
         values = [frames for frames, _ in split_many(head, extra)]
-        if not values:
-            return moved
         if lifo:  # fetched newest first: stored oldest first, the newest ends on top
             values.reverse()
-        target.call(Op.STORE_MANY, [ws, var], pack_many(values))
-        moved += len(values)
+        if values:
+            target.call(Op.STORE_MANY, [ws, var], pack_many(values))
+        return len(values)
+
+    moved = 0
+    while True:
+        status, count = source.read(Op.FETCH_MANY, [ws, var, b"%d" % MOVE_BATCH, b"0"], (),
+                                    decode=store_at_target, leased=True, spill=False)
+        if status == Status.MISSING or not count:
+            return moved
+        moved += count
 
 
 def _move_entries(ws: str, member: Member, source: Connection, after: Brokers,
