@@ -160,15 +160,25 @@ class Brokers:
             connection = self._connections.get(member.name)
             if connection is not None and not connection.closed:
                 return connection
-            try:
-                connection = connect(member.target, None, self.timeout)
-            except NwsConnectException as exc:
-                what = f", which holds {holding}," if holding else ""
-                raise NwsConnectException(
-                    f"broker {member}{what} does not answer: {exc} (the cluster never moves "
-                    "its workspaces elsewhere: start that broker again)") from exc
-            self._connections[member.name] = connection
-            return connection
+        # connected outside the lock: a broker that is down holds up its own callers only
+        try:
+            connection = connect(member.target, None, self.timeout)
+        except NwsConnectException as exc:
+            what = f", which holds {holding}," if holding else ""
+            raise NwsConnectException(
+                f"broker {member}{what} does not answer: {exc} (the cluster never moves "
+                "its workspaces elsewhere: start that broker again)") from exc
+        with self._lock:
+            kept = self._connections.get(member.name)
+            if self._closed or (kept is not None and not kept.closed):
+                extra, connection = connection, kept  # closed meanwhile, or another was first
+            else:
+                extra, self._connections[member.name] = None, connection
+        if extra is not None:
+            extra.close()
+        if connection is None:
+            raise NwsConnectException(f"the cluster's sessions are closed ({self})")
+        return connection
 
     def connection_for(self, name: str, what: str = "workspace") -> Connection:
         """The session with the broker that holds ``name``."""
