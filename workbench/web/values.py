@@ -53,8 +53,9 @@ _RECONSTRUCTORS = {"numpy._core.numeric._frombuffer": "numpy.ndarray",
                    "numpy.core.multiarray._reconstruct": "numpy.ndarray",
                    "numpy._core.multiarray.scalar": "numpy scalar",
                    "numpy.core.multiarray.scalar": "numpy scalar"}
-#: Beyond this many opcodes a pickle's type is not worked out (a list of a million numbers).
-_MOST_OPCODES = 100_000
+#: Beyond this many opcodes a pickle's type is read off what holds the rest (a long list):
+#: following them all would cost a listing of fifty variables seconds.
+_MOST_OPCODES = 10_000
 _MARK = object()
 
 
