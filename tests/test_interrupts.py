@@ -47,6 +47,47 @@ def test_deferred_leaves_other_threads_and_ignored_sigint_alone():
     assert seen == [signal.getsignal(signal.SIGINT)]
 
 
+def test_deferred_wraps_the_handler_once_and_runs_it_at_once_outside_blocks():
+    """The handler is wrapped on the first block and left in place (no system call per
+    block); outside a block a SIGINT runs the real handler at once."""
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupts.Deferred():
+            pass
+        guard = signal.getsignal(signal.SIGINT)
+        for _ in range(3):
+            with interrupts.DEFERRED:
+                pass
+        assert signal.getsignal(signal.SIGINT) is guard
+        signal.raise_signal(signal.SIGINT)
+        assert seen == [signal.SIGINT]
+        with interrupts.DEFERRED:
+            signal.raise_signal(signal.SIGINT)
+            assert seen == [signal.SIGINT]  # held back ...
+        assert seen == [signal.SIGINT, signal.SIGINT]  # ... until the block ends
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_deferred_runs_the_handler_installed_since_and_nested_blocks_end_at_the_outer():
+    with interrupts.DEFERRED:
+        pass
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append("mine"))
+    try:
+        with interrupts.DEFERRED:
+            with interrupts.DEFERRED:
+                signal.raise_signal(signal.SIGINT)
+            assert seen == []  # the inner block's end is not the end of the deferral
+        assert seen == ["mine"]
+        with interrupts.DEFERRED:  # delivered once: nothing is left over for the next block
+            pass
+        assert seen == ["mine"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_held_interrupt_is_delivered_once_and_the_first_one_wins():
     first, second = KeyboardInterrupt("first"), KeyboardInterrupt("second")
     interrupts.hold(first)

@@ -21,7 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 from ..zmtp import GREETING, READ_CHUNK, Inbound, ZmtpError, command, encode, properties
-from .interrupts import Deferred, deliver, held, hold
+from .interrupts import DEFERRED, deliver, held, hold
 
 if TYPE_CHECKING:
     from ..zmtp.curve import ClientKeys
@@ -168,7 +168,7 @@ class Dealer:
         sock = self._check_open()
         while True:
             try:
-                with Deferred():  # an interrupt lands between system calls, never inside the
+                with DEFERRED:  # an interrupt lands between system calls, never inside the
                     if self._send_some(sock, buffers):  # bookkeeping of what went out
                         return True
                 writable = self._poll_out(_SLICE)
@@ -197,7 +197,7 @@ class Dealer:
         while True:
             try:
                 while True:
-                    with Deferred():
+                    with DEFERRED:
                         if self._send_some(sock, buffers):
                             return True
                     if not self._poll_out(_SLICE) and alive is not None:
@@ -254,7 +254,7 @@ class Dealer:
                 return False
             events = ready[0][1]
             if events & select.POLLIN:
-                with Deferred():
+                with DEFERRED:
                     self._read()
             if events & ~select.POLLIN:  # writable, or closed: the send finds out which
                 return True
@@ -275,7 +275,7 @@ class Dealer:
             else:
                 ready = poll(max(0.0, deadline - time.monotonic()) * 1000)
             if ready:
-                with Deferred():
+                with DEFERRED:
                     self._read()
                 if messages:
                     return messages.popleft()
@@ -326,7 +326,7 @@ class Dealer:
         outbox = self._outbox
         try:
             while outbox:
-                with Deferred():
+                with DEFERRED:
                     if not self._send_some(sock, outbox[0]):
                         return False
                     outbox.popleft()
@@ -343,7 +343,7 @@ class Dealer:
         messages = self._messages
         if not messages:
             self._check_open()
-            with Deferred():
+            with DEFERRED:
                 self._read()
         taken = list(messages)
         messages.clear()

@@ -18,9 +18,10 @@ Three rules keep the stream to the broker in step and every value accounted for:
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from threading import current_thread as _current_thread
+from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import NwsConnectionDroppedException
@@ -37,39 +38,85 @@ except ImportError:  # another Python implementation
 _SIGINT = signal.SIGINT
 
 
+class _Guard:
+    """SIGINT's handler while the client defers interrupts: the handler it took the place of
+    (``handler``) runs at once, unless a ``Deferred`` block is open in the main thread; then
+    it runs as that block ends. Installed once and left in place, so that a block costs no
+    system call (swapping handlers around every socket call cost four ``rt_sigaction`` per
+    request); whoever installs a handler of their own later is wrapped in turn by the next
+    block."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable) -> None:
+        self.handler = handler
+
+    def __call__(self, signum, frame) -> None:
+        if _deferral.depth:
+            _deferral.caught = (signum, frame)
+        else:
+            self.handler(signum, frame)
+
+
+class _Deferral:
+    """Whether a ``Deferred`` block is open in the main thread (blocks nest), and the signal
+    that came meanwhile. Only the main thread runs signal handlers, so only it counts here."""
+
+    __slots__ = ("depth", "caught", "main")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.caught: tuple | None = None
+        self.main = threading.main_thread().ident
+
+    def after_fork(self) -> None:  # the child's main thread is the one that forked
+        self.__init__()
+
+
+_deferral = _Deferral()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_deferral.after_fork)
+
+
 class Deferred:
     """Hold Ctrl-C back for the duration of a ``with`` block in the main thread, the only one
-    Python runs signal handlers in: SIGINT's handler is swapped for one that only notes the
-    signal, and the real one runs just after the block (raising there). A signal mask would
-    not do: the kernel hands a process's SIGINT to any thread that does not block it, and
-    Python then runs the handler in the main thread all the same."""
+    Python runs signal handlers in: SIGINT's handler is wrapped (once) in one that only notes
+    the signal while a block is open, and the real one runs just after the block (raising
+    there). A signal mask would not do: the kernel hands a process's SIGINT to any thread
+    that does not block it, and Python then runs the handler in the main thread all the
+    same. Blocks nest; an instance holds no state, so one (``DEFERRED``) serves every use."""
 
-    __slots__ = ("previous", "caught")
+    __slots__ = ()
 
     def __enter__(self) -> None:
-        self.previous = None
-        if _current_thread() is not threading.main_thread():
+        if _get_ident() != _deferral.main:
             return
-        previous = _getsignal(_SIGINT)
-        if not callable(previous):  # ignored, or the default action: nothing to defer
-            return
-        self.caught = None
-        try:
-            _setsignal(_SIGINT, self._note)
-            self.previous = previous
-        except BaseException:  # an interrupt that was already due ran the real handler
-            _setsignal(_SIGINT, previous)
-            raise
-
-    def _note(self, signum, frame) -> None:
-        self.caught = (signum, frame)
+        handler = _getsignal(_SIGINT)
+        if type(handler) is not _Guard and callable(handler):
+            # An interrupt already due runs the real handler here, before the block.
+            _setsignal(_SIGINT, _Guard(handler))
+        _deferral.depth += 1
 
     def __exit__(self, *exc) -> None:
-        previous = self.previous
-        if previous is not None:
-            _setsignal(_SIGINT, previous)
-            if self.caught is not None:
-                previous(*self.caught)
+        deferral = _deferral
+        if _get_ident() != deferral.main:
+            return
+        caught = deferral.caught
+        if caught is not None and deferral.depth == 1:
+            deferral.caught = None
+        else:
+            caught = None
+        deferral.depth -= 1
+        if caught is not None:
+            handler = _getsignal(_SIGINT)
+            if type(handler) is _Guard:
+                handler = handler.handler
+            if callable(handler):
+                handler(*caught)
+
+
+#: The one ``Deferred`` the socket calls use (``with DEFERRED:``).
+DEFERRED = Deferred()
 
 
 class _Held(threading.local):
