@@ -277,6 +277,17 @@ class Undecodable:
         return f"<undecodable {type(self).__module__}.{type(self).__name__}>"
 
 
+_PLAIN_KINDS = frozenset((Kind.BYTES, Kind.TEXT, Kind.INT))
+
+
+def plain_at(buffer: bytes, offset: int) -> bool:
+    """Whether the value frame at ``offset`` of ``buffer`` holds bytes, text or a decimal
+    integer, whole and uncompressed: a value every face decodes alike (no unpickler, no
+    decompressor of its own), so ``decode_at`` may decode it for any of them."""
+    return (len(buffer) >= offset + DESCRIPTOR_SIZE and buffer[offset] in _PLAIN_KINDS
+            and not (buffer[offset + 1] or buffer[offset + 2] or buffer[offset + 3]))
+
+
 def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:
     """The value whose first frame starts at ``offset`` of ``buffer`` (a reply head), followed
     by ``extra`` frames. Small values, the common case, decode without building a frame list."""

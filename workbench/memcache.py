@@ -274,7 +274,8 @@ class _Host:
             return self.store
         try:
             self.store = KeyValueStore(*self._broker, workspace=self.workspace,
-                                       timeout=self.socket_timeout, decode=self._decode)
+                                       timeout=self.socket_timeout, decode=self._decode,
+                                       decodes_plain_as_codec=True)
             if self.flush_on_next_connect:
                 self.store.flush()  # it may hold values overwritten elsewhere while it was away
                 self.flush_on_next_connect = 0
@@ -526,6 +527,18 @@ class Client(threading.local):
 
     def _server_for(self, key: Any) -> tuple[_Host | None, bytes | None]:
         """A single-key operation's key, encoded and checked, and its server."""
+        if type(key) is str and key.isascii() and self.do_check_key and self.key_encoder is None:
+            # The usual key, printable ASCII text, checked in one step: the general way below
+            # costs as much as the request itself (a key it refuses goes there for its error).
+            encoded = key.encode("ascii")
+            limit = self.server_max_key_length
+            if (not limit or len(encoded) <= limit) and valid_key_chars_re.fullmatch(encoded):
+                buckets = self.buckets
+                if len(buckets) == 1:
+                    server = buckets[0]
+                    if server.store is not None and not server.deaduntil:  # connected, alive
+                        return server, encoded
+                return self._get_server(encoded)
         hashvalue, user_key = key if isinstance(key, tuple) else (None, key)
         key = self._encode_key(self._user_key(user_key))
         self._checked(key)

@@ -160,8 +160,37 @@ class Dealer:
         until the last is out (True). Either way it is not raised here but held for the caller
         (``interrupts.hold``), which acts on the answer and then ``interrupts.deliver``s it."""
         buffers = self._seal(frames)
-        if len(buffers) > 1 and sum(map(len, buffers)) < _JOIN_BELOW:
+        if len(buffers) > 1:
+            if sum(map(len, buffers)) >= _JOIN_BELOW:
+                return self._send_buffers(buffers, alive)
             buffers = [b"".join(buffers)]
+        if self.closed:
+            self._check_open()  # raises
+        # The usual request: small, and taken whole by the kernel at once, in one call and
+        # no more. Anything else (part or none of it taken, an error) goes the general way.
+        data = buffers[0]
+        sent = 0
+        try:
+            with DEFERRED:
+                sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return self._send_buffers(buffers, alive)  # which finds the error again, and says it
+        except BaseException as exc:  # an interrupt, before the call or during it
+            hold(exc)
+            if sent == len(data) or not sent:
+                self._cut = False
+                return bool(sent)
+            buffers[0] = memoryview(data)[sent:]
+            self._cut = True
+            return self._finish(self._sock, buffers, alive)
+        if sent == len(data):
+            self._cut = False
+            return True
+        if sent:
+            buffers[0] = memoryview(data)[sent:]
+            self._cut = True
         return self._send_buffers(buffers, alive)
 
     def _send_buffers(self, buffers: list, alive: Callable[[], None] | None) -> bool:
@@ -180,7 +209,8 @@ class Dealer:
                 raise DealerError(reason or _broken(exc)) from None
             except BaseException as exc:  # an interrupt
                 hold(exc)
-                return self._cut and self._finish(sock, buffers, alive)
+                # (one that came during the call that sent the last byte: the message is out)
+                return not buffers or (self._cut and self._finish(sock, buffers, alive))
             if not writable and alive is not None:
                 try:
                     alive()
@@ -300,7 +330,8 @@ class Dealer:
             self.close()
             raise DealerError(_refusal(exc)) from None
         if inbound.messages:
-            self._messages.extend(frames for frames, _ in inbound.messages)
+            for frames, _ in inbound.messages:
+                self._messages.append(frames)
             inbound.messages.clear()
 
     # ------------------------------------------------------------------ for an event loop

@@ -29,7 +29,7 @@ from .embedded import connect
 DEFAULT_KV_WORKSPACE = "kv"
 _VALUE_AT = HEADER_SIZE + META.size
 _VERSION = struct.Struct("<Q")
-_HOWS = ("set", "add", "replace", "append", "prepend", "cas")
+_HOWS = {how: how.encode() for how in ("set", "add", "replace", "append", "prepend", "cas")}
 
 
 class Entry(NamedTuple):
@@ -40,7 +40,7 @@ class Entry(NamedTuple):
 
 
 def _ttl(ttl: float) -> bytes:
-    return b"%r" % float(ttl)
+    return b"0.0" if ttl == 0 else b"%r" % float(ttl)
 
 
 def _key(key: str | bytes) -> bytes:
@@ -74,13 +74,17 @@ class KeyValueStore:
                  connection: Connection | None = None,
                  encode: Callable[[Any], list] = codec.encode,
                  decode: Callable[[list], Any] = codec.decode,
-                 op_timeout: float | None = None) -> None:
+                 op_timeout: float | None = None, decodes_plain_as_codec: bool = False) -> None:
+        """``decodes_plain_as_codec``: ``decode`` decodes bytes, text and decimal integers
+        as ``codec`` does (it differs in pickles or compression only), so those are decoded
+        here without it (a face's own decoder costs a frame list and several calls)."""
         self._connection = connection or connect(host, port, timeout)
         self.op_timeout = op_timeout  # seconds any one operation may take (None: no limit)
         self.workspace = workspace
         self._ws = workspace.encode("utf-8")
         self._encode = encode
         self._decode = decode
+        self._plain_by_codec = decodes_plain_as_codec or decode is codec.decode
 
     def _read(self, op: int, args: list, frames: list | tuple = (),
               spill: bool = True) -> tuple[int, tuple[bytes, list]]:
@@ -127,11 +131,13 @@ class KeyValueStore:
         only if present; ``cas`` only if the entry's version is still ``version``. Status is
         ``Status.OK``, ``Status.MISSING`` (absent) or ``Status.EXISTS`` (present, or changed
         since ``version``). ``frames`` passes a value already encoded."""
-        if how not in _HOWS:
+        how_arg = _HOWS.get(how)
+        if how_arg is None:
             raise ValueError(f"how must be one of {', '.join(_HOWS)}, not {how!r}")
-        status, reply = self._read(
-            Op.KV_STORE, [self._ws, _key(key), how.encode(), _ttl(ttl), b"%d" % version],
-            frames if frames is not None else self._encode(value))
+        status, reply = self._connection.read(
+            Op.KV_STORE,
+            [self._ws, _key(key), how_arg, _ttl(ttl), b"%d" % version],
+            frames if frames is not None else self._encode(value), self.op_timeout)
         head = reply[0]
         new_version = _VERSION.unpack_from(head, HEADER_SIZE)[0] if status == Status.OK else 0
         return status, new_version
@@ -179,12 +185,14 @@ class KeyValueStore:
 
     def get(self, key: str | bytes) -> Entry | None:
         """The entry's value and version, or None if absent (or expired)."""
-        status, reply = self._read(Op.KV_GET, [self._ws, _key(key)])
+        status, reply = self._connection.read(Op.KV_GET, [self._ws, _key(key)], (),
+                                              self.op_timeout)
         return self._entry(*reply) if status == Status.OK else None
 
     def _entry(self, head: bytes, extra: list) -> Entry:
         var_id, seq = META.unpack_from(head, HEADER_SIZE)
-        if self._decode is codec.decode:
+        if self._decode is codec.decode or (
+                self._plain_by_codec and not extra and codec.plain_at(head, _VALUE_AT)):
             value = codec.decode_at(head, _VALUE_AT, extra)
         else:
             value = self._decode([memoryview(head)[_VALUE_AT:], *extra])
