@@ -171,7 +171,11 @@ class Channel:
         When the socket takes no more (a broker that stopped reading), the send waits in
         slices, reading replies meanwhile, and calls ``alive``, which raises once the broker
         is known gone: a fire-and-forget publisher never hangs on a dead broker."""
-        head, drained = self._head(op, args, frames, acks, request_id)
+        if acks or self.acks:
+            head, drained = self._head(op, args, frames, acks, request_id)
+        else:  # the usual request: nothing to acknowledge
+            drained = None
+            head = request_head(op, request_id, [*args, frames[0]] if frames else args)
         try:
             went_out = self.dealer.send((head, *frames[1:]) if len(frames) > 1 else (head,),
                                         alive)

@@ -296,7 +296,8 @@ class Dealer:
         messages = self._messages
         if messages:
             return messages.popleft()
-        self._check_open()
+        if self.closed:
+            self._check_open()  # raises
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = self._poll.poll
         while True:
