@@ -269,7 +269,8 @@ class Registry:
                 self.purge()
             except Exception:
                 log.exception("mq: unsubscribing collected followers failed")
-        ident, text, entries = self._route(identifier)
+        route = self._routes.get(identifier)
+        ident, text, entries = route if route is not None else self._route(identifier)
         message = unpack(value, ident, text)
         pool = self.pool if self.pool.active else None
         for entry in entries:
@@ -312,6 +313,7 @@ class Pool:
         self._failed = failed
         self._lock = threading.Lock()
         self._size = 0  # workers wanted
+        self.active = False  # whether there are: read per message, hence not a property
         self._reset()
 
     def _reset(self) -> None:
@@ -322,10 +324,6 @@ class Pool:
         self._running = 0  # workers started and not told to stop
 
     @property
-    def active(self) -> bool:
-        return self._size > 0
-
-    @property
     def size(self) -> int:
         return self._size
 
@@ -334,7 +332,7 @@ class Pool:
             raise ValueError(f"set_multiplicity({number}): the number of threads cannot be "
                              "negative (0 delivers synchronously)")
         with self._lock:
-            self._size = number
+            self._size, self.active = number, number > 0
             self._adjust()
 
     def _adjust(self) -> None:

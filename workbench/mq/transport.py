@@ -59,7 +59,9 @@ class Transport:
         # chosen by init_connection (an address or a connection file); None: found as usual
         self.address: str | None = None
         self.generation = 0  # counts the buses made: a shared queue re-declares on a new one
-        self.on_message: Callable[[str, Any], None] | None = None  # the registry's dispatch
+        # the registry's dispatch (set when it is made, before any bus), which a bus calls
+        # itself: no call of ours in between per message
+        self.on_message: Callable[[str, Any], None] | None = None
         self.on_new_bus: Callable[[], None] | None = None  # the registry re-subscribes
         self.lease_holders: weakref.WeakSet[LeaseHolder] = weakref.WeakSet()
         self.unpublished = 0
@@ -80,7 +82,7 @@ class Transport:
             made = link is None or link.connection.closed
             if made:
                 connection = self._connect()
-                link = self._link = Link(MessageBus(connection, self._received), connection)
+                link = self._link = Link(MessageBus(connection, self.on_message), connection)
                 self.generation += 1
         if made and self.on_new_bus is not None:
             self.on_new_bus()
@@ -101,10 +103,6 @@ class Transport:
 
     def _connect(self) -> Connection:
         return open_connection(self.address)
-
-    def _received(self, identifier: str, value: Any) -> None:
-        if self.on_message is not None:
-            self.on_message(identifier, value)
 
     # ------------------------------------------------------------------ publishing
 
