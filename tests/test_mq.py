@@ -327,6 +327,52 @@ def test_message_attributes() -> None:
     assert got[1].name is None and got[1].action is None and got[1].id == "*:*"
 
 
+def test_twitter_refuses_what_is_not_an_identifier_however_it_was_routed() -> None:
+    name = uid()
+    for bad in ("", "x@*:a", ":a", "a\0b"):
+        with pytest.raises(ValueError):
+            mq.twitter(bad)
+    routed = parse(f"{name}:a")
+    registry.send(routed, (), {})  # remembers a route under the parsed identifier
+    for bad in (routed, 5):
+        with pytest.raises(TypeError, match="identifier is a str"):
+            mq.twitter(bad)
+    with pytest.raises(TypeError):
+        mq.twitter([f"{name}:a"])
+
+
+def test_keyword_arguments_may_be_named_like_twitter_s_parameters() -> None:
+    name = uid()
+    got, follower = collector()
+    mq.regist_function(f"{name}:*", follower)
+    mq.twitter(f"{name}:x", identifier="i", self="s")
+    assert got[0].kwargs == {"identifier": "i", "self": "s"} and got[0].id == f"{name}:x"
+
+
+def test_a_message_s_frames_are_the_ones_codec_makes() -> None:
+    """mq pickles a message itself (its common case, one call) and leaves the rest to
+    ``codec``: either way the frames must be codec's, so every reader decodes them alike."""
+    import numpy as np
+
+    from workbench import NwsPicklingException, codec
+    from workbench.mq.message import encode, pack
+
+    small = pack("a:b", (1, "two", b"3"), {"k": [4.5]}, None)
+    large = pack("a:b", (b"x" * 200_000,), {}, "c:d")  # a pickle in a frame of its own
+    array = pack("a:b", (np.arange(100_000),), {}, None)  # a buffer out of band
+    for packed in (small, large, array):
+        frames = encode(packed)
+        assert [bytes(f) for f in frames] == [bytes(f) for f in codec.encode(packed)]
+    assert len(encode(large)) == 2  # the pickle detached
+    assert type(encode(array)[1]) is memoryview  # the array's own memory, not copied
+    back = codec.decode(encode(array))
+    assert np.array_equal(back[0][0], np.arange(100_000))
+    closure = pack("a:b", (lambda: 42,), {}, None)  # what only cloudpickle takes
+    assert codec.decode(encode(closure))[0][0]() == 42
+    with pytest.raises(NwsPicklingException):
+        encode(pack("a:b", (threading.Lock(),), {}, None))
+
+
 # ---------------------------------------------------------------------- other sessions
 
 
@@ -818,6 +864,26 @@ def test_closing_and_reconnecting_resubscribes(broker) -> None:
     assert f"{name}:*" in subscribed_at_broker()
     mq.twitter(f"{name}:again")
     assert q.get_nowait().id == f"{name}:again"
+
+
+def test_a_connection_closed_under_mq_is_replaced_by_the_next_twitter(broker) -> None:
+    """Publishing takes mq's connection without checking it per message: one closed by
+    someone else refuses the message, which then goes on a new connection, as before."""
+    name = uid()
+    listener = connect(broker.host, broker.port)
+    got: queue.Queue = queue.Queue()
+    try:
+        MessageBus(listener, lambda identifier, value: got.put(value[0])).subscribe(f"{name}:*")
+        mq.twitter(f"{name}:x", 1)
+        assert got.get(timeout=5) == (1,)
+        closed = transport.connection()
+        closed.close()
+        before = mq.unpublished()
+        mq.twitter(f"{name}:x", 2)
+        assert got.get(timeout=5) == (2,)
+        assert mq.unpublished() == before and transport.connection() is not closed
+    finally:
+        listener.close()
 
 
 def test_connect_oneway_to_another_broker_has_a_connection_of_its_own(make_broker) -> None:

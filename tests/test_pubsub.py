@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from workbench import NetWorkSpace
+from workbench import NetWorkSpace, codec
 from workbench.client.embedded import connect
-from workbench.client.pubsub import MessageBus
+from workbench.client.pubsub import MessageBus, publish_frames
 
 from .support import spawn_client, wait_for
 
@@ -209,6 +209,18 @@ def test_an_oversized_message_is_refused_before_it_is_sent(make_broker) -> None:
     finally:
         connection.close()
 
+
+
+def test_a_bad_identifier_is_refused_answered_or_not(connection) -> None:
+    bus = MessageBus(connection)
+    for bad in ("", "x@*:a", ":a"):
+        for wait in (False, True):
+            with pytest.raises(ValueError):
+                bus.publish(bad, 1, wait=wait)
+            with pytest.raises(ValueError):
+                publish_frames(connection, bad, codec.encode(1), wait=wait)
+    bus.publish("x:fine", 1)  # refusals leave nothing behind
+    assert bus.publish("x:fine", 2, wait=True) == 0
 
 
 def test_a_message_taken_from_a_shared_queue_is_held_until_acknowledged(broker) -> None:

@@ -56,18 +56,25 @@ def _identifier(identifier: str) -> bytes:
     return identifier.encode("utf-8")
 
 
+@lru_cache(maxsize=4096)
+def _unanswered(identifier: str) -> tuple[bytes, bytes]:
+    """The arguments of an unanswered publish under ``identifier``, made once (never changed:
+    a request's head is built of them, not in them)."""
+    return _identifier(identifier), b"0"
+
+
 def publish_frames(connection: Connection, identifier: str, frames: list,
                    wait: bool = True) -> int | None:
     """Publish a message already encoded (value frames) -> with ``wait``, how many received
     it (``MessageBus.publish``; the HTTP gateway, which never decodes what it passes on)."""
-    ident = _identifier(identifier)
     if not wait:
+        args = _unanswered(identifier)
         if len(frames) > 1:  # refused here: an unanswered publish gets no error back
             connection.check_size(frames)
-        connection.channel().send(Op.MQ_PUBLISH, [ident, b"0"], frames,
-                                  connection.check_alive)
+        connection.channel().send(Op.MQ_PUBLISH, args, frames, connection.check_alive)
         return None
-    head = connection.read(Op.MQ_PUBLISH, [ident, b"1"], frames, spill=False)[1][0]
+    head = connection.read(Op.MQ_PUBLISH, [_identifier(identifier), b"1"], frames,
+                           spill=False)[1][0]
     return int(head[HEADER_SIZE:])
 
 
@@ -112,7 +119,16 @@ class MessageBus:
     def publish(self, identifier: str, value: Any, wait: bool = False) -> int | None:
         """Send a message to every other process following ``identifier``, and into every
         shared queue it matches. With ``wait``, returns how many received it."""
-        return publish_frames(self._connection, identifier, codec.encode(value), wait)
+        if wait:
+            return publish_frames(self._connection, identifier, codec.encode(value))
+        # publish_frames's unanswered path, written out: this is every message's
+        frames = codec.encode(value)
+        args = _unanswered(identifier)
+        connection = self._connection
+        if len(frames) > 1:
+            connection.check_size(frames)
+        connection.channel().send(Op.MQ_PUBLISH, args, frames, connection.check_alive)
+        return None
 
     # ------------------------------------------------------------------ subscribing
 

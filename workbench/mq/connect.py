@@ -180,15 +180,15 @@ def send_message(target: str, *args: Any, **kwargs: Any) -> str:
             raise TypeError("send_message(token, identifier, ...) needs an identifier")
         ident, args = parse(args[0]), args[1:]
         if link.bus is not None:
-            transport.publish(str(ident), pack(ident, args, kwargs, None),
-                              (link.bus, link.connection), confirmed=True)
+            transport.publish(str(ident), pack(ident, args, kwargs, None), link.connection,
+                              confirmed=True)
         else:
             registry.send(ident, args, kwargs, local=False)
         return OK
     ident = parse(target)
     registry.send(ident, args, kwargs, local=False)
     with _lock:
-        others = {id(link.bus): (link.bus, link.connection) for link in _links.values()
+        others = {id(link.connection): link.connection for link in _links.values()
                   if link.bus is not None}
     for other in others.values():
         transport.publish(str(ident), pack(ident, args, kwargs, None), other, confirmed=True)

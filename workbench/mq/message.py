@@ -8,9 +8,16 @@ without it, a message taken from ``Queue("task:*", shared=True)`` could not say 
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, Callable
 
+from .. import codec
+from ..config import OUT_OF_BAND_THRESHOLD
 from ..topics import WILDCARD, Identifier, parse
+
+_dumps = pickle.dumps
+#: A small pickle's frame is this descriptor, then the pickle (``codec``'s layout).
+_PICKLED = codec.from_pickle(b"")[0]
 
 
 class Message:
@@ -92,6 +99,29 @@ def pack(identifier: Identifier | str, args: tuple, kwargs: dict, callback: str 
          ) -> tuple:
     """The value a message travels as between processes."""
     return (args, kwargs, str(identifier), callback)
+
+
+class _OutOfBand(Exception):
+    """A message holds a buffer that ``codec`` sends in a frame of its own (an array)."""
+
+
+def _out_of_band(buffer: pickle.PickleBuffer) -> None:
+    raise _OutOfBand
+
+
+def encode(packed: tuple) -> list:
+    """A packed message -> its value frames, the very frames ``codec.encode`` makes, by the
+    shortest path for the common message: one pickle call (no callback made per message)
+    behind the descriptor made once. A message holding a buffer that codec sends out of
+    band, or an object plain pickle refuses, goes through ``codec.encode``, which decides
+    (cloudpickle, or NwsPicklingException); a large pickle through ``codec.from_pickle``."""
+    try:
+        data = _dumps(packed, 5, buffer_callback=_out_of_band)
+    except Exception:  # pickling it again raises what it must, if anything
+        return codec.encode(packed)
+    if len(data) < OUT_OF_BAND_THRESHOLD:
+        return [_PICKLED + data]
+    return codec.from_pickle(data)
 
 
 def unpack(value: Any, sent_as: Identifier, sent_as_text: str | None = None) -> Message:

@@ -7,8 +7,10 @@ messages that shared queues hold under lease when the process exits or changes b
 
 Fork safety: a child process must never speak with its parent's session (its goodbye would end
 the parent's). After ``fork`` the inherited connection is disowned, never closed or collected,
-and the child makes its own on first use; ``os.getpid()`` is checked as well, for forks that
-bypass ``os.register_at_fork``.
+and the child makes its own on first use. That is done by the ``os.register_at_fork`` hook,
+which runs in every child that goes on running Python (``PyOS_AfterFork_Child`` runs it), so
+publishing, the path of every message, checks nothing more; the calls that make or hand out
+the bus check ``os.getpid()`` as well.
 """
 
 from __future__ import annotations
@@ -19,18 +21,25 @@ import os
 import socket
 import threading
 import weakref
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..client.connection import Channel, Connection
 from ..client.embedded import connect
-from ..client.pubsub import MessageBus
+from ..client.pubsub import MessageBus, publish_frames
 from ..config import MQ_ACK_TIMEOUT, normalize_address
 from ..connection_file import is_connection_file, resolve
 from ..errors import NwsException, NwsPicklingException, NwsServerException
+from .message import encode
 
 log = logging.getLogger("workbench.mq")
 
+
+class Link(NamedTuple):
+    """mq's bus and its connection."""
+
+    bus: MessageBus
+    connection: Connection
 
 
 class LeaseHolder(Protocol):
@@ -43,13 +52,16 @@ class Transport:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._pid = os.getpid()
-        self._connection: Connection | None = None
-        self._bus: MessageBus | None = None
+        # the bus and its connection, once made (the connection may have been closed since:
+        # ``link`` makes new ones, publishing does on finding it closed)
+        self._link: Link | None = None
         self._inherited: list[Connection] = []  # a parent's, kept from ever being collected
         # chosen by init_connection (an address or a connection file); None: found as usual
         self.address: str | None = None
         self.generation = 0  # counts the buses made: a shared queue re-declares on a new one
-        self.on_message: Callable[[str, Any], None] | None = None  # the registry's dispatch
+        # the registry's dispatch (set when it is made, before any bus), which a bus calls
+        # itself: no call of ours in between per message
+        self.on_message: Callable[[str, Any], None] | None = None
         self.on_new_bus: Callable[[], None] | None = None  # the registry re-subscribes
         self.lease_holders: weakref.WeakSet[LeaseHolder] = weakref.WeakSet()
         self.unpublished = 0
@@ -57,67 +69,85 @@ class Transport:
 
     # ------------------------------------------------------------------ the bus
 
-    def bus(self) -> MessageBus:
-        """The bus, connecting first if there is none (or it was closed, or this is a child)."""
-        bus, connection = self._bus, self._connection
-        if bus is not None and self._pid == os.getpid() and not connection.closed:
-            return bus
+    def link(self) -> Link:
+        """The bus and its connection, connecting first if there is none (or it was closed,
+        or this is a child)."""
+        link = self._link
+        if link is not None and self._pid == os.getpid() and not link.connection.closed:
+            return link
         with self._lock:
             if self._pid != os.getpid():
                 self.after_fork()
-            made = self._bus is None or self._connection.closed
+            link = self._link
+            made = link is None or link.connection.closed
             if made:
                 connection = self._connect()
-                self._connection, self._bus = connection, MessageBus(connection, self._received)
+                link = self._link = Link(MessageBus(connection, self.on_message), connection)
                 self.generation += 1
-            bus = self._bus
         if made and self.on_new_bus is not None:
             self.on_new_bus()
-        return bus
+        return link
+
+    def bus(self) -> MessageBus:
+        return self.link().bus
 
     def connection(self) -> Connection:
-        self.bus()
-        return self._connection
+        return self.link().connection
 
     def current(self) -> MessageBus | None:
         """The bus if there is a usable one; never connects."""
-        if self._bus is None or self._pid != os.getpid() or self._connection.closed:
+        link = self._link
+        if link is None or self._pid != os.getpid() or link.connection.closed:
             return None
-        return self._bus
+        return link.bus
 
     def _connect(self) -> Connection:
         return open_connection(self.address)
 
-    def _received(self, identifier: str, value: Any) -> None:
-        if self.on_message is not None:
-            self.on_message(identifier, value)
-
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, identifier: str, value: Any,
-                link: tuple[MessageBus, Connection] | None = None,
+    def publish(self, identifier: str, value: tuple, connection: Connection | None = None,
                 confirmed: bool = False) -> bool:
-        """Hand a message to the broker (mq's, or a ``link``'s) without waiting, or with
-        ``confirmed`` once the broker has passed it on (then every receiver's ``sync`` after
-        this returns finds it). A value that cannot be pickled is not sent (the sender's own
-        followers still get it), nor anything while the connection's heartbeat finds the
-        broker gone or when it goes during a confirmed publish: counted, and logged once per
-        identifier."""
-        if link is None:
-            bus = self.bus()
-            link = bus, self._connection
-        bus, connection = link
+        """Hand a message (``message.pack``ed) to the broker (mq's, or ``connection``'s)
+        without waiting, or with ``confirmed`` once the broker has passed it on (then every
+        receiver's ``sync`` after this returns finds it). A value that cannot be pickled is
+        not sent (the sender's own followers still get it), nor anything while the
+        connection's heartbeat finds the broker gone or when it goes during a confirmed
+        publish: counted, and logged once per identifier.
+
+        The path of every ``twitter`` takes mq's connection unchecked (no ``getpid``, no
+        ``closed`` per message: the fork hook replaces it in a child, and one closed under mq
+        is found when it refuses the message)."""
+        unchecked = False
+        if connection is None:
+            link = self._link
+            unchecked = link is not None and not confirmed
+            # (a confirmed publish waits for the broker: checks cost nothing beside that,
+            # and it is never sent twice)
+            connection = link.connection if unchecked else self.connection()
         broken = connection.broken
         if broken:  # sending would queue up in the socket, then block: the broker is gone
             # (the connection reconnects on its own when a broker answers there again)
-            return self._unpublished(identifier, f"the broker is unreachable ({broken})")
+            return self._refused(identifier, value, connection, unchecked,
+                                 f"the broker is unreachable ({broken})")
         try:
-            bus.publish(identifier, value, wait=confirmed)
+            publish_frames(connection, identifier, encode(value), confirmed)
         except NwsPicklingException as exc:
             return self._unpublished(identifier, f"its arguments cannot be pickled ({exc})")
         except NwsServerException as exc:
-            return self._unpublished(identifier, f"the broker went away ({exc})")
+            return self._refused(identifier, value, connection, unchecked,
+                                 f"the broker went away ({exc})")
         return True
+
+    def _refused(self, identifier: str, value: tuple, connection: Connection, unchecked: bool,
+                 why: str) -> bool:
+        """A message ``connection`` did not send -> False, counted; but mq's connection taken
+        unchecked may have been closed under mq (``Connection.close``, the finalizers at
+        exit), which refuses a message before any of it goes out: then it goes on a new
+        connection, as ``link`` would have made one before."""
+        if unchecked and connection.closed:
+            return self.publish(identifier, value, self.connection())
+        return self._unpublished(identifier, why)
 
     def _unpublished(self, identifier: str, why: str) -> bool:
         self.unpublished += 1
@@ -132,7 +162,8 @@ class Transport:
         """Talk to the broker at ``address`` from now on (None: find it as usual), closing the
         connection to another one. The registry re-subscribes on the new bus."""
         with self._lock:
-            if self.current() is not None and same_broker(self._connection.address, address):
+            link = self._link
+            if self.current() is not None and same_broker(link.connection.address, address):
                 self.address = address
                 return
             self.close()
@@ -141,11 +172,11 @@ class Transport:
     def close(self) -> None:
         """Acknowledge what shared queues hold, then end the session."""
         with self._lock:
-            connection = self._connection
-            if connection is not None and self._pid == os.getpid() and not connection.closed:
+            link = self._link
+            if link is not None and self._pid == os.getpid() and not link.connection.closed:
                 self.settle_leases()
-                connection.close()
-            self._connection = self._bus = None
+                link.connection.close()
+            self._link = None
 
     def settle_leases(self) -> None:
         """Acknowledge now every message a shared queue of this process holds under lease,
@@ -157,13 +188,13 @@ class Transport:
         self.acknowledge(pending)
 
     def acknowledge(self, pending: list[tuple[Channel, int, int]]) -> None:
-        connection = self._connection
         leases = [(channel, request_id) for channel, request_id, generation in pending
                   if generation == self.generation]  # an older session's leases went with it
-        if not leases or connection is None or connection.closed or self._pid != os.getpid():
+        link = self._link
+        if not leases or link is None or link.connection.closed or self._pid != os.getpid():
             return
         try:
-            connection.acknowledge(leases, timeout=MQ_ACK_TIMEOUT)
+            link.connection.acknowledge(leases, timeout=MQ_ACK_TIMEOUT)
         except NwsException as exc:  # the broker gives the messages back: at least once
             log.warning("mq: %d shared-queue messages were not acknowledged: %s",
                         len(leases), exc)
@@ -174,11 +205,11 @@ class Transport:
         """In a child: disown the parent's session, so that nothing here ever closes it (its
         goodbye would end the parent's session at the broker), and start afresh."""
         self._lock = threading.RLock()
-        connection = self._connection
-        if connection is not None and self._pid != os.getpid():
-            connection.disown()  # neither exit nor collection may say goodbye for it
-            self._inherited.append(connection)
-        self._connection = self._bus = None
+        link = self._link
+        if link is not None and self._pid != os.getpid():
+            link.connection.disown()  # neither exit nor collection may say goodbye for it
+            self._inherited.append(link.connection)
+        self._link = None
         self._pid = os.getpid()
         self.lease_holders = weakref.WeakSet()
 
