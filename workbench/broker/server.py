@@ -566,9 +566,7 @@ class BrokerServer:
         messages = inbound.messages
         if messages:
             inbound.messages = []
-            identity = peer.identity
-            for frames, size in messages:
-                self._handle(identity, frames, size)
+            self._handle(peer.identity, messages)
 
     def _route(self, peer: _Peer, identity: bytes) -> bool:
         """The peer is ready: replies to ``identity`` go to it -> True. As with libzmq's
@@ -582,18 +580,23 @@ class BrokerServer:
             peer.seal = peer.inbound.seal
         return True
 
-    def _handle(self, identity: bytes, frames: list, size: int) -> None:
-        """Hand a message (its frames are this call's to change) to the state; apply what it
-        decided."""
-        head = frames[0] if frames else b""
-        if type(head) is not bytes:  # a large head frame, read into a buffer of its own
-            head = bytes(head)
-        if size > self.limits.max_message_size:
-            self._apply(self.state.reject_oversized(identity, head, size))
-            return
-        del frames[:1]  # the value frames after the head, if any
-        files = self.files.inspect(frames) if frames and self.files is not None else None
-        self._apply(self.state.handle(identity, head, frames, _monotonic(), files))
+    def _handle(self, identity: bytes, messages: list) -> None:
+        """Hand each message of a peer (its frame lists are this call's to change) to the
+        state, and apply what it decided."""
+        state = self.state
+        files = self.files
+        limit = self.limits.max_message_size
+        apply = self._apply
+        for frames, size in messages:
+            head = frames[0] if frames else b""
+            if type(head) is not bytes:  # a large head frame, read into a buffer of its own
+                head = bytes(head)
+            if size > limit:
+                apply(state.reject_oversized(identity, head, size))
+                continue
+            del frames[:1]  # the value frames after the head, if any
+            apply(state.handle(identity, head, frames, _monotonic(),
+                               files.inspect(frames) if frames and files is not None else None))
 
     # ------------------------------------------------------------------ effects
 
@@ -601,7 +604,6 @@ class BrokerServer:
         """Carry out what the state decided (see ``Effects``), then the calls into the state
         that this calls for: a message whose socket is gone, a file that cannot be read, a
         comparison. Each such call reuses the effects, so it waits until these are applied."""
-        state = self.state
         routes = self.routes
         dirty = self.dirty
         later: list[Callable[[], Effects]] | None = None  # made when needed: rarely
@@ -616,7 +618,7 @@ class BrokerServer:
                 peer = routes.get(identity)
                 if peer is None:  # its socket is gone: a value it was handed goes back
                     later = later or []
-                    later.append(partial(state.undeliverable, identity, frames[0]))
+                    later.append(partial(self.state.undeliverable, identity, frames[0]))
                     continue
                 buffers = peer.seal(frames)  # ``peer.queue``, inlined: this runs every request
                 peer.out += buffers
@@ -632,7 +634,7 @@ class BrokerServer:
                 comparison = effects.comparison
                 if comparison is not None:
                     later = later or []
-                    later.append(partial(state.compared, self.files.holds(
+                    later.append(partial(self.state.compared, self.files.holds(
                         comparison.reference, comparison.frames)))
             if not later:
                 return

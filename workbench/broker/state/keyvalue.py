@@ -114,10 +114,12 @@ class KeyValueService:
         if memory.used + size > memory.limit:  # ``admit`` refuses it
             return False
         registry = self.registry
-        ws = registry.spaces.by_name.get(registry.name(args[0], "workspace"))
+        valid = registry.valid_names
+        ws = registry.spaces.by_name.get(valid.get(args[0])
+                                         or registry.name(args[0], "workspace"))
         if ws is None:  # ``_space`` creates it
             return False
-        var = ws.variables.get(registry.name(args[1], "key"))
+        var = ws.variables.get(valid.get(args[1]) or registry.name(args[1], "key"))
         if (var is None or var.mode != SINGLE or not var.mode_fixed or var.fetchers
                 or var.finders or self.deliveries.watched
                 or (var.expires is not None and var.expires <= self.deadlines.clock.now)):
@@ -152,10 +154,12 @@ class KeyValueService:
         if len(args) != 2:
             return False
         registry = self.registry
-        ws = registry.spaces.by_name.get(registry.name(args[0], "workspace"))
+        valid = registry.valid_names
+        ws = registry.spaces.by_name.get(valid.get(args[0])
+                                         or registry.name(args[0], "workspace"))
         if ws is None:
             return False
-        var = ws.variables.get(registry.name(args[1], "key"))
+        var = ws.variables.get(valid.get(args[1]) or registry.name(args[1], "key"))
         if var is not None:
             if var.mode != SINGLE or (var.expires is not None
                                       and var.expires <= self.deadlines.clock.now):
