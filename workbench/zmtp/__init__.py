@@ -251,9 +251,18 @@ class Inbound:
         errors, BlockingIOError included, and ZmtpError propagate."""
         if self._large is None:  # ``body_buffer()``, inlined: this runs every read
             data = sock.recv(chunk)
-            if not data:
+            end = len(data)
+            # Most reads bring exactly one message of one small frame, with nothing left over
+            # from the last read: taken whole here, without ``feed``'s calls. (Under CURVE,
+            # ``boxes`` is set before ``identity``; its frames are boxed: ``feed`` opens them.)
+            if (end > 1 and data[0] == 0 and end == data[1] + 2 and self.boxes is None
+                    and self.identity is not None and not self._pending and not self._skip
+                    and not self._frames and end - 2 <= self.max_message):
+                self.messages.append(([data[2:]], end - 2))
+            elif end:
+                self.feed(data)
+            else:
                 return False
-            self.feed(data)
         else:
             target = memoryview(self._large)[self._large_filled:]
             count = sock.recv_into(target)
@@ -330,13 +339,6 @@ class Inbound:
             data, pos = self._resume(data)
         else:  # nothing left over: what arrived starts with a frame
             pos = 0
-            # Most reads bring exactly one message of one small frame: taken whole here,
-            # without the general loop's calls. Anything else is parsed by that loop.
-            end = len(data)
-            if (end > 1 and data[0] == 0 and end == data[1] + 2 and not self._frames
-                    and self.identity is not None and end - 2 <= self.max_message):
-                self.messages.append(([data[2:]], end - 2))
-                return
         end = len(data)
         max_message = self.max_message
         while pos < end:

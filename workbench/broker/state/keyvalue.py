@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 from ...protocol import (
     DESCRIPTOR_SIZE, HEADER_SIZE, KV_ITEM, KV_RECORD, PROTOCOL_VERSION, SEPARATOR, VERSION_SHIFT,
-    Kind, Op, ProtocolError, Status, parse_descriptor, reply_head, value_reply_head,
+    VALUE_REPLY, Kind, Op, ProtocolError, Status, parse_descriptor, reply_head,
 )
 from ...shm import parse_reference, without_flag
 from .effects import Outbox
@@ -46,6 +46,7 @@ _STORED_REPLY = struct.Struct("<BBHIQ")
 #: How clients spell "no time to live".
 _NO_TTL = (b"0.0", b"0")
 _MISSING = int(Status.MISSING)
+_pack_value_reply = VALUE_REPLY.pack
 
 
 def version_of(var: Variable, value: Value) -> int:
@@ -169,8 +170,8 @@ class KeyValueService:
                 if value.shared is not None or len(value.frames) != 1:
                     return False
                 self.counters["kv_gets"] += 1
-                self.messages.append((peer, [value_reply_head(
-                    request_id, 0, var.id, value.seq, value.frames[0])]))
+                self.messages.append((peer, [_pack_value_reply(  # ``value_reply_head``
+                    PROTOCOL_VERSION, 0, 0, request_id, var.id, value.seq) + value.frames[0]]))
                 return True
         counters = self.counters
         counters["kv_gets"] += 1
