@@ -11,11 +11,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import example, given, settings, strategies as st
 
 from .state_driver import Reply, StateDriver
 from workbench import codec
 from workbench.broker.state import Limits
-from workbench.protocol import KV_ITEM, KV_RECORD, Op, Status
+from workbench.protocol import FLAG_ACKS, KV_ITEM, KV_RECORD, Kind, Op, Status, descriptor
 
 WS = "kv"
 
@@ -416,3 +417,79 @@ def test_the_memory_cap_refuses_a_write_and_keeps_the_old_value() -> None:
     reply = kv.store("a", "x" * 20_000)
     assert reply.status == Status.NO_MEMORY and "--max-memory" in reply.text
     assert kv.value("a") == "small"
+
+
+# ---------------------------------------------------------------- the fused paths change nothing
+
+_KEYS = [b"a", b"a", b"a", b"b", b"", b"bad\x01key"]
+_VALUES = [
+    codec.encode(b"x" * 40), codec.encode("text"), codec.encode(7),
+    codec.encode(b"y" * 300),  # still one frame, larger than one ZMTP short frame
+    [descriptor(Kind.BYTES, 1), b"extra frame"],  # a value with an extra frame
+    [b"\0"],  # no descriptor
+    [bytes((0, 8, 0, 0)) + b"unknown flag"],
+]
+_TTLS = [b"0", b"0.0", b"0.0", b"30.0", b"-1.0", b"nan", b"x"]
+_NOTHING_ACKED = b"4000000000"  # acknowledges no lease, so the request means the same
+
+kv_requests = st.one_of(
+    st.tuples(st.just("store"), st.sampled_from([b"kv", b"kv", b"new", b"bad\x02ws"]),
+              st.sampled_from(_KEYS), st.sampled_from([b"set", b"set", b"set", b"add",
+                                                       b"replace", b"append", b"bogus"]),
+              st.sampled_from(_TTLS), st.sampled_from(range(len(_VALUES)))),
+    st.tuples(st.just("get"), st.sampled_from([b"kv", b"kv", b"new", b"bad\x02ws"]),
+              st.sampled_from(_KEYS), st.sampled_from([0, 0, 0, 1, 2])),
+    st.tuples(st.just("delete"), st.sampled_from(_KEYS)),
+    st.tuples(st.just("fetch"), st.sampled_from(_KEYS)),  # waits on the entry if it is empty
+    st.tuples(st.just("declare"), st.sampled_from(_KEYS)),  # a FIFO variable, not an entry
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 40.0])),
+    st.tuples(st.just("expire")),
+)
+
+
+def _send_kv(driver: StateDriver, peer: bytes, request, general: bool) -> None:
+    """One request; ``general`` sends it with an acknowledgement of nothing, which the fused
+    handlers leave to the general ones."""
+    kind, *rest = request
+    flags, acks = (FLAG_ACKS, [_NOTHING_ACKED]) if general else (0, [])
+    if kind == "store":
+        ws, key, how, ttl, which = rest
+        first, *extra = _VALUES[which]
+        driver.send(peer, Op.KV_STORE, [*acks, ws, key, how, ttl, b"0", first], extra, flags)
+    elif kind == "get":
+        ws, key, oddity = rest
+        args = [*acks, ws, key, *([b"one too many"] if oddity == 1 else [])]
+        driver.send(peer, Op.KV_GET, args, [b"a frame"] if oddity == 2 else [], flags)
+    elif kind == "delete":
+        driver.send(peer, Op.KV_DELETE, [b"kv", rest[0]])
+    elif kind == "fetch":
+        driver.send(peer, Op.FETCH, [b"kv", rest[0]])
+    elif kind == "declare":
+        driver.send(peer, Op.DECLARE, [b"kv", rest[0], b"fifo"])
+    elif kind == "advance":
+        driver.advance(rest[0])
+    else:
+        driver.expire()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(kv_requests, max_size=40))
+@example([("store", b"kv", b"a", b"set", b"30.0", 0), ("store", b"kv", b"a", b"set", b"0", 0),
+          ("advance", 40.0), ("get", b"kv", b"a", 0)])
+@example([("store", b"kv", b"a", b"set", b"0", 0), ("fetch", b"a"), ("fetch", b"a"),
+          ("store", b"kv", b"a", b"set", b"0", 1), ("get", b"kv", b"a", 0)])
+def test_the_fused_store_and_get_decide_exactly_as_the_general_handlers(requests) -> None:
+    """A plain KV_STORE or KV_GET may be done by a fused handler (``store_plain``,
+    ``get_plain``); the same requests through the general handlers must give the same
+    replies, change records, counters and memory, under a memory cap that refuses some."""
+    fused, general = (StateDriver(Limits(max_memory=1000), rng=random.Random(0))
+                      for _ in range(2))
+    peers = [driver.client("kv") for driver in (fused, general)]
+    for request in requests:
+        _send_kv(fused, peers[0], request, general=False)
+        _send_kv(general, peers[1], request, general=True)
+    assert [(r.status, r.request_id, r.body, r.extra) for r in fused.take_all()] == \
+        [(r.status, r.request_id, r.body, r.extra) for r in general.take_all()]
+    assert fused.changes == general.changes
+    assert fused.state.counters == general.state.counters
+    assert fused.state.memory.used == general.state.memory.used

@@ -249,12 +249,14 @@ def reply_head(status: int, request_id: int, nframes: int = 0, body: bytes = b""
     return _pack_header(_V, status, nframes, request_id) + body
 
 
-_VALUE_REPLY = struct.Struct("<BBHIQQ")  # HEADER + META in one pack, for the hottest reply
+#: HEADER + META in one pack, for the hottest reply (``value_reply_head``).
+VALUE_REPLY = struct.Struct("<BBHIQQ")
+_pack_value_reply = VALUE_REPLY.pack
 
 
 def value_reply_head(request_id: int, nextra: int, var_id: int, seq: int, first: bytes) -> bytes:
     """The head of an OK reply carrying a value: header, META, then the value's first frame."""
-    return _VALUE_REPLY.pack(_V, 0, nextra, request_id, var_id, seq) + first
+    return _pack_value_reply(_V, 0, nextra, request_id, var_id, seq) + first
 
 
 def parse_head(head: bytes) -> tuple[int, int, int]:

@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import deque
 from functools import partial
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Callable
 
 from .. import shm
@@ -55,6 +56,7 @@ log = logging.getLogger("workbench.broker")
 _READ = select.POLLIN
 _WRITE = select.POLLOUT
 _CLOSED = select.POLLHUP | select.POLLERR  # reading then tells what happened
+_READABLE = _READ | _CLOSED
 _IOV_MAX = 1024  # buffers per sendmsg: the kernel refuses more
 #: At most this many (kind, source address) pairs of refused connections are logged; the
 #: counters count every one (a scan from many addresses must not fill the log or the memory).
@@ -369,7 +371,7 @@ class BrokerServer:
                 if fd in listeners:
                     self._accept(listeners[fd])
                 continue  # closed earlier in this pass
-            if events & (_READ | _CLOSED):
+            if events & _READABLE:
                 self._read(peer)
             if events & _WRITE and peer.out:
                 if not deferred:
@@ -561,10 +563,10 @@ class BrokerServer:
             peer.queue(inbound.replies)
             inbound.replies.clear()
             self.dirty[peer] = None
-        if inbound.messages:
-            messages, inbound.messages = inbound.messages, []
-            for frames, size in messages:
-                self._handle(peer.identity, frames, size)
+        messages = inbound.messages
+        if messages:
+            inbound.messages = []
+            self._handle(peer.identity, messages)
 
     def _route(self, peer: _Peer, identity: bytes) -> bool:
         """The peer is ready: replies to ``identity`` go to it -> True. As with libzmq's
@@ -578,14 +580,23 @@ class BrokerServer:
             peer.seal = peer.inbound.seal
         return True
 
-    def _handle(self, identity: bytes, frames: list, size: int) -> None:
-        head = bytes(frames[0]) if frames else b""
-        if size > self.limits.max_message_size:
-            self._apply(self.state.reject_oversized(identity, head, size))
-            return
-        rest = frames[1:]
-        files = self.files.inspect(rest) if rest and self.files is not None else None
-        self._apply(self.state.handle(identity, head, rest, time.monotonic(), files))
+    def _handle(self, identity: bytes, messages: list) -> None:
+        """Hand each message of a peer (its frame lists are this call's to change) to the
+        state, and apply what it decided."""
+        state = self.state
+        files = self.files
+        limit = self.limits.max_message_size
+        apply = self._apply
+        for frames, size in messages:
+            head = frames[0] if frames else b""
+            if type(head) is not bytes:  # a large head frame, read into a buffer of its own
+                head = bytes(head)
+            if size > limit:
+                apply(state.reject_oversized(identity, head, size))
+                continue
+            del frames[:1]  # the value frames after the head, if any
+            apply(state.handle(identity, head, frames, _monotonic(),
+                               files.inspect(frames) if frames and files is not None else None))
 
     # ------------------------------------------------------------------ effects
 
@@ -593,7 +604,6 @@ class BrokerServer:
         """Carry out what the state decided (see ``Effects``), then the calls into the state
         that this calls for: a message whose socket is gone, a file that cannot be read, a
         comparison. Each such call reuses the effects, so it waits until these are applied."""
-        state = self.state
         routes = self.routes
         dirty = self.dirty
         later: list[Callable[[], Effects]] | None = None  # made when needed: rarely
@@ -608,9 +618,11 @@ class BrokerServer:
                 peer = routes.get(identity)
                 if peer is None:  # its socket is gone: a value it was handed goes back
                     later = later or []
-                    later.append(partial(state.undeliverable, identity, frames[0]))
+                    later.append(partial(self.state.undeliverable, identity, frames[0]))
                     continue
-                peer.queue(peer.seal(frames))
+                buffers = peer.seal(frames)  # ``peer.queue``, inlined: this runs every request
+                peer.out += buffers
+                peer.queued += sum(map(len, buffers))
                 dirty[peer] = None
             if rare:
                 for line in effects.notices:
@@ -622,7 +634,7 @@ class BrokerServer:
                 comparison = effects.comparison
                 if comparison is not None:
                     later = later or []
-                    later.append(partial(state.compared, self.files.holds(
+                    later.append(partial(self.state.compared, self.files.holds(
                         comparison.reference, comparison.frames)))
             if not later:
                 return
@@ -709,8 +721,15 @@ class BrokerServer:
         out = peer.out
         try:
             while out:
-                batch = out[:_IOV_MAX]
-                sent = peer.sock.sendmsg(batch) if len(batch) > 1 else peer.sock.send(batch[0])
+                if len(out) == 1:  # the usual case: one reply, sent whole
+                    batch = out
+                    sent = peer.sock.send(out[0])
+                    if sent == len(out[0]):
+                        out.clear()
+                        break
+                else:
+                    batch = out[:_IOV_MAX]
+                    sent = peer.sock.sendmsg(batch)
                 peer.queued -= sent
                 for index, buffer in enumerate(batch):
                     size = len(buffer)
@@ -734,6 +753,8 @@ class BrokerServer:
             return
         if not out:
             peer.queued = 0
+            if peer.events == _READ:  # what ``_watch`` would leave as it is
+                return
         self._watch(peer)
 
     def _watch(self, peer: _Peer) -> None:

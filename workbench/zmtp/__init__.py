@@ -52,6 +52,7 @@ _FLAG_BITS = MORE | LONG | COMMAND
 
 # Short frame headers, by (more, size): built once, used for every reply.
 _SHORT = tuple(tuple(bytes((more, size)) for size in range(256)) for more in (0, MORE))
+_LAST_SHORT = _SHORT[0]
 _generated_ids = itertools.count(1)
 
 
@@ -188,6 +189,10 @@ def peer_identity(found: dict[bytes, bytes]) -> bytes:
 def encode(frames: list | tuple) -> list:
     """A message -> the buffers to send, in order. Small frames are joined to their headers;
     large ones are sent from their own memory, never copied."""
+    if len(frames) == 1:  # the usual message: one small frame
+        frame = frames[0]
+        if type(frame) is bytes and len(frame) < 256:
+            return [_LAST_SHORT[len(frame)] + frame]
     out = []
     last = len(frames) - 1
     for index, frame in enumerate(frames):
@@ -244,13 +249,22 @@ class Inbound:
         """Read once from a non-blocking ``sock`` into the parser (a large frame's body
         straight into its own buffer) -> False at the end of the stream. The socket's
         errors, BlockingIOError included, and ZmtpError propagate."""
-        target = self.body_buffer()
-        if target is None:
+        if self._large is None:  # ``body_buffer()``, inlined: this runs every read
             data = sock.recv(chunk)
-            if not data:
+            end = len(data)
+            # Most reads bring exactly one message of one small frame, with nothing left over
+            # from the last read: taken whole here, without ``feed``'s calls. (Under CURVE,
+            # ``boxes`` is set before ``identity``; its frames are boxed: ``feed`` opens them.)
+            if (end > 1 and data[0] == 0 and end == data[1] + 2 and self.boxes is None
+                    and self.identity is not None and not self._pending and not self._skip
+                    and not self._frames and end - 2 <= self.max_message):
+                self.messages.append(([data[2:]], end - 2))
+            elif end:
+                self.feed(data)
+            else:
                 return False
-            self.feed(data)
         else:
+            target = memoryview(self._large)[self._large_filled:]
             count = sock.recv_into(target)
             target.release()  # the buffer may be handed on, even resized (``zmtp.sodium``)
             if not count:
@@ -321,7 +335,10 @@ class Inbound:
 
     def feed(self, data: bytes) -> None:
         """Parse bytes as they arrived from the peer. Raises ZmtpError on a protocol breach."""
-        data, pos = self._resume(data)
+        if self._pending or self._large is not None or self._skip or not self._greeted:
+            data, pos = self._resume(data)
+        else:  # nothing left over: what arrived starts with a frame
+            pos = 0
         end = len(data)
         max_message = self.max_message
         while pos < end:

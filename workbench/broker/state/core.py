@@ -19,7 +19,10 @@ The concerns are services composed around shared objects, each handed the ones i
 
     WorkspaceService, WorkQueueService, KeyValueService, PubSubService, ClientService
 
-and ``handle`` dispatches each op code to the handler a service registered for it.
+and ``handle`` dispatches each op code to the handler a service registered for it. The usual
+key-value ``set`` and ``get`` go to a fused handler first (``KeyValueService.store_plain``,
+``get_plain``): the whole request in one call, or nothing changed and the general handler does
+it; ``test_state_kv`` holds both to the same replies, records and counters.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from .sessions import Session, SessionTable
 from .workspaces import WorkspaceTable
 
 DEFAULT_WORKSPACE = "__default"
+_unpack_header = HEADER.unpack_from
+_NO_HEADER = (None, 0, 0, 0)  # what a head too short for the header reads as
 
 
 @dataclass
@@ -117,6 +122,9 @@ class BrokerState:
                                                Op.CANCEL: handoffs.cancel}
         for service in (self.workspaces, self.work_queues, self.kv, self.pubsub, self.clients):
             self._handlers.update(service.handlers())
+        # Fused handlers of the usual flag-less requests: each does the whole request from its
+        # head, or says it cannot (having changed nothing) and the handler above does it.
+        self._plain_handlers: dict[int, Callable] = self.kv.plain_handlers()
 
     # ---------------------------------------------------------------- entry points
 
@@ -134,26 +142,32 @@ class BrokerState:
         self.clock.now = now
         self.memory.checked = files
         counters = self._counters
-        try:
-            op, flags, request_id = parse_head(head)
-        except VersionMismatch as exc:  # answerable: our header layout is version-independent
-            counters["malformed"] += 1
-            self.outbox.error(peer, exc.request_id, Status.BAD_REQUEST, str(exc))
-            return effects
-        except ProtocolError:
-            counters["malformed"] += 1  # nothing to correlate a reply with: drop it
-            return effects
+        # ``parse_head``, inlined: it raises for the rare heads ``_foreign`` answers.
+        version, op, flags, request_id = (_unpack_header(head) if len(head) >= HEADER_SIZE
+                                          else _NO_HEADER)
+        if version != PROTOCOL_VERSION:
+            return self._foreign(peer, head, effects)
         counters["requests"] += 1
-        session, new = self.sessions.touch(peer, now)
-        if new:
-            if self.clients.is_straggler(session):
-                self.outbox.error(peer, request_id, Status.SHUTTING_DOWN,
-                                  "this connection's session has ended; connect again")
-                return effects
-            if op != Op.HELLO:
-                self.outbox.notice(f"client connected: {session.label} (without hello)")
+        # ``sessions.touch``, inlined for a socket already seen (nearly every request).
+        session = self.sessions.by_peer.get(peer)
+        if session is not None:
+            session.last_seen = now
+        else:
+            session, new = self.sessions.touch(peer, now)
+            if new:
+                if self.clients.is_straggler(session):
+                    self.outbox.error(peer, request_id, Status.SHUTTING_DOWN,
+                                      "this connection's session has ended; connect again")
+                    return effects
+                if op != Op.HELLO:
+                    self.outbox.notice(f"client connected: {session.label} (without hello)")
         session.requests += 1
         try:
+            plain = None if flags else self._plain_handlers.get(op)
+            if plain is not None and plain(session, peer, request_id, head, frames):
+                if self.deliveries.event_ready:
+                    self.deliveries.flush_events()
+                return effects
             before_value = VALUE_ARITY.get(op)
             if before_value is None:
                 args = split_args(head)
@@ -186,6 +200,18 @@ class BrokerState:
             self._refuse(peer, request_id, exc)
         if self.deliveries.event_ready:
             self.deliveries.flush_events()
+        return effects
+
+    def _foreign(self, peer: bytes, head: bytes, effects: Effects) -> Effects:
+        """A head too short for the header, or of another protocol version: counted as
+        malformed, and answered when it says which request it was."""
+        self._counters["malformed"] += 1
+        try:
+            parse_head(head)
+        except VersionMismatch as exc:  # answerable: our header layout is version-independent
+            self.outbox.error(peer, exc.request_id, Status.BAD_REQUEST, str(exc))
+        except ProtocolError:
+            pass  # nothing to correlate a reply with: dropped
         return effects
 
     def _refuse(self, peer: bytes, request_id: int, exc: Exception) -> None:

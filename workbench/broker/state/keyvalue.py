@@ -18,12 +18,13 @@ import struct
 from typing import Callable, NamedTuple
 
 from ...protocol import (
-    DESCRIPTOR_SIZE, KV_ITEM, KV_RECORD, VERSION_SHIFT, Kind, Op, ProtocolError, Status,
-    parse_descriptor,
+    DESCRIPTOR_SIZE, HEADER_SIZE, KV_ITEM, KV_RECORD, PROTOCOL_VERSION, SEPARATOR, VERSION_SHIFT,
+    VALUE_REPLY, Kind, Op, ProtocolError, Status, parse_descriptor, reply_head,
 )
 from ...shm import parse_reference, without_flag
 from .effects import Outbox
 from .expiry import Deadlines
+from .changes import stored
 from .handoffs import HandOffs, ManyValues
 from .memory import Memory
 from .registry import Registry
@@ -40,6 +41,12 @@ _STORE_HOWS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"ca
 #: Value kinds whose payload is the text of a number when it is one (see protocol.Kind).
 _NUMERIC_KINDS = (Kind.BYTES, Kind.TEXT, Kind.INT)
 _INT = Kind.INT
+#: The OK reply to a store: the header and the entry's new version in one pack.
+_STORED_REPLY = struct.Struct("<BBHIQ")
+#: How clients spell "no time to live".
+_NO_TTL = (b"0.0", b"0")
+_MISSING = int(Status.MISSING)
+_pack_value_reply = VALUE_REPLY.pack
 
 
 def version_of(var: Variable, value: Value) -> int:
@@ -67,6 +74,10 @@ class KeyValueService:
         self.deadlines = deadlines
         self.outbox = outbox
         self.counters = counters
+        self.deliveries = handoffs.deliveries
+        # The outbox's lists, at hand for the fused paths (``store_plain``, ``get_plain``).
+        self.messages = outbox.messages
+        self.log = outbox.log
         self.pending: PendingSwap | None = None
 
     def handlers(self) -> dict[int, Callable]:
@@ -76,6 +87,97 @@ class KeyValueService:
             Op.KV_GET_MULTI: self.get_multi, Op.KV_SET_MULTI: self.set_multi,
             Op.KV_DELETE_MULTI: self.delete_multi, Op.KV_COMPARE_SWAP: self.compare_swap,
         }
+
+    def plain_handlers(self) -> dict[int, Callable]:
+        """The fused handlers of the usual requests, for flag-less requests (see
+        ``store_plain``)."""
+        return {Op.KV_STORE: self.store_plain, Op.KV_GET: self.get_plain}
+
+    # ---------------------------------------------------------------- the usual cases, fused
+
+    def store_plain(self, session: Session, peer: bytes, request_id: int, head: bytes,
+                    frames: list) -> bool:
+        """A KV_STORE in one call, when it is the usual one: ``set`` of a small plain value
+        (one frame, no shared-memory file) over a live SINGLE entry of an existing workspace,
+        which nobody waits on or watches. Makes exactly the changes, records, counts and reply
+        of ``store`` -> True; for anything else -> False, having changed nothing (``store``
+        does it). The same errors as ``store`` are raised where it would raise them first."""
+        if frames:
+            return False
+        args = head[HEADER_SIZE:].split(SEPARATOR, 5)
+        if len(args) != 6 or args[2] != b"set":
+            return False
+        first = args[5]
+        size = len(first)
+        if size < DESCRIPTOR_SIZE or first[1] or first[2] or first[3]:  # flags, extra frames
+            return False
+        memory = self.memory
+        if memory.used + size > memory.limit:  # ``admit`` refuses it
+            return False
+        registry = self.registry
+        valid = registry.valid_names
+        ws = registry.spaces.by_name.get(valid.get(args[0])
+                                         or registry.name(args[0], "workspace"))
+        if ws is None:  # ``_space`` creates it
+            return False
+        var = ws.variables.get(valid.get(args[1]) or registry.name(args[1], "key"))
+        if (var is None or var.mode != SINGLE or not var.mode_fixed or var.fetchers
+                or var.finders or self.deliveries.watched
+                or (var.expires is not None and var.expires <= self.deadlines.clock.now)):
+            return False
+        ttl = 0 if args[3] in _NO_TTL else self._ttl(args[3])
+        self.counters["kv_sets"] += 1
+        values = var.values
+        for old in values:  # ``_write``: the old value goes
+            memory.discard(old, var)
+        values.clear()
+        # ``HandOffs.store`` with nobody waiting or watching: stamped, counted, recorded, kept.
+        value = Value([first], size, var.next_seq)
+        var.next_seq += 1
+        memory.used += size
+        self.log.append((stored, var, value))
+        values.append(value)
+        if ttl or var.expires is not None:
+            self.deadlines.set(var, ttl)
+        self.messages.append((peer, [_STORED_REPLY.pack(
+            PROTOCOL_VERSION, 0, 0, request_id, var.id << VERSION_SHIFT | value.seq)]))
+        return True
+
+    def get_plain(self, session: Session, peer: bytes, request_id: int, head: bytes,
+                  frames: list) -> bool:
+        """A KV_GET in one call, when it is the usual one: an entry of an existing workspace
+        that is absent, or holds a value of one frame without a shared-memory file. Counts and
+        replies as ``get`` does -> True; for anything else -> False, having changed nothing
+        (``get`` does it)."""
+        if frames:
+            return False
+        args = head[HEADER_SIZE:].split(SEPARATOR)
+        if len(args) != 2:
+            return False
+        registry = self.registry
+        valid = registry.valid_names
+        ws = registry.spaces.by_name.get(valid.get(args[0])
+                                         or registry.name(args[0], "workspace"))
+        if ws is None:
+            return False
+        var = ws.variables.get(valid.get(args[1]) or registry.name(args[1], "key"))
+        if var is not None:
+            if var.mode != SINGLE or (var.expires is not None
+                                      and var.expires <= self.deadlines.clock.now):
+                return False
+            if var.values:
+                value = var.values[0]
+                if value.shared is not None or len(value.frames) != 1:
+                    return False
+                self.counters["kv_gets"] += 1
+                self.messages.append((peer, [_pack_value_reply(  # ``value_reply_head``
+                    PROTOCOL_VERSION, 0, 0, request_id, var.id, value.seq) + value.frames[0]]))
+                return True
+        counters = self.counters
+        counters["kv_gets"] += 1
+        counters["kv_misses"] += 1
+        self.messages.append((peer, [reply_head(_MISSING, request_id)]))
+        return True
 
     # ---------------------------------------------------------------- lookup
 

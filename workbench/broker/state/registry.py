@@ -29,13 +29,15 @@ class Registry:
         self.deliveries = deliveries
         self.handoffs = handoffs
         self.memory = memory
-        self._valid_names: dict[bytes, str] = {}
+        #: Names already checked, by their bytes: a request naming one needs no check (the hot
+        #: paths look here before they call ``name``).
+        self.valid_names: dict[bytes, str] = {}
 
     # ---------------------------------------------------------------- names
 
     def name(self, arg: bytes, what: str) -> str:
         """A workspace, variable or key name from a request, checked."""
-        name = self._valid_names.get(arg)
+        name = self.valid_names.get(arg)
         if name is not None:  # the same few names arrive with every request
             return name
         name = arg.decode("utf-8")
@@ -47,9 +49,9 @@ class Registry:
         if not name.isprintable():
             raise OpError(Status.BAD_REQUEST,
                           f"{what} name {name!r} contains control characters")
-        if len(self._valid_names) >= _NAME_CACHE_SIZE:
-            self._valid_names.clear()
-        self._valid_names[arg] = name
+        if len(self.valid_names) >= _NAME_CACHE_SIZE:
+            self.valid_names.clear()
+        self.valid_names[arg] = name
         return name
 
     def workspace(self, arg: bytes) -> Workspace:
