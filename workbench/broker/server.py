@@ -65,8 +65,9 @@ _MOST_LOGGED_REFUSALS = 1000
 _READY_METADATA = properties(Socket_Type=b"ROUTER")
 
 
-class _Stop(Exception):
-    """Raised from the SIGTERM handler to leave the poll at once."""
+class _Stop(BaseException):
+    """Raised from the SIGTERM handler to leave the poll at once. Not an Exception: the
+    state's guard against its own bugs (``except Exception``) must not take it for one."""
 
 
 class _LogFailed(Exception):
@@ -778,6 +779,9 @@ class BrokerServer:
         """On the way out: keep writing pending replies for a moment, so that clients blocked
         in a call learn that the broker stops instead of waiting for their heartbeat."""
         deadline = time.monotonic() + STOP_LINGER
+        for peer in list(self.peers):  # a stop between queueing and writing left it unwatched
+            if peer.out:
+                self._write(peer)
         while any(peer.out for peer in self.peers) and time.monotonic() < deadline:
             for fd, events in self.poller.poll(0.05):
                 peer = self.by_fd.get(fd)
