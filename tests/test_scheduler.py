@@ -146,6 +146,35 @@ def test_a_result_that_comes_twice_counts_once(scheduler):
     assert batch.ordered() == [0, 10, 20, 30]
 
 
+def test_results_are_taken_a_run_at_a_time_up_to_the_first_missing_one(scheduler):
+    batch = each_elem(scheduler, [(x,) for x in range(12)], 3)
+    sent = [r for _, r in scheduler.take(batch, most=100).records]  # tags 0, 3, 6, 9
+    scheduler.file(answer(sent[1]))
+    scheduler.file(answer(sent[3]))
+    assert scheduler.take_ready(batch, 0) == ([], None)  # element 0 is not in yet
+    scheduler.file(answer(sent[0]))
+    assert scheduler.take_ready(batch, 0) == ([0, 10, 20, 30, 40, 50], None)
+    assert scheduler.take_ready(batch, 6) == ([], None)
+    scheduler.file(answer(sent[2]))
+    assert scheduler.take_ready(batch, 6) == ([60, 70, 80, 90, 100, 110], None)
+    assert batch.results == {} and batch.consumed == 12
+
+
+def test_a_chunk_that_overlaps_results_in_or_taken_files_only_the_new_ones(scheduler):
+    batch = each_elem(scheduler, [(x,) for x in range(6)], 6)
+    [(_, record)] = scheduler.take(batch, most=100).records
+    # the record ran in part, its worker died, and its elements came back one by one
+    singles = split_suspects(record, 1)
+    scheduler.file(answer(singles[0]))
+    scheduler.file(answer(singles[3]))
+    assert scheduler.take_ready(batch, 0) == ([0], None)
+    scheduler.file(answer(record, fail={4}))  # then the whole record, from the first worker
+    assert batch.done == 6 and scheduler.status(False).duplicates == 2
+    values, failed = scheduler.take_ready(batch, 1, find_failure=True)
+    assert values[:3] == [10, 20, 30] and values[4] == 50 and failed == 3
+    assert isinstance(values[3], RemoteError) and values[3].tag == 4
+
+
 def test_failed_elements_come_back_as_remote_errors(scheduler):
     batch = each_elem(scheduler, [(x,) for x in range(3)], 3)
     [(_, record)] = scheduler.take(batch, most=100).records

@@ -124,6 +124,36 @@ def test_each_elem_chunks_many_tiny_tasks_and_keeps_them_per_element(sleigh):
     assert results[1999].tag == 1999 and "bad 1999" in str(results[1999])
 
 
+def test_a_chunk_keeps_each_elements_value_error_and_output(sleigh, capsys):
+    import sys
+
+    def picky(x, offset):
+        print(f"out {x}")
+        if x % 4 == 2:
+            print(f"err {x}", file=sys.stderr)
+            raise ValueError(f"bad {x}")
+        return x + offset
+
+    capsys.readouterr()
+    results = sleigh.eachElem(picky, list(range(12)), fixedArgs=[100], chunkSize=6,
+                              timeout=TIMEOUT)
+    captured = capsys.readouterr()
+    assert [x for x, r in enumerate(results) if isinstance(r, RemoteError)] == [2, 6, 10]
+    assert all(results[x] == x + 100 for x in range(12) if x % 4 != 2)
+    assert results[6].tag == 6 and "bad 6" in str(results[6])
+    assert "in picky" in results[6].remote_traceback
+    assert "_run_items" not in results[6].remote_traceback
+    out = [line.split("] ", 1)[1] for line in captured.out.splitlines()]
+    assert sorted(out, key=lambda line: int(line.split()[1])) == [f"out {x}" for x in range(12)]
+    err = [line.split("] ", 1)[1] for line in captured.err.splitlines()]
+    assert sorted(err) == sorted(f"err {x}" for x in (2, 6, 10))
+
+
+def test_a_submits_keyword_arguments_reach_the_task(sleigh):
+    assert sleigh.submit(sorted, [3, 1, 2], key=lambda x: -x).result(timeout=TIMEOUT) \
+        == [3, 2, 1]
+
+
 def test_failed_tasks_come_back_as_remote_errors(sleigh):
     def divide(x):
         return 1 / x
@@ -425,6 +455,34 @@ def test_map(sleigh):
         next(results)
     with pytest.raises(TimeoutError):
         list(sleigh.map(time.sleep, [2.0], timeout=0.2))
+
+
+def test_map_hands_out_a_chunks_results_then_raises_at_its_failed_one(sleigh):
+    def fails_at_15(x):
+        if x == 15:
+            raise ValueError("fifteen")
+        return x
+
+    results = sleigh.map(fails_at_15, range(30), chunksize=10, timeout=TIMEOUT)
+    seen = []
+    with pytest.raises(RemoteError, match="fifteen") as info:
+        for value in results:
+            seen.append(value)
+    assert seen == list(range(15)) and info.value.tag == 15
+    assert results.returned == 16
+
+
+def test_next_and_loops_over_a_result_iterator_go_on_from_one_another(sleigh):
+    results = sleigh.map(lambda x: x * 2, range(40), chunksize=10, timeout=TIMEOUT)
+    assert [next(results), next(results)] == [0, 2]
+    assert results.returned == 2
+    assert list(itertools.islice(results, 3)) == [4, 6, 8]
+    assert next(results) == 10 and results.returned == 6
+    assert list(results) == [2 * x for x in range(6, 40)]
+    assert results.returned == 40 and results.buffered == 0 and results.stopped
+    assert list(results) == []
+    with pytest.raises(StopIteration):
+        next(results)
 
 
 def test_with_statement_stops_every_worker(broker):

@@ -29,8 +29,14 @@ class Batch:
         self.feed_lock = threading.Lock()  # a generator takes one thread at a time
         self.submitted = 0
         self.done = 0
-        self.consumed = 0
+        self.consumed = 0  # results taken out of ``results``
+        self.read = 0  # results the caller was handed (what a lazy call's window counts)
         self.results: dict[int, Any] = {}
+        #: Every element before this one has its result in (or read already): what an
+        #: iterator can take at once. Filed runs that start further on wait in ``runs``
+        #: (start -> end), and the frontier jumps over each as it reaches it.
+        self.frontier = 0
+        self.runs: dict[int, int] = {}
         self.failed: set[int] = set()  # tags whose result is a RemoteError
         self.withdrawn = False  # an element went with its worker (eachWorker): tags have gaps
         self.cancelled = False
@@ -54,7 +60,7 @@ class Batch:
         return DONE if self.finished else RUNNING
 
     def in_flight(self) -> int:
-        return self.submitted - (self.consumed if self.by_consumer else self.done)
+        return self.submitted - (self.read if self.by_consumer else self.done)
 
     def room(self) -> int | None:
         """How many more elements may be sent now (None: no bound)."""
@@ -64,7 +70,7 @@ class Batch:
         """The results in element order."""
         if self.withdrawn:
             return [self.results[tag] for tag in sorted(self.results)]
-        return [self.results[tag] for tag in range(self.total or 0)]
+        return list(map(self.results.__getitem__, range(self.total or 0)))
 
     def check(self) -> None:
         """Raise what ended this batch other than its own completion."""

@@ -193,33 +193,72 @@ class Scheduler:
         batch = self._batches.get(entry.batch)
         if batch is None:
             return None  # finished, cancelled, or a duplicate from a worker that died
-        errors = dict(entry.errors) if entry.errors else None
-        rank, tag0 = entry.rank, entry.tag0
         with self._cond:
             if batch.finished:
                 return None
-            results, arrivals, floor = batch.results, batch.arrivals, batch.consumed
-            added = 0
-            for index, value in enumerate(entry.values):
-                tag = tag0 + index
-                if tag in results or tag < floor:
-                    self._duplicates += 1  # its worker died before the ack reached the broker
-                    continue
-                if errors is not None and index in errors:
-                    value = RemoteError.from_info(errors[index], rank, tag)
-                    batch.failed.add(tag)
-                results[tag] = value
-                added += 1
-                if arrivals is not None:
-                    arrivals.append((tag, value))
+            added = self._file_values(batch, entry)
             batch.done += added
             resolution = self._settle(batch)
             self._cond.notify_all()
-            progress = batch.progress(rank, added) if self._observers else None
+            progress = batch.progress(entry.rank, added) if self._observers else None
         if progress is not None:
             self._emit(progress)
         feed = batch.source is not None and not batch.by_consumer
         return Filed(batch, resolution, feed) if resolution is not None or feed else None
+
+    def _file_values(self, batch: Batch, entry: ResultEntry) -> int:
+        """Under the lock: the entry's values into the batch's results -> how many were new.
+        A run that came once (nearly always) goes in whole, in C; one that overlaps results
+        in or read already (its worker died before its acknowledgement reached the broker)
+        goes element by element, the duplicates dropped."""
+        results, values, tag0 = batch.results, entry.values, entry.tag0
+        failed: set[int] = set()
+        if entry.errors:
+            values = list(values)
+            for index, info in entry.errors:
+                values[index] = RemoteError.from_info(info, entry.rank, tag0 + index)
+                failed.add(tag0 + index)
+        tags = range(tag0, tag0 + len(values))
+        if tag0 >= batch.consumed and results.keys().isdisjoint(tags):
+            results.update(zip(tags, values))
+            batch.failed |= failed
+            _add_run(batch, tag0, tags.stop)
+            if batch.arrivals is not None:
+                batch.arrivals.extend(zip(tags, values))
+            return len(values)
+        added = 0
+        for tag, value in zip(tags, values):
+            if tag in results or tag < batch.consumed:
+                self._duplicates += 1
+                continue
+            results[tag] = value
+            if tag in failed:
+                batch.failed.add(tag)
+            _add_run(batch, tag, tag + 1)
+            added += 1
+            if batch.arrivals is not None:
+                batch.arrivals.append((tag, value))
+        return added
+
+    def take_ready(self, batch: Batch, tag: int, find_failure: bool = False
+                   ) -> tuple[list, int | None]:
+        """Take the results of elements ``tag``, ``tag + 1``... that are in, in order, out
+        of the batch, under one acquisition of the lock -> (values, the index in them of the
+        first that failed if ``find_failure`` and one did, else None). The caller has been
+        handed every result before ``tag`` (a lazy call's window makes room for as many);
+        those taken now count only when it next comes for more."""
+        with self._cond:
+            batch.read = max(batch.read, tag)
+            stop = batch.frontier
+            if stop <= tag:
+                return [], None
+            tags = range(tag, stop)
+            values = list(map(batch.results.pop, tags))
+            batch.consumed += len(values)
+            failed = batch.failed
+            if find_failure and failed and not failed.isdisjoint(tags):
+                return values, min(t for t in failed if tag <= t < stop) - tag
+            return values, None
 
     def consume(self, batch: Batch, tag: int) -> tuple[Any, bool] | None:
         """Take element ``tag``'s result out of the batch (lazy calls keep only what is not
@@ -228,6 +267,7 @@ class Scheduler:
             if tag not in batch.results:
                 return None
             batch.consumed += 1
+            batch.read = max(batch.read, tag + 1)
             return batch.results.pop(tag), tag in batch.failed
 
     def wait(self, batch: Batch, deadline: float | None, tag: int | None = None) -> bool:
@@ -458,6 +498,18 @@ class Scheduler:
             return SleighStatus(len(self._workers), sorted(self._workers),
                                 sum(b.in_flight() for b in self._batches.values()),
                                 len(self._batches), self._deaths, self._duplicates, stopped)
+
+
+def _add_run(batch: Batch, start: int, stop: int) -> None:
+    """Under the lock: results of elements ``start`` to ``stop`` came in; move the batch's
+    frontier over them, and over the runs waiting right after them."""
+    if start != batch.frontier:
+        batch.runs[start] = stop
+        return
+    runs = batch.runs
+    while stop in runs:
+        stop = runs.pop(stop)
+    batch.frontier = stop
 
 
 # ---------------------------------------------------------------------------- retries
