@@ -434,6 +434,30 @@ def test_submit_returns_futures(sleigh):
         [2 * i for i in range(50)]
 
 
+def test_a_function_runs_with_what_it_captures_now_not_when_first_sent(sleigh):
+    step = 1
+
+    def add(x):
+        return x + step
+
+    assert sleigh.submit(add, 1).result(timeout=TIMEOUT) == 2
+    step = 10
+    assert sleigh.submit(add, 1).result(timeout=TIMEOUT) == 11
+    box = [1]
+
+    def read():
+        return box[0]
+
+    assert sleigh.submit(read).result(timeout=TIMEOUT) == 1
+    box[0] = 5
+    assert sleigh.submit(read).result(timeout=TIMEOUT) == 5
+    namespace = {"__name__": "__main__", "k": 1}
+    exec("def shifted(x):\n    return x + k\n", namespace)  # as a notebook defines it
+    assert list(sleigh.map(namespace["shifted"], [1, 2], timeout=TIMEOUT)) == [2, 3]
+    namespace["k"] = 100
+    assert sleigh.submit(namespace["shifted"], 1).result(timeout=TIMEOUT) == 101
+
+
 def test_a_failed_future_raises_remote_error(sleigh):
     def fails():
         raise KeyError("missing")

@@ -30,6 +30,7 @@ from . import tasks
 from .errors import SleighError
 from .batch import Batch
 from .scheduler import Scheduler
+from .specs import SpecCache
 from .tasks import CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord
 from .worker import CANCELLED_VAR, cancel_identifier
 
@@ -57,6 +58,7 @@ class Dispatcher:
         self._on_hello = on_hello
         self._on_farewell = on_farewell
         self._bus: MessageBus | None = None
+        self._specs = SpecCache()
         self._sender: _Sender | None = None
         self._sender_lock = threading.Lock()
         self._collector = threading.Thread(target=self._collect, daemon=True,
@@ -79,10 +81,11 @@ class Dispatcher:
 
     def store_function(self, fn: Callable, fixed: Sequence = (),
                        permute: Sequence[int] | None = None) -> str:
-        """Store the function spec once, under the hash of its pickle -> its key."""
+        """Store the function spec once, under the hash of its pickle -> its key. The pickle
+        of a function whose parts cannot have changed is not made again (``SpecCache``)."""
         if not callable(fn):
             raise TypeError(f"a sleigh runs callables, not {type(fn).__name__}")
-        key, data = tasks.pack_function(fn, fixed, permute)
+        key, data = self._specs.pack(fn, fixed, permute)
         if not self.scheduler.knows_function(key):
             name = FUNCTION_PREFIX + key
             self._nws.declare(name, "single")
