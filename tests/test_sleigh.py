@@ -509,6 +509,19 @@ def test_next_and_loops_over_a_result_iterator_go_on_from_one_another(sleigh):
         next(results)
 
 
+def test_a_lone_submit_is_stored_by_its_caller_and_a_burst_by_the_sender(broker):
+    import threading
+
+    with Sleigh(1, broker=broker.address) as s:
+        sender = f"sleigh-sender-{s.wsName}"
+        for x in range(5):  # each waits for its result before the next
+            assert s.submit(abs, -x).result(timeout=TIMEOUT) == x
+        assert sender not in {thread.name for thread in threading.enumerate()}
+        futures = [s.submit(abs, -x) for x in range(50)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(50))
+        assert sender in {thread.name for thread in threading.enumerate()}
+
+
 def test_with_statement_stops_every_worker(broker):
     with Sleigh(2, broker=broker.address) as s:
         pids = [w["pid"] for w in s.workerInfo()]
