@@ -431,6 +431,17 @@ def test_records_travel_as_plain_tuples():
     assert type(read_entry(tuple(hello(2)))) is Hello
 
 
+def test_a_call_of_one_argument_sends_the_arguments_bare():
+    [(_, plain), (_, bare)] = [next(records(1, KEY, items, even_chunks(2, 2), bare=flag))
+                               for items, flag in (([(1,), ((2, 3),)], False),
+                                                   ([1, (2, 3)], True))]
+    assert bare.items == [1, (2, 3)] and bare.bare and not plain.bare
+    assert [bare.arguments(i) for i in range(2)] == [plain.arguments(i) for i in range(2)] \
+        == [(1,), ((2, 3),)]
+    assert read_record(tuple(bare)) == bare
+    assert all(part.bare for part in split_suspects(bare, 1))
+
+
 # ---------------------------------------------------------------------------- chunking
 
 

@@ -473,6 +473,12 @@ def test_a_failed_future_raises_remote_error(sleigh):
 def test_map(sleigh):
     assert list(sleigh.map(abs, [-1, -2, -3], timeout=TIMEOUT)) == [1, 2, 3]
     assert list(sleigh.map(pow, [2, 3], [5, 2], chunksize=2, timeout=TIMEOUT)) == [32, 9]
+    # one iterable: each item is the one argument, a tuple too
+    assert list(sleigh.map(len, [(1, 2), (3,), ()], chunksize=2, timeout=TIMEOUT)) == [2, 1, 0]
+    assert list(sleigh.imap(len, iter([(1, 2), (3,)]), timeout=TIMEOUT)) == [2, 1]
+    assert sleigh.eachElem(len, [[(1, 2), (3,)]], fixedArgs=[], timeout=TIMEOUT) == [2, 1]
+    assert sleigh.eachElem(lambda a, b: (a, b), [[(1, 2), 3]], fixedArgs=[9],
+                           argPermute=[1, 0], timeout=TIMEOUT) == [(9, (1, 2)), (9, 3)]
     results = sleigh.map(lambda x: 1 // x, [1, 0, 1], timeout=TIMEOUT)
     assert next(results) == 1
     with pytest.raises(RemoteError, match="ZeroDivisionError"):

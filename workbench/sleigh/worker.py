@@ -417,8 +417,7 @@ class Worker:
                                       ErrorInfo.from_exception(exc, skip_frames=0))
         deaths = poisoned(record, returns) if returns or record.deaths else None
         if deaths is not None:
-            items = record.items
-            args = tasks.call_args(items[0], fixed, permute) if items else ()
+            args = tasks.call_args(record.arguments(0), fixed, permute) if record.items else ()
             call = f"{tasks.function_label(fn)}({_short(args)})"
             message = f"task {record.tag0} of {call} killed its worker {deaths} times"
             info = ErrorInfo(POISON, "PoisonTaskError", message, "", None)
@@ -437,6 +436,7 @@ class Worker:
         if kwargs:
             fn = functools.partial(fn, **kwargs)
         reshape = bool(fixed) or permute is not None
+        bare = record.bare
         values: list = []
         errors: list | None = None
         out, err = self.out, self.err
@@ -451,8 +451,14 @@ class Worker:
                 while len(values) < stop:
                     try:
                         span = items[len(values):stop]
-                        values.extend(starmap(fn, map(tasks.call_args, span, repeat(fixed),
-                                                      repeat(permute)) if reshape else span))
+                        if reshape:
+                            values.extend(starmap(fn, map(
+                                tasks.call_args, zip(span) if bare else span, repeat(fixed),
+                                repeat(permute))))
+                        elif bare:
+                            values.extend(map(fn, span))
+                        else:
+                            values.extend(starmap(fn, span))
                     except TaskInterrupted as exc:
                         if len(values) < count:  # else it came after the last element ran
                             errors = _failed(values, errors, exc, CANCELLED)
