@@ -429,9 +429,10 @@ class Worker:
         """Run the record's elements, in spans that call ``fn`` in a loop of C (a task that
         raises ends its span; the next span starts after it, so each element keeps its own
         error). With a ``deadline`` (of the hand), look at the clock after 1, 3, 7, 15...
-        elements (a slow task is seen at once, tiny ones cost a few looks per record) and stop
-        at the first look past it if the elements left would take more than
-        GIVE_BACK_SECONDS at the pace so far (kept in ``pace``, seconds per element)."""
+        elements (a slow task is seen at once), or after the first only if the rest at its
+        pace ends long before the deadline (tiny tasks: one look per record), and stop at
+        the first look past it if the elements left would take more than GIVE_BACK_SECONDS at
+        the pace so far (kept in ``pace``, seconds per element)."""
         batch, kwargs, items = record.batch, record.kwargs, record.items
         if kwargs:
             fn = functools.partial(fn, **kwargs)
@@ -469,12 +470,15 @@ class Worker:
                 if stop >= count:
                     break
                 now = time.perf_counter()
+                pace = (now - began) / stop
                 if now >= deadline:
-                    self.pace = (now - began) / stop
-                    if self.pace * (count - stop) >= GIVE_BACK_SECONDS:
+                    self.pace = pace
+                    if pace * (count - stop) >= GIVE_BACK_SECONDS:
                         break
                     deadline = _NEVER  # it ends soon enough here
-                stop = min(count, 2 * stop + 1)
+                # the rest at this pace ends long before the deadline: one span, no more looks
+                stop = count if pace * (count - stop) * 4 <= deadline - now \
+                    else min(count, 2 * stop + 1)
         finally:
             self.running = None
         outputs = _outputs(out, err, len(values) - 1) if out.parts or err.parts else None
