@@ -291,7 +291,8 @@ def test_the_function_is_stored_once_per_map(sleigh):
             return False
 
         wait_for(drained, timeout=10)
-    assert counts == {"functions": 1, "tasks": 50}  # 50 tasks, one function store
+    # 50 tasks (and any a worker gave back to share its hand), one function store
+    assert counts["functions"] == 1 and counts["tasks"] >= 50
 
 
 def test_numpy_arrays_travel_without_copies(sleigh):

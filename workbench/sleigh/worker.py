@@ -85,6 +85,8 @@ MOST_TASKS = WORKER_MOST_TASKS
 HAND_SECONDS = WORKER_HAND_SECONDS
 FLUSH_SECONDS, FLUSH_ITEMS = WORKER_FLUSH_SECONDS, WORKER_FLUSH_ITEMS
 GIVE_BACK_SECONDS = WORKER_GIVE_BACK_SECONDS
+#: A hand that emptied the queue and should take at least this long is shared (``_share``).
+SHARE_SECONDS = HAND_SECONDS / 5
 _NEVER = float("inf")
 #: Function specs a worker keeps.
 FUNCTION_CACHE = 128
@@ -165,6 +167,7 @@ class Worker:
         self.functions: OrderedDict[str, tuple] = OrderedDict()
         self.most = 1  # task records to take per request
         self.pace = 0.0  # seconds per element of the last record stopped to give back
+        self.per_element = 0.0  # seconds per element of the last hand
         self.stores: set[int] = set()  # result stores whose replies have not come yet
         self.owed: list[int] = []  # acknowledgements to send with the next request
         self.out, self.err = _Capture("<stdout>"), _Capture("<stderr>")
@@ -298,6 +301,9 @@ class Worker:
                 [(record, returns) for (record, _), (_, returns) in zip(records, hand)]):
             self._requeue_split(hand, records, lease, var)
             return
+        if var == TASK and 1 < len(hand) < self.most:
+            keep = self._share(hand, records, var)
+            hand, records = hand[:keep], records[:keep]
         entries: list[ResultEntry] = []
         pending_items = 0
         started = first_pending = time.perf_counter()
@@ -338,6 +344,7 @@ class Worker:
         else:
             self.owed.append(lease)  # nothing to lose: acknowledged with the next request
         self._adapt(elapsed / len(records))
+        self.per_element = elapsed / max(1, sum(_size(record) for record, _ in records))
 
     def _adapt(self, per_record: float) -> None:
         """Size the next hand to hold about HAND_SECONDS of records like the last ones: at
@@ -346,6 +353,24 @@ class Worker:
             self.most = 1
         else:
             self.most = max(1, min(MOST_TASKS, int(HAND_SECONDS / max(per_record, 1e-7))))
+
+    def _share(self, hand: list[tuple[list, int]], records: list, var: str) -> int:
+        """A hand that took every record queued (fewer than asked for) leaves the other
+        workers nothing to do: if at the last hand's pace it runs SHARE_SECONDS or more, the
+        records after the first half of its elements go back to the queue before it starts
+        (``_give_back``), for an idle worker -> how many records to keep."""
+        sizes = [_size(record) for record, _ in records]
+        total = sum(sizes)
+        if total * self.per_element < SHARE_SECONDS:
+            return len(hand)
+        kept = 0
+        for keep, size in enumerate(sizes, 1):
+            kept += size
+            if 2 * kept >= total:
+                break
+        if keep < len(hand) and self._give_back([], None, hand[keep:], var):
+            return keep
+        return len(hand)
 
     def _give_back(self, entries: list, rest: TaskRecord | None, others: list, var: str
                    ) -> bool:
@@ -538,6 +563,11 @@ class Worker:
 def _short(args: tuple, width: int = 60) -> str:
     text = ", ".join(repr(arg) for arg in args)
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _size(record: TaskRecord | None) -> int:
+    """Elements in a record (none in one that could not be read)."""
+    return 0 if record is None else len(record.items)
 
 
 def _failed(values: list, errors: list | None, exc: BaseException, kind: str) -> list:
