@@ -12,6 +12,7 @@ import time
 import pytest
 
 from workbench.sleigh import scheduler as scheduler_module
+from workbench.sleigh.batch import Results
 from workbench.sleigh.errors import ERROR, ErrorInfo, RemoteError, SleighError
 from workbench.sleigh.events import CallProgress, WorkerJoined, WorkerLeft
 from workbench.sleigh.scheduler import (
@@ -95,8 +96,8 @@ def test_a_lazy_call_counts_elements_in_flight_until_consumed(scheduler):
     assert len(sent) == 2 and batch.total is None
     assert scheduler.file(answer(sent[0])) is None  # received, not consumed: no room yet
     assert scheduler.take(batch, most=100).records == []
-    assert scheduler.consume(batch, 0) == (0, False)
-    assert scheduler.consume(batch, 0) is None  # read once
+    assert scheduler.take_ready(batch, 0) == ([0], None)
+    assert scheduler.take_ready(batch, 1) == ([], None)  # taken once
     assert len(scheduler.take(batch, most=100).records) == 1
 
 
@@ -157,7 +158,7 @@ def test_results_are_taken_a_run_at_a_time_up_to_the_first_missing_one(scheduler
     assert scheduler.take_ready(batch, 6) == ([], None)
     scheduler.file(answer(sent[2]))
     assert scheduler.take_ready(batch, 6) == ([60, 70, 80, 90, 100, 110], None)
-    assert batch.results == {} and batch.consumed == 12
+    assert len(batch.results) == 0 and batch.consumed == 12
 
 
 def test_a_chunk_that_overlaps_results_in_or_taken_files_only_the_new_ones(scheduler):
@@ -173,6 +174,29 @@ def test_a_chunk_that_overlaps_results_in_or_taken_files_only_the_new_ones(sched
     values, failed = scheduler.take_ready(batch, 1, find_failure=True)
     assert values[:3] == [10, 20, 30] and values[4] == 50 and failed == 3
     assert isinstance(values[3], RemoteError) and values[3].tag == 4
+
+
+def test_a_duplicates_error_does_not_replace_a_result_in(scheduler):
+    batch = each_elem(scheduler, [(x,) for x in range(3)], 3)
+    [(_, record)] = scheduler.take(batch, most=100).records
+    scheduler.file(answer(record))
+    scheduler.file(answer(record, rank=1, fail={1}))  # it ran again, and failed there
+    assert batch.ordered() == [0, 10, 20] and batch.failed == set()
+
+
+def test_results_are_kept_as_runs_of_elements():
+    results = Results()
+    results.add(5, ["f", "g"])
+    results.add(0, ["a", "b"])
+    assert results.frontier == 2 and len(results) == 4
+    assert 1 in results and 2 not in results and 6 in results and 7 not in results
+    assert results.get(6) == "g" and results.get(3, "none") == "none"
+    assert results.overlaps(1, 3) and results.overlaps(4, 6) and not results.overlaps(2, 5)
+    assert results.ordered() == ["a", "b", "f", "g"]  # eachWorker's gaps: in tag order
+    results.add(2, ["c", "d", "e"])
+    assert results.frontier == 7
+    assert results.take(0) == ["a", "b", "c", "d", "e", "f", "g"]
+    assert len(results) == 0 and results.take(7) == [] and 0 not in results
 
 
 def test_failed_elements_come_back_as_remote_errors(scheduler):

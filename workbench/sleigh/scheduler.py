@@ -208,9 +208,9 @@ class Scheduler:
 
     def _file_values(self, batch: Batch, entry: ResultEntry) -> int:
         """Under the lock: the entry's values into the batch's results -> how many were new.
-        A run that came once (nearly always) goes in whole, in C; one that overlaps results
-        in or read already (its worker died before its acknowledgement reached the broker)
-        goes element by element, the duplicates dropped."""
+        A run that came once (nearly always) goes in whole; one that overlaps results in or
+        taken already (its worker died before its acknowledgement reached the broker) goes
+        in as the pieces that are new, the duplicates dropped."""
         results, values, tag0 = batch.results, entry.values, entry.tag0
         failed: set[int] = set()
         if entry.errors:
@@ -218,27 +218,35 @@ class Scheduler:
             for index, info in entry.errors:
                 values[index] = RemoteError.from_info(info, entry.rank, tag0 + index)
                 failed.add(tag0 + index)
-        tags = range(tag0, tag0 + len(values))
-        if tag0 >= batch.consumed and results.keys().isdisjoint(tags):
-            results.update(zip(tags, values))
-            batch.failed |= failed
-            _add_run(batch, tag0, tags.stop)
-            if batch.arrivals is not None:
-                batch.arrivals.extend(zip(tags, values))
-            return len(values)
+        stop = tag0 + len(values)
+        if tag0 >= batch.consumed and not results.overlaps(tag0, stop):
+            pieces = [(tag0, values)]
+        else:
+            pieces = self._new_pieces(batch, tag0, values)
         added = 0
-        for tag, value in zip(tags, values):
-            if tag in results or tag < batch.consumed:
-                self._duplicates += 1
-                continue
-            results[tag] = value
-            if tag in failed:
-                batch.failed.add(tag)
-            _add_run(batch, tag, tag + 1)
-            added += 1
+        for start, piece in pieces:
+            results.add(start, piece)
+            added += len(piece)
             if batch.arrivals is not None:
-                batch.arrivals.append((tag, value))
+                batch.arrivals.extend(zip(range(start, start + len(piece)), piece))
+        if failed:  # those filed now: a duplicate's error does not replace a result in
+            batch.failed.update(tag for tag in failed
+                                if any(start <= tag < start + len(piece)
+                                       for start, piece in pieces))
         return added
+
+    def _new_pieces(self, batch: Batch, tag0: int, values: list) -> list[tuple[int, list]]:
+        """(first tag, values) of the runs of ``values`` whose results are neither in nor
+        taken; the others count as duplicates."""
+        pieces: list[tuple[int, list]] = []
+        for tag, value in enumerate(values, tag0):
+            if tag < batch.consumed or tag in batch.results:
+                self._duplicates += 1
+            elif pieces and pieces[-1][0] + len(pieces[-1][1]) == tag:
+                pieces[-1][1].append(value)
+            else:
+                pieces.append((tag, [value]))
+        return pieces
 
     def take_ready(self, batch: Batch, tag: int, find_failure: bool = False
                    ) -> tuple[list, int | None]:
@@ -249,26 +257,14 @@ class Scheduler:
         those taken now count only when it next comes for more."""
         with self._cond:
             batch.read = max(batch.read, tag)
-            stop = batch.frontier
-            if stop <= tag:
-                return [], None
-            tags = range(tag, stop)
-            values = list(map(batch.results.pop, tags))
+            values = batch.results.take(tag)
             batch.consumed += len(values)
             failed = batch.failed
-            if find_failure and failed and not failed.isdisjoint(tags):
-                return values, min(t for t in failed if tag <= t < stop) - tag
+            if find_failure and failed:
+                tags = range(tag, tag + len(values))
+                if not failed.isdisjoint(tags):
+                    return values, min(t for t in failed if t in tags) - tag
             return values, None
-
-    def consume(self, batch: Batch, tag: int) -> tuple[Any, bool] | None:
-        """Take element ``tag``'s result out of the batch (lazy calls keep only what is not
-        yet read) -> (value, failed), or None if it is not there."""
-        with self._cond:
-            if tag not in batch.results:
-                return None
-            batch.consumed += 1
-            batch.read = max(batch.read, tag + 1)
-            return batch.results.pop(tag), tag in batch.failed
 
     def wait(self, batch: Batch, deadline: float | None, tag: int | None = None) -> bool:
         """Wait at most WAIT_SLICE for the batch to end or, with ``tag``, for that element's
@@ -498,18 +494,6 @@ class Scheduler:
             return SleighStatus(len(self._workers), sorted(self._workers),
                                 sum(b.in_flight() for b in self._batches.values()),
                                 len(self._batches), self._deaths, self._duplicates, stopped)
-
-
-def _add_run(batch: Batch, start: int, stop: int) -> None:
-    """Under the lock: results of elements ``start`` to ``stop`` came in; move the batch's
-    frontier over them, and over the runs waiting right after them."""
-    if start != batch.frontier:
-        batch.runs[start] = stop
-        return
-    runs = batch.runs
-    while stop in runs:
-        stop = runs.pop(stop)
-    batch.frontier = stop
 
 
 # ---------------------------------------------------------------------------- retries
