@@ -181,14 +181,16 @@ def call_elements(iterables: Sequence[Iterable]) -> tuple[Iterable, bool]:
 
 def guided_chunks(count: int, workers: int, most: int = 10_000) -> Iterator[tuple[int, int]]:
     """(start, stop) of chunks that shrink as the work runs out: big ones first cost few
-    records, small ones last keep the workers finishing together. A handful of elements per
-    worker gives chunks of one. Planned for at most CHUNK_WORKERS workers, whatever the
-    pool's size: more, smaller records would cost tiny tasks more messages than they save,
-    and a worker gives the rest of a record that turns out slow back to the queue in pieces
-    for the idle ones (``Worker._give_back``)."""
+    records, small ones last keep the workers finishing together, down to an eighth of the
+    first (a tail of tinier records would cost tiny tasks a message each for nothing: a
+    worker gives the rest of a record that turns out slow back to the queue in pieces for
+    the idle ones, ``Worker._give_back``). A handful of elements per worker gives chunks of
+    one. Planned for at most CHUNK_WORKERS workers, whatever the pool's size: more, smaller
+    records would cost tiny tasks more messages than they save."""
     start, share = 0, 4 * max(1, min(workers, CHUNK_WORKERS))
+    least = math.ceil(count / (8 * share))
     while start < count:
-        size = min(most, max(1, math.ceil((count - start) / share)))
+        size = min(most, count - start, max(least, math.ceil((count - start) / share)))
         yield start, start + size
         start += size
 
