@@ -134,17 +134,17 @@ class Results:
     def take(self, start: int) -> list:
         """Take out the results from element ``start`` (where the last take stopped) up to
         the frontier, in order."""
-        runs, tag, taken = self._runs, start, []
+        runs, tag, parts = self._runs, start, []
         while tag < self.frontier:
             run = runs.pop(tag)
-            taken = run if not taken else taken + run
+            parts.append(run)
             tag += len(run)
-        if taken:
-            index = bisect.bisect_left(self._starts, start)
-            stop = bisect.bisect_left(self._starts, tag, index)
-            del self._starts[index:stop]
-            self._count -= len(taken)
-        return taken
+        if not parts:
+            return []
+        index = bisect.bisect_left(self._starts, start)
+        del self._starts[index:index + len(parts)]
+        self._count -= tag - start
+        return parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
 
     def ordered(self) -> list:
         """Every result here, in element order."""
