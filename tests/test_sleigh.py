@@ -124,6 +124,36 @@ def test_each_elem_chunks_many_tiny_tasks_and_keeps_them_per_element(sleigh):
     assert results[1999].tag == 1999 and "bad 1999" in str(results[1999])
 
 
+def test_a_chunk_keeps_each_elements_value_error_and_output(sleigh, capsys):
+    import sys
+
+    def picky(x, offset):
+        print(f"out {x}")
+        if x % 4 == 2:
+            print(f"err {x}", file=sys.stderr)
+            raise ValueError(f"bad {x}")
+        return x + offset
+
+    capsys.readouterr()
+    results = sleigh.eachElem(picky, list(range(12)), fixedArgs=[100], chunkSize=6,
+                              timeout=TIMEOUT)
+    captured = capsys.readouterr()
+    assert [x for x, r in enumerate(results) if isinstance(r, RemoteError)] == [2, 6, 10]
+    assert all(results[x] == x + 100 for x in range(12) if x % 4 != 2)
+    assert results[6].tag == 6 and "bad 6" in str(results[6])
+    assert "in picky" in results[6].remote_traceback
+    assert "_run_items" not in results[6].remote_traceback
+    out = [line.split("] ", 1)[1] for line in captured.out.splitlines()]
+    assert sorted(out, key=lambda line: int(line.split()[1])) == [f"out {x}" for x in range(12)]
+    err = [line.split("] ", 1)[1] for line in captured.err.splitlines()]
+    assert sorted(err) == sorted(f"err {x}" for x in (2, 6, 10))
+
+
+def test_a_submits_keyword_arguments_reach_the_task(sleigh):
+    assert sleigh.submit(sorted, [3, 1, 2], key=lambda x: -x).result(timeout=TIMEOUT) \
+        == [3, 2, 1]
+
+
 def test_failed_tasks_come_back_as_remote_errors(sleigh):
     def divide(x):
         return 1 / x
@@ -261,7 +291,8 @@ def test_the_function_is_stored_once_per_map(sleigh):
             return False
 
         wait_for(drained, timeout=10)
-    assert counts == {"functions": 1, "tasks": 50}  # 50 tasks, one function store
+    # 50 tasks (and any a worker gave back to share its hand), one function store
+    assert counts["functions"] == 1 and counts["tasks"] >= 50
 
 
 def test_numpy_arrays_travel_without_copies(sleigh):
@@ -404,6 +435,30 @@ def test_submit_returns_futures(sleigh):
         [2 * i for i in range(50)]
 
 
+def test_a_function_runs_with_what_it_captures_now_not_when_first_sent(sleigh):
+    step = 1
+
+    def add(x):
+        return x + step
+
+    assert sleigh.submit(add, 1).result(timeout=TIMEOUT) == 2
+    step = 10
+    assert sleigh.submit(add, 1).result(timeout=TIMEOUT) == 11
+    box = [1]
+
+    def read():
+        return box[0]
+
+    assert sleigh.submit(read).result(timeout=TIMEOUT) == 1
+    box[0] = 5
+    assert sleigh.submit(read).result(timeout=TIMEOUT) == 5
+    namespace = {"__name__": "__main__", "k": 1}
+    exec("def shifted(x):\n    return x + k\n", namespace)  # as a notebook defines it
+    assert list(sleigh.map(namespace["shifted"], [1, 2], timeout=TIMEOUT)) == [2, 3]
+    namespace["k"] = 100
+    assert sleigh.submit(namespace["shifted"], 1).result(timeout=TIMEOUT) == 101
+
+
 def test_a_failed_future_raises_remote_error(sleigh):
     def fails():
         raise KeyError("missing")
@@ -419,12 +474,59 @@ def test_a_failed_future_raises_remote_error(sleigh):
 def test_map(sleigh):
     assert list(sleigh.map(abs, [-1, -2, -3], timeout=TIMEOUT)) == [1, 2, 3]
     assert list(sleigh.map(pow, [2, 3], [5, 2], chunksize=2, timeout=TIMEOUT)) == [32, 9]
+    # one iterable: each item is the one argument, a tuple too
+    assert list(sleigh.map(len, [(1, 2), (3,), ()], chunksize=2, timeout=TIMEOUT)) == [2, 1, 0]
+    assert list(sleigh.imap(len, iter([(1, 2), (3,)]), timeout=TIMEOUT)) == [2, 1]
+    assert sleigh.eachElem(len, [[(1, 2), (3,)]], fixedArgs=[], timeout=TIMEOUT) == [2, 1]
+    assert sleigh.eachElem(lambda a, b: (a, b), [[(1, 2), 3]], fixedArgs=[9],
+                           argPermute=[1, 0], timeout=TIMEOUT) == [(9, (1, 2)), (9, 3)]
     results = sleigh.map(lambda x: 1 // x, [1, 0, 1], timeout=TIMEOUT)
     assert next(results) == 1
     with pytest.raises(RemoteError, match="ZeroDivisionError"):
         next(results)
     with pytest.raises(TimeoutError):
         list(sleigh.map(time.sleep, [2.0], timeout=0.2))
+
+
+def test_map_hands_out_a_chunks_results_then_raises_at_its_failed_one(sleigh):
+    def fails_at_15(x):
+        if x == 15:
+            raise ValueError("fifteen")
+        return x
+
+    results = sleigh.map(fails_at_15, range(30), chunksize=10, timeout=TIMEOUT)
+    seen = []
+    with pytest.raises(RemoteError, match="fifteen") as info:
+        for value in results:
+            seen.append(value)
+    assert seen == list(range(15)) and info.value.tag == 15
+    assert results.returned == 16
+
+
+def test_next_and_loops_over_a_result_iterator_go_on_from_one_another(sleigh):
+    results = sleigh.map(lambda x: x * 2, range(40), chunksize=10, timeout=TIMEOUT)
+    assert [next(results), next(results)] == [0, 2]
+    assert results.returned == 2
+    assert list(itertools.islice(results, 3)) == [4, 6, 8]
+    assert next(results) == 10 and results.returned == 6
+    assert list(results) == [2 * x for x in range(6, 40)]
+    assert results.returned == 40 and results.buffered == 0 and results.stopped
+    assert list(results) == []
+    with pytest.raises(StopIteration):
+        next(results)
+
+
+def test_a_lone_submit_is_stored_by_its_caller_and_a_burst_by_the_sender(broker):
+    import threading
+
+    with Sleigh(1, broker=broker.address) as s:
+        sender = f"sleigh-sender-{s.wsName}"
+        for x in range(5):  # each waits for its result before the next
+            assert s.submit(abs, -x).result(timeout=TIMEOUT) == x
+        assert sender not in {thread.name for thread in threading.enumerate()}
+        futures = [s.submit(abs, -x) for x in range(50)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(50))
+        assert sender in {thread.name for thread in threading.enumerate()}
 
 
 def test_with_statement_stops_every_worker(broker):

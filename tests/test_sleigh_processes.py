@@ -172,6 +172,28 @@ def test_a_hand_that_turns_out_slow_is_given_back_and_runs_once_everywhere(broke
         s.stop()
 
 
+def test_a_hand_that_took_every_queued_record_is_shared_with_the_idle_worker(broker):
+    """Workers that learnt to take several records of about half a millisecond at once: the
+    first to ask for the four records of a new call takes them all (the broker serves a
+    waiting worker a whole hand), and gives the second half back before it starts, so the
+    other worker runs it instead of idling."""
+    def nap(x):
+        time.sleep(0.0005)
+        return x, SleighRank  # noqa: F821 - set in every worker
+
+    s = Sleigh(2, broker=broker.address)
+    try:
+        for _ in range(3):  # the workers learn the pace: a hand of several records
+            s.eachElem(nap, list(range(40)), chunkSize=1, timeout=TIMEOUT)
+        for _ in range(3):
+            results = s.eachElem(nap, list(range(4)), chunkSize=1, timeout=TIMEOUT)
+            assert [x for x, _ in results] == list(range(4))
+            assert {rank for _, rank in results} == {0, 1}
+            assert s.state().duplicates == 0
+    finally:
+        s.stop()
+
+
 def test_a_task_that_kills_its_worker_three_times_is_not_run_again(broker, side, caplog):
     report = reporter(side.currentWs(), broker.address)
 

@@ -6,7 +6,8 @@ answers.
 Threads: the caller's (feeds its call, stores function specs, cancels), the collector (takes
 result values in bulk, files them with the scheduler, feeds the calls whose window results
 made room in, and waits on every worker's farewell variable), and for ``submit`` a sender that
-stores the tasks of many quick submits in one request.
+stores the tasks of many quick submits in one request (a submit that comes alone is stored by
+its caller).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import tasks
 from .errors import SleighError
 from .batch import Batch
 from .scheduler import Scheduler
+from .specs import SpecCache
 from .tasks import CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord
 from .worker import CANCELLED_VAR, cancel_identifier
 
@@ -57,7 +59,9 @@ class Dispatcher:
         self._on_hello = on_hello
         self._on_farewell = on_farewell
         self._bus: MessageBus | None = None
+        self._specs = SpecCache()
         self._sender: _Sender | None = None
+        self._last_submit: Batch | None = None
         self._sender_lock = threading.Lock()
         self._collector = threading.Thread(target=self._collect, daemon=True,
                                            name=f"sleigh-collector-{self.name}")
@@ -79,10 +83,11 @@ class Dispatcher:
 
     def store_function(self, fn: Callable, fixed: Sequence = (),
                        permute: Sequence[int] | None = None) -> str:
-        """Store the function spec once, under the hash of its pickle -> its key."""
+        """Store the function spec once, under the hash of its pickle -> its key. The pickle
+        of a function whose parts cannot have changed is not made again (``SpecCache``)."""
         if not callable(fn):
             raise TypeError(f"a sleigh runs callables, not {type(fn).__name__}")
-        key, data = tasks.pack_function(fn, fixed, permute)
+        key, data = self._specs.pack(fn, fixed, permute)
         if not self.scheduler.knows_function(key):
             name = FUNCTION_PREFIX + key
             self._nws.declare(name, "single")
@@ -117,8 +122,21 @@ class Dispatcher:
             self._queue.store_all(var, [tasks.encode_record(record) for _, record in group])
 
     def submit(self, batch: Batch, record: TaskRecord) -> None:
-        """Store a submit's record through the sender thread."""
+        """Store a submit's record. A submit that comes alone (the one before it has its
+        result, and the sender has nothing to send) is stored by its caller, which has no
+        thread to wake on the way of a lone round trip; a burst of submits goes through the
+        sender thread, many per request. A store that fails fails the future."""
+        last, self._last_submit = self._last_submit, batch
         sender = self._sender
+        if (last is None or last.finished) and (sender is None or sender.idle()):
+            try:
+                self.store([(TASK, record)])
+            except Exception as exc:  # noqa: BLE001 - reported through the future
+                self.fail([batch], exc)
+            except BaseException:
+                self.cancel([batch])
+                raise
+            return
         if sender is None:
             with self._sender_lock:
                 if self._sender is None:
@@ -266,11 +284,17 @@ class _Sender(threading.Thread):
         self._queue: deque[tuple[Batch, TaskRecord]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self._storing = False
 
     def put(self, batch: Batch, record: TaskRecord) -> None:
         with self._wake:
             self._queue.append((batch, record))
             self._wake.notify()
+
+    def idle(self) -> bool:
+        """Nothing waits to be sent, and nothing is being sent."""
+        with self._wake:
+            return not self._queue and not self._storing
 
     def stop(self) -> None:
         with self._wake:
@@ -289,11 +313,15 @@ class _Sender(threading.Thread):
                     return
                 taken = list(self._queue)
                 self._queue.clear()
+                self._storing = True
             live = [(batch, record) for batch, record in taken if not batch.cancelled]
             try:
                 dispatcher.store([(TASK, record) for _, record in live])
             except Exception as exc:  # noqa: BLE001 - reported through the futures
                 dispatcher.fail([batch for batch, _ in live], exc)
+            finally:
+                with self._wake:
+                    self._storing = False
 
 
 def _print_output(rank: int, outputs: list) -> None:

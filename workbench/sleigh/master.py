@@ -311,7 +311,8 @@ class Sleigh(Executor):
         if argPermute is not None and not isinstance(argPermute, list):
             raise SleighIllegalValueException("argPermute must be a list")
         elements.check_accumulator(accumulator)
-        items = list(zip(*elements.element_lists(elementArgs)))
+        columns, bare = tasks.call_elements(elements.element_lists(elementArgs))
+        items = list(columns)
         workers = max(1, self.workerCount)
         if chunkSize is not None:
             bounds: Iterable = tasks.even_chunks(len(items), max(1, chunkSize))
@@ -322,7 +323,8 @@ class Sleigh(Executor):
         window = loadFactor * workers * (chunkSize or 1) if loadFactor else None
         key = self._function_key(fn, fixed, argPermute)
         batch = self._open(fn, key, len(items), window, accumulator=accumulator,
-                           records=lambda batch: tasks.records(batch, key, items, bounds))
+                           records=lambda batch: tasks.records(batch, key, items, bounds,
+                                                               bare=bare))
         return self._run(batch, blocking, timeout, progress)
 
     def eachWorker(self, fun: Callable | str, *workerArgs: Any, blocking: bool = True,
@@ -349,8 +351,9 @@ class Sleigh(Executor):
         At most loadFactor x workers tasks are in flight or waiting to be read, so infinite
         inputs work. A failed task's value is its RemoteError. ``timeout``: seconds to wait
         for each result (TimeoutError). ``fun`` and ``type`` as for eachElem."""
-        return self._lazy(elements.task_function(fun, type), zip(*iterables), loadFactor,
-                          chunksize, progress, timeout)
+        items, bare = tasks.call_elements(iterables)
+        return self._lazy(elements.task_function(fun, type), iter(items), loadFactor,
+                          chunksize, progress, timeout, bare)
 
     def starmap(self, fun: Callable | str, iterable: Iterable[Sequence], loadFactor: int = 10,
                 chunksize: int = 1, progress: bool = False, timeout: float | None = None,
@@ -359,13 +362,15 @@ class Sleigh(Executor):
         return self._lazy(elements.task_function(fun, type), (tuple(args) for args in iterable),
                           loadFactor, chunksize, progress, timeout)
 
-    def _lazy(self, fun: Callable, items: Iterator[tuple], loadFactor: int, chunksize: int,
-              progress: bool, timeout: float | None) -> SleighResultIterator:
+    def _lazy(self, fun: Callable, items: Iterator, loadFactor: int, chunksize: int,
+              progress: bool, timeout: float | None, bare: bool = False
+              ) -> SleighResultIterator:
         chunksize = max(1, chunksize)
         key = self._function_key(fun)
         window = max(1, loadFactor) * max(1, self.workerCount) * chunksize
         batch = self._open(fun, key, None, window, by_consumer=True,
-                           records=lambda batch: tasks.lazy_records(batch, key, items, chunksize))
+                           records=lambda batch: tasks.lazy_records(batch, key, items, chunksize,
+                                                                    bare))
         self._dispatcher.feed_or_cancel(batch)
         return SleighResultIterator(self._dispatcher, batch, progress=progress,
                                     each_timeout=timeout)
@@ -475,11 +480,13 @@ class Sleigh(Executor):
         raises its RemoteError when its turn comes. The iterables are read at once;
         ``timeout`` counts from this call."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        items = list(zip(*iterables))
+        given, bare = tasks.call_elements(iterables)
+        items = list(given)
         key = self._function_key(fn)
         bounds = tasks.even_chunks(len(items), max(1, chunksize))
         batch = self._open(fn, key, len(items), None,
-                           records=lambda batch: tasks.records(batch, key, items, bounds))
+                           records=lambda batch: tasks.records(batch, key, items, bounds,
+                                                               bare=bare))
         self._dispatcher.feed_or_cancel(batch)
         return SleighResultIterator(self._dispatcher, batch, raise_errors=True,
                                     deadline=deadline, progress=progress)

@@ -11,12 +11,13 @@ the ``Scheduler`` (waiting, reading results).
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 import warnings
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .batch import Batch
 from .scheduler import WAIT_SLICE
@@ -37,9 +38,7 @@ def wait_for(dispatcher: Dispatcher, batch: Batch, deadline: float | None,
             if batch.arrivals:
                 accumulate(batch.accumulator, scheduler.arrivals(batch), batch.failed)
             if bar is not None:
-                if bar.total != batch.total:
-                    bar.total = batch.total
-                bar.update(batch.done - bar.n)
+                draw(bar, batch)
             if over:
                 return
     except KeyboardInterrupt:
@@ -60,6 +59,13 @@ def finish(dispatcher: Dispatcher, batch: Batch, timeout: float | None, progress
     if batch.accumulator is not None:
         return accumulated(batch.accumulator)
     return batch.ordered()
+
+
+def draw(bar: Any, batch: Batch) -> None:
+    """Bring the progress bar up to the batch's count."""
+    if bar.total != batch.total:
+        bar.total = batch.total
+    bar.update(batch.done - bar.n)
 
 
 def progress_bar(batch: Batch) -> Any:
@@ -129,28 +135,57 @@ class SleighResultIterator:
     up what is left. With ``raise_errors`` (Executor.map), a failed task raises its
     RemoteError when its turn comes; otherwise the error is the element's value (NWS).
     ``deadline`` (monotonic time) bounds the whole iteration, ``each_timeout`` the wait for
-    each result; past either, TimeoutError."""
+    each result; past either, TimeoutError.
+
+    Results are taken from the scheduler a run at a time (every result in that follows the
+    last one taken, under one acquisition of its lock) and handed out from that list:
+    iterating (``for``, ``list()``) yields from it without a Python call per element."""
 
     def __init__(self, dispatcher: Dispatcher, batch: Batch, raise_errors: bool = False,
                  deadline: float | None = None, progress: bool = False,
                  each_timeout: float | None = None) -> None:
         self._dispatcher = dispatcher
         self._batch = batch
-        self._next = 0
+        self._ready: Iterator[Any] = iter(())  # taken from the batch, not handed out yet
+        self._taken = 0  # elements taken from the batch
+        self._failure: BaseException | None = None  # to raise once the ready ones are out
         self._raise = raise_errors
         self._deadline = deadline
         self._each_timeout = each_timeout
         self._bar = progress_bar(batch) if progress else None
 
-    def __iter__(self) -> SleighResultIterator:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        return self._results()
+
+    def _results(self) -> Iterator[Any]:
+        # the list iterator is the object's, so that next() and any other loop over this
+        # object go on from where this one stopped
+        while True:
+            yield from self._ready
+            if not self._take():
+                return
 
     def __next__(self) -> Any:
-        batch, tag = self._batch, self._next
+        for value in self._ready:
+            return value
+        if not self._take():
+            raise StopIteration
+        return next(self._ready)
+
+    def _take(self) -> bool:
+        """Wait for the next results and take every one that is in -> False at the end. A
+        failed task's RemoteError, with ``raise_errors``, raises when its turn comes."""
+        if self._failure is not None:
+            self._raise_failure()
+        batch, tag = self._batch, self._taken
         scheduler = self._dispatcher.scheduler
-        # a result that is in already needs no wait (unless a bar is to be drawn)
-        taken = scheduler.consume(batch, tag) if self._bar is None else None
-        if taken is None:
+        values, failed = scheduler.take_ready(batch, tag, self._raise)
+        if batch.source is not None:  # what was handed out made room in a lazy call's window
+            self._dispatcher.feed(batch)
+        if values:  # in already: no wait
+            if self._bar is not None:
+                draw(self._bar, batch)
+        else:
             deadline = self._deadline
             if self._each_timeout is not None:
                 each = time.monotonic() + self._each_timeout
@@ -160,21 +195,27 @@ class SleighResultIterator:
             except BaseException:
                 self._close_bar()
                 raise
-            taken = scheduler.consume(batch, tag)
-        if taken is None:  # the end, or the batch was given up
+            values, failed = scheduler.take_ready(batch, tag, self._raise)
+        if not values:  # the end, or the batch was given up
             self._close_bar()
             if batch.error is not None:
                 raise batch.error
-            raise StopIteration
-        value, failed = taken
-        self._next += 1
-        if batch.source is not None:
-            self._dispatcher.feed(batch)
-        if self._raise and failed:
-            self._close_bar()
-            self._dispatcher.cancel([batch])
-            raise value
-        return value
+            return False
+        if failed is not None:
+            self._failure = values[failed]
+            del values[failed:]
+        self._taken += len(values)
+        self._ready = iter(values)
+        if not values:
+            self._raise_failure()
+        return True
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        self._taken += 1
+        self._close_bar()
+        self._dispatcher.cancel([self._batch])
+        raise failure
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -183,11 +224,11 @@ class SleighResultIterator:
 
     @property
     def returned(self) -> int:
-        return self._next
+        return self._taken - operator.length_hint(self._ready)
 
     @property
     def buffered(self) -> int:
-        return len(self._batch.results)
+        return len(self._batch.results) + operator.length_hint(self._ready)
 
     @property
     def submitted(self) -> int:
@@ -196,7 +237,7 @@ class SleighResultIterator:
     @property
     def stopped(self) -> bool:
         batch = self._batch
-        return batch.finished and (batch.cancelled or self._next >= (batch.total or 0))
+        return batch.finished and (batch.cancelled or self.returned >= (batch.total or 0))
 
     def shutdown(self) -> None:
         """Send no more tasks; the ones sent still come back."""

@@ -193,42 +193,78 @@ class Scheduler:
         batch = self._batches.get(entry.batch)
         if batch is None:
             return None  # finished, cancelled, or a duplicate from a worker that died
-        errors = dict(entry.errors) if entry.errors else None
-        rank, tag0 = entry.rank, entry.tag0
         with self._cond:
             if batch.finished:
                 return None
-            results, arrivals, floor = batch.results, batch.arrivals, batch.consumed
-            added = 0
-            for index, value in enumerate(entry.values):
-                tag = tag0 + index
-                if tag in results or tag < floor:
-                    self._duplicates += 1  # its worker died before the ack reached the broker
-                    continue
-                if errors is not None and index in errors:
-                    value = RemoteError.from_info(errors[index], rank, tag)
-                    batch.failed.add(tag)
-                results[tag] = value
-                added += 1
-                if arrivals is not None:
-                    arrivals.append((tag, value))
+            added = self._file_values(batch, entry)
             batch.done += added
             resolution = self._settle(batch)
             self._cond.notify_all()
-            progress = batch.progress(rank, added) if self._observers else None
+            progress = batch.progress(entry.rank, added) if self._observers else None
         if progress is not None:
             self._emit(progress)
         feed = batch.source is not None and not batch.by_consumer
         return Filed(batch, resolution, feed) if resolution is not None or feed else None
 
-    def consume(self, batch: Batch, tag: int) -> tuple[Any, bool] | None:
-        """Take element ``tag``'s result out of the batch (lazy calls keep only what is not
-        yet read) -> (value, failed), or None if it is not there."""
+    def _file_values(self, batch: Batch, entry: ResultEntry) -> int:
+        """Under the lock: the entry's values into the batch's results -> how many were new.
+        A run that came once (nearly always) goes in whole; one that overlaps results in or
+        taken already (its worker died before its acknowledgement reached the broker) goes
+        in as the pieces that are new, the duplicates dropped."""
+        results, values, tag0 = batch.results, entry.values, entry.tag0
+        failed: set[int] = set()
+        if entry.errors:
+            values = list(values)
+            for index, info in entry.errors:
+                values[index] = RemoteError.from_info(info, entry.rank, tag0 + index)
+                failed.add(tag0 + index)
+        stop = tag0 + len(values)
+        if tag0 >= batch.consumed and not results.overlaps(tag0, stop):
+            pieces = [(tag0, values)]
+        else:
+            pieces = self._new_pieces(batch, tag0, values)
+        added = 0
+        for start, piece in pieces:
+            results.add(start, piece)
+            added += len(piece)
+            if batch.arrivals is not None:
+                batch.arrivals.extend(zip(range(start, start + len(piece)), piece))
+        if failed:  # those filed now: a duplicate's error does not replace a result in
+            batch.failed.update(tag for tag in failed
+                                if any(start <= tag < start + len(piece)
+                                       for start, piece in pieces))
+        return added
+
+    def _new_pieces(self, batch: Batch, tag0: int, values: list) -> list[tuple[int, list]]:
+        """(first tag, values) of the runs of ``values`` whose results are neither in nor
+        taken; the others count as duplicates."""
+        pieces: list[tuple[int, list]] = []
+        for tag, value in enumerate(values, tag0):
+            if tag < batch.consumed or tag in batch.results:
+                self._duplicates += 1
+            elif pieces and pieces[-1][0] + len(pieces[-1][1]) == tag:
+                pieces[-1][1].append(value)
+            else:
+                pieces.append((tag, [value]))
+        return pieces
+
+    def take_ready(self, batch: Batch, tag: int, find_failure: bool = False
+                   ) -> tuple[list, int | None]:
+        """Take the results of elements ``tag``, ``tag + 1``... that are in, in order, out
+        of the batch, under one acquisition of the lock -> (values, the index in them of the
+        first that failed if ``find_failure`` and one did, else None). The caller has been
+        handed every result before ``tag`` (a lazy call's window makes room for as many);
+        those taken now count only when it next comes for more."""
         with self._cond:
-            if tag not in batch.results:
-                return None
-            batch.consumed += 1
-            return batch.results.pop(tag), tag in batch.failed
+            batch.read = max(batch.read, tag)
+            values = batch.results.take(tag)
+            batch.consumed += len(values)
+            failed = batch.failed
+            if find_failure and failed:
+                tags = range(tag, tag + len(values))
+                if not failed.isdisjoint(tags):
+                    return values, min(t for t in failed if t in tags) - tag
+            return values, None
 
     def wait(self, batch: Batch, deadline: float | None, tag: int | None = None) -> bool:
         """Wait at most WAIT_SLICE for the batch to end or, with ``tag``, for that element's

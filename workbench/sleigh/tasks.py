@@ -78,6 +78,13 @@ class TaskRecord(NamedTuple):
     kwargs: dict | None = None  # keyword arguments of every call (submit)
     deaths: int = 0  # workers killed by this record before it was split apart; the broker
     #                  counts the rest (``returns``)
+    bare: bool = False  # each item is its element's one argument, not a tuple of them: a call
+    #                     of one argument per element (map, imap) pickles no tuple per element
+
+    def arguments(self, index: int) -> tuple:
+        """The argument tuple of element ``index``."""
+        item = self.items[index]
+        return (item,) if self.bare else item
 
 
 class ResultEntry(NamedTuple):
@@ -134,11 +141,12 @@ def read_entry(value: tuple) -> ResultEntry | Hello:
 
 # ---------------------------------------------------------------------------- chunking
 
-def records(batch: int, key: str, items: Sequence[tuple], bounds: Iterable[tuple[int, int]],
-            var: str = TASK) -> Iterator[tuple[str, TaskRecord]]:
-    """(variable, record) of the chunks ``items[start:stop]`` of a call's elements."""
+def records(batch: int, key: str, items: Sequence, bounds: Iterable[tuple[int, int]],
+            var: str = TASK, bare: bool = False) -> Iterator[tuple[str, TaskRecord]]:
+    """(variable, record) of the chunks ``items[start:stop]`` of a call's elements (argument
+    tuples, or with ``bare`` each element's one argument)."""
     for start, stop in bounds:
-        yield var, _new(TaskRecord, (batch, start, key, items[start:stop], None, 0))
+        yield var, _new(TaskRecord, (batch, start, key, items[start:stop], None, 0, bare))
 
 
 def own_records(batch: int, key: str, ranks: Sequence[int], args: tuple
@@ -146,31 +154,43 @@ def own_records(batch: int, key: str, ranks: Sequence[int], args: tuple
     """(variable, record) of an eachWorker call: ``args`` once for each of ``ranks``, in the
     worker's own variable."""
     for tag, rank in enumerate(ranks):
-        yield own_task_var(rank), _new(TaskRecord, (batch, tag, key, [args], None, 0))
+        yield own_task_var(rank), _new(TaskRecord, (batch, tag, key, [args], None, 0, False))
 
 
-def lazy_records(batch: int, key: str, items: Iterator[tuple], size: int
+def lazy_records(batch: int, key: str, items: Iterator, size: int, bare: bool = False
                  ) -> Iterator[tuple[str, TaskRecord]]:
-    """(variable, record) of chunks of ``size`` elements, read from ``items`` as needed."""
+    """(variable, record) of chunks of ``size`` elements, read from ``items`` as needed
+    (argument tuples, or with ``bare`` each element's one argument)."""
     tag = 0
     while True:
         chunk = list(itertools.islice(items, size))
         if not chunk:
             return
-        yield TASK, _new(TaskRecord, (batch, tag, key, chunk, None, 0))
+        yield TASK, _new(TaskRecord, (batch, tag, key, chunk, None, 0, bare))
         tag += len(chunk)
+
+
+def call_elements(iterables: Sequence[Iterable]) -> tuple[Iterable, bool]:
+    """The elements of a call over the zipped ``iterables`` -> (elements, bare): one
+    iterable's items are the elements' one arguments as they are; several are zipped into
+    argument tuples."""
+    if len(iterables) == 1:
+        return iterables[0], True
+    return zip(*iterables), False
 
 
 def guided_chunks(count: int, workers: int, most: int = 10_000) -> Iterator[tuple[int, int]]:
     """(start, stop) of chunks that shrink as the work runs out: big ones first cost few
-    records, small ones last keep the workers finishing together. A handful of elements per
-    worker gives chunks of one. Planned for at most CHUNK_WORKERS workers, whatever the
-    pool's size: more, smaller records would cost tiny tasks more messages than they save,
-    and a worker gives the rest of a record that turns out slow back to the queue in pieces
-    for the idle ones (``Worker._give_back``)."""
+    records, small ones last keep the workers finishing together, down to an eighth of the
+    first (a tail of tinier records would cost tiny tasks a message each for nothing: a
+    worker gives the rest of a record that turns out slow back to the queue in pieces for
+    the idle ones, ``Worker._give_back``). A handful of elements per worker gives chunks of
+    one. Planned for at most CHUNK_WORKERS workers, whatever the pool's size: more, smaller
+    records would cost tiny tasks more messages than they save."""
     start, share = 0, 4 * max(1, min(workers, CHUNK_WORKERS))
+    least = math.ceil(count / (8 * share))
     while start < count:
-        size = min(most, max(1, math.ceil((count - start) / share)))
+        size = min(most, count - start, max(least, math.ceil((count - start) / share)))
         yield start, start + size
         start += size
 

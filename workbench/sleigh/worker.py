@@ -38,6 +38,7 @@ globals of functions that came by value (defined in a notebook or a local scope)
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import os
 import signal
@@ -46,6 +47,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from itertools import repeat, starmap
 from typing import Any, Sequence
 
 from .. import __version__, codec
@@ -65,7 +67,7 @@ from ..errors import (
     NwsUnpicklingException,
 )
 from . import tasks
-from .errors import CANCELLED, POISON, ErrorInfo
+from .errors import CANCELLED, ERROR, POISON, ErrorInfo
 from .scheduler import must_split, poisoned, split_suspects
 from .tasks import (
     CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord, farewell_var,
@@ -83,6 +85,8 @@ MOST_TASKS = WORKER_MOST_TASKS
 HAND_SECONDS = WORKER_HAND_SECONDS
 FLUSH_SECONDS, FLUSH_ITEMS = WORKER_FLUSH_SECONDS, WORKER_FLUSH_ITEMS
 GIVE_BACK_SECONDS = WORKER_GIVE_BACK_SECONDS
+#: A hand that emptied the queue and should take at least this long is shared (``_share``).
+SHARE_SECONDS = HAND_SECONDS / 5
 _NEVER = float("inf")
 #: Function specs a worker keeps.
 FUNCTION_CACHE = 128
@@ -110,23 +114,37 @@ class TaskInterrupted(BaseException):
 
 
 class _Capture(io.TextIOBase):
-    """Collects what a task prints, to be sent with its result."""
+    """Collects what tasks print, to be sent with their results, each piece marked with the
+    element that printed it: the length of the values of the record running (``running``)
+    is that element's index, so the loop that runs a record looks at nothing per element."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.parts: list[str] = []
+        self.parts: list[tuple[int, str]] = []  # (element index, text)
+        self.running: list = []
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        self.parts.append(text)
+        self.parts.append((len(self.running), text))
         return len(text)
 
-    def take(self) -> str:
-        text = "".join(self.parts)
-        self.parts.clear()
-        return text
+    def begin(self, values: list) -> None:
+        """A record starts, its values to be collected in ``values``: what was printed
+        between records goes with its first element."""
+        if self.parts:
+            self.parts = [(0, text) for _, text in self.parts]
+        self.running = values
+
+    def take(self, last: int) -> dict[int, str]:
+        """What each element printed, by index (at most ``last``), and forget it."""
+        texts: dict[int, str] = {}
+        for index, text in self.parts:
+            index = min(index, last)
+            texts[index] = texts.get(index, "") + text
+        self.parts = []
+        return texts
 
     @property
     def encoding(self) -> str:
@@ -149,6 +167,7 @@ class Worker:
         self.functions: OrderedDict[str, tuple] = OrderedDict()
         self.most = 1  # task records to take per request
         self.pace = 0.0  # seconds per element of the last record stopped to give back
+        self.per_element = 0.0  # seconds per element of the last hand
         self.stores: set[int] = set()  # result stores whose replies have not come yet
         self.owed: list[int] = []  # acknowledgements to send with the next request
         self.out, self.err = _Capture("<stdout>"), _Capture("<stderr>")
@@ -282,6 +301,9 @@ class Worker:
                 [(record, returns) for (record, _), (_, returns) in zip(records, hand)]):
             self._requeue_split(hand, records, lease, var)
             return
+        if var == TASK and 1 < len(hand) < self.most:
+            keep = self._share(hand, records, var)
+            hand, records = hand[:keep], records[:keep]
         entries: list[ResultEntry] = []
         pending_items = 0
         started = first_pending = time.perf_counter()
@@ -322,6 +344,7 @@ class Worker:
         else:
             self.owed.append(lease)  # nothing to lose: acknowledged with the next request
         self._adapt(elapsed / len(records))
+        self.per_element = elapsed / max(1, sum(_size(record) for record, _ in records))
 
     def _adapt(self, per_record: float) -> None:
         """Size the next hand to hold about HAND_SECONDS of records like the last ones: at
@@ -330,6 +353,24 @@ class Worker:
             self.most = 1
         else:
             self.most = max(1, min(MOST_TASKS, int(HAND_SECONDS / max(per_record, 1e-7))))
+
+    def _share(self, hand: list[tuple[list, int]], records: list, var: str) -> int:
+        """A hand that took every record queued (fewer than asked for) leaves the other
+        workers nothing to do: if at the last hand's pace it runs SHARE_SECONDS or more, the
+        records after the first half of its elements go back to the queue before it starts
+        (``_give_back``), for an idle worker -> how many records to keep."""
+        sizes = [_size(record) for record, _ in records]
+        total = sum(sizes)
+        if total * self.per_element < SHARE_SECONDS:
+            return len(hand)
+        kept = 0
+        for keep, size in enumerate(sizes, 1):
+            kept += size
+            if 2 * kept >= total:
+                break
+        if keep < len(hand) and self._give_back([], None, hand[keep:], var):
+            return keep
+        return len(hand)
 
     def _give_back(self, entries: list, rest: TaskRecord | None, others: list, var: str
                    ) -> bool:
@@ -401,8 +442,7 @@ class Worker:
                                       ErrorInfo.from_exception(exc, skip_frames=0))
         deaths = poisoned(record, returns) if returns or record.deaths else None
         if deaths is not None:
-            items = record.items
-            args = tasks.call_args(items[0], fixed, permute) if items else ()
+            args = tasks.call_args(record.arguments(0), fixed, permute) if record.items else ()
             call = f"{tasks.function_label(fn)}({_short(args)})"
             message = f"task {record.tag0} of {call} killed its worker {deaths} times"
             info = ErrorInfo(POISON, "PoisonTaskError", message, "", None)
@@ -411,50 +451,62 @@ class Worker:
 
     def _run_items(self, record: TaskRecord, fn: Any, fixed: tuple, permute: list | None,
                    deadline: float | None) -> ResultEntry:
-        """Run the record's elements. With a ``deadline`` (of the hand), look at the clock
-        after 1, 3, 7, 15... elements (a slow task is seen at once, tiny ones cost a few looks
-        per record) and stop at the first look past it if the elements left would take more
-        than GIVE_BACK_SECONDS at the pace so far (kept in ``pace``, seconds per element)."""
+        """Run the record's elements, in spans that call ``fn`` in a loop of C (a task that
+        raises ends its span; the next span starts after it, so each element keeps its own
+        error). With a ``deadline`` (of the hand), look at the clock after 1, 3, 7, 15...
+        elements (a slow task is seen at once), or after the first only if the rest at its
+        pace ends long before the deadline (tiny tasks: one look per record), and stop at
+        the first look past it if the elements left would take more than GIVE_BACK_SECONDS at
+        the pace so far (kept in ``pace``, seconds per element)."""
         batch, kwargs, items = record.batch, record.kwargs, record.items
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        reshape = bool(fixed) or permute is not None
+        bare = record.bare
         values: list = []
         errors: list | None = None
-        outputs: list | None = None
         out, err = self.out, self.err
-        call_args = tasks.call_args
+        out.begin(values)
+        err.begin(values)
         count = len(items)
-        start, stop = 0, count if deadline is None else 1
+        stop = count if deadline is None else 1
         began = time.perf_counter()
         self.running = batch
         try:
             while True:
-                for index in range(start, stop):
+                while len(values) < stop:
                     try:
-                        args = call_args(items[index], fixed, permute)
-                        values.append(fn(*args, **kwargs) if kwargs else fn(*args))
+                        span = items[len(values):stop]
+                        if reshape:
+                            values.extend(starmap(fn, map(
+                                tasks.call_args, zip(span) if bare else span, repeat(fixed),
+                                repeat(permute))))
+                        elif bare:
+                            values.extend(map(fn, span))
+                        else:
+                            values.extend(starmap(fn, span))
                     except TaskInterrupted as exc:
-                        values.append(None)
-                        errors = errors or []
-                        errors.append((index, ErrorInfo.from_exception(exc, CANCELLED)))
+                        if len(values) < count:  # else it came after the last element ran
+                            errors = _failed(values, errors, exc, CANCELLED)
                     except KeyboardInterrupt:
                         raise
                     except BaseException as exc:  # noqa: B902 - a task's SystemExit: its error
-                        values.append(None)
-                        errors = errors or []
-                        errors.append((index, ErrorInfo.from_exception(exc)))
-                    if out.parts or err.parts:
-                        outputs = outputs or []
-                        outputs.append((index, out.take(), err.take()))
+                        errors = _failed(values, errors, exc, ERROR)
                 if stop >= count:
                     break
                 now = time.perf_counter()
+                pace = (now - began) / stop
                 if now >= deadline:
-                    self.pace = (now - began) / stop
-                    if self.pace * (count - stop) >= GIVE_BACK_SECONDS:
+                    self.pace = pace
+                    if pace * (count - stop) >= GIVE_BACK_SECONDS:
                         break
                     deadline = _NEVER  # it ends soon enough here
-                start, stop = stop, min(count, 2 * stop + 1)
+                # the rest at this pace ends long before the deadline: one span, no more looks
+                stop = count if pace * (count - stop) * 4 <= deadline - now \
+                    else min(count, 2 * stop + 1)
         finally:
             self.running = None
+        outputs = _outputs(out, err, len(values) - 1) if out.parts or err.parts else None
         return tasks.result_entry(batch, record.tag0, self.rank, values, errors, outputs)
 
     def _function(self, key: str) -> tuple:
@@ -511,6 +563,28 @@ class Worker:
 def _short(args: tuple, width: int = 60) -> str:
     text = ", ".join(repr(arg) for arg in args)
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _size(record: TaskRecord | None) -> int:
+    """Elements in a record (none in one that could not be read)."""
+    return 0 if record is None else len(record.items)
+
+
+def _failed(values: list, errors: list | None, exc: BaseException, kind: str) -> list:
+    """The element running (the next of ``values``) raised ``exc``: its value is None and
+    its error is noted -> the errors. ``exc`` keeps the traceback from where it was caught,
+    whose first frame (the worker's) ``from_exception`` leaves out."""
+    errors = errors or []
+    errors.append((len(values), ErrorInfo.from_exception(exc, kind)))
+    values.append(None)
+    return errors
+
+
+def _outputs(out: _Capture, err: _Capture, last: int) -> list[tuple[int, str, str]]:
+    """(index, stdout, stderr) of each element of the record that printed something."""
+    printed, complained = out.take(last), err.take(last)
+    return [(index, printed.get(index, ""), complained.get(index, ""))
+            for index in sorted(printed.keys() | complained.keys())]
 
 
 def _die_with_parent(parent_pid: int) -> None:
