@@ -152,9 +152,10 @@ class Channel:
         meanwhile is raised once the request is out, or has been dropped unsent (see
         ``post`` for a caller that must know which)."""
         if request_id is None:
-            request_id = self.new_request_id()
+            request_id = next(self.ids) & 0xFFFFFFFF  # ``new_request_id``: every publish's
         self.post(op, args, frames, alive, acks, request_id)
-        deliver()
+        if slot.interrupt is not None:  # (``held()``, without its call)
+            deliver()
         return request_id
 
     def post(self, op: int, args: list, frames: list | tuple, alive: Callable[[], None] | None,
