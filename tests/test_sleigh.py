@@ -583,3 +583,29 @@ def _alive(pid: int) -> bool:
             return True
         except ProcessLookupError:
             return False
+
+
+def test_a_worker_of_another_task_format_stops_the_sleigh_saying_why(broker):
+    """A worker of another release reads no task record of this one: the sleigh stops with a
+    message that says what to install, instead of losing every task it would take."""
+    from workbench.sleigh.tasks import CONTROL, RESULT, TASK_FORMAT
+
+    sleigh = Sleigh(1, broker=broker.address)
+    try:
+        assert sleigh.eachElem(abs, [-3]) == [3]
+        info = {"rank": 9, "host": "elsewhere", "pid": 4242, "workbench": "0.0.1",
+                "task_format": TASK_FORMAT - 1}
+        sleigh.nws.store(RESULT, [(CONTROL, 9, info, "farewell@9.elsewhere")])
+
+        def refused() -> str | None:
+            try:
+                sleigh.eachElem(abs, [-3])
+            except SleighError as exc:
+                return str(exc)
+            return None
+
+        reason = wait_for(refused, timeout=10, message="the sleigh ran on with the worker")
+        assert f"task format {TASK_FORMAT - 1}" in reason
+        assert "elsewhere" in reason and "install the same workbench release" in reason
+    finally:
+        sleigh.stop()

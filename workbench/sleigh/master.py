@@ -54,7 +54,7 @@ from .options import (
 )
 from .pending import SleighFuture, SleighPending, SleighResultIterator, finish
 from .scheduler import Scheduler
-from .tasks import Hello, TaskRecord
+from .tasks import TASK_FORMAT, Hello, TaskRecord
 from .worker import CANCELLED_VAR, RANK_COUNTER, WORKER_COUNT, WORKER_ENV
 
 log = logging.getLogger("workbench.sleigh")
@@ -550,7 +550,18 @@ class Sleigh(Executor):
     # ------------------------------------------------------------------ workers
 
     def _joined(self, hello: Hello) -> None:
-        """In the collector: a worker said hello."""
+        """In the collector: a worker said hello. One that reads task records another way
+        (another workbench release) would fail every task it took: the sleigh stops instead,
+        saying why."""
+        theirs = hello.info.get("task_format")
+        if theirs != TASK_FORMAT:
+            reason = (f"worker {hello.rank} (pid {hello.info.get('pid')} on "
+                      f"{hello.info.get('host')}) runs workbench {hello.info.get('workbench')} "
+                      f"with task format {theirs}, this master format {TASK_FORMAT}: install "
+                      "the same workbench release for the master and its workers")
+            log.error("sleigh %s: %s", self.wsName, reason)
+            self._scheduler.break_down(reason)
+            return
         count = self._scheduler.joined(hello)
         if hello.rank >= self._launched:  # a worker that joined by itself
             self._store_worker_count(count)

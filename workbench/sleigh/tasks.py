@@ -42,6 +42,10 @@ CONTROL = 0
 
 FUNCTION_PREFIX = "__function:"
 TASK, RESULT = "task", "result"
+#: The layout of task records and result entries. A worker says it in its hello, and a master
+#: refuses to run with a worker of another (an install of another workbench release), which
+#: could read none of its records.
+TASK_FORMAT = 2
 
 
 def own_task_var(rank: int) -> str:

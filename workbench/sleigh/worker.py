@@ -207,6 +207,7 @@ class Worker:
     def info(self) -> dict:
         return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
                 "python": sys.version.split()[0], "workbench": __version__,
+                "task_format": tasks.TASK_FORMAT,
                 "executable": sys.executable, "platform": sys.platform}
 
     def announce(self) -> None:
