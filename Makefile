@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lab demo test test-lowest bench clean
+.PHONY: setup lab demo test test-binder test-lowest bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,8 +32,13 @@ lab: $(VENV)/.jupyter
 demo: setup
 	$(BIN)/python examples/demo.py
 
+# Binder's environment is built apart (`make test-binder`, which CI runs too): a fresh
+# virtualenv with JupyterLab takes a minute or two of pip alone, a sixth of the suite's time.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/test_binder.py
+
+test-binder: setup
+	$(BIN)/python -m pytest tests/test_binder.py
 
 # The suite's core on the lowest versions pyproject.toml allows for the direct dependencies
 # (uv's lowest-direct resolution), so a floor that no longer works is caught. Left out: the

@@ -258,12 +258,14 @@ NetWorkSpace("spilled").store("v", b"x" * (2 << 20))
 
 
 def test_a_broker_that_stalled_keeps_the_sessions_that_kept_beating(make_broker):
-    broker = make_broker()  # sessions end after 0.6 s of silence
+    # Sessions end after 1.5 s of silence: wide enough that a client's heartbeat thread
+    # starved by a loaded machine before the stall does not end its session for real.
+    broker = make_broker(*HEARTBEAT)
     with NetWorkSpace("stalled", broker.host, broker.port) as ws:
         ws.store("x", 1)
         broker.process.send_signal(signal.SIGSTOP)
         try:
-            time.sleep(1.5)  # the stall itself: longer than the liveness timeout
+            time.sleep(3.0)  # the stall itself: twice the liveness timeout
         finally:
             broker.process.send_signal(signal.SIGCONT)
         assert ws.fetch("x", timeout=5) == 1
