@@ -593,25 +593,34 @@ class Connection:
         lets one value's large frames go through shared memory (``frames`` is one value).
         ``acks``: leased replies this request acknowledges (see ``Channel.send``)."""
         channel = self.channel()
+        request_id = next(channel.ids) & 0xFFFFFFFF  # ``new_request_id``
+        # (before the send: after it, the first call that may run a signal handler is inside
+        # the ``try`` that withdraws an interrupted request)
+        deadline = None if timeout is None else time.monotonic() + timeout
         spilled = None
+        head = False  # the reply's head, when the fast lane brought it
         if len(frames) > 1:
             if spill:
                 frames, spilled = self._prepare_large(frames)
             else:
                 self.check_size(frames)
-        request_id = channel.new_request_id()
+        elif not acks and not channel.acks and not channel.stash:
+            lane = channel.dealer.fast_lane()
+            if lane is not None:  # (``accel``: the compiled lane, with this build)
+                head = self._exchange(channel, lane, op, args, frames, request_id, timeout)
+        if head is False:  # nothing went out: the Python path sends it
+            try:
+                went_out = channel.post(op, args, frames, self.check_alive, acks, request_id)
+            except BaseException:  # the connection broke: nothing went out
+                if spilled:  # the file is nobody's
+                    os.unlink(spilled)
+                raise
+            if slot.interrupt is not None:  # Ctrl-C came as it went out: interrupts.settle_send
+                settle_send(channel, request_id, went_out, self.check_alive,
+                            (lambda: os.unlink(spilled)) if spilled else None)
         try:
-            went_out = channel.post(op, args, frames, self.check_alive, acks, request_id)
-        except BaseException:  # the connection broke: nothing went out
-            if spilled:  # the file is nobody's
-                os.unlink(spilled)
-            raise
-        if slot.interrupt is not None:  # Ctrl-C came as it went out: interrupts.settle_send
-            settle_send(channel, request_id, went_out, self.check_alive,
-                        (lambda: os.unlink(spilled)) if spilled else None)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            reply = channel.receive(request_id, deadline, self.check_alive)
+            reply = (head, []) if head else channel.receive(request_id, deadline,
+                                                             self.check_alive)
             status = reply[0][1]
             result = decode(*reply) if decode is not None and status == 0 else reply
         except NwsUnpicklingException:
@@ -635,6 +644,28 @@ class Connection:
         if leased and status == 0:
             channel.acks.append(request_id)
         return status, result
+
+    def _exchange(self, channel: Channel, lane, op: int, args: list, frames: list | tuple,
+                  request_id: int, timeout: float | None) -> bytes | None | bool:
+        """Send a small request through the fast lane and wait a first slice for its reply ->
+        the reply's head; None if the request went out and its reply is still to come (the
+        Python path waits for it); False if nothing went out. An interrupt that comes once the
+        request is out withdraws it, as an interrupted wait does."""
+        wait = _POLL_SLICE if timeout is None or timeout > _POLL_SLICE else timeout
+        try:
+            head = lane.exchange(op, request_id, args, frames[0] if frames else None, wait)
+            if head is None and lane.unsent:  # the kernel took part of it: the rest first
+                went_out = channel.dealer.send_unsent(self.check_alive)
+                if slot.interrupt is not None:  # held while the rest went out
+                    deliver()
+                if not went_out:
+                    raise NwsConnectionDroppedException(
+                        self.broken or f"the connection to {self.address} broke")
+        except BaseException:
+            if lane.sent_id == request_id:  # it went out (maybe answered): withdraw it
+                withdraw(channel, request_id, self.check_alive)
+            raise
+        return head
 
     def _prepare_large(self, frames: list | tuple) -> tuple[list | tuple, str | None]:
         """A value with big frames: through shared memory if the broker shares this machine's,

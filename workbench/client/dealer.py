@@ -20,6 +20,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
+from .. import accel
 from ..zmtp import GREETING, READ_CHUNK, Inbound, ZmtpError, command, encode, properties
 from .interrupts import DEFERRED, deliver, held, hold
 
@@ -101,12 +102,15 @@ class Dealer:
         self._outbox: deque[list] = deque()  # messages ``send_nowait`` queued, not yet out
         self._cut = False  # part of a message is sent, the rest not yet
         self.closed = False
+        self._lane = None  # the compiled fast lane (``fast_lane``), on a plain connection
         metadata = properties(Socket_Type=b"DEALER", Identity=identity)
         if curve is None:
             self._inbound = Inbound(_UNLIMITED)
             self._seal = encode
             # The greeting and READY go out at once; the broker's arrive as the first bytes read.
             self._send_buffers([GREETING + command(b"READY", metadata)], None)
+            if accel.Lane is not None:
+                self._lane = accel.Lane(self._sock.fileno())
         else:
             self._handshake(curve, metadata, connect_timeout)
         if held():  # interrupted while connecting: the caller never gets this socket
@@ -148,6 +152,37 @@ class Dealer:
         """Whether a received message is waiting to be taken by ``recv``."""
         return bool(self._messages)
 
+    def fast_lane(self):
+        """The compiled fast lane (``accel.Lane``: a small request and its reply in one call),
+        when it may be used now: the connection is open and plain, and nothing received is
+        waiting or half parsed. None otherwise; the lane keeps what it read but did not take
+        (``unparsed``) and what it sent in part (``unsent``) for the methods here, which
+        deal with both before anything else."""
+        lane = self._lane
+        if lane is None or self._messages or self.closed or not self._inbound.between_messages():
+            return None
+        return lane
+
+    def send_unsent(self, alive: Callable[[], None] | None) -> bool:
+        """Send the rest of a message the fast lane sent in part (the kernel took only the first
+        bytes), before anything else -> whether it went out (not if the connection broke or
+        ``alive`` gave up: it is then closed). Interrupts meanwhile are held."""
+        unsent = self._lane.unsent
+        with DEFERRED:
+            buffers = [bytes(unsent)]
+            unsent.clear()
+            self._cut = True
+        return self._finish(self._check_open(), buffers, alive)
+
+    def _take_unparsed(self) -> None:
+        """Parse what the fast lane read but did not take: it came before anything the
+        kernel holds now."""
+        unparsed = self._lane.unparsed
+        with DEFERRED:
+            data = bytes(unparsed)
+            unparsed.clear()
+            self._parse(data)
+
     # ------------------------------------------------------------------ sending
 
     def send(self, frames: list | tuple, alive: Callable[[], None] | None = None) -> bool:
@@ -159,6 +194,9 @@ class Dealer:
         before the first byte is out drops the message (False), one that comes later waits
         until the last is out (True). Either way it is not raised here but held for the caller
         (``interrupts.hold``), which acts on the answer and then ``interrupts.deliver``s it."""
+        lane = self._lane
+        if lane is not None and lane.unsent and not self.send_unsent(alive):
+            return False
         buffers = self._seal(frames)
         if len(buffers) > 1:
             if sum(map(len, buffers)) >= _JOIN_BELOW:
@@ -294,6 +332,8 @@ class Dealer:
     def recv(self, timeout: float | None) -> list | None:
         """The next message's frames, waiting up to ``timeout`` seconds (None: for ever)."""
         messages = self._messages
+        if not messages and self._lane is not None and self._lane.unparsed:
+            self._take_unparsed()
         if messages:
             return messages.popleft()
         if self.closed:
@@ -316,6 +356,8 @@ class Dealer:
     def _read(self) -> None:
         """Move what the kernel holds into the parser; complete messages into the queue."""
         inbound = self._inbound
+        if self._lane is not None and self._lane.unparsed:
+            self._take_unparsed()
         try:
             if not inbound.read_from(self._sock, READ_CHUNK):
                 raise DealerError(_CLOSED)
@@ -330,6 +372,19 @@ class Dealer:
         except ZmtpError as exc:
             self.close()
             raise DealerError(_refusal(exc)) from None
+        self._queue_parsed()
+
+    def _parse(self, data: bytes) -> None:
+        """Parse bytes read elsewhere (the fast lane's), as ``_read`` parses the kernel's."""
+        try:
+            self._inbound.feed(data)
+        except ZmtpError as exc:
+            self.close()
+            raise DealerError(_refusal(exc)) from None
+        self._queue_parsed()
+
+    def _queue_parsed(self) -> None:
+        inbound = self._inbound
         if inbound.messages:
             for frames, _ in inbound.messages:
                 self._messages.append(frames)
@@ -345,6 +400,10 @@ class Dealer:
         it, is out. What the kernel does not take now stays queued, in order: call ``flush``
         whenever the socket is writable until it says True. Not to be mixed with ``send`` on
         one socket. DealerError (the connection is then closed) if the connection broke."""
+        lane = self._lane
+        if lane is not None and lane.unsent:  # (a lane is not used on a loop-driven socket)
+            self._outbox.append([bytes(lane.unsent)])
+            lane.unsent.clear()
         buffers = self._seal(frames)
         if len(buffers) > 1 and sum(map(len, buffers)) < _JOIN_BELOW:
             buffers = [b"".join(buffers)]
@@ -372,7 +431,7 @@ class Dealer:
         """Read once what the kernel holds, without waiting -> the messages complete so far
         (maybe none: a message may arrive in parts). For a socket an event loop saw readable.
         DealerError (the connection is then closed) if the connection broke."""
-        messages = self._messages
+        messages = self._messages  # (``_read`` takes what a fast lane left first)
         if not messages:
             self._check_open()
             with DEFERRED:
@@ -391,6 +450,7 @@ class Dealer:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._lane = None  # its descriptor is about to be another file's
             self._sock.close()
 
 

@@ -272,6 +272,13 @@ class Inbound:
             self.body_filled(count)
         return True
 
+    def between_messages(self) -> bool:
+        """Whether the peer is past its handshake and the next byte it sends starts a message
+        (nothing of one is held here), on a connection without CURVE: then bytes read
+        elsewhere may be parsed from scratch (the client's fast lane, ``accel``)."""
+        return (self.identity is not None and self.boxes is None and not self._pending
+                and self._large is None and not self._skip and not self._frames)
+
     def body_buffer(self) -> memoryview | None:
         """The unfilled part of the large frame being read, or None."""
         if self._large is None:

@@ -1,0 +1,28 @@
+"""The compiled parts of the workbench, where this install has them.
+
+Each is optional: an install without a C compiler has none, and every caller then takes the
+Python path, which gives the same results (the test suite runs both: ``make test`` with them,
+``make test-lowest`` without). ``WORKBENCH_PURE_PYTHON=1`` in the environment turns them off,
+to compare the two or to rule them out when something looks wrong.
+
+- ``Lane``: the client's fast lane, a small request and its reply in one call
+  (``workbench/_lane.c``; used by ``client.dealer`` and ``client.connection``).
+"""
+
+from __future__ import annotations
+
+import os
+
+PURE_PYTHON = os.environ.get("WORKBENCH_PURE_PYTHON", "") not in ("", "0")
+
+Lane = None
+if not PURE_PYTHON:
+    try:
+        from ._lane import Lane
+    except ImportError:  # built without a C compiler
+        pass
+
+
+def compiled() -> list[str]:
+    """The names of the compiled parts in use."""
+    return [name for name, part in (("Lane", Lane),) if part is not None]
