@@ -50,7 +50,9 @@ def serving(server: NwsServer) -> bool:
 def start_babelfish(broker, server: NwsServer, log_path) -> Babelfish:
     babelfish = Babelfish(broker, log_path)
     try:
-        wait_for(lambda: serving(server) or babelfish.process.poll() is not None, timeout=20)
+        # serving: its workspace is there and it said so (it logs just after making it)
+        wait_for(lambda: (serving(server) and "babelfish serving" in babelfish.log())
+                 or babelfish.process.poll() is not None, timeout=20)
         assert babelfish.process.poll() is None, babelfish.log()
     except BaseException:
         babelfish.stop()

@@ -369,6 +369,12 @@ def test_ctrl_c_cancels_a_blocked_fetch_and_loses_nothing(ws, other):
     assert ws.fetchTry("interrupted") is None
 
 
+def _through_the_python_send(dealer) -> None:
+    """Have the next small request take ``Dealer.send``, not the compiled fast lane (which
+    runs no signal handler while it sends, so a Ctrl-C never lands inside its send)."""
+    dealer.fast_lane = lambda: None
+
+
 def test_ctrl_c_as_the_request_goes_out_withdraws_it(ws, other):
     """An interrupt that comes during the send surfaces once the request is out (a message
     is never cut in half): the fetch must still be withdrawn, or the value it takes stays
@@ -379,10 +385,11 @@ def test_ctrl_c_as_the_request_goes_out_withdraws_it(ws, other):
 
     def send_then_interrupt(frames, alive=None):
         went_out = real_send(frames, alive)
-        del dealer.send  # once
+        del dealer.send, dealer.fast_lane  # once
         interrupts.hold(KeyboardInterrupt())  # as a Ctrl-C the send held back
         return went_out
 
+    _through_the_python_send(dealer)
     dealer.send = send_then_interrupt
     with pytest.raises(KeyboardInterrupt):
         ws.fetch("just-sent", timeout=10)
@@ -396,10 +403,11 @@ def _interrupt_before_the_next_send(ws) -> None:
     dealer = ws._connection.channel().dealer
 
     def interrupted(frames, alive=None):
-        del dealer.send  # once
+        del dealer.send, dealer.fast_lane  # once
         interrupts.hold(KeyboardInterrupt())
         return False
 
+    _through_the_python_send(dealer)
     dealer.send = interrupted
 
 

@@ -23,8 +23,7 @@
  * the client takes the Python path (``workbench.accel``).
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_accel.h"
 #include <structmember.h>
 
 #include <errno.h>
@@ -38,7 +37,6 @@
 #define SEPARATOR '\0'
 #define ZMTP_LONG 2
 #define MAX_REQUEST (1 << 16)    /* larger requests go the Python way (sendmsg, no copy) */
-#define READ_CHUNK (1 << 16)     /* as zmtp.READ_CHUNK */
 
 typedef struct {
     PyObject_HEAD
@@ -79,17 +77,6 @@ Lane_dealloc(Lane *self)
     Py_XDECREF(self->unsent);
     PyMem_Free(self->in);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Append n bytes to a bytearray; -1 with an exception set on failure. */
-static int
-append(PyObject *array, const char *data, Py_ssize_t n)
-{
-    Py_ssize_t had = PyByteArray_GET_SIZE(array);
-    if (PyByteArray_Resize(array, had + n) < 0)
-        return -1;
-    memcpy(PyByteArray_AS_STRING(array) + had, data, (size_t)n);
-    return 0;
 }
 
 /* The request's frame (ZMTP header, then the request head: header and arguments joined by
@@ -188,6 +175,71 @@ PyDoc_STRVAR(exchange_doc,
 "empty, or the kernel took nothing now). A signal during the wait runs its handler, whose\n"
 "exception is raised; a handler that raises nothing ends the wait (None).");
 
+enum sent { SENT_ERROR = -1, SENT_NOTHING, SENT_ALL, SENT_PART };
+
+/* Send request (op, request_id, args, last) whole, or its first bytes with the rest kept in
+ * ``unsent``; nothing if it is not for the lane or the kernel takes nothing now. No signal
+ * handler runs in here: an interrupt never lands between the first byte and the last. */
+static enum sent
+send_request(Lane *self, PyObject *const *args, unsigned long *request_id)
+{
+    int op = PyLong_AsLong(args[0]);
+    if (op == -1 && PyErr_Occurred())
+        return SENT_ERROR;
+    *request_id = PyLong_AsUnsignedLongMask(args[1]) & 0xffffffffUL;
+    if (PyErr_Occurred())
+        return SENT_ERROR;
+    if (PyByteArray_GET_SIZE(self->unsent)
+            || (!PyList_CheckExact(args[2]) && !PyTuple_CheckExact(args[2])))
+        return SENT_NOTHING;
+    char out[MAX_REQUEST];
+    Py_ssize_t size = build_request(out, op, *request_id, args[2], args[3]);
+    if (size == 0)
+        return SENT_NOTHING;
+    Py_ssize_t sent = send(self->fd, out, (size_t)size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent <= 0)
+        return SENT_NOTHING;  /* the Python path sends it, or finds the error */
+    self->sent_id = *request_id;
+    if (sent == size)
+        return SENT_ALL;
+    if (bytearray_append(self->unsent, out + sent, size - sent) < 0)
+        return SENT_ERROR;  /* MemoryError: the stream is out of step; the caller closes it */
+    return SENT_PART;
+}
+
+PyDoc_STRVAR(post_doc,
+"post(op, request_id, args, last) -> True, None or False\n\n"
+"Send request ``request_id`` (as ``exchange`` does) without waiting for a reply -> True if\n"
+"it went out whole; None if the kernel took its first bytes (the rest is in ``unsent``, for\n"
+"the Python path to send before anything else); False if nothing was sent.");
+
+/* What ``post`` says of a send: True, None or False (NULL: an exception is set). */
+static PyObject *
+answer_for(enum sent sent)
+{
+    switch (sent) {
+    case SENT_ALL:
+        Py_RETURN_TRUE;
+    case SENT_PART:
+        Py_RETURN_NONE;
+    case SENT_NOTHING:
+        Py_RETURN_FALSE;
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *
+Lane_post(Lane *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "post() takes 4 arguments");
+        return NULL;
+    }
+    unsigned long request_id;
+    return answer_for(send_request(self, args, &request_id));
+}
+
 static PyObject *
 Lane_exchange(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -195,33 +247,15 @@ Lane_exchange(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "exchange() takes 5 arguments");
         return NULL;
     }
-    int op = PyLong_AsLong(args[0]);
-    if (op == -1 && PyErr_Occurred())
-        return NULL;
-    unsigned long request_id = PyLong_AsUnsignedLongMask(args[1]);
-    if (request_id == (unsigned long)-1 && PyErr_Occurred())
-        return NULL;
     double wait = PyFloat_AsDouble(args[4]);
     if (wait == -1.0 && PyErr_Occurred())
         return NULL;
-    if (PyByteArray_GET_SIZE(self->unparsed) || PyByteArray_GET_SIZE(self->unsent)
-            || (!PyList_CheckExact(args[2]) && !PyTuple_CheckExact(args[2])))
+    if (PyByteArray_GET_SIZE(self->unparsed))
         Py_RETURN_FALSE;
-
-    char out[MAX_REQUEST];
-    Py_ssize_t size = build_request(out, op, request_id & 0xffffffffUL, args[2], args[3]);
-    if (size == 0)
-        Py_RETURN_FALSE;
-    /* No signal handler can run from here until the message is all out (or cut and kept). */
-    Py_ssize_t sent = send(self->fd, out, (size_t)size, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (sent <= 0)
-        Py_RETURN_FALSE;  /* nothing out: the Python path sends it, or finds the error */
-    self->sent_id = request_id;
-    if (sent < size) {
-        if (append(self->unsent, out + sent, size - sent) < 0)
-            return NULL;  /* MemoryError: the stream is out of step; the caller closes it */
-        Py_RETURN_NONE;
-    }
+    unsigned long request_id;
+    enum sent sent = send_request(self, args, &request_id);
+    if (sent != SENT_ALL)  /* (in part: None, as for a reply still to come) */
+        return answer_for(sent);
 
     if (PyErr_CheckSignals() < 0)  /* a signal that came during the send */
         return NULL;
@@ -242,16 +276,17 @@ Lane_exchange(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     if (got <= 0)
         Py_RETURN_NONE;  /* the end of the stream, an error or nothing: the Python path's read
                             finds it again and says what it is */
-    PyObject *head = reply_in(self->in, got, request_id & 0xffffffffUL);
+    PyObject *head = reply_in(self->in, got, request_id);
     if (head != NULL || PyErr_Occurred())
         return head;
-    if (append(self->unparsed, self->in, got) < 0)
+    if (bytearray_append(self->unparsed, self->in, got) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Lane_methods[] = {
     {"exchange", (PyCFunction)(void (*)(void))Lane_exchange, METH_FASTCALL, exchange_doc},
+    {"post", (PyCFunction)(void (*)(void))Lane_post, METH_FASTCALL, post_doc},
     {NULL}
 };
 

@@ -7,6 +7,9 @@ to compare the two or to rule them out when something looks wrong.
 
 - ``Lane``: the client's fast lane, a small request and its reply in one call
   (``workbench/_lane.c``; used by ``client.dealer`` and ``client.connection``).
+- ``serve_read``: the broker's fast pass over a readable connection, its small requests
+  handled and their small replies written in one call (``workbench/_broker_pass.c``; used by
+  ``broker.server``).
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ import os
 PURE_PYTHON = os.environ.get("WORKBENCH_PURE_PYTHON", "") not in ("", "0")
 
 Lane = None
+serve_read = None
 if not PURE_PYTHON:
     try:
         from ._lane import Lane
     except ImportError:  # built without a C compiler
         pass
+    try:
+        from ._broker_pass import serve_read
+    except ImportError:
+        pass
 
 
 def compiled() -> list[str]:
     """The names of the compiled parts in use."""
-    return [name for name, part in (("Lane", Lane),) if part is not None]
+    return [name for name, part in (("Lane", Lane), ("serve_read", serve_read))
+            if part is not None]

@@ -38,7 +38,7 @@ from functools import partial
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Callable
 
-from .. import shm
+from .. import accel, shm
 from ..config import (
     DEFAULT_HOST, DEFAULT_PORT, SHM_RELEASE_GRACE, STOP_LINGER,
 )
@@ -58,6 +58,7 @@ _WRITE = select.POLLOUT
 _CLOSED = select.POLLHUP | select.POLLERR  # reading then tells what happened
 _READABLE = _READ | _CLOSED
 _IOV_MAX = 1024  # buffers per sendmsg: the kernel refuses more
+_serve_read = accel.serve_read  # None without the compiled parts
 #: At most this many (kind, source address) pairs of refused connections are logged; the
 #: counters count every one (a scan from many addresses must not fill the log or the memory).
 _MOST_LOGGED_REFUSALS = 1000
@@ -132,12 +133,13 @@ class _Peer:
     Under CURVE the parser holds the handshake and, once it is done, the connection's boxes:
     ``seal`` turns a message into the buffers to send (plain ZMTP framing under NULL)."""
 
-    __slots__ = ("sock", "source", "inbound", "seal", "identity", "out", "queued", "events",
-                 "accepted")
+    __slots__ = ("sock", "fd", "source", "inbound", "seal", "identity", "out", "queued",
+                 "events", "accepted", "plain")
 
     def __init__(self, sock: socket.socket, source: str, inbound: Inbound, greeting: bytes,
                  now: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.source = source  # the client's address, or "local" for the Unix socket
         self.inbound = inbound
         self.seal: Callable[[list], list] = encode
@@ -148,6 +150,9 @@ class _Peer:
         # write readiness while the kernel's buffer is full.
         self.events = _READ
         self.accepted = now
+        # Whether the next read may take the compiled fast pass (``accel.serve_read``): the
+        # connection is plain and routed, and its parser holds nothing of a message.
+        self.plain = False
 
     def queue(self, buffers: list) -> None:
         self.out.extend(buffers)
@@ -181,6 +186,7 @@ class BrokerServer:
         self.routes: dict[bytes, _Peer] = {}  # routing identity -> its connection
         self.peers: set[_Peer] = set()
         self.dirty: dict[_Peer, None] = {}  # peers with output, in the order it was made
+        self._replies = bytearray()  # the fast pass's replies not yet written (``_read_plain``)
         # A descriptor held in reserve, freed to shed a connection when none are left (_shed).
         self._spare_fd: int | None = None
         self._warned_fds = False
@@ -373,7 +379,10 @@ class BrokerServer:
                     self._accept(listeners[fd])
                 continue  # closed earlier in this pass
             if events & _READABLE:
-                self._read(peer)
+                if peer.plain:
+                    self._read_plain(peer)
+                else:
+                    self._read(peer)
             if events & _WRITE and peer.out:
                 if not deferred:
                     self._write(peer)
@@ -560,6 +569,11 @@ class BrokerServer:
         if peer.identity is None and inbound.identity is not None:
             if not self._route(peer, inbound.identity):
                 return
+        self._take_parsed(peer)
+
+    def _take_parsed(self, peer: _Peer) -> None:
+        """Answer the commands and handle the messages the peer's parser completed."""
+        inbound = peer.inbound
         if inbound.replies:
             peer.queue(inbound.replies)
             inbound.replies.clear()
@@ -568,6 +582,35 @@ class BrokerServer:
         if messages:
             inbound.messages = []
             self._handle(peer.identity, messages)
+        peer.plain = (_serve_read is not None and peer.identity is not None
+                      and self.by_fd.get(peer.fd) is peer and inbound.between_messages())
+
+    def _read_plain(self, peer: _Peer) -> None:
+        """``_read``, with the loop's part done by the compiled fast pass (``accel``): the
+        small requests of the read go to the state and their small replies out, in one call;
+        what it leaves (effects to apply, bytes to parse) is done here as ``_read`` does it."""
+        replies = self._replies
+        try:
+            effects, rest = _serve_read(peer.fd, peer.identity, self.state.handle,
+                                        self.limits.max_message_size, self.durable is not None,
+                                        replies, not peer.out and self.durable is None)
+        finally:
+            if replies:  # not written yet (all of them, with a log: they wait for its commit)
+                peer.out.append(bytes(replies))
+                peer.queued += len(replies)
+                replies.clear()
+                self.dirty[peer] = None
+        if effects is not None:
+            self._apply(effects)
+        if rest:
+            try:
+                peer.inbound.feed(rest)
+            except ZmtpError as exc:
+                self._refuse(peer, exc)
+                return
+            self._take_parsed(peer)
+        elif rest is None:  # the end of the stream, or reset by the peer
+            self._close(peer)
 
     def _route(self, peer: _Peer, identity: bytes) -> bool:
         """The peer is ready: replies to ``identity`` go to it -> True. As with libzmq's

@@ -102,7 +102,9 @@ class Dealer:
         self._outbox: deque[list] = deque()  # messages ``send_nowait`` queued, not yet out
         self._cut = False  # part of a message is sent, the rest not yet
         self.closed = False
-        self._lane = None  # the compiled fast lane (``fast_lane``), on a plain connection
+        #: The compiled fast lane (``accel.Lane``) of a plain connection, while it is open: for
+        #: sending at any time, for a request and its reply when ``fast_lane`` says so.
+        self.lane = None
         metadata = properties(Socket_Type=b"DEALER", Identity=identity)
         if curve is None:
             self._inbound = Inbound(_UNLIMITED)
@@ -110,7 +112,7 @@ class Dealer:
             # The greeting and READY go out at once; the broker's arrive as the first bytes read.
             self._send_buffers([GREETING + command(b"READY", metadata)], None)
             if accel.Lane is not None:
-                self._lane = accel.Lane(self._sock.fileno())
+                self.lane = accel.Lane(self._sock.fileno())
         else:
             self._handshake(curve, metadata, connect_timeout)
         if held():  # interrupted while connecting: the caller never gets this socket
@@ -158,8 +160,8 @@ class Dealer:
         waiting or half parsed. None otherwise; the lane keeps what it read but did not take
         (``unparsed``) and what it sent in part (``unsent``) for the methods here, which
         deal with both before anything else."""
-        lane = self._lane
-        if lane is None or self._messages or self.closed or not self._inbound.between_messages():
+        lane = self.lane
+        if lane is None or self._messages or not self._inbound.between_messages():
             return None
         return lane
 
@@ -167,7 +169,7 @@ class Dealer:
         """Send the rest of a message the fast lane sent in part (the kernel took only the first
         bytes), before anything else -> whether it went out (not if the connection broke or
         ``alive`` gave up: it is then closed). Interrupts meanwhile are held."""
-        unsent = self._lane.unsent
+        unsent = self.lane.unsent
         with DEFERRED:
             buffers = [bytes(unsent)]
             unsent.clear()
@@ -177,7 +179,7 @@ class Dealer:
     def _take_unparsed(self) -> None:
         """Parse what the fast lane read but did not take: it came before anything the
         kernel holds now."""
-        unparsed = self._lane.unparsed
+        unparsed = self.lane.unparsed
         with DEFERRED:
             data = bytes(unparsed)
             unparsed.clear()
@@ -194,7 +196,7 @@ class Dealer:
         before the first byte is out drops the message (False), one that comes later waits
         until the last is out (True). Either way it is not raised here but held for the caller
         (``interrupts.hold``), which acts on the answer and then ``interrupts.deliver``s it."""
-        lane = self._lane
+        lane = self.lane
         if lane is not None and lane.unsent and not self.send_unsent(alive):
             return False
         buffers = self._seal(frames)
@@ -332,7 +334,7 @@ class Dealer:
     def recv(self, timeout: float | None) -> list | None:
         """The next message's frames, waiting up to ``timeout`` seconds (None: for ever)."""
         messages = self._messages
-        if not messages and self._lane is not None and self._lane.unparsed:
+        if not messages and self.lane is not None and self.lane.unparsed:
             self._take_unparsed()
         if messages:
             return messages.popleft()
@@ -356,7 +358,7 @@ class Dealer:
     def _read(self) -> None:
         """Move what the kernel holds into the parser; complete messages into the queue."""
         inbound = self._inbound
-        if self._lane is not None and self._lane.unparsed:
+        if self.lane is not None and self.lane.unparsed:
             self._take_unparsed()
         try:
             if not inbound.read_from(self._sock, READ_CHUNK):
@@ -400,7 +402,7 @@ class Dealer:
         it, is out. What the kernel does not take now stays queued, in order: call ``flush``
         whenever the socket is writable until it says True. Not to be mixed with ``send`` on
         one socket. DealerError (the connection is then closed) if the connection broke."""
-        lane = self._lane
+        lane = self.lane
         if lane is not None and lane.unsent:  # (a lane is not used on a loop-driven socket)
             self._outbox.append([bytes(lane.unsent)])
             lane.unsent.clear()
@@ -450,7 +452,7 @@ class Dealer:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._lane = None  # its descriptor is about to be another file's
+            self.lane = None  # its descriptor is about to be another file's
             self._sock.close()
 
 
