@@ -84,18 +84,19 @@ _last = st.none() | st.binary(max_size=70_000)
 
 @needs_lane
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(op=st.integers(0, 255), request_id=st.integers(0, 2**32 - 1), args=_args, last=_last)
-def test_a_request_goes_out_as_the_python_path_frames_it(op, request_id, args, last):
+@given(op=st.integers(0, 255), flags=st.integers(0, 2**16 - 1),
+       request_id=st.integers(0, 2**32 - 1), args=_args, last=_last)
+def test_a_request_goes_out_as_the_python_path_frames_it(op, flags, request_id, args, last):
     parts = args if last is None else [*args, last]
-    expected = b"".join(encode([request_head(op, request_id, parts)]))
+    expected = b"".join(encode([request_head(op, request_id, parts, flags)]))
     for waits in (True, False):  # ``exchange`` (a request and its reply), ``post`` (a send)
         near, far = _pair()
         with near, far:
             lane = accel.Lane(near.fileno())
             if waits:
-                answer, sent = lane.exchange(op, request_id, args, last, 0.0), None
+                answer, sent = lane.exchange(op, flags, request_id, args, last, 0.0), None
             else:
-                answer, sent = lane.post(op, request_id, args, last), True
+                answer, sent = lane.post(op, flags, request_id, args, last), True
             wire = _drain(far)
             if len(expected) > 1 << 16:  # too large for the lane: nothing went out
                 assert answer is False and wire == b""
@@ -128,7 +129,7 @@ def test_only_its_own_one_frame_reply_is_taken_and_anything_else_is_kept(
     with near, far:
         lane = accel.Lane(near.fileno())
         far.sendall(stream)
-        answer = lane.exchange(7, request_id, [b"k"], None, 5.0)
+        answer = lane.exchange(7, 0, request_id, [b"k"], None, 5.0)
         if not others and not wrong_id:
             assert answer == reply[0] and not lane.unparsed
             return
@@ -146,9 +147,9 @@ def test_a_lane_holding_unparsed_bytes_sends_nothing_until_they_are_taken():
     with near, far:
         lane = accel.Lane(near.fileno())
         far.sendall(b"".join(encode([_head(99)])))
-        assert lane.exchange(1, 1, [b"a"], None, 5.0) is None  # not its reply: kept
+        assert lane.exchange(1, 0, 1, [b"a"], None, 5.0) is None  # not its reply: kept
         assert lane.unparsed
-        assert lane.exchange(1, 2, [b"b"], None, 0.0) is False
+        assert lane.exchange(1, 0, 2, [b"b"], None, 0.0) is False
         assert _drain(far) == b"".join(encode([request_head(1, 1, [b"a"])]))
 
 
@@ -206,9 +207,9 @@ def test_a_request_cut_short_by_a_full_buffer_is_finished_before_the_next_one(si
     sent, value = [], b"v" * 50_000
     for request_id in range(1, 10_000):
         if waits:
-            answer = lane.exchange(3, request_id, [b"key"], value, 0.0)
+            answer = lane.exchange(3, 0, request_id, [b"key"], value, 0.0)
         else:
-            answer = lane.post(3, request_id, [b"key"], value)
+            answer = lane.post(3, 0, request_id, [b"key"], value)
         if answer is False:  # the kernel took nothing: try again smaller
             value = value[: len(value) // 2]
             if not value:
@@ -235,12 +236,60 @@ def test_bytes_the_lane_kept_reach_the_python_path_before_newer_ones(silent):
     lane = dealer.fast_lane()
     first, second = [_head(41, b"first")], [_head(42, b"second"), b"more"]
     broker.peer.sendall(b"".join(encode(first)))
-    assert lane.exchange(1, 40, [b"q"], None, 5.0) is None and lane.unparsed
-    assert lane.exchange(1, 43, [b"q"], None, 0.0) is False  # it must be parsed first
+    assert lane.exchange(1, 0, 40, [b"q"], None, 5.0) is None and lane.unparsed
+    assert lane.exchange(1, 0, 43, [b"q"], None, 0.0) is False  # it must be parsed first
     broker.peer.sendall(b"".join(encode(second)))
     assert dealer.recv(5) == first
     assert dealer.recv(5) == second
     assert dealer.fast_lane() is lane
+
+
+@pytest.fixture(scope="module")
+def silent_connection():
+    """One ``_SilentBroker`` and ``Dealer`` for a whole hypothesis test: each example leaves
+    the stream between two messages."""
+    broker = _SilentBroker()
+    dealer = Dealer(f"tcp://127.0.0.1:{broker.port}", b"lane-test", 5)
+    try:
+        broker.accept()
+        assert dealer.recv(0.3) is None
+        yield broker, dealer
+    finally:
+        dealer.close()
+        broker.close()
+
+
+_any_frame = st.one_of(st.binary(max_size=300),
+                       st.integers(1_000, 200_000).map(lambda size: os.urandom(size)))
+
+
+@needs_lane
+@settings(max_examples=60, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(st.lists(_any_frame, min_size=1, max_size=4), min_size=1, max_size=6),
+       pings=st.lists(st.integers(0, 5), max_size=3),
+       cut_points=st.lists(st.floats(0, 1), max_size=5))
+def test_the_client_receives_any_stream_as_the_python_parser_does(
+        silent_connection, messages, pings, cut_points):
+    """Messages of any frames, small and large, with commands between them, cut anywhere by
+    the reads: the compiled lane and the parser it hands over to give the dealer the same
+    messages, in order, as the parser alone finds in the stream."""
+    broker, dealer = silent_connection
+    pieces = [b"".join(encode(message)) for message in messages]
+    for at in pings:  # a ZMTP heartbeat the broker sends: no message
+        pieces.insert(min(at, len(pieces)), command(b"PING", b"\x00\x0aping"))
+    stream = b"".join(pieces)
+    start = 0
+    for cut in [*sorted({int(point * len(stream)) for point in cut_points}), len(stream)]:
+        broker.peer.sendall(stream[start:cut])
+        start = cut
+    received = []
+    while len(received) < len(messages):
+        message = dealer.recv(5)
+        assert message is not None, "a message never came"
+        received.append([bytes(frame) for frame in message])
+    assert received == messages
+    assert dealer.fast_lane() is not None  # back between messages
 
 
 @needs_lane

@@ -35,6 +35,7 @@
 #define PROTOCOL_VERSION 1
 #define HEADER_SIZE 8            /* <BBHI: version, op, flags, request id */
 #define SEPARATOR '\0'
+#define ZMTP_MORE 1
 #define ZMTP_LONG 2
 #define MAX_REQUEST (1 << 16)    /* larger requests go the Python way (sendmsg, no copy) */
 
@@ -83,7 +84,8 @@ Lane_dealloc(Lane *self)
  * SEPARATOR) written into out -> its size; 0 if it does not fit MAX_REQUEST or an argument is
  * not bytes (the Python path takes it). */
 static Py_ssize_t
-build_request(char *out, int op, unsigned long request_id, PyObject *args, PyObject *last)
+build_request(char *out, int op, int flags, unsigned long request_id, PyObject *args,
+              PyObject *last)
 {
     Py_ssize_t count = PySequence_Fast_GET_SIZE(args);
     PyObject **items = PySequence_Fast_ITEMS(args);
@@ -112,7 +114,8 @@ build_request(char *out, int op, unsigned long request_id, PyObject *args, PyObj
     char *p = out + at;
     p[0] = PROTOCOL_VERSION;
     p[1] = (char)op;
-    p[2] = p[3] = 0;  /* flags */
+    p[2] = (char)(flags & 0xff);
+    p[3] = (char)((flags >> 8) & 0xff);
     for (int k = 0; k < 4; k++)
         p[4 + k] = (char)((request_id >> (8 * k)) & 0xff);
     p += HEADER_SIZE;
@@ -165,7 +168,7 @@ reply_in(const char *data, Py_ssize_t n, unsigned long request_id)
 }
 
 PyDoc_STRVAR(exchange_doc,
-"exchange(op, request_id, args, last, wait) -> the reply's head (bytes), None or False\n\n"
+"exchange(op, flags, request_id, args, last, wait) -> the reply's head, None or False\n\n"
 "Send request ``request_id`` (``args`` a list or tuple of bytes, then ``last``, bytes or\n"
 "None, joined as ``protocol.request_head`` joins them) and wait up to ``wait`` seconds for\n"
 "its reply. -> the reply's head frame if what arrived is exactly that reply, one frame;\n"
@@ -177,23 +180,23 @@ PyDoc_STRVAR(exchange_doc,
 
 enum sent { SENT_ERROR = -1, SENT_NOTHING, SENT_ALL, SENT_PART };
 
-/* Send request (op, request_id, args, last) whole, or its first bytes with the rest kept in
+/* Send request (op, flags, request_id, args, last) whole, or its first bytes with the rest in
  * ``unsent``; nothing if it is not for the lane or the kernel takes nothing now. No signal
  * handler runs in here: an interrupt never lands between the first byte and the last. */
 static enum sent
 send_request(Lane *self, PyObject *const *args, unsigned long *request_id)
 {
-    int op = PyLong_AsLong(args[0]);
-    if (op == -1 && PyErr_Occurred())
+    int op = PyLong_AsLong(args[0]), flags = PyLong_AsLong(args[1]);
+    if ((op == -1 || flags == -1) && PyErr_Occurred())
         return SENT_ERROR;
-    *request_id = PyLong_AsUnsignedLongMask(args[1]) & 0xffffffffUL;
+    *request_id = PyLong_AsUnsignedLongMask(args[2]) & 0xffffffffUL;
     if (PyErr_Occurred())
         return SENT_ERROR;
     if (PyByteArray_GET_SIZE(self->unsent)
-            || (!PyList_CheckExact(args[2]) && !PyTuple_CheckExact(args[2])))
+            || (!PyList_CheckExact(args[3]) && !PyTuple_CheckExact(args[3])))
         return SENT_NOTHING;
     char out[MAX_REQUEST];
-    Py_ssize_t size = build_request(out, op, *request_id, args[2], args[3]);
+    Py_ssize_t size = build_request(out, op, flags, *request_id, args[3], args[4]);
     if (size == 0)
         return SENT_NOTHING;
     Py_ssize_t sent = send(self->fd, out, (size_t)size, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -208,7 +211,7 @@ send_request(Lane *self, PyObject *const *args, unsigned long *request_id)
 }
 
 PyDoc_STRVAR(post_doc,
-"post(op, request_id, args, last) -> True, None or False\n\n"
+"post(op, flags, request_id, args, last) -> True, None or False\n\n"
 "Send request ``request_id`` (as ``exchange`` does) without waiting for a reply -> True if\n"
 "it went out whole; None if the kernel took its first bytes (the rest is in ``unsent``, for\n"
 "the Python path to send before anything else); False if nothing was sent.");
@@ -232,8 +235,8 @@ answer_for(enum sent sent)
 static PyObject *
 Lane_post(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "post() takes 4 arguments");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "post() takes 5 arguments");
         return NULL;
     }
     unsigned long request_id;
@@ -243,11 +246,11 @@ Lane_post(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Lane_exchange(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "exchange() takes 5 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "exchange() takes 6 arguments");
         return NULL;
     }
-    double wait = PyFloat_AsDouble(args[4]);
+    double wait = PyFloat_AsDouble(args[5]);
     if (wait == -1.0 && PyErr_Occurred())
         return NULL;
     if (PyByteArray_GET_SIZE(self->unparsed))
@@ -284,9 +287,117 @@ Lane_exchange(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* The complete messages at the start of data[0:n], as lists of frames, appended to
+ * ``messages`` -> how many bytes they took; -1 with an exception set. A command frame, or a
+ * message cut by the end of the read, ends them. */
+static Py_ssize_t
+split_messages(const char *data, Py_ssize_t n, PyObject *messages)
+{
+    const unsigned char *u = (const unsigned char *)data;
+    Py_ssize_t at = 0, pos = 0;
+    while (pos < n) {  /* one message: frames from ``pos`` until one without MORE */
+        Py_ssize_t scan = pos, frames = 0;
+        int complete = 0;
+        while (scan < n) {
+            unsigned char flags = u[scan];
+            Py_ssize_t size, start;
+            if (flags & ~(ZMTP_MORE | ZMTP_LONG))
+                return at;  /* a command (or reserved flags): the parser's */
+            if (flags & ZMTP_LONG) {
+                if (n - scan < 9)
+                    return at;
+                uint64_t big = 0;
+                for (int k = 0; k < 8; k++)
+                    big = big << 8 | u[scan + 1 + k];
+                if (big > (uint64_t)(n - scan - 9))
+                    return at;
+                size = (Py_ssize_t)big;
+                start = scan + 9;
+            } else {
+                if (n - scan < 2)
+                    return at;
+                size = u[scan + 1];
+                start = scan + 2;
+            }
+            if (start + size > n)
+                return at;
+            scan = start + size;
+            frames++;
+            if (!(flags & ZMTP_MORE)) {
+                complete = 1;
+                break;
+            }
+        }
+        if (!complete)
+            return at;
+        PyObject *message = PyList_New(frames);
+        if (message == NULL)
+            return -1;
+        Py_ssize_t index = 0;
+        while (pos < scan) {  /* the same frames again, into the list */
+            Py_ssize_t size, start;
+            if (u[pos] & ZMTP_LONG) {
+                uint64_t big = 0;
+                for (int k = 0; k < 8; k++)
+                    big = big << 8 | u[pos + 1 + k];
+                size = (Py_ssize_t)big;
+                start = pos + 9;
+            } else {
+                size = u[pos + 1];
+                start = pos + 2;
+            }
+            PyObject *frame = PyBytes_FromStringAndSize(data + start, size);
+            if (frame == NULL) {
+                Py_DECREF(message);
+                return -1;
+            }
+            PyList_SET_ITEM(message, index++, frame);
+            pos = start + size;
+        }
+        int failed = PyList_Append(messages, message);
+        Py_DECREF(message);
+        if (failed < 0)
+            return -1;
+        at = pos;
+    }
+    return at;
+}
+
+PyDoc_STRVAR(receive_doc,
+"receive() -> the complete messages read, as lists of frames (bytes); None at the end of\n"
+"the stream\n\n"
+"Read once what the kernel holds (the socket is non-blocking: BlockingIOError if nothing),\n"
+"for a parser between two messages. What follows the last complete message (a message cut\n"
+"by the read, a command, anything after them) is kept in ``unparsed``, for the Python parser.\n"
+"Nothing is read while ``unparsed`` holds bytes: they come first (an empty list).");
+
+static PyObject *
+Lane_receive(Lane *self, PyObject *unused)
+{
+    PyObject *messages = PyList_New(0);
+    if (messages == NULL || PyByteArray_GET_SIZE(self->unparsed))
+        return messages;
+    Py_ssize_t got = recv(self->fd, self->in, READ_CHUNK, MSG_DONTWAIT);
+    if (got <= 0) {
+        Py_DECREF(messages);
+        if (got == 0)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_ssize_t taken = split_messages(self->in, got, messages);
+    if (taken < 0
+            || (taken < got && bytearray_append(self->unparsed, self->in + taken,
+                                                got - taken) < 0)) {
+        Py_DECREF(messages);  /* MemoryError: the stream is out of step; the caller closes it */
+        return NULL;
+    }
+    return messages;
+}
+
 static PyMethodDef Lane_methods[] = {
     {"exchange", (PyCFunction)(void (*)(void))Lane_exchange, METH_FASTCALL, exchange_doc},
     {"post", (PyCFunction)(void (*)(void))Lane_post, METH_FASTCALL, post_doc},
+    {"receive", (PyCFunction)Lane_receive, METH_NOARGS, receive_doc},
     {NULL}
 };
 

@@ -154,7 +154,7 @@ class Channel:
         if request_id is None:
             request_id = next(self.ids) & 0xFFFFFFFF  # ``new_request_id``: every publish's
         lane = self.dealer.lane  # (``accel``: the compiled lane, with this build)
-        if lane is None or acks or self.acks or len(frames) > 1 or not self._post_through(
+        if lane is None or acks or len(frames) > 1 or not self._post_through(
                 lane, op, args, frames, alive, request_id):
             self.post(op, args, frames, alive, acks, request_id)
         if slot.interrupt is not None:  # (``held()``, without its call)
@@ -166,7 +166,12 @@ class Channel:
         """Send a small request through the fast lane -> whether it went out (False: nothing
         did, and the Python path sends it). The rest of a request the kernel took in part goes
         before anything else, holding interrupts as ``Dealer.send`` does."""
-        went_out = lane.post(op, request_id, args, frames[0] if frames else None)
+        flags, drained = 0, None
+        if self.acks:
+            args, flags, drained = self.with_acks(args, ())
+        went_out = lane.post(op, flags, request_id, args, frames[0] if frames else None)
+        if went_out is False and drained:
+            self.give_back(drained)
         if went_out is None and not self.dealer.send_unsent(alive):
             raise NwsConnectionDroppedException(
                 "the connection to the broker broke while a request was going out")
@@ -196,8 +201,8 @@ class Channel:
                                         alive)
         except DealerError as exc:
             raise NwsConnectionDroppedException(str(exc)) from None
-        if not went_out and drained and len(drained) > len(acks):
-            self.acks.extendleft(reversed(drained[len(acks):]))
+        if not went_out and drained:
+            self.give_back(drained, acks)
         return went_out
 
     def post_nowait(self, op: int, args: list, frames: list | tuple, request_id: int) -> bool:
@@ -217,19 +222,32 @@ class Channel:
         head, the request ids it acknowledges or None)."""
         if frames:
             args = [*args, frames[0]]
-        queued = self.acks
-        if not queued and not acks:
+        if not self.acks and not acks:
             return request_head(op, request_id, args), None
+        args, flags, drained = self.with_acks(args, acks)
+        return request_head(op, request_id, args, flags), drained
+
+    def with_acks(self, args: list, acks: tuple | list) -> tuple[list, int, list | None]:
+        """A request's arguments carrying ``acks`` and the acknowledgements queued -> (the
+        arguments, the head's flags, the request ids they acknowledge or None). Those taken
+        from the queue go back to it (``give_back``) if the request is not sent."""
         drained = list(acks)
+        queued = self.acks
         while queued:
             try:
                 drained.append(queued.popleft())
             except IndexError:  # the heartbeat thread took it
                 break
         if not drained:
-            return request_head(op, request_id, args), None
+            return args, 0, None
         acked = b"%d" % drained[0] if len(drained) == 1 else pack_acks(drained)
-        return request_head(op, request_id, [acked, *args], FLAG_ACKS), drained
+        return [acked, *args], FLAG_ACKS, drained
+
+    def give_back(self, drained: list, acks: tuple | list = ()) -> None:
+        """Put the queued acknowledgements an unsent request took (``drained``, after its own
+        ``acks``) back in front of the queue, for the next request."""
+        if len(drained) > len(acks):
+            self.acks.extendleft(reversed(drained[len(acks):]))
 
     def new_request_id(self) -> int:
         return next(self.ids) & 0xFFFFFFFF
@@ -618,7 +636,7 @@ class Connection:
                 frames, spilled = self._prepare_large(frames)
             else:
                 self.check_size(frames)
-        elif not acks and not channel.acks and not channel.stash:
+        elif not acks and not channel.stash:
             lane = channel.dealer.fast_lane()
             if lane is not None:  # (``accel``: the compiled lane, with this build)
                 head = self._exchange(channel, lane, op, args, frames, request_id, timeout)
@@ -666,8 +684,14 @@ class Connection:
         Python path waits for it); False if nothing went out. An interrupt that comes once the
         request is out withdraws it, as an interrupted wait does."""
         wait = _POLL_SLICE if timeout is None or timeout > _POLL_SLICE else timeout
+        flags, drained = 0, None
+        if channel.acks:  # the acknowledgements queued go with it, as on the Python path
+            args, flags, drained = channel.with_acks(args, ())
         try:
-            head = lane.exchange(op, request_id, args, frames[0] if frames else None, wait)
+            head = lane.exchange(op, flags, request_id, args, frames[0] if frames else None,
+                                 wait)
+            if head is False and drained:  # nothing went out: they go with the next request
+                channel.give_back(drained)
             if head is None and lane.unsent:  # the kernel took part of it: the rest first
                 went_out = channel.dealer.send_unsent(self.check_alive)
                 if slot.interrupt is not None:  # held while the rest went out
@@ -678,6 +702,8 @@ class Connection:
         except BaseException:
             if lane.sent_id == request_id:  # it went out (maybe answered): withdraw it
                 withdraw(channel, request_id, self.check_alive)
+            elif drained:
+                channel.give_back(drained)
             raise
         return head
 

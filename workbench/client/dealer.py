@@ -358,8 +358,13 @@ class Dealer:
     def _read(self) -> None:
         """Move what the kernel holds into the parser; complete messages into the queue."""
         inbound = self._inbound
-        if self.lane is not None and self.lane.unparsed:
-            self._take_unparsed()
+        lane = self.lane
+        if lane is not None:
+            if lane.unparsed:
+                self._take_unparsed()
+            if inbound.between_messages():  # the compiled lane reads and splits it
+                self._read_through(lane)
+                return
         try:
             if not inbound.read_from(self._sock, READ_CHUNK):
                 raise DealerError(_CLOSED)
@@ -375,6 +380,23 @@ class Dealer:
             self.close()
             raise DealerError(_refusal(exc)) from None
         self._queue_parsed()
+
+    def _read_through(self, lane) -> None:
+        """``_read`` by the compiled lane: the complete messages read go to the queue, the
+        bytes after them to the parser."""
+        try:
+            messages = lane.receive()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close()
+            raise DealerError(_broken(exc)) from None
+        if messages is None:
+            self.close()
+            raise DealerError(_CLOSED)
+        self._messages.extend(messages)
+        if lane.unparsed:
+            self._take_unparsed()
 
     def _parse(self, data: bytes) -> None:
         """Parse bytes read elsewhere (the fast lane's), as ``_read`` parses the kernel's."""
