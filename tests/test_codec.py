@@ -91,6 +91,9 @@ def test_a_face_s_payloads_are_what_encode_makes_and_its_pickler_for_the_rest():
     for value in (b"raw", "tëxt", 42):
         frames = codec.inline(codec.payload(value, dumps))
         assert frames == encode(value) and decode(frames) == value
+        assert codec.plain_frame(value) == frames[0]  # the same frame, in one step
+    for value in (True, 1.5, None, [1], bytearray(b"x")):
+        assert codec.plain_frame(value) is None
     flag = codec.payload(True, dumps)  # a bool is an int subclass: pickled, stays a bool
     assert flag.kind == Kind.PICKLE and flag.data == dumps(True)
     assert decode(codec.inline(flag)) is True
@@ -127,6 +130,22 @@ def test_a_face_s_unpickler_decodes_pickles_and_its_errors_pass_as_they_are():
         decode(broken, unpickle=lambda data, buffers: pickle.loads(data))
     with pytest.raises(NwsUnpicklingException):
         decode(broken)
+
+
+def test_plain_values_decode_in_place_and_the_rest_is_left_to_the_decoder():
+    for value in (b"", b"raw", "tëxt", 42, -7):
+        head = b"reply head" + encode(value)[0]
+        assert codec.plain_at(head, 10) == value and type(codec.plain_at(head, 10)) is type(value)
+        assert codec.decode_at(head, 10, []) == value
+    not_plain = [
+        encode({"a": 1})[0], codec.compress(encode("z" * 100), 10)[0],
+        DESCRIPTOR.pack(Kind.TEXT, 0, 0) + b"\xff", DESCRIPTOR.pack(Kind.INT, 0, 0) + b"x",
+        DESCRIPTOR.pack(Kind.BYTES, 0, 1) + b"x", DESCRIPTOR.pack(Kind.BYTES, 0, 0)[:3]]
+    for frame in not_plain:
+        assert codec.plain_at(frame, 0) is codec.NOT_PLAIN
+    assert codec.decode_at(encode({"a": 1})[0], 0, []) == {"a": 1}
+    with pytest.raises(NwsUnpicklingException):
+        codec.decode_at(DESCRIPTOR.pack(Kind.TEXT, 0, 0) + b"\xff", 0, [])
 
 
 def test_a_raw_reader_never_unpickles():

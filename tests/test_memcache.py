@@ -11,10 +11,14 @@ import pickle
 import signal
 import threading
 import time
+import uuid
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from workbench import KeyValueStore, NetWorkSpace, NwsConnectionDroppedException, codec, memcache
+from workbench import (
+    DICT, KeyValueStore, NetWorkSpace, NwsConnectionDroppedException, codec, memcache,
+)
 from workbench.config import DEFAULT_PORT
 from workbench.protocol import DESCRIPTOR, DESCRIPTOR_SIZE, Kind
 
@@ -624,3 +628,111 @@ mc.disconnect_all()
     assert result.stdout.splitlines() == [
         "Some value", "None", "True", "21", "22", "0", "[]",
         "[(42, 'douglass adams'), (46, 'and 2 just ahead of me')]", "bad key refused"]
+
+
+# ---------------------------------------------------------------------- the usual call
+
+
+def unchanged(key):
+    """A key_encoder that changes nothing: its client takes the general way for every call."""
+    return key
+
+
+def outcome(call) -> tuple:
+    """What a call did: its result and the result's type, or its exception's and message."""
+    try:
+        result = call()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, both ways must do the same
+        return "raised", type(exc), str(exc)
+    return "returned", type(result), result
+
+
+def stored_frames(broker, workspace: str) -> dict:
+    """{key: first value frame, undecoded} for every entry of the workspace."""
+    with NetWorkSpace(workspace, broker.host, broker.port, useUse=True) as ws:
+        names = list(ws.listVars(format=DICT))
+    with KeyValueStore(broker.host, broker.port, workspace=workspace,
+                       decode=lambda frames: bytes(frames[0])) as store:
+        return {key: entry.value for key, entry in store.get_multi(names).items()}
+
+
+def pair(broker, **options) -> tuple[memcache.Client, memcache.Client]:
+    """A client, and one that takes the general way for every call, on workspaces of their
+    own, each connected (a first call connects by the general way)."""
+    usual, general = (memcache.Client([address(broker)], workspace=f"t_{uuid.uuid4().hex[:10]}",
+                                      **options, **more)
+                      for more in ({}, {"key_encoder": unchanged}))
+    assert usual.servers[0].connect() and general.servers[0].connect()
+    return usual, general
+
+
+keys = st.one_of(
+    st.text(st.characters(max_codepoint=0x7F), max_size=6),  # printable, space, controls
+    st.sampled_from(["k", "k" * 250, "k" * 251, "é", "a\u00a0b", "\ud800", b"k", None, 42]))
+values = st.one_of(
+    st.binary(max_size=12), st.text(max_size=8), st.just("\ud800"), st.integers(),
+    st.booleans(), st.floats(allow_nan=False), st.none(), st.lists(st.integers(), max_size=2))
+calls = st.one_of(
+    st.tuples(st.just("set"), keys, st.fixed_dictionaries({"val": values}, optional={
+        "time": st.sampled_from([0, 0.0, False, 1000]), "min_compress_len": st.just(1),
+        "noreply": st.booleans()})),
+    st.tuples(st.just("get"), keys, st.fixed_dictionaries({}, optional={
+        "default": st.just("default")})))
+options = st.fixed_dictionaries({}, optional={
+    "server_max_value_length": st.sampled_from([0, 6, 100]),
+    "server_max_key_length": st.sampled_from([0, 3]), "check_keys": st.booleans()})
+
+
+@settings(max_examples=150, deadline=None)
+@given(options=options, calls=st.lists(calls, max_size=8))
+def test_the_usual_call_does_what_the_general_way_does(broker, options, calls):
+    """set and get take a short way for the usual call (a plain ASCII key, one connected
+    server, a bytes, str or int value well within the limits, no time, no compression): it
+    must answer, raise, count and store exactly as the general way does."""
+    usual, general = pair(broker, **options)
+    try:
+        for name, key, arguments in calls:
+            assert (outcome(lambda: getattr(usual, name)(key, **arguments))
+                    == outcome(lambda: getattr(general, name)(key, **arguments)))
+        assert usual.stats == general.stats
+        assert stored_frames(broker, usual.workspace) == stored_frames(broker, general.workspace)
+    finally:
+        usual.disconnect_all()
+        general.disconnect_all()
+
+
+@pytest.mark.parametrize("key", ["k", "a" * 250])
+@pytest.mark.parametrize("kind", [bytes, str])
+def test_the_usual_call_at_the_item_size_limit(broker, key, kind):
+    """Past the room an item with flags leaves, the general way counts exactly (a bytes
+    value has no flags: 4 bytes more fit)."""
+    usual, general = pair(broker)
+    room = MiB - 59 - 4 - len(key)
+    try:
+        for size in (room - 1, room, room + 1, room + 4, room + 5):
+            value = kind(b"x" * size) if kind is bytes else "x" * size
+            assert usual.set(key, value) is general.set(key, value) is (
+                size <= room + (4 if kind is bytes else 0))
+            assert usual.get(key) == general.get(key)
+        assert usual.stats == general.stats
+    finally:
+        usual.disconnect_all()
+        general.disconnect_all()
+
+
+def test_the_usual_call_takes_the_short_way(mc, monkeypatch):
+    """What the comparisons above rely on: the usual set and get do not go the general way."""
+    mc.set("k", "connects")
+
+    def general(*args):
+        raise AssertionError("the general way")
+
+    monkeypatch.setattr(memcache.Client, "_set", general)
+    monkeypatch.setattr(memcache.Client, "_get", general)
+    for value in (b"bytes", "text", 7):
+        assert mc.set("k", value) is True and mc.get("k") == value
+    assert mc.stats == {"set": 4, "get": 3}
+    with pytest.raises(AssertionError):
+        mc.set("k", 1.5)
+    with pytest.raises(AssertionError):
+        mc.get("k k")

@@ -150,6 +150,19 @@ def inline(value: Payload, compressed: bool = False) -> list:
     return [_pack(value.kind, COMPRESSED if compressed else 0, 0) + value.data]
 
 
+def plain_frame(value: Any) -> bytes | None:
+    """A ``bytes``, ``str`` or ``int`` value (exactly those types) as the one frame ``inline``
+    makes of its ``payload``, in one step for a face's usual request; None for other values."""
+    cls = type(value)
+    if cls is bytes:
+        return _BYTES + value
+    if cls is str:
+        return _TEXT + value.encode("utf-8")
+    if cls is int:
+        return _INT + b"%d" % value
+    return None
+
+
 def compress(frames: list, over: int) -> list:
     """The value compressed with zlib if its payload is longer than ``over`` bytes and
     compressing makes it smaller (as python-memcached's ``min_compress_len``)."""
@@ -277,39 +290,46 @@ class Undecodable:
         return f"<undecodable {type(self).__module__}.{type(self).__name__}>"
 
 
-_PLAIN_KINDS = frozenset((Kind.BYTES, Kind.TEXT, Kind.INT))
+#: The kinds as plain ints: comparing with an int is cheaper than looking up an enum member.
+_KIND_BYTES, _KIND_TEXT, _KIND_INT, _KIND_PICKLE = (
+    int(Kind.BYTES), int(Kind.TEXT), int(Kind.INT), int(Kind.PICKLE))
 
 
-def plain_at(buffer: bytes, offset: int) -> bool:
-    """Whether the value frame at ``offset`` of ``buffer`` holds bytes, text or a decimal
-    integer, whole and uncompressed: a value every face decodes alike (no unpickler, no
-    decompressor of its own), so ``decode_at`` may decode it for any of them."""
-    return (len(buffer) >= offset + DESCRIPTOR_SIZE and buffer[offset] in _PLAIN_KINDS
-            and not (buffer[offset + 1] or buffer[offset + 2] or buffer[offset + 3]))
+NOT_PLAIN = object()  # what ``plain_at`` answers for a value it does not decode
+
+
+def plain_at(buffer: bytes, offset: int) -> Any:
+    """The value whose frame starts at ``offset`` of ``buffer`` (a reply head) if it holds
+    bytes, text or a decimal integer, whole and uncompressed: a value every face decodes alike
+    (no unpickler, no decompressor of its own). ``NOT_PLAIN`` for anything else, and for text
+    or digits that do not decode (``decode`` reports those, with the raw bytes)."""
+    start = offset + DESCRIPTOR_SIZE
+    if len(buffer) < start or buffer[offset + 1] or buffer[offset + 2] or buffer[offset + 3]:
+        return NOT_PLAIN  # flags, extra frames
+    kind = buffer[offset]
+    if kind == _KIND_BYTES:
+        return buffer[start:]
+    try:
+        if kind == _KIND_TEXT:
+            return buffer[start:].decode("utf-8")
+        if kind == _KIND_INT:
+            return int(buffer[start:])
+    except ValueError:  # (UnicodeDecodeError is one)
+        pass
+    return NOT_PLAIN
 
 
 def decode_at(buffer: bytes, offset: int, extra: Sequence) -> Any:
     """The value whose first frame starts at ``offset`` of ``buffer`` (a reply head), followed
     by ``extra`` frames. Small values, the common case, decode without building a frame list."""
-    if (not extra and len(buffer) >= offset + DESCRIPTOR_SIZE
-            and not (buffer[offset + 1] or buffer[offset + 2] or buffer[offset + 3])):
-        kind = buffer[offset]
-        start = offset + DESCRIPTOR_SIZE
-        if kind == Kind.BYTES:
-            return buffer[start:]
-        if kind == Kind.TEXT:
+    if not extra:
+        value = plain_at(buffer, offset)
+        if value is not NOT_PLAIN:
+            return value
+        if (len(buffer) >= offset + DESCRIPTOR_SIZE and buffer[offset] == _KIND_PICKLE
+                and not (buffer[offset + 1] or buffer[offset + 2] or buffer[offset + 3])):
             try:
-                return buffer[start:].decode("utf-8")
-            except UnicodeDecodeError:
-                pass  # decode() below reports it, with the raw bytes
-        if kind == Kind.INT:
-            try:
-                return int(buffer[start:])
-            except ValueError:
-                pass  # decode() below reports it, with the raw bytes
-        if kind == Kind.PICKLE:
-            try:
-                return pickle.loads(memoryview(buffer)[start:])
+                return pickle.loads(memoryview(buffer)[offset + DESCRIPTOR_SIZE:])
             except Exception:
                 pass  # decode() below reports it, with the raw bytes
     return decode([memoryview(buffer)[offset:], *extra])

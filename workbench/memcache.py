@@ -83,14 +83,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import codec
-from .client.keyvalue import KeyValueStore
+from .client.keyvalue import Entry, KeyValueStore
 from .config import DEFAULT_PORT
 from .connection_file import is_connection_file, resolve
 from .errors import (
     NwsConnectException, NwsConnectionDroppedException, NwsException, NwsOperationException,
     NwsTimeoutException,
 )
-from .protocol import Status
+from .protocol import DESCRIPTOR_SIZE, Status
 
 __all__ = [
     "SERVER_MAX_KEY_LENGTH",
@@ -126,6 +126,10 @@ _SOCKET_TIMEOUT = 3  # seconds to wait for a broker to answer a new connection
 #: memcached reads an expiry time above 30 days as an absolute Unix time.
 _MAX_RELATIVE_EXPIRY = 60 * 60 * 24 * 30
 _EXPIRED = -1.0  # the store's ttl for "already expired"
+#: ``time``'s default, which the usual call's test takes by identity: another 0 (0.0, a bool)
+#: only goes the general way, to the same result.
+_NEVER = 0
+_OK = int(Status.OK)  # bound once: an enum member costs a class lookup at each use
 
 valid_key_chars_re = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 
@@ -651,6 +655,17 @@ class Client(threading.local):
         time, negative is expired at once (a timedelta counts as its seconds).
         ``min_compress_len``: compress payloads longer than this, if that makes them smaller
         (0: never)."""
+        if time is _NEVER and not min_compress_len:  # the usual call, in as few steps as it takes
+            state = self.__dict__  # see _plain_server
+            server = _plain_server(state, key)
+            if server is not None:
+                frames = _plain_frames(state, key, val)
+                if frames is not None:
+                    stats = state["stats"]
+                    stats["set"] = stats.get("set", 0) + 1  # (_statlog)
+                    # No version: the broker reads one for a cas only.
+                    return _store_on(self, server, "set", key.encode("ascii"), frames, 0, 0,
+                                     noreply)
         return self._set("set", key, val, time, min_compress_len, noreply)
 
     def add(self, key: Any, val: Any, time: Any = 0, min_compress_len: int = 0,
@@ -696,20 +711,8 @@ class Client(threading.local):
         if frames is _TOO_LARGE:
             server.unexpected("STORED", _TOO_LARGE)
             return True if noreply else False
-        try:
-            status, _ = server.store.store(key, None, _store_ttl(time), how=cmd,
-                                           version=self.cas_ids.get(key, 0), frames=frames)
-        except _CONNECTION_ERRORS as exc:
-            server.mark_dead(exc)
-            return 0
-        except NwsOperationException as exc:  # memory cap, a non-entry variable, ...
-            self.debuglog(f"{cmd} {key!r} not stored: {exc}")
-            return bool(noreply)
-        if noreply:
-            return True
-        if status != Status.OK:
-            server.unexpected("STORED", _store_answer(cmd, status))
-        return status == Status.OK
+        return _store_on(self, server, cmd, key, frames, _store_ttl(time),
+                         self.cas_ids.get(key, 0), noreply)
 
     def touch(self, key: Any, time: Any = 0, noreply: bool = False) -> int:
         """Give an existing key a new expiry time (rules as ``set``) -> 1, or 0 if absent."""
@@ -768,7 +771,14 @@ class Client(threading.local):
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The key's value, or ``default`` if it is absent or no server answers."""
-        return self._get("get", key, default)
+        state = self.__dict__  # see _plain_server
+        server = _plain_server(state, key)
+        if server is None:
+            return self._get("get", key, default)
+        stats = state["stats"]
+        stats["get"] = stats.get("get", 0) + 1  # (_statlog)
+        entry = _entry_on(server, key.encode("ascii"))
+        return default if entry is None else entry.value
 
     def gets(self, key: Any) -> Any:
         """Like ``get``; with ``cache_cas=True`` also records the version for ``cas``."""
@@ -779,11 +789,7 @@ class Client(threading.local):
         if server is None:
             return default
         self._statlog(cmd)
-        try:
-            entry = server.store.get(key)
-        except _CONNECTION_ERRORS as exc:
-            server.mark_dead(exc)
-            return default
+        entry = _entry_on(server, key)
         if entry is None:
             return default
         if cmd == "gets" and self.cache_cas:
@@ -895,6 +901,73 @@ def _store_answer(cmd: str, status: int) -> str:
     if cmd == "cas":
         return "EXISTS" if status == Status.EXISTS else "NOT_FOUND"
     return "NOT_STORED"
+
+
+def _plain_server(state: dict, key: Any) -> _Host | None:
+    """The server of a single-key call when the call is the usual one, which needs none of the
+    general way's steps: a str key of printable ASCII but space (memcached's byte rule, for
+    ASCII), within the length limit, with the standard checks and no ``key_encoder``, on a pool
+    of one server, connected and alive. None otherwise: the general way then checks the key,
+    raising its exact error, and finds the server, connecting or skipping a dead one.
+
+    ``state`` is the client's ``__dict__``: its attributes for this thread, read as a plain
+    dict, as each attribute of a ``threading.local`` costs a search for the thread's first."""
+    if (type(key) is str and key.isascii() and key.isprintable() and " " not in key and key
+            and state["do_check_key"] and state["key_encoder"] is None):
+        limit = state["server_max_key_length"]
+        buckets = state["buckets"]
+        if (not limit or len(key) <= limit) and len(buckets) == 1:
+            server = buckets[0]
+            if server.store is not None and not server.deaduntil:
+                return server
+    return None
+
+
+def _plain_frames(state: dict, key: str, val: Any) -> list | None:
+    """A ``set``'s value frames when they are what ``_value_frames`` makes with nothing to
+    decide: a bytes, str or int value, whose item is well within the limits. None otherwise
+    (the general way then encodes it, and counts the call before an encoding error)."""
+    try:
+        frame = codec.plain_frame(val)
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    room = state["_item_room"]
+    if frame is None or room is None:
+        return None
+    size = len(frame) - DESCRIPTOR_SIZE
+    if size + len(key) > room or size > state["server_max_value_length"]:
+        return None
+    return [frame]
+
+
+def _store_on(client: Client, server: _Host, cmd: str, key: bytes, frames: list, ttl: float,
+              version: int, noreply: bool) -> bool | int:
+    """A storage command's encoded value sent to its server -> what python-memcached's
+    method returns: True if stored, False if refused, 0 if the server failed (it is then
+    marked dead); True for any answer with ``noreply``."""
+    try:
+        status, _ = server.store.store(key, None, ttl, cmd, version, frames)
+    except _CONNECTION_ERRORS as exc:
+        server.mark_dead(exc)
+        return 0
+    except NwsOperationException as exc:  # memory cap, a non-entry variable, ...
+        client.debuglog(f"{cmd} {key!r} not stored: {exc}")
+        return bool(noreply)
+    if noreply:
+        return True
+    if status != _OK:
+        server.unexpected("STORED", _store_answer(cmd, status))
+    return status == _OK
+
+
+def _entry_on(server: _Host, key: bytes) -> Entry | None:
+    """The key's entry on its server, or None if absent or if the server failed (it is then
+    marked dead)."""
+    try:
+        return server.store.get(key)
+    except _CONNECTION_ERRORS as exc:
+        server.mark_dead(exc)
+        return None
 
 
 def _memcached_stats(status: dict) -> dict[str, str]:

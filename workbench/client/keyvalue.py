@@ -30,6 +30,12 @@ DEFAULT_KV_WORKSPACE = "kv"
 _VALUE_AT = HEADER_SIZE + META.size
 _VERSION = struct.Struct("<Q")
 _HOWS = {how: how.encode() for how in ("set", "add", "replace", "append", "prepend", "cas")}
+_NO_TTL = b"0.0"
+# What the usual requests use, bound once: an enum member costs a class lookup at each use,
+# and building a NamedTuple through its own __new__ twice what tuple's costs.
+_KV_STORE, _KV_GET, _OK = Op.KV_STORE, Op.KV_GET, int(Status.OK)
+_unpack_meta = META.unpack_from
+_new_entry = tuple.__new__
 
 
 class Entry(NamedTuple):
@@ -40,7 +46,7 @@ class Entry(NamedTuple):
 
 
 def _ttl(ttl: float) -> bytes:
-    return b"0.0" if ttl == 0 else b"%r" % float(ttl)
+    return _NO_TTL if ttl == 0 else b"%r" % float(ttl)
 
 
 def _key(key: str | bytes) -> bytes:
@@ -135,12 +141,13 @@ class KeyValueStore:
         if how_arg is None:
             raise ValueError(f"how must be one of {', '.join(_HOWS)}, not {how!r}")
         status, reply = self._connection.read(
-            Op.KV_STORE,
-            [self._ws, _key(key), how_arg, _ttl(ttl), b"%d" % version],
+            _KV_STORE,
+            [self._ws, key if type(key) is bytes else _key(key), how_arg,
+             _NO_TTL if ttl == 0 else _ttl(ttl), b"0" if version == 0 else b"%d" % version],
             frames if frames is not None else self._encode(value), self.op_timeout)
-        head = reply[0]
-        new_version = _VERSION.unpack_from(head, HEADER_SIZE)[0] if status == Status.OK else 0
-        return status, new_version
+        if status == _OK:
+            return status, _VERSION.unpack_from(reply[0], HEADER_SIZE)[0]
+        return status, 0
 
     def swap(self, key: str | bytes, value: Any, ttl: float = 0) -> Entry | None:
         """Replace an existing entry's value -> the old entry; None (nothing stored) if absent."""
@@ -185,18 +192,21 @@ class KeyValueStore:
 
     def get(self, key: str | bytes) -> Entry | None:
         """The entry's value and version, or None if absent (or expired)."""
-        status, reply = self._connection.read(Op.KV_GET, [self._ws, _key(key)], (),
-                                              self.op_timeout)
-        return self._entry(*reply) if status == Status.OK else None
+        status, (head, extra) = self._connection.read(
+            _KV_GET, [self._ws, key if type(key) is bytes else _key(key)], (), self.op_timeout)
+        return self._entry(head, extra) if status == _OK else None
 
     def _entry(self, head: bytes, extra: list) -> Entry:
-        var_id, seq = META.unpack_from(head, HEADER_SIZE)
-        if self._decode is codec.decode or (
-                self._plain_by_codec and not extra and codec.plain_at(head, _VALUE_AT)):
-            value = codec.decode_at(head, _VALUE_AT, extra)
-        else:
-            value = self._decode([memoryview(head)[_VALUE_AT:], *extra])
-        return Entry(value, var_id << VERSION_SHIFT | seq)
+        var_id, seq = _unpack_meta(head, HEADER_SIZE)
+        value = codec.NOT_PLAIN
+        if self._plain_by_codec and not extra:  # bytes, text, int: decoded alike by every face
+            value = codec.plain_at(head, _VALUE_AT)
+        if value is codec.NOT_PLAIN:
+            if self._decode is codec.decode:
+                value = codec.decode_at(head, _VALUE_AT, extra)
+            else:
+                value = self._decode([memoryview(head)[_VALUE_AT:], *extra])
+        return _new_entry(Entry, (value, var_id << VERSION_SHIFT | seq))
 
     # ------------------------------------------------------------------ several keys
 
