@@ -24,7 +24,7 @@ from ...protocol import (
 from ...shm import parse_reference, without_flag
 from .effects import Outbox
 from .expiry import Deadlines
-from .changes import stored
+from .changes import Removed, stored
 from .handoffs import HandOffs, ManyValues
 from .memory import Memory
 from .registry import Registry
@@ -129,7 +129,11 @@ class KeyValueService:
         self.counters["kv_sets"] += 1
         values = var.values
         for old in values:  # ``_write``: the old value goes
-            memory.discard(old, var)
+            if old.shared is None and var.live:  # ``memory.discard``, written out
+                memory.used -= old.size
+                self.log.append((Removed, var.id, old.seq))
+            else:
+                memory.discard(old, var)
         values.clear()
         # ``HandOffs.store`` with nobody waiting or watching: stamped, counted, recorded, kept.
         value = Value([first], size, var.next_seq)
