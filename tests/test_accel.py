@@ -28,8 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from workbench import NetWorkSpace, accel, codec
+from workbench.client.connection import Channel
 from workbench.client.dealer import Dealer
-from workbench.protocol import HEADER, Op, request_head
+from workbench.protocol import FLAG_ACKS, HEADER, Op, pack_acks, request_head
 from workbench.zmtp import (
     COMMAND, GREETING, HANDSHAKE, MORE, Inbound, command, encode, frame_header, properties,
 )
@@ -242,6 +243,26 @@ def test_bytes_the_lane_kept_reach_the_python_path_before_newer_ones(silent):
     assert dealer.recv(5) == first
     assert dealer.recv(5) == second
     assert dealer.fast_lane() is lane
+
+
+@needs_lane
+def test_queued_acknowledgements_ride_on_the_lanes_request():
+    """A leased reply's acknowledgement, queued on the channel, goes out with the next request
+    the lane sends, framed as the Python path frames it (``Channel._head``)."""
+    broker = _SilentBroker()
+    channel = Channel(f"tcp://127.0.0.1:{broker.port}", b"session-lane-test", 1, 5)
+    try:
+        broker.accept()
+        channel.acks.extend([7, 9])
+        request_id = channel.send(Op.STORE, [b"ws", b"x"], [b"value"])
+        assert channel.dealer.lane.sent_id == request_id  # (through the lane)
+        assert not channel.acks
+        (request,) = broker.read_all(0.5)
+        assert request == [request_head(Op.STORE, request_id,
+                                         [pack_acks([7, 9]), b"ws", b"x", b"value"], FLAG_ACKS)]
+    finally:
+        channel.close()
+        broker.close()
 
 
 @pytest.fixture(scope="module")
