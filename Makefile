@@ -45,14 +45,15 @@ test-binder: setup
 # (uv's lowest-direct resolution), so a floor that no longer works is caught. Left out: the
 # browser, Binder and documentation builds, which exercise the newest front-end tool chain.
 # It runs on the Python path alone (WORKBENCH_PURE_PYTHON=1: none of the compiled parts of
-# workbench/accel.py), so that path stays tested; `make test` runs with them.
+# workbench/accel.py), so that path stays tested; `make test` runs with them. (--seed: pip,
+# which tests/test_accel.py builds a wheel with.)
 LOWEST ?= .venv-lowest
 test-lowest: setup
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv venv --quiet --allow-existing --python $(BIN)/python $(LOWEST)
+	$(BIN)/uv venv --quiet --seed --allow-existing --python $(BIN)/python $(LOWEST)
 	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install --quiet --resolution lowest-direct -e ".[test]"
-	WORKBENCH_PURE_PYTHON=1 $(LOWEST)/bin/python -m pytest --ignore=tests/test_browser.py --ignore=tests/test_binder.py \
-		--ignore=tests/test_docs.py
+	WORKBENCH_PURE_PYTHON=1 $(LOWEST)/bin/python -m pytest --ignore=tests/test_browser.py \
+		--ignore=tests/test_binder.py --ignore=tests/test_docs.py
 
 bench: setup
 	bash benchmarks/install-anchors.sh
