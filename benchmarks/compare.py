@@ -32,6 +32,15 @@ def lower_is_better(figure: str) -> bool:
     return not (figure.endswith("_per_s") or figure.endswith("_x"))
 
 
+def build_extensions(tree: Path) -> None:
+    """Build a tree's compiled parts in place (``setup.py``), as this checkout's were by its
+    install: without them the older tree would run its Python path against this one's compiled
+    code, or, imported through this checkout's editable install, borrow this one's."""
+    if (tree / "setup.py").exists():
+        subprocess.run([sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+                       cwd=tree, check=True, capture_output=True)
+
+
 def one_run(script: Path, tree: Path, output: Path, extra: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     done = subprocess.run([sys.executable, str(script), "--runs", "1", "--output", str(output),
@@ -59,6 +68,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet",
                         str(base_tree), args.base], check=True)
         try:
+            build_extensions(base_tree)
             trees = {"base": base_tree, "head": ROOT}
             runs: dict[str, list[dict]] = {"base": [], "head": []}
             for run in range(args.runs):
