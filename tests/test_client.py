@@ -4,6 +4,7 @@ blocking, iterators, files, listings, timeouts and cancellation."""
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 
@@ -583,8 +584,17 @@ def test_any_interruption_of_a_blocked_fetch_cancels_it(server, ws) -> None:
 
     main = threading.get_ident()
 
+    def in_the_wait() -> bool:
+        # Only Ctrl-C is held back while a request goes out (``interrupts``): another signal's
+        # exception landing just after the send's system call, before its count is kept,
+        # reads as a request not sent. The broker may see the fetch that early, so the signal
+        # waits for the main thread to be in the wait itself.
+        frame = sys._current_frames().get(main)
+        return frame is not None and frame.f_code.co_name in ("recv", "_exchange")
+
     def interrupt_once_waiting():  # SIGUSR1, not SIGALRM: pytest-timeout's timer stays put
         waiting(ws, "late", fetchers=1)
+        wait_for(in_the_wait, interval=0.001)
         signal.pthread_kill(main, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, interrupt)
