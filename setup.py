@@ -13,4 +13,7 @@ setup(ext_modules=[
     # the broker's fast pass: a read's small requests handled, their replies written, in one
     Extension("workbench._broker_pass", sources=["workbench/_broker_pass.c"],
               depends=["workbench/_accel.h"], optional=True),
+    # the key-value service's usual set and get, fused
+    Extension("workbench._kv_pass", sources=["workbench/_kv_pass.c"],
+              depends=["workbench/_accel.h"], optional=True),
 ])

@@ -3,8 +3,10 @@
 The client's fast lane (``workbench/_lane.c``): the same bytes on the wire, the same replies
 taken, nothing lost when it stops short (a short send, bytes that are not its reply, an
 interrupt). The broker's fast pass (``workbench/_broker_pass.c``): the same bytes back for any
-stream of requests, however the reads cut it. Both: the same results with and without them, and
-an install without a C compiler that works. The rest of the suite runs with them where they are
+stream of requests, however the reads cut it. The key-value service's fused set and get
+(``workbench/_kv_pass.c``): the same replies, records and counts as the Python ones for any
+sequence of requests. All: the same results with and without them, and an install without a C
+compiler that works. The rest of the suite runs with them where they are
 built (``make test``) and without them (``make test-lowest``, ``WORKBENCH_PURE_PYTHON=1``)."""
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from workbench import NetWorkSpace, accel, codec
+from workbench.broker.state import Limits
 from workbench.client.connection import Channel
 from workbench.client.dealer import Dealer
 from workbench.protocol import FLAG_ACKS, HEADER, Op, pack_acks, request_head
@@ -35,14 +38,17 @@ from workbench.zmtp import (
     COMMAND, GREETING, HANDSHAKE, MORE, Inbound, command, encode, frame_header, properties,
 )
 
+from .state_driver import StateDriver
 from .support import start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_PARTS = ["Lane", "serve_read"]
+ALL_PARTS = ["Lane", "serve_read", "PlainKV"]
 _NOT_HERE = "not in use here (WORKBENCH_PURE_PYTHON=1, or built without a C compiler)"
 needs_lane = pytest.mark.skipif(accel.Lane is None, reason="the fast lane is " + _NOT_HERE)
 needs_pass = pytest.mark.skipif(accel.serve_read is None,
                                 reason="the broker's fast pass is " + _NOT_HERE)
+needs_fused_kv = pytest.mark.skipif(accel.PlainKV is None,
+                                    reason="the fused key-value requests are " + _NOT_HERE)
 
 
 def _compiler_here() -> bool:
@@ -495,6 +501,72 @@ def test_the_broker_answers_any_stream_as_the_python_path_does(twin_brokers, ste
     # where the reads cut the stream decides its place, on either path)
     assert sorted(fast_pass.commands) == sorted(python_path.commands)
     assert len(python_path.commands) == len(pings)
+
+
+# ------------------------------------------------------------------ the fused key-value requests
+
+_KEYS = ["k0", "k1"]
+_kv_set = st.tuples(st.just("set"), st.sampled_from(_KEYS), st.sampled_from([0, 3, 100, 900]),
+                    st.sampled_from([b"0", b"0.0", b"5", b"x"]),
+                    st.sampled_from([b"set", b"set", b"add", b"replace"]), st.booleans())
+_kv_step = st.one_of(
+    # sets twice as often: plain values of any size, a value with flags, the other ways to
+    # store, times to live the fused set takes and those it leaves (a deadline, a bad number)
+    _kv_set, _kv_set,
+    st.tuples(st.just("get"), st.sampled_from([*_KEYS, "\x01bad"]), st.booleans()),
+    st.tuples(st.sampled_from(["delete", "fetch", "fifo", "watch"]), st.sampled_from(_KEYS)),
+    st.tuples(st.just("touch"), st.sampled_from(_KEYS), st.sampled_from([b"0", b"2"])),
+    st.tuples(st.just("wait"), st.sampled_from([1.0, 3.0])),
+)
+
+
+def _drive(driver: StateDriver, steps: list) -> list:
+    """Run ``steps`` on a fresh state -> everything it answered, recorded and counted."""
+    peer, other = driver.client("kv"), driver.connect()
+    seen: list = []
+    for step in steps:
+        kind, key = step[0], step[1] if isinstance(step[1], str) else ""
+        ws_key = [b"kv", key.encode()]
+        if kind == "set":
+            size, ttl, how, flagged = step[2:]
+            value = codec.encode(b"v" * size)[0]
+            if flagged:  # a compressed value's descriptor: never the fused set's
+                value = value[:1] + b"\x01" + value[2:]
+            driver.send(peer, Op.KV_STORE, [*ws_key, how, ttl, b"0", value])
+        elif kind == "get":
+            driver.send(peer, Op.KV_GET, ws_key if step[2] else [b"elsewhere", ws_key[1]])
+        elif kind == "delete":
+            driver.send(peer, Op.KV_DELETE, ws_key)
+        elif kind == "fetch":  # a blocked fetch: the entry has a waiter
+            driver.fetch(other, "kv", key)
+        elif kind == "fifo":  # the name becomes a queue's
+            driver.send(peer, Op.KV_DELETE, ws_key)
+            driver.declare(other, "kv", key, "fifo")
+        elif kind == "watch":  # somebody watches the workspace
+            driver.send(other, Op.WATCH, [b"9", b"kv"])
+        elif kind == "touch":
+            driver.send(peer, Op.KV_TOUCH, [*ws_key, step[2]])
+        else:  # time passes for the entries, not for the sessions (they beat)
+            driver.advance(step[1])
+            driver.heartbeat(peer)
+            driver.heartbeat(other)
+            driver.expire()
+        seen.append([(r.peer, r.status, r.request_id, r.body, r.extra)
+                     for r in driver.take_all()])
+    return [seen, driver.new_changes(), driver.status(peer)["counters"]]
+
+
+@needs_fused_kv
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(_kv_step, min_size=8, max_size=30), memory=st.sampled_from([600, 1 << 20]))
+def test_the_fused_key_value_requests_do_what_the_python_ones_do(steps, memory):
+    """Sets and gets among deletes, waiters, queues, watchers, deadlines, a full memory and
+    bad names: the compiled set and get answer, record and count as the Python ones."""
+    compiled = _drive(StateDriver(Limits(max_memory=memory)), steps)
+    with pytest.MonkeyPatch.context() as python_only:
+        python_only.setattr(accel, "PlainKV", None)
+        python = _drive(StateDriver(Limits(max_memory=memory)), steps)
+    assert compiled == python
 
 
 class _Replies(NamedTuple):

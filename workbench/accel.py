@@ -10,6 +10,8 @@ to compare the two or to rule them out when something looks wrong.
 - ``serve_read``: the broker's fast pass over a readable connection, its small requests
   handled and their small replies written in one call (``workbench/_broker_pass.c``; used by
   ``broker.server``).
+- ``PlainKV``: the key-value service's usual set and get, each in one call on the state's own
+  objects (``workbench/_kv_pass.c``; used by ``broker.state.keyvalue``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ PURE_PYTHON = os.environ.get("WORKBENCH_PURE_PYTHON", "") not in ("", "0")
 
 Lane = None
 serve_read = None
+PlainKV = None
 if not PURE_PYTHON:
     try:
         from ._lane import Lane
@@ -29,9 +32,13 @@ if not PURE_PYTHON:
         from ._broker_pass import serve_read
     except ImportError:
         pass
+    try:
+        from ._kv_pass import PlainKV
+    except ImportError:
+        pass
 
 
 def compiled() -> list[str]:
     """The names of the compiled parts in use."""
-    return [name for name, part in (("Lane", Lane), ("serve_read", serve_read))
-            if part is not None]
+    parts = (("Lane", Lane), ("serve_read", serve_read), ("PlainKV", PlainKV))
+    return [name for name, part in parts if part is not None]

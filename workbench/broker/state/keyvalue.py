@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, NamedTuple
 
+from ... import accel
 from ...protocol import (
     DESCRIPTOR_SIZE, HEADER_SIZE, KV_ITEM, KV_RECORD, PROTOCOL_VERSION, SEPARATOR, VERSION_SHIFT,
     VALUE_REPLY, Kind, Op, ProtocolError, Status, parse_descriptor, reply_head,
@@ -90,7 +91,11 @@ class KeyValueService:
 
     def plain_handlers(self) -> dict[int, Callable]:
         """The fused handlers of the usual requests, for flag-less requests (see
-        ``store_plain``)."""
+        ``store_plain``): the compiled ones where this install has them (``accel.PlainKV``,
+        the same two, which leave a little more to the general handlers)."""
+        if accel.PlainKV is not None:
+            fused = accel.PlainKV(self, Variable, Value, SINGLE, Removed, stored, _MISSING)
+            return {Op.KV_STORE: fused.store, Op.KV_GET: fused.get}
         return {Op.KV_STORE: self.store_plain, Op.KV_GET: self.get_plain}
 
     # ---------------------------------------------------------------- the usual cases, fused
