@@ -164,10 +164,11 @@ WORKER_HAND_SECONDS = 0.005
 #: Seconds after which a worker gives the records of its hand that it has not started back to
 #: the queue, for idle workers: its tasks are slower than those its hand was sized on.
 WORKER_GIVE_BACK_SECONDS = 4 * WORKER_HAND_SECONDS
-#: A worker sends its results at least this often (seconds), and this many at a time, during a
-#: long hand.
+#: A worker sends its results at least this often (seconds), and at this many elements, during a
+#: long hand. Tiny tasks' results travel about a hand at a time: a message per record of a few
+#: thousand elements cost the broker and the master more CPU than the tasks themselves.
 WORKER_FLUSH_SECONDS = 0.005
-WORKER_FLUSH_ITEMS = 1024
+WORKER_FLUSH_ITEMS = 16384
 #: Workers that eachElem's own chunks (no chunkSize) are planned for, at most, whatever the
 #: pool's size: a hundred workers get the records of four, and share them in hands.
 SLEIGH_CHUNK_WORKERS = 4
