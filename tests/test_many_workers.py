@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from workbench import Sleigh
 
 from .support import wait_for
+from .task_functions import tagged
 from .test_sleigh import _alive
 
 WORKERS = 100
 TASKS = 20_000
 KILLED = 10
-
-
-def tagged(x):
-    time.sleep(0.001)  # long enough for the map to be under way when workers are killed
-    return x, SleighRank  # noqa: F821 - set in every worker
 
 
 @pytest.mark.slow
