@@ -1,5 +1,11 @@
 """The benchmarks still run against the current client and broker (smoke tests: they assert
-that every case produced its figures, never how fast they are)."""
+that every case produced its figures, never how fast they are).
+
+The quick runs of the selected tests start together when the first of them does, two at a
+time (``quick_runs``), and each test checks its own: a run keeps about one of the two cores of
+a small machine busy (its clients and servers take turns, and it waits on processes
+starting), so two at once take little more than one. They assert nothing about speed, so
+sharing the machine changes none of what they check."""
 
 from __future__ import annotations
 
@@ -8,7 +14,9 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import pytest
 
@@ -23,20 +31,83 @@ BENCH_SCALE = BENCHMARKS / "bench_scale.py"
 BENCH_DURABLE = BENCHMARKS / "bench_durable.py"
 BENCH_WEB = BENCHMARKS / "bench_web.py"
 BENCH_SHARDS = BENCHMARKS / "bench_shards.py"
+AT_ONCE = 2  # quick runs at the same time
+#: The scale benchmark draws its plot where matplotlib is installed (the bench extra).
+PLOTTING = importlib.util.find_spec("matplotlib") is not None
 
 
-def run_quick(script: Path, output: Path, *extra: str, timeout: float = 230
-              ) -> tuple[str, dict]:
-    """``script --quick [extra...]`` -> (what it printed, the saved result)."""
-    result = subprocess.run([sys.executable, str(script), "--quick", "--output", str(output),
-                             *extra], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return result.stdout, json.loads(output.read_text())
+class QuickRun(NamedTuple):
+    """``script --quick``, with ``--plot`` if ``plot``, within ``timeout`` seconds; it takes
+    about ``takes`` seconds alone on two cores (the longest start first, so that the runs
+    going at once end at about the same time)."""
+
+    script: Path
+    takes: float
+    plot: bool = False
+    timeout: float = 230.0
+
+
+class Outcome(NamedTuple):
+    stdout: str  # what the script printed
+    saved: dict  # the result it saved (``--output``)
+
+
+def checks(script: Path, takes: float, plot: bool = False, timeout: float = 230.0
+           ) -> Callable:
+    """Mark a test as the one that checks ``script``'s quick run (``quick_runs`` starts it)."""
+    def mark(test: Callable) -> Callable:
+        test.quick_run = QuickRun(script, takes, plot, timeout)
+        return test
+    return mark
+
+
+class QuickRuns:
+    """Quick runs started ahead of the tests that check them, ``AT_ONCE`` at a time, the
+    longest first; each writes its files in ``folder``."""
+
+    def __init__(self, folder: Path, runs: list[QuickRun]) -> None:
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="quick-run")
+        self._started: dict[Path, Future] = {
+            run.script: self._pool.submit(self._run, run)
+            for run in sorted(runs, key=lambda run: run.takes, reverse=True)}
+
+    def outcome(self, script: Path) -> Outcome:
+        """What ``script``'s quick run printed and saved, once it is done; it must succeed."""
+        return self._started[script].result()
+
+    def plot(self, script: Path) -> Path:
+        return self.folder / f"{script.stem}.png"
+
+    def close(self) -> None:
+        """Drop the runs not started (their tests were not reached); the others finish."""
+        self._pool.shutdown(cancel_futures=True)
+
+    def _run(self, run: QuickRun) -> Outcome:
+        output = self.folder / f"{run.script.stem}.json"
+        plot = ["--plot", str(self.plot(run.script))] if run.plot else []
+        result = subprocess.run([sys.executable, str(run.script), "--quick", "--output",
+                                 str(output), *plot], capture_output=True, text=True,
+                                timeout=run.timeout)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return Outcome(result.stdout, json.loads(output.read_text()))
+
+
+@pytest.fixture(scope="module")
+def quick_runs(request, tmp_path_factory):
+    """The quick runs of this module's selected tests, all started when the first needs one."""
+    runs = [item.function.quick_run for item in request.session.items
+            if isinstance(item, pytest.Function) and item.module is request.module
+            and hasattr(item.function, "quick_run")]
+    started = QuickRuns(tmp_path_factory.mktemp("quick-runs"), runs)
+    yield started
+    started.close()
 
 
 @pytest.mark.timeout(240)
-def test_quick_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH, tmp_path / "result.json")
+@checks(BENCH, takes=15)
+def test_quick_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH)
     medians = saved["medians"]
     for figure in ("wb.rt_same.store_per_s", "wb.rt_split.fetch_per_s", "wb.handoff.median_us",
                    "wb.clients.total_per_s", "wb.big.rt_s", "echo.rt_same.rt_per_s",
@@ -56,8 +127,9 @@ KV_FIGURES = {
 
 
 @pytest.mark.timeout(240)
-def test_quick_kv_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_KV, tmp_path / "result.json")
+@checks(BENCH_KV, takes=10)
+def test_quick_kv_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_KV)
     meta, medians = saved["meta"], saved["medians"]
     # The workbench's clients are always measured; an anchor only where its server runs, and
     # a skipped one is said so.
@@ -91,8 +163,9 @@ PUBSUB_FIGURES = {
 
 
 @pytest.mark.timeout(240)
-def test_quick_pubsub_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_PUBSUB, tmp_path / "result.json")
+@checks(BENCH_PUBSUB, takes=6)
+def test_quick_pubsub_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_PUBSUB)
     meta, medians = saved["meta"], saved["medians"]
     # MessageBus is always measured; mq once workbench.mq is there, Redis where its server
     # runs, and a skipped one is said so.
@@ -137,8 +210,9 @@ SLEIGH_FIGURES = {
 
 
 @pytest.mark.timeout(240)
-def test_quick_sleigh_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_SLEIGH, tmp_path / "result.json")
+@checks(BENCH_SLEIGH, takes=10)
+def test_quick_sleigh_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_SLEIGH)
     meta, medians = saved["meta"], saved["medians"]
     # The standard library's pools always run; the Sleigh wherever workbench has one; --quick
     # leaves ipyparallel and dask out (installed or not) and says so.
@@ -165,8 +239,9 @@ def test_quick_sleigh_benchmark_runs_and_reports_every_case(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_quick_curve_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_CURVE, tmp_path / "result.json")
+@checks(BENCH_CURVE, takes=4)
+def test_quick_curve_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_CURVE)
     medians = saved["medians"]
     layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
     expected = {f"{system}.rt_{layout}.{figure}" for layout in layouts
@@ -184,8 +259,9 @@ def test_quick_curve_benchmark_runs_and_reports_every_case(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_quick_broker_start_benchmark_measures_the_start(tmp_path):
-    stdout, saved = run_quick(BENCH_START, tmp_path / "result.json")
+@checks(BENCH_START, takes=2)
+def test_quick_broker_start_benchmark_measures_the_start(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_START)
     for figure in ("interpreter_ms", "import_ms", "answers_ms"):
         assert saved["medians"][figure] > 0, figure
     assert "python -m workbench broker, until it answers" in stdout
@@ -199,12 +275,10 @@ SCALE_FIGURES = ("start_s", "stop_s", "gone_s", "auto_per_s", "each1_per_s", "rt
 
 
 @pytest.mark.timeout(120)
-def test_quick_scale_benchmark_measures_every_size_and_the_session_load(tmp_path):
-    # The plot where matplotlib is installed (the bench extra); the figures everywhere.
-    plotting = importlib.util.find_spec("matplotlib") is not None
-    plot = tmp_path / "scale.png"
-    stdout, saved = run_quick(BENCH_SCALE, tmp_path / "result.json",
-                              *(["--plot", str(plot)] if plotting else []), timeout=110)
+@checks(BENCH_SCALE, takes=10, plot=PLOTTING, timeout=110)
+def test_quick_scale_benchmark_measures_every_size_and_the_session_load(quick_runs):
+    # The plot where matplotlib is installed; the figures everywhere.
+    stdout, saved = quick_runs.outcome(BENCH_SCALE)
     medians = saved["medians"]
     expected = {f"w{size}.pool.{figure}" for size in (2, 10) for figure in SCALE_FIGURES}
     expected |= {f"broker.sessions.{figure}" for figure in (
@@ -218,14 +292,15 @@ def test_quick_scale_benchmark_measures_every_size_and_the_session_load(tmp_path
     assert counts["alive"] == counts["sessions"] == 200
     assert counts["listed_by_broker"] >= 200
     assert "tiny tasks/s, own batching, 10 vs 2 workers" in stdout
-    if plotting:
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if PLOTTING:
+        assert quick_runs.plot(BENCH_SCALE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["meta"]["broker_log_problems"] == []
 
 
 @pytest.mark.timeout(240)
-def test_quick_durable_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_DURABLE, tmp_path / "result.json")
+@checks(BENCH_DURABLE, takes=15)
+def test_quick_durable_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_DURABLE)
     meta, medians = saved["meta"], saved["medians"]
     # The broker at every policy always; Redis at every policy where its server runs, and a
     # skipped one is said so.
@@ -259,8 +334,9 @@ WEB_CPU = {"api": ("server", "broker", "client"), "bare": ("server", "client"),
 
 
 @pytest.mark.timeout(120)
-def test_quick_web_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_WEB, tmp_path / "result.json", timeout=110)
+@checks(BENCH_WEB, takes=10, timeout=110)
+def test_quick_web_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_WEB)
     medians = saved["medians"]
     expected = {f"{system}.rt_{op}.{figure}" for system, roles in WEB_CPU.items()
                 for op in ("store", "find")
@@ -281,8 +357,9 @@ def test_quick_web_benchmark_runs_and_reports_every_case(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_quick_shards_benchmark_runs_and_reports_every_case(tmp_path):
-    stdout, saved = run_quick(BENCH_SHARDS, tmp_path / "result.json", timeout=110)
+@checks(BENCH_SHARDS, takes=8, timeout=110)
+def test_quick_shards_benchmark_runs_and_reports_every_case(quick_runs):
+    stdout, saved = quick_runs.outcome(BENCH_SHARDS)
     medians = saved["medians"]
     layouts = ["same", "split"] if len(os.sched_getaffinity(0)) > 1 else ["same"]
     expected = {f"b{size}.clients.{figure}" for size in (1, 2, 3)
