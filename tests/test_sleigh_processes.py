@@ -172,15 +172,15 @@ def test_a_hand_that_turns_out_slow_is_given_back_and_runs_once_everywhere(broke
         s.stop()
 
 
-def test_a_hand_that_took_every_queued_record_is_shared_with_the_idle_worker(broker):
-    """Workers that learnt to take several records of about half a millisecond at once: the
-    first to ask for the four records of a new call takes them all (the broker serves a
-    waiting worker a whole hand), and gives the second half back before it starts, so the
-    other worker runs it instead of idling."""
-    def nap(x):
-        time.sleep(0.0005)
-        return x, SleighRank  # noqa: F821 - set in every worker
+def nap(x):
+    time.sleep(0.0005)
+    return x, SleighRank  # noqa: F821 - set in every worker
 
+
+def test_the_records_of_a_new_call_are_dealt_to_the_idle_workers(broker):
+    """Workers that learnt to take several records of about half a millisecond at once, both
+    idle when a call of four comes: each takes a share (the broker deals them), rather than
+    the first to ask taking them all while the other idles."""
     s = Sleigh(2, broker=broker.address)
     try:
         for _ in range(3):  # the workers learn the pace: a hand of several records
@@ -189,6 +189,30 @@ def test_a_hand_that_took_every_queued_record_is_shared_with_the_idle_worker(bro
             results = s.eachElem(nap, list(range(4)), chunkSize=1, timeout=TIMEOUT)
             assert [x for x, _ in results] == list(range(4))
             assert {rank for _, rank in results} == {0, 1}
+            assert s.state().duplicates == 0
+    finally:
+        s.stop()
+
+
+def test_a_hand_that_took_every_queued_record_is_shared_with_a_worker_that_comes_free(broker):
+    """The other worker is busy (5 ms) when a call's six records come, so one worker takes
+    them all (nothing to deal). At the pace it learnt they are worth sharing: it gives the
+    second half back before it starts, and the other runs it once free. Kept, they would all
+    run on the first worker (6 x 3 ms, short of a give-back's deadline)."""
+    def stretch(x):
+        time.sleep(0.003 if x >= 0 else 0.005)
+        return x, SleighRank  # noqa: F821 - set in every worker
+
+    s = Sleigh(2, broker=broker.address)
+    try:
+        for _ in range(3):
+            for _ in range(3):  # the workers learn a pace of 0.5 ms: hands of ten records
+                s.eachElem(nap, list(range(40)), chunkSize=1, timeout=TIMEOUT)
+            busy = s.eachElem(stretch, [-1], blocking=False)  # one record: one worker
+            results = s.eachElem(stretch, list(range(6)), chunkSize=1, timeout=TIMEOUT)
+            assert [x for x, _ in results] == list(range(6))
+            assert {rank for _, rank in results} == {0, 1}
+            assert busy.wait(timeout=TIMEOUT)[0][0] == -1
             assert s.state().duplicates == 0
     finally:
         s.stop()

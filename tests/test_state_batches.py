@@ -9,7 +9,9 @@ import pytest
 
 from .state_driver import StateDriver
 from workbench import codec
-from workbench.protocol import MANY_COUNT, MANY_ITEM, MANY_RECORD, Op, Status
+from workbench.protocol import (
+    HEADER_SIZE, MANY_COUNT, MANY_ITEM, MANY_RECORD, Op, Status, split_hand, split_many,
+)
 
 WS = "pool"
 
@@ -141,6 +143,51 @@ def test_a_blocked_fetch_many_takes_up_to_its_count_of_a_store_many(driver) -> N
            for peer, request in ((worker, first), (other, second))}
     # the newest waiter first, each value once and in order within a hand
     assert got == {other: [0, 1, 2], worker: [3, 4]}
+
+
+def dealt(reply) -> bool:
+    """Whether a FETCH_MANY reply says its values were dealt among several callers."""
+    return split_hand(bytes(HEADER_SIZE) + reply.body, list(reply.extra))[1]
+
+
+def test_blocked_fetch_manys_share_the_bytes_of_a_store_many_and_are_told_so(driver) -> None:
+    # A new call's records shrink along the queue: idle workers each take an equal share of
+    # the work stored together, by bytes, in order, and know that the others got some.
+    master, a, b, c = (driver.client(WS) for _ in range(4))
+    first, second = fetch_many(driver, a, "tasks", 100), fetch_many(driver, b, "tasks", 100)
+    sizes = [4000, 3000, 2000, 1000, 900, 800, 700, 600, 500, 400]
+    store_many(driver, master, "tasks", [b"x" * size for size in sizes])
+    newest, oldest = driver.reply(b, second), driver.reply(a, first)
+    assert [len(v) for v, _ in decode_many(newest)] == [4000, 3000]
+    assert [len(v) for v, _ in decode_many(oldest)] == sizes[2:]
+    assert dealt(newest) and dealt(oldest)
+    # one caller waiting, or one value: a hand as before, not dealt
+    alone = fetch_many(driver, c, "tasks", 100)
+    store_many(driver, master, "tasks", ["p", "q"])
+    reply = driver.reply(c, alone)
+    assert decode_many(reply) == [("p", 0), ("q", 0)] and not dealt(reply)
+    # an old client reads a dealt reply as any other
+    assert [frames for frames, _ in split_many(bytes(HEADER_SIZE) + newest.body,
+                                               list(newest.extra))] == \
+        [codec.encode(b"x" * 4000), codec.encode(b"x" * 3000)]
+
+
+def test_dealing_leaves_each_caller_a_value_and_keeps_to_its_count(driver) -> None:
+    master, a, b, c, d = (driver.client(WS) for _ in range(5))
+    # more callers than values: one value each for the newest, the others wait on
+    waiting = [fetch_many(driver, peer, "tasks", 10) for peer in (a, b, c)]
+    store_many(driver, master, "tasks", [b"x" * 100, b"y"])
+    assert decode_many(driver.reply(c, waiting[2])) == [(b"x" * 100, 0)]
+    assert decode_many(driver.reply(b, waiting[1])) == [(b"y", 0)]
+    assert driver.reply(a, waiting[0]) is None
+    driver.cancel(a, waiting[0])
+    # a count smaller than the share: the rest stays queued, in order, for the next caller
+    small, large = fetch_many(driver, a, "tasks", 1), fetch_many(driver, b, "tasks", 2)
+    store_many(driver, master, "tasks", list(range(8)))
+    assert decode_many(driver.reply(b, large)) == [(0, 0), (1, 0)]
+    assert decode_many(driver.reply(a, small)) == [(2, 0)]
+    later = decode_many(driver.reply(d, fetch_many(driver, d, "tasks", 100)))
+    assert [v for v, _ in later] == [3, 4, 5, 6, 7]
 
 
 def test_blocked_fetch_manys_are_served_newest_first_and_plain_fetches_oldest_first(

@@ -126,6 +126,9 @@ VERSION_SHIFT = 32  # an entry's version = variable id << VERSION_SHIFT | value 
 MANY_ITEM = struct.Struct("<I")  # STORE_MANY request: first frame length, then the frame
 MANY_COUNT = struct.Struct("<H")  # FETCH_MANY reply: how many values follow
 MANY_RECORD = struct.Struct("<QHI")  # FETCH_MANY reply: sequence, returns, first frame length
+#: FETCH_MANY reply: a byte after the records, when the values stored together were dealt among
+#: several waiting callers (each got a share): the caller is not the only one with work.
+MANY_DEALT = b"\1"
 SEPARATOR = b"\0"
 
 FLAG_ACKS = 1
@@ -318,6 +321,12 @@ def pack_many(encoded) -> list:
 def split_many(head: bytes, extra: list) -> list[tuple[list, int]]:
     """A FETCH_MANY reply -> [(value frames, returns)], not decoded, so that a caller can
     decode each value on its own."""
+    return split_hand(head, extra)[0]
+
+
+def split_hand(head: bytes, extra: list) -> tuple[list[tuple[list, int]], bool]:
+    """A FETCH_MANY reply -> ([(value frames, returns)], whether they were dealt among
+    several waiting callers: ``MANY_DEALT``)."""
     (count,) = MANY_COUNT.unpack_from(head, HEADER_SIZE)
     offset, used, values = HEADER_SIZE + MANY_COUNT.size, 0, []
     for _ in range(count):
@@ -328,7 +337,7 @@ def split_many(head: bytes, extra: list) -> list[tuple[list, int]]:
         nextra = first[2] | first[3] << 8  # the descriptor's count of extra frames
         values.append(([first, *extra[used:used + nextra]] if nextra else [first], returns))
         used += nextra
-    return values
+    return values, head[offset:offset + 1] == MANY_DEALT
 
 
 #: A template for ``mktempWs``: exactly one integer conversion, any literal ``%%``.

@@ -14,7 +14,7 @@ import time
 from typing import Collection, Iterable, NamedTuple, Sequence
 
 from .. import shm
-from ..protocol import HEADER_SIZE, Op, Status, pack_many, split_many
+from ..protocol import HEADER_SIZE, Op, Status, pack_many, split_hand
 from .connection import Connection, raise_for_status
 
 _OK, _ERROR = int(Status.OK), int(Status.ERROR)  # plain ints: enum members cost a lookup
@@ -30,6 +30,7 @@ _NOTHING = ()  # the values of a store's reply, or of a fetch that found none
 class Reply(NamedTuple):
     request_id: int
     values: Sequence[tuple[list, int]]  # a fetch's (value frames, returns); empty for a store
+    dealt: bool  # a fetch's values were dealt among several waiting callers (``MANY_DEALT``)
 
 
 # A NamedTuple's constructor is a Python function; a worker receives a reply per hand of tasks.
@@ -147,8 +148,8 @@ class WorkQueue:
         if status >= _ERROR:
             raise_for_status(status, head)
         if fetched and status == _OK:
-            return _reply(Reply, (request_id, split_many(head, frames)))
-        return _reply(Reply, (request_id, _NOTHING))
+            return _reply(Reply, (request_id, *split_hand(head, frames)))
+        return _reply(Reply, (request_id, _NOTHING, False))
 
     def acknowledge(self, request_id: int) -> None:
         """Acknowledge a fetch's lease with this thread's next request: its values are

@@ -209,7 +209,7 @@ class Dispatcher:
         waiting: dict[int, Hello | None] = {queue.send_fetch(RESULT, COLLECT_MOST): None}
         try:
             while True:
-                request_id, values = queue.receive(waiting.keys())
+                request_id, values, _ = queue.receive(waiting.keys())
                 hello = waiting.pop(request_id)
                 queue.acknowledge(request_id)
                 if hello is not None:

@@ -277,7 +277,7 @@ class Worker:
                 fetch_shared = queue.send_fetch(TASK, self.most, True, self._take_owed())
             if fetch_own is None:
                 fetch_own = queue.send_fetch(self.own_var, 1, True, self._take_owed())
-            request_id, hand = queue.receive((fetch_shared, fetch_own, *self.stores))
+            request_id, hand, dealt = queue.receive((fetch_shared, fetch_own, *self.stores))
             if request_id in self.stores:
                 self.stores.discard(request_id)
                 continue
@@ -288,21 +288,23 @@ class Worker:
                 if fetch_shared is not None:  # a broadcast task first; shared ones wait
                     queue.cancel(fetch_shared)
                     fetch_shared = None
-            self.run_hand(hand, request_id, var)
+            self.run_hand(hand, request_id, var, dealt)
 
     def _take_owed(self) -> list[int]:
         owed, self.owed = self.owed, []
         return owed
 
-    def run_hand(self, hand: list[tuple[list, int]], lease: int, var: str) -> None:
+    def run_hand(self, hand: list[tuple[list, int]], lease: int, var: str,
+                 dealt: bool) -> None:
         """Run the records of one fetch and send their results; the last send acknowledges
-        the fetch."""
+        the fetch. ``dealt``: the broker shared the records stored with these among several
+        idle workers, so none of them is left without work."""
         records = [self._decode(frames) for frames, _ in hand]  # (record, missing) each
         if any(returns for _, returns in hand) and must_split(
                 [(record, returns) for (record, _), (_, returns) in zip(records, hand)]):
             self._requeue_split(hand, records, lease, var)
             return
-        if var == TASK and 1 < len(hand) < self.most:
+        if var == TASK and 1 < len(hand) < self.most and not dealt:
             keep = self._share(hand, records, var)
             hand, records = hand[:keep], records[:keep]
         entries: list[ResultEntry] = []

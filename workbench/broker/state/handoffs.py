@@ -17,7 +17,9 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from ...protocol import MANY_COUNT, MANY_RECORD, Status, reply_head, value_reply_head
+from ...protocol import (
+    MANY_COUNT, MANY_DEALT, MANY_RECORD, Status, reply_head, value_reply_head,
+)
 from .caps import SessionCaps
 from .changes import Returned, Taken, stored
 from .deliveries import Deliveries
@@ -105,8 +107,9 @@ class HandOffs:
         """Admitted values join ``var`` together (STORE_MANY): every waiting finder gets each,
         then, in a FIFO variable, the fetchers take them in arrival order as they would from
         the variable, a blocked FETCH_MANY up to its count at once (a worker pool's idle
-        workers take a hand each, not one value each); what is left joins the variable.
-        Other modes take them one ``store`` at a time."""
+        workers take a hand each, not one value each), several blocked FETCH_MANY callers a
+        share each (``_deal``); what is left joins the variable. Other modes take them one
+        ``store`` at a time."""
         if var.mode != FIFO:
             for value in values:
                 self.store(var, value)
@@ -116,8 +119,40 @@ class HandOffs:
             replaced = var.put(value)
             if replaced is not None:
                 self.memory.discard(replaced, var)
-        if var.fetchers:
+        fetchers = var.fetchers
+        if fetchers:
+            if len(fetchers) > 1 and len(var.values) > 1 and fetchers[-1].many:
+                self._deal(var)
             self.serve_waiting(var)
+
+    def _deal(self, var: Variable) -> None:
+        """Values for more than one blocked FETCH_MANY caller (a pool's idle workers, and a
+        new call's task records): each takes an equal share of their bytes, in order and up
+        to its count, the newest caller first, so that they all start at once. A call's
+        records shrink along the queue (big ones first): the same number each would not be
+        the same work. Their replies say they were dealt (``MANY_DEALT``)."""
+        fetchers, values = var.fetchers, var.values
+        dealt: list[Waiter] = []
+        while fetchers and fetchers[-1].many and len(dealt) < len(values):
+            waiter = fetchers.pop()
+            self.unwait(waiter)
+            dealt.append(waiter)
+        left = sum(value.size for value in values)
+        for index, waiter in enumerate(dealt):
+            after = len(dealt) - index - 1  # callers still to serve: one value each, at least
+            share = left / (after + 1)
+            hand = [values.popleft()]
+            size = hand[0].size
+            while (len(values) > after and len(hand) < waiter.many
+                   and size + values[0].size / 2 <= share):
+                value = values.popleft()
+                size += value.size
+                hand.append(value)
+            left -= size
+            self.lease(waiter.session, waiter.peer, waiter.request_id, var, hand)
+            if self.deliveries.watched:
+                self.deliveries.event(var.workspace.name, "fetched", var.name)
+            self.reply_many(waiter.peer, waiter.request_id, hand, waiter.session, dealt=True)
 
     def _arrive(self, var: Variable, value: Value) -> None:
         """A value is stored: stamped, counted, logged, watched, and given to every finder."""
@@ -189,13 +224,15 @@ class HandOffs:
             self.messages.append((peer, [head, *frames[1:]]))
 
     def reply_many(self, peer: bytes, request_id: int, values: list[Value],
-                   session: Session) -> None:
+                   session: Session, dealt: bool = False) -> None:
         body = [MANY_COUNT.pack(len(values))]
         reply = ManyValues(session)
         for value in values:
             first = reply.add(value, leased=True)
             body.append(MANY_RECORD.pack(value.seq, min(value.returns, 0xFFFF), len(first)))
             body.append(bytes(first))
+        if dealt:
+            body.append(MANY_DEALT)
         reply.send(self.outbox, peer, request_id, body)
 
     # ---------------------------------------------------------------- acknowledgements
