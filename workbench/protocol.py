@@ -91,12 +91,14 @@ Work queues (see ``broker/state/batches.py``)::
     STORE_MANY  ws, var, records <I length + value's first frame; extra frames after
                                               -> OK decimal count
     FETCH_MANY  ws, var, most, block (0/1)    -> OK <H count, then per value <QHI (sequence,
-                                                 returns, first frame length) + first frame;
-                                                 extra frames after; all under one lease
+                                                 returns, first frame length) + first frame,
+                                                 then MANY_DEALT if dealt (below); extra
+                                                 frames after; all under one lease
                                                  | MISSING
                 blocked FETCH_MANYs are served newest first, each up to ``most`` of the
                 values a STORE_MANY brings into a FIFO variable (plain fetches: oldest
-                first, one value each)
+                first, one value each); several blocked FETCH_MANYs are dealt those values,
+                an equal share of their bytes each, in order
     END_SESSION host, pid                     -> OK decimal number of sessions ended
 
     delivery    header (version, DELIVERY, number of extra frames, messages dropped so far)
