@@ -510,3 +510,21 @@ def test_workbench_worker_on_a_missing_sleigh(broker):
                            broker.address, "--sleigh", "no_such_sleigh"], env=broker.env(),
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "no sleigh 'no_such_sleigh'" in done.stderr
+
+
+def test_workers_on_the_brokers_machine_run_a_step_nicer(broker, monkeypatch):
+    """With as many busy workers as cores, the broker and the master get the CPU first: the
+    workers that reach the broker through its Unix socket add a step of niceness to what they
+    started with (``WORKBENCH_WORKER_NICE``; 0 adds none)."""
+    mine = os.nice(0)
+    s = Sleigh(2, broker=broker.address)
+    try:
+        assert s.eachWorker(os.nice, 0, timeout=TIMEOUT) == [min(19, mine + 1)] * 2
+    finally:
+        s.stop()
+    monkeypatch.setenv("WORKBENCH_WORKER_NICE", "0")
+    s = Sleigh(1, broker=broker.address)
+    try:
+        assert s.eachWorker(os.nice, 0, timeout=TIMEOUT) == [mine]
+    finally:
+        s.stop()

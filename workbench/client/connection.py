@@ -409,6 +409,12 @@ class Connection:
         self.sessions += 1
 
     @property
+    def local(self) -> bool:
+        """Whether this connection reached the broker through its Unix socket: the broker
+        runs on this machine."""
+        return self.endpoint.startswith("ipc://")
+
+    @property
     def durable(self) -> bool:
         """Whether the broker keeps a data directory (its persistent state survives it)."""
         return bool(self.info.get("durable"))
