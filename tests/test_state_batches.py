@@ -8,6 +8,7 @@ import random
 import pytest
 
 from .state_driver import StateDriver
+from workbench.broker.state.handoffs import DEAL_MOST
 from workbench import codec
 from workbench.protocol import (
     HEADER_SIZE, MANY_COUNT, MANY_ITEM, MANY_RECORD, Op, Status, split_hand, split_many,
@@ -188,6 +189,18 @@ def test_dealing_leaves_each_caller_a_value_and_keeps_to_its_count(driver) -> No
     assert decode_many(driver.reply(a, small)) == [(2, 0)]
     later = decode_many(driver.reply(d, fetch_many(driver, d, "tasks", 100)))
     assert [v for v, _ in later] == [3, 4, 5, 6, 7]
+
+
+def test_values_are_dealt_among_a_few_of_many_idle_callers(driver) -> None:
+    # A hundred idle workers must not all wake for a small call: the newest few share it.
+    master, *workers = (driver.client(WS) for _ in range(1 + DEAL_MOST + 3))
+    waiting = [fetch_many(driver, peer, "tasks", 100) for peer in workers]
+    store_many(driver, master, "tasks", list(range(40)))
+    served = [driver.reply(peer, request) for peer, request in zip(workers, waiting)]
+    assert served[:3] == [None, None, None]
+    hands = [[v for v, _ in decode_many(reply)] for reply in reversed(served[3:])]
+    assert len(hands) == DEAL_MOST and max(map(len, hands)) - min(map(len, hands)) <= 2
+    assert sum(hands, []) == list(range(40))
 
 
 def test_blocked_fetch_manys_are_served_newest_first_and_plain_fetches_oldest_first(

@@ -31,6 +31,12 @@ from .variables import FIFO, SINGLE, Value, Variable, Waiter
 
 Key = tuple  # (peer, request id) of a request
 
+#: Blocked FETCH_MANY callers that the values of one STORE_MANY are dealt among, at most: a
+#: worker pool's idle workers, as many as a call's own chunks are planned for (a hundred idle
+#: workers must not all wake for a map that a few finish in milliseconds; a bigger call is
+#: taken in hands by the others, and slow hands are given back to them).
+DEAL_MOST = 4
+
 
 class ManyValues:
     """A reply that carries several values (FETCH_MANY, KV_GET_MULTI) as ``session`` receives
@@ -127,13 +133,14 @@ class HandOffs:
 
     def _deal(self, var: Variable) -> None:
         """Values for more than one blocked FETCH_MANY caller (a pool's idle workers, and a
-        new call's task records): each takes an equal share of their bytes, in order and up
-        to its count, the newest caller first, so that they all start at once. A call's
-        records shrink along the queue (big ones first): the same number each would not be
-        the same work. Their replies say they were dealt (``MANY_DEALT``)."""
+        new call's task records): up to DEAL_MOST of them, the newest first, each take an
+        equal share of their bytes, in order and up to its count, so that they all start at
+        once. A call's records shrink along the queue (big ones first): the same number each
+        would not be the same work. Their replies say they were dealt (``MANY_DEALT``)."""
         fetchers, values = var.fetchers, var.values
         dealt: list[Waiter] = []
-        while fetchers and fetchers[-1].many and len(dealt) < len(values):
+        while (fetchers and fetchers[-1].many and len(dealt) < len(values)
+               and len(dealt) < DEAL_MOST):
             waiter = fetchers.pop()
             self.unwait(waiter)
             dealt.append(waiter)
