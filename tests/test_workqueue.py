@@ -10,6 +10,7 @@ from workbench.client import workqueue
 from workbench.client.connection import Connection
 from workbench.client.workqueue import WorkQueue
 from workbench.errors import NwsNoWorkSpaceException
+from workbench.protocol import Op
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_values_go_in_groups_and_come_out_in_order(connection, ws, ws_name, monk
     queue.store_all("q", [codec.encode(v) for v in [1, 2, 3, 4, big, 5]])
     assert ws.fetch_many_try("q", 100) == [1, 2, 3, 4, big, 5]
     request = queue.send_fetch("q", 10, block=False)
-    assert queue.receive((request,)) == (request, ())  # nothing there, not waiting
+    assert queue.receive((request,)) == (request, (), False)  # nothing there, not waiting
 
 
 def test_fetches_in_flight_answer_in_any_order(connection, ws, ws_name):
@@ -43,8 +44,34 @@ def test_fetches_in_flight_answer_in_any_order(connection, ws, ws_name):
     stored = queue.send_store("a", codec.encode("to a"), acks=(second,))
     reply = queue.receive((first,))
     assert values(reply) == ["to a"] and reply.values[0][1] == 0  # returned by nobody
-    assert queue.receive((stored,)) == (stored, ())
+    assert queue.receive((stored,)) == (stored, (), False)
     queue.acknowledge(first)
+
+
+def test_idle_callers_are_dealt_a_share_each_and_told_so(broker, connection, ws, ws_name):
+    """Two workers blocked on the queue as six values come together: each takes a share (of
+    their bytes), in order, and knows it was dealt; a caller alone takes them all."""
+    other = Connection(broker.address, 5.0)
+    try:
+        older, newer = WorkQueue(connection, ws_name), WorkQueue(other, ws_name)
+        older_request = older.send_fetch("q", 100)
+        connection.call(Op.HEARTBEAT, [])  # answered in order: the fetch waits at the broker
+        newer_request = newer.send_fetch("q", 100)
+        newer.store_all("q", [codec.encode(v) for v in range(6)])  # after it, on its socket
+        first, second = newer.receive((newer_request,)), older.receive((older_request,))
+        assert first.dealt and second.dealt
+        assert values(first) and values(second)
+        assert values(first) + values(second) == list(range(6))  # the newest caller first
+        alone = older.send_fetch("q", 100)
+        connection.call(Op.HEARTBEAT, [])
+        newer.store_all("q", [codec.encode(v) for v in range(3)])
+        reply = older.receive((alone,))
+        assert values(reply) == [0, 1, 2] and not reply.dealt
+        for queue, request in ((newer, newer_request), (older, older_request),
+                               (older, alone)):
+            queue.acknowledge(request)
+    finally:
+        other.close()
 
 
 def test_a_lease_never_acknowledged_comes_back_when_the_session_ends(broker, ws, ws_name):
