@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import queue
 import signal
 import stat
 import subprocess
@@ -190,6 +191,34 @@ def test_the_records_of_a_new_call_are_dealt_to_the_idle_workers(broker):
             assert [x for x, _ in results] == list(range(4))
             assert {rank for _, rank in results} == {0, 1}
             assert s.state().duplicates == 0
+    finally:
+        s.stop()
+
+
+def test_a_dealt_hand_runs_whole(broker):
+    """Both workers idle as a call of eight half-millisecond records comes: the broker deals
+    them four and four, and neither gives any back. (At the pace they learnt, four such
+    records would be worth sharing had one worker taken every record queued.) Each record is
+    stored once: by the master."""
+    s = Sleigh(2, broker=broker.address)
+    try:
+        for _ in range(3):  # the workers learn a pace of 0.5 ms: hands of ten records
+            s.eachElem(nap, list(range(40)), chunkSize=1, timeout=TIMEOUT)
+        wait_for(lambda: s.nws.listVars(format="dict")["task"][2] == 2, 10.0,
+                 message="both workers waiting for tasks")
+        stored = 0
+        with s.nws.watch() as watch:
+            results = s.eachElem(nap, list(range(8)), chunkSize=1, timeout=TIMEOUT)
+            while True:  # what the call stored is in before its results: drain until quiet
+                try:
+                    batch = watch.next_batch(timeout=0.5)
+                except queue.Empty:
+                    break
+                stored += sum(event["count"] for event in batch
+                              if event["event"] == "stored" and event.get("var") == "task")
+        assert [x for x, _ in results] == list(range(8))
+        assert {rank for _, rank in results} == {0, 1}
+        assert stored == 8
     finally:
         s.stop()
 

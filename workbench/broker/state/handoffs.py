@@ -156,10 +156,8 @@ class HandOffs:
                 size += value.size
                 hand.append(value)
             left -= size
-            self.lease(waiter.session, waiter.peer, waiter.request_id, var, hand)
-            if self.deliveries.watched:
-                self.deliveries.event(var.workspace.name, "fetched", var.name)
-            self.reply_many(waiter.peer, waiter.request_id, hand, waiter.session, dealt=True)
+            self.hand_over(waiter.session, waiter.peer, waiter.request_id, var, hand,
+                           dealt=True)
 
     def _arrive(self, var: Variable, value: Value) -> None:
         """A value is stored: stamped, counted, logged, watched, and given to every finder."""
@@ -193,11 +191,16 @@ class HandOffs:
     def take_many(self, session: Session, peer: bytes, request_id: int, var: Variable,
                   most: int) -> None:
         """Take up to ``most`` values of ``var`` (it has at least one) under one lease."""
-        taken = [var.take(self.rng) for _ in range(min(most, len(var.values)))]
-        self.lease(session, peer, request_id, var, taken)
+        self.hand_over(session, peer, request_id, var,
+                       [var.take(self.rng) for _ in range(min(most, len(var.values)))])
+
+    def hand_over(self, session: Session, peer: bytes, request_id: int, var: Variable,
+                  hand: list[Value], dealt: bool = False) -> None:
+        """Answer a FETCH_MANY with ``hand``, taken from ``var``, under one lease."""
+        self.lease(session, peer, request_id, var, hand)
         if self.deliveries.watched:
             self.deliveries.event(var.workspace.name, "fetched", var.name)
-        self.reply_many(peer, request_id, taken, session)
+        self.reply_many(peer, request_id, hand, session, dealt)
 
     def lease(self, session: Session, peer: bytes, request_id: int, var: Variable,
               value: Value | list[Value]) -> None:
