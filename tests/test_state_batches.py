@@ -173,6 +173,21 @@ def test_blocked_fetch_manys_share_the_bytes_of_a_store_many_and_are_told_so(dri
         [codec.encode(b"x" * 4000), codec.encode(b"x" * 3000)]
 
 
+def test_a_dealt_hand_goes_back_when_its_holder_dies(driver) -> None:
+    master, a, b, c = (driver.client(WS) for _ in range(4))
+    first, second = fetch_many(driver, a, "tasks", 100), fetch_many(driver, b, "tasks", 100)
+    store_many(driver, master, "tasks", list(range(6)))
+    kept = decode_many(driver.reply(a, first))
+    lost = decode_many(driver.reply(b, second))
+    assert kept and lost
+    driver.advance(driver.timeout + 1)  # b stops answering; the others are alive
+    for peer in (master, a, c):
+        driver.heartbeat(peer)
+    driver.expire()
+    again = decode_many(driver.reply(c, fetch_many(driver, c, "tasks", 100)))
+    assert again == [(value, 1) for value, _ in lost]  # in order, the death counted
+
+
 def test_dealing_leaves_each_caller_a_value_and_keeps_to_its_count(driver) -> None:
     master, a, b, c, d = (driver.client(WS) for _ in range(5))
     # more callers than values: one value each for the newest, the others wait on
