@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 
@@ -28,6 +29,10 @@ def pytest_configure(config) -> None:
     Subprocesses inherit it through the environment."""
     _runtime.append(tempfile.mkdtemp(prefix="workbench-test-runtime-"))
     os.environ[_RUNTIME_DIR] = _runtime[-1]
+    # A suite started in the background (``nohup make test &``) inherits SIGINT ignored, and
+    # so would every process it starts: the tests of Ctrl-C would see none arrive.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config) -> None:

@@ -40,7 +40,7 @@ WORK_SECONDS = 2.0  # how long a polite process works; the others leave within i
 PLAN = ("polite",) * 3 + ("killed",) * 2 + ("vanish",) * 2 + ("frozen",)
 RAW_SESSIONS = 6  # sessions per wave whose sockets are reset under them, from this process
 WARM_UP_WAVES = 2
-SOAK_SECONDS = 30.0  # measured waves start until then: with the warm-up, ~45 s in all
+SOAK_SECONDS = 20.0  # measured waves start until then: with the warm-up, ~30 s in all
 #: Sessions end after 0.5 s x 3 of silence: the support brokers' 0.2 s x 3 is shorter than
 #: the stalls of a 2-core machine starting eight client processes at once.
 HEARTBEAT = ("--heartbeat-interval", "0.5", "--heartbeat-liveness", "3")
@@ -50,7 +50,7 @@ HEARTBEAT = ("--heartbeat-interval", "0.5", "--heartbeat-liveness", "3")
 #: and RSS follows what the broker holds.
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "16384"}
 #: How much the broker's RSS may grow from after the warm-up to after the last wave. Measured
-#: on 2 cores, 8-16 waves of ~140 sessions each: +0.1 to +0.5 MiB (the cache of checked names,
+#: on 2 cores, 4-16 waves of ~140 sessions each: +0.1 to +0.5 MiB (the cache of checked names,
 #: bounded at 4096, and the interpreter's free lists settling). Above it: a leak of ~1.5 KiB per
 #: session, or of one large value in flight per wave.
 RSS_BOUND = 2 << 20
