@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import threading
 import time
 
 import pytest
@@ -516,17 +517,57 @@ def test_next_and_loops_over_a_result_iterator_go_on_from_one_another(sleigh):
         next(results)
 
 
-def test_a_lone_submit_is_stored_by_its_caller_and_a_burst_by_the_sender(broker):
-    import threading
+def test_a_caller_that_waits_at_once_takes_its_result_from_its_own_variable(broker,
+                                                                           monkeypatch):
+    """The record of a submit whose caller waits for it before the sender took it is stored
+    by the caller, naming its thread's reply variable, where the worker stores the result
+    and the caller takes it; a burst of submits goes through the sender and the collector."""
+    from workbench.sleigh.scheduler import Scheduler
 
+    filers = []
+    file = Scheduler.file
+
+    def recording(self, entry):
+        filers.append(threading.current_thread().name)
+        return file(self, entry)
+
+    monkeypatch.setattr(Scheduler, "file", recording)
     with Sleigh(1, broker=broker.address) as s:
-        sender = f"sleigh-sender-{s.wsName}"
         for x in range(5):  # each waits for its result before the next
             assert s.submit(abs, -x).result(timeout=TIMEOUT) == x
-        assert sender not in {thread.name for thread in threading.enumerate()}
+        assert filers == ["MainThread"] * 5
+        variables = s.nws.listVars(format="dict")
+        reply = f"reply@{threading.get_ident()}"
+        assert reply in variables and variables[reply][1] == 0  # taken, none left
+        assert variables["result"][1] == 0
         futures = [s.submit(abs, -x) for x in range(50)]
         assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(50))
-        assert sender in {thread.name for thread in threading.enumerate()}
+
+
+def test_a_result_given_up_by_a_timeout_still_reaches_the_future(broker):
+    """A caller that stops waiting before its result is in hands its reply variable to the
+    collector: the result still resolves the future, for ``wait`` and its callbacks."""
+    with Sleigh(1, broker=broker.address) as s:
+        future = s.submit(lambda: (time.sleep(0.5), "late")[1])
+        with pytest.raises(concurrent.futures.TimeoutError):
+            future.result(timeout=0.05)
+        called = threading.Event()
+        future.add_done_callback(lambda _: called.set())
+        done, _ = concurrent.futures.wait([future], timeout=TIMEOUT)
+        assert done == {future} and future.result() == "late"
+        assert called.wait(TIMEOUT)
+        # the variable stays watched: results waited for at once still come there
+        assert [s.submit(abs, -x).result(timeout=TIMEOUT) for x in range(3)] == [0, 1, 2]
+
+
+def test_a_submit_waited_for_in_another_thread(broker):
+    with Sleigh(1, broker=broker.address) as s:
+        future = s.submit(abs, -7)
+        got: list = []
+        waiter = threading.Thread(target=lambda: got.append(future.result(timeout=TIMEOUT)))
+        waiter.start()
+        waiter.join(TIMEOUT)
+        assert got == [7]
 
 
 def test_with_statement_stops_every_worker(broker):

@@ -113,6 +113,31 @@ def test_a_worker_killed_mid_task_is_replaced_and_its_task_runs_again(make_broke
         server.close()
 
 
+def test_a_submit_whose_worker_is_killed_while_its_caller_waits_runs_again(broker, side):
+    """The caller waits on its own reply variable; the record goes back with the death of its
+    worker, still naming that variable, and the next worker answers there."""
+    report = reporter(side.currentWs(), broker.address)
+
+    def task(x):
+        report(x)
+        time.sleep(0.5)
+        return x * 10
+
+    s = Sleigh(2, broker=broker.address)
+    try:
+        def kill_the_first_runner() -> None:
+            [pid] = wait_for(lambda: [pid for _, pid in ran(side)], timeout=TIMEOUT)
+            os.kill(pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_the_first_runner)
+        killer.start()
+        assert s.submit(task, 4).result(timeout=TIMEOUT) == 40
+        killer.join(TIMEOUT)
+        assert [tag for tag, _ in ran(side)] == [4, 4]  # killed, then again
+    finally:
+        s.stop()
+
+
 def test_results_arrive_exactly_once(broker, side):
     """Every element's result is counted once although workers are killed while they hold
     tasks (some of whose results were already sent)."""

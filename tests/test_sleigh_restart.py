@@ -5,6 +5,8 @@ same workers going on in new sessions, and the sleigh usable afterwards."""
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import pytest
 
@@ -50,3 +52,41 @@ def test_a_map_finishes_across_a_restart_of_a_durable_broker(tmp_path, how) -> N
     finally:
         sleigh.stop()
         broker.stop()
+
+
+def test_a_submit_waited_for_gets_its_result_across_a_restart(tmp_path) -> None:
+    """The caller waits on its own reply variable when the broker goes away: the collector
+    takes that variable over in its new session, and the task, back in the queue, runs again
+    and answers there."""
+    data = tmp_path / "data"
+    brokers = [start_broker(tmp_path, "--data-dir", str(data), "--fsync", "always")]
+    sleigh = Sleigh(workerCount=1, nwsHost=brokers[0].host, nwsPort=brokers[0].port)
+
+    def restart() -> None:
+        time.sleep(0.3)  # the task runs, its caller waits
+        old = brokers[0]
+        old.process.send_signal(signal.SIGKILL)
+        old.process.wait(10)
+        old.stop()
+        brokers.append(start_broker(tmp_path, "--data-dir", str(data), "--fsync", "always",
+                                    "--port", str(old.port)))
+
+    try:
+        assert sleigh.submit(slow_square, 3).result(timeout=30) == 9
+        future = sleigh.submit(sleepy_square, 4)
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        assert future.result(timeout=60) == 16
+        restarter.join(30)
+        assert sleigh.submit(slow_square, 5).result(timeout=30) == 25
+    finally:
+        sleigh.stop()
+        for broker in brokers:
+            broker.stop()
+
+
+def sleepy_square(x: int) -> int:
+    import time
+
+    time.sleep(1.0)
+    return x * x

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import pytest
 
 from workbench import (
-    DICT, KeyValueStore, NetWorkSpace, NwsConnectionDroppedException, NwsServer, codec,
+    DICT, KeyValueStore, NetWorkSpace, NwsServer, codec,
 )
 from workbench.protocol import HEADER, Op, Status, request_head
 from workbench.zmtp import GREETING, Inbound, command, encode, properties

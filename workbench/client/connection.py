@@ -356,6 +356,11 @@ class Connection:
         self.broken: str | None = None  # why the broker is considered unreachable
         if not hasattr(self, "_local"):  # a thread's channel of an older session is closed
             self._local = threading.local()  # by the thread itself (``channel``)
+        # ... or, once its thread has ended without another request, by the next new channel
+        # or ``close`` (an idle sender thread's, say)
+        self._stale: list[Channel] = [
+            channel for channel in [*getattr(self, "_stale", ()), *getattr(self, "_channels", ())]
+            if not channel.dealer.closed]
         self._channels: list[Channel] = []
         self._channel_numbers = itertools.count(1)
         connect_timeout = self.connect_timeout
@@ -577,6 +582,7 @@ class Connection:
             for dead in [c for c in self._channels if not c.owner.is_alive()]:
                 dead.close()  # a finished thread's socket
                 self._channels.remove(dead)
+            self._close_stale()
             channel = Channel(self.endpoint, self.session_id, next(self._channel_numbers),
                               self.connect_timeout, self.curve, owner)
             self._channels.append(channel)
@@ -756,7 +762,15 @@ class Connection:
         self._closed = True
         self._detach_finalizer()
         _release(self._heartbeat, self._channels, self._lock, deliveries=self._deliveries)
+        with self._lock:
+            self._close_stale()
         self.close_own_channel()  # it may be of a session before a reconnect
+
+    def _close_stale(self) -> None:
+        """Close the sockets of older sessions whose threads ended (holding ``_lock``)."""
+        for channel in [c for c in self._stale if c.closable_from_here()]:
+            channel.close()
+            self._stale.remove(channel)
 
     def disown(self) -> None:
         """In a child just forked: this session is the parent's. Nothing here may speak for

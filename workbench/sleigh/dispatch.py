@@ -6,8 +6,10 @@ answers.
 Threads: the caller's (feeds its call, stores function specs, cancels), the collector (takes
 result values in bulk, files them with the scheduler, feeds the calls whose window results
 made room in, and waits on every worker's farewell variable), and for ``submit`` a sender that
-stores the tasks of many quick submits in one request (a submit that comes alone is stored by
-its caller).
+stores the tasks of many quick submits in one request. A caller that waits for a submit's
+result before the sender took its task stores the task itself, naming its thread's reply
+variable, and takes the result from there (``collect_own``): a lone round trip wakes no
+thread of the master but the caller's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import logging
 import sys
 import threading
+import time
 from collections import deque
 from typing import Callable, Sequence
 
@@ -25,14 +28,19 @@ from ..client.pubsub import MessageBus
 from ..client.workqueue import STORE_GROUP, WorkQueue
 from ..client.workspace import NetWorkSpace
 from ..config import BROKER_RESTART_GRACE
-from ..errors import NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException
+from ..errors import (
+    NwsConnectionDroppedException, NwsException, NwsNoWorkSpaceException, NwsTimeoutException,
+)
 from ..protocol import Kind
 from . import tasks
 from .errors import SleighError
 from .batch import Batch
 from .scheduler import Scheduler
 from .specs import SpecCache
-from .tasks import CONTROL, FUNCTION_PREFIX, RESULT, TASK, Hello, ResultEntry, TaskRecord
+from .scheduler import WAIT_SLICE
+from .tasks import (
+    CONTROL, FUNCTION_PREFIX, RESULT, TASK, WATCH, Hello, ResultEntry, TaskRecord, Watch,
+)
 from .worker import CANCELLED_VAR, cancel_identifier
 
 log = logging.getLogger("workbench.sleigh")
@@ -61,8 +69,9 @@ class Dispatcher:
         self._bus: MessageBus | None = None
         self._specs = SpecCache()
         self._sender: _Sender | None = None
-        self._last_submit: Batch | None = None
         self._sender_lock = threading.Lock()
+        self._watched: set[str] = set()  # reply variables the collector takes from
+        self._watched_lock = threading.Lock()
         self._collector = threading.Thread(target=self._collect, daemon=True,
                                            name=f"sleigh-collector-{self.name}")
 
@@ -122,21 +131,10 @@ class Dispatcher:
             self._queue.store_all(var, [tasks.encode_record(record) for _, record in group])
 
     def submit(self, batch: Batch, record: TaskRecord) -> None:
-        """Store a submit's record. A submit that comes alone (the one before it has its
-        result, and the sender has nothing to send) is stored by its caller, which has no
-        thread to wake on the way of a lone round trip; a burst of submits goes through the
-        sender thread, many per request. A store that fails fails the future."""
-        last, self._last_submit = self._last_submit, batch
+        """Hand a submit's record to the sender thread, which stores what piled up in one
+        request; a store that fails fails the future. A caller that waits for the result
+        before the sender took the record stores it itself (``collect_own``)."""
         sender = self._sender
-        if (last is None or last.finished) and (sender is None or sender.idle()):
-            try:
-                self.store([(TASK, record)])
-            except Exception as exc:  # noqa: BLE001 - reported through the future
-                self.fail([batch], exc)
-            except BaseException:
-                self.cancel([batch])
-                raise
-            return
         if sender is None:
             with self._sender_lock:
                 if self._sender is None:
@@ -144,6 +142,75 @@ class Dispatcher:
                     self._sender.start()
                 sender = self._sender
         sender.put(batch, record)
+
+    def collect_own(self, batch: Batch, deadline: float | None) -> None:
+        """Wait in the calling thread for the result of submit ``batch``, until it is in or
+        ``deadline``, if the sender has not taken its record yet: store the record here,
+        naming this thread's reply variable, and file what comes there. The result comes to
+        this thread without waking the collector or this thread twice. Otherwise (the
+        sender took it, or this is a thread of the sleigh's own) return at once: the
+        collector files the result. A thread that stops waiting before its result is in
+        (a timeout, a lost broker) hands its variable to the collector (``watch``)."""
+        sender = self._sender
+        if sender is None or self.stopping or threading.current_thread() in (
+                self._collector, sender):
+            return
+        record = sender.take_back(batch)
+        if record is None:
+            return
+        reply = tasks.reply_var()
+        queue = WorkQueue(self._connection, self.name)
+        fetch = None
+        future = batch.future
+        try:
+            try:
+                stored = queue.send_store(TASK, tasks.encode_record(record._replace(reply=reply)))
+                fetch = queue.send_fetch(reply, COLLECT_MOST)
+                if stored is not None:
+                    queue.receive((stored,))
+            except NwsConnectionDroppedException:
+                raise
+            except NwsException as exc:  # the broker refused the task: its future says why
+                self.fail([batch], exc)
+                return
+            while not future.done():
+                slice_end = time.monotonic() + WAIT_SLICE  # a Ctrl-C flag is seen within one
+                try:
+                    values = queue.receive((fetch,), slice_end if deadline is None
+                                           else min(deadline, slice_end)).values
+                except NwsTimeoutException:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    continue
+                queue.acknowledge(fetch)
+                fetch = None
+                for frames, _ in values:
+                    for entry in self._entries(frames):
+                        if entry.batch > CONTROL:
+                            self._file(entry)
+                if not future.done():
+                    fetch = queue.send_fetch(reply, COLLECT_MOST)
+        except NwsConnectionDroppedException:
+            pass  # the collector waits for the broker to come back, or fails the future
+        finally:
+            if fetch is not None:
+                try:
+                    queue.cancel(fetch)  # a result that raced the cancel goes back
+                except NwsException:
+                    pass
+        if not future.done():
+            self.watch(reply)
+
+    def watch(self, reply: str) -> None:
+        """Have the collector take what comes in reply variable ``reply`` from now on."""
+        with self._watched_lock:
+            if reply in self._watched:
+                return
+            self._watched.add(reply)
+        try:  # wake the collector; a collector that starts a session takes every one anyway
+            self._queue.store(RESULT, tasks.encode_entries([Watch(WATCH, reply)]))
+        except NwsException:
+            pass
 
     def end_session(self, host: str, pid: int) -> None:
         """End the broker session of a worker seen dead, so its tasks come back now."""
@@ -206,24 +273,32 @@ class Dispatcher:
     def _collect_session(self) -> None:
         """Collect in one broker session (see ``_collect``)."""
         queue = WorkQueue(self._connection, self.name)  # requests in flight on this thread
-        waiting: dict[int, Hello | None] = {queue.send_fetch(RESULT, COLLECT_MOST): None}
+        # what each fetch waits on: the result variable (None), a worker's farewell (its
+        # Hello), or a reply variable given up by a thread of the caller's (its name)
+        waiting: dict[int, Hello | str | None] = {queue.send_fetch(RESULT, COLLECT_MOST): None}
+        with self._watched_lock:
+            watched = list(self._watched)
+        for reply in watched:
+            waiting[queue.send_fetch(reply, COLLECT_MOST)] = reply
         try:
             while True:
                 request_id, values, _ = queue.receive(waiting.keys())
-                hello = waiting.pop(request_id)
+                source = waiting.pop(request_id)
                 queue.acknowledge(request_id)
-                if hello is not None:
-                    self._farewell(hello)
+                if isinstance(source, Hello):
+                    self._farewell(source)
                     continue
                 for frames, _ in values:
                     for entry in self._entries(frames):
-                        if entry.batch != CONTROL:
+                        if entry.batch > CONTROL:
                             self._file(entry)
-                            continue
-                        self._on_hello(entry)
-                        waiting[queue.send_fetch(entry.farewell, 1)] = entry
+                        elif entry.batch == CONTROL:
+                            self._on_hello(entry)
+                            waiting[queue.send_fetch(entry.farewell, 1)] = entry
+                        elif entry.var not in waiting.values():  # a Watch
+                            waiting[queue.send_fetch(entry.var, COLLECT_MOST)] = entry.var
                 # after filing: what came meanwhile comes in one reply (and the ack with it)
-                waiting[queue.send_fetch(RESULT, COLLECT_MOST)] = None
+                waiting[queue.send_fetch(source or RESULT, COLLECT_MOST)] = source
         except NwsConnectionDroppedException:
             raise  # _collect decides: wait for the broker, or give up
         except NwsNoWorkSpaceException as exc:
@@ -284,17 +359,19 @@ class _Sender(threading.Thread):
         self._queue: deque[tuple[Batch, TaskRecord]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self._storing = False
 
     def put(self, batch: Batch, record: TaskRecord) -> None:
         with self._wake:
             self._queue.append((batch, record))
             self._wake.notify()
 
-    def idle(self) -> bool:
-        """Nothing waits to be sent, and nothing is being sent."""
+    def take_back(self, batch: Batch) -> TaskRecord | None:
+        """The record of ``batch``, which will not be sent here, if it is the last one put and
+        not taken yet; else None."""
         with self._wake:
-            return not self._queue and not self._storing
+            if self._queue and self._queue[-1][0] is batch:
+                return self._queue.pop()[1]
+        return None
 
     def stop(self) -> None:
         with self._wake:
@@ -313,15 +390,11 @@ class _Sender(threading.Thread):
                     return
                 taken = list(self._queue)
                 self._queue.clear()
-                self._storing = True
             live = [(batch, record) for batch, record in taken if not batch.cancelled]
             try:
                 dispatcher.store([(TASK, record) for _, record in live])
             except Exception as exc:  # noqa: BLE001 - reported through the futures
                 dispatcher.fail([batch for batch, _ in live], exc)
-            finally:
-                with self._wake:
-                    self._storing = False
 
 
 def _print_output(rank: int, outputs: list) -> None:

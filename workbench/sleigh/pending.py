@@ -286,6 +286,8 @@ class SleighFuture(Future):
         flag rather than a signal (``_thread.interrupt_main``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            if not self.done():
+                self._dispatcher.collect_own(self._batch, deadline)
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 try:

@@ -7,7 +7,10 @@ call (a *batch*). One record carries many small tasks so that tiny tasks cost on
 per chunk, while results, errors and output stay per element.
 
 A **result value** is what a worker stores into ``result`` at each flush: a list of
-``ResultEntry`` (one per record run) and ``Hello`` entries (a worker joined; batch 0).
+``ResultEntry`` (one per record run) and ``Hello`` entries (a worker joined; batch 0). A
+record that names a ``reply`` variable has its entry stored there instead, alone: the thread
+that waits for it takes it from there itself (``reply_var``). The master tells its own
+collector to take from such a variable with a ``Watch`` entry (batch -1) in ``result``.
 
 Records travel as plain tuples: pickling a NamedTuple costs ten times a tuple's, and tiny tasks
 would pay it on every record. ``encode_record``/``encode_entries`` and ``read_record``/
@@ -25,6 +28,7 @@ import functools
 import hashlib
 import itertools
 import math
+import threading
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .. import codec, sources
@@ -39,13 +43,15 @@ HAND_SECONDS = WORKER_HAND_SECONDS
 CHUNK_WORKERS = SLEIGH_CHUNK_WORKERS
 #: The batch number of control entries (``Hello``) in the result variable.
 CONTROL = 0
+#: The batch number of the master's note to its collector (``Watch``).
+WATCH = -1
 
 FUNCTION_PREFIX = "__function:"
 TASK, RESULT = "task", "result"
 #: The layout of task records and result entries. A worker says it in its hello, and a master
 #: refuses to run with a worker of another (an install of another workbench release), which
 #: could read none of its records.
-TASK_FORMAT = 2
+TASK_FORMAT = 3
 
 
 def own_task_var(rank: int) -> str:
@@ -62,6 +68,12 @@ def worker_rank(var: str) -> int | None:
     """The rank whose ``worker_var`` ``var`` is, or None: another variable."""
     prefix, at, rank = var.partition("@")
     return int(rank) if prefix == "worker" and at and rank.isdigit() else None
+
+
+def reply_var() -> str:
+    """The variable the results of the calling thread's own submits come to (see
+    ``Dispatcher.collect_own``): one per thread, so that nothing else is stored there."""
+    return f"reply@{threading.get_ident()}"
 
 
 def farewell_var(rank: int, session: str) -> str:
@@ -84,6 +96,7 @@ class TaskRecord(NamedTuple):
     #                  counts the rest (``returns``)
     bare: bool = False  # each item is its element's one argument, not a tuple of them: a call
     #                     of one argument per element (map, imap) pickles no tuple per element
+    reply: str | None = None  # the variable its result entry goes to, alone (None: result)
 
     def arguments(self, index: int) -> tuple:
         """The argument tuple of element ``index``."""
@@ -111,6 +124,14 @@ class Hello(NamedTuple):
     farewell: str  # its farewell variable (see ``farewell_var``)
 
 
+class Watch(NamedTuple):
+    """A thread of the master stopped waiting on its reply variable with a result still to
+    come there: the collector takes what comes there from now on."""
+
+    batch: int  # always WATCH
+    var: str
+
+
 # A NamedTuple's own constructor is a Python function that costs twice this, once per record.
 _new = tuple.__new__
 
@@ -135,12 +156,13 @@ def encode_record(record: TaskRecord) -> list:
 read_record: Callable[[tuple], TaskRecord] = functools.partial(_new, TaskRecord)
 
 
-def encode_entries(entries: Sequence[ResultEntry | Hello]) -> list:
+def encode_entries(entries: Sequence[ResultEntry | Hello | Watch]) -> list:
     return codec.encode([tuple(entry) for entry in entries])
 
 
-def read_entry(value: tuple) -> ResultEntry | Hello:
-    return _new(Hello if value[0] == CONTROL else ResultEntry, value)
+def read_entry(value: tuple) -> ResultEntry | Hello | Watch:
+    batch = value[0]
+    return _new(ResultEntry if batch > CONTROL else Hello if batch == CONTROL else Watch, value)
 
 
 # ---------------------------------------------------------------------------- chunking
@@ -150,7 +172,8 @@ def records(batch: int, key: str, items: Sequence, bounds: Iterable[tuple[int, i
     """(variable, record) of the chunks ``items[start:stop]`` of a call's elements (argument
     tuples, or with ``bare`` each element's one argument)."""
     for start, stop in bounds:
-        yield var, _new(TaskRecord, (batch, start, key, items[start:stop], None, 0, bare))
+        yield var, _new(TaskRecord, (batch, start, key, items[start:stop], None, 0, bare,
+                                       None))
 
 
 def own_records(batch: int, key: str, ranks: Sequence[int], args: tuple
@@ -158,7 +181,8 @@ def own_records(batch: int, key: str, ranks: Sequence[int], args: tuple
     """(variable, record) of an eachWorker call: ``args`` once for each of ``ranks``, in the
     worker's own variable."""
     for tag, rank in enumerate(ranks):
-        yield own_task_var(rank), _new(TaskRecord, (batch, tag, key, [args], None, 0, False))
+        yield own_task_var(rank), _new(TaskRecord, (batch, tag, key, [args], None, 0, False,
+                                                           None))
 
 
 def lazy_records(batch: int, key: str, items: Iterator, size: int, bare: bool = False
@@ -170,7 +194,7 @@ def lazy_records(batch: int, key: str, items: Iterator, size: int, bare: bool = 
         chunk = list(itertools.islice(items, size))
         if not chunk:
             return
-        yield TASK, _new(TaskRecord, (batch, tag, key, chunk, None, 0, bare))
+        yield TASK, _new(TaskRecord, (batch, tag, key, chunk, None, 0, bare, None))
         tag += len(chunk)
 
 

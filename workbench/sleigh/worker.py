@@ -310,12 +310,19 @@ class Worker:
             hand, records = hand[:keep], records[:keep]
         entries: list[ResultEntry] = []
         pending_items = 0
+        acknowledged = False  # by the reply of the hand's last record
         started = first_pending = time.perf_counter()
         deadline = started + GIVE_BACK_SECONDS
         last = len(records) - 1
         for index, ((record, missing), (_, returns)) in enumerate(zip(records, hand)):
             entry = self._run_record(record, missing, returns, deadline)
             now = time.perf_counter()
+            if entry is not None and record.reply is not None:
+                # A submit whose caller waits on its own variable: the entry goes there at once
+                # (with the hand's acknowledgement when nothing else is left to send).
+                acknowledged = index == last and not entries
+                self._flush([entry], (lease,) if acknowledged else (), record.reply)
+                entry = None
             if entry is not None:
                 if not entries:
                     first_pending = now
@@ -345,7 +352,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         if entries:
             self._flush(entries, (lease,))
-        else:
+        elif not acknowledged:
             self.owed.append(lease)  # nothing to lose: acknowledged with the next request
         self._adapt(elapsed / len(records))
         self.per_element = elapsed / max(1, sum(_size(record) for record, _ in records))
@@ -538,10 +545,10 @@ class Worker:
         if namespace is not None and namespace is not getattr(module, "__dict__", None):
             namespace.update(self.globals())
 
-    def _flush(self, entries: list, acks: tuple) -> None:
-        """Send results as one value: through shared memory if large (and then waiting for
-        the broker), else without waiting for the reply."""
-        request_id = self.queue.send_store(RESULT, tasks.encode_entries(entries), acks)
+    def _flush(self, entries: list, acks: tuple, var: str = RESULT) -> None:
+        """Send results as one value of ``var``: through shared memory if large (and then
+        waiting for the broker), else without waiting for the reply."""
+        request_id = self.queue.send_store(var, tasks.encode_entries(entries), acks)
         if request_id is not None:
             self.stores.add(request_id)
 
