@@ -240,7 +240,12 @@ def test_rebalance_moves_what_a_fourth_broker_takes(trio, tmp_path):
         assert moved == {name for name in names if place(members(four), name).target ==
                          fourth.address}
         assert [move[:3] for move in planned] == [move[:3] for move in moves]
-        assert 0.1 * len(names) <= len(moved) <= 0.45 * len(names)
+        # A fourth broker takes about a quarter of all names: bounded over a thousand, since
+        # the forty stored here (a quarter of them moved, give or take) fall outside any
+        # useful bound once in a few hundred runs, the brokers' ports being random.
+        taken = sum(place(members(four), f"name{i}").target == fourth.address
+                    for i in range(1000))
+        assert 150 <= taken <= 350 and moved
         assert _held(fourth) == moved | ({"kv"} if any(m.key for m in moves) else set())
         with NwsServer(four) as server:
             for name in names:  # order and modes kept: the newest still on top of a stack
