@@ -271,6 +271,27 @@ def test_queued_acknowledgements_ride_on_the_lanes_request():
         broker.close()
 
 
+@needs_lane
+def test_a_requests_own_acknowledgements_ride_on_the_lane_too():
+    """A store that acknowledges the tasks it answers (``acks``: both reach the broker or
+    neither) goes through the lane with them first, then the queued ones."""
+    broker = _SilentBroker()
+    channel = Channel(f"tcp://127.0.0.1:{broker.port}", b"session-lane-test", 1, 5)
+    try:
+        broker.accept()
+        channel.acks.append(11)
+        request_id = channel.send(Op.STORE, [b"ws", b"result"], [b"value"], acks=(3,))
+        assert channel.dealer.lane.sent_id == request_id  # (through the lane)
+        assert not channel.acks
+        (request,) = broker.read_all(0.5)
+        assert request == [request_head(Op.STORE, request_id,
+                                         [pack_acks([3, 11]), b"ws", b"result", b"value"],
+                                         FLAG_ACKS)]
+    finally:
+        channel.close()
+        broker.close()
+
+
 @pytest.fixture(scope="module")
 def silent_connection():
     """One ``_SilentBroker`` and ``Dealer`` for a whole hypothesis test: each example leaves
@@ -333,7 +354,7 @@ def test_ctrl_c_in_the_lanes_wait_withdraws_the_fetch_and_loses_nothing(
     with NetWorkSpace(ws_name, broker.host, broker.port) as ws:
         ws.store("warm", 1)
         assert ws.fetch("warm") == 1
-        ws.store("other", 2)  # (carries the fetch's acknowledgement: the lane takes no acks)
+        ws.store("other", 2)  # (carries the fetch's acknowledgement)
         sent_before = [lane.sent_id for lane in lanes]
         timer = threading.Timer(0.05, signal.pthread_kill,
                                 (threading.main_thread().ident, signal.SIGINT))

@@ -154,24 +154,26 @@ class Channel:
         if request_id is None:
             request_id = next(self.ids) & 0xFFFFFFFF  # ``new_request_id``: every publish's
         lane = self.dealer.lane  # (``accel``: the compiled lane, with this build)
-        if lane is None or acks or len(frames) > 1 or not self._post_through(
-                lane, op, args, frames, alive, request_id):
+        if lane is None or len(frames) > 1 or not self._post_through(
+                lane, op, args, frames, alive, acks, request_id):
             self.post(op, args, frames, alive, acks, request_id)
         if slot.interrupt is not None:  # (``held()``, without its call)
             deliver()
         return request_id
 
     def _post_through(self, lane, op: int, args: list, frames: list | tuple,
-                      alive: Callable[[], None] | None, request_id: int) -> bool:
-        """Send a small request through the fast lane -> whether it went out (False: nothing
-        did, and the Python path sends it). The rest of a request the kernel took in part goes
-        before anything else, holding interrupts as ``Dealer.send`` does."""
+                      alive: Callable[[], None] | None, acks: tuple | list,
+                      request_id: int) -> bool:
+        """Send a small request, with ``acks`` and the queued acknowledgements, through the
+        fast lane -> whether it went out (False: nothing did, and the Python path sends it).
+        The rest of a request the kernel took in part goes before anything else, holding
+        interrupts as ``Dealer.send`` does."""
         flags, drained = 0, None
-        if self.acks:
-            args, flags, drained = self.with_acks(args, ())
+        if acks or self.acks:
+            args, flags, drained = self.with_acks(args, acks)
         went_out = lane.post(op, flags, request_id, args, frames[0] if frames else None)
         if went_out is False and drained:
-            self.give_back(drained)
+            self.give_back(drained, acks)
         if went_out is None and not self.dealer.send_unsent(alive):
             raise NwsConnectionDroppedException(
                 "the connection to the broker broke while a request was going out")
