@@ -650,3 +650,15 @@ def test_a_worker_of_another_task_format_stops_the_sleigh_saying_why(broker):
         assert "elsewhere" in reason and "install the same workbench release" in reason
     finally:
         sleigh.stop()
+
+
+def test_a_task_the_broker_refuses_fails_its_future_and_the_pool_goes_on(make_broker):
+    """The caller stores the task of a submit it waits for: what the broker refuses (its
+    memory cap) fails that future with the broker's reason, as the sender's stores do."""
+    from workbench import NwsMemoryException
+
+    broker = make_broker("--max-memory", "256K")
+    with Sleigh(1, broker=broker.address) as s:
+        with pytest.raises(NwsMemoryException):
+            s.submit(len, b"x" * (512 << 10)).result(timeout=TIMEOUT)
+        assert s.submit(len, b"x" * 1000).result(timeout=TIMEOUT) == 1000

@@ -35,9 +35,8 @@ from ..protocol import Kind
 from . import tasks
 from .errors import SleighError
 from .batch import Batch
-from .scheduler import Scheduler
+from .scheduler import WAIT_SLICE, Scheduler
 from .specs import SpecCache
-from .scheduler import WAIT_SLICE
 from .tasks import (
     CONTROL, FUNCTION_PREFIX, RESULT, TASK, WATCH, Hello, ResultEntry, TaskRecord, Watch,
 )
@@ -160,20 +159,10 @@ class Dispatcher:
             return
         reply = tasks.reply_var()
         queue = WorkQueue(self._connection, self.name)
-        fetch = None
+        fetch = self._send_own(queue, batch, record._replace(reply=reply))
         future = batch.future
         try:
-            try:
-                stored = queue.send_store(TASK, tasks.encode_record(record._replace(reply=reply)))
-                fetch = queue.send_fetch(reply, COLLECT_MOST)
-                if stored is not None:
-                    queue.receive((stored,))
-            except NwsConnectionDroppedException:
-                raise
-            except NwsException as exc:  # the broker refused the task: its future says why
-                self.fail([batch], exc)
-                return
-            while not future.done():
+            while fetch is not None and not future.done():
                 slice_end = time.monotonic() + WAIT_SLICE  # a Ctrl-C flag is seen within one
                 try:
                     values = queue.receive((fetch,), slice_end if deadline is None
@@ -193,13 +182,37 @@ class Dispatcher:
         except NwsConnectionDroppedException:
             pass  # the collector waits for the broker to come back, or fails the future
         finally:
-            if fetch is not None:
-                try:
-                    queue.cancel(fetch)  # a result that raced the cancel goes back
-                except NwsException:
-                    pass
+            self._withdraw(queue, fetch)
         if not future.done():
             self.watch(reply)
+
+    def _send_own(self, queue: WorkQueue, batch: Batch, record: TaskRecord) -> int | None:
+        """Store a submit's record, which names a reply variable, and ask for what comes
+        there -> the fetch's request id; None if the task is not known to be stored (its
+        future fails, saying why, as for a store of the sender's)."""
+        fetch = None
+        try:
+            stored = queue.send_store(TASK, tasks.encode_record(record))
+            fetch = queue.send_fetch(record.reply, COLLECT_MOST)
+            if stored is not None:
+                queue.receive((stored,))
+            return fetch
+        except NwsException as exc:
+            self._withdraw(queue, fetch)
+            self.fail([batch], exc)
+            return None
+        except BaseException:  # Ctrl-C: no reply may come to a fetch nobody reads
+            self._withdraw(queue, fetch)
+            raise
+
+    @staticmethod
+    def _withdraw(queue: WorkQueue, fetch: int | None) -> None:
+        """Cancel a fetch in flight, if any: a value that raced the cancel goes back."""
+        if fetch is not None:
+            try:
+                queue.cancel(fetch)
+            except NwsException:
+                pass
 
     def watch(self, reply: str) -> None:
         """Have the collector take what comes in reply variable ``reply`` from now on."""
