@@ -112,8 +112,13 @@ class Bodies:
     def append(self, body: list) -> None:
         self.bodies.append(b"".join(map(bytes, body)))
 
+    def calls(self) -> list[list]:
+        """The records of each body: a call's, one or a ``Group``."""
+        decoded = [decode(memoryview(body), OFFSET) for body in self.bodies]
+        return [list(each) if type(each) is records.Group else [each] for each in decoded]
+
     def records(self) -> list:
-        return [decode(memoryview(body), OFFSET) for body in self.bodies]
+        return [record for call in self.calls() for record in call]
 
 
 def test_the_recorder_writes_the_changes_of_calls_as_their_records() -> None:
@@ -128,6 +133,38 @@ def test_the_recorder_writes_the_changes_of_calls_as_their_records() -> None:
         run.step()
     assert bodies.records() == run.d.changes[start:]
     assert recorder.heads  # the stores went the fast way
+
+
+def test_a_log_cut_inside_a_call_replays_none_of_its_changes(tmp_path) -> None:
+    """The changes of one call (a store that acknowledges a fetch, a STORE_MANY, a
+    FETCH_MANY's takes) are one record: a broker killed while copying it into the log leaves
+    the records of the calls before, and nothing of that call."""
+    run = History(random.Random(5))
+    bodies = Bodies()
+    recorder = records.EntryRecorder(bodies, no_shared, OFFSET)
+    run.d.on_effects = lambda effects: recorder.record(effects.log)
+    for _ in range(300):
+        run.step()
+    calls = bodies.calls()
+    assert any(len(call) > 1 for call in calls)  # calls of several changes were grouped
+    path = str(tmp_path / "log")
+    writer = LogWriter.create(path)
+    ends, end = [], HEADER.size
+    for data in bodies.bodies:
+        writer.append_body(data)
+        end += FRAME.size + len(data)
+        ends.append(end)
+    writer.commit(sync=True)
+    writer.close()
+    rnd = random.Random(29)
+    for trial in range(60):
+        at = rnd.randrange(HEADER.size, ends[-1])
+        copy = damaged_copy(path, tmp_path, f"cut{trial}")
+        os.truncate(copy, at)
+        whole = sum(end <= at for end in ends)
+        found, _ = replayed(copy)
+        assert found == [record for call in calls[:whole] for record in call], f"cut at {at}"
+        os.unlink(copy)
 
 
 def test_stores_into_more_variables_than_the_recorder_remembers_are_written_right(

@@ -61,7 +61,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .records import RecordError, decode, nbytes
+from .records import Group, RecordError, decode, nbytes
 
 MAGIC = b"wblog\x00\x00\x00"
 VERSION = 1
@@ -135,8 +135,13 @@ def read_log(path: str, clock_offset: float, apply: Callable[[object], None]) ->
                                        "by another version of workbench?") from None
                     finally:
                         body.release()
-                    apply(record)
-                    replay.records += 1
+                    if type(record) is Group:  # one call's changes, together
+                        for each in record:
+                            apply(each)
+                        replay.records += len(record)
+                    else:
+                        apply(record)
+                        replay.records += 1
                 if size > replay.good_bytes and not _zeros_from(fd, replay.good_bytes, size):
                     replay.cut_bytes = size - replay.good_bytes
                     replay.cut_records = 1 + _whole_records_after(view, replay.good_bytes)

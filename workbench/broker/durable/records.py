@@ -8,6 +8,13 @@ length 0xFFFF for None. ``Stored`` ends with its frames: their count (4 bytes), 
 the data of its file in place of the file's reference (the file goes when the value does, or
 with the broker); only a file that could not be read leaves the reference, flagged.
 
+The records of one call into the state that changed more than one thing (a store that
+acknowledges a fetch, a STORE_MANY, a FETCH_MANY's takes) are written as one ``Group`` record:
+its body is the tag 15, the count of records (4 bytes), then each record's body after its
+length (8 bytes). The log's framing checks the group whole, so a broker killed while copying
+it into the log leaves all of the call's changes or none: a replay never applies half a call
+(an acknowledgement without the store that carried it).
+
 Deadlines (``Expires``) are written on the wall clock, the one clock that outlives the broker:
 ``clock_offset`` is what to add to the state's clock to get the wall clock's time.
 """
@@ -40,6 +47,8 @@ _FRAME_LENGTH = struct.Struct("<Q")
 #: Bodies up to this size are copied out of the file's mapping whole before they are read.
 _SMALL_BODY = 64 << 10
 _TAG = struct.Struct("<B")
+_GROUP = struct.Struct("<BI")  # tag, records
+_GROUP_TAG = 15
 
 #: Tags, never renumbered: a log written by one version is read by the next.
 TAGS = {WorkspaceCreated: 1, WorkspaceClaimed: 2, WorkspaceDeleted: 3, Declared: 4,
@@ -53,6 +62,12 @@ ReadShared = Callable[[bytes], "Sequence | None"]
 
 class RecordError(ValueError):
     """A body that is not a record this version writes."""
+
+
+class Group(tuple):
+    """The records of one call, replayed together (a tuple of them)."""
+
+    __slots__ = ()
 
 
 def nbytes(buffer) -> int:
@@ -99,22 +114,40 @@ class EntryRecorder:
         self.heads: StoreHeads = {}  # they hold the variable ids of this state's history
 
     def record(self, entries: list) -> None:
-        """Append the records of ``entries`` (read at once: they are the state's until its
-        next call)."""
-        writer, heads = self.writer, self.heads
+        """Append the records of ``entries``, the changes of one call (read at once: they
+        are the state's until its next call): one record, or a ``Group`` of them."""
+        if len(entries) == 1:
+            entry = entries[0]
+            body = self._small_store(entry)
+            if body is not None:  # nearly every call
+                self.writer.append_body(body)
+            else:
+                self.writer.append(encode_entry(entry, self.clock_offset, self.read_shared))
+            return
+        group = [_GROUP.pack(_GROUP_TAG, len(entries))]
         for entry in entries:
-            if entry[0] is stored:
-                value = entry[2]
-                frames = value.frames
-                if len(frames) == 1 and value.shared is None:  # nearly every store
-                    frame = frames[0]
-                    if type(frame) is bytes and len(frame) < _SMALL_BODY:
-                        var = entry[1]
-                        pack, prefix, middle = heads.get(var.id) or _one_frame_head(var, heads)
-                        writer.append_body(pack(prefix, value.seq, value.size, middle,
-                                                len(frame)) + frame)
-                        continue
-            writer.append(encode_entry(entry, self.clock_offset, self.read_shared))
+            body = self._small_store(entry)
+            buffers = [body] if body is not None else encode_entry(
+                entry, self.clock_offset, self.read_shared)
+            group.append(_FRAME_LENGTH.pack(sum(map(nbytes, buffers))))
+            group += buffers
+        self.writer.append(group)
+
+    def _small_store(self, entry: tuple) -> bytes | None:
+        """The body of a store of one small frame, by the variable's cached head; else
+        None."""
+        if entry[0] is not stored:
+            return None
+        value = entry[2]
+        frames = value.frames
+        if len(frames) != 1 or value.shared is not None:
+            return None
+        frame = frames[0]
+        if type(frame) is not bytes or len(frame) >= _SMALL_BODY:
+            return None
+        var = entry[1]
+        pack, prefix, middle = self.heads.get(var.id) or _one_frame_head(var, self.heads)
+        return pack(prefix, value.seq, value.size, middle, len(frame)) + frame
 
 
 def encode(record, clock_offset: float, read_shared: ReadShared) -> list:
@@ -244,14 +277,38 @@ class _Reader:
 
 
 def decode(body: memoryview, clock_offset: float):
-    """A body -> its record; the frames of a value are copies (the body may be a file's
-    mapping). RecordError for anything else."""
+    """A body -> its record, or the ``Group`` of records of one call; the frames of a value
+    are copies (the body may be a file's mapping). RecordError for anything else."""
     try:
         if body[0] == 6:  # most records by far, and the largest: read without a _Reader
             return _decode_stored(body if len(body) > _SMALL_BODY else body.tobytes())
+        if body[0] == _GROUP_TAG:
+            return _decode_group(body, clock_offset)
         return _decode(body, clock_offset)
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise RecordError(f"malformed record: {exc}") from None
+
+
+def _decode_group(body: memoryview, clock_offset: float) -> Group:
+    _, count = _GROUP.unpack_from(body)
+    offset, records = _GROUP.size, []
+    for _ in range(count):
+        (length,) = _FRAME_LENGTH.unpack_from(body, offset)
+        offset += _FRAME_LENGTH.size
+        end = offset + length
+        if end > len(body):
+            raise RecordError("a record of a group runs past the group's end")
+        part = body[offset:end]
+        try:
+            if part[0] == _GROUP_TAG:
+                raise RecordError("a group inside a group")
+            records.append(decode(part, clock_offset))
+        finally:
+            part.release()  # (a view of the file's mapping, which closes after the replay)
+        offset = end
+    if offset != len(body):
+        raise RecordError(f"{len(body) - offset} bytes after a group's records")
+    return Group(records)
 
 
 def _decode_stored(body) -> Stored:
