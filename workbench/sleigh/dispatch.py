@@ -179,8 +179,8 @@ class Dispatcher:
                             self._file(entry)
                 if not future.done():
                     fetch = queue.send_fetch(reply, COLLECT_MOST)
-        except NwsConnectionDroppedException:
-            pass  # the collector waits for the broker to come back, or fails the future
+        except NwsException:  # a lost broker, the workspace gone with a stop: the collector
+            pass  # waits for the broker to come back, or the future fails saying why
         finally:
             self._withdraw(queue, fetch)
         if not future.done():
