@@ -380,6 +380,30 @@ def test_ctrl_c_cancels_queued_tasks_and_interrupts_running_ones(broker, side):
         s.stop()
 
 
+def test_ctrl_c_while_the_caller_waits_on_its_own_variable_cancels_and_loses_nothing(
+        broker, side):
+    """A caller that waits at once stores its task and waits on its reply variable: Ctrl-C
+    (as a flag, IPython's way) is seen within a slice, cancels the future and interrupts the
+    task, and the next round trip gets its own result, not a leftover."""
+    slow = slow_reporter(side, broker)
+    s = Sleigh(1, broker=broker.address)
+    try:
+        interrupter = threading.Thread(
+            target=lambda: (wait_for(lambda: len(ran(side)) >= 1, timeout=TIMEOUT),
+                            _thread.interrupt_main()), daemon=True)
+        interrupter.start()
+        future = s.submit(slow, 1)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            future.result(timeout=TIMEOUT)
+        assert time.monotonic() - started < 5
+        assert future.cancelled()
+        assert f"reply@{threading.get_ident()}" in s.nws.listVars(format="dict")
+        assert [s.submit(abs, -x).result(timeout=5) for x in range(3)] == [0, 1, 2]
+    finally:
+        s.stop()
+
+
 def test_future_cancel_skips_queued_work_and_interrupts_running_work(broker, side):
     slow = slow_reporter(side, broker)
     s = Sleigh(2, broker=broker.address)

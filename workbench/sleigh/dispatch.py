@@ -145,8 +145,8 @@ class Dispatcher:
     def collect_own(self, batch: Batch, deadline: float | None) -> None:
         """Wait in the calling thread for the result of submit ``batch``, until it is in or
         ``deadline``, if the sender has not taken its record yet: store the record here,
-        naming this thread's reply variable, and file what comes there. The result comes to
-        this thread without waking the collector or this thread twice. Otherwise (the
+        naming this thread's reply variable, and file what comes there: no other thread of
+        the master wakes on the result's way (the collector never hears of it). Otherwise (the
         sender took it, or this is a thread of the sleigh's own) return at once: the
         collector files the result. A thread that stops waiting before its result is in
         (a timeout, a lost broker) hands its variable to the collector (``watch``)."""
